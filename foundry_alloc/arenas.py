@@ -1,0 +1,88 @@
+"""Arenas: fixed slices of the range, so that what differs between runs cannot shift what graphs use.
+
+`engine` (the default) holds what the engine owns, `graph` whatever is allocated while the stream
+is capturing, `transient` warm-up or profiling traffic the caller marks as such. Up to five more
+can be named. The selection is per thread and is overridden by capture: memory a graph may use
+always comes from `graph`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import nvtx
+
+from . import _native
+from .errors import InvalidRequestError
+
+ENGINE, GRAPH, TRANSIENT = "engine", "graph", "transient"
+BUILTIN_ARENAS = (ENGINE, GRAPH, TRANSIENT)
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+NVTX_DOMAIN = "foundry_alloc"
+
+_lock = threading.Lock()
+_names: list[str] = list(BUILTIN_ARENAS)
+
+
+def arena_names() -> tuple[str, ...]:
+    """Names of the arenas known so far, by index."""
+    with _lock:
+        return tuple(_names)
+
+
+def arena_name(index: int) -> str:
+    names = arena_names()
+    return names[index] if 0 <= index < len(names) else f"arena{index}"
+
+
+def arena_index(name: str, *, create: bool = False) -> int:
+    """The index of arena `name`; with create=True an unknown valid name gets the next free slice."""
+    with _lock:
+        if name in _names:
+            return _names.index(name)
+        if not create:
+            raise InvalidRequestError(f"unknown arena {name!r}; known arenas: {', '.join(_names)}")
+        if not _NAME_PATTERN.match(name):
+            raise InvalidRequestError(
+                f"arena name {name!r} is not valid: use 1-31 lower-case letters, digits, '-' or '_', "
+                "starting with a letter"
+            )
+        if len(_names) == _native.MAX_ARENAS:
+            raise InvalidRequestError(
+                f"no slice left for arena {name!r}: all {_native.MAX_ARENAS} arenas are named ({', '.join(_names)})"
+            )
+        _names.append(name)
+        index = len(_names) - 1
+    _native.library().fa_set_arena_name(index, name.encode())
+    return index
+
+
+def current_arena() -> str:
+    """The arena this thread's eager allocations go to."""
+    return arena_name(_native.library().fa_selected_arena())
+
+
+@contextmanager
+def arena(name: str) -> Iterator[str]:
+    """Sends this thread's eager allocations to arena `name` (created on first use) inside the block.
+
+    Names are given slices in the order they are first used, so SAVE and LOAD must name them in
+    the same order. `graph` cannot be selected: capture chooses it.
+    """
+    if name == GRAPH:
+        raise InvalidRequestError(
+            "arena 'graph' is chosen automatically for allocations made while a stream is capturing; "
+            "select 'engine', 'transient' or an arena of your own"
+        )
+    index = arena_index(name, create=True)
+    lib = _native.library()
+    previous = lib.fa_selected_arena()
+    _native.check(lib.fa_select_arena(index))
+    try:
+        with nvtx.annotate(f"foundry_alloc.arena {name}", domain=NVTX_DOMAIN):
+            yield name
+    finally:
+        lib.fa_select_arena(previous)

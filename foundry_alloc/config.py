@@ -1,0 +1,127 @@
+"""Allocator settings and their environment variables (FOUNDRY_ALLOC_*), validated in one place."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+
+# 32 TiB: below position-independent executables (0x55..) and far below shared libraries and the
+# driver's own reservations (0x7f..); honoured in fresh processes on the H100 we measured.
+DEFAULT_BASE = 0x200000000000
+# Eight arenas of 512 GiB each: room for any current GPU's memory in any one arena.
+DEFAULT_SIZE = 4 * TiB
+# The range must be a whole number of 2 MiB granules for each of the 8 arenas' 16 zone granules.
+SIZE_UNIT = 256 * MiB
+BASE_ALIGNMENT = 2 * MiB
+USER_SPACE_END = 1 << 47
+
+ENV_ENABLE = "FOUNDRY_ALLOC"
+ENV_BASE = "FOUNDRY_ALLOC_BASE"
+ENV_SIZE = "FOUNDRY_ALLOC_SIZE"
+ENV_VERBOSE = "FOUNDRY_ALLOC_VERBOSE"
+
+ENVIRONMENT_VARIABLES: dict[str, str] = {
+    ENV_ENABLE: "1 installs the allocator when the program imports torch; 0 or unset leaves PyTorch's own.",
+    ENV_BASE: f"start of the fixed range, hex or decimal (default {DEFAULT_BASE:#x}); same in SAVE and LOAD.",
+    ENV_SIZE: "virtual bytes per device, e.g. 4T, 512G or a byte count (default 4T); a multiple of 256M.",
+    ENV_VERBOSE: "1 prints one line to stderr when the allocator is installed.",
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+_SIZE_SUFFIXES = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
+_SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Parses '4T', '512GiB', '268435456' or '0x10000000' into bytes (binary units)."""
+    if text.strip().lower().startswith("0x"):
+        return int(text.strip(), 16)
+    match = _SIZE_PATTERN.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size: write bytes or a number with K, M, G or T")
+    return int(match.group(1)) * _SIZE_SUFFIXES[match.group(2).lower()]
+
+
+def parse_address(text: str) -> int:
+    """Parses a hexadecimal (0x...) or decimal address."""
+    stripped = text.strip()
+    try:
+        return int(stripped, 16) if stripped.lower().startswith("0x") else int(stripped, 10)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an address: write it in hex (0x200000000000) or decimal") from None
+
+
+def parse_flag(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={text!r} is not a switch: use 1 to turn it on or 0 to turn it off")
+
+
+class AllocatorConfig(BaseModel):
+    """Where the fixed range lies. A SAVE run and its LOAD runs must use equal configurations."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base: Annotated[int, Field(ge=BASE_ALIGNMENT, lt=USER_SPACE_END)] = DEFAULT_BASE
+    size: Annotated[int, Field(ge=SIZE_UNIT, lt=USER_SPACE_END)] = DEFAULT_SIZE
+    verbose: bool = False
+
+    @field_validator("base")
+    @classmethod
+    def _base_aligned(cls, base: int) -> int:
+        if base % BASE_ALIGNMENT:
+            raise ValueError(f"base {base:#x} is not a multiple of 2 MiB (the mapping granularity)")
+        return base
+
+    @field_validator("size")
+    @classmethod
+    def _size_whole_units(cls, size: int) -> int:
+        if size % SIZE_UNIT:
+            raise ValueError(f"size {size} is not a multiple of 256 MiB (8 arenas x 16 granules of 2 MiB)")
+        return size
+
+    @classmethod
+    def create(cls, **values: object) -> AllocatorConfig:
+        """Builds a configuration, turning validation failures into one ConfigError."""
+        try:
+            config = cls(**values)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise ConfigError(f"invalid allocator configuration: {problems}") from None
+        if config.base + config.size > USER_SPACE_END:
+            raise ConfigError(
+                f"the range [{config.base:#x}, {config.base + config.size:#x}) ends past the 128 TiB of "
+                "user address space: lower the base or the size"
+            )
+        return config
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> AllocatorConfig | None:
+        """The configuration FOUNDRY_ALLOC_* asks for, or None when FOUNDRY_ALLOC is off."""
+        env = os.environ if environ is None else environ
+        if not parse_flag(ENV_ENABLE, env.get(ENV_ENABLE, "")):
+            return None
+        values: dict[str, object] = {}
+        for name, key, parse in ((ENV_BASE, "base", parse_address), (ENV_SIZE, "size", parse_size)):
+            if name in env:
+                try:
+                    values[key] = parse(env[name])
+                except ValueError as error:
+                    raise ConfigError(f"{name}: {error}") from None
+        values["verbose"] = parse_flag(ENV_VERBOSE, env.get(ENV_VERBOSE, ""))
+        try:
+            return cls.create(**values)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (from {ENV_BASE}/{ENV_SIZE})") from None

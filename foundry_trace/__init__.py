@@ -1,0 +1,1 @@
+"""foundry_trace: capture, persist and restore CUDA graphs (SAVE / LOAD), and the `foundry` CLI."""
