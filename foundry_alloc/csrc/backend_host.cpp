@@ -23,7 +23,7 @@ static bool overlaps(const std::map<uint64_t, uint64_t>& ranges, uint64_t base, 
 }
 
 Status HostBackend::reserve(uint64_t base, uint64_t size, std::string* error) {
-  if (overlaps(reservations_, base, size)) {
+  if (overlaps(reservations_, base, size) || overlaps(occupied_, base, size)) {
     *error = "the range is already in use in this process";
     return kReservationFailed;
   }
@@ -33,7 +33,7 @@ Status HostBackend::reserve(uint64_t base, uint64_t size, std::string* error) {
 
 void HostBackend::unreserve(uint64_t base, uint64_t) { reservations_.erase(base); }
 
-void HostBackend::occupy(uint64_t base, uint64_t size) { reservations_.emplace(base, size); }
+void HostBackend::occupy(uint64_t base, uint64_t size) { occupied_.emplace(base, size); }
 
 Status HostBackend::map(int, uint64_t address, uint64_t size, uint64_t* handle,
                         std::string* error) {

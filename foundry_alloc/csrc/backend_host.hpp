@@ -47,7 +47,8 @@ class HostBackend : public Backend {
   uint64_t map_calls_ = 0;
   uint64_t next_handle_ = 1;
   uint64_t synchronizations_ = 0;
-  std::map<uint64_t, uint64_t> reservations_;  // base -> size (occupied ranges included)
+  std::map<uint64_t, uint64_t> reservations_;  // base -> size, ours
+  std::map<uint64_t, uint64_t> occupied_;      // base -> size, someone else's
   std::map<uint64_t, std::pair<uint64_t, uint64_t>> mappings_;  // address -> (size, handle)
   std::set<StreamHandle> capturing_;
   std::vector<std::pair<StreamHandle, StreamHandle>> orderings_;

@@ -1,0 +1,170 @@
+"""Arena routing (capture, explicit selection) and cross-stream reuse, on the host simulation."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import foundry_alloc as fa
+
+from .conftest import SIM_BASE, SIM_SIZE
+from .sim_helpers import allocate, arena_slot
+
+ARENA_SIZE = SIM_SIZE // 8
+CAPTURING, OTHER = 0x7000, 0x8000
+
+
+def arena_of(address: int) -> int:
+    return (address - SIM_BASE) // ARENA_SIZE
+
+
+def test_default_arena_is_engine(sim: fa.NativeAllocator) -> None:
+    assert fa.current_arena() == fa.ENGINE
+    assert arena_of(allocate(sim, 4096)) == arena_slot(fa.ENGINE)
+
+
+def test_capturing_stream_allocates_from_graph_arena_whatever_is_selected(sim: fa.NativeAllocator) -> None:
+    sim.set_capturing(CAPTURING, True)
+    captured = allocate(sim, 1 << 20, arena=fa.TRANSIENT, stream=CAPTURING)
+    eager = allocate(sim, 1 << 20, arena=fa.TRANSIENT, stream=OTHER)
+    assert arena_of(captured) == arena_slot(fa.GRAPH)
+    assert arena_of(eager) == arena_slot(fa.TRANSIENT)
+    assert sim.layout().select([fa.GRAPH]).allocations[0].address == captured
+
+
+def test_graph_memory_is_never_handed_to_eager_code(sim: fa.NativeAllocator) -> None:
+    sim.set_capturing(CAPTURING, True)
+    captured = [allocate(sim, size, stream=CAPTURING) for size in (4096, 1 << 20, 8 << 20)]
+    for address in captured:
+        sim.free(address)
+    sim.set_capturing(CAPTURING, False)
+    eager = [allocate(sim, size, stream=stream) for size in (4096, 1 << 20, 8 << 20) for stream in (CAPTURING, OTHER)]
+    assert not set(eager) & set(captured)
+    assert all(arena_of(a) != arena_slot(fa.GRAPH) for a in eager)
+    # A later capture does reuse the graph arena, as captures sharing one graph pool do.
+    sim.set_capturing(OTHER, True)
+    assert allocate(sim, 8 << 20, stream=OTHER) == captured[2]
+
+
+def test_trim_keeps_graph_memory_unless_asked(sim: fa.NativeAllocator) -> None:
+    sim.set_capturing(CAPTURING, True)
+    sim.free(allocate(sim, 8 << 20, stream=CAPTURING))
+    sim.set_capturing(CAPTURING, False)
+    sim.free(allocate(sim, 8 << 20))
+    assert sim.trim() == 8 << 20
+    assert sim.stats().arenas[fa.GRAPH].mapped_bytes == 8 << 20
+    assert sim.trim(arenas=(fa.GRAPH,)) == 8 << 20
+    assert sim.stats().mapped_bytes == 0
+
+
+def test_trim_keeps_pages_that_hold_live_blocks(sim: fa.NativeAllocator) -> None:
+    kept = allocate(sim, 3 << 20)
+    sim.free(allocate(sim, 5 << 20))
+    assert sim.trim() > 0
+    assert sim.stats().mapped_bytes >= 3 << 20
+    assert sim.layout().allocations[0].address == kept
+
+
+def test_named_arenas_get_their_own_slices(sim: fa.NativeAllocator) -> None:
+    weights = allocate(sim, 1 << 20, arena="weights")
+    cache = allocate(sim, 1 << 20, arena="kv-cache")
+    assert len({arena_of(weights), arena_of(cache), arena_of(allocate(sim, 1 << 20))}) == 3
+    assert {a.arena for a in sim.layout().allocations} == {"weights", "kv-cache", fa.ENGINE}
+
+
+def test_arena_selection_is_per_thread_and_restored(sim: fa.NativeAllocator) -> None:
+    seen: list[str] = []
+    with fa.arena(fa.TRANSIENT):
+        worker = threading.Thread(target=lambda: seen.append(fa.current_arena()))
+        worker.start()
+        worker.join()
+        assert fa.current_arena() == fa.TRANSIENT
+    assert seen == [fa.ENGINE]
+    assert fa.current_arena() == fa.ENGINE
+
+
+def test_graph_arena_cannot_be_selected() -> None:
+    with pytest.raises(fa.InvalidRequestError, match="chosen automatically"), fa.arena(fa.GRAPH):
+        pass
+
+
+@pytest.mark.parametrize("name", ["", "Upper", "has space", "x" * 40, "9starts-with-digit"])
+def test_invalid_arena_names_are_refused(name: str) -> None:
+    with pytest.raises(fa.InvalidRequestError, match="not valid"), fa.arena(name):
+        pass
+
+
+def test_reuse_from_another_stream_waits_for_the_freeing_stream(sim: fa.NativeAllocator) -> None:
+    block = allocate(sim, 2 << 20, stream=1)
+    sim.free(block)
+    assert allocate(sim, 2 << 20, stream=2) == block
+    assert sim.orderings() == [(2, 1)]
+
+
+def test_reuse_on_the_same_stream_needs_no_ordering(sim: fa.NativeAllocator) -> None:
+    for _ in range(3):
+        sim.free(allocate(sim, 2 << 20, stream=1))
+    assert sim.orderings() == []
+
+
+def test_an_ordering_is_not_repeated_without_new_frees(sim: fa.NativeAllocator) -> None:
+    a, b = allocate(sim, 2 << 20, stream=1), allocate(sim, 2 << 20, stream=1)
+    sim.free(a)
+    sim.free(b)
+    allocate(sim, 2 << 20, stream=2)
+    allocate(sim, 2 << 20, stream=2)
+    assert sim.orderings() == [(2, 1)]
+
+
+def test_graph_arena_reuse_needs_no_ordering(sim: fa.NativeAllocator) -> None:
+    sim.set_capturing(1, True)
+    sim.set_capturing(2, True)
+    sim.free(allocate(sim, 2 << 20, stream=1))
+    allocate(sim, 2 << 20, stream=2)
+    assert sim.orderings() == []
+
+
+def test_no_ordering_after_a_stream_that_is_capturing(sim: fa.NativeAllocator) -> None:
+    sim.free(allocate(sim, 2 << 20, stream=1))
+    sim.set_capturing(1, True)
+    allocate(sim, 2 << 20, stream=2)
+    assert sim.orderings() == []
+
+
+def test_streams_past_the_tracked_ones_synchronize(sim: fa.NativeAllocator) -> None:
+    for stream in range(1, 70):
+        sim.free(allocate(sim, 4096, stream=stream))
+    overflow_free = allocate(sim, 2 << 20, stream=100)
+    sim.free(overflow_free)
+    assert allocate(sim, 2 << 20, stream=1) == overflow_free
+    assert sim.simulation_counters().synchronizations >= 1
+
+
+def test_concurrent_threads_get_disjoint_blocks(sim: fa.NativeAllocator) -> None:
+    results: list[list[int]] = [[] for _ in range(8)]
+
+    def work(index: int) -> None:
+        for size in (4096, 1 << 20, 3 << 20) * 20:
+            address = sim.allocate(size, stream=index)
+            results[index].append(address)
+            if len(results[index]) % 3 == 0:
+                sim.free(results[index].pop(0))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    live = sorted((a.address, a.address + a.size) for a in sim.layout().allocations)
+    assert len(live) == sum(map(len, results))
+    assert all(end <= start for (_, end), (start, _) in zip(live, live[1:]))
+
+
+def test_devices_get_consecutive_ranges_in_first_use_order(sim: fa.NativeAllocator) -> None:
+    on_one = sim.allocate(4096, device=1)
+    on_zero = sim.allocate(4096, device=0)
+    assert on_one == SIM_BASE
+    assert on_zero == SIM_BASE + SIM_SIZE
+    assert sim.simulation_counters().reserved_ranges == 2
+    assert sim.layout(1).allocations[0].address == on_one
