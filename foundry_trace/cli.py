@@ -1,0 +1,88 @@
+"""The `foundry` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_RESULTS_DIR = Path("bench/results")
+
+
+def _env(_: argparse.Namespace) -> int:
+    import foundry_alloc
+
+    print("Environment variables read by foundry_alloc at interpreter start-up:")
+    for name, meaning in foundry_alloc.ENVIRONMENT_VARIABLES.items():
+        print(f"  {name:<24} {meaning}")
+    try:
+        config = foundry_alloc.AllocatorConfig.from_environment()
+    except foundry_alloc.ConfigError as error:
+        print(f"\ncurrent setting is invalid: {error}")
+        return 2
+    if config is None:
+        print("\ncurrently off (FOUNDRY_ALLOC is unset or 0)")
+    else:
+        print(f"\ncurrently on: range {config.base:#x} + {config.size:#x} bytes per device")
+    return 0
+
+
+def _layout_diff(arguments: argparse.Namespace) -> int:
+    import foundry_alloc
+
+    first = foundry_alloc.Layout.read(arguments.first)
+    second = foundry_alloc.Layout.read(arguments.second)
+    diff = foundry_alloc.diff_layouts(first, second, arguments.arena or None)
+    print(diff.render(str(arguments.first), str(arguments.second), limit=arguments.limit))
+    return 0 if diff.equal else 1
+
+
+def _bench_alloc(arguments: argparse.Namespace) -> int:
+    from . import bench_alloc
+
+    output = None if arguments.no_write else arguments.output
+    results = bench_alloc.run(arguments.workload, output)
+    print(json.dumps(results, indent=2) if arguments.json else bench_alloc.render(results))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="foundry", description="Persist and restore CUDA graphs.")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    env = commands.add_parser("env", help="show the FOUNDRY_* environment variables and their current setting")
+    env.set_defaults(run=_env)
+
+    diff = commands.add_parser("layout-diff", help="compare two layout files (exit status 1 when they differ)")
+    diff.add_argument("first", type=Path)
+    diff.add_argument("second", type=Path)
+    diff.add_argument("--arena", action="append", help="compare only this arena (repeatable)")
+    diff.add_argument("--limit", type=int, default=40, help="most differences to print")
+    diff.set_defaults(run=_layout_diff)
+
+    bench = commands.add_parser("bench", help="benchmarks on the device")
+    kinds = bench.add_subparsers(dest="kind", required=True)
+    alloc = kinds.add_parser("alloc", help="Foundry's allocator vs PyTorch's caching allocator (peak memory, alloc+free)")
+    alloc.add_argument("--workload", default="tiny", help="tiny, small or llama8b (default tiny)")
+    alloc.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON")
+    alloc.add_argument("--no-write", action="store_true", help="print only")
+    alloc.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
+    alloc.set_defaults(run=_bench_alloc)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from foundry_alloc import FoundryAllocError
+
+    arguments = parser().parse_args(argv)
+    try:
+        return arguments.run(arguments)
+    except FoundryAllocError as error:
+        print(f"foundry: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

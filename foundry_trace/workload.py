@@ -1,0 +1,181 @@
+"""The reference workload: a Llama-style decode step with a static KV cache, captured into one CUDA
+graph per batch size the way vLLM does it. It drives the tests and every `foundry bench`.
+
+Shapes are those of real models (llama8b is Llama-3-8B: 32 layers, GQA 32/8, SwiGLU 14336,
+vocabulary 128256); weights are random, which changes nothing for graphs and memory layout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import nvtx
+import torch
+import torch.nn.functional as F
+
+NVTX_DOMAIN = "foundry"
+VLLM_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, *range(8, 513, 8))  # vLLM's default capture sizes (67)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+    context: int  # tokens the static KV cache holds per sequence
+    batch_sizes: tuple[int, ...]
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def max_batch(self) -> int:
+        return max(self.batch_sizes)
+
+    def parameter_count(self) -> int:
+        kv = self.kv_heads * self.head_dim
+        per_layer = self.hidden * (self.hidden + 2 * kv) + self.hidden * self.hidden + 3 * self.hidden * self.intermediate
+        return self.layers * (per_layer + 2 * self.hidden) + 2 * self.vocab * self.hidden + self.hidden
+
+
+PRESETS: dict[str, ModelShape] = {
+    "tiny": ModelShape(
+        layers=2, hidden=256, heads=4, kv_heads=2, intermediate=512, vocab=1024, context=64, batch_sizes=(1, 2, 4, 8)
+    ),
+    "small": ModelShape(
+        layers=4, hidden=1024, heads=8, kv_heads=4, intermediate=2816, vocab=8192, context=128,
+        batch_sizes=(1, 2, 4, 8, 16, 32, 64),
+    ),
+    "llama8b": ModelShape(
+        layers=32, hidden=4096, heads=32, kv_heads=8, intermediate=14336, vocab=128256, context=256,
+        batch_sizes=VLLM_BATCH_SIZES,
+    ),
+}
+
+
+def preset(name: str) -> ModelShape:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown workload {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+class DecodeModel:
+    """Weights, static KV cache and static inputs (sized for the largest batch), and one decode step.
+
+    Everything a graph reads lives in tensors created here, before any capture: the step for batch
+    size b reads tokens[:b] and positions[:b] and writes the KV cache in place.
+    """
+
+    def __init__(self, shape: ModelShape, *, device: torch.device | str = "cuda", seed: int = 0) -> None:
+        self.shape = shape
+        dtype = torch.bfloat16
+        generator = torch.Generator(device=device).manual_seed(seed)
+        h, kv = shape.hidden, shape.kv_heads * shape.head_dim
+
+        def weight(*dims: int) -> torch.Tensor:
+            scale = 1.0 / math.sqrt(dims[-1])
+            return torch.randn(*dims, device=device, dtype=dtype, generator=generator) * scale
+
+        with nvtx.annotate("workload.weights", domain=NVTX_DOMAIN):
+            self.embedding = weight(shape.vocab, h)
+            self.layers = [
+                {
+                    "attn_norm": torch.ones(h, device=device, dtype=dtype),
+                    "qkv": weight(h + 2 * kv, h),
+                    "out": weight(h, h),
+                    "mlp_norm": torch.ones(h, device=device, dtype=dtype),
+                    "gate_up": weight(2 * shape.intermediate, h),
+                    "down": weight(h, shape.intermediate),
+                }
+                for _ in range(shape.layers)
+            ]
+            self.final_norm = torch.ones(h, device=device, dtype=dtype)
+            self.lm_head = weight(shape.vocab, h)
+        with nvtx.annotate("workload.kv_cache", domain=NVTX_DOMAIN):
+            self.kv_cache = torch.zeros(
+                shape.layers, 2, shape.max_batch, shape.kv_heads, shape.context, shape.head_dim, device=device, dtype=dtype
+            )
+        inverse = 1.0 / (10000 ** (torch.arange(0, shape.head_dim, 2, device=device, dtype=torch.float32) / shape.head_dim))
+        angles = torch.outer(torch.arange(shape.context, device=device, dtype=torch.float32), inverse)
+        self.cos, self.sin = angles.cos().to(dtype), angles.sin().to(dtype)
+        self.tokens = torch.zeros(shape.max_batch, device=device, dtype=torch.long)
+        self.positions = torch.zeros(shape.max_batch, device=device, dtype=torch.long)
+        self.rows = torch.arange(shape.max_batch, device=device)
+        self.slots = torch.arange(shape.context, device=device)
+
+    def set_inputs(self, tokens: torch.Tensor, positions: torch.Tensor) -> None:
+        """Writes a batch into the static inputs (what a server does before each replay)."""
+        self.tokens[: tokens.numel()].copy_(tokens)
+        self.positions[: positions.numel()].copy_(positions)
+
+    def random_inputs(self, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator(device=self.tokens.device).manual_seed(seed)
+        tokens = torch.randint(0, self.shape.vocab, (batch,), generator=generator, device=self.tokens.device)
+        positions = torch.randint(0, self.shape.context, (batch,), generator=generator, device=self.tokens.device)
+        return tokens, positions
+
+    def step(self, batch: int) -> torch.Tensor:
+        """One decode step for the first `batch` sequences; returns logits [batch, vocab] (float32)."""
+        s = self.shape
+        tokens, positions, rows = self.tokens[:batch], self.positions[:batch], self.rows[:batch]
+        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
+        mask = (self.slots[None, :] <= positions[:, None])[:, None, None, :]
+        x = F.embedding(tokens, self.embedding)
+        for index, layer in enumerate(self.layers):
+            y = _rms_norm(x, layer["attn_norm"])
+            q, k, v = F.linear(y, layer["qkv"]).split([s.hidden, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim], dim=-1)
+            q = _rotate(q.view(batch, s.heads, s.head_dim), cos, sin)
+            k = _rotate(k.view(batch, s.kv_heads, s.head_dim), cos, sin)
+            cache_k, cache_v = self.kv_cache[index, 0, :batch], self.kv_cache[index, 1, :batch]
+            cache_k[rows, :, positions] = k
+            cache_v[rows, :, positions] = v.view(batch, s.kv_heads, s.head_dim)
+            attention = F.scaled_dot_product_attention(q[:, :, None, :], cache_k, cache_v, attn_mask=mask, enable_gqa=True)
+            x = x + F.linear(attention.reshape(batch, s.hidden), layer["out"])
+            gate, up = F.linear(_rms_norm(x, layer["mlp_norm"]), layer["gate_up"]).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer["down"])
+        return F.linear(_rms_norm(x, self.final_norm), self.lm_head).float()
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    variance = x.float().pow(2).mean(-1, keepdim=True)
+    return (x.float() * torch.rsqrt(variance + 1e-5)).to(x.dtype) * weight
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    first, second = x[..., :half], x[..., half:]
+    return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
+
+
+@dataclass
+class CapturedStep:
+    batch: int
+    graph: torch.cuda.CUDAGraph
+    output: torch.Tensor  # logits written by every replay
+
+
+def capture_steps(
+    model: DecodeModel, batch_sizes: Iterable[int] | None = None, *, warmups: int = 1
+) -> dict[int, CapturedStep]:
+    """Warm-up and capture one graph per batch size, largest first into one shared pool (as vLLM)."""
+    sizes: Sequence[int] = sorted(batch_sizes if batch_sizes is not None else model.shape.batch_sizes, reverse=True)
+    pool = torch.cuda.graph_pool_handle()
+    captured: dict[int, CapturedStep] = {}
+    for batch in sizes:
+        with nvtx.annotate(f"workload.capture b={batch}", domain=NVTX_DOMAIN):
+            for _ in range(warmups):
+                model.step(batch)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                output = model.step(batch)
+            captured[batch] = CapturedStep(batch, graph, output)
+    torch.cuda.synchronize()
+    return captured
