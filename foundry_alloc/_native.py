@@ -125,6 +125,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fa_host_counters": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(HostCounters)]),
     "fa_host_orderings": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint64]),
     "fa_install": (None, [ctypes.c_void_p]),
+    "fa_torch_oom_available": (ctypes.c_int, []),
 }
 
 

@@ -126,3 +126,12 @@ def test_stats_track_peaks_and_reset(sim: fa.NativeAllocator) -> None:
     sim.reset_peaks()
     assert sim.stats().peak_live_bytes == 0
     assert "engine" in sim.stats().render()
+
+
+def test_torch_out_of_memory_error_can_be_raised_once_torch_is_loaded() -> None:
+    """The allocator raises c10::OutOfMemoryError through symbols it finds in the loaded libc10."""
+    import torch  # noqa: F401 - loads libc10
+
+    from foundry_alloc import _native
+
+    assert _native.library().fa_torch_oom_available() == 1

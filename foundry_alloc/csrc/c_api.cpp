@@ -183,6 +183,11 @@ __attribute__((visibility("default"))) int fa_host_orderings(fa_instance* instan
   return foundry::kOk;
 }
 
+// Whether an out-of-memory failure will reach Python as torch.OutOfMemoryError.
+__attribute__((visibility("default"))) int fa_torch_oom_available() {
+  return foundry::torch_out_of_memory_available() ? 1 : 0;
+}
+
 // The instance that PyTorch's calls below go to.
 __attribute__((visibility("default"))) void fa_install(fa_instance* instance) {
   g_installed.store(instance);

@@ -2,8 +2,10 @@
 
 #include <cxxabi.h>
 #include <dlfcn.h>
+#include <link.h>
 
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <typeinfo>
 
@@ -32,12 +34,28 @@ struct C10Symbols {
   std::type_info* type = nullptr;
 };
 
-C10Symbols find_c10() {
-  C10Symbols symbols;
-  void* library = dlopen("libc10.so", RTLD_NOLOAD | RTLD_LAZY);
-  void* scope = library != nullptr ? library : RTLD_DEFAULT;
-  symbols.construct = reinterpret_cast<Constructor>(dlsym(scope, kConstructor));
-  symbols.type = static_cast<std::type_info*>(dlsym(scope, kTypeInfo));
+// The loaded libc10, found by path among the process's objects: PyTorch loads it with
+// RTLD_LOCAL, so neither RTLD_DEFAULT nor a bare soname is guaranteed to reach it.
+int find_library(dl_phdr_info* info, size_t, void* out) {
+  const char* name = info->dlpi_name;
+  const size_t length = name != nullptr ? std::strlen(name) : 0;
+  constexpr char kSuffix[] = "/libc10.so";
+  constexpr size_t kSuffixLength = sizeof kSuffix - 1;
+  if (length < kSuffixLength || std::strcmp(name + length - kSuffixLength, kSuffix) != 0) return 0;
+  *static_cast<void**>(out) = dlopen(name, RTLD_NOLOAD | RTLD_LAZY);
+  return *static_cast<void**>(out) != nullptr;
+}
+
+const C10Symbols& c10_symbols() {
+  static const C10Symbols symbols = [] {
+    C10Symbols found;
+    void* library = nullptr;
+    dl_iterate_phdr(find_library, &library);
+    void* scope = library != nullptr ? library : RTLD_DEFAULT;
+    found.construct = reinterpret_cast<Constructor>(dlsym(scope, kConstructor));
+    found.type = static_cast<std::type_info*>(dlsym(scope, kTypeInfo));
+    return found;
+  }();
   return symbols;
 }
 
@@ -50,9 +68,14 @@ void destroy(void* object) {
 
 }  // namespace
 
+bool torch_out_of_memory_available() {
+  const C10Symbols& c10 = c10_symbols();
+  return c10.construct != nullptr && c10.type != nullptr;
+}
+
 void throw_out_of_memory(const std::string& message) {
-  static const C10Symbols c10 = find_c10();
-  if (c10.construct != nullptr && c10.type != nullptr) {
+  if (torch_out_of_memory_available()) {
+    const C10Symbols& c10 = c10_symbols();
     void* object = abi::__cxa_allocate_exception(kObjectBytes);
     c10.construct(object, SourceLocation{"foundry_malloc", __FILE__, __LINE__}, message);
     abi::__cxa_throw(object, c10.type, destroy);

@@ -10,4 +10,7 @@ namespace foundry {
 // RuntimeError in Python) when those symbols cannot be found.
 [[noreturn]] void throw_out_of_memory(const std::string& message);
 
+// Whether libc10's out-of-memory error can be raised in this process (false before torch loads).
+bool torch_out_of_memory_available();
+
 }  // namespace foundry

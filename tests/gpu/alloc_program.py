@@ -77,7 +77,14 @@ def out_of_memory() -> dict[str, object]:
     except RuntimeError as other:
         error = ("RuntimeError", str(other))
     after = torch.ones(1 << 20, device="cuda")  # the allocator still works
-    return {"error": error, "still_works": bool((keep + after).eq(2).all()), "live": fa.stats().live_blocks}
+    from foundry_alloc import _native
+
+    return {
+        "error": error,
+        "still_works": bool((keep + after).eq(2).all()),
+        "live": fa.stats().live_blocks,
+        "torch_oom_available": _native.library().fa_torch_oom_available(),
+    }
 
 
 def install_after_cuda() -> dict[str, object]:
@@ -92,16 +99,25 @@ def install_after_cuda() -> dict[str, object]:
 
 
 def range_taken() -> dict[str, object]:
+    """Someone else holds the range: install() sees it in the address map; a range taken between
+    install() and the first allocation is refused by the driver reservation itself."""
     from cuda.bindings import driver
 
     config = fa.AllocatorConfig.create()
     (status,) = driver.cuInit(0)
+    outcome: dict[str, object] = {}
     status, taken = driver.cuMemAddressReserve(config.size, 0, config.base, 0)
     assert status == driver.CUresult.CUDA_SUCCESS and int(taken) == config.base, (status, taken)
+    try:
+        fa.install()
+    except fa.ReservationError as error:
+        outcome["install_error"] = str(error)
+    (status,) = driver.cuMemAddressFree(taken, config.size)
     fa.install()
+    status, taken = driver.cuMemAddressReserve(config.size, 0, config.base, 0)
+    assert status == driver.CUresult.CUDA_SUCCESS and int(taken) == config.base, (status, taken)
     import torch
 
-    outcome = {}
     try:
         fa.reserve(0)
     except fa.ReservationError as error:

@@ -62,7 +62,7 @@ def test_other_transient_and_warm_up_traffic_moves_nothing(layout_runs: tuple[di
 def test_out_of_memory_is_torchs_error_with_foundry_stats() -> None:
     result = run_program("out_of_memory")
     kind, message = result["error"]
-    assert kind == "OutOfMemoryError", message
+    assert kind == "OutOfMemoryError", (message, result["torch_oom_available"])
     assert "Foundry holds" in message and "By arena" in message
     assert result["still_works"]
 
@@ -74,6 +74,7 @@ def test_install_after_cuda_was_used_is_refused() -> None:
 
 def test_unavailable_range_names_it_and_suggests_another_base() -> None:
     result = run_program("range_taken")
+    assert "overlaps" in result["install_error"] and "FOUNDRY_ALLOC_BASE=0x" in result["install_error"]
     for key in ("reserve_error", "tensor_error"):
         assert "cannot reserve the fixed range [0x200000000000" in result[key]
         assert "FOUNDRY_ALLOC_BASE" in result[key] and "e.g. 0x" in result[key]
