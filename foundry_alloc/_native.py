@@ -17,6 +17,7 @@ from .errors import (
 )
 
 MAX_ARENAS = 8
+LIVE_BLOCKS, MAPPINGS = 0, 1  # what fa_layout lists
 LIBRARY_STEM = "_libfoundry_alloc"
 ALLOC_SYMBOL = "foundry_malloc"
 FREE_SYMBOL = "foundry_free"
@@ -109,7 +110,14 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fa_trim": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint64)]),
     "fa_layout": (
         ctypes.c_int,
-        [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(BlockRecord), ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64)],
+        [
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.POINTER(BlockRecord),
+            ctypes.c_uint64,
+            ctypes.POINTER(ctypes.c_uint64),
+        ],
     ),
     "fa_stats": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(SpaceStats)]),
     "fa_reset_peaks": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),

@@ -18,11 +18,11 @@ from types import ModuleType
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs `action` once, right after module `name` has been executed."""
+    """Runs the queued actions once, in order, right after module `name` has been executed."""
 
-    def __init__(self, name: str, action: Callable[[], None]) -> None:
+    def __init__(self, name: str) -> None:
         self._name = name
-        self._action = action
+        self.actions: list[Callable[[], None]] = []
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -35,14 +35,31 @@ class _AfterImport(importlib.abc.MetaPathFinder):
             return spec
         loader = spec.loader
         execute = loader.exec_module
-        action = self._action
+        actions = self.actions
 
         def exec_module(module: ModuleType) -> None:
             execute(module)
-            action()
+            for action in actions:
+                action()
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
+
+
+_torch_hook: _AfterImport | None = None
+
+
+def run_after_torch_import(action: Callable[[], None]) -> None:
+    """Runs `action` right after the program imports torch (now, if it already has). Actions
+    queued by several start-up hooks run in the order they were queued."""
+    global _torch_hook
+    if "torch" in sys.modules:
+        action()
+        return
+    if _torch_hook is None or _torch_hook not in sys.meta_path:
+        _torch_hook = _AfterImport("torch")
+        sys.meta_path.insert(0, _torch_hook)
+    _torch_hook.actions.append(action)
 
 
 def activate_from_environment() -> None:
@@ -58,7 +75,7 @@ def activate_from_environment() -> None:
         def refuse() -> None:
             raise ConfigError(f"foundry_alloc (environment activation): {problem}")
 
-        _run_after_torch_import(refuse)
+        run_after_torch_import(refuse)
         return
     if config is None:
         return
@@ -68,11 +85,4 @@ def activate_from_environment() -> None:
 
         install_allocator(config)
 
-    _run_after_torch_import(install)
-
-
-def _run_after_torch_import(action: Callable[[], None]) -> None:
-    if "torch" in sys.modules:
-        action()
-    else:
-        sys.meta_path.insert(0, _AfterImport("torch", action))
+    run_after_torch_import(install)

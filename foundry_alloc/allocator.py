@@ -59,15 +59,8 @@ class NativeAllocator:
         return released.value
 
     def layout(self, device: int = 0) -> Layout:
+        """The live blocks of the device's range."""
         stats = self._raw_stats(device)
-        count = ctypes.c_uint64()
-        capacity = 0
-        while True:
-            records = (_native.BlockRecord * max(capacity, 1))()
-            _native.check(self._lib.fa_layout(self._handle, device, records, capacity, ctypes.byref(count)))
-            if count.value <= capacity:
-                break
-            capacity = count.value + 64  # other threads may allocate between the two calls
         return Layout(
             device=device,
             base=stats.base,
@@ -75,15 +68,26 @@ class NativeAllocator:
             granularity=stats.granularity,
             allocations=tuple(
                 Allocation(
-                    address=r.address,
-                    size=r.size,
-                    requested=r.requested,
-                    arena=arena_name(r.arena),
-                    sequence=r.sequence,
+                    address=r.address, size=r.size, requested=r.requested, arena=arena_name(r.arena), sequence=r.sequence
                 )
-                for r in records[: count.value]
+                for r in self._records(device, _native.LIVE_BLOCKS)
             ),
         )
+
+    def mappings(self, device: int = 0) -> list[tuple[int, int, str]]:
+        """(address, size, arena) of every physical mapping of the device's range. Graphs may use
+        mapped memory of arena 'graph' where no block is live any more."""
+        return [(r.address, r.size, arena_name(r.arena)) for r in self._records(device, _native.MAPPINGS)]
+
+    def _records(self, device: int, kind: int) -> list[_native.BlockRecord]:
+        count = ctypes.c_uint64()
+        capacity = 0
+        while True:
+            records = (_native.BlockRecord * max(capacity, 1))()
+            _native.check(self._lib.fa_layout(self._handle, device, kind, records, capacity, ctypes.byref(count)))
+            if count.value <= capacity:
+                return list(records[: count.value])
+            capacity = count.value + 64  # other threads may allocate between the two calls
 
     def stats(self, device: int = 0) -> AllocatorStats:
         raw = self._raw_stats(device)

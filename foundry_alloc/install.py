@@ -137,6 +137,11 @@ def layout(device: int | None = None) -> Layout:
     return _require().layout(_device(device))
 
 
+def mappings(device: int | None = None) -> list[tuple[int, int, str]]:
+    """(address, size, arena) of the device's physical mappings."""
+    return _require().mappings(_device(device))
+
+
 def fingerprint(device: int | None = None, arenas: Iterable[str] | None = None) -> str:
     """A hash that is equal in two processes iff their layouts (in `arenas`) are equal."""
     return layout(device).fingerprint(arenas)

@@ -48,6 +48,23 @@ def _bench_alloc(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(arguments: argparse.Namespace) -> int:
+    from . import summary
+
+    result = summary.summarize(arguments.archive)
+    print(json.dumps(result, indent=2) if arguments.json else summary.render(result, kernels=arguments.kernels))
+    return 0
+
+
+def _bench_save(arguments: argparse.Namespace) -> int:
+    from . import bench_save
+
+    output = None if arguments.no_write else arguments.output
+    results = bench_save.run(arguments.workload, output, arguments.archive)
+    print(json.dumps(results, indent=2) if arguments.json else bench_save.render(results))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="foundry", description="Persist and restore CUDA graphs.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -62,6 +79,12 @@ def parser() -> argparse.ArgumentParser:
     diff.add_argument("--limit", type=int, default=40, help="most differences to print")
     diff.set_defaults(run=_layout_diff)
 
+    inspect = commands.add_parser("inspect", help="what an archive holds: graphs, templates, kernels, modules, fingerprint")
+    inspect.add_argument("archive", type=Path)
+    inspect.add_argument("--json", action="store_true", help="the full summary as JSON")
+    inspect.add_argument("--kernels", type=int, default=20, help="kernels to list (by launches)")
+    inspect.set_defaults(run=_inspect)
+
     bench = commands.add_parser("bench", help="benchmarks on the device")
     kinds = bench.add_subparsers(dest="kind", required=True)
     alloc = kinds.add_parser("alloc", help="Foundry's allocator vs PyTorch's caching allocator (peak memory, alloc+free)")
@@ -70,16 +93,25 @@ def parser() -> argparse.ArgumentParser:
     alloc.add_argument("--no-write", action="store_true", help="print only")
     alloc.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
     alloc.set_defaults(run=_bench_alloc)
+    save = kinds.add_parser("save", help="SAVE of the reference workload: archive size and contents")
+    save.add_argument("--workload", default="tiny", help="tiny, small or llama8b (default tiny)")
+    save.add_argument("--archive", type=Path, help="keep the archive here (default: a temporary file)")
+    save.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON")
+    save.add_argument("--no-write", action="store_true", help="print only")
+    save.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
+    save.set_defaults(run=_bench_save)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from foundry_alloc import FoundryAllocError
 
+    from .errors import FoundryTraceError
+
     arguments = parser().parse_args(argv)
     try:
         return arguments.run(arguments)
-    except FoundryAllocError as error:
+    except (FoundryAllocError, FoundryTraceError) as error:
         print(f"foundry: {error}", file=sys.stderr)
         return 2
 

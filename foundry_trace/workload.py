@@ -7,6 +7,7 @@ vocabulary 128256); weights are random, which changes nothing for graphs and mem
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -162,9 +163,10 @@ class CapturedStep:
 
 
 def capture_steps(
-    model: DecodeModel, batch_sizes: Iterable[int] | None = None, *, warmups: int = 1
+    model: DecodeModel, batch_sizes: Iterable[int] | None = None, *, warmups: int = 1, recording=None  # noqa: ANN001
 ) -> dict[int, CapturedStep]:
-    """Warm-up and capture one graph per batch size, largest first into one shared pool (as vLLM)."""
+    """Warm-up and capture one graph per batch size, largest first into one shared pool (as vLLM).
+    With a foundry_trace Recording, each graph is saved under its batch size, with its logits."""
     sizes: Sequence[int] = sorted(batch_sizes if batch_sizes is not None else model.shape.batch_sizes, reverse=True)
     pool = torch.cuda.graph_pool_handle()
     captured: dict[int, CapturedStep] = {}
@@ -174,8 +176,11 @@ def capture_steps(
                 model.step(batch)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                output = model.step(batch)
+            with recording.key(batch) if recording is not None else contextlib.nullcontext():
+                with torch.cuda.graph(graph, pool=pool):
+                    output = model.step(batch)
+            if recording is not None:
+                recording.add_output(batch, "logits", output)
             captured[batch] = CapturedStep(batch, graph, output)
     torch.cuda.synchronize()
     return captured

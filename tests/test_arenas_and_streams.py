@@ -168,3 +168,14 @@ def test_devices_get_consecutive_ranges_in_first_use_order(sim: fa.NativeAllocat
     assert on_zero == SIM_BASE + SIM_SIZE
     assert sim.simulation_counters().reserved_ranges == 2
     assert sim.layout(1).allocations[0].address == on_one
+
+
+def test_mappings_cover_graph_memory_that_is_no_longer_live(sim: fa.NativeAllocator) -> None:
+    """Graphs use memory freed during their capture: the mappings, not the live blocks, say where."""
+    sim.set_capturing(CAPTURING, True)
+    sim.free(allocate(sim, 6 << 20, stream=CAPTURING))
+    live = allocate(sim, 4096)
+    mapped = sim.mappings()
+    assert ((SIM_BASE + ARENA_SIZE + ARENA_SIZE // 16, 6 << 20, fa.GRAPH)) in mapped
+    assert any(address <= live < address + size and arena == fa.ENGINE for address, size, arena in mapped)
+    assert not sim.layout().select([fa.GRAPH]).allocations

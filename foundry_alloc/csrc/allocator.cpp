@@ -64,12 +64,13 @@ Status Allocator::trim(int device, uint32_t arena_mask, uint64_t* released, std:
   return space == nullptr ? status : space->trim(arena_mask, released, error);
 }
 
-Status Allocator::layout(int device, std::vector<BlockRecord>* out, std::string* error) {
+Status Allocator::layout(int device, bool mapped, std::vector<BlockRecord>* out,
+                         std::string* error) {
   std::lock_guard<std::mutex> lock(mutex_);
   Status status = kOk;
   Space* space = space_for(device, false, &status, error);
   if (space == nullptr) return status;
-  *out = space->layout();
+  *out = mapped ? space->mappings() : space->layout();
   return kOk;
 }
 

@@ -32,7 +32,8 @@ class Allocator {
   // Creates the device's space (reservation included) now rather than at its first allocation.
   Status reserve(int device, std::string* error);
   Status trim(int device, uint32_t arena_mask, uint64_t* released, std::string* error);
-  Status layout(int device, std::vector<BlockRecord>* out, std::string* error);
+  // Live blocks, or (mapped = true) physical mappings, by address.
+  Status layout(int device, bool mapped, std::vector<BlockRecord>* out, std::string* error);
   Status stats(int device, SpaceStats* out, std::string* error);
   Status reset_peaks(int device, std::string* error);
   Backend* backend() { return backend_.get(); }

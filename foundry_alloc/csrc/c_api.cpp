@@ -101,12 +101,13 @@ __attribute__((visibility("default"))) int fa_trim(fa_instance* instance, int de
 }
 
 // Copies up to `capacity` live blocks, sorted by address, and reports how many there are.
-__attribute__((visibility("default"))) int fa_layout(fa_instance* instance, int device,
+// kind 0: live blocks; kind 1: physical mappings.
+__attribute__((visibility("default"))) int fa_layout(fa_instance* instance, int device, int kind,
                                                      BlockRecord* out, uint64_t capacity,
                                                      uint64_t* count) {
   std::vector<BlockRecord> records;
   std::string error;
-  Status status = instance->allocator->layout(device, &records, &error);
+  Status status = instance->allocator->layout(device, kind == 1, &records, &error);
   if (status != foundry::kOk) return fail(status, error);
   *count = records.size();
   for (uint64_t i = 0; i < records.size() && i < capacity; ++i) out[i] = records[i];

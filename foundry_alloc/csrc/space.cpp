@@ -313,6 +313,15 @@ std::vector<BlockRecord> Space::layout() const {
   return records;
 }
 
+std::vector<BlockRecord> Space::mappings() const {
+  std::vector<BlockRecord> records;
+  records.reserve(extents_.size());
+  for (const auto& [address, extent] : extents_) {
+    records.push_back(BlockRecord{address, extent.size, extent.size, 0, extent.arena, 0});
+  }
+  return records;
+}
+
 SpaceStats Space::stats() const {
   SpaceStats s{};
   s.base = base_;

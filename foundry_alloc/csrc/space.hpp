@@ -72,6 +72,9 @@ class Space {
 
   bool owns(uint64_t address) const { return address >= base_ && address < base_ + size_; }
   std::vector<BlockRecord> layout() const;
+  // The physical mappings (extents) of the range, by address: what graphs may touch even where
+  // no block is live any more.
+  std::vector<BlockRecord> mappings() const;
   SpaceStats stats() const;
   void reset_peaks();
   int device() const { return device_; }

@@ -1,0 +1,224 @@
+"""The archive file: a fixed header, content-addressed binary blobs, and a JSON manifest.
+
+    [0, 64)    header: magic "FNDRYARC", format version (u32), flags (u32), manifest offset (u64),
+               manifest size (u64), SHA-256 of the manifest (32 bytes)
+    [64, ...)  blobs, each 64-byte aligned, named by the SHA-256 of their bytes (their checksum)
+    [..., end) the manifest: pydantic models as JSON (no pickle, ever)
+
+Readers map the file (mmap) and check every offset against the file before touching it; a blob's
+checksum is verified when it is read. Any inconsistency raises ArchiveFormatError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import struct
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from foundry_alloc import Layout
+
+from .errors import ArchiveFormatError
+from .records import Digest, Edge, FunctionRecord, MemorySegment, ModuleRecord, Node, U64
+
+MAGIC = b"FNDRYARC"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sIIQQ32s")  # 64 bytes
+BLOB_ALIGNMENT = 64
+MAX_MANIFEST_BYTES = 1 << 30
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BlobRef(_Model):
+    offset: U64
+    size: U64
+
+
+class Fingerprint(_Model):
+    """Everything that must match between the SAVE process and a LOAD process."""
+
+    gpu: str
+    compute_capability: str
+    driver: str | None  # kernel driver version, e.g. 580.159.04
+    cuda_driver_api: int  # cuDriverGetVersion, e.g. 13000
+    torch: str
+    torch_cuda: str | None
+    allocator_base: U64
+    allocator_size: U64
+    restore_layout: str  # fingerprint of the engine's layout at the restore point
+
+
+class Template(_Model):
+    """A graph shape shared by several graphs: node kinds and edges, stored once."""
+
+    topology: Digest
+    kinds: tuple[str, ...]
+    edges: tuple[Edge, ...]
+
+
+class OutputTensor(_Model):
+    name: str
+    address: U64
+    dtype: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+class GraphEntry(_Model):
+    key: str
+    template: Annotated[int, Field(ge=0)]
+    nodes: tuple[Node, ...]
+    outputs: tuple[OutputTensor, ...] = ()
+    driver_nodes: Annotated[int, Field(ge=0)]  # as the driver counted them at SAVE
+    driver_edges: Annotated[int, Field(ge=0)]
+
+
+class Manifest(_Model):
+    format: Literal["foundry-archive"] = "foundry-archive"
+    version: Literal[1] = FORMAT_VERSION
+    created: str
+    fingerprint: Fingerprint
+    restore_layout: Layout
+    modules: tuple[ModuleRecord, ...]
+    functions: tuple[FunctionRecord, ...]
+    templates: tuple[Template, ...]
+    graphs: tuple[GraphEntry, ...]
+    memory: tuple[MemorySegment, ...]
+    events: Annotated[int, Field(ge=0)]
+    blobs: dict[Digest, BlobRef]
+
+
+class ArchiveWriter:
+    """Writes blobs as they come (each once), then the manifest and the header."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._partial = self.path.with_name(self.path.name + ".partial")
+        self._file = open(self._partial, "wb")  # noqa: SIM115 - closed by finish() or abort()
+        self._file.write(b"\0" * HEADER.size)
+        self._blobs: dict[str, BlobRef] = {}
+
+    def add_blob(self, data: bytes | memoryview) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in self._blobs:
+            offset = self._file.tell()
+            padding = -offset % BLOB_ALIGNMENT
+            self._file.write(b"\0" * padding)
+            self._blobs[digest] = BlobRef(offset=offset + padding, size=len(data))
+            self._file.write(data)
+        return digest
+
+    @property
+    def blobs(self) -> dict[str, BlobRef]:
+        return dict(self._blobs)
+
+    def finish(self, manifest: Manifest) -> Path:
+        """Writes the manifest and header, then renames the file into place (never half-written)."""
+        payload = manifest.model_dump_json().encode()
+        offset = self._file.tell()
+        self._file.write(payload)
+        self._file.seek(0)
+        self._file.write(HEADER.pack(MAGIC, FORMAT_VERSION, 0, offset, len(payload), hashlib.sha256(payload).digest()))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._partial, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._file.close()
+        self._partial.unlink(missing_ok=True)
+
+
+class Archive:
+    """A read-only view of an archive file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                if size < HEADER.size:
+                    raise ArchiveFormatError(f"{self.path} is {size} bytes, too short for a Foundry archive")
+                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as error:
+            raise ArchiveFormatError(f"cannot open archive {self.path}: {error.strerror}") from None
+        self.manifest = self._read_manifest(size)
+
+    def _read_manifest(self, size: int) -> Manifest:
+        magic, version, _flags, offset, length, checksum = HEADER.unpack_from(self._map, 0)
+        if magic != MAGIC:
+            raise ArchiveFormatError(f"{self.path} is not a Foundry archive (magic {magic!r}); write one with foundry save")
+        if version != FORMAT_VERSION:
+            raise ArchiveFormatError(
+                f"{self.path} has format version {version}; this Foundry reads version {FORMAT_VERSION}: "
+                "save it again with this version"
+            )
+        if length > MAX_MANIFEST_BYTES or offset < HEADER.size or offset + length > size:
+            raise ArchiveFormatError(
+                f"{self.path} is truncated or corrupted: its manifest lies at [{offset}, +{length}) in a "
+                f"file of {size} bytes"
+            )
+        payload = self._map[offset : offset + length]
+        if hashlib.sha256(payload).digest() != checksum:
+            raise ArchiveFormatError(f"{self.path}: the manifest's checksum does not match: the file is corrupted")
+        try:
+            manifest = Manifest.model_validate_json(payload)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "top level"
+            raise ArchiveFormatError(f"{self.path}: invalid manifest at {where}: {first['msg']}") from None
+        for digest, ref in manifest.blobs.items():
+            if ref.offset < HEADER.size or ref.offset + ref.size > offset:
+                raise ArchiveFormatError(
+                    f"{self.path}: blob {digest[:12]} lies at [{ref.offset}, +{ref.size}), outside the blob "
+                    "section: the file is corrupted"
+                )
+        return manifest
+
+    def blob(self, digest: str) -> memoryview:
+        """The bytes of a blob, checked against its digest."""
+        ref = self.manifest.blobs.get(digest)
+        if ref is None:
+            raise ArchiveFormatError(f"{self.path}: the manifest names blob {digest[:12]} but does not index it")
+        view = memoryview(self._map)[ref.offset : ref.offset + ref.size]
+        if hashlib.sha256(view).hexdigest() != digest:
+            view.release()
+            raise ArchiveFormatError(f"{self.path}: blob {digest[:12]} is corrupted (checksum mismatch)")
+        return view
+
+    def verify(self) -> None:
+        """Checks every blob's checksum and every reference to a blob."""
+        for digest in self.manifest.blobs:
+            self.blob(digest).release()
+        referenced = {m.digest for m in self.manifest.modules}
+        referenced |= {s.contents for s in self.manifest.memory if s.contents}
+        for graph in self.manifest.graphs:
+            referenced |= {n.arguments for n in _kernel_nodes(graph.nodes)}
+        missing = referenced - set(self.manifest.blobs)
+        if missing:
+            raise ArchiveFormatError(f"{self.path}: {len(missing)} referenced blob(s) are missing, e.g. {min(missing)[:12]}")
+
+    def close(self) -> None:
+        self._map.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _kernel_nodes(nodes: tuple[Node, ...]):  # noqa: ANN202 - iterator of KernelNode
+    for node in nodes:
+        if node.kind == "kernel":
+            yield node
+        elif node.kind == "graph":
+            yield from _kernel_nodes(node.graph.nodes)

@@ -1,0 +1,116 @@
+"""The entry functions of a CUDA module binary (a cubin: an ELF file; or a fatbin holding cubins).
+
+SAVE needs to know which module binary holds a captured kernel; the driver gives the kernel's
+name, the binaries give their entries. Binaries come from the driver, but the reader still bounds
+every offset, since a bad read here must be an error, not a crash.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .errors import FoundryTraceError
+
+ELF_MAGIC = b"\x7fELF"
+FATBIN_MAGIC = 0xBA55ED50
+_ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
+_SECTION = struct.Struct("<IIQQQQIIQQ")
+_SYMBOL = struct.Struct("<IBBHQQ")
+SHT_SYMTAB = 2
+STT_OBJECT = 1
+STT_FUNC = 2
+STB_GLOBAL = 1
+SHN_UNDEF = 0
+STO_CUDA_ENTRY = 0x10  # st_other bit NVIDIA sets on kernel entry points
+MAX_SYMBOLS = 1 << 20
+
+
+class CubinFormatError(FoundryTraceError):
+    """The bytes are not a cubin or fatbin this reader understands."""
+
+
+@dataclass(frozen=True)
+class ModuleSymbols:
+    entries: frozenset[str]  # kernel entry points
+    variables: frozenset[str]  # module-scope __device__ / __constant__ variables
+
+
+def module_symbols(binary: bytes | memoryview) -> ModuleSymbols:
+    """The kernel entry points and global variables of a cubin, or of every cubin in a fatbin."""
+    data = bytes(binary[:8]) if len(binary) >= 8 else b""
+    if data[:4] == ELF_MAGIC:
+        return _elf_symbols(memoryview(binary))
+    if len(data) >= 4 and struct.unpack_from("<I", data)[0] == FATBIN_MAGIC:
+        return _fatbin_symbols(memoryview(binary))
+    raise CubinFormatError("not a cubin (ELF) or fatbin")
+
+
+def entry_names(binary: bytes | memoryview) -> frozenset[str]:
+    return module_symbols(binary).entries
+
+
+def _elf_symbols(view: memoryview) -> ModuleSymbols:
+    if len(view) < _ELF_HEADER.size:
+        raise CubinFormatError("truncated ELF header")
+    ident, _type, _machine, _version, _entry, _phoff, shoff, _flags, _ehsize, _phentsize, _phnum, shentsize, shnum, _ = (
+        _ELF_HEADER.unpack_from(view, 0)
+    )
+    if ident[4] != 2 or ident[5] != 1:
+        raise CubinFormatError("not a 64-bit little-endian ELF")
+    if shentsize != _SECTION.size or shoff + shnum * shentsize > len(view):
+        raise CubinFormatError("section table out of bounds")
+    sections = [_SECTION.unpack_from(view, shoff + i * shentsize) for i in range(shnum)]
+    entries: set[str] = set()
+    variables: set[str] = set()
+    for _name, kind, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
+        if kind != SHT_SYMTAB:
+            continue
+        if link >= len(sections) or entsize != _SYMBOL.size or offset + size > len(view):
+            raise CubinFormatError("symbol table out of bounds")
+        strings_offset, strings_size = sections[link][4], sections[link][5]
+        if strings_offset + strings_size > len(view):
+            raise CubinFormatError("string table out of bounds")
+        strings = view[strings_offset : strings_offset + strings_size]
+        for index in range(min(size // entsize, MAX_SYMBOLS)):
+            name_offset, info, other, section, _value, symbol_size = _SYMBOL.unpack_from(view, offset + index * entsize)
+            kind_bits, binding = info & 0xF, info >> 4
+            if kind_bits == STT_FUNC and binding == STB_GLOBAL and other & STO_CUDA_ENTRY:
+                entries.add(_c_string(strings, name_offset))
+            elif kind_bits == STT_OBJECT and symbol_size > 0 and section != SHN_UNDEF:
+                name = _c_string(strings, name_offset)
+                if not name.startswith("."):  # the compiler's own (.nv.reservedSmem...)
+                    variables.add(name)
+    return ModuleSymbols(frozenset(entries), frozenset(variables))
+
+
+def _c_string(strings: memoryview, offset: int) -> str:
+    if offset >= len(strings):
+        raise CubinFormatError("symbol name out of bounds")
+    end = bytes(strings[offset : offset + 65536]).find(b"\0")
+    if end < 0:
+        raise CubinFormatError("unterminated symbol name")
+    return bytes(strings[offset : offset + end]).decode("utf-8", errors="replace")
+
+
+_FATBIN_HEADER = struct.Struct("<IHHQ")  # magic, version, header size, payload size
+_FATBIN_ENTRY = struct.Struct("<HHIQIIII")  # kind, version, header size, padded payload size, ...
+
+
+def _fatbin_symbols(view: memoryview) -> ModuleSymbols:
+    _magic, _version, header_size, payload_size = _FATBIN_HEADER.unpack_from(view, 0)
+    end = min(len(view), header_size + payload_size)
+    position = header_size
+    entries: set[str] = set()
+    variables: set[str] = set()
+    while position + _FATBIN_ENTRY.size <= end:
+        kind, _v, entry_header, payload, *_ = _FATBIN_ENTRY.unpack_from(view, position)
+        if entry_header == 0 or position + entry_header + payload > end:
+            raise CubinFormatError("fatbin entry out of bounds")
+        start = position + entry_header
+        if kind == 2 and bytes(view[start : start + 4]) == ELF_MAGIC:  # an ELF (cubin) entry
+            symbols = _elf_symbols(view[start : start + payload])
+            entries |= symbols.entries
+            variables |= symbols.variables
+        position = start + payload
+    return ModuleSymbols(frozenset(entries), frozenset(variables))

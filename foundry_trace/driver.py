@@ -1,0 +1,51 @@
+"""Thin helpers over cuda.bindings' driver API: checked calls and raw memory reads."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from typing import Any
+
+from cuda.bindings import driver
+
+from .errors import DriverCallError
+
+SUCCESS = driver.CUresult.CUDA_SUCCESS
+
+
+def call(function: Callable[..., Any], *arguments: Any) -> Any:
+    """Calls a cuda.bindings driver function; returns its outputs (one value or a tuple) or raises
+    DriverCallError naming the call and the driver's error."""
+    result = function(*arguments)
+    status, outputs = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+    if status != SUCCESS:
+        _, name = driver.cuGetErrorName(status)
+        raise DriverCallError(f"{function.__name__} failed with {name.decode() if name else status}")
+    if not outputs:
+        return None
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def try_call(function: Callable[..., Any], *arguments: Any) -> Any | None:
+    """Like call(), but None where the driver refuses (for optional queries)."""
+    result = function(*arguments)
+    status, outputs = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+    if status != SUCCESS:
+        return None
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def host_bytes(address: int, size: int) -> bytes:
+    """Copies `size` bytes of host memory (driver-owned parameter buffers) at `address`."""
+    return ctypes.string_at(address, size) if size else b""
+
+
+def host_pointers(address: int, count: int) -> list[int]:
+    return [p or 0 for p in (ctypes.c_void_p * count).from_address(address)]
+
+
+def device_bytes(address: int, size: int) -> bytes:
+    """Copies `size` bytes of device memory to the host (synchronously)."""
+    buffer = ctypes.create_string_buffer(size)
+    call(driver.cuMemcpyDtoH, ctypes.addressof(buffer), address, size)
+    return buffer.raw

@@ -1,0 +1,31 @@
+"""Every error foundry_trace raises. Each message says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class FoundryTraceError(Exception):
+    """Base class of foundry_trace's errors."""
+
+
+class CuptiUnavailableError(FoundryTraceError):
+    """CUPTI (the cupti-python package and its libcupti) cannot be loaded."""
+
+
+class TracerStateError(FoundryTraceError):
+    """The tracer was used out of order (started twice, stopped when not running, ...)."""
+
+
+class UnsupportedNodeError(FoundryTraceError):
+    """A captured graph holds a node kind that cannot be persisted (host callback, conditional, ...)."""
+
+
+class MissingBinaryError(FoundryTraceError):
+    """A kernel used by a graph comes from a module whose binary the tracer did not see."""
+
+
+class ArchiveFormatError(FoundryTraceError):
+    """A file is not a valid Foundry archive: wrong magic or version, truncated, corrupted."""
+
+
+class DriverCallError(FoundryTraceError):
+    """A CUDA driver call made by the tracer or the graph walker failed."""

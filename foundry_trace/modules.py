@@ -1,0 +1,143 @@
+"""Module binaries seen by the tracer, and the mapping of captured CUfunctions to them.
+
+The driver names a captured kernel (cuFuncGetName) and its loaded module (cuFuncGetModule), but
+gives no way back from a CUmodule to its binary; CUPTI hands over every binary as it is loaded.
+A kernel is matched to the binaries that export its name; where several do (templates compiled
+into several translation units), to the one whose whole set of entries equals the loaded
+module's (cuModuleEnumerateFunctions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+
+from cuda.bindings import driver
+
+from .cubin import CubinFormatError, ModuleSymbols, module_symbols
+from .driver import call, device_bytes, try_call
+from .errors import MissingBinaryError
+from .records import FunctionRecord, ModuleRecord
+
+# Function attributes that users set on kernels (cuFuncSetAttribute) and a reload must set again.
+SETTABLE_FUNCTION_ATTRIBUTES = (
+    "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES",
+    "CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT",
+    "CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_WIDTH",
+    "CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_HEIGHT",
+    "CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_DEPTH",
+    "CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED",
+    "CU_FUNC_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE",
+)
+MAX_VARIABLE_BYTES = 64 << 20  # module globals larger than this are refused rather than carried
+
+
+@dataclass
+class _Binary:
+    digest: str
+    data: bytes
+    symbols: ModuleSymbols
+
+
+@dataclass
+class ModuleRegistry:
+    """Binaries by digest (each once), with an index from entry name to binaries."""
+
+    binaries: dict[str, _Binary] = field(default_factory=dict)
+    by_entry: dict[str, list[str]] = field(default_factory=dict)
+    unreadable: int = 0  # binaries CUPTI gave that are neither cubin nor fatbin
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, data: bytes) -> None:
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            if digest in self.binaries:
+                return
+            try:
+                symbols = module_symbols(data)
+            except CubinFormatError:
+                self.unreadable += 1
+                return
+            self.binaries[digest] = _Binary(digest, data, symbols)
+            for name in symbols.entries:
+                self.by_entry.setdefault(name, []).append(digest)
+
+
+class FunctionTable:
+    """Turns CUfunction handles into indices of FunctionRecords, resolving each handle once."""
+
+    def __init__(self, registry: ModuleRegistry) -> None:
+        self._registry = registry
+        self._index: dict[int, int] = {}
+        self._module_entries: dict[int, frozenset[str]] = {}
+        self.records: list[FunctionRecord] = []
+        self.module_handles: dict[str, int] = {}  # digest -> a loaded CUmodule of that binary
+
+    def index(self, function: int, where: str) -> int:
+        found = self._index.get(function)
+        if found is None:
+            found = self._index[function] = len(self.records)
+            self.records.append(self._resolve(function, where))
+        return found
+
+    def _resolve(self, function: int, where: str) -> FunctionRecord:
+        handle = driver.CUfunction(function)
+        name = call(driver.cuFuncGetName, handle)
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        module = int(call(driver.cuFuncGetModule, handle))
+        candidates = self._registry.by_entry.get(name, [])
+        if len(candidates) > 1:
+            entries = self._entries_of(module)
+            candidates = [d for d in candidates if self._registry.binaries[d].symbols.entries == entries] or candidates[:0]
+        if not candidates:
+            raise MissingBinaryError(
+                f"kernel {name} (used by {where}) comes from a module whose binary the tracer did not see"
+                + (" unambiguously" if name in self._registry.by_entry else "")
+                + ": it was loaded before tracing started. Start tracing before the first CUDA call "
+                "(FOUNDRY_MODE=save, or enter foundry_trace.record(...) before the model is built)"
+            )
+        digest = candidates[0]
+        self.module_handles.setdefault(digest, module)
+        attributes = {}
+        for attribute in SETTABLE_FUNCTION_ATTRIBUTES:
+            value = try_call(driver.cuFuncGetAttribute, getattr(driver.CUfunction_attribute, attribute), handle)
+            if value is not None:
+                attributes[attribute] = int(value)
+        return FunctionRecord(module=digest, name=name, attributes=attributes)
+
+    def _entries_of(self, module: int) -> frozenset[str]:
+        if module not in self._module_entries:
+            handle = driver.CUmodule(module)
+            count = call(driver.cuModuleGetFunctionCount, handle)
+            functions = call(driver.cuModuleEnumerateFunctions, count, handle)
+            names = set()
+            for function in functions:
+                name = call(driver.cuFuncGetName, function)
+                names.add(name.decode() if isinstance(name, bytes) else str(name))
+            self._module_entries[module] = frozenset(names)
+        return self._module_entries[module]
+
+    def used_modules(self, add_blob) -> list[ModuleRecord]:  # noqa: ANN001 - ArchiveWriter.add_blob-like
+        """Records of the binaries the functions come from, with the current contents of their
+        module-scope variables (read through the loaded module), blobs added through `add_blob`."""
+        records = []
+        for digest in dict.fromkeys(f.module for f in self.records):
+            binary = self._registry.binaries[digest]
+            variables = {}
+            for name in sorted(binary.symbols.variables):
+                found = try_call(driver.cuModuleGetGlobal, driver.CUmodule(self.module_handles[digest]), name.encode())
+                if found is None:
+                    continue
+                address, size = int(found[0]), int(found[1])
+                if size > MAX_VARIABLE_BYTES:
+                    raise MissingBinaryError(
+                        f"module variable {name} of {digest[:12]} holds {size} bytes, more than Foundry carries "
+                        f"({MAX_VARIABLE_BYTES}); allocate such buffers with torch instead"
+                    )
+                variables[name] = add_blob(device_bytes(address, size))
+            add_blob(binary.data)
+            records.append(
+                ModuleRecord(digest=digest, size=len(binary.data), entries=len(binary.symbols.entries), variables=variables)
+            )
+        return records

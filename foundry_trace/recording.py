@@ -1,0 +1,241 @@
+"""SAVE: record the graphs a program captures, with everything needed to rebuild them elsewhere.
+
+    with foundry_trace.record("model.foundry") as rec:      # the restore point: engine state is built
+        for batch in sizes:
+            with rec.key(batch):
+                ... warm-up; torch.cuda.graph(g): out = model(x) ...
+            rec.add_output(batch, "logits", out)
+
+The tracer must see every module a captured kernel comes from, so it should run before the
+model's first kernel: call foundry_trace.start_tracing() early (FOUNDRY_MODE=save does), or the
+archive is refused with the name of each kernel whose binary was missed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import nvtx
+
+import foundry_alloc
+
+from .archive import ArchiveWriter, GraphEntry, Manifest, OutputTensor, Template
+from .driver import device_bytes
+from .errors import TracerStateError
+from .fingerprint import current_fingerprint
+from .graph_walker import GraphWalker
+from .modules import FunctionTable, ModuleRegistry
+from .records import ChildGraphNode, GraphBody, MemorySegment
+from .tracer import Listener, Tracer
+
+NVTX_DOMAIN = "foundry"
+MAX_CARRIED_BLOCK = 1 << 20  # contents of blocks created after the restore point, up to this size
+
+
+class Session:
+    """The process-wide tracer and what it has seen: modules from the start, graphs while a
+    recording is open."""
+
+    def __init__(self) -> None:
+        self.registry = ModuleRegistry()
+        self.recording: Recording | None = None
+        self.tracer = Tracer(Listener(self.registry.add, self._graph_instantiated, self._capture_beginning))
+
+    def _graph_instantiated(self, graph: int, graph_exec: int) -> None:
+        if self.recording is not None:
+            self.recording.graph_instantiated(graph, graph_exec)
+
+    def _capture_beginning(self) -> None:
+        if self.recording is not None:
+            self.recording.capture_beginning()
+
+
+_session: Session | None = None
+_session_lock = threading.Lock()
+
+
+def start_tracing() -> Session:
+    """Starts the CUPTI tracer for this process (once). Call it before the model's first kernel."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            session = Session()
+            session.tracer.start()
+            _session = session
+        return _session
+
+
+class Recording:
+    """One archive in the making."""
+
+    def __init__(self, path: str | Path, session: Session, *, restore_point_now: bool = True) -> None:
+        self.path = Path(path)
+        self._session = session
+        self._functions = FunctionTable(session.registry)
+        self._blobs: dict[str, bytes] = {}
+        self._walker = GraphWalker(self._functions, self._add_blob)
+        self._graphs: list[tuple[str, GraphBody, int, int]] = []
+        self._outputs: dict[str, list[OutputTensor]] = {}
+        self._key: str | None = None
+        self._restore_layout: foundry_alloc.Layout | None = None
+        self._device: int | None = None
+        session.tracer.errors.clear()
+        if restore_point_now:
+            self.restore_point()
+
+    def _add_blob(self, data: bytes) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(data).hexdigest()
+        self._blobs.setdefault(digest, data)
+        return digest
+
+    def restore_point(self) -> None:
+        """Marks the engine's state as complete: what is live now, LOAD re-creates itself."""
+        import torch
+
+        self._device = torch.cuda.current_device()
+        torch.cuda.synchronize()
+        self._restore_layout = foundry_alloc.layout(self._device)
+
+    def capture_beginning(self) -> None:
+        if self._restore_layout is None:
+            self.restore_point()
+
+    @contextmanager
+    def key(self, key: object) -> Iterator[None]:
+        """Graphs instantiated inside the block are saved (and restored) under `key`."""
+        previous, self._key = self._key, str(key)
+        try:
+            with nvtx.annotate(f"foundry.record key={key}", domain=NVTX_DOMAIN):
+                yield
+        finally:
+            self._key = previous
+
+    def add_output(self, key: object, name: str, tensor) -> None:  # noqa: ANN001 - torch.Tensor
+        """Declares a tensor a graph writes, so that LOAD can hand back a view of it."""
+        self._outputs.setdefault(str(key), []).append(
+            OutputTensor(
+                name=name,
+                address=tensor.data_ptr(),
+                dtype=str(tensor.dtype).removeprefix("torch."),
+                shape=tuple(tensor.shape),
+                stride=tuple(tensor.stride()),
+            )
+        )
+
+    def graph_instantiated(self, graph: int, _graph_exec: int) -> None:
+        key = self._key if self._key is not None else str(len(self._graphs))
+        if any(k == key for k, *_ in self._graphs):
+            key = f"{key}#{sum(1 for k, *_ in self._graphs if k.split('#')[0] == key)}"
+        with nvtx.annotate(f"foundry.walk {key}", domain=NVTX_DOMAIN):
+            body, nodes, edges = self._walker.walk(graph, f"graph {key!r}")
+        self._graphs.append((key, body, nodes, edges))
+
+    def finish(self) -> Path:
+        """Writes the archive (to a temporary name first, so a failure leaves nothing behind)."""
+        if self._session.tracer.errors:
+            raise self._session.tracer.errors[0]
+        if self._restore_layout is None or self._device is None:
+            raise TracerStateError("no graph was captured during the recording: nothing to save")
+        import torch
+
+        torch.cuda.synchronize()
+        with nvtx.annotate("foundry.save.write", domain=NVTX_DOMAIN):
+            writer = ArchiveWriter(self.path)
+            try:
+                manifest = self._manifest(writer)
+                return writer.finish(manifest)
+            except BaseException:
+                writer.abort()
+                raise
+
+    def _manifest(self, writer: ArchiveWriter) -> Manifest:
+        modules = self._functions.used_modules(self._add_blob)
+        memory = self._memory_segments()
+        templates: dict[str, int] = {}
+        template_records: list[Template] = []
+        entries = []
+        for key, body, nodes, edges in self._graphs:
+            topology = body.topology()
+            if topology not in templates:
+                templates[topology] = len(template_records)
+                template_records.append(
+                    Template(
+                        topology=topology,
+                        kinds=tuple(n.kind for n in body.nodes),
+                        edges=body.edges,
+                    )
+                )
+            entries.append(
+                GraphEntry(
+                    key=key,
+                    template=templates[topology],
+                    nodes=body.nodes,
+                    outputs=tuple(self._outputs.get(key, ())),
+                    driver_nodes=nodes,
+                    driver_edges=edges,
+                )
+            )
+        for data in self._blobs.values():
+            writer.add_blob(data)
+        return Manifest(
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            fingerprint=current_fingerprint(self._restore_layout),
+            restore_layout=self._restore_layout,
+            modules=tuple(modules),
+            functions=tuple(self._functions.records),
+            templates=tuple(template_records),
+            graphs=tuple(entries),
+            memory=tuple(memory),
+            events=self._walker.event_count,
+            blobs=writer.blobs,
+        )
+
+    def _memory_segments(self) -> list[MemorySegment]:
+        before = {(a.address, a.size, a.arena) for a in self._restore_layout.allocations}
+        segments = [
+            MemorySegment(address=address, size=size, arena=arena)
+            for address, size, arena in foundry_alloc.mappings(self._device)
+            if arena == foundry_alloc.GRAPH
+        ]
+        for block in foundry_alloc.layout(self._device).allocations:
+            if block.arena == foundry_alloc.GRAPH or (block.address, block.size, block.arena) in before:
+                continue
+            contents = self._add_blob(device_bytes(block.address, block.size)) if block.size <= MAX_CARRIED_BLOCK else None
+            segments.append(MemorySegment(address=block.address, size=block.size, arena=block.arena, contents=contents))
+        return segments
+
+
+def restore_point() -> None:
+    """Marks the restore point of the open recording (FOUNDRY_MODE=save takes it at the first
+    capture otherwise)."""
+    if _session is None or _session.recording is None:
+        raise TracerStateError("no recording is open: use foundry_trace.record(...) or FOUNDRY_MODE=save")
+    _session.recording.restore_point()
+
+
+@contextmanager
+def record(path: str | Path) -> Iterator[Recording]:
+    """Records the graphs instantiated inside the block into the archive at `path`; the start of
+    the block is the restore point. Needs the Foundry allocator (foundry_alloc.install())."""
+    if foundry_alloc.installed() is None:
+        raise TracerStateError(
+            "recording needs the Foundry allocator, so that addresses are reproducible: call "
+            "foundry_alloc.install() (or set FOUNDRY_ALLOC=1) before CUDA is first used"
+        )
+    session = start_tracing()
+    if session.recording is not None:
+        raise TracerStateError(f"a recording into {session.recording.path} is already open")
+    recording = Recording(path, session)
+    session.recording = recording
+    try:
+        with nvtx.annotate("foundry.save", domain=NVTX_DOMAIN):
+            yield recording
+            recording.finish()
+    finally:
+        session.recording = None

@@ -1,0 +1,149 @@
+"""Plain records of captured graphs: what the graph walker produces and the archive stores.
+
+Bulk bytes (kernel arguments, module binaries, memory contents) are not held here but referenced
+by the SHA-256 digest of a blob of the archive, so identical blobs are stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+U64 = Annotated[int, Field(ge=0, lt=1 << 64)]
+Dim3 = tuple[U64, U64, U64]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KernelNode(_Record):
+    """A kernel launch: function (index into the archive's functions), launch shape, the argument
+    buffer laid out as the function's parameters are (cuFuncGetParamInfo), and every launch
+    attribute that differs from its default, as the raw bytes of CUlaunchAttributeValue (hex)."""
+
+    kind: Literal["kernel"] = "kernel"
+    function: Annotated[int, Field(ge=0)]
+    grid: Dim3
+    block: Dim3
+    shared_bytes: U64
+    arguments: Digest
+    attributes: dict[int, str] = {}
+
+
+class MemsetNode(_Record):
+    kind: Literal["memset"] = "memset"
+    destination: U64
+    pitch: U64
+    value: U64
+    element_size: Literal[1, 2, 4]
+    width: U64
+    height: U64
+
+
+class MemcpyNode(_Record):
+    """A device-to-device copy (CUDA_MEMCPY3D with device pointers on both sides)."""
+
+    kind: Literal["memcpy"] = "memcpy"
+    source: U64
+    source_pitch: U64
+    source_height: U64
+    source_offset: tuple[U64, U64, U64]
+    destination: U64
+    destination_pitch: U64
+    destination_height: U64
+    destination_offset: tuple[U64, U64, U64]
+    extent: tuple[U64, U64, U64]  # width in bytes, height, depth
+
+
+class EventRecordNode(_Record):
+    kind: Literal["event_record"] = "event_record"
+    event: Annotated[int, Field(ge=0)]  # events are numbered per archive; restore creates fresh ones
+
+
+class EventWaitNode(_Record):
+    kind: Literal["event_wait"] = "event_wait"
+    event: Annotated[int, Field(ge=0)]
+
+
+class EmptyNode(_Record):
+    kind: Literal["empty"] = "empty"
+
+
+class ChildGraphNode(_Record):
+    kind: Literal["graph"] = "graph"
+    graph: GraphBody
+
+
+Node = Annotated[
+    Union[KernelNode, MemsetNode, MemcpyNode, EventRecordNode, EventWaitNode, EmptyNode, ChildGraphNode],
+    Field(discriminator="kind"),
+]
+
+
+class Edge(_Record):
+    """source -> destination, with the edge data of CUDA 12.3+ (programmatic/PDL edges)."""
+
+    source: Annotated[int, Field(ge=0)]
+    destination: Annotated[int, Field(ge=0)]
+    from_port: Annotated[int, Field(ge=0, lt=256)] = 0
+    to_port: Annotated[int, Field(ge=0, lt=256)] = 0
+    type: Annotated[int, Field(ge=0, lt=256)] = 0
+
+
+class GraphBody(_Record):
+    nodes: tuple[Node, ...]
+    edges: tuple[Edge, ...]
+
+    def topology(self) -> str:
+        """A digest of the shape alone (node kinds and edges; child graphs by their own shape):
+        graphs with equal topology share one template."""
+        shape = {
+            "kinds": [n.graph.topology() if isinstance(n, ChildGraphNode) else n.kind for n in self.nodes],
+            "edges": [[e.source, e.destination, e.from_port, e.to_port, e.type] for e in self.edges],
+        }
+        return hashlib.sha256(json.dumps(shape, separators=(",", ":")).encode()).hexdigest()
+
+    def count_nodes(self) -> int:
+        return sum(n.graph.count_nodes() if isinstance(n, ChildGraphNode) else 1 for n in self.nodes)
+
+    def count_edges(self) -> int:
+        return len(self.edges) + sum(n.graph.count_edges() for n in self.nodes if isinstance(n, ChildGraphNode))
+
+
+ChildGraphNode.model_rebuild()
+
+
+class FunctionRecord(_Record):
+    """A kernel function: its module (digest of the binary) and entry name, and the function
+    attributes its users set (e.g. the dynamic shared memory limit) that a reload must set again."""
+
+    module: Digest
+    name: Annotated[str, Field(min_length=1, max_length=4096)]
+    attributes: dict[str, int] = {}
+
+
+class ModuleRecord(_Record):
+    """A module binary, and the contents of its module-scope variables (__device__/__constant__)
+    at SAVE, which a freshly loaded copy of the module would not have."""
+
+    digest: Digest
+    size: U64
+    entries: Annotated[int, Field(ge=0)]  # entry functions in the binary
+    variables: dict[str, Digest] = {}
+
+
+class MemorySegment(_Record):
+    """Memory the graphs use that the engine will not re-create at LOAD: graph-pool blocks (no
+    contents needed: graphs write them before reading) and blocks created after the restore
+    point (with their contents where they are small enough to matter and be carried)."""
+
+    address: U64
+    size: Annotated[int, Field(gt=0, lt=1 << 64)]
+    arena: str
+    contents: Digest | None = None
+

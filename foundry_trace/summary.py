@@ -1,0 +1,97 @@
+"""`foundry inspect`: what an archive holds, for people (text) and machines (JSON)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from foundry_alloc.units import format_bytes
+
+from .archive import Archive
+from .records import ChildGraphNode, KernelNode, Node
+
+
+def _count_kinds(nodes: tuple[Node, ...], counter: Counter) -> None:
+    for node in nodes:
+        counter[node.kind] += 1
+        if isinstance(node, ChildGraphNode):
+            _count_kinds(node.graph.nodes, counter)
+
+
+def _kernels(nodes: tuple[Node, ...]) -> list[KernelNode]:
+    found: list[KernelNode] = []
+    for node in nodes:
+        if isinstance(node, KernelNode):
+            found.append(node)
+        elif isinstance(node, ChildGraphNode):
+            found += _kernels(node.graph.nodes)
+    return found
+
+
+def summarize(path: str | Path) -> dict[str, object]:
+    with Archive(path) as archive:
+        m = archive.manifest
+        kinds: Counter = Counter()
+        launches: Counter = Counter()
+        graphs = []
+        for graph in m.graphs:
+            graph_kinds: Counter = Counter()
+            _count_kinds(graph.nodes, graph_kinds)
+            kinds.update(graph_kinds)
+            for kernel in _kernels(graph.nodes):
+                launches[kernel.function] += 1
+            graphs.append(
+                {
+                    "key": graph.key,
+                    "template": graph.template,
+                    "nodes": sum(graph_kinds.values()),
+                    "driver_nodes": graph.driver_nodes,
+                    "edges": graph.driver_edges,
+                    "outputs": [o.name for o in graph.outputs],
+                }
+            )
+        module_bytes = sum(mod.size for mod in m.modules)
+        argument_digests = {k.arguments for g in m.graphs for k in _kernels(g.nodes)}
+        return {
+            "path": str(path),
+            "archive_bytes": Path(path).stat().st_size,
+            "fingerprint": m.fingerprint.model_dump(),
+            "created": m.created,
+            "graphs": graphs,
+            "templates": len(m.templates),
+            "nodes": sum(kinds.values()),
+            "nodes_by_kind": dict(kinds.most_common()),
+            "modules": [{"digest": mod.digest, "bytes": mod.size, "entries": mod.entries, "variables": len(mod.variables)} for mod in m.modules],
+            "module_bytes": module_bytes,
+            "kernels": [
+                {"name": f.name, "module": f.module[:12], "launches": launches[i], "attributes": f.attributes}
+                for i, f in enumerate(m.functions)
+            ],
+            "argument_blobs": len(argument_digests),
+            "argument_bytes": sum(m.blobs[d].size for d in argument_digests if d in m.blobs),
+            "memory_segments": len(m.memory),
+            "memory_bytes": sum(s.size for s in m.memory),
+            "carried_memory_bytes": sum(m.blobs[s.contents].size for s in m.memory if s.contents),
+            "events": m.events,
+        }
+
+
+def render(summary: dict[str, object], *, kernels: int = 20) -> str:
+    f = summary["fingerprint"]
+    lines = [
+        f"{summary['path']}: {format_bytes(summary['archive_bytes'])}, created {summary['created']}",
+        f"  for {f['gpu']} (sm {f['compute_capability']}), driver {f['driver']}, CUDA API {f['cuda_driver_api']}, "
+        f"torch {f['torch']}, allocator {f['allocator_base']:#x} + {format_bytes(f['allocator_size'])}",
+        f"  {len(summary['graphs'])} graphs in {summary['templates']} templates, {summary['nodes']} nodes: "
+        + ", ".join(f"{count} {kind}" for kind, count in summary["nodes_by_kind"].items()),
+        f"  {len(summary['kernels'])} kernels from {len(summary['modules'])} modules ({format_bytes(summary['module_bytes'])}); "
+        f"{summary['argument_blobs']} distinct argument blobs ({format_bytes(summary['argument_bytes'])})",
+        f"  memory: {summary['memory_segments']} segments, {format_bytes(summary['memory_bytes'])} "
+        f"({format_bytes(summary['carried_memory_bytes'])} of contents carried); {summary['events']} events",
+        "  graphs (key: nodes/edges, template):",
+    ]
+    lines += [f"    {g['key']}: {g['nodes']}/{g['edges']}, template {g['template']}" for g in summary["graphs"]]
+    ranked = sorted(summary["kernels"], key=lambda k: -k["launches"])
+    lines.append(f"  kernels by launches (top {min(kernels, len(ranked))} of {len(ranked)}):")
+    lines += [f"    {k['launches']:>7}  {k['name'][:110]}  [{k['module']}]" for k in ranked[:kernels]]
+    return "\n".join(lines)

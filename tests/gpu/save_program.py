@@ -1,0 +1,92 @@
+"""SAVE scenarios the GPU tests run in fresh processes; each prints one JSON object last.
+
+    python -m tests.gpu.save_program <scenario> <archive path>
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+
+import foundry_alloc as fa
+import foundry_trace as ft
+
+BATCHES = (1, 2, 4, 8)
+
+
+def _model():  # noqa: ANN202
+    from foundry_trace.workload import DecodeModel, preset
+
+    model = DecodeModel(preset("tiny"))
+    model.step(1)
+    return model
+
+
+def save(path: str) -> dict[str, object]:
+    """The tiny reference workload, every batch size saved, then the archive inspected."""
+    fa.install()
+    ft.start_tracing()
+    from foundry_trace.summary import summarize
+    from foundry_trace.workload import capture_steps
+
+    model = _model()
+    with ft.record(path) as recording:
+        capture_steps(model, BATCHES, recording=recording)
+    summary = summarize(path)
+    with ft.Archive(path) as archive:
+        archive.verify()
+        walked = {g.key: (sum(1 for _ in _all_nodes(g.nodes)), g.driver_nodes) for g in archive.manifest.graphs}
+    return {"summary": summary, "walked_vs_driver": walked}
+
+
+def _all_nodes(nodes):  # noqa: ANN001, ANN202
+    for node in nodes:
+        yield node
+        if node.kind == "graph":
+            yield from _all_nodes(node.graph.nodes)
+
+
+def host_node(path: str) -> dict[str, object]:
+    """A graph with a host callback inside must be refused by name."""
+    fa.install()
+    ft.start_tracing()
+    import torch
+    from cuda.bindings import driver
+
+    callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: None)
+    x = torch.ones(16, device="cuda")
+    try:
+        with ft.record(path):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                y = x * 2
+                stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
+                function = driver.CUhostFn(ctypes.cast(callback, ctypes.c_void_p).value)
+                (status,) = driver.cuLaunchHostFunc(stream, function, 0)
+                assert status == driver.CUresult.CUDA_SUCCESS, status
+                y += 1
+    except ft.UnsupportedNodeError as error:
+        return {"error": str(error), "archive_left": os.path.exists(path)}
+    return {"error": None}
+
+
+def late_tracing(path: str) -> dict[str, object]:
+    """Kernels whose modules loaded before tracing started: SAVE must name them and refuse."""
+    fa.install()
+    from foundry_trace.workload import capture_steps
+
+    model = _model()  # every kernel of the step loads here, untraced
+    try:
+        with ft.record(path) as recording:
+            capture_steps(model, (2,), recording=recording)
+    except ft.MissingBinaryError as error:
+        return {"error": str(error), "archive_left": os.path.exists(path)}
+    return {"error": None}
+
+
+SCENARIOS = {"save": save, "host_node": host_node, "late_tracing": late_tracing}
+
+if __name__ == "__main__":
+    print(json.dumps(SCENARIOS[sys.argv[1]](sys.argv[2])))

@@ -1,0 +1,74 @@
+"""SAVE on a real GPU: tracing, walking, archive writing and refusals, in fresh processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..conftest import clean_environment
+
+pytestmark = pytest.mark.gpu
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_scenario(name: str, archive: Path) -> dict:
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.gpu.save_program", name, str(archive)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=clean_environment(),
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    archive = tmp_path_factory.mktemp("save") / "tiny.foundry"
+    return run_scenario("save", archive), archive
+
+
+def test_save_writes_every_graph_and_kernel(saved: tuple[dict, Path]) -> None:
+    result, archive = saved
+    summary = result["summary"]
+    assert sorted(g["key"] for g in summary["graphs"]) == ["1", "2", "4", "8"]
+    assert all(g["outputs"] == ["logits"] for g in summary["graphs"])
+    assert summary["nodes_by_kind"].get("kernel", 0) > 0
+    assert all(k["launches"] > 0 for k in summary["kernels"])
+    assert summary["modules"] and summary["memory_segments"] > 0
+    if os.environ.get("OUT"):  # tools/gpu-check brings the archive back as CI test data
+        shutil.copy(archive, Path(os.environ["OUT"]) / "tiny.foundry")
+
+
+def test_no_graph_is_truncated(saved: tuple[dict, Path]) -> None:
+    for key, (walked, reported) in saved[0]["walked_vs_driver"].items():
+        assert walked == reported, f"graph {key}: {walked} nodes walked, the driver reports {reported}"
+
+
+def test_inspect_reads_the_archive(saved: tuple[dict, Path]) -> None:
+    _, archive = saved
+    completed = subprocess.run(
+        [sys.executable, "-m", "foundry_trace.cli", "inspect", str(archive)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "4 graphs" in completed.stdout and "kernels by launches" in completed.stdout
+
+
+def test_host_callbacks_are_refused_by_name(tmp_path: Path) -> None:
+    result = run_scenario("host_node", tmp_path / "host.foundry")
+    assert result["error"] and "host node" in result["error"] and "host callback" in result["error"]
+    assert not result["archive_left"]
+
+
+def test_kernels_loaded_before_tracing_are_named(tmp_path: Path) -> None:
+    result = run_scenario("late_tracing", tmp_path / "late.foundry")
+    assert result["error"] and "before tracing started" in result["error"]
+    assert not result["archive_left"]
