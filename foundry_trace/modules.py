@@ -42,11 +42,15 @@ class _Binary:
 
 @dataclass
 class ModuleRegistry:
-    """Binaries by digest (each once), with an index from entry name to binaries."""
+    """Binaries by digest (each once), with an index from entry name to binaries.
+
+    Binaries the ELF reader cannot list (compressed fatbins, as PyTorch's CUDA 13 builds ship)
+    wait in `pending` until a kernel cannot be found; then the driver itself lists their entries
+    (load, enumerate, unload)."""
 
     binaries: dict[str, _Binary] = field(default_factory=dict)
     by_entry: dict[str, list[str]] = field(default_factory=dict)
-    unreadable: int = 0  # binaries CUPTI gave that are neither cubin nor fatbin
+    pending: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, data: bytes) -> None:
@@ -57,11 +61,44 @@ class ModuleRegistry:
             try:
                 symbols = module_symbols(data)
             except CubinFormatError:
-                self.unreadable += 1
-                return
+                symbols = ModuleSymbols(frozenset(), frozenset())
             self.binaries[digest] = _Binary(digest, data, symbols)
-            for name in symbols.entries:
-                self.by_entry.setdefault(name, []).append(digest)
+            if symbols.entries:
+                self._index(digest)
+            else:
+                self.pending.append(digest)
+
+    def _index(self, digest: str) -> None:
+        for name in self.binaries[digest].symbols.entries:
+            self.by_entry.setdefault(name, []).append(digest)
+
+    def index_pending(self) -> None:
+        """Lists the entries of every pending binary through the driver."""
+        with self._lock:
+            pending, self.pending = self.pending, []
+        for digest in pending:
+            entries = _driver_entry_names(self.binaries[digest].data)  # loads a module: no lock held
+            with self._lock:
+                binary = self.binaries[digest]
+                self.binaries[digest] = _Binary(digest, binary.data, ModuleSymbols(entries, binary.symbols.variables))
+                self._index(digest)
+
+
+def _driver_entry_names(data: bytes) -> frozenset[str]:
+    module = call(driver.cuModuleLoadData, data)
+    try:
+        return _function_names(module)
+    finally:
+        call(driver.cuModuleUnload, module)
+
+
+def _function_names(module: driver.CUmodule) -> frozenset[str]:
+    count = call(driver.cuModuleGetFunctionCount, module)
+    names = set()
+    for function in call(driver.cuModuleEnumerateFunctions, count, module) if count else ():
+        name = call(driver.cuFuncGetName, function)
+        names.add(name.decode() if isinstance(name, bytes) else str(name))
+    return frozenset(names)
 
 
 class FunctionTable:
@@ -86,6 +123,8 @@ class FunctionTable:
         name = call(driver.cuFuncGetName, handle)
         name = name.decode() if isinstance(name, bytes) else str(name)
         module = int(call(driver.cuFuncGetModule, handle))
+        if name not in self._registry.by_entry and self._registry.pending:
+            self._registry.index_pending()
         candidates = self._registry.by_entry.get(name, [])
         if len(candidates) > 1:
             entries = self._entries_of(module)
@@ -108,14 +147,7 @@ class FunctionTable:
 
     def _entries_of(self, module: int) -> frozenset[str]:
         if module not in self._module_entries:
-            handle = driver.CUmodule(module)
-            count = call(driver.cuModuleGetFunctionCount, handle)
-            functions = call(driver.cuModuleEnumerateFunctions, count, handle)
-            names = set()
-            for function in functions:
-                name = call(driver.cuFuncGetName, function)
-                names.add(name.decode() if isinstance(name, bytes) else str(name))
-            self._module_entries[module] = frozenset(names)
+            self._module_entries[module] = _function_names(driver.CUmodule(module))
         return self._module_entries[module]
 
     def used_modules(self, add_blob) -> list[ModuleRecord]:  # noqa: ANN001 - ArchiveWriter.add_blob-like
