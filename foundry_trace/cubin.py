@@ -20,7 +20,6 @@ _SYMBOL = struct.Struct("<IBBHQQ")
 SHT_SYMTAB = 2
 STT_OBJECT = 1
 STT_FUNC = 2
-STB_GLOBAL = 1
 SHN_UNDEF = 0
 STO_CUDA_ENTRY = 0x10  # st_other bit NVIDIA sets on kernel entry points
 MAX_SYMBOLS = 1 << 20
@@ -39,10 +38,13 @@ class ModuleSymbols:
 def module_symbols(binary: bytes | memoryview) -> ModuleSymbols:
     """The kernel entry points and global variables of a cubin, or of every cubin in a fatbin."""
     data = bytes(binary[:8]) if len(binary) >= 8 else b""
-    if data[:4] == ELF_MAGIC:
-        return _elf_symbols(memoryview(binary))
-    if len(data) >= 4 and struct.unpack_from("<I", data)[0] == FATBIN_MAGIC:
-        return _fatbin_symbols(memoryview(binary))
+    try:
+        if data[:4] == ELF_MAGIC:
+            return _elf_symbols(memoryview(binary))
+        if len(data) >= 4 and struct.unpack_from("<I", data)[0] == FATBIN_MAGIC:
+            return _fatbin_symbols(memoryview(binary))
+    except struct.error as error:  # a read past the end of a truncated binary
+        raise CubinFormatError(f"truncated binary: {error}") from None
     raise CubinFormatError("not a cubin (ELF) or fatbin")
 
 
@@ -74,8 +76,9 @@ def _elf_symbols(view: memoryview) -> ModuleSymbols:
         strings = view[strings_offset : strings_offset + strings_size]
         for index in range(min(size // entsize, MAX_SYMBOLS)):
             name_offset, info, other, section, _value, symbol_size = _SYMBOL.unpack_from(view, offset + index * entsize)
-            kind_bits, binding = info & 0xF, info >> 4
-            if kind_bits == STT_FUNC and binding == STB_GLOBAL and other & STO_CUDA_ENTRY:
+            kind_bits = info & 0xF
+            # Entries in anonymous namespaces are LOCAL symbols: the entry flag, not the binding, counts.
+            if kind_bits == STT_FUNC and other & STO_CUDA_ENTRY:
                 entries.add(_c_string(strings, name_offset))
             elif kind_bits == STT_OBJECT and symbol_size > 0 and section != SHN_UNDEF:
                 name = _c_string(strings, name_offset)
