@@ -1,12 +1,14 @@
 """The archive file: a fixed header, content-addressed binary blobs, and a JSON manifest.
 
     [0, 64)    header: magic "FNDRYARC", format version (u32), flags (u32), manifest offset (u64),
-               manifest size (u64), SHA-256 of the manifest (32 bytes)
-    [64, ...)  blobs, each 64-byte aligned, named by the SHA-256 of their bytes (their checksum)
-    [..., end) the manifest: pydantic models as JSON (no pickle, ever)
+               manifest size as stored (u64), SHA-256 of the stored manifest (32 bytes)
+    [64, ...)  blobs, each 64-byte aligned, named by the SHA-256 of their bytes (their checksum),
+               stored raw or zlib-compressed (whichever is smaller by a margin)
+    [..., end) the manifest: pydantic models as JSON (no pickle, ever), zlib-compressed
 
 Readers map the file (mmap) and check every offset against the file before touching it; a blob's
-checksum is verified when it is read. Any inconsistency raises ArchiveFormatError.
+checksum is verified when it is read; decompression never produces more than the size the
+manifest declares. Any inconsistency raises ArchiveFormatError.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import mmap
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -29,7 +32,10 @@ MAGIC = b"FNDRYARC"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sIIQQ32s")  # 64 bytes
 BLOB_ALIGNMENT = 64
-MAX_MANIFEST_BYTES = 1 << 30
+MAX_MANIFEST_BYTES = 1 << 30  # decompressed
+MAX_BLOB_BYTES = 1 << 34
+COMPRESSION_LEVEL = 6
+COMPRESSION_MARGIN = 0.9  # a blob is stored compressed when that saves 10 % or more
 
 
 class _Model(BaseModel):
@@ -38,7 +44,9 @@ class _Model(BaseModel):
 
 class BlobRef(_Model):
     offset: U64
-    size: U64
+    stored: U64  # bytes in the file
+    size: Annotated[int, Field(ge=0, le=MAX_BLOB_BYTES)]  # bytes once decoded
+    codec: Literal["raw", "zlib"] = "raw"
 
 
 class Fingerprint(_Model):
@@ -111,8 +119,11 @@ class ArchiveWriter:
             offset = self._file.tell()
             padding = -offset % BLOB_ALIGNMENT
             self._file.write(b"\0" * padding)
-            self._blobs[digest] = BlobRef(offset=offset + padding, size=len(data))
-            self._file.write(data)
+            packed = zlib.compress(data, COMPRESSION_LEVEL)
+            codec = "zlib" if len(packed) <= COMPRESSION_MARGIN * len(data) else "raw"
+            stored = packed if codec == "zlib" else data
+            self._blobs[digest] = BlobRef(offset=offset + padding, stored=len(stored), size=len(data), codec=codec)
+            self._file.write(stored)
         return digest
 
     @property
@@ -121,7 +132,7 @@ class ArchiveWriter:
 
     def finish(self, manifest: Manifest) -> Path:
         """Writes the manifest and header, then renames the file into place (never half-written)."""
-        payload = manifest.model_dump_json().encode()
+        payload = zlib.compress(manifest.model_dump_json().encode(), COMPRESSION_LEVEL)
         offset = self._file.tell()
         self._file.write(payload)
         self._file.seek(0)
@@ -161,7 +172,7 @@ class Archive:
                 f"{self.path} has format version {version}; this Foundry reads version {FORMAT_VERSION}: "
                 "save it again with this version"
             )
-        if length > MAX_MANIFEST_BYTES or offset < HEADER.size or offset + length > size:
+        if offset < HEADER.size or offset + length > size:
             raise ArchiveFormatError(
                 f"{self.path} is truncated or corrupted: its manifest lies at [{offset}, +{length}) in a "
                 f"file of {size} bytes"
@@ -169,6 +180,7 @@ class Archive:
         payload = self._map[offset : offset + length]
         if hashlib.sha256(payload).digest() != checksum:
             raise ArchiveFormatError(f"{self.path}: the manifest's checksum does not match: the file is corrupted")
+        payload = _inflate(payload, MAX_MANIFEST_BYTES, f"{self.path}: the manifest")
         try:
             manifest = Manifest.model_validate_json(payload)
         except ValidationError as error:
@@ -176,29 +188,38 @@ class Archive:
             where = ".".join(map(str, first["loc"])) or "top level"
             raise ArchiveFormatError(f"{self.path}: invalid manifest at {where}: {first['msg']}") from None
         for digest, ref in manifest.blobs.items():
-            if ref.offset < HEADER.size or ref.offset + ref.size > offset:
+            if ref.offset < HEADER.size or ref.offset + ref.stored > offset or (ref.codec == "raw" and ref.stored != ref.size):
                 raise ArchiveFormatError(
-                    f"{self.path}: blob {digest[:12]} lies at [{ref.offset}, +{ref.size}), outside the blob "
-                    "section: the file is corrupted"
+                    f"{self.path}: blob {digest[:12]} lies at [{ref.offset}, +{ref.stored}), outside the blob "
+                    "section or inconsistent with its size: the file is corrupted"
                 )
         return manifest
 
-    def blob(self, digest: str) -> memoryview:
-        """The bytes of a blob, checked against its digest."""
+    def blob(self, digest: str) -> bytes | memoryview:
+        """The bytes of a blob (a view into the file where it is stored raw), checked against its digest."""
         ref = self.manifest.blobs.get(digest)
         if ref is None:
             raise ArchiveFormatError(f"{self.path}: the manifest names blob {digest[:12]} but does not index it")
-        view = memoryview(self._map)[ref.offset : ref.offset + ref.size]
-        if hashlib.sha256(view).hexdigest() != digest:
-            view.release()
+        view = memoryview(self._map)[ref.offset : ref.offset + ref.stored]
+        if ref.codec == "zlib":
+            with view:
+                data: bytes | memoryview = _inflate(view, ref.size, f"{self.path}: blob {digest[:12]}")
+        else:
+            data = view
+        if len(data) != ref.size or hashlib.sha256(data).hexdigest() != digest:
+            if isinstance(data, memoryview):
+                data.release()
             raise ArchiveFormatError(f"{self.path}: blob {digest[:12]} is corrupted (checksum mismatch)")
-        return view
+        return data
 
     def verify(self) -> None:
         """Checks every blob's checksum and every reference to a blob."""
         for digest in self.manifest.blobs:
-            self.blob(digest).release()
+            data = self.blob(digest)
+            if isinstance(data, memoryview):
+                data.release()
         referenced = {m.digest for m in self.manifest.modules}
+        referenced |= {v for m in self.manifest.modules for v in m.variables.values()}
         referenced |= {s.contents for s in self.manifest.memory if s.contents}
         for graph in self.manifest.graphs:
             referenced |= {n.arguments for n in _kernel_nodes(graph.nodes)}
@@ -207,6 +228,7 @@ class Archive:
             raise ArchiveFormatError(f"{self.path}: {len(missing)} referenced blob(s) are missing, e.g. {min(missing)[:12]}")
 
     def close(self) -> None:
+        """Unmaps the file; views returned by blob() must be released first."""
         self._map.close()
 
     def __enter__(self) -> Archive:
@@ -214,6 +236,18 @@ class Archive:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _inflate(data: bytes | memoryview, limit: int, what: str) -> bytes:
+    """zlib-decompresses at most `limit` bytes: a corrupted or hostile file cannot make it allocate more."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as error:
+        raise ArchiveFormatError(f"{what} does not decompress ({error}): the file is corrupted") from None
+    if len(out) > limit or not inflater.eof:
+        raise ArchiveFormatError(f"{what} is larger than declared or truncated: the file is corrupted")
+    return out
 
 
 def _kernel_nodes(nodes: tuple[Node, ...]):  # noqa: ANN202 - iterator of KernelNode

@@ -48,3 +48,30 @@ def test_layout_parser_on_mutated_layouts(data: st.DataObject) -> None:
 def test_layout_parser_accepts_real_layouts(sim: fa.NativeAllocator) -> None:
     allocate(sim, 4096)
     one_input(sim.layout().model_dump_json().encode())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_archive_reader_on_damaged_archives(data: st.DataObject) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from fuzz.fuzz_archive import one_input
+
+    from .archive_samples import archive_contents, write_archive
+
+    manifest, blobs = data.draw(archive_contents())
+    with tempfile.TemporaryDirectory() as scratch:
+        raw = bytearray(write_archive(Path(scratch) / "a.foundry", manifest, blobs).read_bytes())
+    for _ in range(data.draw(st.integers(min_value=0, max_value=6))):
+        position = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+        raw[position] = data.draw(st.integers(min_value=0, max_value=255))
+    one_input(bytes(raw[: data.draw(st.integers(min_value=0, max_value=len(raw)))]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=4096))
+def test_archive_reader_on_random_bytes(data: bytes) -> None:
+    from fuzz.fuzz_archive import one_input
+
+    one_input(b"FNDRYARC" + data if data[:1] == b"\0" else data)

@@ -86,7 +86,23 @@ def late_tracing(path: str) -> dict[str, object]:
     return {"error": None}
 
 
-SCENARIOS = {"save": save, "host_node": host_node, "late_tracing": late_tracing}
+def micro(path: str) -> dict[str, object]:
+    """The smallest real archive: one graph of two elementwise kernels (kept as CI test data)."""
+    fa.install()
+    ft.start_tracing()
+    import torch
+
+    x = torch.arange(1024, device="cuda", dtype=torch.float32)
+    (x * 2).relu()  # warm-up: the kernels load here, traced
+    with ft.record(path) as recording:
+        graph = torch.cuda.CUDAGraph()
+        with recording.key("double-relu"), torch.cuda.graph(graph):
+            y = (x * 2).relu()
+        recording.add_output("double-relu", "y", y)
+    return {"bytes": os.path.getsize(path)}
+
+
+SCENARIOS = {"save": save, "host_node": host_node, "late_tracing": late_tracing, "micro": micro}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]](sys.argv[2])))

@@ -44,8 +44,6 @@ def test_save_writes_every_graph_and_kernel(saved: tuple[dict, Path]) -> None:
     assert summary["nodes_by_kind"].get("kernel", 0) > 0
     assert all(k["launches"] > 0 for k in summary["kernels"])
     assert summary["modules"] and summary["memory_segments"] > 0
-    if os.environ.get("OUT"):  # tools/gpu-check brings the archive back as CI test data
-        shutil.copy(archive, Path(os.environ["OUT"]) / "tiny.foundry")
 
 
 def test_no_graph_is_truncated(saved: tuple[dict, Path]) -> None:
@@ -72,3 +70,31 @@ def test_kernels_loaded_before_tracing_are_named(tmp_path: Path) -> None:
     result = run_scenario("late_tracing", tmp_path / "late.foundry")
     assert result["error"] and "before tracing started" in result["error"]
     assert not result["archive_left"]
+
+
+def test_micro_archive_for_ci(tmp_path: Path) -> None:
+    """Writes the small real archive that the CPU suite reads (tests/data/micro.foundry)."""
+    archive = tmp_path / "micro.foundry"
+    result = run_scenario("micro", archive)
+    assert result["bytes"] < 8 << 20
+    if os.environ.get("OUT"):
+        shutil.copy(archive, Path(os.environ["OUT"]) / "micro.foundry")
+
+
+def test_environment_activation_saves_an_unmodified_program(tmp_path: Path) -> None:
+    if not any((Path(p) / "foundry_alloc.pth").exists() for p in sys.path if p):
+        pytest.skip("the start-up hook is installed by `pip install .` (not by an editable install)")
+    archive = tmp_path / "plain.foundry"
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "gpu" / "plain_capture.py")],
+        capture_output=True,
+        text=True,
+        env=clean_environment(FOUNDRY_MODE="save", FOUNDRY_ARCHIVE=str(archive)),
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "foundry_trace: wrote" in completed.stderr
+    from foundry_trace.archive import Archive
+
+    with Archive(archive) as opened:
+        assert [g.key for g in opened.manifest.graphs] == ["0", "1"]

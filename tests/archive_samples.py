@@ -1,0 +1,174 @@
+"""Random but valid archive contents, for round-trip and corruption tests."""
+
+from __future__ import annotations
+
+import hashlib
+
+import hypothesis.strategies as st
+
+import foundry_alloc as fa
+from foundry_trace.archive import ArchiveWriter, Fingerprint, GraphEntry, Manifest, OutputTensor, Template
+from foundry_trace.records import (
+    ChildGraphNode,
+    Edge,
+    EmptyNode,
+    EventRecordNode,
+    EventWaitNode,
+    FunctionRecord,
+    GraphBody,
+    KernelNode,
+    MemcpyNode,
+    MemorySegment,
+    MemsetNode,
+    ModuleRecord,
+)
+
+u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
+small = st.integers(min_value=0, max_value=1 << 20)
+dim3 = st.tuples(small, small, small)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@st.composite
+def kernel_nodes(draw: st.DrawFn, functions: int, blobs: list[bytes]) -> KernelNode:
+    data = draw(st.binary(max_size=256))
+    blobs.append(data)
+    return KernelNode(
+        function=draw(st.integers(min_value=0, max_value=functions - 1)),
+        grid=draw(dim3),
+        block=draw(dim3),
+        shared_bytes=draw(small),
+        arguments=_digest(data),
+        attributes=draw(st.dictionaries(st.integers(min_value=1, max_value=20), st.binary(min_size=64, max_size=64).map(bytes.hex), max_size=3)),
+    )
+
+
+def simple_nodes(draw: st.DrawFn, functions: int, blobs: list[bytes]):  # noqa: ANN201
+    return draw(
+        st.one_of(
+            kernel_nodes(functions, blobs),
+            st.builds(MemsetNode, destination=u64, pitch=u64, value=u64, element_size=st.sampled_from([1, 2, 4]), width=u64, height=u64),
+            st.builds(
+                MemcpyNode, source=u64, source_pitch=u64, source_height=u64, source_offset=st.tuples(u64, u64, u64),
+                destination=u64, destination_pitch=u64, destination_height=u64, destination_offset=st.tuples(u64, u64, u64),
+                extent=st.tuples(u64, u64, u64),
+            ),
+            st.builds(EventRecordNode, event=st.integers(min_value=0, max_value=8)),
+            st.builds(EventWaitNode, event=st.integers(min_value=0, max_value=8)),
+            st.just(EmptyNode()),
+        )
+    )
+
+
+@st.composite
+def graph_bodies(draw: st.DrawFn, functions: int, blobs: list[bytes], depth: int = 1) -> GraphBody:
+    nodes = [simple_nodes(draw, functions, blobs) for _ in range(draw(st.integers(min_value=1, max_value=12)))]
+    if depth and draw(st.booleans()):
+        nodes.append(ChildGraphNode(graph=draw(graph_bodies(functions, blobs, depth - 1))))
+    count = len(nodes)
+    edges = draw(
+        st.lists(
+            st.builds(
+                Edge,
+                source=st.integers(min_value=0, max_value=count - 1),
+                destination=st.integers(min_value=0, max_value=count - 1),
+                type=st.integers(min_value=0, max_value=1),
+            ),
+            max_size=2 * count,
+        )
+    )
+    return GraphBody(nodes=tuple(nodes), edges=tuple(edges))
+
+
+@st.composite
+def archive_contents(draw: st.DrawFn) -> tuple[Manifest, list[bytes]]:
+    """A manifest (blobs not yet indexed) and the blobs it references."""
+    blobs: list[bytes] = []
+    module_bytes = [draw(st.binary(min_size=1, max_size=2048)) for _ in range(draw(st.integers(min_value=1, max_value=3)))]
+    blobs += module_bytes
+    modules = tuple(ModuleRecord(digest=_digest(b), size=len(b), entries=1) for b in module_bytes)
+    functions = tuple(
+        FunctionRecord(module=draw(st.sampled_from(modules)).digest, name=f"kernel_{i}", attributes={"CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES": i})
+        for i in range(draw(st.integers(min_value=1, max_value=4)))
+    )
+    bodies = [draw(graph_bodies(len(functions), blobs)) for _ in range(draw(st.integers(min_value=1, max_value=4)))]
+    topologies: list[str] = []
+    templates, graphs = [], []
+    for index, body in enumerate(bodies):
+        if body.topology() not in topologies:
+            topologies.append(body.topology())
+            templates.append(Template(topology=body.topology(), kinds=tuple(n.kind for n in body.nodes), edges=body.edges))
+        graphs.append(
+            GraphEntry(
+                key=str(index), template=topologies.index(body.topology()), nodes=body.nodes,
+                outputs=(OutputTensor(name="out", address=0x200000000000, dtype="float32", shape=(index + 1, 8), stride=(8, 1)),),
+                driver_nodes=body.count_nodes(), driver_edges=body.count_edges(),
+            )
+        )
+    contents = draw(st.binary(max_size=512))
+    blobs.append(contents)
+    layout = fa.Layout(device=0, base=0x200000000000, size=1 << 40, granularity=2 << 20, allocations=())
+    manifest = Manifest(
+        created="2026-11-24T00:00:00+00:00",
+        fingerprint=Fingerprint(
+            gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", driver="580.159.04", cuda_driver_api=13000,
+            torch="2.11.0+cu130", torch_cuda="13.0", allocator_base=0x200000000000, allocator_size=1 << 40,
+            restore_layout=layout.fingerprint(),
+        ),
+        restore_layout=layout,
+        modules=modules,
+        functions=functions,
+        templates=tuple(templates),
+        graphs=tuple(graphs),
+        memory=(MemorySegment(address=0x200000000000, size=2 << 20, arena="graph"), MemorySegment(address=0x200000200000, size=max(1, len(contents)), arena="engine", contents=_digest(contents))),
+        events=9,
+        blobs={},
+    )
+    return manifest, blobs
+
+
+def write_archive(path, manifest: Manifest, blobs: list[bytes]):  # noqa: ANN001, ANN201
+    writer = ArchiveWriter(path)
+    for blob in blobs:
+        writer.add_blob(blob)
+    return writer.finish(manifest.model_copy(update={"blobs": writer.blobs}))
+
+
+def fixed_contents() -> tuple[Manifest, list[bytes]]:
+    """One small archive's contents, the same every time: a graph of a kernel, a memset and a
+    child graph, two modules (one compressible), carried memory."""
+    modules_bytes = [b"\x7fELF" + bytes(range(256)) * 4, b"\0" * 8192]
+    arguments = b"\1\2\3\4" * 16
+    contents = b"state" * 100
+    modules = tuple(ModuleRecord(digest=_digest(b), size=len(b), entries=1) for b in modules_bytes)
+    functions = (FunctionRecord(module=modules[0].digest, name="_Z6kernelPf"),)
+    child = GraphBody(nodes=(EmptyNode(),), edges=())
+    body = GraphBody(
+        nodes=(
+            KernelNode(function=0, grid=(4, 1, 1), block=(128, 1, 1), shared_bytes=0, arguments=_digest(arguments)),
+            MemsetNode(destination=0x200000000000, pitch=0, value=0, element_size=4, width=256, height=1),
+            ChildGraphNode(graph=child),
+        ),
+        edges=(Edge(source=0, destination=1), Edge(source=1, destination=2, type=1)),
+    )
+    layout = fa.Layout(device=0, base=0x200000000000, size=1 << 40, granularity=2 << 20, allocations=())
+    manifest = Manifest(
+        created="2026-11-24T00:00:00+00:00",
+        fingerprint=Fingerprint(
+            gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", driver="580.159.04", cuda_driver_api=13000,
+            torch="2.11.0+cu130", torch_cuda="13.0", allocator_base=0x200000000000, allocator_size=1 << 40,
+            restore_layout=layout.fingerprint(),
+        ),
+        restore_layout=layout,
+        modules=modules,
+        functions=functions,
+        templates=(Template(topology=body.topology(), kinds=tuple(n.kind for n in body.nodes), edges=body.edges),),
+        graphs=(GraphEntry(key="1", template=0, nodes=body.nodes, driver_nodes=body.count_nodes(), driver_edges=body.count_edges()),),
+        memory=(MemorySegment(address=0x200000400000, size=len(contents), arena="engine", contents=_digest(contents)),),
+        events=0,
+        blobs={},
+    )
+    return manifest, [*modules_bytes, arguments, contents]

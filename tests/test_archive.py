@@ -1,0 +1,116 @@
+"""The archive format: round trips, deduplication, and refusal of damaged files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from foundry_trace.archive import HEADER, Archive
+from foundry_trace.errors import ArchiveFormatError
+
+from .archive_samples import archive_contents, fixed_contents, write_archive
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(archive_contents())
+def test_round_trip_gives_identical_records(tmp_path: Path, contents) -> None:  # noqa: ANN001
+    manifest, blobs = contents
+    path = write_archive(tmp_path / "a.foundry", manifest, blobs)
+    with Archive(path) as archive:
+        archive.verify()
+        assert archive.manifest.model_copy(update={"blobs": {}}) == manifest
+        for blob in blobs:
+            data = archive.blob(hashlib.sha256(blob).hexdigest())
+            assert bytes(data) == blob
+            if isinstance(data, memoryview):
+                data.release()
+
+
+def test_identical_blobs_are_stored_once(tmp_path: Path) -> None:
+    from foundry_trace.archive import ArchiveWriter
+
+    writer = ArchiveWriter(tmp_path / "a.foundry")
+    first = writer.add_blob(b"x" * 10000)
+    assert writer.add_blob(b"x" * 10000) == first
+    assert len(writer.blobs) == 1 and writer.blobs[first].codec == "zlib"
+    assert writer.add_blob(bytes(range(256))) and writer.blobs[writer.add_blob(bytes(range(256)))].codec == "raw"
+    writer.abort()
+    assert not list(tmp_path.iterdir()), "an aborted archive leaves nothing behind"
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Path:
+    manifest, blobs = fixed_contents()
+    return write_archive(tmp_path / "sample.foundry", manifest, blobs)
+
+
+def test_refuses_other_files(tmp_path: Path) -> None:
+    path = tmp_path / "x"
+    path.write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    with pytest.raises(ArchiveFormatError, match="not a Foundry archive"):
+        Archive(path)
+    with pytest.raises(ArchiveFormatError, match="cannot open"):
+        Archive(tmp_path / "absent.foundry")
+
+
+def test_refuses_other_versions(sample: Path) -> None:
+    data = bytearray(sample.read_bytes())
+    data[8] = 99
+    sample.write_bytes(bytes(data))
+    with pytest.raises(ArchiveFormatError, match="format version 99"):
+        Archive(sample)
+
+
+def test_refuses_truncated_files(sample: Path) -> None:
+    data = sample.read_bytes()
+    for cut in (10, HEADER.size + 5, len(data) // 2, len(data) - 1):
+        sample.write_bytes(data[:cut])
+        with pytest.raises(ArchiveFormatError):
+            Archive(sample)
+
+
+def test_refuses_a_corrupted_blob(sample: Path) -> None:
+    with Archive(sample) as archive:
+        ref = max(archive.manifest.blobs.values(), key=lambda r: r.stored)
+    data = bytearray(sample.read_bytes())
+    data[ref.offset + ref.stored // 2] ^= 0xFF
+    sample.write_bytes(bytes(data))
+    with Archive(sample) as archive, pytest.raises(ArchiveFormatError, match="corrupted"):
+        archive.verify()
+
+
+def test_refuses_a_missing_section(sample: Path) -> None:
+    """A manifest that names a blob it does not index (a section cut out of the file)."""
+    data = bytearray(sample.read_bytes())
+    _, _, _, offset, length, _ = HEADER.unpack_from(data, 0)
+    manifest = json.loads(zlib.decompress(bytes(data[offset : offset + length])))
+    manifest["blobs"].pop(manifest["modules"][0]["digest"])
+    payload = zlib.compress(json.dumps(manifest).encode())
+    data[offset:] = payload
+    data[: HEADER.size] = HEADER.pack(b"FNDRYARC", 1, 0, offset, len(payload), hashlib.sha256(payload).digest())
+    sample.write_bytes(bytes(data))
+    with Archive(sample) as archive, pytest.raises(ArchiveFormatError, match="missing"):
+        archive.verify()
+
+
+def test_decompression_is_bounded(sample: Path) -> None:
+    """A blob that inflates past its declared size is refused without inflating it all."""
+    data = bytearray(sample.read_bytes())
+    _, _, _, offset, length, _ = HEADER.unpack_from(data, 0)
+    manifest = json.loads(zlib.decompress(bytes(data[offset : offset + length])))
+    bomb = zlib.compress(b"\0" * (64 << 20))
+    digest = next(iter(manifest["blobs"]))
+    manifest["blobs"][digest] = {"offset": offset, "stored": len(bomb), "size": 16, "codec": "zlib"}
+    payload = zlib.compress(json.dumps(manifest).encode())
+    data[offset:] = bomb + payload
+    data[: HEADER.size] = HEADER.pack(b"FNDRYARC", 1, 0, offset + len(bomb), len(payload), hashlib.sha256(payload).digest())
+    sample.write_bytes(bytes(data))
+    with Archive(sample) as archive, pytest.raises(ArchiveFormatError, match="larger than declared"):
+        archive.blob(digest)
