@@ -99,10 +99,11 @@ class Recording:
         import torch
 
         self._device = torch.cuda.current_device()
-        torch.cuda.synchronize()
         self._restore_layout = foundry_alloc.layout(self._device)
 
     def capture_beginning(self) -> None:
+        """Called inside CUPTI's callback: reads the allocator's bookkeeping only, no CUDA call
+        that could synchronize."""
         if self._restore_layout is None:
             self.restore_point()
 
