@@ -106,6 +106,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
         [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)],
     ),
     "fa_release": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64]),
+    "fa_claim": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int]),
     "fa_reserve": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
     "fa_trim": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint64)]),
     "fa_layout": (

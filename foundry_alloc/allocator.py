@@ -43,6 +43,11 @@ class NativeAllocator:
     def free(self, address: int) -> None:
         _native.check(self._lib.fa_release(self._handle, address))
 
+    def claim(self, address: int, size: int, arena: str, device: int = 0) -> None:
+        """Makes [address, address + size) a live, mapped block of `arena`; refused (and nothing
+        changed) unless that range is free. Free it with free(address)."""
+        _native.check(self._lib.fa_claim(self._handle, device, address, size, arena_index(arena, create=True)))
+
     def reserve(self, device: int = 0) -> None:
         """Reserves the device's range now instead of at its first allocation."""
         _native.check(self._lib.fa_reserve(self._handle, device))

@@ -65,6 +65,15 @@ def _bench_save(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_load(arguments: argparse.Namespace) -> int:
+    from . import bench_load
+
+    output = None if arguments.no_write else arguments.output
+    results = bench_load.run(arguments.workload, output, arguments.threads)
+    print(json.dumps(results, indent=2) if arguments.json else bench_load.render(results))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="foundry", description="Persist and restore CUDA graphs.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -100,6 +109,13 @@ def parser() -> argparse.ArgumentParser:
     save.add_argument("--no-write", action="store_true", help="print only")
     save.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
     save.set_defaults(run=_bench_save)
+    load = kinds.add_parser("load", help="native warm-up + capture vs Foundry restore, same GPU, fresh processes")
+    load.add_argument("--workload", default="tiny", help="tiny, small or llama8b (default tiny)")
+    load.add_argument("--threads", type=int, default=4, help="instantiation threads (default 4)")
+    load.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON")
+    load.add_argument("--no-write", action="store_true", help="print only")
+    load.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
+    load.set_defaults(run=_bench_load)
     return root
 
 

@@ -29,3 +29,15 @@ class ArchiveFormatError(FoundryTraceError):
 
 class DriverCallError(FoundryTraceError):
     """A CUDA driver call made by the tracer or the graph walker failed."""
+
+
+class FingerprintMismatchError(FoundryTraceError):
+    """The archive was saved for another GPU, driver, CUDA, torch or allocator range."""
+
+
+class LayoutMismatchError(FoundryTraceError):
+    """The engine's memory at the restore point differs from the one recorded at SAVE."""
+
+
+class RestoreError(FoundryTraceError):
+    """Rebuilding the graphs failed; everything LOAD created has been released."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import given, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
@@ -193,3 +194,35 @@ def test_fragmentation_stays_bounded_on_random_workloads(ops: list[tuple[int, in
         assert span[False] <= 2 * peak[False] + (64 << 20)
     finally:
         sim.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(request_sequences())
+def test_claiming_a_recorded_layout_reproduces_it(requests: list[Request]) -> None:
+    """LOAD re-creates recorded blocks by claiming their ranges: the result equals the original
+    layout, and later requests are placed as they would have been."""
+    original, restored = new_sim(), new_sim()
+    try:
+        replay(original, requests)
+        for block in original.layout().allocations:
+            restored.claim(block.address, block.size, block.arena)
+        assert [(a.address, a.size, a.arena) for a in restored.layout().allocations] == [
+            (a.address, a.size, a.arena) for a in original.layout().allocations
+        ]
+        assert allocate(original, 3 << 20) == allocate(restored, 3 << 20)
+    finally:
+        original.close()
+        restored.close()
+
+
+def test_claiming_a_taken_range_is_refused_and_changes_nothing(sim: fa.NativeAllocator) -> None:
+    taken = allocate(sim, 4 << 20)
+    before = sim.layout()
+    with pytest.raises(fa.InvalidRequestError, match="not free there"):
+        sim.claim(taken + (2 << 20), 4 << 20, fa.ENGINE)
+    with pytest.raises(fa.InvalidRequestError, match="not an aligned range"):
+        sim.claim(taken + 1, 4096, fa.ENGINE)
+    assert sim.layout() == before
+    sim.claim(taken + (4 << 20), 4096, fa.ENGINE)
+    assert sim.stats().mapped_bytes >= (4 << 20) + 4096
+    sim.free(taken + (4 << 20))

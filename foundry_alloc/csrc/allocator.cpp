@@ -64,6 +64,15 @@ Status Allocator::trim(int device, uint32_t arena_mask, uint64_t* released, std:
   return space == nullptr ? status : space->trim(arena_mask, released, error);
 }
 
+Status Allocator::claim(int device, uint64_t address, uint64_t size, int arena,
+                        std::string* error) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Status status = kOk;
+  Space* space = space_for(device, true, &status, error);
+  if (space == nullptr) return status;
+  return space->claim(address, size, arena, error);
+}
+
 Status Allocator::layout(int device, bool mapped, std::vector<BlockRecord>* out,
                          std::string* error) {
   std::lock_guard<std::mutex> lock(mutex_);

@@ -29,6 +29,7 @@ class Allocator {
   Status allocate(uint64_t size, int device, StreamHandle stream, uint64_t* address,
                   std::string* error);
   Status release(uint64_t address, std::string* error);
+  Status claim(int device, uint64_t address, uint64_t size, int arena, std::string* error);
   // Creates the device's space (reservation included) now rather than at its first allocation.
   Status reserve(int device, std::string* error);
   Status trim(int device, uint32_t arena_mask, uint64_t* released, std::string* error);

@@ -84,6 +84,12 @@ __attribute__((visibility("default"))) int fa_allocate(fa_instance* instance, ui
   return report(instance->allocator->allocate(size, device, stream, out, &error), error);
 }
 
+__attribute__((visibility("default"))) int fa_claim(fa_instance* instance, int device,
+                                                    uint64_t address, uint64_t size, int arena) {
+  std::string error;
+  return report(instance->allocator->claim(device, address, size, arena, &error), error);
+}
+
 __attribute__((visibility("default"))) int fa_release(fa_instance* instance, uint64_t address) {
   std::string error;
   return report(instance->allocator->release(address, &error), error);

@@ -50,6 +50,21 @@ void Heap::release(uint64_t address, uint64_t size, uint64_t streams) {
   insert(address, merged);
 }
 
+bool Heap::claim(uint64_t address, uint64_t size, uint64_t* streams) {
+  auto it = by_address_.upper_bound(address);
+  if (it == by_address_.begin()) return false;
+  --it;
+  const uint64_t start = it->first;
+  const FreeRange range = it->second;
+  if (address < start || address + size > start + range.size) return false;
+  erase(it);
+  if (address > start) insert(start, FreeRange{address - start, range.streams});
+  const uint64_t end = address + size;
+  if (end < start + range.size) insert(end, FreeRange{start + range.size - end, range.streams});
+  *streams = range.streams;
+  return true;
+}
+
 bool Heap::is_free(uint64_t address, uint64_t size) const {
   auto it = by_address_.upper_bound(address);
   if (it == by_address_.begin()) return false;

@@ -25,6 +25,9 @@ class Heap {
   bool place(uint64_t size, Placement* out);
   // Returns [address, address + size) to the free set, merging with free neighbours.
   void release(uint64_t address, uint64_t size, uint64_t streams);
+  // Takes exactly [address, address + size) if it lies inside one free range (restoring a
+  // recorded layout); returns false and changes nothing otherwise.
+  bool claim(uint64_t address, uint64_t size, uint64_t* streams);
   // True when [address, address + size) lies inside one free range.
   bool is_free(uint64_t address, uint64_t size) const;
   // Address above which nothing is live: the span the heap currently uses is top() - begin().

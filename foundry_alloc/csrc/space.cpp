@@ -247,6 +247,40 @@ Status Space::allocate(uint64_t size, int arena_index, StreamHandle stream, uint
   return kOk;
 }
 
+Status Space::claim(uint64_t address, uint64_t size, int arena_index, std::string* error) {
+  if (arena_index < 0 || arena_index >= kMaxArenas || size == 0 || address % kAlignment != 0 ||
+      !owns(address) || address + size > base_ + size_) {
+    *error = "cannot claim [" + format_address(address) + ", +" + format_bytes(size) +
+             "): not an aligned range of device " + std::to_string(device_) + "'s space";
+    return kInvalidArgument;
+  }
+  Arena& arena = arenas_[arena_index];
+  const uint64_t rounded = round_up(size, kAlignment);
+  Heap& heap = heap_containing(arena, address);
+  uint64_t streams = 0;
+  if (address < arena.begin || address + rounded > heap.end() || !heap.claim(address, rounded, &streams)) {
+    *error = "cannot claim [" + format_address(address) + ", +" + format_bytes(rounded) +
+             ") in arena '" + arena_name(arena_index) +
+             "': it is not free there (the layout differs from the one recorded)";
+    return kInvalidArgument;
+  }
+  Status status = ensure_mapped(arena_index, address, rounded, false, error);
+  if (status != kOk) {
+    heap.release(address, rounded, streams);
+    return status;
+  }
+  ArenaCounters& c = arena.counters;
+  live_.emplace(address, Live{rounded, size, c.allocations, arena_index, 0});
+  c.allocations += 1;
+  c.live_blocks += 1;
+  c.live_bytes += rounded;
+  c.requested_bytes += size;
+  c.peak_live_bytes = std::max(c.peak_live_bytes, c.live_bytes);
+  live_bytes_ += rounded;
+  peak_live_bytes_ = std::max(peak_live_bytes_, live_bytes_);
+  return kOk;
+}
+
 Status Space::release(uint64_t address, std::string* error) {
   auto it = live_.find(address);
   if (it == live_.end()) {

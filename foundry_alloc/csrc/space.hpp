@@ -67,6 +67,9 @@ class Space {
   Status allocate(uint64_t size, int arena, StreamHandle stream, uint64_t* address,
                   std::string* error);
   Status release(uint64_t address, std::string* error);
+  // Makes [address, address + size) a live, mapped block of `arena`, if that range is free: how
+  // LOAD re-creates memory that SAVE recorded at fixed addresses.
+  Status claim(uint64_t address, uint64_t size, int arena, std::string* error);
   // Unmaps every extent of the selected arenas that no live block touches.
   Status trim(uint32_t arena_mask, uint64_t* released, std::string* error);
 

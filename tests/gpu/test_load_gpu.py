@@ -1,0 +1,46 @@
+"""LOAD on a real GPU: an archive saved in one process restores in another, bit for bit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..conftest import clean_environment
+
+pytestmark = pytest.mark.gpu
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(name: str, archive: Path) -> dict:
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.gpu.load_program", name, str(archive)],
+        capture_output=True, text=True, cwd=ROOT, env=clean_environment(), timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("load") / "tiny.foundry"
+    run("save", path)
+    return path
+
+
+def test_restored_graphs_equal_native_ones_bit_for_bit(archive: Path) -> None:
+    result = run("load", archive)
+    assert result["graphs"] == 4
+    assert result["bitwise_equal"], result
+    assert result["released_blocks"] > 0
+    for batch, latency in result["latency"].items():
+        assert latency["restored_ms"] > 0, batch
+
+
+def test_a_different_engine_layout_is_refused_with_a_diff(archive: Path) -> None:
+    result = run("wrong-layout", archive)
+    assert result["error"] and "only in here" in result["error"]
+    assert result["unchanged"]
