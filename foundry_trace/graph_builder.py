@@ -106,7 +106,7 @@ class GraphBuilder:
         p.extra = ctypes.addressof(extra) if arguments else 0
         created = call(driver.cuGraphAddKernelNode, graph, None, 0, p)
         for attribute, raw in node.attributes.items():
-            value = driver.CUlaunchAttributeValue()
+            value = driver.CUkernelNodeAttrValue()
             ctypes.memmove(value.getPtr(), bytes.fromhex(raw), LAUNCH_ATTRIBUTE_BYTES)
             call(driver.cuGraphKernelNodeSetAttribute, created, driver.CUkernelNodeAttrID(attribute), value)
         return created
