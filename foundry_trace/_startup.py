@@ -17,6 +17,10 @@ import sys
 ENV_MODE = "FOUNDRY_MODE"
 ENV_ARCHIVE = "FOUNDRY_ARCHIVE"
 MODES = ("save",)
+ENVIRONMENT_VARIABLES: dict[str, str] = {
+    ENV_MODE: "save records the graphs the program captures (implies FOUNDRY_ALLOC=1); unset or off does nothing.",
+    ENV_ARCHIVE: "the archive FOUNDRY_MODE=save writes when the program exits.",
+}
 
 
 def activate_from_environment() -> None:

@@ -14,8 +14,10 @@ DEFAULT_RESULTS_DIR = Path("bench/results")
 def _env(_: argparse.Namespace) -> int:
     import foundry_alloc
 
-    print("Environment variables read by foundry_alloc at interpreter start-up:")
-    for name, meaning in foundry_alloc.ENVIRONMENT_VARIABLES.items():
+    from ._startup import ENVIRONMENT_VARIABLES as TRACE_VARIABLES
+
+    print("Environment variables read at interpreter start-up (by the foundry_alloc.pth hook):")
+    for name, meaning in {**foundry_alloc.ENVIRONMENT_VARIABLES, **TRACE_VARIABLES}.items():
         print(f"  {name:<24} {meaning}")
     try:
         config = foundry_alloc.AllocatorConfig.from_environment()
