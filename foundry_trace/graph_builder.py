@@ -10,7 +10,13 @@ import ctypes
 
 from cuda.bindings import driver
 
-from .driver import call
+from .driver import (
+    CU_LAUNCH_PARAM_BUFFER_POINTER,
+    CU_LAUNCH_PARAM_BUFFER_SIZE,
+    CU_LAUNCH_PARAM_END,
+    LAUNCH_ATTRIBUTE_BYTES,
+    call,
+)
 from .records import (
     ChildGraphNode,
     EmptyNode,
@@ -22,8 +28,6 @@ from .records import (
     MemsetNode,
 )
 
-CU_LAUNCH_PARAM_END, CU_LAUNCH_PARAM_BUFFER_POINTER, CU_LAUNCH_PARAM_BUFFER_SIZE = 0, 1, 2
-LAUNCH_ATTRIBUTE_BYTES = 64
 
 
 class GraphBuilder:

@@ -12,7 +12,16 @@ from collections.abc import Callable
 
 from cuda.bindings import driver
 
-from .driver import call, host_bytes, host_pointers, try_call
+from .driver import (
+    CU_LAUNCH_PARAM_BUFFER_POINTER,
+    CU_LAUNCH_PARAM_BUFFER_SIZE,
+    CU_LAUNCH_PARAM_END,
+    LAUNCH_ATTRIBUTE_BYTES,
+    call,
+    host_bytes,
+    host_pointers,
+    try_call,
+)
 from .errors import UnsupportedNodeError
 from .modules import FunctionTable
 from .records import (
@@ -29,8 +38,6 @@ from .records import (
 )
 
 NodeType = driver.CUgraphNodeType
-CU_LAUNCH_PARAM_END, CU_LAUNCH_PARAM_BUFFER_POINTER, CU_LAUNCH_PARAM_BUFFER_SIZE = 0, 1, 2
-LAUNCH_ATTRIBUTE_BYTES = 64  # sizeof(CUlaunchAttributeValue)
 # Attributes that cannot be read from (or are meaningless on) a kernel node.
 _SKIPPED_ATTRIBUTES = {"CU_LAUNCH_ATTRIBUTE_IGNORE", "CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_EVENT", "CU_LAUNCH_ATTRIBUTE_LAUNCH_COMPLETION_EVENT"}
 _NODE_ATTRIBUTES = [a for a in driver.CUlaunchAttributeID if a.name not in _SKIPPED_ATTRIBUTES]

@@ -28,6 +28,14 @@ small = st.integers(min_value=0, max_value=1 << 20)
 dim3 = st.tuples(small, small, small)
 
 
+def _fingerprint(layout: fa.Layout) -> Fingerprint:
+    return Fingerprint(
+        gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", driver="580.159.04", cuda_driver_api=13000,
+        torch="2.11.0+cu130", torch_cuda="13.0", allocator_base=0x200000000000, allocator_size=1 << 40,
+        restore_layout=layout.fingerprint(),
+    )
+
+
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -113,11 +121,7 @@ def archive_contents(draw: st.DrawFn) -> tuple[Manifest, list[bytes]]:
     layout = fa.Layout(device=0, base=0x200000000000, size=1 << 40, granularity=2 << 20, allocations=())
     manifest = Manifest(
         created="2026-11-24T00:00:00+00:00",
-        fingerprint=Fingerprint(
-            gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", driver="580.159.04", cuda_driver_api=13000,
-            torch="2.11.0+cu130", torch_cuda="13.0", allocator_base=0x200000000000, allocator_size=1 << 40,
-            restore_layout=layout.fingerprint(),
-        ),
+        fingerprint=_fingerprint(layout),
         restore_layout=layout,
         modules=modules,
         functions=functions,
@@ -157,11 +161,7 @@ def fixed_contents() -> tuple[Manifest, list[bytes]]:
     layout = fa.Layout(device=0, base=0x200000000000, size=1 << 40, granularity=2 << 20, allocations=())
     manifest = Manifest(
         created="2026-11-24T00:00:00+00:00",
-        fingerprint=Fingerprint(
-            gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", driver="580.159.04", cuda_driver_api=13000,
-            torch="2.11.0+cu130", torch_cuda="13.0", allocator_base=0x200000000000, allocator_size=1 << 40,
-            restore_layout=layout.fingerprint(),
-        ),
+        fingerprint=_fingerprint(layout),
         restore_layout=layout,
         modules=modules,
         functions=functions,

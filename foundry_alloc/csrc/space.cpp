@@ -233,18 +233,21 @@ Status Space::allocate(uint64_t size, int arena_index, StreamHandle stream, uint
     heap.release(placement.address, rounded, placement.streams);
     return status;
   }
-  ArenaCounters& c = arena.counters;
-  live_.emplace(placement.address,
-                Live{rounded, size, c.allocations, arena_index, static_cast<int32_t>(slot)});
+  add_live(placement.address, rounded, size, arena_index, slot);
+  *address = placement.address;
+  return kOk;
+}
+
+void Space::add_live(uint64_t address, uint64_t rounded, uint64_t requested, int arena, int slot) {
+  ArenaCounters& c = arenas_[arena].counters;
+  live_.emplace(address, Live{rounded, requested, c.allocations, arena, static_cast<int32_t>(slot)});
   c.allocations += 1;
   c.live_blocks += 1;
   c.live_bytes += rounded;
-  c.requested_bytes += size;
+  c.requested_bytes += requested;
   c.peak_live_bytes = std::max(c.peak_live_bytes, c.live_bytes);
   live_bytes_ += rounded;
   peak_live_bytes_ = std::max(peak_live_bytes_, live_bytes_);
-  *address = placement.address;
-  return kOk;
 }
 
 Status Space::claim(uint64_t address, uint64_t size, int arena_index, std::string* error) {
@@ -269,15 +272,7 @@ Status Space::claim(uint64_t address, uint64_t size, int arena_index, std::strin
     heap.release(address, rounded, streams);
     return status;
   }
-  ArenaCounters& c = arena.counters;
-  live_.emplace(address, Live{rounded, size, c.allocations, arena_index, 0});
-  c.allocations += 1;
-  c.live_blocks += 1;
-  c.live_bytes += rounded;
-  c.requested_bytes += size;
-  c.peak_live_bytes = std::max(c.peak_live_bytes, c.live_bytes);
-  live_bytes_ += rounded;
-  peak_live_bytes_ = std::max(peak_live_bytes_, live_bytes_);
+  add_live(address, rounded, size, arena_index, 0);
   return kOk;
 }
 

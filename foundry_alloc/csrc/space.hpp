@@ -109,6 +109,8 @@ class Space {
     std::array<uint64_t, kMaxStreams> seen_epoch;  // others' epochs this stream is ordered after
   };
 
+  // Records a block placed at `address` as live, with its counters and sequence number.
+  void add_live(uint64_t address, uint64_t rounded, uint64_t requested, int arena, int slot);
   Heap& heap_for(Arena& arena, uint64_t size);
   Heap& heap_containing(Arena& arena, uint64_t address);
   Status ensure_mapped(int arena, uint64_t address, uint64_t size, bool capturing,
