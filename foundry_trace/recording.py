@@ -14,6 +14,7 @@ archive is refused with the name of each kernel whose binary was missed.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,8 +89,6 @@ class Recording:
             self.restore_point()
 
     def _add_blob(self, data: bytes) -> str:
-        import hashlib
-
         digest = hashlib.sha256(data).hexdigest()
         self._blobs.setdefault(digest, data)
         return digest
@@ -131,8 +130,9 @@ class Recording:
 
     def graph_instantiated(self, graph: int, _graph_exec: int) -> None:
         key = self._key if self._key is not None else str(len(self._graphs))
-        if any(k == key for k, *_ in self._graphs):
-            key = f"{key}#{sum(1 for k, *_ in self._graphs if k.split('#')[0] == key)}"
+        taken = {k for k, *_ in self._graphs}
+        if key in taken:  # a second graph under one key: number it (key#1, key#2, ...)
+            key = next(f"{key}#{n}" for n in range(1, len(taken) + 2) if f"{key}#{n}" not in taken)
         with nvtx.annotate(f"foundry.walk {key}", domain=NVTX_DOMAIN):
             body, nodes, edges = self._walker.walk(graph, f"graph {key!r}")
         self._graphs.append((key, body, nodes, edges))
