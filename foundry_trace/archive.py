@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from foundry_alloc import Layout
 
 from .errors import ArchiveFormatError
-from .records import Digest, Edge, FunctionRecord, MemorySegment, ModuleRecord, Node, U64
+from .records import Digest, Edge, FunctionRecord, KernelNode, MemorySegment, ModuleRecord, Node, U64, walk_nodes
 
 MAGIC = b"FNDRYARC"
 FORMAT_VERSION = 1
@@ -113,8 +113,9 @@ class ArchiveWriter:
         self._file.write(b"\0" * HEADER.size)
         self._blobs: dict[str, BlobRef] = {}
 
-    def add_blob(self, data: bytes | memoryview) -> str:
-        digest = hashlib.sha256(data).hexdigest()
+    def add_blob(self, data: bytes | memoryview, digest: str | None = None) -> str:
+        """Stores `data` once; `digest` is its SHA-256 where the caller already has it."""
+        digest = digest or hashlib.sha256(data).hexdigest()
         if digest not in self._blobs:
             offset = self._file.tell()
             padding = -offset % BLOB_ALIGNMENT
@@ -222,7 +223,7 @@ class Archive:
         referenced |= {v for m in self.manifest.modules for v in m.variables.values()}
         referenced |= {s.contents for s in self.manifest.memory if s.contents}
         for graph in self.manifest.graphs:
-            referenced |= {n.arguments for n in _kernel_nodes(graph.nodes)}
+            referenced |= {n.arguments for n in walk_nodes(graph.nodes) if isinstance(n, KernelNode)}
         missing = referenced - set(self.manifest.blobs)
         if missing:
             raise ArchiveFormatError(f"{self.path}: {len(missing)} referenced blob(s) are missing, e.g. {min(missing)[:12]}")
@@ -248,11 +249,3 @@ def _inflate(data: bytes | memoryview, limit: int, what: str) -> bytes:
     if len(out) > limit or not inflater.eof:
         raise ArchiveFormatError(f"{what} is larger than declared or truncated: the file is corrupted")
     return out
-
-
-def _kernel_nodes(nodes: tuple[Node, ...]):  # noqa: ANN202 - iterator of KernelNode
-    for node in nodes:
-        if node.kind == "kernel":
-            yield node
-        elif node.kind == "graph":
-            yield from _kernel_nodes(node.graph.nodes)

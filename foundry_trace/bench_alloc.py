@@ -153,11 +153,7 @@ def run(workload: str, output_dir: Path | None, progress: bool = True) -> dict[s
     results = ResultsFile(
         what="alloc",
         workload=f"{workload}-{len(shape.batch_sizes)}",
-        workload_desc=(
-            f"Llama-style decode step, {shape.layers} layers, hidden {shape.hidden}, {shape.parameter_count() / 1e9:.2f} B "
-            f"parameters (bf16), static KV cache of {shape.context} tokens x batch {shape.max_batch}, "
-            f"{len(shape.batch_sizes)} batch sizes captured into one pool; alloc+free over sizes {list(SIZE_MIX)}"
-        ),
+        workload_desc=f"{shape.describe()}, captured into one pool; alloc+free over sizes {list(SIZE_MIX)}",
         device=foundry["device"],
         gpus=1,
         driver=driver_version(),

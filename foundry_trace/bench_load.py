@@ -17,24 +17,16 @@ import time
 from pathlib import Path
 
 
-def _engine(workload: str):  # noqa: ANN202
-    from .workload import DecodeModel, preset
-
-    model = DecodeModel(preset(workload))
-    model.step(1)
-    return model
-
-
 def child_save(workload: str, archive: str) -> dict[str, object]:
     import foundry_alloc
 
     foundry_alloc.install()
     import foundry_trace
 
-    from .workload import capture_steps
+    from .workload import build_engine, capture_steps
 
     foundry_trace.start_tracing()
-    model = _engine(workload)
+    model = build_engine(workload)
     with foundry_trace.record(archive) as recording:
         capture_steps(model, recording=recording)
     return {"archive_bytes": Path(archive).stat().st_size}
@@ -49,8 +41,9 @@ def child_load(workload: str, archive: str, threads: int) -> dict[str, object]:
     import foundry_trace
 
     from .verify import compare
+    from .workload import build_engine
 
-    model = _engine(workload)
+    model = build_engine(workload)
     torch.cuda.synchronize()
     floor = foundry_trace.load(archive, threads=1)
     instantiate_floor_s = floor.phases["instantiate"]
@@ -110,11 +103,7 @@ def run(workload: str, output_dir: Path | None, threads: int = 4) -> dict[str, o
     results = ResultsFile(
         what="load",
         workload=f"{workload}-{len(shape.batch_sizes)}",
-        workload_desc=(
-            f"Llama-style decode step, {shape.layers} layers, hidden {shape.hidden}, {shape.parameter_count() / 1e9:.2f} B "
-            f"bf16 parameters, KV cache {shape.context} x {shape.max_batch}; {len(shape.batch_sizes)} graphs restored "
-            "vs warm-up + capture + instantiate in the same fresh process"
-        ),
+        workload_desc=f"{shape.describe()}; every graph restored vs warm-up + capture + instantiate in the same fresh process",
         device=loaded["device"], gpus=1, driver=driver_version(), cuda=loaded["cuda"], torch=loaded["torch"],
         commit=project_commit(), date=today(), command=command_line(), cases=[case],
     )

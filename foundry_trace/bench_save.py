@@ -18,14 +18,13 @@ def run(workload: str, output_dir: Path | None, archive: Path | None = None) -> 
     import foundry_trace
     from .results import Case, ResultsFile, command_line, driver_version, project_commit, today
     from .summary import summarize
-    from .workload import DecodeModel, capture_steps, preset
+    from .workload import build_engine, capture_steps, preset
 
     foundry_trace.start_tracing()
     import torch
 
     shape = preset(workload)
-    model = DecodeModel(shape)
-    model.step(1)
+    model = build_engine(workload)
     with tempfile.TemporaryDirectory() as scratch:
         path = archive or Path(scratch) / f"{workload}.foundry"
         start = time.perf_counter()
@@ -55,11 +54,7 @@ def run(workload: str, output_dir: Path | None, archive: Path | None = None) -> 
     results = ResultsFile(
         what="save",
         workload=f"{workload}-{len(shape.batch_sizes)}",
-        workload_desc=(
-            f"Llama-style decode step, {shape.layers} layers, hidden {shape.hidden}, {shape.parameter_count() / 1e9:.2f} B "
-            f"bf16 parameters, KV cache {shape.context} x {shape.max_batch}; SAVE of {len(shape.batch_sizes)} graphs "
-            "(warm-up + capture inside foundry_trace.record)"
-        ),
+        workload_desc=f"{shape.describe()}; SAVE of every graph (warm-up + capture inside foundry_trace.record)",
         device=torch.cuda.get_device_name(),
         gpus=1,
         driver=driver_version(),

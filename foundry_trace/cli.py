@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -41,12 +42,12 @@ def _layout_diff(arguments: argparse.Namespace) -> int:
     return 0 if diff.equal else 1
 
 
-def _bench_alloc(arguments: argparse.Namespace) -> int:
-    from . import bench_alloc
-
-    output = None if arguments.no_write else arguments.output
-    results = bench_alloc.run(arguments.workload, output)
-    print(json.dumps(results, indent=2) if arguments.json else bench_alloc.render(results))
+def _bench(arguments: argparse.Namespace) -> int:
+    """Runs foundry_trace.bench_<kind>: each has run(workload, output_dir, **options) and render()."""
+    module = importlib.import_module(f"foundry_trace.bench_{arguments.kind}")
+    options = {name: getattr(arguments, name) for name in arguments.options}
+    results = module.run(arguments.workload, None if arguments.no_write else arguments.output, **options)
+    print(json.dumps(results, indent=2) if arguments.json else module.render(results))
     return 0
 
 
@@ -55,24 +56,6 @@ def _inspect(arguments: argparse.Namespace) -> int:
 
     result = summary.summarize(arguments.archive)
     print(json.dumps(result, indent=2) if arguments.json else summary.render(result, kernels=arguments.kernels))
-    return 0
-
-
-def _bench_save(arguments: argparse.Namespace) -> int:
-    from . import bench_save
-
-    output = None if arguments.no_write else arguments.output
-    results = bench_save.run(arguments.workload, output, arguments.archive)
-    print(json.dumps(results, indent=2) if arguments.json else bench_save.render(results))
-    return 0
-
-
-def _bench_load(arguments: argparse.Namespace) -> int:
-    from . import bench_load
-
-    output = None if arguments.no_write else arguments.output
-    results = bench_load.run(arguments.workload, output, arguments.threads)
-    print(json.dumps(results, indent=2) if arguments.json else bench_load.render(results))
     return 0
 
 
@@ -98,26 +81,22 @@ def parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks on the device")
     kinds = bench.add_subparsers(dest="kind", required=True)
-    alloc = kinds.add_parser("alloc", help="Foundry's allocator vs PyTorch's caching allocator (peak memory, alloc+free)")
-    alloc.add_argument("--workload", default="tiny", help="tiny, small or llama8b (default tiny)")
-    alloc.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON")
-    alloc.add_argument("--no-write", action="store_true", help="print only")
-    alloc.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
-    alloc.set_defaults(run=_bench_alloc)
-    save = kinds.add_parser("save", help="SAVE of the reference workload: archive size and contents")
-    save.add_argument("--workload", default="tiny", help="tiny, small or llama8b (default tiny)")
-    save.add_argument("--archive", type=Path, help="keep the archive here (default: a temporary file)")
-    save.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON")
-    save.add_argument("--no-write", action="store_true", help="print only")
-    save.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
-    save.set_defaults(run=_bench_save)
-    load = kinds.add_parser("load", help="native warm-up + capture vs Foundry restore, same GPU, fresh processes")
-    load.add_argument("--workload", default="tiny", help="tiny, small or llama8b (default tiny)")
-    load.add_argument("--threads", type=int, default=4, help="instantiation threads (default 4)")
-    load.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON")
-    load.add_argument("--no-write", action="store_true", help="print only")
-    load.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
-    load.set_defaults(run=_bench_load)
+    benches = {
+        "alloc": "Foundry's allocator vs PyTorch's caching allocator (peak memory, alloc+free)",
+        "save": "SAVE of the reference workload: archive size and contents",
+        "load": "native warm-up + capture vs Foundry restore, same GPU, fresh processes",
+    }
+    for kind, description in benches.items():
+        sub = kinds.add_parser(kind, help=description)
+        sub.add_argument("--workload", default="tiny", help="tiny, small or llama8b (default tiny)")
+        sub.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON")
+        sub.add_argument("--no-write", action="store_true", help="print only")
+        sub.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
+        sub.set_defaults(run=_bench, options=())
+    kinds.choices["save"].add_argument("--archive", type=Path, help="keep the archive here (default: a temporary file)")
+    kinds.choices["save"].set_defaults(options=("archive",))
+    kinds.choices["load"].add_argument("--threads", type=int, default=4, help="instantiation threads (default 4)")
+    kinds.choices["load"].set_defaults(options=("threads",))
     return root
 
 

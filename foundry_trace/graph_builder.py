@@ -38,6 +38,7 @@ class GraphBuilder:
         self._functions = functions
         self._events = events
         self._blob = blob
+        self._arguments: dict[str, bytes] = {}  # many nodes share one blob: read and verify it once
         self._context = context
 
     def build(self, body: GraphBody) -> driver.CUgraph:
@@ -96,7 +97,9 @@ class GraphBuilder:
         raise TypeError(f"unknown node record {node!r}")
 
     def _kernel(self, graph: driver.CUgraph, node: KernelNode) -> driver.CUgraphNode:
-        arguments = bytes(self._blob(node.arguments))
+        arguments = self._arguments.get(node.arguments)
+        if arguments is None:
+            arguments = self._arguments[node.arguments] = bytes(self._blob(node.arguments))
         buffer = ctypes.create_string_buffer(arguments, max(len(arguments), 1))
         size = ctypes.c_size_t(len(arguments))
         extra = (ctypes.c_void_p * 5)(

@@ -182,8 +182,8 @@ class Recording:
                     driver_edges=edges,
                 )
             )
-        for data in self._blobs.values():
-            writer.add_blob(data)
+        for digest, data in self._blobs.items():
+            writer.add_blob(data, digest)
         return Manifest(
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             fingerprint=current_fingerprint(self._restore_layout),

@@ -8,24 +8,7 @@ from pathlib import Path
 from foundry_alloc.units import format_bytes
 
 from .archive import Archive
-from .records import ChildGraphNode, KernelNode, Node
-
-
-def _count_kinds(nodes: tuple[Node, ...], counter: Counter) -> None:
-    for node in nodes:
-        counter[node.kind] += 1
-        if isinstance(node, ChildGraphNode):
-            _count_kinds(node.graph.nodes, counter)
-
-
-def _kernels(nodes: tuple[Node, ...]) -> list[KernelNode]:
-    found: list[KernelNode] = []
-    for node in nodes:
-        if isinstance(node, KernelNode):
-            found.append(node)
-        elif isinstance(node, ChildGraphNode):
-            found += _kernels(node.graph.nodes)
-    return found
+from .records import KernelNode, operation_count, walk_nodes
 
 
 def summarize(path: str | Path) -> dict[str, object]:
@@ -35,23 +18,22 @@ def summarize(path: str | Path) -> dict[str, object]:
         launches: Counter = Counter()
         graphs = []
         for graph in m.graphs:
-            graph_kinds: Counter = Counter()
-            _count_kinds(graph.nodes, graph_kinds)
-            kinds.update(graph_kinds)
-            for kernel in _kernels(graph.nodes):
-                launches[kernel.function] += 1
+            for node in walk_nodes(graph.nodes):
+                kinds[node.kind] += 1
+                if isinstance(node, KernelNode):
+                    launches[node.function] += 1
             graphs.append(
                 {
                     "key": graph.key,
                     "template": graph.template,
-                    "nodes": sum(graph_kinds.values()),
+                    "nodes": operation_count(graph.nodes),
                     "driver_nodes": graph.driver_nodes,
                     "edges": graph.driver_edges,
                     "outputs": [o.name for o in graph.outputs],
                 }
             )
         module_bytes = sum(mod.size for mod in m.modules)
-        argument_digests = {k.arguments for g in m.graphs for k in _kernels(g.nodes)}
+        argument_digests = {n.arguments for g in m.graphs for n in walk_nodes(g.nodes) if isinstance(n, KernelNode)}
         return {
             "path": str(path),
             "archive_bytes": Path(path).stat().st_size,

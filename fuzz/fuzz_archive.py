@@ -9,11 +9,11 @@ The CPU suite runs the same target under hypothesis (tests/test_fuzz_targets.py)
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 
 from foundry_trace.archive import Archive
 from foundry_trace.errors import ArchiveFormatError
+from fuzz import run_atheris
 
 
 def one_input(data: bytes) -> None:
@@ -30,13 +30,5 @@ def one_input(data: bytes) -> None:
         os.unlink(path)
 
 
-def main() -> None:
-    import atheris
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    run_atheris(one_input)

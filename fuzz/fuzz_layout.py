@@ -7,9 +7,8 @@ The CPU suite runs the same target under hypothesis (tests/test_fuzz_targets.py)
 
 from __future__ import annotations
 
-import sys
-
 from foundry_alloc import Layout, LayoutFormatError
+from fuzz import run_atheris
 
 
 def one_input(data: bytes) -> None:
@@ -21,13 +20,5 @@ def one_input(data: bytes) -> None:
     assert Layout.parse(layout.model_dump_json()) == layout
 
 
-def main() -> None:
-    import atheris
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    run_atheris(one_input)

@@ -28,11 +28,24 @@ small = st.integers(min_value=0, max_value=1 << 20)
 dim3 = st.tuples(small, small, small)
 
 
-def _fingerprint(layout: fa.Layout) -> Fingerprint:
-    return Fingerprint(
-        gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", driver="580.159.04", cuda_driver_api=13000,
-        torch="2.11.0+cu130", torch_cuda="13.0", allocator_base=0x200000000000, allocator_size=1 << 40,
-        restore_layout=layout.fingerprint(),
+def _manifest(modules, functions, templates, graphs, memory, *, events: int) -> Manifest:  # noqa: ANN001
+    """A manifest saved on an H100 with an empty restore layout; blobs are indexed by the writer."""
+    layout = fa.Layout(device=0, base=0x200000000000, size=1 << 40, granularity=2 << 20, allocations=())
+    return Manifest(
+        created="2026-11-24T00:00:00+00:00",
+        fingerprint=Fingerprint(
+            gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", driver="580.159.04", cuda_driver_api=13000,
+            torch="2.11.0+cu130", torch_cuda="13.0", allocator_base=0x200000000000, allocator_size=1 << 40,
+            restore_layout=layout.fingerprint(),
+        ),
+        restore_layout=layout,
+        modules=modules,
+        functions=functions,
+        templates=templates,
+        graphs=graphs,
+        memory=memory,
+        events=events,
+        blobs={},
     )
 
 
@@ -118,20 +131,11 @@ def archive_contents(draw: st.DrawFn) -> tuple[Manifest, list[bytes]]:
         )
     contents = draw(st.binary(max_size=512))
     blobs.append(contents)
-    layout = fa.Layout(device=0, base=0x200000000000, size=1 << 40, granularity=2 << 20, allocations=())
-    manifest = Manifest(
-        created="2026-11-24T00:00:00+00:00",
-        fingerprint=_fingerprint(layout),
-        restore_layout=layout,
-        modules=modules,
-        functions=functions,
-        templates=tuple(templates),
-        graphs=tuple(graphs),
-        memory=(MemorySegment(address=0x200000000000, size=2 << 20, arena="graph"), MemorySegment(address=0x200000200000, size=max(1, len(contents)), arena="engine", contents=_digest(contents))),
-        events=9,
-        blobs={},
+    memory = (
+        MemorySegment(address=0x200000000000, size=2 << 20, arena="graph"),
+        MemorySegment(address=0x200000200000, size=max(1, len(contents)), arena="engine", contents=_digest(contents)),
     )
-    return manifest, blobs
+    return _manifest(modules, functions, tuple(templates), tuple(graphs), memory, events=9), blobs
 
 
 def write_archive(path, manifest: Manifest, blobs: list[bytes]):  # noqa: ANN001, ANN201
@@ -158,17 +162,12 @@ def fixed_contents() -> tuple[Manifest, list[bytes]]:
         ),
         edges=(Edge(source=0, destination=1), Edge(source=1, destination=2, type=1)),
     )
-    layout = fa.Layout(device=0, base=0x200000000000, size=1 << 40, granularity=2 << 20, allocations=())
-    manifest = Manifest(
-        created="2026-11-24T00:00:00+00:00",
-        fingerprint=_fingerprint(layout),
-        restore_layout=layout,
-        modules=modules,
-        functions=functions,
-        templates=(Template(topology=body.topology(), kinds=tuple(n.kind for n in body.nodes), edges=body.edges),),
-        graphs=(GraphEntry(key="1", template=0, nodes=body.nodes, driver_nodes=body.count_nodes(), driver_edges=body.count_edges()),),
-        memory=(MemorySegment(address=0x200000400000, size=len(contents), arena="engine", contents=_digest(contents)),),
+    manifest = _manifest(
+        modules,
+        functions,
+        (Template(topology=body.topology(), kinds=tuple(n.kind for n in body.nodes), edges=body.edges),),
+        (GraphEntry(key="1", template=0, nodes=body.nodes, driver_nodes=body.count_nodes(), driver_edges=body.count_edges()),),
+        (MemorySegment(address=0x200000400000, size=len(contents), arena="engine", contents=_digest(contents)),),
         events=0,
-        blobs={},
     )
     return manifest, [*modules_bytes, arguments, contents]

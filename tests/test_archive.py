@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from foundry_trace.archive import HEADER, Archive
+from foundry_trace.archive import FORMAT_VERSION, HEADER, MAGIC, Archive
 from foundry_trace.errors import ArchiveFormatError
 
 from .archive_samples import archive_contents, fixed_contents, write_archive
@@ -43,6 +44,20 @@ def test_identical_blobs_are_stored_once(tmp_path: Path) -> None:
     assert writer.add_blob(bytes(range(256))) and writer.blobs[writer.add_blob(bytes(range(256)))].codec == "raw"
     writer.abort()
     assert not list(tmp_path.iterdir()), "an aborted archive leaves nothing behind"
+
+
+def rewrite_manifest(path: Path, edit: Callable[[dict, int], bytes]) -> None:
+    """Rewrites an archive's manifest with `edit(manifest, offset)`, which may return bytes to put
+    where the manifest was (the manifest follows them); the header is made consistent again, so
+    only what the edit did is wrong with the file."""
+    data = bytearray(path.read_bytes())
+    _, _, _, offset, length, _ = HEADER.unpack_from(data, 0)
+    manifest = json.loads(zlib.decompress(bytes(data[offset : offset + length])))
+    inserted = edit(manifest, offset)
+    payload = zlib.compress(json.dumps(manifest).encode())
+    data[offset:] = inserted + payload
+    data[: HEADER.size] = HEADER.pack(MAGIC, FORMAT_VERSION, 0, offset + len(inserted), len(payload), hashlib.sha256(payload).digest())
+    path.write_bytes(bytes(data))
 
 
 @pytest.fixture
@@ -88,29 +103,26 @@ def test_refuses_a_corrupted_blob(sample: Path) -> None:
 
 def test_refuses_a_missing_section(sample: Path) -> None:
     """A manifest that names a blob it does not index (a section cut out of the file)."""
-    data = bytearray(sample.read_bytes())
-    _, _, _, offset, length, _ = HEADER.unpack_from(data, 0)
-    manifest = json.loads(zlib.decompress(bytes(data[offset : offset + length])))
-    manifest["blobs"].pop(manifest["modules"][0]["digest"])
-    payload = zlib.compress(json.dumps(manifest).encode())
-    data[offset:] = payload
-    data[: HEADER.size] = HEADER.pack(b"FNDRYARC", 1, 0, offset, len(payload), hashlib.sha256(payload).digest())
-    sample.write_bytes(bytes(data))
+    def drop_a_module(manifest: dict, _: int) -> bytes:
+        manifest["blobs"].pop(manifest["modules"][0]["digest"])
+        return b""
+
+    rewrite_manifest(sample, drop_a_module)
     with Archive(sample) as archive, pytest.raises(ArchiveFormatError, match="missing"):
         archive.verify()
 
 
 def test_decompression_is_bounded(sample: Path) -> None:
     """A blob that inflates past its declared size is refused without inflating it all."""
-    data = bytearray(sample.read_bytes())
-    _, _, _, offset, length, _ = HEADER.unpack_from(data, 0)
-    manifest = json.loads(zlib.decompress(bytes(data[offset : offset + length])))
     bomb = zlib.compress(b"\0" * (64 << 20))
-    digest = next(iter(manifest["blobs"]))
-    manifest["blobs"][digest] = {"offset": offset, "stored": len(bomb), "size": 16, "codec": "zlib"}
-    payload = zlib.compress(json.dumps(manifest).encode())
-    data[offset:] = bomb + payload
-    data[: HEADER.size] = HEADER.pack(b"FNDRYARC", 1, 0, offset + len(bomb), len(payload), hashlib.sha256(payload).digest())
-    sample.write_bytes(bytes(data))
+    digest = ""
+
+    def point_a_blob_at_a_bomb(manifest: dict, offset: int) -> bytes:
+        nonlocal digest
+        digest = next(iter(manifest["blobs"]))
+        manifest["blobs"][digest] = {"offset": offset, "stored": len(bomb), "size": 16, "codec": "zlib"}
+        return bomb
+
+    rewrite_manifest(sample, point_a_blob_at_a_bomb)
     with Archive(sample) as archive, pytest.raises(ArchiveFormatError, match="larger than declared"):
         archive.blob(digest)

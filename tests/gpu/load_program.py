@@ -7,16 +7,9 @@ import sys
 
 import foundry_alloc as fa
 import foundry_trace as ft
+from foundry_trace.workload import build_engine
 
 BATCHES = (1, 2, 4, 8)
-
-
-def engine():  # noqa: ANN201 - the engine state both runs rebuild the same way
-    from foundry_trace.workload import DecodeModel, preset
-
-    model = DecodeModel(preset("tiny"))
-    model.step(1)
-    return model
 
 
 def save(path: str) -> dict[str, object]:
@@ -24,7 +17,7 @@ def save(path: str) -> dict[str, object]:
     ft.start_tracing()
     from foundry_trace.workload import capture_steps
 
-    model = engine()
+    model = build_engine("tiny")
     with ft.record(path) as recording:
         capture_steps(model, BATCHES, recording=recording)
     return {"saved": True}
@@ -34,7 +27,7 @@ def load(path: str) -> dict[str, object]:
     fa.install()
     from foundry_trace.verify import compare
 
-    model = engine()
+    model = build_engine("tiny")
     restored = ft.load(path)
     result = compare(model, restored, latency_batches=(1, 8))
     stats_before = fa.stats().live_blocks
@@ -49,7 +42,7 @@ def wrong_layout(path: str) -> dict[str, object]:
     fa.install()
     import torch
 
-    model = engine()
+    model = build_engine("tiny")
     extra = torch.empty(1 << 20, device="cuda")
     before = (fa.stats().live_blocks, fa.stats().mapped_bytes)
     try:

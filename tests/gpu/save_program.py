@@ -12,16 +12,10 @@ import sys
 
 import foundry_alloc as fa
 import foundry_trace as ft
+from foundry_trace.records import operation_count
+from foundry_trace.workload import build_engine
 
 BATCHES = (1, 2, 4, 8)
-
-
-def _model():  # noqa: ANN202
-    from foundry_trace.workload import DecodeModel, preset
-
-    model = DecodeModel(preset("tiny"))
-    model.step(1)
-    return model
 
 
 def save(path: str) -> dict[str, object]:
@@ -31,21 +25,14 @@ def save(path: str) -> dict[str, object]:
     from foundry_trace.summary import summarize
     from foundry_trace.workload import capture_steps
 
-    model = _model()
+    model = build_engine("tiny")
     with ft.record(path) as recording:
         capture_steps(model, BATCHES, recording=recording)
     summary = summarize(path)
     with ft.Archive(path) as archive:
         archive.verify()
-        walked = {g.key: (sum(1 for _ in _all_nodes(g.nodes)), g.driver_nodes) for g in archive.manifest.graphs}
+        walked = {g.key: (operation_count(g.nodes), g.driver_nodes) for g in archive.manifest.graphs}
     return {"summary": summary, "walked_vs_driver": walked}
-
-
-def _all_nodes(nodes):  # noqa: ANN001, ANN202
-    for node in nodes:
-        yield node
-        if node.kind == "graph":
-            yield from _all_nodes(node.graph.nodes)
 
 
 def host_node(path: str) -> dict[str, object]:
@@ -77,7 +64,7 @@ def late_tracing(path: str) -> dict[str, object]:
     fa.install()
     from foundry_trace.workload import capture_steps
 
-    model = _model()  # every kernel of the step loads here, untraced
+    model = build_engine("tiny")  # every kernel of the step loads here, untraced
     try:
         with ft.record(path) as recording:
             capture_steps(model, (2,), recording=recording)
