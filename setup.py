@@ -1,4 +1,5 @@
-"""Builds the allocator core (foundry_alloc/csrc) as a plain shared library.
+"""Builds the allocator core (foundry_alloc/csrc) and the graph restore loop (foundry_trace/csrc)
+as plain shared libraries.
 
 Only CUDA's headers are needed at build time (cuda.h for types, NVTX v3 which is header-only):
 the library opens libcuda at run time, so it builds and loads on machines without a GPU.
@@ -16,8 +17,14 @@ from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
-SOURCES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "foundry_alloc" / "csrc").glob("*.cpp"))
+ALLOC_SOURCES = ROOT / "foundry_alloc" / "csrc"  # also holds the headers both libraries share
+RESTORE_SOURCES = ROOT / "foundry_trace" / "csrc"
+COMPILE_ARGS = ["-std=c++17", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra"]
 STARTUP_HOOK = "foundry_alloc.pth"
+
+
+def sources(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(ROOT)) for p in directory.glob("*.cpp"))
 
 
 def cuda_include_dir() -> str:
@@ -37,7 +44,8 @@ def cuda_include_dir() -> str:
 
 
 class BuildCore(build_ext):
-    """Compiles the core without Python's module conventions: it is loaded with ctypes and by PyTorch."""
+    """Compiles the libraries without Python's module conventions: they are loaded with ctypes
+    (and the allocator by PyTorch)."""
 
     def build_extensions(self) -> None:
         for extension in self.extensions:
@@ -63,11 +71,19 @@ setup(
     ext_modules=[
         Extension(
             "foundry_alloc._libfoundry_alloc",
-            sources=SOURCES,
+            sources=sources(ALLOC_SOURCES),
             language="c++",
-            extra_compile_args=["-std=c++17", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra"],
+            extra_compile_args=COMPILE_ARGS,
             libraries=["dl"],
-        )
+        ),
+        Extension(
+            "foundry_trace._libfoundry_restore",
+            sources=sources(RESTORE_SOURCES),
+            include_dirs=[str(ALLOC_SOURCES.relative_to(ROOT))],
+            language="c++",
+            extra_compile_args=COMPILE_ARGS,
+            libraries=["dl"],
+        ),
     ],
     cmdclass={"build_ext": BuildCore, "build_py": BuildWithStartupHook},
 )

@@ -84,17 +84,20 @@ class HostCounters(ctypes.Structure):
     ]
 
 
-def library_path() -> Path:
-    """Where the package build put the compiled core."""
-    package = Path(__file__).resolve().parent
+def compiled_library(package: Path, stem: str, what: str, sources: str) -> Path:
+    """Where the package build put a compiled library (also used by foundry_trace's restore loop)."""
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = package / f"{LIBRARY_STEM}{suffix}"
+        candidate = package / f"{stem}{suffix}"
         if candidate.exists():
             return candidate
     raise NativeLibraryError(
-        f"the compiled allocator ({LIBRARY_STEM}*.so) is missing from {package}: install the package with "
-        "`pip install .` (or `pip install -e .`) so that its build compiles foundry_alloc/csrc"
+        f"the compiled {what} ({stem}*.so) is missing from {package}: install the package with "
+        f"`pip install .` (or `pip install -e .`) so that its build compiles {sources}"
     )
+
+
+def library_path() -> Path:
+    return compiled_library(Path(__file__).resolve().parent, LIBRARY_STEM, "allocator", "foundry_alloc/csrc")
 
 
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {

@@ -3,8 +3,10 @@
     [0, 64)    header: magic "FNDRYARC", format version (u32), flags (u32), manifest offset (u64),
                manifest size as stored (u64), SHA-256 of the stored manifest (32 bytes)
     [64, ...)  blobs, each 64-byte aligned, named by the SHA-256 of their bytes (their checksum),
-               stored raw or zlib-compressed (whichever is smaller by a margin)
-    [..., end) the manifest: pydantic models as JSON (no pickle, ever), zlib-compressed
+               stored raw or zlib-compressed (whichever is smaller by a margin): module binaries,
+               memory contents, and each graph's node table and payload (node_table.py)
+    [..., end) the manifest: pydantic models as JSON (no pickle, ever), zlib-compressed; small,
+               since graphs are blobs
 
 Readers map the file (mmap) and check every offset against the file before touching it; a blob's
 checksum is verified when it is read; decompression never produces more than the size the
@@ -26,10 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from foundry_alloc import Layout
 
 from .errors import ArchiveFormatError
-from .records import Digest, Edge, FunctionRecord, KernelNode, MemorySegment, ModuleRecord, Node, U64, walk_nodes
+from .native import check_table
+from .node_table import decode
+from .records import Digest, FunctionRecord, GraphBody, MemorySegment, ModuleRecord, U64
 
 MAGIC = b"FNDRYARC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER = struct.Struct("<8sIIQQ32s")  # 64 bytes
 BLOB_ALIGNMENT = 64
 MAX_MANIFEST_BYTES = 1 << 30  # decompressed
@@ -63,40 +67,39 @@ class Fingerprint(_Model):
     restore_layout: str  # fingerprint of the engine's layout at the restore point
 
 
-class Template(_Model):
-    """A graph shape shared by several graphs: node kinds and edges, stored once."""
-
-    topology: Digest
-    kinds: tuple[str, ...]
-    edges: tuple[Edge, ...]
-
-
 class OutputTensor(_Model):
-    name: str
+    name: Annotated[str, Field(max_length=256)]
     address: U64
-    dtype: str
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
+    dtype: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]  # a torch dtype's name, e.g. float32
+    shape: tuple[Annotated[int, Field(ge=0, lt=1 << 40)], ...]
+    stride: tuple[Annotated[int, Field(ge=0, lt=1 << 40)], ...]
 
 
 class GraphEntry(_Model):
+    """One graph: its node table and payload blobs (node_table.py), its template (index into the
+    manifest's topologies), the modules its kernels come from, and its declared outputs."""
+
     key: str
     template: Annotated[int, Field(ge=0)]
-    nodes: tuple[Node, ...]
+    table: Digest
+    payload: Digest
+    modules: tuple[Annotated[int, Field(ge=0)], ...]
     outputs: tuple[OutputTensor, ...] = ()
+    nodes: Annotated[int, Field(ge=0)]  # nodes that do work, child graphs flattened
+    edges: Annotated[int, Field(ge=0)]
     driver_nodes: Annotated[int, Field(ge=0)]  # as the driver counted them at SAVE
     driver_edges: Annotated[int, Field(ge=0)]
 
 
 class Manifest(_Model):
     format: Literal["foundry-archive"] = "foundry-archive"
-    version: Literal[1] = FORMAT_VERSION
+    version: Literal[2] = FORMAT_VERSION
     created: str
     fingerprint: Fingerprint
     restore_layout: Layout
     modules: tuple[ModuleRecord, ...]
     functions: tuple[FunctionRecord, ...]
-    templates: tuple[Template, ...]
+    templates: tuple[Digest, ...]  # graph topologies (node kinds and edges)
     graphs: tuple[GraphEntry, ...]
     memory: tuple[MemorySegment, ...]
     events: Annotated[int, Field(ge=0)]
@@ -188,6 +191,7 @@ class Archive:
             first = error.errors()[0]
             where = ".".join(map(str, first["loc"])) or "top level"
             raise ArchiveFormatError(f"{self.path}: invalid manifest at {where}: {first['msg']}") from None
+        _check_indices(manifest, self.path)
         for digest, ref in manifest.blobs.items():
             if ref.offset < HEADER.size or ref.offset + ref.stored > offset or (ref.codec == "raw" and ref.stored != ref.size):
                 raise ArchiveFormatError(
@@ -213,20 +217,40 @@ class Archive:
             raise ArchiveFormatError(f"{self.path}: blob {digest[:12]} is corrupted (checksum mismatch)")
         return data
 
+    def blob_bytes(self, digest: str) -> bytes:
+        """A blob's bytes as a copy (safe to keep after the archive is closed), checksum verified."""
+        data = self.blob(digest)
+        if isinstance(data, memoryview):
+            with data:
+                return bytes(data)
+        return data
+
+    def graph_blobs(self, entry: GraphEntry) -> tuple[bytes, bytes]:
+        """A graph's node table and payload, checksums verified (the table is not validated here:
+        the native builder and decode() do that)."""
+        return self.blob_bytes(entry.table), self.blob_bytes(entry.payload)
+
+    def graph(self, entry: GraphEntry) -> GraphBody:
+        """The records of one graph (for inspection; LOAD hands the table to the native builder)."""
+        table, payload = self.graph_blobs(entry)
+        return decode(table, payload, len(self.manifest.functions), self.manifest.events)
+
     def verify(self) -> None:
-        """Checks every blob's checksum and every reference to a blob."""
+        """Checks every blob's checksum, every reference to a blob and every node table."""
+        referenced = {m.digest for m in self.manifest.modules}
+        referenced |= {v for m in self.manifest.modules for v in m.variables.values()}
+        referenced |= {s.contents for s in self.manifest.memory if s.contents}
+        referenced |= {d for g in self.manifest.graphs for d in (g.table, g.payload)}
+        missing = referenced - set(self.manifest.blobs)
+        if missing:
+            raise ArchiveFormatError(f"{self.path}: {len(missing)} referenced blob(s) are missing, e.g. {min(missing)[:12]}")
         for digest in self.manifest.blobs:
             data = self.blob(digest)
             if isinstance(data, memoryview):
                 data.release()
-        referenced = {m.digest for m in self.manifest.modules}
-        referenced |= {v for m in self.manifest.modules for v in m.variables.values()}
-        referenced |= {s.contents for s in self.manifest.memory if s.contents}
-        for graph in self.manifest.graphs:
-            referenced |= {n.arguments for n in walk_nodes(graph.nodes) if isinstance(n, KernelNode)}
-        missing = referenced - set(self.manifest.blobs)
-        if missing:
-            raise ArchiveFormatError(f"{self.path}: {len(missing)} referenced blob(s) are missing, e.g. {min(missing)[:12]}")
+        for entry in self.manifest.graphs:
+            table, payload = self.graph_blobs(entry)
+            check_table(table, payload, len(self.manifest.functions), self.manifest.events, f"{self.path}: graph {entry.key!r}")
 
     def close(self) -> None:
         """Unmaps the file; views returned by blob() must be released first."""
@@ -237,6 +261,18 @@ class Archive:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _check_indices(manifest: Manifest, path: Path) -> None:
+    """Every index the manifest holds points inside its table (digests are checked where read)."""
+    for number, function in enumerate(manifest.functions):
+        if function.module >= len(manifest.modules):
+            raise ArchiveFormatError(f"{path}: function {number} names module {function.module} of {len(manifest.modules)}")
+    for graph in manifest.graphs:
+        if graph.template >= len(manifest.templates) or any(m >= len(manifest.modules) for m in graph.modules):
+            raise ArchiveFormatError(f"{path}: graph {graph.key!r} names a template or module the manifest lacks")
+    if len({g.key for g in manifest.graphs}) != len(manifest.graphs):
+        raise ArchiveFormatError(f"{path}: two graphs share one key")
 
 
 def _inflate(data: bytes | memoryview, limit: int, what: str) -> bytes:

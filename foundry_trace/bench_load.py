@@ -1,9 +1,11 @@
-"""`foundry bench load`: native warm-up + capture vs Foundry restore, side by side on one GPU.
+"""`foundry bench` (load): native warm-up + capture vs Foundry restore, side by side on one GPU.
 
-A child process SAVEs the reference workload; a second, fresh child rebuilds the engine state,
-restores the archive (once with one instantiation thread, which gives the driver's own
-instantiation time as the floor, then again with several, timed), captures the same graphs
-natively in the same process, and compares outputs bit for bit and replay latency.
+A child process SAVEs the workload and records its graphs' outputs on fixed inputs; a second,
+fresh child rebuilds the engine state and then, in order: restores on one thread (its summed
+instantiation time is the driver's own floor), restores in lazy mode (time to the first replay),
+restores in full on several threads (timed), captures the same graphs natively (timed), and
+compares outputs bit for bit (against SAVE and against the native capture) and replay latency.
+`foundry verify` runs the same children and reports only the comparison.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from .restore import DEFAULT_THREADS
+
+REFERENCE_SUFFIX = ".outputs.json"
+
 
 def child_save(workload: str, archive: str) -> dict[str, object]:
     import foundry_alloc
@@ -23,13 +29,17 @@ def child_save(workload: str, archive: str) -> dict[str, object]:
     foundry_alloc.install()
     import foundry_trace
 
+    from .verify import reference_outputs
     from .workload import build_engine, capture_steps
 
     foundry_trace.start_tracing()
     model = build_engine(workload)
+    start = time.perf_counter()
     with foundry_trace.record(archive) as recording:
-        capture_steps(model, recording=recording)
-    return {"archive_bytes": Path(archive).stat().st_size}
+        captured = capture_steps(model, recording=recording)
+    save_s = time.perf_counter() - start
+    Path(archive + REFERENCE_SUFFIX).write_text(json.dumps(reference_outputs(model, captured)))
+    return {"archive_bytes": Path(archive).stat().st_size, "save_s": save_s}
 
 
 def child_load(workload: str, archive: str, threads: int) -> dict[str, object]:
@@ -45,43 +55,81 @@ def child_load(workload: str, archive: str, threads: int) -> dict[str, object]:
 
     model = build_engine(workload)
     torch.cuda.synchronize()
-    floor = foundry_trace.load(archive, threads=1)
-    instantiate_floor_s = floor.phases["instantiate"]
-    floor.release()
+    serial = foundry_trace.load(archive, threads=1)
+    floor_s = serial.busy_seconds()["instantiate"]
+    serial_s = sum(serial.phases.values())
+    serial.release()
+
+    start = time.perf_counter()
+    lazy = foundry_trace.load(archive, mode="lazy", threads=threads)
+    first_key = next(iter(lazy.graphs))
+    lazy[first_key].replay()
+    torch.cuda.synchronize()
+    first_graph_s = time.perf_counter() - start
+    lazy.release()
+
+    sweep = {}
+    for count in sorted({2, 4, 16, threads}):
+        start = time.perf_counter()
+        foundry_trace.load(archive, threads=count).release()
+        sweep[str(count)] = time.perf_counter() - start
+
     start = time.perf_counter()
     restored = foundry_trace.load(archive, threads=threads)
     torch.cuda.synchronize()
     restore_s = time.perf_counter() - start
-    result = compare(model, restored)
+    saved = json.loads(Path(archive + REFERENCE_SUFFIX).read_text())
+    result = compare(model, restored, saved)
     result.update(
         restore_s=restore_s,
+        serial_restore_s=serial_s,
         phases=restored.phases,
-        instantiate_floor_s=instantiate_floor_s,
+        busy=restored.busy_seconds(),
+        spans=[span.__dict__ for span in restored.spans],
+        instantiate_floor_s=floor_s,
+        threads_sweep_s=sweep,
+        first_graph_s=first_graph_s,
+        first_graph_key=first_key,
         device=torch.cuda.get_device_name(),
         torch=torch.__version__,
         cuda=torch.version.cuda,
     )
+    restored.release()
     return result
 
 
 def _run_child(*arguments: str) -> dict[str, object]:
     completed = subprocess.run([sys.executable, "-m", "foundry_trace.bench_load", *arguments], capture_output=True, text=True)
     if completed.returncode != 0:
-        raise RuntimeError(f"bench load child {arguments[0]} failed:\n{completed.stderr[-4000:]}")
+        raise RuntimeError(f"bench child {arguments[0]} failed:\n{completed.stderr[-4000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def run(workload: str, output_dir: Path | None, threads: int = 4) -> dict[str, object]:
+def run_children(workload: str, threads: int, archive: Path | None = None) -> tuple[dict[str, object], dict[str, object]]:
+    """SAVE (unless `archive` exists already) and LOAD in fresh processes, with progress shown."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with tempfile.TemporaryDirectory() as scratch, Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True
+    ) as progress:
+        path = archive or Path(scratch) / f"{workload}.foundry"
+        saved: dict[str, object] = {}
+        if archive is None or not archive.exists():
+            task = progress.add_task(f"SAVE {workload}: warm-up, capture and record every graph")
+            saved = _run_child("save", workload, str(path))
+            progress.remove_task(task)
+        progress.add_task(f"LOAD {workload}: restore (1 thread, lazy, {threads} threads), native capture, compare")
+        loaded = _run_child("load", workload, str(path), str(threads))
+        saved.setdefault("archive_bytes", path.stat().st_size)
+    return saved, loaded
+
+
+def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS) -> dict[str, object]:
     from .results import Case, ResultsFile, command_line, driver_version, project_commit, today
     from .workload import preset
 
     shape = preset(workload)
-    with tempfile.TemporaryDirectory() as scratch:
-        archive = str(Path(scratch) / f"{workload}.foundry")
-        print(f"foundry bench load: SAVE of {workload} ...", file=sys.stderr, flush=True)
-        saved = _run_child("save", workload, archive)
-        print("foundry bench load: restore and native capture, fresh process ...", file=sys.stderr, flush=True)
-        loaded = _run_child("load", workload, archive, str(threads))
+    saved, loaded = run_children(workload, threads)
     case = Case(
         name=workload,
         graphs=loaded["graphs"],
@@ -90,15 +138,25 @@ def run(workload: str, output_dir: Path | None, threads: int = 4) -> dict[str, o
         speedup=loaded["native_s"] / loaded["restore_s"],
         instantiate_floor_s=loaded["instantiate_floor_s"],
         restore_over_floor=loaded["restore_s"] / loaded["instantiate_floor_s"],
-        first_graph_s=None,
+        serial_restore_s=loaded["serial_restore_s"],
+        restore_s_by_threads=loaded["threads_sweep_s"],
+        first_graph_s=loaded["first_graph_s"],
+        first_graph_key=loaded["first_graph_key"],
         bitwise_equal=loaded["bitwise_equal"],
         mismatched=loaded["mismatched"],
         nondeterministic_native=loaded["nondeterministic_native"],
+        bitwise_equal_saved=loaded["bitwise_equal_saved"],
+        mismatched_saved=loaded["mismatched_saved"],
+        nondeterministic_saved=loaded["nondeterministic_saved"],
+        native_differs_from_saved=loaded["native_differs_from_saved"],
         replay_delta_pct={k: v["delta_pct"] for k, v in loaded["latency"].items()},
         replay_ms=loaded["latency"],
         archive_bytes=saved["archive_bytes"],
+        save_s=saved.get("save_s"),
         phases_s=loaded["phases"],
-        instantiate_threads=threads,
+        busy_s=loaded["busy"],
+        threads=threads,
+        spans=loaded["spans"],
     )
     results = ResultsFile(
         what="load",
@@ -108,33 +166,80 @@ def run(workload: str, output_dir: Path | None, threads: int = 4) -> dict[str, o
         commit=project_commit(), date=today(), command=command_line(), cases=[case],
     )
     if output_dir is not None:
-        results.write(output_dir)
+        written = results.write(output_dir)
+        plot_timeline(results.model_dump(), written.with_suffix(".png"))
     return results.model_dump()
 
 
+def plot_timeline(results: dict[str, object], path: Path) -> Path | None:
+    """A PNG: native vs restore totals, and the restore's tasks per thread over time."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: no timeline ({path.name}); pip install 'foundry-graphs[plot]'", file=sys.stderr)
+        return None
+    case = results["cases"][0]
+    colors = {"module": "#4c72b0", "build": "#55a868", "instantiate": "#c44e52", "upload": "#8172b2"}
+    figure, (totals, lanes) = plt.subplots(2, 1, figsize=(11, 6.5), gridspec_kw={"height_ratios": [1, 3]})
+    totals.barh(["Foundry restore", "native warm-up + capture"], [case["restore_s"], case["native_s"]], color=["#55a868", "#999999"])
+    totals.set_xlabel("seconds")
+    totals.set_title(f"{results['device']} / {results['workload']}: restore {case['speedup']:.1f}x faster than capture")
+    workers = sorted({s["worker"] for s in case["spans"]})
+    start = 0.0
+    for name, seconds in case["phases_s"].items():
+        if name != "graphs":
+            lanes.barh("main", seconds, left=start, color="#dd8452")
+            start += seconds
+    for span in case["spans"]:
+        lanes.barh(span["worker"].replace("foundry-load_", "thread "), span["end"] - span["start"], left=span["start"], color=colors[span["phase"]])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in [*colors.values(), "#dd8452"]]
+    lanes.legend(handles, [*colors, "open + verify + memory"], loc="lower right", fontsize=8)
+    lanes.set_xlabel(f"seconds since LOAD began ({len(workers)} threads)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def render(results: dict[str, object]) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
     c = results["cases"][0]
-    lines = [
-        f"{results['device']} / {results['workload']}: {c['graphs']} graphs, archive {c['archive_bytes'] / 2**20:.1f} MiB",
-        f"  native warm-up + capture + instantiate {c['native_s']:.2f} s; restore {c['restore_s']:.3f} s "
-        f"({c['speedup']:.1f}x faster); driver instantiation alone {c['instantiate_floor_s']:.3f} s "
-        f"(restore / floor {c['restore_over_floor']:.2f})",
-        "  restore phases: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in c["phases_s"].items()),
-        f"  bit-identical outputs: {c['bitwise_equal']} (mismatched {c['mismatched']}, native nondeterministic "
-        f"{c['nondeterministic_native']})",
-        "  replay latency: " + ", ".join(
-            f"b={b}: {v['native_ms']:.3f} vs {v['restored_ms']:.3f} ms ({v['delta_pct']:+.2f} %)" for b, v in c["replay_ms"].items()
-        ),
+    table = Table(title=f"{results['device']} / {results['workload']}: {c['graphs']} graphs, archive {c['archive_bytes'] / 2**20:.1f} MiB")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("native warm-up + capture + instantiate", f"{c['native_s']:.3f} s"),
+        (f"Foundry restore ({c['threads']} threads)", f"{c['restore_s']:.3f} s"),
+        ("speed-up", f"{c['speedup']:.1f}x"),
+        ("driver instantiation alone (1 thread)", f"{c['instantiate_floor_s']:.3f} s"),
+        ("restore / instantiation floor", f"{c['restore_over_floor']:.2f}"),
+        (f"first graph replayed (lazy, key {c['first_graph_key']})", f"{c['first_graph_s'] * 1000:.1f} ms"),
+        *((f"phase {k}", f"{v * 1000:.1f} ms") for k, v in c["phases_s"].items()),
+        *((f"busy {k} (all threads)", f"{v * 1000:.1f} ms") for k, v in c["busy_s"].items()),
+        ("bit-identical to SAVE's graphs", f"{c['bitwise_equal_saved']} (differ: {c['mismatched_saved'] or 'none'})"),
+        ("bit-identical to a native capture here", f"{c['bitwise_equal']} (differ: {c['mismatched'] or 'none'})"),
+        ("native graphs nondeterministic", str(c["nondeterministic_native"] or "none")),
+        *((f"replay b={b} native / restored", f"{v['native_ms']:.3f} / {v['restored_ms']:.3f} ms ({v['delta_pct']:+.2f} %)") for b, v in c["replay_ms"].items()),
     ]
-    return "\n".join(lines)
+    for row in rows:
+        table.add_row(*row)
+    console = Console(width=120, record=True)
+    with console.capture() as captured:
+        console.print(table)
+    return captured.get()
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description="child process of `foundry bench load`")
+    parser = argparse.ArgumentParser(description="child process of `foundry bench` and `foundry verify`")
     parser.add_argument("role", choices=("save", "load"))
     parser.add_argument("workload")
     parser.add_argument("archive")
-    parser.add_argument("threads", nargs="?", type=int, default=4)
+    parser.add_argument("threads", nargs="?", type=int, default=DEFAULT_THREADS)
     a = parser.parse_args()
     result = child_save(a.workload, a.archive) if a.role == "save" else child_load(a.workload, a.archive, a.threads)
     print(json.dumps(result))

@@ -43,8 +43,9 @@ def run(workload: str, output_dir: Path | None, archive: Path | None = None) -> 
         kernels=len(summary["kernels"]),
         modules=len(summary["modules"]),
         module_bytes=summary["module_bytes"],
-        argument_blobs=summary["argument_blobs"],
-        argument_bytes=summary["argument_bytes"],
+        loaded_module_bytes=summary["loaded_module_bytes"],
+        table_bytes=summary["table_bytes"],
+        payload_bytes=summary["payload_bytes"],
         memory_segments=summary["memory_segments"],
         graph_memory_bytes=summary["memory_bytes"],
         carried_memory_bytes=summary["carried_memory_bytes"],
@@ -75,8 +76,9 @@ def render(results: dict[str, object]) -> str:
     return (
         f"{results['device']} / {results['workload']}: {c['graphs']} graphs, {c['nodes']} nodes in {c['templates']} templates, "
         f"{c['kernels']} kernels from {c['modules']} modules\n"
-        f"  archive {c['archive_bytes'] / 2**20:.1f} MiB (modules {c['module_bytes'] / 2**20:.1f} MiB, arguments "
-        f"{c['argument_bytes'] / 2**20:.1f} MiB in {c['argument_blobs']} blobs, memory contents "
+        f"  archive {c['archive_bytes'] / 2**20:.1f} MiB (modules {c['module_bytes'] / 2**20:.1f} MiB of "
+        f"{c['loaded_module_bytes'] / 2**20:.1f} MiB loaded, node tables {c['table_bytes'] / 2**20:.1f} MiB, payloads "
+        f"{c['payload_bytes'] / 2**20:.1f} MiB, memory contents "
         f"{c['carried_memory_bytes'] / 2**20:.1f} MiB); warm-up + capture + SAVE {c['save_s']:.1f} s; "
         f"truncated graphs: {c['truncated_graphs'] or 'none'}"
     )

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .restore import DEFAULT_THREADS
+
 DEFAULT_RESULTS_DIR = Path("bench/results")
 
 
@@ -42,13 +44,31 @@ def _layout_diff(arguments: argparse.Namespace) -> int:
     return 0 if diff.equal else 1
 
 
+BENCH_OPTIONS = {"alloc": (), "save": ("archive",), "load": ("threads",)}
+
+
 def _bench(arguments: argparse.Namespace) -> int:
     """Runs foundry_trace.bench_<kind>: each has run(workload, output_dir, **options) and render()."""
     module = importlib.import_module(f"foundry_trace.bench_{arguments.kind}")
-    options = {name: getattr(arguments, name) for name in arguments.options}
+    options = {name: getattr(arguments, name) for name in BENCH_OPTIONS[arguments.kind]}
     results = module.run(arguments.workload, None if arguments.no_write else arguments.output, **options)
     print(json.dumps(results, indent=2) if arguments.json else module.render(results))
     return 0
+
+
+def _verify(arguments: argparse.Namespace) -> int:
+    from .bench_load import run_children
+
+    _, loaded = run_children(arguments.workload, arguments.threads, arguments.archive)
+    print(
+        f"{loaded['graphs']} graphs restored on {loaded['device']}: outputs equal SAVE's graphs bit for bit: "
+        f"{loaded['bitwise_equal_saved']} (differ: {loaded['mismatched_saved'] or 'none'}; nondeterministic at SAVE: "
+        f"{loaded['nondeterministic_saved'] or 'none'}); equal a native capture here: {loaded['bitwise_equal']} "
+        f"(differ: {loaded['mismatched'] or 'none'}; nondeterministic here: {loaded['nondeterministic_native'] or 'none'})"
+    )
+    for batch, latency in loaded["latency"].items():
+        print(f"  replay b={batch}: native {latency['native_ms']:.3f} ms, restored {latency['restored_ms']:.3f} ms ({latency['delta_pct']:+.2f} %)")
+    return 0 if loaded["bitwise_equal_saved"] else 1
 
 
 def _inspect(arguments: argparse.Namespace) -> int:
@@ -79,24 +99,28 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("--kernels", type=int, default=20, help="kernels to list (by launches)")
     inspect.set_defaults(run=_inspect)
 
-    bench = commands.add_parser("bench", help="benchmarks on the device")
-    kinds = bench.add_subparsers(dest="kind", required=True)
-    benches = {
-        "alloc": "Foundry's allocator vs PyTorch's caching allocator (peak memory, alloc+free)",
-        "save": "SAVE of the reference workload: archive size and contents",
-        "load": "native warm-up + capture vs Foundry restore, same GPU, fresh processes",
-    }
-    for kind, description in benches.items():
-        sub = kinds.add_parser(kind, help=description)
-        sub.add_argument("--workload", default="tiny", help="tiny, small or llama8b (default tiny)")
-        sub.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON")
-        sub.add_argument("--no-write", action="store_true", help="print only")
-        sub.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
-        sub.set_defaults(run=_bench, options=())
-    kinds.choices["save"].add_argument("--archive", type=Path, help="keep the archive here (default: a temporary file)")
-    kinds.choices["save"].set_defaults(options=("archive",))
-    kinds.choices["load"].add_argument("--threads", type=int, default=4, help="instantiation threads (default 4)")
-    kinds.choices["load"].set_defaults(options=("threads",))
+    bench = commands.add_parser(
+        "bench",
+        help="benchmarks on the device (default: load, native warm-up + capture vs Foundry restore)",
+        description="load: native warm-up + capture vs Foundry restore, same GPU, fresh processes (table, JSON, PNG "
+        "timeline); save: SAVE's archive size and contents; alloc: Foundry's allocator vs PyTorch's caching allocator.",
+    )
+    bench.add_argument("kind", nargs="?", choices=tuple(BENCH_OPTIONS), default="load")
+    bench.add_argument("--workload", default="small", help="tiny, small or llama8b (default small)")
+    bench.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON (and PNG)")
+    bench.add_argument("--no-write", action="store_true", help="print only")
+    bench.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
+    bench.add_argument("--archive", type=Path, help="save: keep the archive here (default: a temporary file)")
+    bench.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"load: restore threads (default {DEFAULT_THREADS})")
+    bench.set_defaults(run=_bench)
+
+    verify = commands.add_parser(
+        "verify", help="restore the reference workload and compare with SAVE's graphs and a native capture, bit for bit"
+    )
+    verify.add_argument("--workload", default="small", help="tiny, small or llama8b (default small)")
+    verify.add_argument("--archive", type=Path, help="an archive of that workload (default: SAVE one first)")
+    verify.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    verify.set_defaults(run=_verify)
     return root
 
 

@@ -97,23 +97,55 @@ def _c_string(strings: memoryview, offset: int) -> str:
 
 
 _FATBIN_HEADER = struct.Struct("<IHHQ")  # magic, version, header size, payload size
-_FATBIN_ENTRY = struct.Struct("<HHIQIIII")  # kind, version, header size, padded payload size, ...
+_FATBIN_ENTRY = struct.Struct("<HHIQIIII")  # kind, version, header size, padded payload size, ..., arch
+FATBIN_ELF, FATBIN_PTX = 2, 1
 
 
-def _fatbin_symbols(view: memoryview) -> ModuleSymbols:
+def _fatbin_entries(view: memoryview) -> list[tuple[int, int, int, int]]:
+    """(kind, arch, start, end) of each entry of a fatbin's first container, headers included."""
     _magic, _version, header_size, payload_size = _FATBIN_HEADER.unpack_from(view, 0)
     end = min(len(view), header_size + payload_size)
     position = header_size
-    entries: set[str] = set()
-    variables: set[str] = set()
+    entries = []
     while position + _FATBIN_ENTRY.size <= end:
-        kind, _v, entry_header, payload, *_ = _FATBIN_ENTRY.unpack_from(view, position)
+        kind, _v, entry_header, payload, _a, _b, _c, arch = _FATBIN_ENTRY.unpack_from(view, position)
         if entry_header == 0 or position + entry_header + payload > end:
             raise CubinFormatError("fatbin entry out of bounds")
-        start = position + entry_header
-        if kind == 2 and bytes(view[start : start + 4]) == ELF_MAGIC:  # an ELF (cubin) entry
-            symbols = _elf_symbols(view[start : start + payload])
+        entries.append((kind, arch, position, position + entry_header + payload))
+        position += entry_header + payload
+    return entries
+
+
+def loadable_images(binary: bytes, capability: tuple[int, int]) -> bytes:
+    """The binary with only the images a GPU of `capability` (major, minor) can run: a fatbin
+    keeps its cubins of that major version and no newer minor (the driver picks among exactly
+    those, so the choice is unchanged) and drops the rest, PTX included. A cubin, a fatbin with
+    no such cubin (the driver would compile its PTX) or several containers is kept whole."""
+    view = memoryview(binary)
+    if len(view) < _FATBIN_HEADER.size or struct.unpack_from("<I", view)[0] != FATBIN_MAGIC:
+        return binary
+    magic, version, header_size, payload_size = _FATBIN_HEADER.unpack_from(view, 0)
+    if header_size + payload_size != len(view):
+        return binary
+    try:
+        entries = _fatbin_entries(view)
+    except (CubinFormatError, struct.error):
+        return binary
+    major, minor = capability
+    runnable = [e for e in entries if e[0] == FATBIN_ELF and e[1] // 10 == major and e[1] % 10 <= minor]
+    if not runnable or len(runnable) == len(entries):
+        return binary
+    payload = b"".join(view[start:end] for _kind, _arch, start, end in runnable)
+    return _FATBIN_HEADER.pack(magic, version, _FATBIN_HEADER.size, len(payload)) + payload
+
+
+def _fatbin_symbols(view: memoryview) -> ModuleSymbols:
+    entries: set[str] = set()
+    variables: set[str] = set()
+    for kind, _arch, start, end in _fatbin_entries(view):
+        header = _FATBIN_ENTRY.unpack_from(view, start)[2]
+        if kind == FATBIN_ELF and bytes(view[start + header : start + header + 4]) == ELF_MAGIC:
+            symbols = _elf_symbols(view[start + header : end])
             entries |= symbols.entries
             variables |= symbols.variables
-        position = start + payload
     return ModuleSymbols(frozenset(entries), frozenset(variables))

@@ -13,7 +13,6 @@ from .errors import DriverCallError
 SUCCESS = driver.CUresult.CUDA_SUCCESS
 # The `extra` launch form: {BUFFER_POINTER, p, BUFFER_SIZE, &n, END}.
 CU_LAUNCH_PARAM_END, CU_LAUNCH_PARAM_BUFFER_POINTER, CU_LAUNCH_PARAM_BUFFER_SIZE = 0, 1, 2
-LAUNCH_ATTRIBUTE_BYTES = 64  # sizeof(CUlaunchAttributeValue)
 
 
 def call(function: Callable[..., Any], *arguments: Any) -> Any:

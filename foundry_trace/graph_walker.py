@@ -8,15 +8,12 @@ restore can hand them back in one buffer. Nodes that cannot be persisted are ref
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
-
 from cuda.bindings import driver
 
 from .driver import (
     CU_LAUNCH_PARAM_BUFFER_POINTER,
     CU_LAUNCH_PARAM_BUFFER_SIZE,
     CU_LAUNCH_PARAM_END,
-    LAUNCH_ATTRIBUTE_BYTES,
     call,
     host_bytes,
     host_pointers,
@@ -25,6 +22,7 @@ from .driver import (
 from .errors import UnsupportedNodeError
 from .modules import FunctionTable
 from .records import (
+    LAUNCH_ATTRIBUTE_BYTES,
     ChildGraphNode,
     Edge,
     EmptyNode,
@@ -50,12 +48,10 @@ _REFUSAL_HINTS = {
 
 
 class GraphWalker:
-    """Walks graphs, registering functions in `functions`, argument bytes through `add_blob`,
-    and events in its own numbering."""
+    """Walks graphs, registering functions in `functions` and events in its own numbering."""
 
-    def __init__(self, functions: FunctionTable, add_blob: Callable[[bytes], str]) -> None:
+    def __init__(self, functions: FunctionTable) -> None:
         self._functions = functions
-        self._add_blob = add_blob
         self._events: dict[int, int] = {}
         self._param_layouts: dict[int, list[tuple[int, int]]] = {}
 
@@ -142,13 +138,13 @@ class GraphWalker:
                 continue
             raw = host_bytes(value.getPtr(), LAUNCH_ATTRIBUTE_BYTES)
             if any(raw):
-                attributes[int(attribute)] = raw.hex()
+                attributes[int(attribute)] = raw
         return KernelNode(
             function=self._functions.index(function, where),
             grid=(int(p.gridDimX), int(p.gridDimY), int(p.gridDimZ)),
             block=(int(p.blockDimX), int(p.blockDimY), int(p.blockDimZ)),
             shared_bytes=int(p.sharedMemBytes),
-            arguments=self._add_blob(arguments),
+            arguments=arguments,
             attributes=attributes,
         )
 

@@ -15,21 +15,11 @@ from dataclasses import dataclass, field
 
 from cuda.bindings import driver
 
-from .cubin import CubinFormatError, ModuleSymbols, module_symbols
+from .cubin import CubinFormatError, ModuleSymbols, loadable_images, module_symbols
 from .driver import call, device_bytes, try_call
 from .errors import MissingBinaryError
-from .records import FunctionRecord, ModuleRecord
+from .records import SETTABLE_FUNCTION_ATTRIBUTES, FunctionRecord, ModuleRecord
 
-# Function attributes that users set on kernels (cuFuncSetAttribute) and a reload must set again.
-SETTABLE_FUNCTION_ATTRIBUTES = (
-    "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES",
-    "CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT",
-    "CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_WIDTH",
-    "CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_HEIGHT",
-    "CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_DEPTH",
-    "CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED",
-    "CU_FUNC_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE",
-)
 MAX_VARIABLE_BYTES = 64 << 20  # module globals larger than this are refused rather than carried
 
 
@@ -101,24 +91,34 @@ def _function_names(module: driver.CUmodule) -> frozenset[str]:
     return frozenset(names)
 
 
+@dataclass(frozen=True)
+class _Function:
+    binary: str  # digest of the module binary as loaded
+    name: str
+    attributes: dict[str, int]
+
+
 class FunctionTable:
-    """Turns CUfunction handles into indices of FunctionRecords, resolving each handle once."""
+    """Turns CUfunction handles into function indices of the archive, resolving each handle once."""
 
     def __init__(self, registry: ModuleRegistry) -> None:
         self._registry = registry
         self._index: dict[int, int] = {}
         self._module_entries: dict[int, frozenset[str]] = {}
-        self.records: list[FunctionRecord] = []
+        self._functions: list[_Function] = []
         self.module_handles: dict[str, int] = {}  # digest -> a loaded CUmodule of that binary
+
+    def __len__(self) -> int:
+        return len(self._functions)
 
     def index(self, function: int, where: str) -> int:
         found = self._index.get(function)
         if found is None:
-            found = self._index[function] = len(self.records)
-            self.records.append(self._resolve(function, where))
+            found = self._index[function] = len(self._functions)
+            self._functions.append(self._resolve(function, where))
         return found
 
-    def _resolve(self, function: int, where: str) -> FunctionRecord:
+    def _resolve(self, function: int, where: str) -> _Function:
         handle = driver.CUfunction(function)
         name = call(driver.cuFuncGetName, handle)
         name = name.decode() if isinstance(name, bytes) else str(name)
@@ -143,18 +143,20 @@ class FunctionTable:
             value = try_call(driver.cuFuncGetAttribute, getattr(driver.CUfunction_attribute, attribute), handle)
             if value is not None:
                 attributes[attribute] = int(value)
-        return FunctionRecord(module=digest, name=name, attributes=attributes)
+        return _Function(binary=digest, name=name, attributes=attributes)
 
     def _entries_of(self, module: int) -> frozenset[str]:
         if module not in self._module_entries:
             self._module_entries[module] = _function_names(driver.CUmodule(module))
         return self._module_entries[module]
 
-    def used_modules(self, add_blob) -> list[ModuleRecord]:  # noqa: ANN001 - ArchiveWriter.add_blob-like
-        """Records of the binaries the functions come from, with the current contents of their
-        module-scope variables (read through the loaded module), blobs added through `add_blob`."""
-        records = []
-        for digest in dict.fromkeys(f.module for f in self.records):
+    def records(self, add_blob, capability: tuple[int, int]) -> tuple[list[ModuleRecord], list[FunctionRecord]]:  # noqa: ANN001
+        """The records of the functions and of the binaries they come from, each binary reduced
+        to the images a GPU of `capability` loads, with the current contents of its module-scope
+        variables (read through the loaded module); blobs go through `add_blob` (bytes -> digest)."""
+        modules: list[ModuleRecord] = []
+        position: dict[str, int] = {}
+        for digest in dict.fromkeys(f.binary for f in self._functions):
             binary = self._registry.binaries[digest]
             variables = {}
             for name in sorted(binary.symbols.variables):
@@ -168,8 +170,13 @@ class FunctionTable:
                         f"({MAX_VARIABLE_BYTES}); allocate such buffers with torch instead"
                     )
                 variables[name] = add_blob(device_bytes(address, size))
-            add_blob(binary.data)
-            records.append(
-                ModuleRecord(digest=digest, size=len(binary.data), entries=len(binary.symbols.entries), variables=variables)
+            stored = loadable_images(binary.data, capability)
+            position[digest] = len(modules)
+            modules.append(
+                ModuleRecord(
+                    digest=add_blob(stored), size=len(stored), loaded_size=len(binary.data),
+                    entries=len(binary.symbols.entries), variables=variables,
+                )
             )
-        return records
+        functions = [FunctionRecord(module=position[f.binary], name=f.name, attributes=f.attributes) for f in self._functions]
+        return modules, functions

@@ -24,13 +24,14 @@ import nvtx
 
 import foundry_alloc
 
-from .archive import ArchiveWriter, GraphEntry, Manifest, OutputTensor, Template
+from .archive import ArchiveWriter, GraphEntry, Manifest, OutputTensor
 from .driver import device_bytes
 from .errors import TracerStateError
 from .fingerprint import current_fingerprint
 from .graph_walker import GraphWalker
 from .modules import FunctionTable, ModuleRegistry
-from .records import ChildGraphNode, GraphBody, MemorySegment
+from .node_table import encode
+from .records import GraphBody, KernelNode, MemorySegment, walk_nodes
 from .tracer import Listener, Tracer
 
 NVTX_DOMAIN = "foundry"
@@ -78,7 +79,7 @@ class Recording:
         self._session = session
         self._functions = FunctionTable(session.registry)
         self._blobs: dict[str, bytes] = {}
-        self._walker = GraphWalker(self._functions, self._add_blob)
+        self._walker = GraphWalker(self._functions)
         self._graphs: list[tuple[str, GraphBody, int, int]] = []
         self._outputs: dict[str, list[OutputTensor]] = {}
         self._key: str | None = None
@@ -156,41 +157,40 @@ class Recording:
                 raise
 
     def _manifest(self, writer: ArchiveWriter) -> Manifest:
-        modules = self._functions.used_modules(self._add_blob)
+        import torch
+
+        capability = torch.cuda.get_device_capability(self._device)
+        modules, functions = self._functions.records(self._add_blob, capability)
         memory = self._memory_segments()
+        for digest, data in self._blobs.items():
+            writer.add_blob(data, digest)
         templates: dict[str, int] = {}
-        template_records: list[Template] = []
         entries = []
         for key, body, nodes, edges in self._graphs:
-            topology = body.topology()
-            if topology not in templates:
-                templates[topology] = len(template_records)
-                template_records.append(
-                    Template(
-                        topology=topology,
-                        kinds=tuple(n.kind for n in body.nodes),
-                        edges=body.edges,
-                    )
-                )
+            encoded = encode(body)
+            template = templates.setdefault(encoded.topology, len(templates))
+            used = {functions[n.function].module for n in walk_nodes(body.nodes) if isinstance(n, KernelNode)}
             entries.append(
                 GraphEntry(
                     key=key,
-                    template=templates[topology],
-                    nodes=body.nodes,
+                    template=template,
+                    table=writer.add_blob(encoded.table),
+                    payload=writer.add_blob(encoded.payload),
+                    modules=tuple(sorted(used)),
                     outputs=tuple(self._outputs.get(key, ())),
+                    nodes=body.count_nodes(),
+                    edges=body.count_edges(),
                     driver_nodes=nodes,
                     driver_edges=edges,
                 )
             )
-        for digest, data in self._blobs.items():
-            writer.add_blob(data, digest)
         return Manifest(
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             fingerprint=current_fingerprint(self._restore_layout),
             restore_layout=self._restore_layout,
             modules=tuple(modules),
-            functions=tuple(self._functions.records),
-            templates=tuple(template_records),
+            functions=tuple(functions),
+            templates=tuple(templates),
             graphs=tuple(entries),
             memory=tuple(memory),
             events=self._walker.event_count,

@@ -1,15 +1,14 @@
-"""Plain records of captured graphs: what the graph walker produces and the archive stores.
+"""Plain records of captured graphs: what the graph walker produces, what the node table
+(node_table.py) encodes for the archive, and what it decodes for `foundry inspect` and the tests.
 
-Bulk bytes (kernel arguments, module binaries, memory contents) are not held here but referenced
-by the SHA-256 digest of a blob of the archive, so identical blobs are stored once.
+Module binaries and memory contents are not held here but referenced by the SHA-256 digest of a
+blob of the archive, so identical blobs are stored once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,25 +21,29 @@ class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+U32 = Annotated[int, Field(ge=0, lt=1 << 32)]
+LAUNCH_ATTRIBUTE_BYTES = 64  # sizeof(CUlaunchAttributeValue)
+
+
 class KernelNode(_Record):
     """A kernel launch: function (index into the archive's functions), launch shape, the argument
     buffer laid out as the function's parameters are (cuFuncGetParamInfo), and every launch
-    attribute that differs from its default, as the raw bytes of CUlaunchAttributeValue (hex)."""
+    attribute that differs from its default, as the raw bytes of CUlaunchAttributeValue."""
 
     kind: Literal["kernel"] = "kernel"
     function: Annotated[int, Field(ge=0)]
-    grid: Dim3
-    block: Dim3
-    shared_bytes: U64
-    arguments: Digest
-    attributes: dict[int, str] = {}
+    grid: tuple[U32, U32, U32]
+    block: tuple[U32, U32, U32]
+    shared_bytes: U32
+    arguments: Annotated[bytes, Field(max_length=1 << 20)]
+    attributes: dict[U32, Annotated[bytes, Field(min_length=LAUNCH_ATTRIBUTE_BYTES, max_length=LAUNCH_ATTRIBUTE_BYTES)]] = {}
 
 
 class MemsetNode(_Record):
     kind: Literal["memset"] = "memset"
     destination: U64
     pitch: U64
-    value: U64
+    value: U32
     element_size: Literal[1, 2, 4]
     width: U64
     height: U64
@@ -100,15 +103,6 @@ class GraphBody(_Record):
     nodes: tuple[Node, ...]
     edges: tuple[Edge, ...]
 
-    def topology(self) -> str:
-        """A digest of the shape alone (node kinds and edges; child graphs by their own shape):
-        graphs with equal topology share one template."""
-        shape = {
-            "kinds": [n.graph.topology() if isinstance(n, ChildGraphNode) else n.kind for n in self.nodes],
-            "edges": [[e.source, e.destination, e.from_port, e.to_port, e.type] for e in self.edges],
-        }
-        return hashlib.sha256(json.dumps(shape, separators=(",", ":")).encode()).hexdigest()
-
     def count_nodes(self) -> int:
         return operation_count(self.nodes)
 
@@ -133,21 +127,37 @@ def operation_count(nodes: tuple[Node, ...]) -> int:
     return sum(1 for node in walk_nodes(nodes) if not isinstance(node, ChildGraphNode))
 
 
-class FunctionRecord(_Record):
-    """A kernel function: its module (digest of the binary) and entry name, and the function
-    attributes its users set (e.g. the dynamic shared memory limit) that a reload must set again."""
+# Function attributes that users set on kernels (cuFuncSetAttribute) and a reload must set again.
+SettableFunctionAttribute = Literal[
+    "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES",
+    "CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT",
+    "CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_WIDTH",
+    "CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_HEIGHT",
+    "CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_DEPTH",
+    "CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED",
+    "CU_FUNC_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE",
+]
+SETTABLE_FUNCTION_ATTRIBUTES: tuple[str, ...] = get_args(SettableFunctionAttribute)
 
-    module: Digest
+
+class FunctionRecord(_Record):
+    """A kernel function: its module (index into the archive's modules) and entry name, and the
+    function attributes its users set (e.g. the dynamic shared memory limit) that a reload must
+    set again."""
+
+    module: Annotated[int, Field(ge=0)]
     name: Annotated[str, Field(min_length=1, max_length=4096)]
-    attributes: dict[str, int] = {}
+    attributes: dict[SettableFunctionAttribute, Annotated[int, Field(ge=-(1 << 31), lt=1 << 32)]] = {}
 
 
 class ModuleRecord(_Record):
-    """A module binary, and the contents of its module-scope variables (__device__/__constant__)
-    at SAVE, which a freshly loaded copy of the module would not have."""
+    """A module binary (as stored: a fatbin keeps only the images this GPU can load), and the
+    contents of its module-scope variables (__device__/__constant__) at SAVE, which a freshly
+    loaded copy of the module would not have."""
 
     digest: Digest
     size: U64
+    loaded_size: U64  # the binary as the process loaded it
     entries: Annotated[int, Field(ge=0)]  # entry functions in the binary
     variables: dict[str, Digest] = {}
 

@@ -1,64 +1,105 @@
 """LOAD: rebuild the saved graphs in this process, at the addresses they were saved with.
 
-    restored = foundry_trace.load("model.foundry")     # at the restore point (engine state rebuilt)
+    restored = foundry_trace.load("model.foundry")                     # every graph ready on return
+    restored = foundry_trace.load("model.foundry", mode="background")  # returns once memory is claimed;
+                                                                       # graphs become ready while serving
+    restored = foundry_trace.load("model.foundry", mode="lazy")        # each graph at its first replay
     restored[8].replay(); logits = restored[8].outputs["logits"]
     restored.release()
 
-Order: verify the fingerprint and the live layout (refuse with the difference), claim the recorded
-memory and write its contents, load the modules and resolve the kernels, create the events, build
-and instantiate every graph. Any failure releases everything created so far and raises.
+Call it at the restore point (the engine's state rebuilt as in the SAVE run). Order: verify the
+fingerprint and the live layout (refuse with the difference), claim the recorded memory and
+write its contents, then load modules and build, instantiate and upload graphs on a pool of
+threads (restore_pipeline.py). Any failure releases everything created so far and raises.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import nvtx
 from cuda.bindings import driver
 
 import foundry_alloc
 
-from .archive import Archive, Fingerprint, OutputTensor
+from . import native
+from .archive import Archive, Fingerprint, GraphEntry, OutputTensor
 from .driver import call
-from .errors import FingerprintMismatchError, LayoutMismatchError, RestoreError
+from .errors import ArchiveFormatError, FingerprintMismatchError, FoundryTraceError, LayoutMismatchError, RestoreError
 from .fingerprint import current_fingerprint
-from .graph_builder import GraphBuilder
-from .records import GraphBody
+from .restore_pipeline import Pipeline, Span
 
 NVTX_DOMAIN = "foundry"
+Mode = Literal["eager", "background", "lazy"]
+DEFAULT_THREADS = min(8, os.cpu_count() or 1)
 _FINGERPRINT_FIELDS = ("gpu", "compute_capability", "driver", "cuda_driver_api", "torch", "allocator_base", "allocator_size")
 
 
-@dataclass
 class RestoredGraph:
-    key: str
-    executable: driver.CUgraphExec
-    outputs: dict[str, object]  # name -> torch.Tensor viewing the recorded output buffer
+    """One restored graph: replay() launches it; outputs are views of its recorded output buffers."""
+
+    def __init__(self, key: str, outputs: dict[str, object], request) -> None:  # noqa: ANN001 - () -> Future
+        self.key = key
+        self.outputs = outputs
+        self._request = request
+        self._executable: int | None = None
+
+    def _released(self) -> None:
+        self._executable = None
+
+        def refuse() -> Future:
+            raise RestoreError(f"graph {self.key!r} was released: load the archive again (or capture it natively)")
+
+        self._request = refuse
+
+    def ready(self) -> bool:
+        """True once the executable exists (always, after an eager load)."""
+        return self._executable is not None
+
+    def wait(self) -> None:
+        """Blocks until the graph can be replayed, queuing its restore first where it is lazy."""
+        if self._executable is None:
+            future: Future = self._request()
+            try:
+                self._executable = future.result()
+            except FoundryTraceError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a driver binding's own error
+                raise RestoreError(f"restoring graph {self.key!r} failed: {error}") from error
 
     def replay(self, stream: int | None = None) -> None:
         """Launches the graph on `stream` (default: torch's current stream)."""
+        if self._executable is None:
+            self.wait()
         if stream is None:
             import torch
 
             stream = torch.cuda.current_stream().cuda_stream
-        call(driver.cuGraphLaunch, self.executable, driver.CUstream(stream))
+        call(driver.cuGraphLaunch, driver.CUgraphExec(self._executable), driver.CUstream(stream))
 
 
 @dataclass
 class Restored:
-    """The restored graphs by key, what LOAD holds for them, and the time of each phase."""
+    """The restored graphs by key, what LOAD holds for them, and where its time went."""
 
     graphs: dict[str, RestoredGraph] = field(default_factory=dict)
-    phases: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds of each step in order
+    spans: list[Span] = field(default_factory=list)  # every module and graph task, for the timeline
     _modules: list[driver.CUmodule] = field(default_factory=list)
     _events: list[driver.CUevent] = field(default_factory=list)
+    _executables: list[int] = field(default_factory=list)
     _claimed: list[int] = field(default_factory=list)
-    _graph_handles: list[driver.CUgraph] = field(default_factory=list)
+    _pipeline: Pipeline | None = None
+    _archive: Archive | None = None
+    _release_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __getitem__(self, key: object) -> RestoredGraph:
         return self.graphs[str(key)]
@@ -66,22 +107,46 @@ class Restored:
     def __contains__(self, key: object) -> bool:
         return str(key) in self.graphs
 
-    def release(self) -> None:
-        """Destroys the executables, graphs, events and modules, and frees the claimed memory."""
+    def wait(self) -> None:
+        """Blocks until every graph is ready (background and lazy loads restore the rest now)."""
         for graph in self.graphs.values():
-            driver.cuGraphExecDestroy(graph.executable)
-        self.graphs.clear()
-        for handle in self._graph_handles:
-            driver.cuGraphDestroy(handle)
-        for event in self._events:
-            driver.cuEventDestroy(event)
-        for module in self._modules:
-            driver.cuModuleUnload(module)
-        allocator = foundry_alloc.installed()
-        for address in self._claimed:
-            if allocator is not None:
-                allocator.free(address)
-        self._graph_handles, self._events, self._modules, self._claimed = [], [], [], []
+            graph.wait()
+        self._finish_pipeline()
+
+    def busy_seconds(self) -> dict[str, float]:
+        """Seconds spent in each kind of task, summed over threads."""
+        totals: dict[str, float] = {}
+        for span in self.spans:
+            totals[span.phase] = totals.get(span.phase, 0.0) + span.end - span.start
+        return totals
+
+    def release(self) -> None:
+        """Stops pending work and destroys the executables, events and modules, and frees the
+        claimed memory: afterwards the process is as before LOAD and may retry or capture."""
+        with self._release_lock:
+            self._finish_pipeline()
+            for executable in self._executables:
+                native.destroy_executable(executable)
+            for event in self._events:
+                driver.cuEventDestroy(event)
+            for module in self._modules:
+                driver.cuModuleUnload(module)
+            allocator = foundry_alloc.installed()
+            for address in self._claimed:
+                if allocator is not None:
+                    allocator.free(address)
+            for graph in self.graphs.values():
+                graph._released()
+            self.graphs.clear()
+            self._executables, self._events, self._modules, self._claimed = [], [], [], []
+
+    def _finish_pipeline(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.close()
+            self._pipeline = None
+        if self._archive is not None:
+            self._archive.close()
+            self._archive = None
 
 
 def check_fingerprint(saved: Fingerprint, current: Fingerprint) -> None:
@@ -98,13 +163,23 @@ def check_fingerprint(saved: Fingerprint, current: Fingerprint) -> None:
         )
 
 
-def load(path: str | Path, *, threads: int = 4) -> Restored:
-    """Restores every graph of the archive at `path`. Call it where SAVE's recording began, after
-    the engine has rebuilt its state (weights, KV cache, first library use) the same way."""
+def load(path: str | Path, *, mode: Mode = "eager", threads: int = DEFAULT_THREADS) -> Restored:
+    """Restores the graphs of the archive at `path` on `threads` threads. `mode`: "eager" returns
+    with every graph ready; "background" returns once memory is claimed and restores every graph
+    meanwhile; "lazy" restores each graph at its first replay() or wait()."""
+    if mode not in ("eager", "background", "lazy"):
+        raise ValueError(f"mode {mode!r}: choose eager, background or lazy")
     restored = Restored()
+    started = time.perf_counter()
     try:
         with nvtx.annotate("foundry.load", domain=NVTX_DOMAIN):
-            _load(Path(path), restored, threads)
+            _prepare(Path(path), restored, threads, started)
+            if mode != "lazy":
+                for entry in restored._archive.manifest.graphs:
+                    restored._pipeline.graph(entry)
+            if mode == "eager":
+                with _phase(restored, "graphs"):
+                    restored.wait()
     except BaseException:
         restored.release()
         raise
@@ -119,7 +194,8 @@ def _phase(restored: Restored, name: str) -> Iterator[None]:
     restored.phases[name] = time.perf_counter() - start
 
 
-def _load(path: Path, restored: Restored, threads: int) -> None:
+def _prepare(path: Path, restored: Restored, threads: int, started: float) -> None:
+    """Opens and checks the archive, claims the memory, creates the events and starts the pipeline."""
     import torch
 
     allocator = foundry_alloc.installed()
@@ -127,78 +203,53 @@ def _load(path: Path, restored: Restored, threads: int) -> None:
         raise RestoreError("LOAD needs the Foundry allocator with SAVE's range: call foundry_alloc.install() first")
     device = torch.cuda.current_device()
     with _phase(restored, "open"):
-        archive = Archive(path)
-    with archive:
+        restored._archive = archive = Archive(path)
         manifest = archive.manifest
-        with _phase(restored, "verify"):
-            live = foundry_alloc.layout(device)
-            check_fingerprint(manifest.fingerprint, current_fingerprint(live))
-            diff = foundry_alloc.diff_layouts(manifest.restore_layout, live)
-            if not diff.equal:
-                raise LayoutMismatchError(
-                    "the engine's memory at the restore point differs from SAVE's, so the saved graphs' "
-                    "addresses would be wrong here. Rebuild the engine state exactly as in the SAVE run "
-                    "(same allocations, same order, same arenas):\n" + diff.render("SAVE", "here")
-                )
-        with _phase(restored, "memory"):
-            for segment in manifest.memory:
-                allocator.claim(segment.address, segment.size, segment.arena, device)
-                restored._claimed.append(segment.address)
-                if segment.contents:
-                    data = bytes(archive.blob(segment.contents))
-                    call(driver.cuMemcpyHtoD, segment.address, data, len(data))
-        with _phase(restored, "modules"):
-            modules: dict[str, driver.CUmodule] = {}
-            for module in manifest.modules:
-                handle = call(driver.cuModuleLoadData, bytes(archive.blob(module.digest)))
-                restored._modules.append(handle)
-                modules[module.digest] = handle
-                for name, digest in module.variables.items():
-                    address, size = call(driver.cuModuleGetGlobal, handle, name.encode())
-                    data = bytes(archive.blob(digest))
-                    call(driver.cuMemcpyHtoD, address, data, min(len(data), int(size)))
-            functions = []
-            for record in manifest.functions:
-                function = call(driver.cuModuleGetFunction, modules[record.module], record.name.encode())
-                for attribute, value in record.attributes.items():
-                    _set_function_attribute(function, attribute, value)
-                functions.append(function)
-            restored._events = [call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING) for _ in range(manifest.events)]
-        with _phase(restored, "build"):
-            context = call(driver.cuCtxGetCurrent)
-            builder = GraphBuilder(functions, restored._events, archive.blob, context)
-            for entry in manifest.graphs:
-                body = GraphBody.model_construct(nodes=entry.nodes, edges=manifest.templates[entry.template].edges)
-                restored._graph_handles.append(builder.build(body))
-        with _phase(restored, "instantiate"):
-            with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-                executables = list(pool.map(lambda g: _instantiate(g, context), restored._graph_handles))
-            for handle in restored._graph_handles:
-                driver.cuGraphDestroy(handle)
-            restored._graph_handles = []
-            for entry, executable in zip(manifest.graphs, executables):
-                restored.graphs[entry.key] = RestoredGraph(entry.key, executable, {o.name: _tensor(o) for o in entry.outputs})
+    with _phase(restored, "verify"):
+        live = foundry_alloc.layout(device)
+        check_fingerprint(manifest.fingerprint, current_fingerprint(live))
+        diff = foundry_alloc.diff_layouts(manifest.restore_layout, live)
+        if not diff.equal:
+            raise LayoutMismatchError(
+                "the engine's memory at the restore point differs from SAVE's, so the saved graphs' "
+                "addresses would be wrong here. Rebuild the engine state exactly as in the SAVE run "
+                "(same allocations, same order, same arenas):\n" + diff.render("SAVE", "here")
+            )
+    with _phase(restored, "memory"):
+        for segment in manifest.memory:
+            allocator.claim(segment.address, segment.size, segment.arena, device)
+            restored._claimed.append(segment.address)
+            if segment.contents:
+                data = archive.blob_bytes(segment.contents)
+                call(driver.cuMemcpyHtoD, segment.address, data, len(data))
+        restored._events = [call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING) for _ in range(manifest.events)]
+        context = int(call(driver.cuCtxGetCurrent))
+        restored._pipeline = pipeline = Pipeline(archive, restored, threads, context, started)
+        owned = [(s.address, s.size) for s in manifest.memory]
+        owned += [(a.address, a.size) for a in manifest.restore_layout.allocations]
+        for entry in manifest.graphs:
+            outputs = {o.name: _tensor(o, owned) for o in entry.outputs}
+            restored.graphs[entry.key] = RestoredGraph(entry.key, outputs, _requester(pipeline, entry))
 
 
-def _instantiate(graph: driver.CUgraph, context: driver.CUcontext) -> driver.CUgraphExec:
-    call(driver.cuCtxSetCurrent, context)  # worker threads start without a current context
-    return call(driver.cuGraphInstantiate, graph, 0)
+def _requester(pipeline: Pipeline, entry: GraphEntry):  # noqa: ANN202 - () -> Future
+    return lambda: pipeline.graph(entry)
 
 
-def _set_function_attribute(function: driver.CUfunction, name: str, value: int) -> None:
-    attribute = getattr(driver.CUfunction_attribute, name)
-    current = call(driver.cuFuncGetAttribute, attribute, function)
-    if int(current) != value:
-        call(driver.cuFuncSetAttribute, function, attribute, value)
-
-
-def _tensor(output: OutputTensor):  # noqa: ANN202 - torch.Tensor
-    """A tensor viewing the recorded output buffer (memory LOAD claimed at its saved address)."""
+def _tensor(output: OutputTensor, owned: list[tuple[int, int]]):  # noqa: ANN202 - torch.Tensor
+    """A tensor viewing the recorded output buffer, which must lie in memory the engine or LOAD
+    holds (an archive cannot make it view anything else)."""
     import torch
 
-    dtype = getattr(torch, output.dtype)
+    dtype = getattr(torch, output.dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ArchiveFormatError(f"output {output.name!r} has dtype {output.dtype!r}, which torch does not know")
     item = torch.empty((), dtype=dtype).element_size()
     extent = (1 + sum((n - 1) * s for n, s in zip(output.shape, output.stride))) * item if all(output.shape) else 0
+    if extent and not any(start <= output.address and output.address + extent <= start + size for start, size in owned):
+        raise ArchiveFormatError(
+            f"output {output.name!r} at {output.address:#x} (+{extent}) lies outside the recorded memory: the archive is corrupted"
+        )
 
     class _Buffer:
         __cuda_array_interface__ = {"shape": (extent,), "typestr": "|u1", "data": (output.address, False), "version": 3}

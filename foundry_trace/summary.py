@@ -18,7 +18,8 @@ def summarize(path: str | Path) -> dict[str, object]:
         launches: Counter = Counter()
         graphs = []
         for graph in m.graphs:
-            for node in walk_nodes(graph.nodes):
+            body = archive.graph(graph)
+            for node in walk_nodes(body.nodes):
                 kinds[node.kind] += 1
                 if isinstance(node, KernelNode):
                     launches[node.function] += 1
@@ -26,14 +27,13 @@ def summarize(path: str | Path) -> dict[str, object]:
                 {
                     "key": graph.key,
                     "template": graph.template,
-                    "nodes": operation_count(graph.nodes),
+                    "nodes": operation_count(body.nodes),
                     "driver_nodes": graph.driver_nodes,
                     "edges": graph.driver_edges,
                     "outputs": [o.name for o in graph.outputs],
                 }
             )
         module_bytes = sum(mod.size for mod in m.modules)
-        argument_digests = {n.arguments for g in m.graphs for n in walk_nodes(g.nodes) if isinstance(n, KernelNode)}
         return {
             "path": str(path),
             "archive_bytes": Path(path).stat().st_size,
@@ -43,14 +43,18 @@ def summarize(path: str | Path) -> dict[str, object]:
             "templates": len(m.templates),
             "nodes": sum(kinds.values()),
             "nodes_by_kind": dict(kinds.most_common()),
-            "modules": [{"digest": mod.digest, "bytes": mod.size, "entries": mod.entries, "variables": len(mod.variables)} for mod in m.modules],
+            "modules": [
+                {"digest": mod.digest, "bytes": mod.size, "loaded_bytes": mod.loaded_size, "entries": mod.entries, "variables": len(mod.variables)}
+                for mod in m.modules
+            ],
             "module_bytes": module_bytes,
+            "loaded_module_bytes": sum(mod.loaded_size for mod in m.modules),
             "kernels": [
-                {"name": f.name, "module": f.module[:12], "launches": launches[i], "attributes": f.attributes}
+                {"name": f.name, "module": m.modules[f.module].digest[:12], "launches": launches[i], "attributes": f.attributes}
                 for i, f in enumerate(m.functions)
             ],
-            "argument_blobs": len(argument_digests),
-            "argument_bytes": sum(m.blobs[d].size for d in argument_digests if d in m.blobs),
+            "table_bytes": sum(m.blobs[g.table].size for g in m.graphs),
+            "payload_bytes": sum(m.blobs[g.payload].size for g in m.graphs),
             "memory_segments": len(m.memory),
             "memory_bytes": sum(s.size for s in m.memory),
             "carried_memory_bytes": sum(m.blobs[s.contents].size for s in m.memory if s.contents),
@@ -66,8 +70,9 @@ def render(summary: dict[str, object], *, kernels: int = 20) -> str:
         f"torch {f['torch']}, allocator {f['allocator_base']:#x} + {format_bytes(f['allocator_size'])}",
         f"  {len(summary['graphs'])} graphs in {summary['templates']} templates, {summary['nodes']} nodes: "
         + ", ".join(f"{count} {kind}" for kind, count in summary["nodes_by_kind"].items()),
-        f"  {len(summary['kernels'])} kernels from {len(summary['modules'])} modules ({format_bytes(summary['module_bytes'])}); "
-        f"{summary['argument_blobs']} distinct argument blobs ({format_bytes(summary['argument_bytes'])})",
+        f"  {len(summary['kernels'])} kernels from {len(summary['modules'])} modules ({format_bytes(summary['module_bytes'])} "
+        f"stored of {format_bytes(summary['loaded_module_bytes'])} loaded at SAVE); node tables "
+        f"{format_bytes(summary['table_bytes'])}, payloads {format_bytes(summary['payload_bytes'])}",
         f"  memory: {summary['memory_segments']} segments, {format_bytes(summary['memory_bytes'])} "
         f"({format_bytes(summary['carried_memory_bytes'])} of contents carried); {summary['events']} events",
         "  graphs (key: nodes/edges, template):",

@@ -1,21 +1,52 @@
-"""Restored graphs against native ones, in one process: outputs bit for bit, replay latency.
+"""Restored graphs against native ones: outputs bit for bit, replay latency.
 
-Used by `foundry verify`, `foundry bench load` and the GPU tests. The caller has built the model
-and restored the archive; this captures the native graphs itself (timed: warm-up + capture +
-instantiate), then replays both on the same inputs.
+Two references: the graphs SAVE captured (their output digests, taken in the SAVE process on
+fixed inputs and kept beside the archive), and a native capture of the same graphs in the LOAD
+process (timed: warm-up + capture + instantiate). Restored graphs are the SAVE graphs, so they
+must match the first exactly; a native capture in another process may pick other kernels.
+Used by `foundry verify`, `foundry bench` and the GPU tests.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Callable
 
 import torch
 
 from .restore import Restored
 from .workload import DecodeModel, capture_steps
 
+INPUT_SEED = 1000
 
-def replay_latency_ms(replay, repeats: int = 50) -> float:  # noqa: ANN001 - a callable
+
+def output_digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+
+
+def run_on_fixed_inputs(model: DecodeModel, batch: int, replay: Callable[[], None], output: Callable[[], torch.Tensor]) -> str:
+    """The digest of one step's output from a clean state: KV cache zeroed, seeded inputs."""
+    tokens, positions = model.random_inputs(batch, seed=INPUT_SEED + batch)
+    model.kv_cache.zero_()
+    model.set_inputs(tokens, positions)
+    replay()
+    torch.cuda.synchronize()
+    return output_digest(output())
+
+
+def reference_outputs(model: DecodeModel, steps: dict[int, object]) -> dict[str, dict[str, object]]:
+    """Per batch: the digest of the captured graph's output on fixed inputs, and whether two
+    replays agree (a graph that does not is nondeterministic and cannot be compared bitwise)."""
+    references = {}
+    for batch, step in steps.items():
+        first = run_on_fixed_inputs(model, batch, step.graph.replay, lambda s=step: s.output)
+        second = run_on_fixed_inputs(model, batch, step.graph.replay, lambda s=step: s.output)
+        references[str(batch)] = {"digest": first, "deterministic": first == second}
+    return references
+
+
+def replay_latency_ms(replay: Callable[[], None], repeats: int = 50) -> float:
     """Median latency of one replay, timed with CUDA events."""
     for _ in range(5):
         replay()
@@ -31,33 +62,40 @@ def replay_latency_ms(replay, repeats: int = 50) -> float:  # noqa: ANN001 - a c
     return samples[len(samples) // 2]
 
 
-def compare(model: DecodeModel, restored: Restored, latency_batches: tuple[int, ...] = (1, 64, 256)) -> dict[str, object]:
+def compare(
+    model: DecodeModel,
+    restored: Restored,
+    saved: dict[str, dict[str, object]] | None = None,
+    latency_batches: tuple[int, ...] = (1, 64, 256),
+) -> dict[str, object]:
+    """Captures the restored graphs' batch sizes natively (timed) and compares outputs and replay
+    latency; with `saved` (reference_outputs() of the SAVE process), also against SAVE's graphs."""
     sizes = sorted(int(k) for k in restored.graphs)
     torch.cuda.synchronize()
     start = time.perf_counter()
     native = capture_steps(model, sizes)
     native_s = time.perf_counter() - start
-    mismatched, nondeterministic = [], []
+    here = reference_outputs(model, native)
+    mismatched, nondeterministic, mismatched_saved, native_differs_from_saved = [], [], [], []
     for batch in sizes:
-        tokens, positions = model.random_inputs(batch, seed=1000 + batch)
-        results = []
-        for run in (lambda: native[batch].graph.replay(), lambda: native[batch].graph.replay(), restored[batch].replay):
-            model.kv_cache.zero_()
-            model.set_inputs(tokens, positions)
-            run()
-            torch.cuda.synchronize()
-            output = native[batch].output if len(results) < 2 else restored[batch].outputs["logits"]
-            results.append(output.clone())
-        if not torch.equal(results[0], results[1]):
+        graph = restored[batch]
+        digest = run_on_fixed_inputs(model, batch, graph.replay, lambda g=graph: g.outputs["logits"])
+        reference = here[str(batch)]
+        if not reference["deterministic"]:
             nondeterministic.append(batch)
-        elif not torch.equal(results[0], results[2]):
+        elif digest != reference["digest"]:
             mismatched.append(batch)
+        if saved is not None and saved[str(batch)]["deterministic"]:
+            if digest != saved[str(batch)]["digest"]:
+                mismatched_saved.append(batch)
+            if reference["deterministic"] and reference["digest"] != saved[str(batch)]["digest"]:
+                native_differs_from_saved.append(batch)
     latency = {}
     for batch in (b for b in latency_batches if b in native):
         native_ms = replay_latency_ms(native[batch].graph.replay)
         restored_ms = replay_latency_ms(restored[batch].replay)
         latency[str(batch)] = {"native_ms": native_ms, "restored_ms": restored_ms, "delta_pct": 100 * (restored_ms / native_ms - 1)}
-    return {
+    result: dict[str, object] = {
         "native_s": native_s,
         "graphs": len(sizes),
         "bitwise_equal": not mismatched,
@@ -65,3 +103,11 @@ def compare(model: DecodeModel, restored: Restored, latency_batches: tuple[int, 
         "nondeterministic_native": nondeterministic,
         "latency": latency,
     }
+    if saved is not None:
+        result.update(
+            bitwise_equal_saved=not mismatched_saved,
+            mismatched_saved=mismatched_saved,
+            nondeterministic_saved=[int(b) for b, r in saved.items() if not r["deterministic"]],
+            native_differs_from_saved=native_differs_from_saved,
+        )
+    return result

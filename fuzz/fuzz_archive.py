@@ -24,6 +24,8 @@ def one_input(data: bytes) -> None:
         try:
             with Archive(path) as archive:
                 archive.verify()
+                for entry in archive.manifest.graphs:
+                    archive.graph(entry)
         except ArchiveFormatError:
             pass
     finally:

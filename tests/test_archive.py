@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from foundry_trace.archive import FORMAT_VERSION, HEADER, MAGIC, Archive
 from foundry_trace.errors import ArchiveFormatError
 
-from .archive_samples import archive_contents, fixed_contents, write_archive
+from .archive_edit import rewrite_manifest
+from .archive_samples import archive_contents, canonical, fixed_contents, write_archive
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -22,11 +23,12 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 @SETTINGS
 @given(archive_contents())
 def test_round_trip_gives_identical_records(tmp_path: Path, contents) -> None:  # noqa: ANN001
-    manifest, blobs = contents
+    manifest, blobs, bodies = contents
     path = write_archive(tmp_path / "a.foundry", manifest, blobs)
     with Archive(path) as archive:
         archive.verify()
         assert archive.manifest.model_copy(update={"blobs": {}}) == manifest
+        assert [archive.graph(entry) for entry in archive.manifest.graphs] == [canonical(b) for b in bodies]
         for blob in blobs:
             data = archive.blob(hashlib.sha256(blob).hexdigest())
             assert bytes(data) == blob
@@ -44,20 +46,6 @@ def test_identical_blobs_are_stored_once(tmp_path: Path) -> None:
     assert writer.add_blob(bytes(range(256))) and writer.blobs[writer.add_blob(bytes(range(256)))].codec == "raw"
     writer.abort()
     assert not list(tmp_path.iterdir()), "an aborted archive leaves nothing behind"
-
-
-def rewrite_manifest(path: Path, edit: Callable[[dict, int], bytes]) -> None:
-    """Rewrites an archive's manifest with `edit(manifest, offset)`, which may return bytes to put
-    where the manifest was (the manifest follows them); the header is made consistent again, so
-    only what the edit did is wrong with the file."""
-    data = bytearray(path.read_bytes())
-    _, _, _, offset, length, _ = HEADER.unpack_from(data, 0)
-    manifest = json.loads(zlib.decompress(bytes(data[offset : offset + length])))
-    inserted = edit(manifest, offset)
-    payload = zlib.compress(json.dumps(manifest).encode())
-    data[offset:] = inserted + payload
-    data[: HEADER.size] = HEADER.pack(MAGIC, FORMAT_VERSION, 0, offset + len(inserted), len(payload), hashlib.sha256(payload).digest())
-    path.write_bytes(bytes(data))
 
 
 @pytest.fixture

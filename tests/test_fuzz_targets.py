@@ -60,7 +60,7 @@ def test_archive_reader_on_damaged_archives(data: st.DataObject) -> None:
 
     from .archive_samples import archive_contents, write_archive
 
-    manifest, blobs = data.draw(archive_contents())
+    manifest, blobs, _ = data.draw(archive_contents())
     with tempfile.TemporaryDirectory() as scratch:
         raw = bytearray(write_archive(Path(scratch) / "a.foundry", manifest, blobs).read_bytes())
     for _ in range(data.draw(st.integers(min_value=0, max_value=6))):
@@ -75,3 +75,29 @@ def test_archive_reader_on_random_bytes(data: bytes) -> None:
     from fuzz.fuzz_archive import one_input
 
     one_input(b"FNDRYARC" + data if data[:1] == b"\0" else data)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_node_table_reader_on_damaged_tables(data: st.DataObject) -> None:
+    import struct
+
+    from foundry_trace.node_table import encode
+    from fuzz.fuzz_node_table import FUNCTIONS, one_input
+
+    from .archive_samples import graph_bodies
+
+    encoded = encode(data.draw(graph_bodies(FUNCTIONS)))
+    raw = bytearray(struct.pack("<I", len(encoded.table)) + encoded.table + encoded.payload)
+    for _ in range(data.draw(st.integers(min_value=0, max_value=6))):
+        position = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+        raw[position] = data.draw(st.integers(min_value=0, max_value=255))
+    one_input(bytes(raw[: data.draw(st.integers(min_value=0, max_value=len(raw)))]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2048))
+def test_node_table_reader_on_random_bytes(data: bytes) -> None:
+    from fuzz.fuzz_node_table import one_input
+
+    one_input(data)

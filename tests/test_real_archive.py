@@ -21,7 +21,7 @@ def test_real_archive_verifies_and_holds_its_graph() -> None:
         manifest = archive.manifest
         assert [g.key for g in manifest.graphs] == ["double-relu"]
         graph = manifest.graphs[0]
-        assert [n.kind for n in graph.nodes] == ["kernel", "kernel"]
+        assert [n.kind for n in archive.graph(graph).nodes] == ["kernel", "kernel"]
         assert graph.driver_nodes == 2 and graph.driver_edges == 1
         assert graph.outputs[0].name == "y" and graph.outputs[0].shape == (1024,)
         assert manifest.fingerprint.allocator_base == 0x200000000000
@@ -30,7 +30,7 @@ def test_real_archive_verifies_and_holds_its_graph() -> None:
 def test_every_kernel_is_an_entry_of_its_module() -> None:
     with Archive(MICRO) as archive:
         for function in archive.manifest.functions:
-            binary = archive.blob(function.module)
+            binary = archive.blob(archive.manifest.modules[function.module].digest)
             entries = module_symbols(bytes(binary)).entries
             if isinstance(binary, memoryview):
                 binary.release()

@@ -1,14 +1,12 @@
-// The driver backend. libcuda is opened at run time and every entry point is resolved through
-// cuGetProcAddress, so the library builds and loads on machines without a driver (CI) and has no
-// link-time CUDA dependency. Only cuda.h's types are used at build time.
-#include <cuda.h>
-#include <dlfcn.h>
+// The driver backend: every driver call goes through entry points resolved at run time
+// (libcuda.hpp), so the library has no link-time CUDA dependency.
 
 #include <cstdio>
 #include <mutex>
 #include <vector>
 
 #include "backend.hpp"
+#include "libcuda.hpp"
 
 namespace foundry {
 namespace {
@@ -43,24 +41,10 @@ struct Driver {
 #undef FOUNDRY_DRIVER_FN
 };
 
-using GetProcAddress = CUresult (*)(const char*, void**, int, cuuint64_t,
-                                    CUdriverProcAddressQueryResult*);
-
-// Loads libcuda and resolves every entry point; returns an explanation on failure.
+// Resolves every entry point; returns an explanation on failure.
 std::string load_driver(Driver* d) {
-  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (lib == nullptr) return std::string("cannot load libcuda.so.1 (") + dlerror() + ")";
-  auto get = reinterpret_cast<GetProcAddress>(dlsym(lib, "cuGetProcAddress_v2"));
-  if (get == nullptr) return "libcuda.so.1 has no cuGetProcAddress_v2: the driver is older than CUDA 12";
-  std::string missing;
-  auto resolve = [&](const char* name, void** slot) {
-    CUdriverProcAddressQueryResult found;
-    if (get(name, slot, kDriverAbiVersion, CU_GET_PROC_ADDRESS_DEFAULT, &found) != CUDA_SUCCESS ||
-        found != CU_GET_PROC_ADDRESS_SUCCESS || *slot == nullptr) {
-      missing += missing.empty() ? name : std::string(", ") + name;
-    }
-  };
-#define FOUNDRY_RESOLVE(name) resolve(#name, reinterpret_cast<void**>(&d->name));
+  EntryPoints entry_points;
+#define FOUNDRY_RESOLVE(name) entry_points.resolve(#name, &d->name, kDriverAbiVersion);
   FOUNDRY_RESOLVE(cuInit)
   FOUNDRY_RESOLVE(cuGetErrorName)
   FOUNDRY_RESOLVE(cuDeviceGet)
@@ -83,8 +67,7 @@ std::string load_driver(Driver* d) {
   FOUNDRY_RESOLVE(cuEventRecord)
   FOUNDRY_RESOLVE(cuStreamWaitEvent)
 #undef FOUNDRY_RESOLVE
-  if (!missing.empty()) return "the driver lacks " + missing;
-  return "";
+  return entry_points.error();
 }
 
 class CudaBackend : public Backend {

@@ -1,13 +1,29 @@
-"""SAVE in one process, LOAD in another: python -m tests.gpu.load_program save|load|wrong-layout ARCHIVE"""
+"""SAVE in one process, LOAD in another: python -m tests.gpu.load_program SCENARIO ARCHIVE
+
+save: the tiny workload, with its graphs' outputs on fixed inputs beside the archive.
+load: eager LOAD, compared with SAVE's graphs and a native capture; release() frees everything.
+modes: background and lazy LOAD give the same outputs; a lazy graph restores at its first replay.
+wrong-layout: an engine that allocated one more buffer is refused, and nothing changes.
+refusals: a wrong fingerprint, a missing section, a corrupted blob and a graph the driver refuses,
+    each three times on copies of the archive: each raises its error and leaves device memory,
+    allocator state and the rest of the process unchanged; a correct LOAD then still works.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import struct
 import sys
+from pathlib import Path
 
 import foundry_alloc as fa
 import foundry_trace as ft
+from foundry_trace.bench_load import REFERENCE_SUFFIX
+from foundry_trace.node_table import BODY, HEADER, NODE
 from foundry_trace.workload import build_engine
+
+from ..archive_edit import corrupt_blob, read_blob, read_manifest, replace_blob, rewrite_manifest
 
 BATCHES = (1, 2, 4, 8)
 
@@ -15,12 +31,18 @@ BATCHES = (1, 2, 4, 8)
 def save(path: str) -> dict[str, object]:
     fa.install()
     ft.start_tracing()
+    from foundry_trace.verify import reference_outputs
     from foundry_trace.workload import capture_steps
 
     model = build_engine("tiny")
     with ft.record(path) as recording:
-        capture_steps(model, BATCHES, recording=recording)
+        captured = capture_steps(model, BATCHES, recording=recording)
+    Path(path + REFERENCE_SUFFIX).write_text(json.dumps(reference_outputs(model, captured)))
     return {"saved": True}
+
+
+def _saved(path: str) -> dict[str, dict[str, object]]:
+    return json.loads(Path(path + REFERENCE_SUFFIX).read_text())
 
 
 def load(path: str) -> dict[str, object]:
@@ -29,11 +51,37 @@ def load(path: str) -> dict[str, object]:
 
     model = build_engine("tiny")
     restored = ft.load(path)
-    result = compare(model, restored, latency_batches=(1, 8))
+    result = compare(model, restored, _saved(path), latency_batches=(1, 8))
     stats_before = fa.stats().live_blocks
     restored.release()
     result["released_blocks"] = stats_before - fa.stats().live_blocks
     result["phases"] = restored.phases
+    return result
+
+
+def modes(path: str) -> dict[str, object]:
+    fa.install()
+    import torch
+
+    from foundry_trace.verify import run_on_fixed_inputs
+
+    model = build_engine("tiny")
+    saved = _saved(path)
+    result: dict[str, object] = {}
+    for mode in ("background", "lazy"):
+        restored = ft.load(path, mode=mode)
+        ready_at_return = sum(g.ready() for g in restored.graphs.values())
+        digests = {
+            str(b): run_on_fixed_inputs(model, b, restored[b].replay, lambda r=restored, b=b: r[b].outputs["logits"]) for b in BATCHES
+        }
+        restored.wait()
+        result[mode] = {
+            "ready_at_return": ready_at_return,
+            "equal_saved": all(digests[k] == saved[k]["digest"] for k in digests if saved[k]["deterministic"]),
+            "compared": sum(1 for k in digests if saved[k]["deterministic"]),
+        }
+        restored.release()
+        torch.cuda.synchronize()
     return result
 
 
@@ -52,7 +100,85 @@ def wrong_layout(path: str) -> dict[str, object]:
     return {"error": None}
 
 
-SCENARIOS = {"save": save, "load": load, "wrong-layout": wrong_layout}
+def _wrong_fingerprint(copy: Path) -> None:
+    def edit(manifest: dict, _: int) -> bytes:
+        manifest["fingerprint"]["torch"] = "0.0.0+elsewhere"
+        return b""
+
+    rewrite_manifest(copy, edit)
+
+
+def _missing_section(copy: Path) -> None:
+    def edit(manifest: dict, _: int) -> bytes:
+        manifest["blobs"].pop(manifest["graphs"][-1]["table"])
+        return b""
+
+    rewrite_manifest(copy, edit)
+
+
+def _corrupted_blob(copy: Path) -> None:
+    corrupt_blob(copy, read_manifest(copy)["graphs"][-1]["payload"])
+
+
+def _refused_by_driver(copy: Path) -> None:
+    """The last graph's first kernel gets a block of 0 threads: a valid table the driver refuses,
+    after the modules and the other graphs were restored."""
+    digest = read_manifest(copy)["graphs"][-1]["table"]
+    table = bytearray(read_blob(copy, digest))
+    body_count = HEADER.unpack_from(table, 0)[2]
+    first_node = HEADER.size + body_count * BODY.size
+    struct.pack_into("<I", table, first_node + 20, 0)  # blockDimX of node 0 (after kind..index and grid)
+    assert len(table) >= first_node + NODE.size
+    replace_blob(copy, digest, bytes(table))
+
+
+FAILURES = {
+    "fingerprint": (_wrong_fingerprint, ft.FingerprintMismatchError, "torch"),
+    "missing_section": (_missing_section, ft.ArchiveFormatError, "does not index"),
+    "corrupted_blob": (_corrupted_blob, ft.ArchiveFormatError, "corrupted"),
+    "driver_refusal": (_refused_by_driver, ft.DriverCallError, "cuGraphAddNode"),
+}
+
+
+def refusals(path: str) -> dict[str, object]:
+    fa.install()
+    import torch
+
+    model = build_engine("tiny")
+    torch.cuda.synchronize()
+
+    def state() -> tuple[int, int, int]:
+        torch.cuda.synchronize()
+        stats = fa.stats()
+        return stats.live_blocks, stats.mapped_bytes, torch.cuda.mem_get_info()[0]
+
+    result: dict[str, object] = {}
+    before = state()
+    for name, (damage, error_class, phrase) in FAILURES.items():
+        copy = Path(path).with_name(f"{name}.foundry")
+        shutil.copyfile(path, copy)
+        damage(copy)
+        outcomes = []
+        for _ in range(3):
+            try:
+                ft.load(copy)
+                outcomes.append("loaded")
+            except error_class as error:
+                outcomes.append("refused" if phrase in str(error) else f"wrong message: {error}")
+            except Exception as error:  # noqa: BLE001 - reported, the test fails on it
+                outcomes.append(f"{type(error).__name__}: {error}")
+        result[name] = {"outcomes": outcomes, "unchanged": state() == before}
+    restored = ft.load(path)
+    restored[1].replay()
+    torch.cuda.synchronize()
+    restored.release()
+    result["retry_loads"] = True
+    result["unchanged_after_retry"] = state() == before
+    result["layers"] = model.shape.layers
+    return result
+
+
+SCENARIOS = {"save": save, "load": load, "modes": modes, "wrong-layout": wrong_layout, "refusals": refusals}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]](sys.argv[2])))

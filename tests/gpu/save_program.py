@@ -31,7 +31,7 @@ def save(path: str) -> dict[str, object]:
     summary = summarize(path)
     with ft.Archive(path) as archive:
         archive.verify()
-        walked = {g.key: (operation_count(g.nodes), g.driver_nodes) for g in archive.manifest.graphs}
+        walked = {g.key: (operation_count(archive.graph(g).nodes), g.driver_nodes) for g in archive.manifest.graphs}
     return {"summary": summary, "walked_vs_driver": walked}
 
 

@@ -1,4 +1,5 @@
-"""LOAD on a real GPU: an archive saved in one process restores in another, bit for bit."""
+"""LOAD on a real GPU: an archive saved in one process restores in another, bit for bit, in every
+mode; every refusal is clean."""
 
 from __future__ import annotations
 
@@ -31,16 +32,32 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_restored_graphs_equal_native_ones_bit_for_bit(archive: Path) -> None:
+def test_restored_graphs_equal_saved_and_native_ones_bit_for_bit(archive: Path) -> None:
     result = run("load", archive)
     assert result["graphs"] == 4
+    assert result["bitwise_equal_saved"] and not result["nondeterministic_saved"], result
     assert result["bitwise_equal"], result
     assert result["released_blocks"] > 0
     for batch, latency in result["latency"].items():
         assert latency["restored_ms"] > 0, batch
 
 
+def test_background_and_lazy_loads_give_the_same_outputs(archive: Path) -> None:
+    result = run("modes", archive)
+    assert result["lazy"]["ready_at_return"] == 0
+    for mode in ("background", "lazy"):
+        assert result[mode]["equal_saved"] and result[mode]["compared"] == 4, result
+
+
 def test_a_different_engine_layout_is_refused_with_a_diff(archive: Path) -> None:
     result = run("wrong-layout", archive)
     assert result["error"] and "only in here" in result["error"]
     assert result["unchanged"]
+
+
+def test_every_refusal_is_clean_and_leaves_nothing_behind(archive: Path) -> None:
+    result = run("refusals", archive)
+    for name in ("fingerprint", "missing_section", "corrupted_blob", "driver_refusal"):
+        assert result[name]["outcomes"] == ["refused"] * 3, (name, result[name])
+        assert result[name]["unchanged"], (name, result)
+    assert result["retry_loads"] and result["unchanged_after_retry"], result

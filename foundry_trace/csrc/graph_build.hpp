@@ -1,0 +1,55 @@
+// Rebuilding a graph from its node table through the driver, and instantiating it. Kernel
+// arguments go back in one buffer (the `extra` launch form) exactly as SAVE read them, so no
+// pointer inside them is touched: addresses are equal because the memory layout is.
+#pragma once
+
+#include <cuda.h>
+
+#include <string>
+
+#include "graph_table.hpp"
+
+namespace foundry {
+
+struct GraphDriver {
+#define FOUNDRY_DRIVER_FN(name) decltype(&::name) name = nullptr;
+  FOUNDRY_DRIVER_FN(cuGetErrorName)
+  FOUNDRY_DRIVER_FN(cuCtxSetCurrent)
+  FOUNDRY_DRIVER_FN(cuGraphCreate)
+  FOUNDRY_DRIVER_FN(cuGraphDestroy)
+  FOUNDRY_DRIVER_FN(cuGraphAddNode)
+  FOUNDRY_DRIVER_FN(cuGraphKernelNodeSetAttribute)
+  FOUNDRY_DRIVER_FN(cuGraphInstantiate)
+  FOUNDRY_DRIVER_FN(cuGraphUpload)
+  FOUNDRY_DRIVER_FN(cuGraphExecDestroy)
+  FOUNDRY_DRIVER_FN(cuStreamCreate)
+  FOUNDRY_DRIVER_FN(cuStreamSynchronize)
+  FOUNDRY_DRIVER_FN(cuStreamDestroy)
+#undef FOUNDRY_DRIVER_FN
+};
+
+// The driver's graph entry points, resolved once; on failure *error says why.
+const GraphDriver* graph_driver(std::string* error);
+
+struct BuildInputs {
+  TableView table;
+  uint64_t payload_size;
+  const uint64_t* functions;  // CUfunction by the table's function index
+  const uint64_t* events;     // CUevent by the table's event index
+  CUcontext context;
+};
+
+// Builds body 0 of a table check_table() accepted; on failure nothing is left behind.
+CUresult build_graph(const GraphDriver& d, const BuildInputs& in, CUgraph* graph,
+                     std::string* error);
+
+// Instantiates `graph` (with `context` current in the calling thread).
+CUresult instantiate_graph(const GraphDriver& d, CUgraph graph, CUcontext context,
+                           CUgraphExec* executable, std::string* error);
+
+// Uploads an executable to the device and waits for it, so that its first launch costs no more
+// than any other. A stream of its own keeps concurrent uploads from waiting on each other.
+CUresult upload_graph(const GraphDriver& d, CUgraphExec executable, CUcontext context,
+                      std::string* error);
+
+}  // namespace foundry

@@ -1,0 +1,104 @@
+// The C interface of the restore library, loaded with ctypes by foundry_trace/native.py (ctypes
+// releases the GIL for the call, so several Python threads build and instantiate in parallel).
+// Every function returns 0 on success, or a status below with a message in `error`.
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "graph_build.hpp"
+#include "graph_table.hpp"
+
+#define FOUNDRY_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+constexpr int kOk = 0;
+constexpr int kInvalidTable = 1;
+constexpr int kDriverFailure = 2;
+constexpr int kNoDriver = 3;
+
+int report(int status, const std::string& message, char* error, uint64_t error_size) {
+  if (error != nullptr && error_size > 0) {
+    const size_t n = message.size() < error_size - 1 ? message.size() : error_size - 1;
+    std::memcpy(error, message.data(), n);
+    error[n] = '\0';
+  }
+  return status;
+}
+
+}  // namespace
+
+// Validates a node table against its payload and the numbers of functions and events. Needs no
+// driver (CI and the fuzz targets call it).
+FOUNDRY_EXPORT int fr_table_check(const void* table, uint64_t table_size, const void* payload,
+                                  uint64_t payload_size, uint32_t function_count,
+                                  uint32_t event_count, char* error, uint64_t error_size) {
+  const std::string problem =
+      foundry::check_table(static_cast<const uint8_t*>(table), table_size,
+                           static_cast<const uint8_t*>(payload), payload_size, function_count,
+                           event_count);
+  return problem.empty() ? kOk : report(kInvalidTable, problem, error, error_size);
+}
+
+// Validates the table, then builds its graph in `context`; *graph receives the CUgraph.
+FOUNDRY_EXPORT int fr_graph_build(const void* table, uint64_t table_size, const void* payload,
+                                  uint64_t payload_size, const uint64_t* functions,
+                                  uint32_t function_count, const uint64_t* events,
+                                  uint32_t event_count, uint64_t context, uint64_t* graph,
+                                  char* error, uint64_t error_size) {
+  const std::string problem =
+      foundry::check_table(static_cast<const uint8_t*>(table), table_size,
+                           static_cast<const uint8_t*>(payload), payload_size, function_count,
+                           event_count);
+  if (!problem.empty()) return report(kInvalidTable, problem, error, error_size);
+  std::string message;
+  const foundry::GraphDriver* d = foundry::graph_driver(&message);
+  if (d == nullptr) return report(kNoDriver, message, error, error_size);
+  const foundry::BuildInputs inputs{
+      foundry::TableView(static_cast<const uint8_t*>(table), static_cast<const uint8_t*>(payload)),
+      payload_size, functions, events, reinterpret_cast<CUcontext>(context)};
+  CUgraph built = nullptr;
+  if (foundry::build_graph(*d, inputs, &built, &message) != CUDA_SUCCESS)
+    return report(kDriverFailure, message, error, error_size);
+  *graph = reinterpret_cast<uint64_t>(built);
+  return kOk;
+}
+
+// Instantiates a graph in `context`; *executable receives the CUgraphExec.
+FOUNDRY_EXPORT int fr_graph_instantiate(uint64_t graph, uint64_t context, uint64_t* executable,
+                                        char* error, uint64_t error_size) {
+  std::string message;
+  const foundry::GraphDriver* d = foundry::graph_driver(&message);
+  if (d == nullptr) return report(kNoDriver, message, error, error_size);
+  CUgraphExec created = nullptr;
+  if (foundry::instantiate_graph(*d, reinterpret_cast<CUgraph>(graph),
+                                 reinterpret_cast<CUcontext>(context), &created,
+                                 &message) != CUDA_SUCCESS)
+    return report(kDriverFailure, message, error, error_size);
+  *executable = reinterpret_cast<uint64_t>(created);
+  return kOk;
+}
+
+// Uploads an executable to the device and waits until it is there.
+FOUNDRY_EXPORT int fr_graph_upload(uint64_t executable, uint64_t context, char* error,
+                                   uint64_t error_size) {
+  std::string message;
+  const foundry::GraphDriver* d = foundry::graph_driver(&message);
+  if (d == nullptr) return report(kNoDriver, message, error, error_size);
+  if (foundry::upload_graph(*d, reinterpret_cast<CUgraphExec>(executable),
+                            reinterpret_cast<CUcontext>(context), &message) != CUDA_SUCCESS)
+    return report(kDriverFailure, message, error, error_size);
+  return kOk;
+}
+
+FOUNDRY_EXPORT void fr_graph_destroy(uint64_t graph) {
+  std::string message;
+  const foundry::GraphDriver* d = foundry::graph_driver(&message);
+  if (d != nullptr && graph != 0) d->cuGraphDestroy(reinterpret_cast<CUgraph>(graph));
+}
+
+FOUNDRY_EXPORT void fr_executable_destroy(uint64_t executable) {
+  std::string message;
+  const foundry::GraphDriver* d = foundry::graph_driver(&message);
+  if (d != nullptr && executable != 0) d->cuGraphExecDestroy(reinterpret_cast<CUgraphExec>(executable));
+}

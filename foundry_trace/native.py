@@ -1,0 +1,111 @@
+"""ctypes bindings of the restore loop (foundry_trace/csrc, built by the package build).
+
+ctypes releases the GIL for each call, so graphs are built and instantiated on several threads
+at once; the library resolves the driver's entry points itself, at run time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+from foundry_alloc._native import compiled_library
+
+from .errors import ArchiveFormatError, DriverCallError, RestoreError
+
+LIBRARY_STEM = "_libfoundry_restore"
+ERROR_BYTES = 512
+# Status codes of csrc/restore_api.cpp.
+OK, INVALID_TABLE, DRIVER_FAILURE, NO_DRIVER = range(4)
+
+_u64, _u32, _bytes = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_char_p
+_u64_array = ctypes.POINTER(ctypes.c_uint64)
+_SIGNATURES: dict[str, tuple[object, list[object]]] = {
+    "fr_table_check": (ctypes.c_int, [_bytes, _u64, _bytes, _u64, _u32, _u32, ctypes.c_char_p, _u64]),
+    "fr_graph_build": (
+        ctypes.c_int,
+        [_bytes, _u64, _bytes, _u64, _u64_array, _u32, _u64_array, _u32, _u64, _u64_array, ctypes.c_char_p, _u64],
+    ),
+    "fr_graph_instantiate": (ctypes.c_int, [_u64, _u64, _u64_array, ctypes.c_char_p, _u64]),
+    "fr_graph_upload": (ctypes.c_int, [_u64, _u64, ctypes.c_char_p, _u64]),
+    "fr_graph_destroy": (None, [_u64]),
+    "fr_executable_destroy": (None, [_u64]),
+}
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+    path = compiled_library(Path(__file__).resolve().parent, LIBRARY_STEM, "restore loop", "foundry_trace/csrc")
+    lib = ctypes.CDLL(str(path))
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        function = getattr(lib, name)
+        function.restype = restype
+        function.argtypes = argtypes
+    return lib
+
+
+def _raise(status: int, buffer: ctypes.Array, what: str) -> None:
+    message = buffer.value.decode(errors="replace")
+    if status == INVALID_TABLE:
+        raise ArchiveFormatError(f"{what}: {message}: the archive is corrupted; save it again")
+    if status == NO_DRIVER:
+        raise RestoreError(f"{what}: {message}")
+    raise DriverCallError(f"{what}: {message}")
+
+
+def check_table(table: bytes, payload: bytes, functions: int, events: int, what: str = "archive") -> None:
+    """Raises ArchiveFormatError unless `table` is well formed for `payload` (no driver needed)."""
+    error = ctypes.create_string_buffer(ERROR_BYTES)
+    status = library().fr_table_check(table, len(table), payload, len(payload), functions, events, error, ERROR_BYTES)
+    if status != OK:
+        _raise(status, error, what)
+
+
+class Handles:
+    """CUfunction and CUevent handles by archive index, as the C arrays each build reads."""
+
+    def __init__(self, functions: list[int], events: list[int]) -> None:
+        self.functions = (ctypes.c_uint64 * max(1, len(functions)))(*functions)
+        self.function_count = len(functions)
+        self.events = (ctypes.c_uint64 * max(1, len(events)))(*events)
+        self.event_count = len(events)
+
+
+def build_graph(table: bytes, payload: bytes, handles: Handles, context: int, what: str) -> int:
+    """Validates the table and builds its CUgraph; returns the handle."""
+    graph = ctypes.c_uint64(0)
+    error = ctypes.create_string_buffer(ERROR_BYTES)
+    status = library().fr_graph_build(
+        table, len(table), payload, len(payload), handles.functions, handles.function_count,
+        handles.events, handles.event_count, context, ctypes.byref(graph), error, ERROR_BYTES,
+    )
+    if status != OK:
+        _raise(status, error, what)
+    return graph.value
+
+
+def instantiate(graph: int, context: int, what: str) -> int:
+    """Instantiates a CUgraph; returns the CUgraphExec."""
+    executable = ctypes.c_uint64(0)
+    error = ctypes.create_string_buffer(ERROR_BYTES)
+    status = library().fr_graph_instantiate(graph, context, ctypes.byref(executable), error, ERROR_BYTES)
+    if status != OK:
+        _raise(status, error, what)
+    return executable.value
+
+
+def upload(executable: int, context: int, what: str) -> None:
+    """Uploads an executable to the device and waits until it is there."""
+    error = ctypes.create_string_buffer(ERROR_BYTES)
+    status = library().fr_graph_upload(executable, context, error, ERROR_BYTES)
+    if status != OK:
+        _raise(status, error, what)
+
+
+def destroy_graph(graph: int) -> None:
+    library().fr_graph_destroy(graph)
+
+
+def destroy_executable(executable: int) -> None:
+    library().fr_executable_destroy(executable)

@@ -1,0 +1,133 @@
+"""The work of LOAD after the checks, as tasks on a pool of threads: load each module (with its
+variables and functions), then for each graph build, instantiate and upload it, each task once,
+a graph only after the modules its kernels come from.
+
+Tasks are queued in order (a graph's modules before the graph), so a graph task that waits for
+a module always waits for one that is already running: the pool cannot deadlock. The driver
+calls release the GIL (cuda.bindings, and ctypes for the native builder), so the threads work in
+parallel. Every handle is recorded in the Restored object the moment it exists, so that a
+failure anywhere leaves nothing behind once Restored.release() has run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import nvtx
+from cuda.bindings import driver
+
+from . import native
+from .archive import Archive, GraphEntry
+from .driver import call
+
+if TYPE_CHECKING:
+    from .restore import Restored
+
+NVTX_DOMAIN = "foundry"
+
+
+@dataclass(frozen=True)
+class Span:
+    """One task of LOAD, for the phase report and the timeline."""
+
+    what: str  # e.g. "module 3", "graph 8"
+    phase: str  # module, build, instantiate or upload
+    worker: str
+    start: float  # seconds since LOAD began
+    end: float
+
+
+class Pipeline:
+    def __init__(self, archive: Archive, restored: Restored, threads: int, context: int, started: float) -> None:
+        self._archive = archive
+        self._manifest = archive.manifest
+        self._restored = restored
+        self._context = context
+        self._started = started
+        self._lock = threading.Lock()
+        self._modules: dict[int, Future] = {}
+        self._graphs: dict[str, Future] = {}
+        self._functions_of: dict[int, list[int]] = {}
+        for number, function in enumerate(self._manifest.functions):
+            self._functions_of.setdefault(function.module, []).append(number)
+        self._handles = native.Handles([0] * len(self._manifest.functions), [int(e) for e in restored._events])
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, threads), thread_name_prefix="foundry-load", initializer=self._enter_context
+        )
+
+    def _enter_context(self) -> None:
+        call(driver.cuCtxSetCurrent, driver.CUcontext(self._context))  # worker threads start without one
+
+    def graph(self, entry: GraphEntry) -> Future:
+        """The future executable of a graph, queuing its modules and then itself the first time."""
+        with self._lock:
+            future = self._graphs.get(entry.key)
+            if future is None:
+                for module in entry.modules:
+                    if module not in self._modules:
+                        self._modules[module] = self._pool.submit(self._load_module, module)
+                future = self._graphs[entry.key] = self._pool.submit(self._restore_graph, entry)
+            return future
+
+    def close(self) -> None:
+        """Cancels queued tasks and waits for running ones (their handles are then recorded)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    @contextmanager
+    def _span(self, what: str, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        with nvtx.annotate(f"foundry.load.{phase} {what}", domain=NVTX_DOMAIN):
+            yield
+        end = time.perf_counter()
+        span = Span(what, phase, threading.current_thread().name, start - self._started, end - self._started)
+        with self._lock:
+            self._restored.spans.append(span)
+
+    def _load_module(self, index: int) -> None:
+        record = self._manifest.modules[index]
+        with self._span(f"module {index}", "module"):
+            binary = self._archive.blob_bytes(record.digest)
+            handle = call(driver.cuModuleLoadData, binary)
+            with self._lock:
+                self._restored._modules.append(handle)
+            for name, digest in record.variables.items():
+                address, size = call(driver.cuModuleGetGlobal, handle, name.encode())
+                data = self._archive.blob_bytes(digest)
+                call(driver.cuMemcpyHtoD, address, data, min(len(data), int(size)))
+            for number in self._functions_of.get(index, ()):
+                function = self._manifest.functions[number]
+                found = call(driver.cuModuleGetFunction, handle, function.name.encode())
+                for attribute, value in function.attributes.items():
+                    _set_function_attribute(found, attribute, value)
+                self._handles.functions[number] = int(found)
+
+    def _restore_graph(self, entry: GraphEntry) -> int:
+        for module in entry.modules:
+            self._modules[module].result()  # re-raises the module's failure
+        what = f"graph {entry.key!r}"
+        with self._span(f"graph {entry.key}", "build"):
+            table, payload = self._archive.graph_blobs(entry)
+            graph = native.build_graph(table, payload, self._handles, self._context, what)
+        try:
+            with self._span(f"graph {entry.key}", "instantiate"):
+                executable = native.instantiate(graph, self._context, what)
+        finally:
+            native.destroy_graph(graph)
+        with self._lock:
+            self._restored._executables.append(executable)
+        with self._span(f"graph {entry.key}", "upload"):
+            native.upload(executable, self._context, what)
+        return executable
+
+
+def _set_function_attribute(function: driver.CUfunction, name: str, value: int) -> None:
+    attribute = getattr(driver.CUfunction_attribute, name)
+    current = call(driver.cuFuncGetAttribute, attribute, function)
+    if int(current) != value:
+        call(driver.cuFuncSetAttribute, function, attribute, value)

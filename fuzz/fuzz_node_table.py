@@ -1,0 +1,34 @@
+"""Fuzz target for the node table reader (native check + decode): a graph's table and payload
+come from an archive file, and LOAD hands them to the native builder.
+
+Any (table, payload) must decode or raise ArchiveFormatError: never another exception, a crash
+(the check is C++), a hang or a huge allocation.
+    python -m fuzz.fuzz_node_table [atheris options]     coverage-guided, with atheris installed
+The CPU suite runs the same target under hypothesis (tests/test_fuzz_targets.py).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from foundry_trace.errors import ArchiveFormatError
+from foundry_trace.node_table import decode
+from fuzz import run_atheris
+
+FUNCTIONS, EVENTS = 4, 4
+
+
+def one_input(data: bytes) -> None:
+    """`data` is a 4-byte table length, the table, then the payload."""
+    if len(data) < 4:
+        return
+    (length,) = struct.unpack_from("<I", data)
+    table, payload = data[4 : 4 + length], data[4 + length :]
+    try:
+        decode(table, payload, FUNCTIONS, EVENTS)
+    except ArchiveFormatError:
+        pass
+
+
+if __name__ == "__main__":
+    run_atheris(one_input)

@@ -1,0 +1,64 @@
+"""Edits of archive files for refusal tests (CPU and GPU): each leaves the file consistent except
+for what the edit itself breaks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+from foundry_trace.archive import FORMAT_VERSION, HEADER, MAGIC
+
+
+def rewrite_manifest(path: Path, edit: Callable[[dict, int], bytes]) -> None:
+    """Rewrites an archive's manifest with `edit(manifest, offset)`, which may return bytes to put
+    where the manifest was (the manifest follows them); the header is made consistent again."""
+    data = bytearray(path.read_bytes())
+    _, _, _, offset, length, _ = HEADER.unpack_from(data, 0)
+    manifest = json.loads(zlib.decompress(bytes(data[offset : offset + length])))
+    inserted = edit(manifest, offset)
+    payload = zlib.compress(json.dumps(manifest).encode())
+    data[offset:] = inserted + payload
+    data[: HEADER.size] = HEADER.pack(MAGIC, FORMAT_VERSION, 0, offset + len(inserted), len(payload), hashlib.sha256(payload).digest())
+    path.write_bytes(bytes(data))
+
+
+def read_manifest(path: Path) -> dict:
+    data = path.read_bytes()
+    _, _, _, offset, length, _ = HEADER.unpack_from(data, 0)
+    return json.loads(zlib.decompress(data[offset : offset + length]))
+
+
+def read_blob(path: Path, digest: str) -> bytes:
+    ref = read_manifest(path)["blobs"][digest]
+    stored = path.read_bytes()[ref["offset"] : ref["offset"] + ref["stored"]]
+    return zlib.decompress(stored) if ref["codec"] == "zlib" else stored
+
+
+def replace_blob(path: Path, digest: str, data: bytes) -> str:
+    """Stores `data` as a new, valid blob and points every reference to `digest` at it."""
+    new = hashlib.sha256(data).hexdigest()
+
+    def point_at_new(manifest: dict, offset: int) -> bytes:
+        manifest["blobs"][new] = {"offset": offset, "stored": len(data), "size": len(data), "codec": "raw"}
+        for graph in manifest["graphs"]:
+            for field in ("table", "payload"):
+                if graph[field] == digest:
+                    graph[field] = new
+        for module in manifest["modules"]:
+            if module["digest"] == digest:
+                module["digest"] = new
+        return data
+
+    rewrite_manifest(path, point_at_new)
+    return new
+
+
+def corrupt_blob(path: Path, digest: str) -> None:
+    """Flips a byte in the middle of a stored blob: its checksum no longer matches."""
+    ref = read_manifest(path)["blobs"][digest]
+    data = bytearray(path.read_bytes())
+    data[ref["offset"] + ref["stored"] // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
