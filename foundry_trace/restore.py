@@ -96,7 +96,8 @@ class Restored:
     _modules: list[driver.CUmodule] = field(default_factory=list)
     _events: list[driver.CUevent] = field(default_factory=list)
     _executables: list[int] = field(default_factory=list)
-    _claimed: list[int] = field(default_factory=list)
+    _claimed: list[tuple[int, str]] = field(default_factory=list)  # (address, arena)
+    _device: int = 0
     _pipeline: Pipeline | None = None
     _archive: Archive | None = None
     _release_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -132,9 +133,12 @@ class Restored:
             for module in self._modules:
                 driver.cuModuleUnload(module)
             allocator = foundry_alloc.installed()
-            for address in self._claimed:
-                if allocator is not None:
+            if allocator is not None and self._claimed:
+                for address, _ in self._claimed:
                     allocator.free(address)
+                # Give the claimed memory back to the driver too: after release() the device holds
+                # what it held before LOAD, and a fallback capture maps what it needs.
+                allocator.trim(self._device, tuple({arena for _, arena in self._claimed}))
             for graph in self.graphs.values():
                 graph._released()
             self.graphs.clear()
@@ -201,7 +205,7 @@ def _prepare(path: Path, restored: Restored, threads: int, started: float) -> No
     allocator = foundry_alloc.installed()
     if allocator is None:
         raise RestoreError("LOAD needs the Foundry allocator with SAVE's range: call foundry_alloc.install() first")
-    device = torch.cuda.current_device()
+    device = restored._device = torch.cuda.current_device()
     with _phase(restored, "open"):
         restored._archive = archive = Archive(path)
         manifest = archive.manifest
@@ -218,15 +222,14 @@ def _prepare(path: Path, restored: Restored, threads: int, started: float) -> No
     with _phase(restored, "memory"):
         for segment in manifest.memory:
             allocator.claim(segment.address, segment.size, segment.arena, device)
-            restored._claimed.append(segment.address)
+            restored._claimed.append((segment.address, segment.arena))
             if segment.contents:
                 data = archive.blob_bytes(segment.contents)
                 call(driver.cuMemcpyHtoD, segment.address, data, len(data))
         restored._events = [call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING) for _ in range(manifest.events)]
         context = int(call(driver.cuCtxGetCurrent))
         restored._pipeline = pipeline = Pipeline(archive, restored, threads, context, started)
-        owned = [(s.address, s.size) for s in manifest.memory]
-        owned += [(a.address, a.size) for a in manifest.restore_layout.allocations]
+        owned = _coalesce([(s.address, s.size) for s in manifest.memory] + [(a.address, a.size) for a in manifest.restore_layout.allocations])
         for entry in manifest.graphs:
             outputs = {o.name: _tensor(o, owned) for o in entry.outputs}
             restored.graphs[entry.key] = RestoredGraph(entry.key, outputs, _requester(pipeline, entry))
@@ -234,6 +237,17 @@ def _prepare(path: Path, restored: Restored, threads: int, started: float) -> No
 
 def _requester(pipeline: Pipeline, entry: GraphEntry):  # noqa: ANN202 - () -> Future
     return lambda: pipeline.graph(entry)
+
+
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, size) ranges merged where they touch or overlap (a large tensor spans several mappings)."""
+    merged: list[list[int]] = []
+    for start, size in sorted(ranges):
+        if merged and start <= merged[-1][0] + merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], start + size - merged[-1][0])
+        else:
+            merged.append([start, size])
+    return [(start, size) for start, size in merged]
 
 
 def _tensor(output: OutputTensor, owned: list[tuple[int, int]]):  # noqa: ANN202 - torch.Tensor

@@ -167,7 +167,8 @@ def refusals(path: str) -> dict[str, object]:
                 outcomes.append("refused" if phrase in str(error) else f"wrong message: {error}")
             except Exception as error:  # noqa: BLE001 - reported, the test fails on it
                 outcomes.append(f"{type(error).__name__}: {error}")
-        result[name] = {"outcomes": outcomes, "unchanged": state() == before}
+        after = state()
+        result[name] = {"outcomes": outcomes, "unchanged": after == before, "before": before, "after": after}
     restored = ft.load(path)
     restored[1].replay()
     torch.cuda.synchronize()
