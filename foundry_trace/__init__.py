@@ -1,7 +1,9 @@
-"""foundry_trace: record captured CUDA graphs with their execution context into an archive.
+"""foundry_trace: record captured CUDA graphs with their execution context into an archive, and
+restore them in another process.
 
 SAVE: `with foundry_trace.record(path) as rec:` around warm-up and capture (or FOUNDRY_MODE=save),
-then `foundry inspect path`.
+then `foundry inspect path`. LOAD: `foundry_trace.load(path)` at the restore point (or
+FOUNDRY_MODE=load), optionally after `foundry_trace.prefetch(path)` at start-up.
 """
 
 from .archive import Archive, Fingerprint, Manifest
@@ -18,7 +20,7 @@ from .errors import (
     UnsupportedNodeError,
 )
 from .recording import Recording, record, restore_point, start_tracing
-from .restore import Restored, RestoredGraph, load
+from .restore import Restored, RestoredGraph, load, prefetch
 
 __all__ = [
     "Archive",
@@ -38,6 +40,7 @@ __all__ = [
     "TracerStateError",
     "UnsupportedNodeError",
     "load",
+    "prefetch",
     "record",
     "restore_point",
     "start_tracing",

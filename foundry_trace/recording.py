@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nvtx
 
@@ -33,6 +34,9 @@ from .modules import FunctionTable, ModuleRegistry
 from .node_table import encode
 from .records import GraphBody, KernelNode, MemorySegment, walk_nodes
 from .tracer import Listener, Tracer
+
+if TYPE_CHECKING:
+    from .restore import Restored
 
 NVTX_DOMAIN = "foundry"
 MAX_CARRIED_BLOCK = 1 << 20  # contents of blocks created after the restore point, up to this size
@@ -212,12 +216,22 @@ class Recording:
         return segments
 
 
-def restore_point() -> None:
-    """Marks the restore point of the open recording (FOUNDRY_MODE=save takes it at the first
-    capture otherwise)."""
+def restore_point() -> Restored | None:
+    """Where a program's state is complete. Under FOUNDRY_MODE=load: restores FOUNDRY_ARCHIVE and
+    returns the graphs (the program replays them instead of capturing). Otherwise marks the
+    restore point of the open recording and returns None (FOUNDRY_MODE=save takes it at the first
+    capture when the program never calls this)."""
+    from ._startup import load_requested
+
+    archive = load_requested()
+    if archive is not None:
+        from .restore import load
+
+        return load(archive)
     if _session is None or _session.recording is None:
-        raise TracerStateError("no recording is open: use foundry_trace.record(...) or FOUNDRY_MODE=save")
+        raise TracerStateError("no recording is open: use foundry_trace.record(...), FOUNDRY_MODE=save or FOUNDRY_MODE=load")
     _session.recording.restore_point()
+    return None
 
 
 @contextmanager

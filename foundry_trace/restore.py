@@ -7,10 +7,15 @@
     restored[8].replay(); logits = restored[8].outputs["logits"]
     restored.release()
 
-Call it at the restore point (the engine's state rebuilt as in the SAVE run). Order: verify the
-fingerprint and the live layout (refuse with the difference), claim the recorded memory and
-write its contents, then load modules and build, instantiate and upload graphs on a pool of
-threads (restore_pipeline.py). Any failure releases everything created so far and raises.
+    early = foundry_trace.prefetch("model.foundry")   # at start-up: modules load while weights do
+    ...                                                # the engine builds its state
+    restored = foundry_trace.load(early)               # at the restore point
+
+Call load() at the restore point (the engine's state rebuilt as in the SAVE run). Order: open the
+archive and check the fingerprint, queue every module on a pool of threads (restore_pipeline.py);
+then check the live layout (refuse with the difference), claim the recorded memory and write its
+contents, and build and instantiate each graph on the pool. Any failure releases everything
+created so far and raises.
 """
 
 from __future__ import annotations
@@ -114,6 +119,11 @@ class Restored:
             graph.wait()
         self._finish_pipeline()
 
+    def wait_for_modules(self) -> None:
+        """Blocks until prefetch() has loaded every module (re-raising its failure, if any)."""
+        if self._pipeline is not None:
+            self._pipeline.wait_for_modules()
+
     def busy_seconds(self) -> dict[str, float]:
         """Seconds spent in each kind of task, summed over threads."""
         totals: dict[str, float] = {}
@@ -167,17 +177,39 @@ def check_fingerprint(saved: Fingerprint, current: Fingerprint) -> None:
         )
 
 
-def load(path: str | Path, *, mode: Mode = "eager", threads: int = DEFAULT_THREADS) -> Restored:
-    """Restores the graphs of the archive at `path` on `threads` threads. `mode`: "eager" returns
-    with every graph ready; "background" returns once memory is claimed and restores every graph
-    meanwhile; "lazy" restores each graph at its first replay() or wait()."""
+def prefetch(path: str | Path, *, threads: int = DEFAULT_THREADS) -> Restored:
+    """The part of LOAD that needs no engine state, started early (e.g. while the engine loads
+    its weights): opens the archive, checks the fingerprint, and loads every module on `threads`
+    background threads. Pass the result to load() at the restore point."""
+    restored = Restored()
+    try:
+        with nvtx.annotate("foundry.prefetch", domain=NVTX_DOMAIN):
+            _open(Path(path), restored, threads)
+    except BaseException:
+        restored.release()
+        raise
+    return restored
+
+
+def load(
+    archive: str | Path | Restored, *, mode: Mode = "eager", threads: int = DEFAULT_THREADS, upload: bool = False
+) -> Restored:
+    """Restores the graphs of an archive (a path, or what prefetch() returned, whose threads are
+    then used). Call it at the restore point. `mode`: "eager" returns with every graph ready;
+    "background" returns once memory is claimed and restores every graph meanwhile; "lazy"
+    restores each graph at its first replay() or wait(). `upload` also copies each executable to
+    the device before it counts as ready (otherwise its first launch does, as for a graph that
+    torch captured)."""
     if mode not in ("eager", "background", "lazy"):
         raise ValueError(f"mode {mode!r}: choose eager, background or lazy")
-    restored = Restored()
-    started = time.perf_counter()
+    restored = archive if isinstance(archive, Restored) else Restored()
+    if restored._pipeline is None and isinstance(archive, Restored):
+        raise RestoreError("this Restored was loaded or released already: prefetch() the archive again")
     try:
         with nvtx.annotate("foundry.load", domain=NVTX_DOMAIN):
-            _prepare(Path(path), restored, threads, started)
+            if not isinstance(archive, Restored):
+                _open(Path(archive), restored, threads)
+            _claim(restored, upload)
             if mode != "lazy":
                 for entry in restored._archive.manifest.graphs:
                     restored._pipeline.graph(entry)
@@ -198,21 +230,33 @@ def _phase(restored: Restored, name: str) -> Iterator[None]:
     restored.phases[name] = time.perf_counter() - start
 
 
-def _prepare(path: Path, restored: Restored, threads: int, started: float) -> None:
-    """Opens and checks the archive, claims the memory, creates the events and starts the pipeline."""
+def _open(path: Path, restored: Restored, threads: int) -> None:
+    """Opens the archive, checks the fingerprint, creates the events and queues every module."""
     import torch
 
     allocator = foundry_alloc.installed()
     if allocator is None:
         raise RestoreError("LOAD needs the Foundry allocator with SAVE's range: call foundry_alloc.install() first")
+    started = time.perf_counter()
     device = restored._device = torch.cuda.current_device()
     with _phase(restored, "open"):
         restored._archive = archive = Archive(path)
         manifest = archive.manifest
-    with _phase(restored, "verify"):
-        live = foundry_alloc.layout(device)
-        check_fingerprint(manifest.fingerprint, current_fingerprint(live))
-        diff = foundry_alloc.diff_layouts(manifest.restore_layout, live)
+    with _phase(restored, "fingerprint"):
+        check_fingerprint(manifest.fingerprint, current_fingerprint(foundry_alloc.layout(device)))
+    restored._events = [call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING) for _ in range(manifest.events)]
+    context = int(call(driver.cuCtxGetCurrent))
+    restored._pipeline = Pipeline(archive, restored, threads, context, started)
+    restored._pipeline.load_all_modules()
+
+
+def _claim(restored: Restored, upload: bool) -> None:
+    """At the restore point: checks the live layout, claims the recorded memory and writes its
+    contents, and creates each graph's handle with its output views."""
+    archive, pipeline, device = restored._archive, restored._pipeline, restored._device
+    manifest = archive.manifest
+    with _phase(restored, "layout"):
+        diff = foundry_alloc.diff_layouts(manifest.restore_layout, foundry_alloc.layout(device))
         if not diff.equal:
             raise LayoutMismatchError(
                 "the engine's memory at the restore point differs from SAVE's, so the saved graphs' "
@@ -220,15 +264,14 @@ def _prepare(path: Path, restored: Restored, threads: int, started: float) -> No
                 "(same allocations, same order, same arenas):\n" + diff.render("SAVE", "here")
             )
     with _phase(restored, "memory"):
+        allocator = foundry_alloc.installed()
         for segment in manifest.memory:
             allocator.claim(segment.address, segment.size, segment.arena, device)
             restored._claimed.append((segment.address, segment.arena))
             if segment.contents:
                 data = archive.blob_bytes(segment.contents)
                 call(driver.cuMemcpyHtoD, segment.address, data, len(data))
-        restored._events = [call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING) for _ in range(manifest.events)]
-        context = int(call(driver.cuCtxGetCurrent))
-        restored._pipeline = pipeline = Pipeline(archive, restored, threads, context, started)
+        pipeline.upload = upload
         owned = _coalesce([(s.address, s.size) for s in manifest.memory] + [(a.address, a.size) for a in manifest.restore_layout.allocations])
         for entry in manifest.graphs:
             outputs = {o.name: _tensor(o, owned) for o in entry.outputs}

@@ -1,9 +1,11 @@
 """The work of LOAD after the checks, as tasks on a pool of threads: load each module (with its
-variables and functions), then for each graph build, instantiate and upload it, each task once,
-a graph only after the modules its kernels come from.
+variables and functions), then for each graph build, instantiate (and upload) it, each task
+once, a graph only after the modules its kernels come from.
 
 Tasks are queued in order (a graph's modules before the graph), so a graph task that waits for
-a module always waits for one that is already running: the pool cannot deadlock. The driver
+a module always waits for one that is already running: the pool cannot deadlock. Module loads
+take a driver lock that stalls graph work on other threads, so all of them are queued first,
+largest first (prefetch() queues them before the engine state even exists). The driver
 calls release the GIL (cuda.bindings, and ctypes for the native builder), so the threads work in
 parallel. Every handle is recorded in the Restored object the moment it exists, so that a
 failure anywhere leaves nothing behind once Restored.release() has run.
@@ -57,12 +59,28 @@ class Pipeline:
         for number, function in enumerate(self._manifest.functions):
             self._functions_of.setdefault(function.module, []).append(number)
         self._handles = native.Handles([0] * len(self._manifest.functions), [int(e) for e in restored._events])
+        self.upload = False  # set before the first graph is queued
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, threads), thread_name_prefix="foundry-load", initializer=self._enter_context
         )
 
     def _enter_context(self) -> None:
         call(driver.cuCtxSetCurrent, driver.CUcontext(self._context))  # worker threads start without one
+
+    def load_all_modules(self) -> None:
+        """Queues every module the graphs use, largest first."""
+        used = {m for entry in self._manifest.graphs for m in entry.modules}
+        with self._lock:
+            for module in sorted(used, key=lambda m: -self._manifest.modules[m].size):
+                if module not in self._modules:
+                    self._modules[module] = self._pool.submit(self._load_module, module)
+
+    def wait_for_modules(self) -> None:
+        """Blocks until every queued module is loaded (re-raising a failure)."""
+        with self._lock:
+            futures = list(self._modules.values())
+        for future in futures:
+            future.result()
 
     def graph(self, entry: GraphEntry) -> Future:
         """The future executable of a graph, queuing its modules and then itself the first time."""
@@ -121,8 +139,9 @@ class Pipeline:
             native.destroy_graph(graph)
         with self._lock:
             self._restored._executables.append(executable)
-        with self._span(f"graph {entry.key}", "upload"):
-            native.upload(executable, self._context, what)
+        if self.upload:
+            with self._span(f"graph {entry.key}", "upload"):
+                native.upload(executable, self._context, what)
         return executable
 
 

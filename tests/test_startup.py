@@ -56,3 +56,18 @@ def test_cpu_only_torch_is_refused_by_name(tmp_path: Path) -> None:
     result = run_with_hook(tmp_path, "import torch", FOUNDRY_ALLOC="1")
     assert result.returncode != 0
     assert "CudaUnavailableError" in result.stderr and "built without CUDA" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FOUNDRY_MODE": "restore", "FOUNDRY_ARCHIVE": "x"}, "FOUNDRY_MODE='restore' is not a mode: use save or load"),
+        ({"FOUNDRY_MODE": "load"}, "FOUNDRY_MODE=load needs FOUNDRY_ARCHIVE, the path of the archive to restore"),
+        ({"FOUNDRY_MODE": "save"}, "FOUNDRY_MODE=save needs FOUNDRY_ARCHIVE, the path of the archive to write"),
+        ({"FOUNDRY_MODE": "load", "FOUNDRY_ARCHIVE": "/nonexistent/model.foundry"}, "does not exist: save it first"),
+    ],
+)
+def test_invalid_trace_modes_fail_the_torch_import_by_name(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    result = run_with_hook(tmp_path, "import torch", **env)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]

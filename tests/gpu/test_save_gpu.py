@@ -98,3 +98,21 @@ def test_environment_activation_saves_an_unmodified_program(tmp_path: Path) -> N
 
     with Archive(archive) as opened:
         assert [g.key for g in opened.manifest.graphs] == ["0", "1"]
+
+
+def test_environment_activation_restores_an_opted_in_program(tmp_path: Path) -> None:
+    """One program, run under FOUNDRY_MODE=save then FOUNDRY_MODE=load: the second restores the
+    graphs at foundry_trace.restore_point() and computes the same outputs bit for bit."""
+    if not any((Path(p) / "foundry_alloc.pth").exists() for p in sys.path if p):
+        pytest.skip("the start-up hook is installed by `pip install .` (not by an editable install)")
+    archive = tmp_path / "opt-in.foundry"
+    outputs = {}
+    for mode in ("save", "load"):
+        completed = subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "gpu" / "opt_in_program.py")],
+            capture_output=True, text=True, env=clean_environment(FOUNDRY_MODE=mode, FOUNDRY_ARCHIVE=str(archive)), timeout=600,
+        )
+        assert completed.returncode == 0, completed.stderr[-4000:]
+        outputs[mode] = completed.stdout.split()
+    assert outputs["save"][0] == "captured" and outputs["load"][0] == "restored"
+    assert outputs["save"][1:] == outputs["load"][1:]
