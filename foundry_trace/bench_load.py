@@ -98,6 +98,12 @@ def child_load(workload: str, archive: str, threads: int) -> dict[str, object]:
     restore_s = time.perf_counter() - start
     saved = json.loads(Path(archive + REFERENCE_SUFFIX).read_text())
     result = compare(model, restored, saved)
+    restored.release()
+    del model
+    from .determinism import explain
+
+    suspects = sorted(set(result["nondeterministic_native"]) | set(result["nondeterministic_saved"]))
+    result["nondeterminism"] = explain(workload, suspects[:3]) if suspects else {}
     result.update(
         restore_s=restore_s,
         serial_restore_s=serial_s,
@@ -115,7 +121,6 @@ def child_load(workload: str, archive: str, threads: int) -> dict[str, object]:
         torch=torch.__version__,
         cuda=torch.version.cuda,
     )
-    restored.release()
     return result
 
 
@@ -174,6 +179,7 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS) 
         mismatched_saved=loaded["mismatched_saved"],
         nondeterministic_saved=loaded["nondeterministic_saved"],
         native_differs_from_saved=loaded["native_differs_from_saved"],
+        nondeterminism=loaded["nondeterminism"],
         replay_delta_pct={k: v["delta_pct"] for k, v in loaded["latency"].items()},
         replay_ms=loaded["latency"],
         archive_bytes=saved["archive_bytes"],
@@ -251,6 +257,8 @@ def render(results: dict[str, object]) -> str:
         ("bit-identical to SAVE's graphs", f"{c['bitwise_equal_saved']} (differ: {c['mismatched_saved'] or 'none'})"),
         ("bit-identical to a native capture here", f"{c['bitwise_equal']} (differ: {c['mismatched'] or 'none'})"),
         ("native graphs nondeterministic", str(c["nondeterministic_native"] or "none")),
+        *((f"b={b}: first nondeterministic operation", f"{d['operation']} on {d['shapes']}" if d else "none found")
+          for b, d in c["nondeterminism"].items()),
         *((f"replay b={b} native / restored", f"{v['native_ms']:.3f} / {v['restored_ms']:.3f} ms ({v['delta_pct']:+.2f} %)") for b, v in c["replay_ms"].items()),
     ]
     for row in rows:
