@@ -24,7 +24,7 @@ from .restore import DEFAULT_THREADS
 REFERENCE_SUFFIX = ".outputs.json"
 
 
-def child_save(workload: str, archive: str) -> dict[str, object]:
+def child_save(workload: str, archive: str, attention: str) -> dict[str, object]:
     import foundry_alloc
 
     foundry_alloc.install()
@@ -34,7 +34,7 @@ def child_save(workload: str, archive: str) -> dict[str, object]:
     from .workload import build_engine, capture_steps
 
     foundry_trace.start_tracing()
-    model = build_engine(workload)
+    model = build_engine(workload, attention=attention)
     start = time.perf_counter()
     with foundry_trace.record(archive) as recording:
         captured = capture_steps(model, recording=recording)
@@ -43,7 +43,7 @@ def child_save(workload: str, archive: str) -> dict[str, object]:
     return {"archive_bytes": Path(archive).stat().st_size, "save_s": save_s}
 
 
-def child_load(workload: str, archive: str, threads: int) -> dict[str, object]:
+def child_load(workload: str, archive: str, threads: int, attention: str) -> dict[str, object]:
     import foundry_alloc
 
     foundry_alloc.install()
@@ -54,7 +54,7 @@ def child_load(workload: str, archive: str, threads: int) -> dict[str, object]:
     from .verify import compare
     from .workload import build_engine
 
-    model = build_engine(workload)
+    model = build_engine(workload, attention=attention)
     torch.cuda.synchronize()
     serial = foundry_trace.load(archive, threads=1)
     first_key = min(serial.graphs, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))  # smallest batch
@@ -103,7 +103,7 @@ def child_load(workload: str, archive: str, threads: int) -> dict[str, object]:
     from .determinism import explain
 
     suspects = sorted(set(result["nondeterministic_native"]) | set(result["nondeterministic_saved"]))
-    result["nondeterminism"] = explain(workload, suspects[:3]) if suspects else {}
+    result["nondeterminism"] = explain(workload, suspects[:3], attention=attention) if suspects else {}
     result.update(
         restore_s=restore_s,
         serial_restore_s=serial_s,
@@ -131,7 +131,9 @@ def _run_child(*arguments: str) -> dict[str, object]:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def run_children(workload: str, threads: int, archive: Path | None = None) -> tuple[dict[str, object], dict[str, object]]:
+def run_children(
+    workload: str, threads: int, archive: Path | None = None, attention: str = "default"
+) -> tuple[dict[str, object], dict[str, object]]:
     """SAVE (unless `archive` exists already) and LOAD in fresh processes, with progress shown."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -142,20 +144,20 @@ def run_children(workload: str, threads: int, archive: Path | None = None) -> tu
         saved: dict[str, object] = {}
         if archive is None or not archive.exists():
             task = progress.add_task(f"SAVE {workload}: warm-up, capture and record every graph")
-            saved = _run_child("save", workload, str(path))
+            saved = _run_child("save", workload, str(path), "--attention", attention)
             progress.remove_task(task)
         progress.add_task(f"LOAD {workload}: restore (1 thread, lazy, {threads} threads), native capture, compare")
-        loaded = _run_child("load", workload, str(path), str(threads))
+        loaded = _run_child("load", workload, str(path), str(threads), "--attention", attention)
         saved.setdefault("archive_bytes", path.stat().st_size)
     return saved, loaded
 
 
-def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS) -> dict[str, object]:
+def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, attention: str = "default") -> dict[str, object]:
     from .results import Case, ResultsFile, command_line, driver_version, project_commit, today
     from .workload import preset
 
     shape = preset(workload)
-    saved, loaded = run_children(workload, threads)
+    saved, loaded = run_children(workload, threads, attention=attention)
     case = Case(
         name=workload,
         graphs=loaded["graphs"],
@@ -191,13 +193,13 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS) 
     )
     results = ResultsFile(
         what="load",
-        workload=f"{workload}-{len(shape.batch_sizes)}",
-        workload_desc=f"{shape.describe()}; every graph restored vs warm-up + capture + instantiate in the same fresh process",
+        workload=f"{workload}-{len(shape.batch_sizes)}" + ("" if attention == "default" else f"-{attention}-attention"),
+        workload_desc=f"{shape.describe()}; attention: {attention}; every graph restored vs warm-up + capture + instantiate in the same fresh process",
         device=loaded["device"], gpus=1, driver=driver_version(), cuda=loaded["cuda"], torch=loaded["torch"],
         commit=project_commit(), date=today(), command=command_line(), cases=[case],
     )
     if output_dir is not None:
-        written = results.write(output_dir)
+        written = results.write(output_dir, "" if attention == "default" else f"{attention}-attention")
         plot_timeline(results.model_dump(), written.with_suffix(".png"))
     return results.model_dump()
 
@@ -275,8 +277,12 @@ def _main() -> None:
     parser.add_argument("workload")
     parser.add_argument("archive")
     parser.add_argument("threads", nargs="?", type=int, default=DEFAULT_THREADS)
+    parser.add_argument("--attention", default="default")
     a = parser.parse_args()
-    result = child_save(a.workload, a.archive) if a.role == "save" else child_load(a.workload, a.archive, a.threads)
+    if a.role == "save":
+        result = child_save(a.workload, a.archive, a.attention)
+    else:
+        result = child_load(a.workload, a.archive, a.threads, a.attention)
     print(json.dumps(result))
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from .restore import DEFAULT_THREADS
 
+ATTENTION_CHOICES = ("default", "math")  # as foundry_trace.workload.ATTENTION_CHOICES (no torch import here)
+ATTENTION_HELP = "load/verify: torch's attention kernels (default) or the math path, whose outputs are reproducible"
+
 DEFAULT_RESULTS_DIR = Path("bench/results")
 
 
@@ -44,7 +47,7 @@ def _layout_diff(arguments: argparse.Namespace) -> int:
     return 0 if diff.equal else 1
 
 
-BENCH_OPTIONS = {"alloc": (), "save": ("archive",), "load": ("threads",)}
+BENCH_OPTIONS = {"alloc": (), "save": ("archive",), "load": ("threads", "attention")}
 
 
 def _bench(arguments: argparse.Namespace) -> int:
@@ -59,7 +62,7 @@ def _bench(arguments: argparse.Namespace) -> int:
 def _verify(arguments: argparse.Namespace) -> int:
     from .bench_load import run_children
 
-    _, loaded = run_children(arguments.workload, arguments.threads, arguments.archive)
+    _, loaded = run_children(arguments.workload, arguments.threads, arguments.archive, arguments.attention)
     print(
         f"{loaded['graphs']} graphs restored on {loaded['device']}: outputs equal SAVE's graphs bit for bit: "
         f"{loaded['bitwise_equal_saved']} (differ: {loaded['mismatched_saved'] or 'none'}; nondeterministic at SAVE: "
@@ -112,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
     bench.add_argument("--archive", type=Path, help="save: keep the archive here (default: a temporary file)")
     bench.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"load: restore threads (default {DEFAULT_THREADS})")
+    bench.add_argument("--attention", choices=ATTENTION_CHOICES, default="default", help=ATTENTION_HELP)
     bench.set_defaults(run=_bench)
 
     verify = commands.add_parser(
@@ -120,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--workload", default="small", help="tiny, small or llama8b (default small)")
     verify.add_argument("--archive", type=Path, help="an archive of that workload (default: SAVE one first)")
     verify.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    verify.add_argument("--attention", choices=ATTENTION_CHOICES, default="default", help=ATTENTION_HELP)
     verify.set_defaults(run=_verify)
     return root
 

@@ -68,14 +68,14 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def explain(workload: str, batches: list[int], layers: int = 2) -> dict[str, dict[str, object] | None]:
+def explain(workload: str, batches: list[int], layers: int = 2, attention: str = "default") -> dict[str, dict[str, object] | None]:
     """For each batch size: the first nondeterministic operation of the workload's eager step (on
     a model of its shapes with `layers` layers: every layer runs the same kernels)."""
     import dataclasses
 
     from .workload import DecodeModel, preset
 
-    model = DecodeModel(dataclasses.replace(preset(workload), layers=layers))
+    model = DecodeModel(dataclasses.replace(preset(workload), layers=layers), attention=attention)
     found: dict[str, dict[str, object] | None] = {}
     for batch in batches:
         tokens, positions = model.random_inputs(batch, seed=batch)

@@ -18,6 +18,9 @@ import torch.nn.functional as F
 
 NVTX_DOMAIN = "foundry"
 VLLM_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, *range(8, 513, 8))  # vLLM's default capture sizes (67)
+# Attention kernels: torch's choice (cuDNN's fused attention on Hopper, which is not bitwise
+# reproducible from run to run for batches of 24 and more), or the math path (deterministic).
+ATTENTION_CHOICES = ("default", "math")
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,11 @@ class DecodeModel:
     size b reads tokens[:b] and positions[:b] and writes the KV cache in place.
     """
 
-    def __init__(self, shape: ModelShape, *, device: torch.device | str = "cuda", seed: int = 0) -> None:
+    def __init__(self, shape: ModelShape, *, device: torch.device | str = "cuda", seed: int = 0, attention: str = "default") -> None:
+        if attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention {attention!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
         self.shape = shape
+        self.attention = attention
         dtype = torch.bfloat16
         generator = torch.Generator(device=device).manual_seed(seed)
         h, kv = shape.hidden, shape.kv_heads * shape.head_dim
@@ -145,11 +151,20 @@ class DecodeModel:
             cache_k, cache_v = self.kv_cache[index, 0, :batch], self.kv_cache[index, 1, :batch]
             cache_k[rows, :, positions] = k
             cache_v[rows, :, positions] = v.view(batch, s.kv_heads, s.head_dim)
-            attention = F.scaled_dot_product_attention(q[:, :, None, :], cache_k, cache_v, attn_mask=mask, enable_gqa=True)
+            attention = self._attend(q[:, :, None, :], cache_k, cache_v, mask)
             x = x + F.linear(attention.reshape(batch, s.hidden), layer["out"])
             gate, up = F.linear(_rms_norm(x, layer["mlp_norm"]), layer["gate_up"]).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, layer["down"])
         return F.linear(_rms_norm(x, self.final_norm), self.lm_head).float()
+
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.attention == "math":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel(SDPBackend.MATH):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
 
 def build_engine(workload: str, **options: object) -> DecodeModel:
