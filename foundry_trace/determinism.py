@@ -86,6 +86,4 @@ def explain(workload: str, batches: list[int], layers: int = 2, attention: str =
 
         divergence = first_divergence(lambda batch=batch: model.step(batch), reset)
         found[str(batch)] = dataclasses.asdict(divergence) if divergence else None
-    del model
-    torch.cuda.empty_cache()
     return found

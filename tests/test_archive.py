@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from foundry_trace.archive import FORMAT_VERSION, HEADER, MAGIC, Archive
+from foundry_trace.archive import HEADER, Archive
 from foundry_trace.errors import ArchiveFormatError
 
 from .archive_edit import rewrite_manifest

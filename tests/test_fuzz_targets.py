@@ -50,6 +50,14 @@ def test_layout_parser_accepts_real_layouts(sim: fa.NativeAllocator) -> None:
     one_input(sim.layout().model_dump_json().encode())
 
 
+def overwrite_and_cut(data: st.DataObject, raw: bytearray) -> bytes:
+    """`raw` with up to six bytes overwritten, then cut at a drawn length."""
+    for _ in range(data.draw(st.integers(min_value=0, max_value=6))):
+        position = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+        raw[position] = data.draw(st.integers(min_value=0, max_value=255))
+    return bytes(raw[: data.draw(st.integers(min_value=0, max_value=len(raw)))])
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_archive_reader_on_damaged_archives(data: st.DataObject) -> None:
@@ -63,10 +71,7 @@ def test_archive_reader_on_damaged_archives(data: st.DataObject) -> None:
     manifest, blobs, _ = data.draw(archive_contents())
     with tempfile.TemporaryDirectory() as scratch:
         raw = bytearray(write_archive(Path(scratch) / "a.foundry", manifest, blobs).read_bytes())
-    for _ in range(data.draw(st.integers(min_value=0, max_value=6))):
-        position = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
-        raw[position] = data.draw(st.integers(min_value=0, max_value=255))
-    one_input(bytes(raw[: data.draw(st.integers(min_value=0, max_value=len(raw)))]))
+    one_input(overwrite_and_cut(data, raw))
 
 
 @settings(max_examples=100, deadline=None)
@@ -89,10 +94,7 @@ def test_node_table_reader_on_damaged_tables(data: st.DataObject) -> None:
 
     encoded = encode(data.draw(graph_bodies(FUNCTIONS)))
     raw = bytearray(struct.pack("<I", len(encoded.table)) + encoded.table + encoded.payload)
-    for _ in range(data.draw(st.integers(min_value=0, max_value=6))):
-        position = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
-        raw[position] = data.draw(st.integers(min_value=0, max_value=255))
-    one_input(bytes(raw[: data.draw(st.integers(min_value=0, max_value=len(raw)))]))
+    one_input(overwrite_and_cut(data, raw))
 
 
 @settings(max_examples=200, deadline=None)
