@@ -2,10 +2,10 @@
 variables and functions), then for each graph build, instantiate (and upload) it, each task
 once, a graph only after the modules its kernels come from.
 
-Tasks are queued in order (a graph's modules before the graph), so a graph task that waits for
-a module always waits for one that is already running: the pool cannot deadlock. Module loads
-take a driver lock that stalls graph work on other threads, so all of them are queued first,
-largest first (prefetch() queues them before the engine state even exists). The driver
+Every module is queued when the archive is opened, largest first, before any graph (module
+loads take a driver lock that stalls graph work on other threads; prefetch() queues them before
+the engine state even exists). So a graph task that waits for a module always waits for one that
+is already running or done: the pool cannot deadlock. The driver
 calls release the GIL (cuda.bindings, and ctypes for the native builder), so the threads work in
 parallel. Every handle is recorded in the Restored object the moment it exists, so that a
 failure anywhere leaves nothing behind once Restored.release() has run.
@@ -53,7 +53,7 @@ class Pipeline:
         self._context = context
         self._started = started
         self._lock = threading.Lock()
-        self._modules: dict[int, Future] = {}
+        self._modules: dict[int, Future] = {}  # filled once, by load_all_modules
         self._graphs: dict[str, Future] = {}
         self._functions_of: dict[int, list[int]] = {}
         for number, function in enumerate(self._manifest.functions):
@@ -72,8 +72,7 @@ class Pipeline:
         used = {m for entry in self._manifest.graphs for m in entry.modules}
         with self._lock:
             for module in sorted(used, key=lambda m: -self._manifest.modules[m].size):
-                if module not in self._modules:
-                    self._modules[module] = self._pool.submit(self._load_module, module)
+                self._modules[module] = self._pool.submit(self._load_module, module)
 
     def wait_for_modules(self) -> None:
         """Blocks until every queued module is loaded (re-raising a failure)."""
@@ -83,13 +82,11 @@ class Pipeline:
             future.result()
 
     def graph(self, entry: GraphEntry) -> Future:
-        """The future executable of a graph, queuing its modules and then itself the first time."""
+        """The future executable of a graph, queued the first time (after every module: see
+        load_all_modules, which opening the archive calls)."""
         with self._lock:
             future = self._graphs.get(entry.key)
             if future is None:
-                for module in entry.modules:
-                    if module not in self._modules:
-                        self._modules[module] = self._pool.submit(self._load_module, module)
                 future = self._graphs[entry.key] = self._pool.submit(self._restore_graph, entry)
             return future
 

@@ -24,19 +24,13 @@ from foundry_trace.node_table import BODY, HEADER, NODE
 from foundry_trace.workload import build_engine
 
 from ..archive_edit import corrupt_blob, read_blob, read_manifest, replace_blob, rewrite_manifest
-
-BATCHES = (1, 2, 4, 8)
+from .save_program import BATCHES, save_tiny
 
 
 def save(path: str) -> dict[str, object]:
-    fa.install()
-    ft.start_tracing()
     from foundry_trace.verify import reference_outputs
-    from foundry_trace.workload import capture_steps
 
-    model = build_engine("tiny")
-    with ft.record(path) as recording:
-        captured = capture_steps(model, BATCHES, recording=recording)
+    model, captured = save_tiny(path)
     Path(path + REFERENCE_SUFFIX).write_text(json.dumps(reference_outputs(model, captured)))
     return {"saved": True}
 

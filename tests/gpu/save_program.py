@@ -18,16 +18,23 @@ from foundry_trace.workload import build_engine
 BATCHES = (1, 2, 4, 8)
 
 
-def save(path: str) -> dict[str, object]:
-    """The tiny reference workload, every batch size saved, then the archive inspected."""
+def save_tiny(path: str):  # noqa: ANN201 - (DecodeModel, captured steps by batch)
+    """SAVE of the tiny reference workload at every batch size; returns the model and its graphs."""
     fa.install()
     ft.start_tracing()
-    from foundry_trace.summary import summarize
     from foundry_trace.workload import capture_steps
 
     model = build_engine("tiny")
     with ft.record(path) as recording:
-        capture_steps(model, BATCHES, recording=recording)
+        captured = capture_steps(model, BATCHES, recording=recording)
+    return model, captured
+
+
+def save(path: str) -> dict[str, object]:
+    """The tiny reference workload, every batch size saved, then the archive inspected."""
+    from foundry_trace.summary import summarize
+
+    save_tiny(path)
     summary = summarize(path)
     with ft.Archive(path) as archive:
         archive.verify()
