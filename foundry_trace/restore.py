@@ -203,7 +203,9 @@ def load(
     if mode not in ("eager", "background", "lazy"):
         raise ValueError(f"mode {mode!r}: choose eager, background or lazy")
     restored = archive if isinstance(archive, Restored) else Restored()
-    if restored._pipeline is None and isinstance(archive, Restored):
+    if isinstance(archive, Restored) and (restored._pipeline is None or restored.graphs):
+        # Loaded (in any mode) or released: loading again would claim the memory twice, and the
+        # failure's clean-up would destroy the graphs already restored.
         raise RestoreError("this Restored was loaded or released already: prefetch() the archive again")
     try:
         with nvtx.annotate("foundry.load", domain=NVTX_DOMAIN):
