@@ -55,7 +55,7 @@ class RestoredGraph:
         self.key = key
         self.outputs = outputs
         self._request = request
-        self._executable: int | None = None
+        self._executable: driver.CUgraphExec | None = None  # made once: replay() is the hot path
 
     def _released(self) -> None:
         self._executable = None
@@ -74,7 +74,7 @@ class RestoredGraph:
         if self._executable is None:
             future: Future = self._request()
             try:
-                self._executable = future.result()
+                self._executable = driver.CUgraphExec(future.result())
             except FoundryTraceError:
                 raise
             except Exception as error:  # noqa: BLE001 - a driver binding's own error
@@ -88,7 +88,7 @@ class RestoredGraph:
             import torch
 
             stream = torch.cuda.current_stream().cuda_stream
-        call(driver.cuGraphLaunch, driver.CUgraphExec(self._executable), driver.CUstream(stream))
+        call(driver.cuGraphLaunch, self._executable, driver.CUstream(stream))
 
 
 @dataclass
