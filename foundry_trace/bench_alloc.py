@@ -77,7 +77,8 @@ def child(allocator: str, workload: str) -> dict[str, object]:
         foundry_alloc.install()
     import torch
 
-    from .workload import DecodeModel, capture_steps, preset
+    from .capture import capture_steps
+    from .workload import DecodeModel, preset
 
     shape = preset(workload)
     torch.cuda.init()

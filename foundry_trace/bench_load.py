@@ -3,10 +3,11 @@
 A child process SAVEs the workload and records its graphs' outputs on fixed inputs; a second,
 fresh child rebuilds the engine state and then, in order: restores on one thread (its summed
 instantiation time is the driver's own floor), restores in lazy mode (time to the first replay),
-restores with prefetch() (modules loaded before the restore point), restores in full on several
-threads (timed), captures the same graphs natively (timed), and
-compares outputs bit for bit (against SAVE and against the native capture) and replay latency.
-`foundry verify` runs the same children and reports only the comparison.
+instantiates prebuilt graphs on several threads (the least time any restore can take), restores
+with prefetch() (modules loaded before the restore point), restores in full on several threads
+(timed), captures the same graphs natively (timed), and compares outputs bit for bit (against
+SAVE and against the native capture) and replay latency. `foundry verify` and the coverage bench
+run a shorter LOAD child: one timed restore, then the native capture and the comparison.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .restore import DEFAULT_THREADS
@@ -24,26 +26,28 @@ from .restore import DEFAULT_THREADS
 REFERENCE_SUFFIX = ".outputs.json"
 
 
-def child_save(workload: str, archive: str, attention: str) -> dict[str, object]:
+def child_save(workload: str, archive: str, options: dict[str, object]) -> dict[str, object]:
     import foundry_alloc
 
     foundry_alloc.install()
     import foundry_trace
 
+    from .capture import capture_steps
+    from .engines import build_engine
     from .verify import reference_outputs
-    from .workload import build_engine, capture_steps
 
     foundry_trace.start_tracing()
-    model = build_engine(workload, attention=attention)
+    model = build_engine(workload, **options)
     start = time.perf_counter()
     with foundry_trace.record(archive) as recording:
         captured = capture_steps(model, recording=recording)
     save_s = time.perf_counter() - start
     Path(archive + REFERENCE_SUFFIX).write_text(json.dumps(reference_outputs(model, captured)))
-    return {"archive_bytes": Path(archive).stat().st_size, "save_s": save_s}
+    return {"archive_bytes": Path(archive).stat().st_size, "save_s": save_s, "description": model.describe()}
 
 
-def child_load(workload: str, archive: str, threads: int, attention: str) -> dict[str, object]:
+def child_verify(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+    """One timed restore, then the native capture (timed) and the comparison."""
     import foundry_alloc
 
     foundry_alloc.install()
@@ -51,10 +55,49 @@ def child_load(workload: str, archive: str, threads: int, attention: str) -> dic
 
     import foundry_trace
 
+    from .engines import build_engine
     from .verify import compare
-    from .workload import build_engine
 
-    model = build_engine(workload, attention=attention)
+    model = build_engine(workload, **options)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    restored = foundry_trace.load(archive, threads=threads)
+    torch.cuda.synchronize()
+    restore_s = time.perf_counter() - start
+    for key in restored.graphs:
+        model.prepare(int(key), seed=0)
+        restored[key].replay()
+    torch.cuda.synchronize()
+    compiled = _compiled_graphs()  # before the native capture: what the restore itself compiled
+    saved = json.loads(Path(archive + REFERENCE_SUFFIX).read_text())
+    result = compare(model, restored, saved)
+    restored.release()
+    result.update(
+        restore_s=restore_s, compiled_graphs_at_restore=compiled, description=model.describe(), phases=restored.phases, busy=restored.busy_seconds(),
+        device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
+    )
+    return result
+
+
+def _compiled_graphs() -> int:
+    """Graphs that torch.compile has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def child_load(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+    import foundry_alloc
+
+    foundry_alloc.install()
+    import torch
+
+    import foundry_trace
+
+    from .engines import build_engine
+    from .verify import compare
+
+    model = build_engine(workload, **options)
     torch.cuda.synchronize()
     serial = foundry_trace.load(archive, threads=1)
     first_key = min(serial.graphs, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))  # smallest batch
@@ -75,6 +118,8 @@ def child_load(workload: str, archive: str, threads: int, attention: str) -> dic
         start = time.perf_counter()
         foundry_trace.load(archive, threads=count).release()
         sweep[str(count)] = time.perf_counter() - start
+
+    instantiate_only = instantiate_scaling(archive, (1, 2, 4, 8, 16))
 
     # With prefetch(): modules load before the restore point (in a server, while weights load).
     early = foundry_trace.prefetch(archive, threads=threads)
@@ -99,11 +144,12 @@ def child_load(workload: str, archive: str, threads: int, attention: str) -> dic
     saved = json.loads(Path(archive + REFERENCE_SUFFIX).read_text())
     result = compare(model, restored, saved)
     restored.release()
+    description = model.describe()
     del model
     from .determinism import explain
 
     suspects = sorted(set(result["nondeterministic_native"]) | set(result["nondeterministic_saved"]))
-    result["nondeterminism"] = explain(workload, suspects[:3], attention=attention) if suspects else {}
+    result["nondeterminism"] = explain(workload, suspects[:3], **{k: v for k, v in options.items() if k == "attention"}) if suspects else {}
     result.update(
         restore_s=restore_s,
         serial_restore_s=serial_s,
@@ -115,13 +161,55 @@ def child_load(workload: str, archive: str, threads: int, attention: str) -> dic
         spans=[span.__dict__ for span in restored.spans],
         instantiate_floor_s=floor_s,
         threads_sweep_s=sweep,
+        instantiate_only_s_by_threads=instantiate_only,
         first_graph_s=first_graph_s,
         first_graph_key=first_key,
+        description=description,
         device=torch.cuda.get_device_name(),
         torch=torch.__version__,
         cuda=torch.version.cuda,
     )
     return result
+
+
+def instantiate_scaling(archive: str, counts: tuple[int, ...]) -> dict[str, float]:
+    """Wall seconds to instantiate every graph of the archive on each number of threads, the
+    graphs built beforehand and nothing else running: the least time in which any restore of
+    these graphs can make them all executable on this driver, however it arranges its other work."""
+    import foundry_trace
+
+    from . import native
+
+    early = foundry_trace.prefetch(archive)
+    built: list[int] = []
+    try:
+        early.wait_for_modules()
+        pipeline, context = early._pipeline, early._pipeline._context
+        built = [pipeline.build(entry) for entry in early._archive.manifest.graphs]
+        scaling = {}
+        for count in counts:
+            with ThreadPoolExecutor(count) as pool:
+                start = time.perf_counter()
+                executables = list(pool.map(lambda graph: native.instantiate(graph, context, "probe"), built))
+                scaling[str(count)] = time.perf_counter() - start
+            for executable in executables:
+                native.destroy_executable(executable)
+        return scaling
+    finally:
+        for graph in built:
+            native.destroy_graph(graph)
+        early.release()
+
+
+def _option_arguments(options: dict[str, object]) -> list[str]:
+    arguments = []
+    if options.get("attention") is not None:
+        arguments += ["--attention", str(options["attention"])]
+    if options.get("layers") is not None:
+        arguments += ["--layers", str(options["layers"])]
+    if options.get("batch_sizes") is not None:
+        arguments += ["--batch-sizes", ",".join(str(b) for b in options["batch_sizes"])]
+    return arguments
 
 
 def _run_child(*arguments: str) -> dict[str, object]:
@@ -132,11 +220,13 @@ def _run_child(*arguments: str) -> dict[str, object]:
 
 
 def run_children(
-    workload: str, threads: int, archive: Path | None = None, attention: str = "default"
+    workload: str, threads: int, archive: Path | None = None, *, full: bool = True, **options: object
 ) -> tuple[dict[str, object], dict[str, object]]:
-    """SAVE (unless `archive` exists already) and LOAD in fresh processes, with progress shown."""
+    """SAVE (unless `archive` exists already) and LOAD in fresh processes, with progress shown.
+    `full`: the whole LOAD bench; otherwise one restore and the comparison (foundry verify)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    extra = _option_arguments(options)
     with tempfile.TemporaryDirectory() as scratch, Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True
     ) as progress:
@@ -144,19 +234,26 @@ def run_children(
         saved: dict[str, object] = {}
         if archive is None or not archive.exists():
             task = progress.add_task(f"SAVE {workload}: warm-up, capture and record every graph")
-            saved = _run_child("save", workload, str(path), "--attention", attention)
+            saved = _run_child("save", workload, str(path), *extra)
             progress.remove_task(task)
-        progress.add_task(f"LOAD {workload}: restore (1 thread, lazy, {threads} threads), native capture, compare")
-        loaded = _run_child("load", workload, str(path), str(threads), "--attention", attention)
+        if full:
+            progress.add_task(f"LOAD {workload}: restore (1 thread, lazy, {threads} threads), native capture, compare")
+            loaded = _run_child("load", workload, str(path), str(threads), *extra)
+        else:
+            progress.add_task(f"LOAD {workload}: restore, native capture, compare")
+            loaded = _run_child("verify", workload, str(path), str(threads), *extra)
         saved.setdefault("archive_bytes", path.stat().st_size)
     return saved, loaded
 
 
-def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, attention: str = "default") -> dict[str, object]:
-    from .results import Case, ResultsFile, command_line, driver_version, project_commit, today
-    from .workload import preset
+def workload_label(workload: str, graphs: int, attention: str | None) -> str:
+    """The workload as results files name it, e.g. llama8b-67 or llama8b-67-math-attention."""
+    return f"{workload}-{graphs}" + (f"-{attention}-attention" if attention else "")
 
-    shape = preset(workload)
+
+def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, attention: str | None = None) -> dict[str, object]:
+    from .results import Case, ResultsFile, command_line, driver_version, project_commit, today
+
     saved, loaded = run_children(workload, threads, attention=attention)
     case = Case(
         name=workload,
@@ -172,6 +269,8 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         speedup_with_prefetch=loaded["native_s"] / loaded["at_restore_point_s"],
         first_graph_prefetched_s=loaded["first_graph_prefetched_s"],
         restore_s_by_threads=loaded["threads_sweep_s"],
+        instantiate_only_s_by_threads=loaded["instantiate_only_s_by_threads"],
+        best_possible_speedup=loaded["native_s"] / min(loaded["instantiate_only_s_by_threads"].values()),
         first_graph_s=loaded["first_graph_s"],
         first_graph_key=loaded["first_graph_key"],
         bitwise_equal=loaded["bitwise_equal"],
@@ -193,13 +292,13 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
     )
     results = ResultsFile(
         what="load",
-        workload=f"{workload}-{len(shape.batch_sizes)}" + ("" if attention == "default" else f"-{attention}-attention"),
-        workload_desc=f"{shape.describe()}; attention: {attention}; every graph restored vs warm-up + capture + instantiate in the same fresh process",
+        workload=workload_label(workload, loaded["graphs"], attention),
+        workload_desc=f"{loaded['description']}; every graph restored vs warm-up + capture + instantiate in the same fresh process",
         device=loaded["device"], gpus=1, driver=driver_version(), cuda=loaded["cuda"], torch=loaded["torch"],
         commit=project_commit(), date=today(), command=command_line(), cases=[case],
     )
     if output_dir is not None:
-        written = results.write(output_dir, "" if attention == "default" else f"{attention}-attention")
+        written = results.write(output_dir)
         plot_timeline(results.model_dump(), written.with_suffix(".png"))
     return results.model_dump()
 
@@ -251,6 +350,8 @@ def render(results: dict[str, object]) -> str:
         ("speed-up", f"{c['speedup']:.1f}x"),
         ("driver instantiation alone (1 thread)", f"{c['instantiate_floor_s']:.3f} s"),
         ("restore / instantiation floor", f"{c['restore_over_floor']:.2f}"),
+        *((f"instantiation alone on {n} threads (graphs prebuilt)", f"{v:.3f} s") for n, v in c["instantiate_only_s_by_threads"].items()),
+        ("speed-up bound: native / best instantiation alone", f"{c['best_possible_speedup']:.1f}x"),
         ("with prefetch(): restore at the restore point", f"{c['restore_at_restore_point_s']:.3f} s ({c['speedup_with_prefetch']:.1f}x)"),
         (f"first graph replayed (lazy, key {c['first_graph_key']})", f"{c['first_graph_s'] * 1000:.1f} ms"),
         ("first graph replayed (lazy, after prefetch())", f"{c['first_graph_prefetched_s'] * 1000:.1f} ms"),
@@ -273,16 +374,22 @@ def render(results: dict[str, object]) -> str:
 
 def _main() -> None:
     parser = argparse.ArgumentParser(description="child process of `foundry bench` and `foundry verify`")
-    parser.add_argument("role", choices=("save", "load"))
+    parser.add_argument("role", choices=("save", "load", "verify"))
     parser.add_argument("workload")
     parser.add_argument("archive")
     parser.add_argument("threads", nargs="?", type=int, default=DEFAULT_THREADS)
-    parser.add_argument("--attention", default="default")
+    parser.add_argument("--attention")
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--batch-sizes", type=lambda text: tuple(int(b) for b in text.split(",")))
     a = parser.parse_args()
+    options = {"attention": a.attention, "layers": a.layers, "batch_sizes": a.batch_sizes}
+    options = {k: v for k, v in options.items() if v is not None}
     if a.role == "save":
-        result = child_save(a.workload, a.archive, a.attention)
+        result = child_save(a.workload, a.archive, options)
+    elif a.role == "load":
+        result = child_load(a.workload, a.archive, a.threads, options)
     else:
-        result = child_load(a.workload, a.archive, a.threads, a.attention)
+        result = child_verify(a.workload, a.archive, a.threads, options)
     print(json.dumps(result))
 
 

@@ -18,7 +18,9 @@ def run(workload: str, output_dir: Path | None, archive: Path | None = None) -> 
     import foundry_trace
     from .results import Case, ResultsFile, command_line, driver_version, project_commit, today
     from .summary import summarize
-    from .workload import build_engine, capture_steps, preset
+    from .capture import capture_steps
+    from .engines import build_engine
+    from .workload import preset
 
     foundry_trace.start_tracing()
     import torch

@@ -9,10 +9,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .engines import ATTENTION_CHOICES, WORKLOADS
 from .restore import DEFAULT_THREADS
 
-ATTENTION_CHOICES = ("default", "math")  # as foundry_trace.workload.ATTENTION_CHOICES (no torch import here)
-ATTENTION_HELP = "load/verify: torch's attention kernels (default) or the math path, whose outputs are reproducible"
+ATTENTION_HELP = (
+    "load/verify: pin SDPA to one kernel family (default: the workload's own choice; torch's choice for the "
+    "reference workload, whose cuDNN kernels are not reproducible at large batches; efficient for transformers models)"
+)
+WORKLOAD_HELP = "; ".join(f"{name}: {w.summary}" for name, w in WORKLOADS.items())
 
 DEFAULT_RESULTS_DIR = Path("bench/results")
 
@@ -47,14 +51,16 @@ def _layout_diff(arguments: argparse.Namespace) -> int:
     return 0 if diff.equal else 1
 
 
-BENCH_OPTIONS = {"alloc": (), "save": ("archive",), "load": ("threads", "attention")}
+BENCH_OPTIONS = {"alloc": (), "save": ("archive",), "load": ("threads", "attention"), "coverage": ("threads",)}
+DEFAULT_WORKLOAD = "small"
 
 
 def _bench(arguments: argparse.Namespace) -> int:
     """Runs foundry_trace.bench_<kind>: each has run(workload, output_dir, **options) and render()."""
     module = importlib.import_module(f"foundry_trace.bench_{arguments.kind}")
     options = {name: getattr(arguments, name) for name in BENCH_OPTIONS[arguments.kind]}
-    results = module.run(arguments.workload, None if arguments.no_write else arguments.output, **options)
+    workload = arguments.workload or (None if arguments.kind == "coverage" else DEFAULT_WORKLOAD)
+    results = module.run(workload, None if arguments.no_write else arguments.output, **options)
     print(json.dumps(results, indent=2) if arguments.json else module.render(results))
     return 0
 
@@ -62,7 +68,7 @@ def _bench(arguments: argparse.Namespace) -> int:
 def _verify(arguments: argparse.Namespace) -> int:
     from .bench_load import run_children
 
-    _, loaded = run_children(arguments.workload, arguments.threads, arguments.archive, arguments.attention)
+    _, loaded = run_children(arguments.workload, arguments.threads, arguments.archive, full=False, attention=arguments.attention)
     print(
         f"{loaded['graphs']} graphs restored on {loaded['device']}: outputs equal SAVE's graphs bit for bit: "
         f"{loaded['bitwise_equal_saved']} (differ: {loaded['mismatched_saved'] or 'none'}; nondeterministic at SAVE: "
@@ -106,25 +112,28 @@ def parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmarks on the device (default: load, native warm-up + capture vs Foundry restore)",
         description="load: native warm-up + capture vs Foundry restore, same GPU, fresh processes (table, JSON, PNG "
-        "timeline); save: SAVE's archive size and contents; alloc: Foundry's allocator vs PyTorch's caching allocator.",
+        "timeline); coverage: restore vs native capture, bit for bit, for transformers models, torch.compile, streams and "
+        "fused attention; save: SAVE's archive size and contents; alloc: Foundry's allocator vs PyTorch's caching allocator.",
     )
     bench.add_argument("kind", nargs="?", choices=tuple(BENCH_OPTIONS), default="load")
-    bench.add_argument("--workload", default="small", help="tiny, small or llama8b (default small)")
+    bench.add_argument(
+        "--workload", help=f"default small (coverage: every model it covers, or a comma list). {WORKLOAD_HELP}"
+    )
     bench.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON (and PNG)")
     bench.add_argument("--no-write", action="store_true", help="print only")
     bench.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
     bench.add_argument("--archive", type=Path, help="save: keep the archive here (default: a temporary file)")
     bench.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"load: restore threads (default {DEFAULT_THREADS})")
-    bench.add_argument("--attention", choices=ATTENTION_CHOICES, default="default", help=ATTENTION_HELP)
+    bench.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
     bench.set_defaults(run=_bench)
 
     verify = commands.add_parser(
         "verify", help="restore the reference workload and compare with SAVE's graphs and a native capture, bit for bit"
     )
-    verify.add_argument("--workload", default="small", help="tiny, small or llama8b (default small)")
+    verify.add_argument("--workload", default=DEFAULT_WORKLOAD, choices=tuple(WORKLOADS), help=WORKLOAD_HELP)
     verify.add_argument("--archive", type=Path, help="an archive of that workload (default: SAVE one first)")
     verify.add_argument("--threads", type=int, default=DEFAULT_THREADS)
-    verify.add_argument("--attention", choices=ATTENTION_CHOICES, default="default", help=ATTENTION_HELP)
+    verify.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
     verify.set_defaults(run=_verify)
     return root
 

@@ -68,22 +68,16 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def explain(workload: str, batches: list[int], layers: int = 2, attention: str = "default") -> dict[str, dict[str, object] | None]:
-    """For each batch size: the first nondeterministic operation of the workload's eager step (on
-    a model of its shapes with `layers` layers: every layer runs the same kernels)."""
+def explain(workload: str, batches: list[int], layers: int = 2, **options: object) -> dict[str, dict[str, object] | None]:
+    """For each batch size: the first nondeterministic operation of the workload's step (on an
+    engine of its shapes with `layers` layers: every layer runs the same kernels)."""
     import dataclasses
 
-    from .workload import DecodeModel, preset
+    from .engines import make_engine
 
-    model = DecodeModel(dataclasses.replace(preset(workload), layers=layers), attention=attention)
+    engine = make_engine(workload, **{**options, "layers": layers, "batch_sizes": tuple(batches)})
     found: dict[str, dict[str, object] | None] = {}
     for batch in batches:
-        tokens, positions = model.random_inputs(batch, seed=batch)
-
-        def reset(tokens: torch.Tensor = tokens, positions: torch.Tensor = positions) -> None:
-            model.kv_cache.zero_()
-            model.set_inputs(tokens, positions)
-
-        divergence = first_divergence(lambda batch=batch: model.step(batch), reset)
+        divergence = first_divergence(lambda batch=batch: engine.step(batch), lambda batch=batch: engine.prepare(batch, seed=batch))
         found[str(batch)] = dataclasses.asdict(divergence) if divergence else None
     return found

@@ -184,7 +184,7 @@ def prefetch(path: str | Path, *, threads: int = DEFAULT_THREADS) -> Restored:
     restored = Restored()
     try:
         with nvtx.annotate("foundry.prefetch", domain=NVTX_DOMAIN):
-            _open(Path(path), restored, threads)
+            _open(Path(path), restored, threads, all_modules=True)
     except BaseException:
         restored.release()
         raise
@@ -210,7 +210,7 @@ def load(
     try:
         with nvtx.annotate("foundry.load", domain=NVTX_DOMAIN):
             if not isinstance(archive, Restored):
-                _open(Path(archive), restored, threads)
+                _open(Path(archive), restored, threads, all_modules=mode != "lazy")
             _claim(restored, upload)
             if mode != "lazy":
                 for entry in restored._archive.manifest.graphs:
@@ -232,8 +232,9 @@ def _phase(restored: Restored, name: str) -> Iterator[None]:
     restored.phases[name] = time.perf_counter() - start
 
 
-def _open(path: Path, restored: Restored, threads: int) -> None:
-    """Opens the archive, checks the fingerprint, creates the events and queues every module."""
+def _open(path: Path, restored: Restored, threads: int, all_modules: bool) -> None:
+    """Opens the archive, checks the fingerprint, creates the events and, with `all_modules`,
+    queues every module (a lazy load queues each graph's modules at its first use)."""
     import torch
 
     allocator = foundry_alloc.installed()
@@ -249,7 +250,8 @@ def _open(path: Path, restored: Restored, threads: int) -> None:
     restored._events = [call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING) for _ in range(manifest.events)]
     context = int(call(driver.cuCtxGetCurrent))
     restored._pipeline = Pipeline(archive, restored, threads, context, started)
-    restored._pipeline.load_all_modules()
+    if all_modules:
+        restored._pipeline.load_all_modules()
 
 
 def _claim(restored: Restored, upload: bool) -> None:

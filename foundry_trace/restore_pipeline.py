@@ -2,10 +2,12 @@
 variables and functions), then for each graph build, instantiate (and upload) it, each task
 once, a graph only after the modules its kernels come from.
 
-Every module is queued when the archive is opened, largest first, before any graph (module
-loads take a driver lock that stalls graph work on other threads; prefetch() queues them before
-the engine state even exists). So a graph task that waits for a module always waits for one that
-is already running or done: the pool cannot deadlock. The driver
+Modules are queued before any graph that needs them, largest first: all of them when the archive
+is opened (module loads take a driver lock that stalls graph work on other threads; prefetch()
+queues them before the engine state even exists), or, for a lazy load, those of each graph just
+before it (the first graph then waits for its own modules only). The pool takes tasks in order,
+so a graph task that waits for a module always waits for one that is already running or done:
+the pool cannot deadlock. The driver
 calls release the GIL (cuda.bindings, and ctypes for the native builder), so the threads work in
 parallel. Every handle is recorded in the Restored object the moment it exists, so that a
 failure anywhere leaves nothing behind once Restored.release() has run.
@@ -69,9 +71,11 @@ class Pipeline:
 
     def load_all_modules(self) -> None:
         """Queues every module the graphs use, largest first."""
-        used = {m for entry in self._manifest.graphs for m in entry.modules}
+        self._queue_modules({m for entry in self._manifest.graphs for m in entry.modules})
+
+    def _queue_modules(self, modules: set[int]) -> None:
         with self._lock:
-            for module in sorted(used, key=lambda m: -self._manifest.modules[m].size):
+            for module in sorted(modules - self._modules.keys(), key=lambda m: -self._manifest.modules[m].size):
                 self._modules[module] = self._pool.submit(self._load_module, module)
 
     def wait_for_modules(self) -> None:
@@ -82,8 +86,9 @@ class Pipeline:
             future.result()
 
     def graph(self, entry: GraphEntry) -> Future:
-        """The future executable of a graph, queued the first time (after every module: see
-        load_all_modules, which opening the archive calls)."""
+        """The future executable of a graph, queued the first time, after the modules it needs
+        (a lazy load queues modules graph by graph; others queued them all at open)."""
+        self._queue_modules(set(entry.modules))
         with self._lock:
             future = self._graphs.get(entry.key)
             if future is None:
@@ -122,13 +127,17 @@ class Pipeline:
                     _set_function_attribute(found, attribute, value)
                 self._handles.functions[number] = int(found)
 
+    def build(self, entry: GraphEntry) -> int:
+        """Builds a graph's CUgraph (its modules must be loaded); the caller destroys it."""
+        with self._span(f"graph {entry.key}", "build"):
+            table, payload = self._archive.graph_blobs(entry)
+            return native.build_graph(table, payload, self._handles, self._context, f"graph {entry.key!r}")
+
     def _restore_graph(self, entry: GraphEntry) -> int:
         for module in entry.modules:
             self._modules[module].result()  # re-raises the module's failure
         what = f"graph {entry.key!r}"
-        with self._span(f"graph {entry.key}", "build"):
-            table, payload = self._archive.graph_blobs(entry)
-            graph = native.build_graph(table, payload, self._handles, self._context, what)
+        graph = self.build(entry)
         try:
             with self._span(f"graph {entry.key}", "instantiate"):
                 executable = native.instantiate(graph, self._context, what)

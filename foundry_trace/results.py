@@ -54,14 +54,14 @@ class ResultsFile(BaseModel):
     command: str
     cases: list[Case]
 
-    def file_name(self, variant: str = "") -> str:
-        """<what>-<device>[-<variant>]-<yyyymmdd>.json, e.g. alloc-h100-20261124.json."""
+    def file_name(self) -> str:
+        """<what>-<workload>-<device>-<yyyymmdd>.json, e.g. load-llama8b-67-h100-20261124.json."""
         device = (self.device or "unknown").lower()
         short = next((tag for tag in ("h200", "h100", "a100", "l40s", "b200") if tag in device), "gpu")
-        return f"{self.what}-{short}{'-' + variant if variant else ''}-{self.date.replace('-', '')}.json"
+        return f"{self.what}-{self.workload}-{short}-{self.date.replace('-', '')}.json"
 
-    def write(self, directory: str | Path, variant: str = "") -> Path:
-        path = Path(directory) / self.file_name(variant)
+    def write(self, directory: str | Path) -> Path:
+        path = Path(directory) / self.file_name()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.model_dump_json(indent=2) + "\n")
         return path

@@ -16,56 +16,60 @@ from collections.abc import Callable
 import torch
 
 from .restore import Restored
-from .workload import DecodeModel, capture_steps
+from .capture import capture_steps
+from .engines import Engine
 
 INPUT_SEED = 1000
 REFERENCE_REPLAYS = 5
+LATENCY_ROUNDS = 3
 
 
 def output_digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes()).hexdigest()
 
 
-def run_on_fixed_inputs(model: DecodeModel, batch: int, replay: Callable[[], None], output: Callable[[], torch.Tensor]) -> str:
+def run_on_fixed_inputs(engine: Engine, batch: int, replay: Callable[[], None], output: Callable[[], torch.Tensor]) -> str:
     """The digest of one step's output from a clean state: KV cache zeroed, seeded inputs."""
-    tokens, positions = model.random_inputs(batch, seed=INPUT_SEED + batch)
-    model.kv_cache.zero_()
-    model.set_inputs(tokens, positions)
+    engine.prepare(batch, seed=INPUT_SEED + batch)
     replay()
     torch.cuda.synchronize()
     return output_digest(output())
 
 
-def reference_outputs(model: DecodeModel, steps: dict[int, object], replays: int = REFERENCE_REPLAYS) -> dict[str, dict[str, object]]:
+def reference_outputs(engine: Engine, steps: dict[int, object], replays: int = REFERENCE_REPLAYS) -> dict[str, dict[str, object]]:
     """Per batch: the digest of the captured graph's output on fixed inputs, and whether
     `replays` replays all agree (a graph that does not is nondeterministic: it cannot be
     compared bit for bit, by Foundry or by anyone)."""
     references = {}
     for batch, step in steps.items():
-        digests = {run_on_fixed_inputs(model, batch, step.graph.replay, lambda s=step: s.output) for _ in range(replays)}
-        first = run_on_fixed_inputs(model, batch, step.graph.replay, lambda s=step: s.output)
+        digests = {run_on_fixed_inputs(engine, batch, step.graph.replay, lambda s=step: s.output) for _ in range(replays)}
+        first = run_on_fixed_inputs(engine, batch, step.graph.replay, lambda s=step: s.output)
         references[str(batch)] = {"digest": first, "deterministic": digests == {first}}
     return references
 
 
-def replay_latency_ms(replay: Callable[[], None], repeats: int = 50) -> float:
-    """Median latency of one replay, timed with CUDA events."""
+def replay_latency_ms(replay: Callable[[], None], batches: int = 21, replays_per_batch: int = 20) -> float:
+    """Device time of one replay: the median over `batches` runs of `replays_per_batch`
+    back-to-back replays, timed with CUDA events. Back to back, the device never waits for the
+    host, so the figure is the graph's own, not the launch call's (a few microseconds of Python,
+    which a single event-timed replay of a short graph would count)."""
     for _ in range(5):
         replay()
     samples = []
-    for _ in range(repeats):
+    for _ in range(batches):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        replay()
+        for _ in range(replays_per_batch):
+            replay()
         end.record()
         end.synchronize()
-        samples.append(start.elapsed_time(end))
+        samples.append(start.elapsed_time(end) / replays_per_batch)
     samples.sort()
     return samples[len(samples) // 2]
 
 
 def compare(
-    model: DecodeModel,
+    engine: Engine,
     restored: Restored,
     saved: dict[str, dict[str, object]] | None = None,
     latency_batches: tuple[int, ...] = (1, 64, 256),
@@ -75,13 +79,13 @@ def compare(
     sizes = sorted(int(k) for k in restored.graphs)
     torch.cuda.synchronize()
     start = time.perf_counter()
-    native = capture_steps(model, sizes)
+    native = capture_steps(engine, sizes)
     native_s = time.perf_counter() - start
-    here = reference_outputs(model, native)
+    here = reference_outputs(engine, native)
     mismatched, nondeterministic, mismatched_saved, native_differs_from_saved = [], [], [], []
     for batch in sizes:
         graph = restored[batch]
-        digest = run_on_fixed_inputs(model, batch, graph.replay, lambda g=graph: g.outputs["logits"])
+        digest = run_on_fixed_inputs(engine, batch, graph.replay, lambda g=graph: g.outputs["logits"])
         reference = here[str(batch)]
         if not reference["deterministic"]:
             nondeterministic.append(batch)
@@ -94,8 +98,10 @@ def compare(
                 native_differs_from_saved.append(batch)
     latency = {}
     for batch in (b for b in latency_batches if b in native):
-        native_ms = replay_latency_ms(native[batch].graph.replay)
-        restored_ms = replay_latency_ms(restored[batch].replay)
+        # Alternating rounds, so that a drift of clocks or temperature hits both alike.
+        rounds = [(replay_latency_ms(native[batch].graph.replay), replay_latency_ms(restored[batch].replay)) for _ in range(LATENCY_ROUNDS)]
+        native_ms = sorted(n for n, _ in rounds)[LATENCY_ROUNDS // 2]
+        restored_ms = sorted(r for _, r in rounds)[LATENCY_ROUNDS // 2]
         latency[str(batch)] = {"native_ms": native_ms, "restored_ms": restored_ms, "delta_pct": 100 * (restored_ms / native_ms - 1)}
     result: dict[str, object] = {
         "native_s": native_s,

@@ -1,5 +1,5 @@
 """The reference workload: a Llama-style decode step with a static KV cache, captured into one CUDA
-graph per batch size the way vLLM does it. It drives the tests and every `foundry bench`.
+graph per batch size the way vLLM does it (engines.py lists it with the others).
 
 Shapes are those of real models (llama8b is Llama-3-8B: 32 layers, GQA 32/8, SwiGLU 14336,
 vocabulary 128256); weights are random, which changes nothing for graphs and memory layout.
@@ -7,20 +7,18 @@ vocabulary 128256); weights are random, which changes nothing for graphs and mem
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import nvtx
 import torch
 import torch.nn.functional as F
 
+from .engines import ATTENTION_CHOICES
+
 NVTX_DOMAIN = "foundry"
 VLLM_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, *range(8, 513, 8))  # vLLM's default capture sizes (67)
-# Attention kernels: torch's choice (cuDNN's fused attention on Hopper, which is not bitwise
-# reproducible from run to run for batches of 24 and more), or the math path (deterministic).
-ATTENTION_CHOICES = ("default", "math")
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,6 @@ class ModelShape:
         return max(self.batch_sizes)
 
     def describe(self) -> str:
-        """One line for results files."""
         return (
             f"Llama-style decode step, {self.layers} layers, hidden {self.hidden}, {self.parameter_count() / 1e9:.2f} B "
             f"bf16 parameters, static KV cache of {self.context} tokens x batch {self.max_batch}, "
@@ -125,6 +122,21 @@ class DecodeModel:
         self.rows = torch.arange(shape.max_batch, device=device)
         self.slots = torch.arange(shape.context, device=device)
 
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        return self.shape.batch_sizes
+
+    def describe(self) -> str:
+        return f"{self.shape.describe()}; attention: {self.attention}"
+
+    def warm_up(self) -> None:
+        self.step(1)
+
+    def prepare(self, batch: int, seed: int) -> None:
+        tokens, positions = self.random_inputs(batch, seed)
+        self.kv_cache.zero_()
+        self.set_inputs(tokens, positions)
+
     def set_inputs(self, tokens: torch.Tensor, positions: torch.Tensor) -> None:
         """Writes a batch into the static inputs (what a server does before each replay)."""
         self.tokens[: tokens.numel()].copy_(tokens)
@@ -159,21 +171,35 @@ class DecodeModel:
 
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.attention == "math":
-            from torch.nn.attention import SDPBackend, sdpa_kernel
+        if self.attention == "default":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
-            with sdpa_kernel(SDPBackend.MATH):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        if self.attention in ("flash", "efficient"):  # fused kernels: one key/value head per query head
+            repeats = self.shape.heads // self.shape.kv_heads
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        if self.attention == "flash":  # takes no mask: attends over the whole static cache
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v)
+        backend = SDPBackend.MATH if self.attention == "math" else SDPBackend.EFFICIENT_ATTENTION
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.attention == "math")
 
 
-def build_engine(workload: str, **options: object) -> DecodeModel:
-    """The engine state SAVE and LOAD both rebuild: weights, KV cache, and one eager step, so that
-    libraries allocate their lasting workspaces (cuBLAS: per stream, at the first matmul) here,
-    in the same arena in every run."""
-    model = DecodeModel(preset(workload), **options)
-    model.step(1)
-    return model
+def shape_of(preset: str, layers: int | None = None, batch_sizes: tuple[int, ...] | None = None) -> ModelShape:
+    """A preset's shape; `layers` and `batch_sizes` override the preset's."""
+    shape = PRESETS[preset]
+    if layers is not None:
+        shape = dataclasses.replace(shape, layers=layers)
+    if batch_sizes is not None:
+        shape = dataclasses.replace(shape, batch_sizes=tuple(batch_sizes))
+    return shape
+
+
+def decode_model(
+    preset: str, *, attention: str = "default", layers: int | None = None, batch_sizes: tuple[int, ...] | None = None
+) -> DecodeModel:
+    return DecodeModel(shape_of(preset, layers, batch_sizes), attention=attention)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -185,34 +211,3 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     half = x.shape[-1] // 2
     first, second = x[..., :half], x[..., half:]
     return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
-
-
-@dataclass
-class CapturedStep:
-    batch: int
-    graph: torch.cuda.CUDAGraph
-    output: torch.Tensor  # logits written by every replay
-
-
-def capture_steps(
-    model: DecodeModel, batch_sizes: Iterable[int] | None = None, *, warmups: int = 1, recording=None  # noqa: ANN001
-) -> dict[int, CapturedStep]:
-    """Warm-up and capture one graph per batch size, largest first into one shared pool (as vLLM).
-    With a foundry_trace Recording, each graph is saved under its batch size, with its logits."""
-    sizes: Sequence[int] = sorted(batch_sizes if batch_sizes is not None else model.shape.batch_sizes, reverse=True)
-    pool = torch.cuda.graph_pool_handle()
-    captured: dict[int, CapturedStep] = {}
-    for batch in sizes:
-        with nvtx.annotate(f"workload.capture b={batch}", domain=NVTX_DOMAIN):
-            for _ in range(warmups):
-                model.step(batch)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with recording.key(batch) if recording is not None else contextlib.nullcontext():
-                with torch.cuda.graph(graph, pool=pool):
-                    output = model.step(batch)
-            if recording is not None:
-                recording.add_output(batch, "logits", output)
-            captured[batch] = CapturedStep(batch, graph, output)
-    torch.cuda.synchronize()
-    return captured

@@ -26,9 +26,3 @@ def test_the_first_changing_operation_is_named() -> None:
     assert found is not None
     assert found.operation == "aten.add.Tensor" and found.index == 1 and found.attempts == 1
     assert found.shapes[0] == (4, 4)
-
-
-def test_the_cli_offers_the_workload_attention_choices() -> None:
-    from foundry_trace import cli, workload
-
-    assert cli.ATTENTION_CHOICES == workload.ATTENTION_CHOICES

@@ -27,7 +27,8 @@ def layout_program(noisy: bool) -> dict[str, object]:
     fa.install()
     import torch
 
-    from foundry_trace.workload import build_engine, capture_steps
+    from foundry_trace.capture import capture_steps
+    from foundry_trace.engines import build_engine
 
     if noisy:
         scratch = [torch.randn(n, device="cuda") for n in (1000, 1 << 20, 5 << 20)]
@@ -143,7 +144,8 @@ def empty_cache_keeps_graphs() -> dict[str, object]:
     fa.install()
     import torch
 
-    from foundry_trace.workload import DecodeModel, capture_steps, preset
+    from foundry_trace.capture import capture_steps
+    from foundry_trace.workload import DecodeModel, preset
 
     model = DecodeModel(preset("tiny"))
     step = capture_steps(model, (4,))[4]

@@ -21,7 +21,7 @@ import foundry_alloc as fa
 import foundry_trace as ft
 from foundry_trace.bench_load import REFERENCE_SUFFIX
 from foundry_trace.node_table import BODY, HEADER, NODE
-from foundry_trace.workload import build_engine
+from foundry_trace.engines import build_engine
 
 from ..archive_edit import corrupt_blob, read_blob, read_manifest, replace_blob, rewrite_manifest
 from .save_program import BATCHES, save_tiny

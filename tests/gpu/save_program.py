@@ -13,7 +13,7 @@ import sys
 import foundry_alloc as fa
 import foundry_trace as ft
 from foundry_trace.records import operation_count
-from foundry_trace.workload import build_engine
+from foundry_trace.engines import build_engine
 
 BATCHES = (1, 2, 4, 8)
 
@@ -22,7 +22,7 @@ def save_tiny(path: str):  # noqa: ANN201 - (DecodeModel, captured steps by batc
     """SAVE of the tiny reference workload at every batch size; returns the model and its graphs."""
     fa.install()
     ft.start_tracing()
-    from foundry_trace.workload import capture_steps
+    from foundry_trace.capture import capture_steps
 
     model = build_engine("tiny")
     with ft.record(path) as recording:
@@ -66,10 +66,32 @@ def host_node(path: str) -> dict[str, object]:
     return {"error": None}
 
 
+def conditional_node(path: str) -> dict[str, object]:
+    """A graph with a conditional (if) node inside must be refused by name."""
+    fa.install()
+    ft.start_tracing()
+    import torch
+
+    x = torch.ones(16, device="cuda")
+    condition = torch.ones((), device="cuda", dtype=torch.int32)
+    x * 2  # warm-up: the kernel loads here, traced
+    try:
+        with ft.record(path):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                y = x * 2
+                graph.begin_capture_to_if_node(condition)
+                y += 1
+                graph.end_capture_to_conditional_node()
+    except ft.UnsupportedNodeError as error:
+        return {"error": str(error), "archive_left": os.path.exists(path)}
+    return {"error": None}
+
+
 def late_tracing(path: str) -> dict[str, object]:
     """Kernels whose modules loaded before tracing started: SAVE must name them and refuse."""
     fa.install()
-    from foundry_trace.workload import capture_steps
+    from foundry_trace.capture import capture_steps
 
     model = build_engine("tiny")  # every kernel of the step loads here, untraced
     try:
@@ -96,7 +118,7 @@ def micro(path: str) -> dict[str, object]:
     return {"bytes": os.path.getsize(path)}
 
 
-SCENARIOS = {"save": save, "host_node": host_node, "late_tracing": late_tracing, "micro": micro}
+SCENARIOS = {"save": save, "host_node": host_node, "conditional_node": conditional_node, "late_tracing": late_tracing, "micro": micro}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]](sys.argv[2])))

@@ -66,6 +66,12 @@ def test_host_callbacks_are_refused_by_name(tmp_path: Path) -> None:
     assert not result["archive_left"]
 
 
+def test_conditional_nodes_are_refused_by_name(tmp_path: Path) -> None:
+    result = run_scenario("conditional_node", tmp_path / "conditional.foundry")
+    assert result["error"] and "conditional" in result["error"] and "capture each branch" in result["error"]
+    assert not result["archive_left"]
+
+
 def test_kernels_loaded_before_tracing_are_named(tmp_path: Path) -> None:
     result = run_scenario("late_tracing", tmp_path / "late.foundry")
     assert result["error"] and "before tracing started" in result["error"]
