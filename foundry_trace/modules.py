@@ -1,10 +1,12 @@
 """Module binaries seen by the tracer, and the mapping of captured CUfunctions to them.
 
 The driver names a captured kernel (cuFuncGetName) and its loaded module (cuFuncGetModule), but
-gives no way back from a CUmodule to its binary; CUPTI hands over every binary as it is loaded.
-A kernel is matched to the binaries that export its name; where several do (templates compiled
-into several translation units), to the one whose whole set of entries equals the loaded
-module's (cuModuleEnumerateFunctions).
+gives no way back from a CUmodule to its binary; CUPTI hands over every binary as it is loaded,
+and for explicit loads (cuModuleLoadData: Triton's JIT, Inductor) the handle the call returned,
+which identifies the binary exactly (Inductor gives kernels of different compiled graphs the same
+names). Other kernels (loaded lazily by the runtime) are matched to the binaries that export their
+name; where several do (templates compiled into several translation units), to the one whose
+whole set of entries equals the loaded module's (cuModuleEnumerateFunctions).
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ class ModuleRegistry:
     binaries: dict[str, _Binary] = field(default_factory=dict)
     by_entry: dict[str, list[str]] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)
+    by_handle: dict[int, str] = field(default_factory=dict)  # CUmodule -> digest, for explicit loads
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _last_loaded: threading.local = field(default_factory=threading.local)
 
     def add(self, data: bytes) -> None:
-        digest = hashlib.sha256(data).hexdigest()
+        digest = self._last_loaded.digest = hashlib.sha256(data).hexdigest()
         with self._lock:
             if digest in self.binaries:
                 return
@@ -57,6 +61,14 @@ class ModuleRegistry:
                 self._index(digest)
             else:
                 self.pending.append(digest)
+
+    def add_handle(self, module: int) -> None:
+        """The CUmodule an explicit load on this thread returned, for the binary it just loaded."""
+        digest = getattr(self._last_loaded, "digest", None)
+        self._last_loaded.digest = None
+        if digest is not None and module:
+            with self._lock:
+                self.by_handle[module] = digest
 
     def _index(self, digest: str) -> None:
         for name in self.binaries[digest].symbols.entries:
@@ -123,6 +135,11 @@ class FunctionTable:
         name = call(driver.cuFuncGetName, handle)
         name = name.decode() if isinstance(name, bytes) else str(name)
         module = int(call(driver.cuFuncGetModule, handle))
+        exact = self._registry.by_handle.get(module)
+        if exact is not None:
+            entries = self._registry.binaries[exact].symbols.entries
+            if not entries or name in entries:  # else the handle was reused by a module loaded otherwise
+                return self._function(exact, module, name, handle)
         if name not in self._registry.by_entry and self._registry.pending:
             self._registry.index_pending()
         candidates = self._registry.by_entry.get(name, [])
@@ -136,7 +153,9 @@ class FunctionTable:
                 + ": it was loaded before tracing started. Start tracing before the first CUDA call "
                 "(FOUNDRY_MODE=save, or enter foundry_trace.record(...) before the model is built)"
             )
-        digest = candidates[0]
+        return self._function(candidates[0], module, name, handle)
+
+    def _function(self, digest: str, module: int, name: str, handle: driver.CUfunction) -> _Function:
         self.module_handles.setdefault(digest, module)
         attributes = {}
         for attribute in SETTABLE_FUNCTION_ATTRIBUTES:

@@ -1,5 +1,6 @@
-"""The CUPTI subscriber: sees every module the driver loads (with its binary), every graph
-instantiation, and the start of every stream capture, in any code (no cooperation needed).
+"""The CUPTI subscriber: sees every module the driver loads (with its binary, and, where code
+loads it explicitly, e.g. Triton's JIT, the CUmodule handle it got), every graph instantiation,
+and the start of every stream capture, in any code (no cooperation needed).
 
 One subscriber exists per process (a CUPTI rule). Callbacks copy what they need and hand it to
 the listener; a binary is only valid during its callback.
@@ -35,11 +36,19 @@ class _GraphData(ctypes.Structure):
     ]
 
 
+# cuModuleLoadData, cuModuleLoadDataEx and cuModuleLoadFatBinary: their parameters begin with the
+# CUmodule* that receives the handle (generated_cuda_meta.h); CUpti_CallbackData holds the
+# parameters' address after the call site (int) and the function's name.
+_MODULE_LOADS = ("cuModuleLoadData", "cuModuleLoadDataEx", "cuModuleLoadFatBinary")
+_PARAMS_OFFSET, _RETURN_OFFSET = 16, 24
+
+
 @dataclass
 class Listener:
     """What the tracer reports to."""
 
     module_loaded: Callable[[bytes], None]
+    module_handle: Callable[[int], None]  # the CUmodule of the binary this thread's module_loaded just saw
     graph_instantiated: Callable[[int, int], None]  # (graph, graph exec), while the graph still exists
     capture_beginning: Callable[[], None]
 
@@ -64,6 +73,9 @@ class Tracer:
             resource = cupti.CallbackDomain.RESOURCE
             for cbid in (cupti.CallbackIdResource.MODULE_LOADED, cupti.CallbackIdResource.GRAPHEXEC_CREATED):
                 cupti.enable_callback(1, self._subscriber, resource, cbid)
+            for name in _MODULE_LOADS:
+                cbid = getattr(cupti.driver_api_trace_cbid, name)
+                cupti.enable_callback(1, self._subscriber, cupti.CallbackDomain.DRIVER_API, cbid)
             runtime = cupti.CallbackDomain.RUNTIME_API
             for name in ("cudaStreamBeginCapture_v10000", "cudaStreamBeginCapture_ptsz_v10000"):
                 cupti.enable_callback(1, self._subscriber, runtime, getattr(cupti.runtime_api_trace_cbid, name))
@@ -94,6 +106,13 @@ class Tracer:
                 elif cbid == cupti.CallbackIdResource.GRAPHEXEC_CREATED:
                     graph = _GraphData.from_address(descriptor)
                     self._listener.graph_instantiated(graph.graph or 0, graph.graph_exec or 0)
+            elif domain == cupti.CallbackDomain.DRIVER_API:
+                address = data if isinstance(data, int) else int(data.ptr)
+                if int(_field(data, "callback_site", cupti.CallbackData)) == int(cupti.ApiCallbackSite.API_EXIT):
+                    result = ctypes.c_int.from_address(ctypes.c_void_p.from_address(address + _RETURN_OFFSET).value).value
+                    receiver = ctypes.c_void_p.from_address(ctypes.c_void_p.from_address(address + _PARAMS_OFFSET).value).value
+                    if result == 0 and receiver:
+                        self._listener.module_handle(ctypes.c_void_p.from_address(receiver).value or 0)
             elif domain == cupti.CallbackDomain.RUNTIME_API:
                 site = int(_field(data, "callback_site", cupti.CallbackData))
                 if site == int(cupti.ApiCallbackSite.API_ENTER):

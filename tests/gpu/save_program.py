@@ -67,22 +67,37 @@ def host_node(path: str) -> dict[str, object]:
 
 
 def conditional_node(path: str) -> dict[str, object]:
-    """A graph with a conditional (if) node inside must be refused by name."""
+    """A graph with a conditional (if) node inside must be refused by name. The node is added to
+    the capturing graph through the driver (as CUDA C++ code or a newer torch would)."""
     fa.install()
     ft.start_tracing()
     import torch
+    from cuda.bindings import driver
 
     x = torch.ones(16, device="cuda")
-    condition = torch.ones((), device="cuda", dtype=torch.int32)
     x * 2  # warm-up: the kernel loads here, traced
     try:
         with ft.record(path):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 y = x * 2
-                graph.begin_capture_to_if_node(condition)
+                stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
+                _, _, _, capturing, dependencies, _, count = driver.cuStreamGetCaptureInfo(stream)
+                _, context = driver.cuCtxGetCurrent()
+                _, handle = driver.cuGraphConditionalHandleCreate(capturing, context, 1, 1)  # default 1, assigned at launch
+                params = driver.CUgraphNodeParams()
+                params.type = driver.CUgraphNodeType.CU_GRAPH_NODE_TYPE_CONDITIONAL
+                params.conditional.handle = handle
+                params.conditional.type = driver.CUgraphConditionalNodeType.CU_GRAPH_COND_TYPE_IF
+                params.conditional.size = 1
+                params.conditional.ctx = context
+                status, node = driver.cuGraphAddNode(capturing, dependencies, None, count, params)
+                assert status == driver.CUresult.CUDA_SUCCESS, status
+                (status,) = driver.cuStreamUpdateCaptureDependencies(
+                    stream, [node], None, 1, driver.CUstreamUpdateCaptureDependencies_flags.CU_STREAM_SET_CAPTURE_DEPENDENCIES
+                )
+                assert status == driver.CUresult.CUDA_SUCCESS, status
                 y += 1
-                graph.end_capture_to_conditional_node()
     except ft.UnsupportedNodeError as error:
         return {"error": str(error), "archive_left": os.path.exists(path)}
     return {"error": None}
