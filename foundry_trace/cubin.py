@@ -8,6 +8,7 @@ every offset, since a bad read here must be an error, not a crash.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import FoundryTraceError
@@ -137,6 +138,34 @@ def loadable_images(binary: bytes, capability: tuple[int, int]) -> bytes:
         return binary
     payload = b"".join(view[start:end] for _kind, _arch, start, end in runnable)
     return _FATBIN_HEADER.pack(magic, version, _FATBIN_HEADER.size, len(payload)) + payload
+
+
+SHT_NOBITS = 8
+MAX_IMAGE_BYTES = 4 << 30
+
+
+def image_extent(read: Callable[[int, int], bytes]) -> int:
+    """The length of a module image that a load call was handed as a bare pointer (the driver
+    reads it by its headers), read through `read(offset, length)`: an ELF cubin up to its last
+    section or header table, a fatbin up to its payload's end, PTX up to its terminating NUL."""
+    head = read(0, _ELF_HEADER.size)
+    if head[:4] == ELF_MAGIC:
+        _ident, _t, _m, _v, _e, phoff, shoff, _f, _eh, phentsize, phnum, shentsize, shnum, _ = _ELF_HEADER.unpack(head)
+        extent = max(_ELF_HEADER.size, shoff + shnum * shentsize, phoff + phnum * phentsize)
+        if shnum and shentsize >= _SECTION.size and extent <= MAX_IMAGE_BYTES:
+            table = read(shoff, shnum * shentsize)
+            for index in range(shnum):
+                _name, kind, _flags, _addr, offset, size, *_ = _SECTION.unpack_from(table, index * shentsize)
+                if kind != SHT_NOBITS:
+                    extent = max(extent, offset + size)
+    elif struct.unpack_from("<I", head)[0] == FATBIN_MAGIC:
+        _magic, _version, header_size, payload_size = _FATBIN_HEADER.unpack_from(head, 0)
+        extent = header_size + payload_size
+    else:
+        return -1  # PTX text: the caller reads up to the NUL
+    if extent > MAX_IMAGE_BYTES:
+        raise CubinFormatError(f"module image claims {extent} bytes")
+    return extent
 
 
 def _fatbin_symbols(view: memoryview) -> ModuleSymbols:

@@ -45,13 +45,12 @@ class ModuleRegistry:
     pending: list[str] = field(default_factory=list)
     by_handle: dict[int, str] = field(default_factory=dict)  # CUmodule -> digest, for explicit loads
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _last_loaded: threading.local = field(default_factory=threading.local)
 
-    def add(self, data: bytes) -> None:
-        digest = self._last_loaded.digest = hashlib.sha256(data).hexdigest()
+    def add(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
         with self._lock:
             if digest in self.binaries:
-                return
+                return digest
             try:
                 symbols = module_symbols(data)
             except CubinFormatError:
@@ -61,14 +60,13 @@ class ModuleRegistry:
                 self._index(digest)
             else:
                 self.pending.append(digest)
+        return digest
 
-    def add_handle(self, module: int) -> None:
-        """The CUmodule an explicit load on this thread returned, for the binary it just loaded."""
-        digest = getattr(self._last_loaded, "digest", None)
-        self._last_loaded.digest = None
-        if digest is not None and module:
-            with self._lock:
-                self.by_handle[module] = digest
+    def add_handle(self, module: int, image: bytes) -> None:
+        """An explicit load: the CUmodule it returned and the image it was handed."""
+        digest = self.add(image)
+        with self._lock:
+            self.by_handle[module] = digest
 
     def _index(self, digest: str) -> None:
         for name in self.binaries[digest].symbols.entries:

@@ -15,6 +15,7 @@ failure anywhere leaves nothing behind once Restored.release() has run.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from cuda.bindings import driver
 from . import native
 from .archive import Archive, GraphEntry
 from .driver import call
+from .errors import DriverCallError
 
 if TYPE_CHECKING:
     from .restore import Restored
@@ -131,7 +133,17 @@ class Pipeline:
         """Builds a graph's CUgraph (its modules must be loaded); the caller destroys it."""
         with self._span(f"graph {entry.key}", "build"):
             table, payload = self._archive.graph_blobs(entry)
-            return native.build_graph(table, payload, self._handles, self._context, f"graph {entry.key!r}")
+            try:
+                return native.build_graph(table, payload, self._handles, self._context, f"graph {entry.key!r}")
+            except DriverCallError as error:
+                raise DriverCallError(self._name_function(str(error))) from None
+
+    def _name_function(self, message: str) -> str:
+        """Adds the kernel's name to a refusal that names a function index."""
+        found = re.search(r"kernel function (\d+)", message)
+        if found and int(found.group(1)) < len(self._manifest.functions):
+            message = message.replace(found.group(0), f"kernel {self._manifest.functions[int(found.group(1))].name}")
+        return message
 
     def _restore_graph(self, entry: GraphEntry) -> int:
         for module in entry.modules:

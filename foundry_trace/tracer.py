@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import nvtx
 
+from .cubin import image_extent
 from .errors import CuptiUnavailableError, TracerStateError
 
 NVTX_DOMAIN = "foundry"
@@ -37,8 +38,10 @@ class _GraphData(ctypes.Structure):
 
 
 # cuModuleLoadData, cuModuleLoadDataEx and cuModuleLoadFatBinary: their parameters begin with the
-# CUmodule* that receives the handle (generated_cuda_meta.h); CUpti_CallbackData holds the
-# parameters' address after the call site (int) and the function's name.
+# CUmodule* that receives the handle and the image pointer (generated_cuda_meta.h); the
+# CUpti_CallbackData holds the parameters' and the return value's addresses at these offsets.
+# (Under lazy loading the module-loaded resource callback comes later, at first use, so the image
+# is read here, from the call itself.)
 _MODULE_LOADS = ("cuModuleLoadData", "cuModuleLoadDataEx", "cuModuleLoadFatBinary")
 _PARAMS_OFFSET, _RETURN_OFFSET = 16, 24
 
@@ -48,7 +51,7 @@ class Listener:
     """What the tracer reports to."""
 
     module_loaded: Callable[[bytes], None]
-    module_handle: Callable[[int], None]  # the CUmodule of the binary this thread's module_loaded just saw
+    module_handle: Callable[[int, bytes], None]  # (CUmodule, image) of an explicit load
     graph_instantiated: Callable[[int, int], None]  # (graph, graph exec), while the graph still exists
     capture_beginning: Callable[[], None]
 
@@ -111,14 +114,20 @@ class Tracer:
                 if int(_field(data, "callback_site", cupti.CallbackData)) == int(cupti.ApiCallbackSite.API_EXIT):
                     result = ctypes.c_int.from_address(ctypes.c_void_p.from_address(address + _RETURN_OFFSET).value).value
                     receiver = ctypes.c_void_p.from_address(ctypes.c_void_p.from_address(address + _PARAMS_OFFSET).value).value
-                    if result == 0 and receiver:
-                        self._listener.module_handle(ctypes.c_void_p.from_address(receiver).value or 0)
+                    image = ctypes.c_void_p.from_address(ctypes.c_void_p.from_address(address + _PARAMS_OFFSET).value + 8).value
+                    if result == 0 and receiver and image:
+                        self._listener.module_handle(ctypes.c_void_p.from_address(receiver).value or 0, _image_bytes(image))
             elif domain == cupti.CallbackDomain.RUNTIME_API:
                 site = int(_field(data, "callback_site", cupti.CallbackData))
                 if site == int(cupti.ApiCallbackSite.API_ENTER):
                     self._listener.capture_beginning()
         except BaseException as error:  # noqa: BLE001 - never unwind through the driver
             self.errors.append(error)
+
+
+def _image_bytes(address: int) -> bytes:
+    extent = image_extent(lambda offset, length: ctypes.string_at(address + offset, length))
+    return ctypes.string_at(address, extent) if extent >= 0 else ctypes.string_at(address) + b"\0"
 
 
 def _field(data: object, name: str, kind: type) -> object:

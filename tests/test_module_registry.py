@@ -1,37 +1,61 @@
-"""The tracer's registry of module binaries: each kept once, and explicit loads tied to the
-CUmodule handle they returned (on the thread that loaded them)."""
+"""The tracer's registry of module binaries: each kept once; explicit loads tied to the CUmodule
+handle they returned; images handed to a load call as a bare pointer measured by their headers."""
 
 from __future__ import annotations
 
 import hashlib
-import threading
+import struct
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from foundry_trace.cubin import _ELF_HEADER, _SECTION, FATBIN_MAGIC, CubinFormatError, image_extent
 from foundry_trace.modules import ModuleRegistry
 
 
-def test_an_explicit_load_maps_its_handle_to_the_binary_it_loaded() -> None:
+def test_an_explicit_load_maps_its_handle_to_the_image_it_was_handed() -> None:
     registry = ModuleRegistry()
-    registry.add(b"not an ELF: entries listed later by the driver")
-    registry.add_handle(0x5000)
+    registry.add_handle(0x5000, b"not an ELF: entries listed later by the driver")
     assert registry.by_handle == {0x5000: hashlib.sha256(b"not an ELF: entries listed later by the driver").hexdigest()}
     assert len(registry.binaries) == 1 and len(registry.pending) == 1
 
 
-def test_a_handle_without_a_load_on_its_thread_maps_nothing() -> None:
+def test_the_same_image_loaded_twice_is_kept_once_under_both_handles() -> None:
     registry = ModuleRegistry()
-    registry.add(b"loaded on the main thread")
-    other = threading.Thread(target=registry.add_handle, args=(0x6000,))
-    other.start()
-    other.join()
-    registry.add_handle(0x7000)
-    registry.add_handle(0x8000)  # a second handle for the same load: already taken
-    assert list(registry.by_handle) == [0x7000]
-
-
-def test_the_same_binary_loaded_twice_is_kept_once_under_both_handles() -> None:
-    registry = ModuleRegistry()
+    registry.add(b"same bytes")  # the resource callback's copy
     for handle in (0x1000, 0x2000):
-        registry.add(b"same bytes")
-        registry.add_handle(handle)
+        registry.add_handle(handle, b"same bytes")
     assert len(registry.binaries) == 1
     assert registry.by_handle[0x1000] == registry.by_handle[0x2000]
+
+
+def _elf(sections: list[tuple[int, int, int]], shoff: int) -> bytes:
+    """An ELF header and section table only: (type, offset, size) per section."""
+    header = _ELF_HEADER.pack(b"\x7fELF" + bytes(12), 1, 190, 1, 0, 0, shoff, 0, 64, 0, 0, _SECTION.size, len(sections), 0)
+    table = b"".join(_SECTION.pack(0, kind, 0, 0, offset, size, 0, 0, 8, 0) for kind, offset, size in sections)
+    image = bytearray(max([shoff + len(table)] + [o + s for k, o, s in sections if k != 8]))
+    image[: len(header)] = header
+    image[shoff : shoff + len(table)] = table
+    return bytes(image)
+
+
+@given(st.lists(st.tuples(st.sampled_from([1, 2, 3, 8]), st.integers(64, 4096), st.integers(0, 4096)), min_size=1, max_size=8),
+       st.integers(64, 8192))
+def test_an_elf_image_extends_to_its_last_section_or_table(sections: list[tuple[int, int, int]], shoff: int) -> None:
+    image = _elf(sections, shoff)
+    expected = max([shoff + len(sections) * _SECTION.size] + [o + s for k, o, s in sections if k != 8])
+    assert image_extent(lambda offset, length: image[offset : offset + length]) == expected == len(image)
+
+
+def test_a_fatbin_extends_to_its_payload_and_ptx_to_its_nul() -> None:
+    fatbin = struct.pack("<IHHQ", FATBIN_MAGIC, 1, 16, 100) + bytes(100) + b"trailing"
+    assert image_extent(lambda offset, length: fatbin[offset : offset + length]) == 116
+    ptx = b".version 8.0\n.target sm_90\n\0" + bytes(64)
+    assert image_extent(lambda offset, length: ptx[offset : offset + length]) == -1
+
+
+def test_an_absurd_image_size_is_refused() -> None:
+    fatbin = struct.pack("<IHHQ", FATBIN_MAGIC, 1, 16, 1 << 40) + bytes(64)
+    with pytest.raises(CubinFormatError, match="claims"):
+        image_extent(lambda offset, length: fatbin[offset : offset + length])

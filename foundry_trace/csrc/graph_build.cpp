@@ -141,7 +141,7 @@ class BodyBuilder {
                                    edge_data.empty() ? nullptr : edge_data.data(),
                                    dependencies.size(), &p);
     if (child != nullptr) d_.cuGraphDestroy(child);
-    if (r != CUDA_SUCCESS) return fail("cuGraphAddNode", r);
+    if (r != CUDA_SUCCESS) return fail_at(n, "cuGraphAddNode", r);
     const uint64_t attributes = attributes_offset(n);
     for (uint16_t a = 0; a < n.attribute_count; ++a) {
       AttributeEntry entry;
@@ -151,13 +151,29 @@ class BodyBuilder {
       std::memcpy(&value, entry.value, sizeof value);
       r = d_.cuGraphKernelNodeSetAttribute(*created, static_cast<CUkernelNodeAttrID>(entry.id),
                                            &value);
-      if (r != CUDA_SUCCESS) return fail("cuGraphKernelNodeSetAttribute", r);
+      if (r != CUDA_SUCCESS) return fail_at(n, "cuGraphKernelNodeSetAttribute", r);
     }
     return CUDA_SUCCESS;
   }
 
   CUresult fail(const char* call, CUresult r) {
     *error_ = describe(d_, call, r);
+    return r;
+  }
+
+  // Names the node, so that a refusal can be traced to a kernel (the caller maps the function
+  // index to its name).
+  CUresult fail_at(const NodeEntry& n, const char* call, CUresult r) {
+    *error_ = describe(d_, call, r);
+    if (n.kind == kKernel) {
+      char buffer[200];
+      std::snprintf(buffer, sizeof buffer,
+                    " for kernel function %u (grid %ux%ux%u, block %ux%ux%u, %u B shared, %u B of "
+                    "arguments)",
+                    n.index, n.grid[0], n.grid[1], n.grid[2], n.block[0], n.block[1], n.block[2],
+                    n.shared_bytes, n.payload_size);
+      *error_ += buffer;
+    }
     return r;
   }
 
