@@ -12,6 +12,7 @@ import ctypes
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import nvtx
 
@@ -37,12 +38,12 @@ class _GraphData(ctypes.Structure):
     ]
 
 
-# cuModuleLoadData, cuModuleLoadDataEx and cuModuleLoadFatBinary: their parameters begin with the
-# CUmodule* that receives the handle and the image pointer (generated_cuda_meta.h); the
-# CUpti_CallbackData holds the parameters' and the return value's addresses at these offsets.
-# (Under lazy loading the module-loaded resource callback comes later, at first use, so the image
-# is read here, from the call itself.)
-_MODULE_LOADS = ("cuModuleLoadData", "cuModuleLoadDataEx", "cuModuleLoadFatBinary")
+# Explicit module loads: their parameters begin with the CUmodule* that receives the handle, then
+# the image (a pointer, or for cuModuleLoad a file name: Inductor's static launcher loads its
+# cubins from files) (generated_cuda_meta.h). The CUpti_CallbackData holds the parameters' and
+# the return value's addresses at these offsets. Under lazy loading the module-loaded resource
+# callback comes later, at first use, so the image is read here, from the call itself.
+_MODULE_LOADS = {"cuModuleLoadData": "image", "cuModuleLoadDataEx": "image", "cuModuleLoadFatBinary": "image", "cuModuleLoad": "file"}
 _PARAMS_OFFSET, _RETURN_OFFSET = 16, 24
 
 
@@ -66,6 +67,7 @@ class Tracer:
         self._listener = listener
         self._subscriber = None
         self.errors: list[BaseException] = []  # raised inside callbacks, re-raised by the recording
+        self._load_kinds: dict[int, str] = {}  # driver callback id -> how its image is passed
 
     def start(self) -> None:
         cupti = _import_cupti()
@@ -76,8 +78,9 @@ class Tracer:
             resource = cupti.CallbackDomain.RESOURCE
             for cbid in (cupti.CallbackIdResource.MODULE_LOADED, cupti.CallbackIdResource.GRAPHEXEC_CREATED):
                 cupti.enable_callback(1, self._subscriber, resource, cbid)
-            for name in _MODULE_LOADS:
+            for name, kind in _MODULE_LOADS.items():
                 cbid = getattr(cupti.driver_api_trace_cbid, name)
+                self._load_kinds[int(cbid)] = kind
                 cupti.enable_callback(1, self._subscriber, cupti.CallbackDomain.DRIVER_API, cbid)
             runtime = cupti.CallbackDomain.RUNTIME_API
             for name in ("cudaStreamBeginCapture_v10000", "cudaStreamBeginCapture_ptsz_v10000"):
@@ -116,7 +119,8 @@ class Tracer:
                     receiver = ctypes.c_void_p.from_address(ctypes.c_void_p.from_address(address + _PARAMS_OFFSET).value).value
                     image = ctypes.c_void_p.from_address(ctypes.c_void_p.from_address(address + _PARAMS_OFFSET).value + 8).value
                     if result == 0 and receiver and image:
-                        self._listener.module_handle(ctypes.c_void_p.from_address(receiver).value or 0, _image_bytes(image))
+                        data = _image_bytes(image) if self._load_kinds[int(cbid)] == "image" else _file_bytes(image)
+                        self._listener.module_handle(ctypes.c_void_p.from_address(receiver).value or 0, data)
             elif domain == cupti.CallbackDomain.RUNTIME_API:
                 site = int(_field(data, "callback_site", cupti.CallbackData))
                 if site == int(cupti.ApiCallbackSite.API_ENTER):
@@ -128,6 +132,10 @@ class Tracer:
 def _image_bytes(address: int) -> bytes:
     extent = image_extent(lambda offset, length: ctypes.string_at(address + offset, length))
     return ctypes.string_at(address, extent) if extent >= 0 else ctypes.string_at(address) + b"\0"
+
+
+def _file_bytes(name: int) -> bytes:
+    return Path(ctypes.string_at(name).decode()).read_bytes()
 
 
 def _field(data: object, name: str, kind: type) -> object:
