@@ -7,6 +7,7 @@ replay latency, restore vs capture time, and whether the restore compiled anythi
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .bench_load import run_children, workload_label
@@ -34,7 +35,8 @@ def run(workload: str | None, output_dir: Path | None, threads: int = DEFAULT_TH
     unknown = [n for n in names if n not in COVERED]
     if unknown:
         raise ValueError(f"coverage covers {', '.join(COVERED)}; not {', '.join(unknown)}")
-    cases, loaded = [], {}
+    cases: list[Case] = []
+    results: ResultsFile | None = None
     for name in names:
         options = COVERED[name]
         saved, loaded = run_children(name.split("/")[0], threads, full=False, **options)
@@ -58,15 +60,16 @@ def run(workload: str | None, output_dir: Path | None, threads: int = DEFAULT_TH
             save_s=saved.get("save_s"),
             phases_s=loaded["phases"],
         ))
-    results = ResultsFile(
-        what="coverage",
-        workload="coverage-" + "-".join(n.replace("/", "-") for n in names) if workload else "coverage",
-        workload_desc="each case: SAVE in a fresh process, restore in another and compare with a native capture there",
-        device=loaded["device"], gpus=1, driver=driver_version(), cuda=loaded["cuda"], torch=loaded["torch"],
-        commit=project_commit(), date=today(), command=command_line(), cases=cases,
-    )
-    if output_dir is not None:
-        results.write(output_dir)
+        print(f"coverage: {name} done ({len(cases)} of {len(names)})", file=sys.stderr, flush=True)
+        results = ResultsFile(
+            what="coverage",
+            workload="coverage-" + "-".join(n.replace("/", "-") for n in names) if workload else "coverage",
+            workload_desc="each case: SAVE in a fresh process, restore in another and compare with a native capture there",
+            device=loaded["device"], gpus=1, driver=driver_version(), cuda=loaded["cuda"], torch=loaded["torch"],
+            commit=project_commit(), date=today(), command=command_line(), cases=cases,
+        )
+        if output_dir is not None:  # after every case: a run cut short keeps what it measured
+            results.write(output_dir)
     return results.model_dump()
 
 
