@@ -180,11 +180,14 @@ def instantiate_scaling(archive: str, counts: tuple[int, ...]) -> dict[str, floa
 
     from . import native
 
-    early = foundry_trace.prefetch(archive)
+    # A lazy load restores nothing by itself, but claims the memory that the driver checks
+    # memset and memcpy nodes against when they are added.
+    early = foundry_trace.load(archive, mode="lazy")
     built: list[int] = []
     try:
-        early.wait_for_modules()
         pipeline, context = early._pipeline, early._pipeline._context
+        pipeline.load_all_modules()
+        pipeline.wait_for_modules()
         built = [pipeline.build(entry) for entry in early._archive.manifest.graphs]
         scaling = {}
         for count in counts:
