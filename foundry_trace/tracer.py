@@ -116,8 +116,8 @@ class Tracer:
                 address = data if isinstance(data, int) else int(data.ptr)
                 if int(_field(data, "callback_site", cupti.CallbackData)) == int(cupti.ApiCallbackSite.API_EXIT):
                     result = ctypes.c_int.from_address(ctypes.c_void_p.from_address(address + _RETURN_OFFSET).value).value
-                    receiver = ctypes.c_void_p.from_address(ctypes.c_void_p.from_address(address + _PARAMS_OFFSET).value).value
-                    image = ctypes.c_void_p.from_address(ctypes.c_void_p.from_address(address + _PARAMS_OFFSET).value + 8).value
+                    params = ctypes.c_void_p.from_address(address + _PARAMS_OFFSET).value
+                    receiver, image = ctypes.c_void_p.from_address(params).value, ctypes.c_void_p.from_address(params + 8).value
                     if result == 0 and receiver and image:
                         data = _image_bytes(image) if self._load_kinds[int(cbid)] == "image" else _file_bytes(image)
                         self._listener.module_handle(ctypes.c_void_p.from_address(receiver).value or 0, data)
