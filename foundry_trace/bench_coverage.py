@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .bench_load import run_children, workload_label
+from .bench_load import compared_case_fields, run_children, workload_label
 from .restore import DEFAULT_THREADS
 
 # A vLLM-like list of capture sizes, shortened so that every model runs in one device call
@@ -43,22 +43,8 @@ def run(workload: str | None, output_dir: Path | None, threads: int = DEFAULT_TH
         cases.append(Case(
             name=workload_label(name.split("/")[0], loaded["graphs"], options.get("attention")),
             description=loaded["description"],
-            graphs=loaded["graphs"],
-            native_s=loaded["native_s"],
-            restore_s=loaded["restore_s"],
-            speedup=loaded["native_s"] / loaded["restore_s"],
-            bitwise_equal=loaded["bitwise_equal"],
-            mismatched=loaded["mismatched"],
-            nondeterministic_native=loaded["nondeterministic_native"],
-            bitwise_equal_saved=loaded["bitwise_equal_saved"],
-            mismatched_saved=loaded["mismatched_saved"],
-            nondeterministic_saved=loaded["nondeterministic_saved"],
-            replay_delta_pct={k: v["delta_pct"] for k, v in loaded["latency"].items()},
-            replay_ms=loaded["latency"],
+            **compared_case_fields(saved, loaded),
             compiled_graphs_at_restore=loaded["compiled_graphs_at_restore"],
-            archive_bytes=saved["archive_bytes"],
-            save_s=saved.get("save_s"),
-            phases_s=loaded["phases"],
         ))
         print(f"coverage: {name} done ({len(cases)} of {len(names)})", file=sys.stderr, flush=True)
         results = ResultsFile(

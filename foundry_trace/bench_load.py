@@ -254,16 +254,36 @@ def workload_label(workload: str, graphs: int, attention: str | None) -> str:
     return f"{workload}-{graphs}" + (f"-{attention}-attention" if attention else "")
 
 
+def compared_case_fields(saved: dict[str, object], loaded: dict[str, object]) -> dict[str, object]:
+    """The Case fields that every LOAD child (full or verify) measures: times, the comparisons
+    with SAVE's graphs and the native capture, replay latency and the archive."""
+    return dict(
+        graphs=loaded["graphs"],
+        native_s=loaded["native_s"],
+        restore_s=loaded["restore_s"],
+        speedup=loaded["native_s"] / loaded["restore_s"],
+        bitwise_equal=loaded["bitwise_equal"],
+        mismatched=loaded["mismatched"],
+        nondeterministic_native=loaded["nondeterministic_native"],
+        bitwise_equal_saved=loaded["bitwise_equal_saved"],
+        mismatched_saved=loaded["mismatched_saved"],
+        nondeterministic_saved=loaded["nondeterministic_saved"],
+        native_differs_from_saved=loaded["native_differs_from_saved"],
+        replay_delta_pct={k: v["delta_pct"] for k, v in loaded["latency"].items()},
+        replay_ms=loaded["latency"],
+        archive_bytes=saved["archive_bytes"],
+        save_s=saved.get("save_s"),
+        phases_s=loaded["phases"],
+    )
+
+
 def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, attention: str | None = None) -> dict[str, object]:
     from .results import Case, ResultsFile, command_line, driver_version, project_commit, today
 
     saved, loaded = run_children(workload, threads, attention=attention)
     case = Case(
         name=workload,
-        graphs=loaded["graphs"],
-        native_s=loaded["native_s"],
-        restore_s=loaded["restore_s"],
-        speedup=loaded["native_s"] / loaded["restore_s"],
+        **compared_case_fields(saved, loaded),
         instantiate_floor_s=loaded["instantiate_floor_s"],
         restore_over_floor=loaded["restore_s"] / loaded["instantiate_floor_s"],
         serial_restore_s=loaded["serial_restore_s"],
@@ -276,19 +296,7 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         best_possible_speedup=loaded["native_s"] / min(loaded["instantiate_only_s_by_threads"].values()),
         first_graph_s=loaded["first_graph_s"],
         first_graph_key=loaded["first_graph_key"],
-        bitwise_equal=loaded["bitwise_equal"],
-        mismatched=loaded["mismatched"],
-        nondeterministic_native=loaded["nondeterministic_native"],
-        bitwise_equal_saved=loaded["bitwise_equal_saved"],
-        mismatched_saved=loaded["mismatched_saved"],
-        nondeterministic_saved=loaded["nondeterministic_saved"],
-        native_differs_from_saved=loaded["native_differs_from_saved"],
         nondeterminism=loaded["nondeterminism"],
-        replay_delta_pct={k: v["delta_pct"] for k, v in loaded["latency"].items()},
-        replay_ms=loaded["latency"],
-        archive_bytes=saved["archive_bytes"],
-        save_s=saved.get("save_s"),
-        phases_s=loaded["phases"],
         busy_s=loaded["busy"],
         threads=threads,
         spans=loaded["spans"],

@@ -41,6 +41,7 @@ class ModelShape:
         return max(self.batch_sizes)
 
     def describe(self) -> str:
+        """One line for results files."""
         return (
             f"Llama-style decode step, {self.layers} layers, hidden {self.hidden}, {self.parameter_count() / 1e9:.2f} B "
             f"bf16 parameters, static KV cache of {self.context} tokens x batch {self.max_batch}, "

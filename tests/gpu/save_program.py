@@ -42,6 +42,24 @@ def save(path: str) -> dict[str, object]:
     return {"summary": summary, "walked_vs_driver": walked}
 
 
+def _refused_capture(path: str, x, insert) -> dict[str, object]:  # noqa: ANN001 - tensor, (stream) -> None
+    """Records one graph of `x * 2`, `insert(stream)` and `+= 1`: SAVE must refuse it by name and
+    leave no archive."""
+    import torch
+    from cuda.bindings import driver
+
+    try:
+        with ft.record(path):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                y = x * 2
+                insert(driver.CUstream(torch.cuda.current_stream().cuda_stream))
+                y += 1
+    except ft.UnsupportedNodeError as error:
+        return {"error": str(error), "archive_left": os.path.exists(path)}
+    return {"error": None}
+
+
 def host_node(path: str) -> dict[str, object]:
     """A graph with a host callback inside must be refused by name."""
     fa.install()
@@ -50,20 +68,13 @@ def host_node(path: str) -> dict[str, object]:
     from cuda.bindings import driver
 
     callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: None)
-    x = torch.ones(16, device="cuda")
-    try:
-        with ft.record(path):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                y = x * 2
-                stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
-                function = driver.CUhostFn(ctypes.cast(callback, ctypes.c_void_p).value)
-                (status,) = driver.cuLaunchHostFunc(stream, function, 0)
-                assert status == driver.CUresult.CUDA_SUCCESS, status
-                y += 1
-    except ft.UnsupportedNodeError as error:
-        return {"error": str(error), "archive_left": os.path.exists(path)}
-    return {"error": None}
+
+    def launch_host_function(stream: driver.CUstream) -> None:
+        function = driver.CUhostFn(ctypes.cast(callback, ctypes.c_void_p).value)
+        (status,) = driver.cuLaunchHostFunc(stream, function, 0)
+        assert status == driver.CUresult.CUDA_SUCCESS, status
+
+    return _refused_capture(path, torch.ones(16, device="cuda"), launch_host_function)
 
 
 def conditional_node(path: str) -> dict[str, object]:
@@ -74,33 +85,26 @@ def conditional_node(path: str) -> dict[str, object]:
     import torch
     from cuda.bindings import driver
 
+    def add_conditional_node(stream: driver.CUstream) -> None:
+        _, _, _, capturing, dependencies, _, count = driver.cuStreamGetCaptureInfo(stream)
+        _, context = driver.cuCtxGetCurrent()
+        _, handle = driver.cuGraphConditionalHandleCreate(capturing, context, 1, 1)  # default 1, assigned at launch
+        params = driver.CUgraphNodeParams()
+        params.type = driver.CUgraphNodeType.CU_GRAPH_NODE_TYPE_CONDITIONAL
+        params.conditional.handle = handle
+        params.conditional.type = driver.CUgraphConditionalNodeType.CU_GRAPH_COND_TYPE_IF
+        params.conditional.size = 1
+        params.conditional.ctx = context
+        status, node = driver.cuGraphAddNode(capturing, dependencies, None, count, params)
+        assert status == driver.CUresult.CUDA_SUCCESS, status
+        (status,) = driver.cuStreamUpdateCaptureDependencies(
+            stream, [node], None, 1, driver.CUstreamUpdateCaptureDependencies_flags.CU_STREAM_SET_CAPTURE_DEPENDENCIES
+        )
+        assert status == driver.CUresult.CUDA_SUCCESS, status
+
     x = torch.ones(16, device="cuda")
     x * 2  # warm-up: the kernel loads here, traced
-    try:
-        with ft.record(path):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                y = x * 2
-                stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
-                _, _, _, capturing, dependencies, _, count = driver.cuStreamGetCaptureInfo(stream)
-                _, context = driver.cuCtxGetCurrent()
-                _, handle = driver.cuGraphConditionalHandleCreate(capturing, context, 1, 1)  # default 1, assigned at launch
-                params = driver.CUgraphNodeParams()
-                params.type = driver.CUgraphNodeType.CU_GRAPH_NODE_TYPE_CONDITIONAL
-                params.conditional.handle = handle
-                params.conditional.type = driver.CUgraphConditionalNodeType.CU_GRAPH_COND_TYPE_IF
-                params.conditional.size = 1
-                params.conditional.ctx = context
-                status, node = driver.cuGraphAddNode(capturing, dependencies, None, count, params)
-                assert status == driver.CUresult.CUDA_SUCCESS, status
-                (status,) = driver.cuStreamUpdateCaptureDependencies(
-                    stream, [node], None, 1, driver.CUstreamUpdateCaptureDependencies_flags.CU_STREAM_SET_CAPTURE_DEPENDENCIES
-                )
-                assert status == driver.CUresult.CUDA_SUCCESS, status
-                y += 1
-    except ft.UnsupportedNodeError as error:
-        return {"error": str(error), "archive_left": os.path.exists(path)}
-    return {"error": None}
+    return _refused_capture(path, x, add_conditional_node)
 
 
 def late_tracing(path: str) -> dict[str, object]:
