@@ -39,6 +39,7 @@ NodeType = driver.CUgraphNodeType
 # Attributes that cannot be read from (or are meaningless on) a kernel node.
 _SKIPPED_ATTRIBUTES = {"CU_LAUNCH_ATTRIBUTE_IGNORE", "CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_EVENT", "CU_LAUNCH_ATTRIBUTE_LAUNCH_COMPLETION_EVENT"}
 _NODE_ATTRIBUTES = [a for a in driver.CUlaunchAttributeID if a.name not in _SKIPPED_ATTRIBUTES]
+_ZERO_ATTRIBUTE = bytes(LAUNCH_ATTRIBUTE_BYTES)
 _REFUSAL_HINTS = {
     "CU_GRAPH_NODE_TYPE_HOST": "a host callback (Python code) runs at replay and cannot be saved: move it out of the captured region",
     "CU_GRAPH_NODE_TYPE_CONDITIONAL": "conditional nodes are not supported yet: capture each branch as its own graph",
@@ -54,6 +55,7 @@ class GraphWalker:
         self._functions = functions
         self._events: dict[int, int] = {}
         self._param_layouts: dict[int, list[tuple[int, int]]] = {}
+        self._default_attributes: dict[int, dict[int, bytes]] = {}
 
     @property
     def event_count(self) -> int:
@@ -124,6 +126,22 @@ class GraphWalker:
         hint = _REFUSAL_HINTS.get(name, "Foundry cannot persist this node kind")
         raise UnsupportedNodeError(f"{where} is a {name.removeprefix('CU_GRAPH_NODE_TYPE_').lower()} node: {hint}")
 
+    def _defaults(self, function: int, params: driver.CUDA_KERNEL_NODE_PARAMS) -> dict[int, bytes]:
+        """The attributes a fresh node of this function has without being told any: LOAD builds
+        such a node, so only the attributes that differ need a driver call there (captured nodes
+        carry a cluster scheduling policy and a memory-sync domain map on every node, at their
+        defaults). Found by adding one scratch node per function."""
+        known = self._default_attributes.get(function)
+        if known is None:
+            scratch = call(driver.cuGraphCreate, 0)
+            try:
+                fresh = try_call(driver.cuGraphAddKernelNode, scratch, None, 0, params)
+                known = _attributes(fresh) if fresh is not None else {}
+            finally:
+                call(driver.cuGraphDestroy, scratch)
+            self._default_attributes[function] = known
+        return known
+
     def _event(self, event: driver.CUevent) -> int:
         return self._events.setdefault(int(event), len(self._events))
 
@@ -131,14 +149,11 @@ class GraphWalker:
         p = call(driver.cuGraphKernelNodeGetParams, node)
         function = int(p.func)
         arguments = self._arguments(function, int(p.kernelParams or 0), int(p.extra or 0), where)
+        defaults = self._defaults(function, p)
         attributes = {}
-        for attribute in _NODE_ATTRIBUTES:
-            value = try_call(driver.cuGraphKernelNodeGetAttribute, node, attribute)
-            if value is None:
-                continue
-            raw = host_bytes(value.getPtr(), LAUNCH_ATTRIBUTE_BYTES)
-            if any(raw):
-                attributes[int(attribute)] = raw
+        for attribute, raw in _attributes(node).items():
+            if raw != defaults.get(attribute, _ZERO_ATTRIBUTE):
+                attributes[attribute] = raw
         return KernelNode(
             function=self._functions.index(function, where),
             grid=(int(p.gridDimX), int(p.gridDimY), int(p.gridDimZ)),
@@ -205,3 +220,13 @@ def _extra_buffer(extra: int, where: str) -> bytes:
     if pointer is None or size is None:
         raise UnsupportedNodeError(f"{where}: a kernel launched with an `extra` list that holds no argument buffer")
     return host_bytes(pointer, size)
+
+
+def _attributes(node: driver.CUgraphNode) -> dict[int, bytes]:
+    """Every launch attribute a kernel node reports, as raw CUlaunchAttributeValue bytes."""
+    found = {}
+    for attribute in _NODE_ATTRIBUTES:
+        value = try_call(driver.cuGraphKernelNodeGetAttribute, node, attribute)
+        if value is not None:
+            found[int(attribute)] = host_bytes(value.getPtr(), LAUNCH_ATTRIBUTE_BYTES)
+    return found

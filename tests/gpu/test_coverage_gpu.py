@@ -1,13 +1,16 @@
 """Model code Foundry did not write, saved and restored in fresh processes through the public API
 (the children of `foundry bench`): transformers models (dense and MoE), a torch.compile'd step,
 two streams with event, memcpy and memset nodes, and the fused SDPA kernels. Each restored graph
-must compute what SAVE's graph computed, bit for bit, and what a native capture computes here."""
+must compute what SAVE's graph computed, bit for bit, and what a native capture computes here.
+The cases run side by side on the one GPU (each in its own processes, none above a few GiB), so
+that the whole GPU suite fits in one call of the device tool."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -33,8 +36,25 @@ def child(*arguments: str) -> dict:
         [sys.executable, "-m", "foundry_trace.bench_load", *arguments],
         capture_output=True, text=True, cwd=ROOT, env=clean_environment(), timeout=600,
     )
-    assert completed.returncode == 0, completed.stderr[-5000:]
+    if completed.returncode != 0:
+        raise RuntimeError(f"bench child {arguments[0]} failed:\n{completed.stderr[-5000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def save_and_verify(case: str, directory: Path) -> tuple[Path, dict]:
+    workload = case.split("-")[0] if case.startswith("small-") else case
+    archive = directory / f"{case}.foundry"
+    child("save", workload, str(archive), *CASES[case])
+    return archive, child("verify", workload, str(archive), *CASES[case])
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Every case's archive and LOAD result (or the failure), all cases run at once."""
+    directory = tmp_path_factory.mktemp("coverage")
+    with ThreadPoolExecutor(len(CASES)) as pool:
+        futures = {case: pool.submit(save_and_verify, case, directory) for case in CASES}
+    return {case: future.exception() or future.result() for case, future in futures.items()}
 
 
 def summary(archive: Path) -> dict:
@@ -44,11 +64,11 @@ def summary(archive: Path) -> dict:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_restored_graphs_compute_what_saved_and_native_ones_do(case: str, tmp_path: Path) -> None:
-    workload = case.split("-")[0] if case.startswith("small-") else case
-    archive = tmp_path / f"{case}.foundry"
-    child("save", workload, str(archive), *CASES[case])
-    result = child("verify", workload, str(archive), *CASES[case])
+def test_restored_graphs_compute_what_saved_and_native_ones_do(case: str, outcomes: dict[str, object]) -> None:
+    outcome = outcomes[case]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    archive, result = outcome
     assert result["graphs"] == 3
     assert result["bitwise_equal_saved"], f"restored graphs differ from SAVE's: {result['mismatched_saved']}"
     assert not result["nondeterministic_saved"], "SAVE's graphs were not deterministic: the case proves nothing"
