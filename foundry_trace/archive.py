@@ -30,7 +30,7 @@ from foundry_alloc import Layout
 from .errors import ArchiveFormatError
 from .native import check_table
 from .node_table import decode
-from .records import Digest, FunctionRecord, GraphBody, MemorySegment, ModuleRecord, U64
+from .records import CollectiveSpec, Digest, FunctionRecord, GraphBody, MemorySegment, ModuleRecord, U64
 
 MAGIC = b"FNDRYARC"
 FORMAT_VERSION = 2
@@ -104,6 +104,10 @@ class Manifest(_Model):
     memory: tuple[MemorySegment, ...]
     events: Annotated[int, Field(ge=0)]
     blobs: dict[Digest, BlobRef]
+    # Tensor parallelism: the ranks the graphs were captured for (one rank's step, SAVEd without
+    # a peer), and the collectives that LOAD binds to the live communicator.
+    tensor_parallel: Annotated[int, Field(ge=1, le=1024)] = 1
+    collectives: tuple[CollectiveSpec, ...] = ()
 
 
 class ArchiveWriter:
@@ -233,7 +237,7 @@ class Archive:
     def graph(self, entry: GraphEntry) -> GraphBody:
         """The records of one graph (for inspection; LOAD hands the table to the native builder)."""
         table, payload = self.graph_blobs(entry)
-        return decode(table, payload, len(self.manifest.functions), self.manifest.events)
+        return decode(table, payload, len(self.manifest.functions), self.manifest.events, len(self.manifest.collectives))
 
     def verify(self) -> None:
         """Checks every blob's checksum, every reference to a blob and every node table."""
@@ -250,7 +254,7 @@ class Archive:
                 data.release()
         for entry in self.manifest.graphs:
             table, payload = self.graph_blobs(entry)
-            check_table(table, payload, len(self.manifest.functions), self.manifest.events, f"{self.path}: graph {entry.key!r}")
+            check_table(table, payload, len(self.manifest.functions), self.manifest.events, len(self.manifest.collectives), f"{self.path}: graph {entry.key!r}")
 
     def close(self) -> None:
         """Unmaps the file; views returned by blob() must be released first."""

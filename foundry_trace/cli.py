@@ -51,7 +51,9 @@ def _layout_diff(arguments: argparse.Namespace) -> int:
     return 0 if diff.equal else 1
 
 
-BENCH_OPTIONS = {"alloc": (), "save": ("archive",), "load": ("threads", "attention"), "coverage": ("threads",)}
+BENCH_OPTIONS = {
+    "alloc": (), "save": ("archive",), "load": ("threads", "attention"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers"),
+}
 DEFAULT_WORKLOAD = "small"
 
 
@@ -113,7 +115,8 @@ def parser() -> argparse.ArgumentParser:
         help="benchmarks on the device (default: load, native warm-up + capture vs Foundry restore)",
         description="load: native warm-up + capture vs Foundry restore, same GPU, fresh processes (table, JSON, PNG "
         "timeline); coverage: restore vs native capture, bit for bit, for transformers models, torch.compile, streams and "
-        "fused attention; save: SAVE's archive size and contents; alloc: Foundry's allocator vs PyTorch's caching allocator.",
+        "fused attention; save: SAVE's archive size and contents; alloc: Foundry's allocator vs PyTorch's caching allocator; "
+        "tp: tensor parallelism from one single-GPU SAVE per degree, every rank restored vs captured natively (NCCL).",
     )
     bench.add_argument("kind", nargs="?", choices=tuple(BENCH_OPTIONS), default="load")
     bench.add_argument(
@@ -122,9 +125,11 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON (and PNG)")
     bench.add_argument("--no-write", action="store_true", help="print only")
     bench.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
-    bench.add_argument("--archive", type=Path, help="save: keep the archive here (default: a temporary file)")
+    bench.add_argument("--archive", type=Path, help="save: keep the archive here; tp: the archive directory (default: temporary)")
     bench.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"load: restore threads (default {DEFAULT_THREADS})")
     bench.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
+    bench.add_argument("--degrees", default="1,2", help="tp: tensor-parallel degrees to SAVE (each on one GPU) and run where GPUs allow")
+    bench.add_argument("--layers", type=int, help="tp: layers of the model (default: the workload's)")
     bench.set_defaults(run=_bench)
 
     verify = commands.add_parser(

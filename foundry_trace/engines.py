@@ -78,11 +78,14 @@ def workload(name: str) -> Workload:
 
 def make_engine(name: str, **options: object) -> Engine:
     """The engine's state (weights, caches, static inputs), before its first step.
-    Options: attention (ATTENTION_CHOICES), layers, batch_sizes (each engine takes what applies)."""
+    Options: attention (ATTENTION_CHOICES), layers, batch_sizes (each engine takes what applies),
+    communicator (tensor parallelism, collectives.Communicator: the Llama-style workloads)."""
     chosen = workload(name)
     attention = options.get("attention", "default")
     if attention not in ATTENTION_CHOICES:
         raise ValueError(f"attention {attention!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
+    if options.get("communicator") is not None and chosen.module != "workload":
+        raise ValueError(f"tensor parallelism: workload {name!r} has none; use tiny, small or llama8b")
     factory = getattr(importlib.import_module(f"foundry_trace.{chosen.module}"), chosen.factory)
     return factory(**chosen.options, **{k: v for k, v in options.items() if v is not None})
 

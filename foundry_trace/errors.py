@@ -41,3 +41,12 @@ class LayoutMismatchError(FoundryTraceError):
 
 class RestoreError(FoundryTraceError):
     """Rebuilding the graphs failed; everything LOAD created has been released."""
+
+
+class TensorParallelError(FoundryTraceError):
+    """A tensor-parallel archive and this process's communicator do not fit (rank count, no
+    communicator, a collective the communicator cannot issue)."""
+
+
+class NcclError(FoundryTraceError):
+    """The NCCL library cannot be loaded, or an NCCL call failed."""

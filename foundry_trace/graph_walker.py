@@ -19,11 +19,14 @@ from .driver import (
     host_pointers,
     try_call,
 )
-from .errors import UnsupportedNodeError
+from .collectives import marker_collective
+from .errors import TensorParallelError, UnsupportedNodeError
 from .modules import FunctionTable
 from .records import (
     LAUNCH_ATTRIBUTE_BYTES,
     ChildGraphNode,
+    CollectiveNode,
+    CollectiveSpec,
     Edge,
     EmptyNode,
     EventRecordNode,
@@ -56,6 +59,8 @@ class GraphWalker:
         self._events: dict[int, int] = {}
         self._param_layouts: dict[int, list[tuple[int, int]]] = {}
         self._default_attributes: dict[int, dict[int, bytes]] = {}
+        self._collectives: dict[CollectiveSpec, int] = {}
+        self.tensor_parallel: int | None = None  # the degree of the collectives seen, if any
 
     @property
     def event_count(self) -> int:
@@ -106,6 +111,9 @@ class GraphWalker:
             return self._kernel(node, where)
         if kind == NodeType.CU_GRAPH_NODE_TYPE_MEMSET:
             p = call(driver.cuGraphMemsetNodeGetParams, node)
+            marker = marker_collective(int(p.dst), int(p.value))
+            if marker is not None:
+                return self._collective(*marker, where)
             return MemsetNode(
                 destination=int(p.dst), pitch=int(p.pitch), value=int(p.value), element_size=int(p.elementSize),
                 width=int(p.width), height=int(p.height),
@@ -141,6 +149,20 @@ class GraphWalker:
                 call(driver.cuGraphDestroy, scratch)
             self._default_attributes[function] = known
         return known
+
+    def _collective(self, spec: CollectiveSpec, degree: int, where: str) -> CollectiveNode:
+        if self.tensor_parallel not in (None, degree):
+            raise TensorParallelError(
+                f"{where}: collectives of tensor parallelism {self.tensor_parallel} and {degree} in one recording: "
+                "record each degree into its own archive"
+            )
+        self.tensor_parallel = degree
+        return CollectiveNode(collective=self._collectives.setdefault(spec, len(self._collectives)))
+
+    @property
+    def collectives(self) -> tuple[CollectiveSpec, ...]:
+        """The collectives seen, in the numbering of their nodes."""
+        return tuple(self._collectives)
 
     def _event(self, event: driver.CUevent) -> int:
         return self._events.setdefault(int(event), len(self._events))

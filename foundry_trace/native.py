@@ -22,10 +22,10 @@ OK, INVALID_TABLE, DRIVER_FAILURE, NO_DRIVER = range(4)
 _u64, _u32, _bytes = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_char_p
 _u64_array = ctypes.POINTER(ctypes.c_uint64)
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
-    "fr_table_check": (ctypes.c_int, [_bytes, _u64, _bytes, _u64, _u32, _u32, ctypes.c_char_p, _u64]),
+    "fr_table_check": (ctypes.c_int, [_bytes, _u64, _bytes, _u64, _u32, _u32, _u32, ctypes.c_char_p, _u64]),
     "fr_graph_build": (
         ctypes.c_int,
-        [_bytes, _u64, _bytes, _u64, _u64_array, _u32, _u64_array, _u32, _u64, _u64_array, ctypes.c_char_p, _u64],
+        [_bytes, _u64, _bytes, _u64, _u64_array, _u32, _u64_array, _u32, _u64_array, _u32, _u64, _u64_array, ctypes.c_char_p, _u64],
     ),
     "fr_graph_instantiate": (ctypes.c_int, [_u64, _u64, _u64_array, ctypes.c_char_p, _u64]),
     "fr_graph_upload": (ctypes.c_int, [_u64, _u64, ctypes.c_char_p, _u64]),
@@ -54,22 +54,28 @@ def _raise(status: int, buffer: ctypes.Array, what: str) -> None:
     raise DriverCallError(f"{what}: {message}")
 
 
-def check_table(table: bytes, payload: bytes, functions: int, events: int, what: str = "archive") -> None:
+def check_table(table: bytes, payload: bytes, functions: int, events: int, collectives: int = 0, what: str = "archive") -> None:
     """Raises ArchiveFormatError unless `table` is well formed for `payload` (no driver needed)."""
     error = ctypes.create_string_buffer(ERROR_BYTES)
-    status = library().fr_table_check(table, len(table), payload, len(payload), functions, events, error, ERROR_BYTES)
+    status = library().fr_table_check(table, len(table), payload, len(payload), functions, events, collectives, error, ERROR_BYTES)
     if status != OK:
         _raise(status, error, what)
 
 
 class Handles:
-    """CUfunction and CUevent handles by archive index, as the C arrays each build reads."""
+    """CUfunction, CUevent and collective CUgraph handles by archive index, as the C arrays each
+    build reads."""
 
-    def __init__(self, functions: list[int], events: list[int]) -> None:
+    def __init__(self, functions: list[int], events: list[int], collectives: list[int] = ()) -> None:  # type: ignore[assignment]
         self.functions = (ctypes.c_uint64 * max(1, len(functions)))(*functions)
         self.function_count = len(functions)
         self.events = (ctypes.c_uint64 * max(1, len(events)))(*events)
         self.event_count = len(events)
+        self.set_collectives(list(collectives))
+
+    def set_collectives(self, graphs: list[int]) -> None:
+        self.collectives = (ctypes.c_uint64 * max(1, len(graphs)))(*graphs)
+        self.collective_count = len(graphs)
 
 
 def build_graph(table: bytes, payload: bytes, handles: Handles, context: int, what: str) -> int:
@@ -78,7 +84,7 @@ def build_graph(table: bytes, payload: bytes, handles: Handles, context: int, wh
     error = ctypes.create_string_buffer(ERROR_BYTES)
     status = library().fr_graph_build(
         table, len(table), payload, len(payload), handles.functions, handles.function_count,
-        handles.events, handles.event_count, context, ctypes.byref(graph), error, ERROR_BYTES,
+        handles.events, handles.event_count, handles.collectives, handles.collective_count, context, ctypes.byref(graph), error, ERROR_BYTES,
     )
     if status != OK:
         _raise(status, error, what)

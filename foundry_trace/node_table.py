@@ -21,6 +21,7 @@ from .native import check_table
 from .records import (
     LAUNCH_ATTRIBUTE_BYTES,
     ChildGraphNode,
+    CollectiveNode,
     Edge,
     EmptyNode,
     EventRecordNode,
@@ -41,7 +42,7 @@ EDGE = struct.Struct("<IIBBBx")
 MEMSET = struct.Struct("<QQIIQQ")
 MEMCPY = struct.Struct("<15Q")
 ATTRIBUTE = struct.Struct(f"<II{LAUNCH_ATTRIBUTE_BYTES}s")
-KINDS = ("kernel", "memset", "memcpy", "event_record", "event_wait", "empty", "graph")
+KINDS = ("kernel", "memset", "memcpy", "event_record", "event_wait", "empty", "graph", "collective")
 _KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
 PAYLOAD_ALIGNMENT = 8
 
@@ -115,6 +116,8 @@ class _Encoder:
             return NODE.pack(code, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, len(data), self._store(data))
         if isinstance(node, (EventRecordNode, EventWaitNode)):
             return NODE.pack(code, 0, 0, node.event, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        if isinstance(node, CollectiveNode):
+            return NODE.pack(code, 0, 0, node.collective, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         if isinstance(node, ChildGraphNode):
             self._bodies.append(node.graph)
             return NODE.pack(code, 0, 0, len(self._bodies) - 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
@@ -152,9 +155,9 @@ def topological_order(count: int, edges: tuple[Edge, ...]) -> list[int]:
     return order
 
 
-def decode(table: bytes, payload: bytes, functions: int, events: int) -> GraphBody:
+def decode(table: bytes, payload: bytes, functions: int, events: int, collectives: int = 0) -> GraphBody:
     """The records of a table, after the native check has accepted it."""
-    check_table(table, payload, functions, events)
+    check_table(table, payload, functions, events, collectives)
     try:
         return _decode(table, payload)
     except ValidationError as error:  # a value the check leaves to the driver, e.g. huge arguments
@@ -207,4 +210,6 @@ def _record(entry: tuple, payload: bytes, bodies: dict[int, GraphBody]) -> Node:
         return EventWaitNode(event=index)
     if kind == "graph":
         return ChildGraphNode(graph=bodies[index])
+    if kind == "collective":
+        return CollectiveNode(collective=index)
     return EmptyNode()

@@ -199,6 +199,8 @@ class Recording:
             memory=tuple(memory),
             events=self._walker.event_count,
             blobs=writer.blobs,
+            tensor_parallel=self._walker.tensor_parallel or 1,
+            collectives=self._walker.collectives,
         )
 
     def _memory_segments(self) -> list[MemorySegment]:

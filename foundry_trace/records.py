@@ -78,13 +78,32 @@ class EmptyNode(_Record):
     kind: Literal["empty"] = "empty"
 
 
+class CollectiveNode(_Record):
+    """A collective of a tensor-parallel step, recorded at SAVE without a peer (collectives.py);
+    LOAD puts a graph of the same collective on the live communicator in its place."""
+
+    kind: Literal["collective"] = "collective"
+    collective: Annotated[int, Field(ge=0)]  # index into the archive's collectives
+
+
+class CollectiveSpec(_Record):
+    """What one collective does, in the terms a communicator needs to issue it again: in place on
+    `count` elements of `dtype` at `address` (the same in every rank, as layouts are)."""
+
+    operation: Literal["all_reduce"]
+    reduction: Literal["sum"]
+    dtype: Literal["float32", "float16", "bfloat16"]
+    count: Annotated[int, Field(gt=0, lt=1 << 40)]
+    address: U64
+
+
 class ChildGraphNode(_Record):
     kind: Literal["graph"] = "graph"
     graph: GraphBody
 
 
 Node = Annotated[
-    Union[KernelNode, MemsetNode, MemcpyNode, EventRecordNode, EventWaitNode, EmptyNode, ChildGraphNode],
+    Union[KernelNode, MemsetNode, MemcpyNode, EventRecordNode, EventWaitNode, EmptyNode, CollectiveNode, ChildGraphNode],
     Field(discriminator="kind"),
 ]
 

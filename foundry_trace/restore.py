@@ -7,6 +7,9 @@
     restored[8].replay(); logits = restored[8].outputs["logits"]
     restored.release()
 
+    restored = foundry_trace.load("tp2.foundry", communicator=NcclCommunicator.from_environment())
+                                                       # a tensor-parallel rank: collectives bound here
+
     early = foundry_trace.prefetch("model.foundry")   # at start-up: modules load while weights do
     ...                                                # the engine builds its state
     restored = foundry_trace.load(early)               # at the restore point
@@ -14,8 +17,9 @@
 Call load() at the restore point (the engine's state rebuilt as in the SAVE run). Order: open the
 archive and check the fingerprint, queue every module on a pool of threads (restore_pipeline.py);
 then check the live layout (refuse with the difference), claim the recorded memory and write its
-contents, and build and instantiate each graph on the pool. Any failure releases everything
-created so far and raises.
+contents, capture each recorded collective on the communicator (tensor-parallel archives), and
+build and instantiate each graph on the pool. Any failure releases everything created so far and
+raises.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import foundry_alloc
 
 from . import native
 from .archive import Archive, Fingerprint, GraphEntry, OutputTensor
+from .collectives import Communicator, check_communicator
 from .driver import call
 from .errors import ArchiveFormatError, FingerprintMismatchError, FoundryTraceError, LayoutMismatchError, RestoreError
 from .fingerprint import current_fingerprint
@@ -101,6 +106,7 @@ class Restored:
     _modules: list[driver.CUmodule] = field(default_factory=list)
     _events: list[driver.CUevent] = field(default_factory=list)
     _executables: list[int] = field(default_factory=list)
+    _collective_graphs: list[int] = field(default_factory=list)  # cloned into each graph that uses one
     _claimed: list[tuple[int, str]] = field(default_factory=list)  # (address, arena)
     _device: int = 0
     _pipeline: Pipeline | None = None
@@ -138,6 +144,8 @@ class Restored:
             self._finish_pipeline()
             for executable in self._executables:
                 native.destroy_executable(executable)
+            for graph in self._collective_graphs:
+                native.destroy_graph(graph)
             for event in self._events:
                 driver.cuEventDestroy(event)
             for module in self._modules:
@@ -153,6 +161,7 @@ class Restored:
                 graph._released()
             self.graphs.clear()
             self._executables, self._events, self._modules, self._claimed = [], [], [], []
+            self._collective_graphs = []
 
     def _finish_pipeline(self) -> None:
         if self._pipeline is not None:
@@ -192,14 +201,20 @@ def prefetch(path: str | Path, *, threads: int = DEFAULT_THREADS) -> Restored:
 
 
 def load(
-    archive: str | Path | Restored, *, mode: Mode = "eager", threads: int = DEFAULT_THREADS, upload: bool = False
+    archive: str | Path | Restored,
+    *,
+    mode: Mode = "eager",
+    threads: int = DEFAULT_THREADS,
+    upload: bool = False,
+    communicator: Communicator | None = None,
 ) -> Restored:
     """Restores the graphs of an archive (a path, or what prefetch() returned, whose threads are
     then used). Call it at the restore point. `mode`: "eager" returns with every graph ready;
     "background" returns once memory is claimed and restores every graph meanwhile; "lazy"
     restores each graph at its first replay() or wait(). `upload` also copies each executable to
     the device before it counts as ready (otherwise its first launch does, as for a graph that
-    torch captured)."""
+    torch captured). `communicator`: this rank's (e.g. an NcclCommunicator), for an archive of a
+    tensor-parallel step; its rank count must be the archive's degree."""
     if mode not in ("eager", "background", "lazy"):
         raise ValueError(f"mode {mode!r}: choose eager, background or lazy")
     restored = archive if isinstance(archive, Restored) else Restored()
@@ -211,7 +226,11 @@ def load(
         with nvtx.annotate("foundry.load", domain=NVTX_DOMAIN):
             if not isinstance(archive, Restored):
                 _open(Path(archive), restored, threads, all_modules=mode != "lazy")
+            manifest = restored._archive.manifest
+            check_communicator(manifest.tensor_parallel, len(manifest.collectives), communicator, str(restored._archive.path))
             _claim(restored, upload)
+            if manifest.collectives:
+                _bind_collectives(restored, communicator)
             if mode != "lazy":
                 for entry in restored._archive.manifest.graphs:
                     restored._pipeline.graph(entry)
@@ -280,6 +299,15 @@ def _claim(restored: Restored, upload: bool) -> None:
         for entry in manifest.graphs:
             outputs = {o.name: _tensor(o, owned) for o in entry.outputs}
             restored.graphs[entry.key] = RestoredGraph(entry.key, outputs, _requester(pipeline, entry))
+
+
+def _bind_collectives(restored: Restored, communicator: Communicator) -> None:
+    """A graph of each recorded collective on the live communicator (the builder clones it where
+    the collective's node was). After _claim: the collectives' buffers must be mapped."""
+    with _phase(restored, "collectives"):
+        for spec in restored._archive.manifest.collectives:
+            restored._collective_graphs.append(communicator.collective_graph(spec))
+        restored._pipeline.bind_collectives(restored._collective_graphs)
 
 
 def _requester(pipeline: Pipeline, entry: GraphEntry):  # noqa: ANN202 - () -> Future

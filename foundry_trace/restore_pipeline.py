@@ -80,6 +80,10 @@ class Pipeline:
             for module in sorted(modules - self._modules.keys(), key=lambda m: -self._manifest.modules[m].size):
                 self._modules[module] = self._pool.submit(self._load_module, module)
 
+    def bind_collectives(self, graphs: list[int]) -> None:
+        """The collective graphs by archive index; set before any graph is queued."""
+        self._handles.set_collectives(graphs)
+
     def wait_for_modules(self) -> None:
         """Blocks until every queued module is loaded (re-raising a failure)."""
         with self._lock:

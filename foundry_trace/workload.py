@@ -3,6 +3,11 @@ graph per batch size the way vLLM does it (engines.py lists it with the others).
 
 Shapes are those of real models (llama8b is Llama-3-8B: 32 layers, GQA 32/8, SwiGLU 14336,
 vocabulary 128256); weights are random, which changes nothing for graphs and memory layout.
+
+With a communicator of N ranks the step is one rank's share of tensor parallelism, as Megatron
+and vLLM split it: the QKV and gate/up projections by columns (heads and intermediate size / N),
+the output and down projections by rows, each followed by an all-reduce; embedding and LM head
+are replicated (vLLM shards the vocabulary as well; that changes the collectives, not the idea).
 """
 
 from __future__ import annotations
@@ -10,12 +15,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import nvtx
 import torch
 import torch.nn.functional as F
 
 from .engines import ATTENTION_CHOICES
+
+if TYPE_CHECKING:
+    from .collectives import Communicator
 
 NVTX_DOMAIN = "foundry"
 VLLM_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, *range(8, 513, 8))  # vLLM's default capture sizes (67)
@@ -31,10 +40,11 @@ class ModelShape:
     vocab: int
     context: int  # tokens the static KV cache holds per sequence
     batch_sizes: tuple[int, ...]
+    head_dim: int = 0  # 0: hidden // heads (kept when tensor parallelism divides the heads)
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
+    def __post_init__(self) -> None:
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.hidden // self.heads)
 
     @property
     def max_batch(self) -> int:
@@ -83,14 +93,22 @@ class DecodeModel:
     size b reads tokens[:b] and positions[:b] and writes the KV cache in place.
     """
 
-    def __init__(self, shape: ModelShape, *, device: torch.device | str = "cuda", seed: int = 0, attention: str = "default") -> None:
+    def __init__(
+        self, shape: ModelShape, *, device: torch.device | str = "cuda", seed: int = 0, attention: str = "default",
+        communicator: Communicator | None = None,
+    ) -> None:
         if attention not in ATTENTION_CHOICES:
             raise ValueError(f"attention {attention!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
-        self.shape = shape
+        self.communicator = communicator
+        ranks = communicator.world_size if communicator is not None else 1
+        self.full_shape = shape
+        self.shape = shape = rank_shape(shape, ranks)
         self.attention = attention
         dtype = torch.bfloat16
-        generator = torch.Generator(device=device).manual_seed(seed)
+        rank = communicator.rank if communicator is not None else 0
+        generator = torch.Generator(device=device).manual_seed(seed + 7919 * rank)  # each rank its own shard
         h, kv = shape.hidden, shape.kv_heads * shape.head_dim
+        q = shape.heads * shape.head_dim
 
         def weight(*dims: int) -> torch.Tensor:
             scale = 1.0 / math.sqrt(dims[-1])
@@ -101,8 +119,8 @@ class DecodeModel:
             self.layers = [
                 {
                     "attn_norm": torch.ones(h, device=device, dtype=dtype),
-                    "qkv": weight(h + 2 * kv, h),
-                    "out": weight(h, h),
+                    "qkv": weight(q + 2 * kv, h),
+                    "out": weight(h, q),
                     "mlp_norm": torch.ones(h, device=device, dtype=dtype),
                     "gate_up": weight(2 * shape.intermediate, h),
                     "down": weight(h, shape.intermediate),
@@ -128,7 +146,10 @@ class DecodeModel:
         return self.shape.batch_sizes
 
     def describe(self) -> str:
-        return f"{self.shape.describe()}; attention: {self.attention}"
+        text = f"{self.full_shape.describe()}; attention: {self.attention}"
+        if self.communicator is not None:
+            text += f"; tensor parallelism {self.communicator.world_size} (rank {self.communicator.rank}'s share)"
+        return text
 
     def warm_up(self) -> None:
         self.step(1)
@@ -158,18 +179,24 @@ class DecodeModel:
         x = F.embedding(tokens, self.embedding)
         for index, layer in enumerate(self.layers):
             y = _rms_norm(x, layer["attn_norm"])
-            q, k, v = F.linear(y, layer["qkv"]).split([s.hidden, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim], dim=-1)
+            q, k, v = F.linear(y, layer["qkv"]).split([s.heads * s.head_dim, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim], dim=-1)
             q = _rotate(q.view(batch, s.heads, s.head_dim), cos, sin)
             k = _rotate(k.view(batch, s.kv_heads, s.head_dim), cos, sin)
             cache_k, cache_v = self.kv_cache[index, 0, :batch], self.kv_cache[index, 1, :batch]
             cache_k[rows, :, positions] = k
             cache_v[rows, :, positions] = v.view(batch, s.kv_heads, s.head_dim)
             attention = self._attend(q[:, :, None, :], cache_k, cache_v, mask)
-            x = x + F.linear(attention.reshape(batch, s.hidden), layer["out"])
+            x = x + self._reduced(F.linear(attention.reshape(batch, s.heads * s.head_dim), layer["out"]))
             gate, up = F.linear(_rms_norm(x, layer["mlp_norm"]), layer["gate_up"]).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer["down"])
+            x = x + self._reduced(F.linear(F.silu(gate) * up, layer["down"]))
         return F.linear(_rms_norm(x, self.final_norm), self.lm_head).float()
 
+
+    def _reduced(self, partial: torch.Tensor) -> torch.Tensor:
+        """A row-parallel projection's partial sums, summed over the ranks (in place)."""
+        if self.communicator is not None:
+            self.communicator.all_reduce(partial)
+        return partial
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.attention == "default":
@@ -187,6 +214,19 @@ class DecodeModel:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.attention == "math")
 
 
+def rank_shape(shape: ModelShape, ranks: int) -> ModelShape:
+    """One rank's share of `shape` under tensor parallelism over `ranks` (heads, key/value heads and
+    intermediate size divided; hidden size and vocabulary whole)."""
+    if ranks == 1:
+        return shape
+    for name in ("heads", "kv_heads", "intermediate"):
+        if getattr(shape, name) % ranks:
+            raise ValueError(f"tensor parallelism {ranks} does not divide {name} ({getattr(shape, name)}): choose a divisor")
+    return dataclasses.replace(
+        shape, heads=shape.heads // ranks, kv_heads=shape.kv_heads // ranks, intermediate=shape.intermediate // ranks,
+    )
+
+
 def shape_of(preset: str, layers: int | None = None, batch_sizes: tuple[int, ...] | None = None) -> ModelShape:
     """A preset's shape; `layers` and `batch_sizes` override the preset's."""
     shape = PRESETS[preset]
@@ -198,9 +238,10 @@ def shape_of(preset: str, layers: int | None = None, batch_sizes: tuple[int, ...
 
 
 def decode_model(
-    preset: str, *, attention: str = "default", layers: int | None = None, batch_sizes: tuple[int, ...] | None = None
+    preset: str, *, attention: str = "default", layers: int | None = None, batch_sizes: tuple[int, ...] | None = None,
+    communicator: Communicator | None = None,
 ) -> DecodeModel:
-    return DecodeModel(shape_of(preset, layers, batch_sizes), attention=attention)
+    return DecodeModel(shape_of(preset, layers, batch_sizes), attention=attention, communicator=communicator)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from foundry_trace.errors import ArchiveFormatError
 from foundry_trace.node_table import decode
 from fuzz import run_atheris
 
-FUNCTIONS, EVENTS = 4, 4
+FUNCTIONS, EVENTS, COLLECTIVES = 4, 4, 4
 
 
 def one_input(data: bytes) -> None:
@@ -25,7 +25,7 @@ def one_input(data: bytes) -> None:
     (length,) = struct.unpack_from("<I", data)
     table, payload = data[4 : 4 + length], data[4 + length :]
     try:
-        decode(table, payload, FUNCTIONS, EVENTS)
+        decode(table, payload, FUNCTIONS, EVENTS, COLLECTIVES)
     except ArchiveFormatError:
         pass
 

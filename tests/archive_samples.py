@@ -11,6 +11,8 @@ from foundry_trace.archive import ArchiveWriter, Fingerprint, GraphEntry, Manife
 from foundry_trace.node_table import encode
 from foundry_trace.records import (
     ChildGraphNode,
+    CollectiveNode,
+    CollectiveSpec,
     Edge,
     EmptyNode,
     EventRecordNode,
@@ -31,6 +33,12 @@ small = st.integers(min_value=0, max_value=1 << 20)
 dim3 = st.tuples(small, small, small)
 
 
+COLLECTIVES = tuple(
+    CollectiveSpec(operation="all_reduce", reduction="sum", dtype=dtype, count=4096 * (n + 1), address=0x200000000000 + n * 0x10000)
+    for n, dtype in enumerate(("bfloat16", "float32", "float16"))
+)
+
+
 def _manifest(modules, functions, templates, graphs, memory, *, events: int) -> Manifest:  # noqa: ANN001
     """A manifest saved on an H100 with an empty restore layout; blobs are indexed by the writer."""
     layout = fa.Layout(device=0, base=0x200000000000, size=1 << 40, granularity=2 << 20, allocations=())
@@ -48,6 +56,8 @@ def _manifest(modules, functions, templates, graphs, memory, *, events: int) -> 
         graphs=graphs,
         memory=memory,
         events=events,
+        tensor_parallel=2,
+        collectives=COLLECTIVES,
         blobs={},
     )
 
@@ -80,6 +90,7 @@ def simple_nodes(draw: st.DrawFn, functions: int):  # noqa: ANN201
             ),
             st.builds(EventRecordNode, event=st.integers(min_value=0, max_value=8)),
             st.builds(EventWaitNode, event=st.integers(min_value=0, max_value=8)),
+            st.builds(CollectiveNode, collective=st.integers(min_value=0, max_value=len(COLLECTIVES) - 1)),
             st.just(EmptyNode()),
         )
     )

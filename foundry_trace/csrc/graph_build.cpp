@@ -133,6 +133,10 @@ class BodyBuilder {
         p.graph.graph = child;  // cloned into the node
         break;
       }
+      case kCollective:
+        p.type = CU_GRAPH_NODE_TYPE_GRAPH;
+        p.graph.graph = reinterpret_cast<CUgraph>(in_.collectives[n.index]);  // cloned; stays the caller's
+        break;
       default:
         *error_ = "unknown node kind";
         return CUDA_ERROR_INVALID_VALUE;

@@ -36,6 +36,7 @@ struct BuildInputs {
   uint64_t payload_size;
   const uint64_t* functions;  // CUfunction by the table's function index
   const uint64_t* events;     // CUevent by the table's event index
+  const uint64_t* collectives;  // CUgraph of each collective, captured on the live communicator
   CUcontext context;
 };
 

@@ -23,7 +23,7 @@ bool within(uint64_t offset, uint64_t size, uint64_t limit) {
 
 std::string check_node(const NodeEntry& n, uint64_t body, uint64_t body_count,
                        const uint8_t* payload, uint64_t payload_size, uint32_t functions,
-                       uint32_t events) {
+                       uint32_t events, uint32_t collectives) {
   if (n.kind >= kNodeKinds) return format("unknown node kind %u", n.kind);
   if (n.reserved != 0) return "a reserved field is set";
   if (n.kind != kKernel && n.attribute_count != 0) return "launch attributes on a non-kernel node";
@@ -57,6 +57,9 @@ std::string check_node(const NodeEntry& n, uint64_t body, uint64_t body_count,
     case kEventRecord:
     case kEventWait:
       if (n.index >= events) return format("event %u of %u", n.index, events);
+      return "";
+    case kCollective:
+      if (n.index >= collectives) return format("collective %u of %u", n.index, collectives);
       return "";
     case kChildGraph:
       if (n.index <= body || n.index >= body_count)
@@ -102,7 +105,8 @@ EdgeEntry TableView::edge(uint64_t index) const {
 }
 
 std::string check_table(const uint8_t* table, uint64_t table_size, const uint8_t* payload,
-                        uint64_t payload_size, uint32_t function_count, uint32_t event_count) {
+                        uint64_t payload_size, uint32_t function_count, uint32_t event_count,
+                        uint32_t collective_count) {
   if (table_size < sizeof(TableHeader)) return "node table: shorter than its header";
   TableView view(table, nullptr);
   const TableHeader h = view.header();
@@ -132,7 +136,8 @@ std::string check_table(const uint8_t* table, uint64_t table_size, const uint8_t
                     static_cast<unsigned long long>(b));
     for (uint64_t i = 0; i < body.node_count; ++i) {
       const std::string problem = check_node(view.node(body.first_node + i), b, h.body_count,
-                                             payload, payload_size, function_count, event_count);
+                                             payload, payload_size, function_count, event_count,
+                                             collective_count);
       if (!problem.empty())
         return format("node table: body %llu, node %llu: ", static_cast<unsigned long long>(b),
                       static_cast<unsigned long long>(i)) +

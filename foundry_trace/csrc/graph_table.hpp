@@ -33,7 +33,8 @@ enum NodeKind : uint8_t {
   kEventWait = 4,
   kEmpty = 5,
   kChildGraph = 6,
-  kNodeKinds = 7,
+  kCollective = 7,  // bound at LOAD to a graph of the live communicator's collective
+  kNodeKinds = 8,
 };
 
 #pragma pack(push, 1)
@@ -56,7 +57,7 @@ struct NodeEntry {
   uint8_t kind;
   uint8_t reserved;
   uint16_t attribute_count;  // kernel: launch attributes after the arguments (8-byte aligned)
-  uint32_t index;            // kernel: function; event nodes: event; child graph: body
+  uint32_t index;  // kernel: function; event nodes: event; child graph: body; collective: collective
   uint32_t grid[3];
   uint32_t block[3];
   uint32_t shared_bytes;
@@ -125,9 +126,10 @@ inline uint64_t attributes_offset(const NodeEntry& node) {
   return node.payload_offset + ((static_cast<uint64_t>(node.payload_size) + 7) & ~uint64_t{7});
 }
 
-// Empty when the table is well formed for its payload and the given numbers of functions and
-// events; otherwise what is wrong, naming the body and node.
+// Empty when the table is well formed for its payload and the given numbers of functions,
+// events and collectives; otherwise what is wrong, naming the body and node.
 std::string check_table(const uint8_t* table, uint64_t table_size, const uint8_t* payload,
-                        uint64_t payload_size, uint32_t function_count, uint32_t event_count);
+                        uint64_t payload_size, uint32_t function_count, uint32_t event_count,
+                        uint32_t collective_count);
 
 }  // namespace foundry

@@ -28,15 +28,17 @@ int report(int status, const std::string& message, char* error, uint64_t error_s
 
 }  // namespace
 
-// Validates a node table against its payload and the numbers of functions and events. Needs no
+// Validates a node table against its payload and the numbers of functions, events and
+// collectives. Needs no
 // driver (CI and the fuzz targets call it).
 FOUNDRY_EXPORT int fr_table_check(const void* table, uint64_t table_size, const void* payload,
                                   uint64_t payload_size, uint32_t function_count,
-                                  uint32_t event_count, char* error, uint64_t error_size) {
+                                  uint32_t event_count, uint32_t collective_count, char* error,
+                                  uint64_t error_size) {
   const std::string problem =
       foundry::check_table(static_cast<const uint8_t*>(table), table_size,
                            static_cast<const uint8_t*>(payload), payload_size, function_count,
-                           event_count);
+                           event_count, collective_count);
   return problem.empty() ? kOk : report(kInvalidTable, problem, error, error_size);
 }
 
@@ -44,19 +46,20 @@ FOUNDRY_EXPORT int fr_table_check(const void* table, uint64_t table_size, const 
 FOUNDRY_EXPORT int fr_graph_build(const void* table, uint64_t table_size, const void* payload,
                                   uint64_t payload_size, const uint64_t* functions,
                                   uint32_t function_count, const uint64_t* events,
-                                  uint32_t event_count, uint64_t context, uint64_t* graph,
+                                  uint32_t event_count, const uint64_t* collectives,
+                                  uint32_t collective_count, uint64_t context, uint64_t* graph,
                                   char* error, uint64_t error_size) {
   const std::string problem =
       foundry::check_table(static_cast<const uint8_t*>(table), table_size,
                            static_cast<const uint8_t*>(payload), payload_size, function_count,
-                           event_count);
+                           event_count, collective_count);
   if (!problem.empty()) return report(kInvalidTable, problem, error, error_size);
   std::string message;
   const foundry::GraphDriver* d = foundry::graph_driver(&message);
   if (d == nullptr) return report(kNoDriver, message, error, error_size);
   const foundry::BuildInputs inputs{
       foundry::TableView(static_cast<const uint8_t*>(table), static_cast<const uint8_t*>(payload)),
-      payload_size, functions, events, reinterpret_cast<CUcontext>(context)};
+      payload_size, functions, events, collectives, reinterpret_cast<CUcontext>(context)};
   CUgraph built = nullptr;
   if (foundry::build_graph(*d, inputs, &built, &message) != CUDA_SUCCESS)
     return report(kDriverFailure, message, error, error_size);

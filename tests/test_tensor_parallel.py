@@ -1,0 +1,60 @@
+"""Tensor parallelism on the CPU: one rank's shapes, archives by degree, communicator checks, and
+collective nodes in the node table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from foundry_trace.collectives import check_communicator, tensor_parallel_archive
+from foundry_trace.errors import ArchiveFormatError, TensorParallelError
+from foundry_trace.node_table import decode, encode
+from foundry_trace.records import CollectiveNode, EmptyNode, Edge, GraphBody
+from foundry_trace.workload import PRESETS, rank_shape
+
+
+class _Ranks:
+    def __init__(self, world_size: int) -> None:
+        self.world_size, self.rank = world_size, 0
+
+
+@given(st.sampled_from(sorted(PRESETS)), st.sampled_from([1, 2, 4, 8]))
+def test_a_rank_holds_its_share_and_head_size_is_kept(preset: str, ranks: int) -> None:
+    shape = PRESETS[preset]
+    if any(getattr(shape, n) % ranks for n in ("heads", "kv_heads", "intermediate")):
+        with pytest.raises(ValueError, match="does not divide"):
+            rank_shape(shape, ranks)
+        return
+    share = rank_shape(shape, ranks)
+    assert (share.heads * ranks, share.kv_heads * ranks, share.intermediate * ranks) == (shape.heads, shape.kv_heads, shape.intermediate)
+    assert share.head_dim == shape.head_dim and share.hidden == shape.hidden and share.vocab == shape.vocab
+
+
+def test_an_archive_is_chosen_by_rank_count(tmp_path: Path) -> None:
+    (tmp_path / "tp1.foundry").write_bytes(b"x")
+    (tmp_path / "tp2.foundry").write_bytes(b"x")
+    assert tensor_parallel_archive(tmp_path, 2) == tmp_path / "tp2.foundry"
+    with pytest.raises(TensorParallelError, match=r"no archive for tensor parallelism 4 \(it holds: tp1.foundry, tp2.foundry\).*--degrees 4"):
+        tensor_parallel_archive(tmp_path, 4)
+
+
+def test_a_communicator_must_match_the_archive() -> None:
+    check_communicator(1, 0, None, "a")
+    check_communicator(2, 64, _Ranks(2), "a")
+    with pytest.raises(TensorParallelError, match="saved for tensor parallelism 2, but the communicator has 4 ranks"):
+        check_communicator(2, 64, _Ranks(4), "a")
+    with pytest.raises(TensorParallelError, match="pass communicator="):
+        check_communicator(2, 64, None, "a")
+    with pytest.raises(TensorParallelError, match="pass communicator="):
+        check_communicator(1, 3, None, "a")
+
+
+def test_collective_nodes_round_trip_and_are_bounded() -> None:
+    body = GraphBody(nodes=(EmptyNode(), CollectiveNode(collective=1), EmptyNode()), edges=(Edge(source=0, destination=1), Edge(source=1, destination=2)))
+    encoded = encode(body)
+    assert decode(encoded.table, encoded.payload, 0, 0, 2) == body
+    with pytest.raises(ArchiveFormatError, match="collective 1 of 1"):
+        decode(encoded.table, encoded.payload, 0, 0, 1)
