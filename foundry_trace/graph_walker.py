@@ -3,6 +3,7 @@
 Kernel arguments are read as the driver holds them (kernelParams or the `extra` buffer form) and
 stored in the layout the function's parameters have on the device (cuFuncGetParamInfo), so a
 restore can hand them back in one buffer. Nodes that cannot be persisted are refused by kind.
+A memset into a RecordingCommunicator's marker is a collective (collectives.py), not a memset.
 """
 
 from __future__ import annotations
