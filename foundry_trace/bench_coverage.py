@@ -60,7 +60,7 @@ def run(workload: str | None, output_dir: Path | None, threads: int = DEFAULT_TH
 
 
 def render(results: dict[str, object]) -> str:
-    from rich.console import Console
+    from .results import table_text
     from rich.table import Table
 
     table = Table(title=f"{results['device']}: restore vs native capture on model code Foundry did not write")
@@ -74,7 +74,4 @@ def render(results: dict[str, object]) -> str:
             "yes" if c["bitwise_equal"] else f"no {c['mismatched']}",
             deltas, str(c["compiled_graphs_at_restore"]),
         )
-    console = Console(width=160, record=True)
-    with console.capture() as captured:
-        console.print(table)
-    return captured.get()
+    return table_text(table, width=160)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .bench_children import add_option_flags, option_arguments, parsed_options, run_child
 from .restore import DEFAULT_THREADS
 
 REFERENCE_SUFFIX = ".outputs.json"
@@ -238,22 +238,8 @@ def instantiate_scaling(archive: str, counts: tuple[int, ...]) -> dict[str, floa
         early.release()
 
 
-def _option_arguments(options: dict[str, object]) -> list[str]:
-    arguments = []
-    if options.get("attention") is not None:
-        arguments += ["--attention", str(options["attention"])]
-    if options.get("layers") is not None:
-        arguments += ["--layers", str(options["layers"])]
-    if options.get("batch_sizes") is not None:
-        arguments += ["--batch-sizes", ",".join(str(b) for b in options["batch_sizes"])]
-    return arguments
-
-
 def _run_child(*arguments: str) -> dict[str, object]:
-    completed = subprocess.run([sys.executable, "-m", "foundry_trace.bench_load", *arguments], capture_output=True, text=True)
-    if completed.returncode != 0:
-        raise RuntimeError(f"bench child {arguments[0]} failed:\n{completed.stderr[-4000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_child("foundry_trace.bench_load", list(arguments))
 
 
 def run_children(
@@ -263,7 +249,7 @@ def run_children(
     `full`: the whole LOAD bench; otherwise one restore and the comparison (foundry verify)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    extra = _option_arguments(options)
+    extra = option_arguments(options)
     with tempfile.TemporaryDirectory() as scratch, Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True
     ) as progress:
@@ -389,7 +375,7 @@ def plot_timeline(results: dict[str, object], path: Path) -> Path | None:
 
 
 def render(results: dict[str, object]) -> str:
-    from rich.console import Console
+    from .results import table_text
     from rich.table import Table
 
     c = results["cases"][0]
@@ -419,10 +405,7 @@ def render(results: dict[str, object]) -> str:
     ]
     for row in rows:
         table.add_row(*row)
-    console = Console(width=120, record=True)
-    with console.capture() as captured:
-        console.print(table)
-    return captured.get()
+    return table_text(table, width=120)
 
 
 def _main() -> None:
@@ -431,12 +414,9 @@ def _main() -> None:
     parser.add_argument("workload")
     parser.add_argument("archive")
     parser.add_argument("threads", nargs="?", type=int, default=DEFAULT_THREADS)
-    parser.add_argument("--attention")
-    parser.add_argument("--layers", type=int)
-    parser.add_argument("--batch-sizes", type=lambda text: tuple(int(b) for b in text.split(",")))
+    add_option_flags(parser)
     a = parser.parse_args()
-    options = {"attention": a.attention, "layers": a.layers, "batch_sizes": a.batch_sizes}
-    options = {k: v for k, v in options.items() if v is not None}
+    options = parsed_options(a)
     if a.role == "save":
         result = child_save(a.workload, a.archive, options)
     elif a.role == "native":

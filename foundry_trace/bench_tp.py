@@ -14,13 +14,12 @@ import argparse
 import json
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .bench_children import add_option_flags, option_arguments, parsed_options, run_child
 from .collectives import ARCHIVE_NAME
 
 
@@ -109,10 +108,7 @@ def _free_port() -> int:
 
 
 def _run(arguments: list[str], environment: dict[str, str]) -> dict[str, object]:
-    completed = subprocess.run([sys.executable, "-m", "foundry_trace.bench_tp", *arguments], capture_output=True, text=True, env=environment)
-    if completed.returncode != 0:
-        raise RuntimeError(f"tp child {arguments[0]} failed:\n{completed.stderr[-4000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_child("foundry_trace.bench_tp", arguments, environment)
 
 
 def _environment(gpu: int, rank: int = 0, ranks: int = 1, port: int = 0) -> dict[str, str]:
@@ -128,16 +124,10 @@ def _ranks(role: list[str], degree: int) -> list[dict[str, object]]:
         return list(pool.map(lambda rank: _run(role, _environment(rank, rank, degree, port)), range(degree)))
 
 
-def _option_arguments(options: dict[str, object]) -> list[str]:
-    from .bench_load import _option_arguments as arguments
-
-    return arguments(options)
-
-
 def save_all(workload: str, degrees: list[int], directory: Path, **options: object) -> dict[int, dict[str, object]]:
     """SAVE every degree on GPU 0, one fresh process each (no peer needed)."""
     directory.mkdir(parents=True, exist_ok=True)
-    extra = _option_arguments(options)
+    extra = option_arguments(options)
     return {d: _run(["save", workload, str(d), str(archive_path(directory, d)), *extra], _environment(0)) for d in degrees}
 
 
@@ -159,7 +149,7 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
 
     gpus = torch.cuda.device_count()
     saved = save_all(workload, degrees, directory, **options)
-    extra = _option_arguments(options)
+    extra = option_arguments(options)
     cases, first = [], None
     for degree in degrees:
         case = {"name": f"tp{degree}", "archive_bytes": saved[degree]["archive_bytes"], "save_s": saved[degree]["save_s"],
@@ -197,7 +187,7 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
 
 
 def render(results: dict[str, object]) -> str:
-    from rich.console import Console
+    from .results import table_text
     from rich.table import Table
 
     table = Table(title=f"{results['device']} x {results['gpus']} / {results['workload']}")
@@ -210,21 +200,16 @@ def render(results: dict[str, object]) -> str:
         deltas = " ".join(f"b{b}:{d:+.2f}" for b, d in c["replay_delta_pct"].items())
         table.add_row(c["name"], str(c["collectives"]), f"{c['archive_bytes'] / 2**20:.1f}", f"{c['native_s']:.2f}",
                       f"{c['restore_s']:.3f}", f"{c['speedup']:.1f}x", str(c["bitwise_equal"]), deltas)
-    console = Console(width=140, record=True)
-    with console.capture() as captured:
-        console.print(table)
-    return captured.get()
+    return table_text(table, width=140)
 
 
 def _main() -> None:
     parser = argparse.ArgumentParser(description="child process of `foundry bench tp`")
     parser.add_argument("role", choices=("save", "native", "load"))
     parser.add_argument("rest", nargs="*")
-    parser.add_argument("--attention")
-    parser.add_argument("--layers", type=int)
-    parser.add_argument("--batch-sizes", type=lambda text: tuple(int(b) for b in text.split(",")))
+    add_option_flags(parser)
     a = parser.parse_args()
-    options = {k: v for k, v in {"attention": a.attention, "layers": a.layers, "batch_sizes": a.batch_sizes}.items() if v is not None}
+    options = parsed_options(a)
     if a.role == "save":
         workload, degree, archive = a.rest
         result = child_save(workload, int(degree), archive, options)

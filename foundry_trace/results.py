@@ -93,6 +93,16 @@ def project_commit() -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
+def table_text(table: object, width: int) -> str:
+    """A rich Table as the text a terminal of `width` columns would show."""
+    from rich.console import Console
+
+    console = Console(width=width, record=True)
+    with console.capture() as captured:
+        console.print(table)
+    return captured.get()
+
+
 def command_line() -> str:
     return " ".join(shlex.quote(a) for a in ["foundry", *sys.argv[1:]])
 

@@ -7,13 +7,12 @@ that the whole GPU suite fits in one call of the device tool."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from foundry_trace.bench_children import run_child
 
 from ..conftest import clean_environment
 
@@ -32,13 +31,7 @@ CASES = {
 
 
 def child(*arguments: str) -> dict:
-    completed = subprocess.run(
-        [sys.executable, "-m", "foundry_trace.bench_load", *arguments],
-        capture_output=True, text=True, cwd=ROOT, env=clean_environment(), timeout=600,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"bench child {arguments[0]} failed:\n{completed.stderr[-5000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_child("foundry_trace.bench_load", list(arguments), clean_environment(), cwd=ROOT, timeout=600)
 
 
 def save_and_verify(case: str, directory: Path) -> tuple[Path, dict]:
