@@ -31,7 +31,19 @@ STORE_KEY = "foundry/nccl-unique-id"
 
 
 class _UniqueId(ctypes.Structure):
-    _fields_ = [("internal", ctypes.c_char * UNIQUE_ID_BYTES)]
+    # Bytes, not c_char: a c_char array reads and writes as a C string, cut at the first NUL,
+    # and a unique id is mostly NULs (its socket address).
+    _fields_ = [("internal", ctypes.c_ubyte * UNIQUE_ID_BYTES)]
+
+
+def unique_id_struct(unique_id: bytes) -> _UniqueId:
+    """The ncclUniqueId that NCCL takes by value, from the bytes the ranks exchanged."""
+    if len(unique_id) != UNIQUE_ID_BYTES:
+        raise NcclError(
+            f"an NCCL unique id has {UNIQUE_ID_BYTES} bytes, got {len(unique_id)}: "
+            "pass the bytes of new_unique_id() unchanged to every rank"
+        )
+    return _UniqueId.from_buffer_copy(unique_id)
 
 
 def _library_path() -> str:
@@ -76,7 +88,7 @@ def version() -> int:
 def new_unique_id() -> bytes:
     unique = _UniqueId()
     _check(library().ncclGetUniqueId(ctypes.byref(unique)), "ncclGetUniqueId")
-    return bytes(unique.internal)
+    return bytes(unique)
 
 
 class NcclCommunicator:
@@ -89,8 +101,7 @@ class NcclCommunicator:
         os.environ.setdefault("NCCL_RUNTIME_CONNECT", "0")
         self.rank, self.world_size = rank, world_size
         self._comm = ctypes.c_void_p()
-        identifier = _UniqueId()
-        identifier.internal = unique_id
+        identifier = unique_id_struct(unique_id)
         _check(library().ncclCommInitRank(ctypes.byref(self._comm), world_size, identifier, rank), "ncclCommInitRank")
 
     @classmethod

@@ -58,3 +58,20 @@ def test_collective_nodes_round_trip_and_are_bounded() -> None:
     assert decode(encoded.table, encoded.payload, 0, 0, 2) == body
     with pytest.raises(ArchiveFormatError, match="collective 1 of 1"):
         decode(encoded.table, encoded.payload, 0, 0, 1)
+
+
+@given(st.binary(min_size=128, max_size=128))
+def test_an_nccl_unique_id_keeps_every_byte(unique_id: bytes) -> None:
+    # A unique id is mostly NULs; a C-string field would cut it at the first one.
+    from foundry_trace.nccl import unique_id_struct
+
+    assert bytes(unique_id_struct(unique_id)) == unique_id
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 129])
+def test_an_nccl_unique_id_of_the_wrong_size_is_refused(size: int) -> None:
+    from foundry_trace.errors import NcclError
+    from foundry_trace.nccl import unique_id_struct
+
+    with pytest.raises(NcclError, match=f"has 128 bytes, got {size}"):
+        unique_id_struct(bytes(size))
