@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .bench_children import add_option_flags, option_arguments, parsed_options, run_child
+from .bench_children import add_option_flags, note, option_arguments, parsed_options, run_child
 from .restore import DEFAULT_THREADS
 
 REFERENCE_SUFFIX = ".outputs.json"
@@ -41,11 +41,14 @@ def child_save(workload: str, archive: str, options: dict[str, object]) -> dict[
 
     foundry_trace.start_tracing()
     model = build_engine(workload, **options)
+    note(f"built {workload}")
     start = time.perf_counter()
     with foundry_trace.record(archive) as recording:
         captured = capture_steps(model, recording=recording)
     save_s = time.perf_counter() - start
+    note(f"captured and saved {len(captured)} graphs in {save_s:.1f} s")
     Path(archive + REFERENCE_SUFFIX).write_text(json.dumps(reference_outputs(model, captured)))
+    note("recorded the reference outputs")
     return {"archive_bytes": Path(archive).stat().st_size, "save_s": save_s, "description": model.describe()}
 
 
@@ -62,11 +65,13 @@ def child_verify(workload: str, archive: str, threads: int, options: dict[str, o
     from .verify import compare
 
     model = build_engine(workload, **options)
+    note(f"built {workload}")
     torch.cuda.synchronize()
     start = time.perf_counter()
     restored = foundry_trace.load(archive, threads=threads)
     torch.cuda.synchronize()
     restore_s = time.perf_counter() - start
+    note(f"restored {len(restored.graphs)} graphs in {restore_s:.3f} s")
     for key in restored.graphs:
         model.prepare(int(key), seed=0)
         restored[key].replay()
@@ -74,6 +79,7 @@ def child_verify(workload: str, archive: str, threads: int, options: dict[str, o
     compiled = _compiled_graphs()  # before the native capture: what the restore itself compiled
     saved = json.loads(Path(archive + REFERENCE_SUFFIX).read_text())
     result = compare(model, restored, saved)
+    note(f"captured natively in {result['native_s']:.1f} s and compared")
     restored.release()
     result.update(
         restore_s=restore_s, compiled_graphs_at_restore=compiled, description=model.describe(), phases=restored.phases, busy=restored.busy_seconds(),
@@ -91,10 +97,12 @@ def child_native(workload: str, options: dict[str, object]) -> dict[str, object]
     from .engines import build_engine
 
     model = build_engine(workload, **options)
+    note(f"built {workload}")
     torch.cuda.synchronize()
     start = time.perf_counter()
     captured = capture_steps(model)
     torch.cuda.synchronize()
+    note(f"captured {len(captured)} graphs in {time.perf_counter() - start:.1f} s")
     return {"native_s": time.perf_counter() - start, "graphs": len(captured)}
 
 
@@ -117,11 +125,13 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     from .verify import compare
 
     model = build_engine(workload, **options)
+    note(f"built {workload}")
     torch.cuda.synchronize()
     start = time.perf_counter()
     cold = foundry_trace.load(archive, threads=threads)  # the first LOAD of this process: timed
     torch.cuda.synchronize()
     restore_s = time.perf_counter() - start
+    note(f"restored cold in {restore_s:.3f} s")
     cold_report = {"phases": cold.phases, "busy": cold.busy_seconds(), "spans": [span.__dict__ for span in cold.spans]}
     cold.release()
 
@@ -145,6 +155,7 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
         foundry_trace.load(archive, threads=count).release()
         sweep[str(count)] = time.perf_counter() - start
 
+    note("timed serial, lazy and thread-count restores")
     instantiate_only = instantiate_scaling(archive, (1, 2, 4, 8, 16))
 
     # With prefetch(): modules load before the restore point (in a server, while weights load).
@@ -167,8 +178,10 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     restored = foundry_trace.load(archive, threads=threads)
     torch.cuda.synchronize()
     warm_restore_s = time.perf_counter() - start
+    note("timed instantiation scaling and prefetched restores")
     saved = json.loads(Path(archive + REFERENCE_SUFFIX).read_text())
     result = compare(model, restored, saved)
+    note("captured natively and compared")
     result["native_warm_s"] = result.pop("native_s")  # this process's own native capture, after restores
     restored.release()
     description = model.describe()

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .bench_children import add_option_flags, option_arguments, parsed_options, run_child
+from .bench_children import add_option_flags, note, option_arguments, parsed_options, run_child
 from .collectives import ARCHIVE_NAME
 
 
@@ -42,10 +42,12 @@ def child_save(workload: str, degree: int, archive: str, options: dict[str, obje
     communicator = RecordingCommunicator(degree)
     try:
         model = build_engine(workload, communicator=communicator, **options)
+        note(f"built {workload}, rank 0 of {degree}")
         start = time.perf_counter()
         with foundry_trace.record(archive) as recording:
             capture_steps(model, recording=recording)
         save_s = time.perf_counter() - start
+        note(f"captured and saved in {save_s:.1f} s")
     finally:
         communicator.close()
     return {"archive_bytes": Path(archive).stat().st_size, "save_s": save_s, "collectives": len(communicator.specs), "description": model.describe()}
@@ -61,11 +63,13 @@ def child_native(workload: str, options: dict[str, object]) -> dict[str, object]
 
     communicator = NcclCommunicator.from_environment()
     model = build_engine(workload, communicator=communicator, **options)
+    note(f"rank {communicator.rank}: built {workload}")
     torch.cuda.synchronize()
     start = time.perf_counter()
     captured = capture_steps(model)
     torch.cuda.synchronize()
     native_s = time.perf_counter() - start
+    note(f"rank {communicator.rank}: captured {len(captured)} graphs in {native_s:.1f} s")
     communicator.close()
     return {"rank": communicator.rank, "native_s": native_s, "graphs": len(captured)}
 
@@ -93,7 +97,9 @@ def child_load(workload: str, directory: str, options: dict[str, object]) -> dic
     restored = foundry_trace.load(tensor_parallel_archive(directory, communicator.world_size), communicator=communicator)
     torch.cuda.synchronize()
     restore_s = time.perf_counter() - start
+    note(f"rank {communicator.rank}: restored in {restore_s:.3f} s")
     result = compare(model, restored)
+    note(f"rank {communicator.rank}: captured natively and compared")
     result.update(rank=communicator.rank, restore_s=restore_s, phases=restored.phases, busy=restored.busy_seconds(),
                   device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda)
     restored.release()
