@@ -10,6 +10,7 @@ Used by `foundry verify`, `foundry bench` and the GPU tests.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ from .engines import Engine
 INPUT_SEED = 1000
 REFERENCE_REPLAYS = 5
 LATENCY_ROUNDS = 3
+LATENCY_BATCH_MS = 20.0
 
 
 def output_digest(tensor: torch.Tensor) -> str:
@@ -48,13 +50,20 @@ def reference_outputs(engine: Engine, steps: dict[int, object], replays: int = R
     return references
 
 
-def replay_latency_ms(replay: Callable[[], None], batches: int = 21, replays_per_batch: int = 20) -> float:
-    """Device time of one replay: the median over `batches` runs of `replays_per_batch`
-    back-to-back replays, timed with CUDA events. Back to back, the device never waits for the
-    host, so the figure is the graph's own, not the launch call's (a few microseconds of Python,
-    which a single event-timed replay of a short graph would count)."""
-    for _ in range(5):
+def replay_latency_ms(replay: Callable[[], None], batches: int = 21, batch_ms: float = LATENCY_BATCH_MS) -> float:
+    """Device time of one replay: the median over `batches` runs of back-to-back replays, timed
+    with CUDA events. Back to back, the device never waits for the host, so the figure is the
+    graph's own, not the launch call's (a few microseconds of Python, which a single event-timed
+    replay of a short graph would count). A run holds as many replays as fill about `batch_ms`
+    (2 to 20): a 60 ms graph needs no 20 to hide its launch, and 20 of it would take minutes."""
+    for _ in range(4):
         replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    replay()
+    end.record()
+    end.synchronize()
+    replays_per_batch = min(20, max(2, math.ceil(batch_ms / max(start.elapsed_time(end), 1e-3))))
     samples = []
     for _ in range(batches):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
