@@ -49,7 +49,8 @@ def run(workload: str | None, output_dir: Path | None, threads: int = DEFAULT_TH
         print(f"coverage: {name} done ({len(cases)} of {len(names)})", file=sys.stderr, flush=True)
         results = ResultsFile(
             what="coverage",
-            workload="coverage-" + "-".join(n.replace("/", "-") for n in names) if workload else "coverage",
+            # the cases this file holds: a run cut short is named by what it measured
+            workload="-".join(n.replace("/", "-") for n in names[: len(cases)]) if workload else f"all-{len(cases)}-cases",
             workload_desc="each case: SAVE in a fresh process, restore in another and compare with a native capture there",
             device=loaded["device"], gpus=1, driver=driver_version(), cuda=loaded["cuda"], torch=loaded["torch"],
             commit=project_commit(), date=today(), command=command_line(), cases=cases,
