@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from cuda.bindings import driver
 
-from .driver import call
+from .driver import call, current_context
 from .errors import TensorParallelError
 from .records import CollectiveSpec
 
@@ -68,7 +68,9 @@ class RecordingCommunicator:
         self.rank = 0
         self.specs: list[CollectiveSpec] = []
         self._index: dict[CollectiveSpec, int] = {}
-        _ensure_context()
+        import torch
+
+        current_context(torch.cuda.current_device())
         # Outside the Foundry allocator's range, so that it is in no layout and no archive.
         self.marker = int(call(driver.cuMemAlloc, MARKER_BYTES))
         with _lock:
@@ -93,17 +95,6 @@ class RecordingCommunicator:
         with _lock:
             _markers.pop(self.marker, None)
         call(driver.cuMemFree, self.marker)
-
-
-def _ensure_context() -> None:
-    """Makes the current device's primary context (the one torch uses) current, without an
-    allocation that would enter the layout."""
-    import torch
-
-    if int(call(driver.cuCtxGetCurrent)) == 0:
-        call(driver.cuInit, 0)
-        device = call(driver.cuDeviceGet, torch.cuda.current_device())
-        call(driver.cuCtxSetCurrent, call(driver.cuDevicePrimaryCtxRetain, device))
 
 
 _markers: dict[int, RecordingCommunicator] = {}

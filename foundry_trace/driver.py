@@ -37,6 +37,18 @@ def try_call(function: Callable[..., Any], *arguments: Any) -> Any | None:
     return outputs[0] if len(outputs) == 1 else outputs
 
 
+def current_context(device: int) -> int:
+    """The current CUcontext, making `device`'s primary context (the one torch uses) current
+    where none is: LOAD may start before torch has touched the GPU (prefetch at process start),
+    and an allocation to make torch create it would enter the layout."""
+    context = int(call(driver.cuCtxGetCurrent))
+    if context == 0:
+        call(driver.cuInit, 0)
+        context = int(call(driver.cuDevicePrimaryCtxRetain, call(driver.cuDeviceGet, device)))
+        call(driver.cuCtxSetCurrent, driver.CUcontext(context))
+    return context
+
+
 def host_bytes(address: int, size: int) -> bytes:
     """Copies `size` bytes of host memory (driver-owned parameter buffers) at `address`."""
     return ctypes.string_at(address, size) if size else b""

@@ -42,7 +42,7 @@ import foundry_alloc
 from . import native
 from .archive import Archive, Fingerprint, GraphEntry, OutputTensor
 from .collectives import Communicator, check_communicator
-from .driver import call
+from .driver import call, current_context
 from .errors import ArchiveFormatError, FingerprintMismatchError, FoundryTraceError, LayoutMismatchError, RestoreError
 from .fingerprint import current_fingerprint
 from .restore_pipeline import Pipeline, Span
@@ -261,13 +261,13 @@ def _open(path: Path, restored: Restored, threads: int, all_modules: bool) -> No
         raise RestoreError("LOAD needs the Foundry allocator with SAVE's range: call foundry_alloc.install() first")
     started = time.perf_counter()
     device = restored._device = torch.cuda.current_device()
+    context = current_context(device)
     with _phase(restored, "open"):
         restored._archive = archive = Archive(path)
         manifest = archive.manifest
     with _phase(restored, "fingerprint"):
         check_fingerprint(manifest.fingerprint, current_fingerprint(foundry_alloc.layout(device)))
     restored._events = [call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING) for _ in range(manifest.events)]
-    context = int(call(driver.cuCtxGetCurrent))
     restored._pipeline = Pipeline(archive, restored, threads, context, started)
     if all_modules:
         restored._pipeline.load_all_modules()

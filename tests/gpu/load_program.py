@@ -3,6 +3,8 @@
 save: the tiny workload, with its graphs' outputs on fixed inputs beside the archive.
 load: eager LOAD, compared with SAVE's graphs and a native capture; release() frees everything.
 modes: background and lazy LOAD give the same outputs; a lazy graph restores at its first replay.
+prefetch: prefetch() as the first thing the process does (no CUDA context yet), the engine built
+    meanwhile, then LOAD at the restore point, eager and lazy: the same outputs.
 wrong-layout: an engine that allocated one more buffer is refused, and nothing changes.
 refusals: a wrong fingerprint, a missing section, a corrupted blob and a graph the driver refuses,
     each three times on copies of the archive: each raises its error and leaves device memory,
@@ -71,6 +73,31 @@ def modes(path: str) -> dict[str, object]:
         restored.wait()
         result[mode] = {
             "ready_at_return": ready_at_return,
+            "equal_saved": all(digests[k] == saved[k]["digest"] for k in digests if saved[k]["deterministic"]),
+            "compared": sum(1 for k in digests if saved[k]["deterministic"]),
+        }
+        restored.release()
+        torch.cuda.synchronize()
+    return result
+
+
+def prefetched(path: str) -> dict[str, object]:
+    fa.install()
+    import torch
+
+    from foundry_trace.verify import run_on_fixed_inputs
+
+    saved = _saved(path)
+    result: dict[str, object] = {}
+    model = None
+    for mode in ("eager", "lazy"):
+        early = ft.prefetch(path)  # the first time round, before anything touched the GPU
+        model = model or build_engine("tiny")
+        restored = ft.load(early, mode=mode)
+        digests = {
+            str(b): run_on_fixed_inputs(model, b, restored[b].replay, lambda r=restored, b=b: r[b].outputs["logits"]) for b in BATCHES
+        }
+        result[mode] = {
             "equal_saved": all(digests[k] == saved[k]["digest"] for k in digests if saved[k]["deterministic"]),
             "compared": sum(1 for k in digests if saved[k]["deterministic"]),
         }
@@ -174,7 +201,7 @@ def refusals(path: str) -> dict[str, object]:
     return result
 
 
-SCENARIOS = {"save": save, "load": load, "modes": modes, "wrong-layout": wrong_layout, "refusals": refusals}
+SCENARIOS = {"save": save, "load": load, "modes": modes, "prefetch": prefetched, "wrong-layout": wrong_layout, "refusals": refusals}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]](sys.argv[2])))

@@ -49,6 +49,12 @@ def test_background_and_lazy_loads_give_the_same_outputs(archive: Path) -> None:
         assert result[mode]["equal_saved"] and result[mode]["compared"] == 4, result
 
 
+def test_prefetch_at_process_start_then_load_gives_the_same_outputs(archive: Path) -> None:
+    result = run("prefetch", archive)
+    for mode in ("eager", "lazy"):
+        assert result[mode]["equal_saved"] and result[mode]["compared"] == 4, result
+
+
 def test_a_different_engine_layout_is_refused_with_a_diff(archive: Path) -> None:
     result = run("wrong-layout", archive)
     assert result["error"] and "only in here" in result["error"]

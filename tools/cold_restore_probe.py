@@ -1,0 +1,105 @@
+"""Where does a cold LOAD spend its time? Each variant runs in a fresh process (engine built,
+then one timed LOAD of the archive), so every one pays the driver's first-use costs:
+
+  threads-N     LOAD on N threads
+  serial        LOAD on 1 thread, then again (warm) in the same process
+  pregrow-mem   1 GiB cuMemAlloc + free before LOAD (does device memory growth explain it?)
+  prefetch      prefetch() at process start, LOAD at the restore point (modules early)
+  prebuild      prefetch() at process start and every graph queued before the memory is
+                claimed (executables made while the engine builds); outputs checked against
+                SAVE's digests, since kernel nodes then point at memory not yet mapped
+
+  python tools/cold_restore_probe.py ARCHIVE [VARIANT ...]   (ARCHIVE from `bench_load save`)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+VARIANTS = ("threads-8", "serial", "threads-4", "threads-16", "pregrow-mem", "prefetch", "prebuild")
+
+
+def _report(restored, restore_s: float) -> dict[str, object]:  # noqa: ANN001
+    modules = [s for s in restored.spans if s.phase == "module"]
+    graphs_start = min((s.start for s in restored.spans if s.phase == "build"), default=None)
+    return {
+        "restore_s": restore_s,
+        "phases": restored.phases,
+        "busy": restored.busy_seconds(),
+        "modules_done_s": max((s.end for s in modules), default=None),
+        "first_build_s": graphs_start,
+        "slowest_modules": sorted(((s.what, round(s.end - s.start, 4)) for s in modules), key=lambda m: -m[1])[:8],
+    }
+
+
+def child(archive: str, variant: str) -> dict[str, object]:
+    import foundry_alloc
+
+    foundry_alloc.install()
+    import torch
+
+    import foundry_trace
+    from foundry_trace.bench_load import REFERENCE_SUFFIX
+    from foundry_trace.engines import build_engine
+    from foundry_trace.verify import run_on_fixed_inputs
+
+    began = time.perf_counter()
+    early = None
+    if variant in ("prefetch", "prebuild"):
+        torch.cuda.init()
+        early = foundry_trace.prefetch(archive, threads=8)
+        if variant == "prebuild":
+            early.wait_for_modules()
+            for entry in early._archive.manifest.graphs:
+                early._pipeline.graph(entry)
+    model = build_engine("llama8b")
+    torch.cuda.synchronize()
+    engine_s = time.perf_counter() - began
+    if variant == "pregrow-mem":
+        from cuda.bindings import driver
+
+        _, pointer = driver.cuMemAlloc(1 << 30)
+        driver.cuMemFree(pointer)
+    threads = int(variant.split("-")[1]) if variant.startswith("threads-") else (1 if variant == "serial" else 8)
+    start = time.perf_counter()
+    restored = foundry_trace.load(early if early is not None else archive, threads=threads)
+    torch.cuda.synchronize()
+    result = {"variant": variant, "engine_s": engine_s, **_report(restored, time.perf_counter() - start)}
+    if variant == "prebuild":
+        result["background_done_s"] = max(s.end for s in restored.spans)
+        saved = json.loads(open(archive + REFERENCE_SUFFIX).read())
+        wrong = []
+        for key, graph in restored.graphs.items():
+            digest = run_on_fixed_inputs(model, int(key), graph.replay, lambda g=graph: g.outputs["logits"])
+            if saved[key]["deterministic"] and digest != saved[key]["digest"]:
+                wrong.append(key)
+        result["compared"] = sum(r["deterministic"] for r in saved.values())
+        result["mismatched"] = wrong
+    restored.release()
+    if variant == "serial":
+        start = time.perf_counter()
+        warm = foundry_trace.load(archive, threads=1)
+        torch.cuda.synchronize()
+        result["warm"] = _report(warm, time.perf_counter() - start)
+        warm.release()
+    return result
+
+
+def main() -> None:
+    if sys.argv[1] == "child":
+        print(json.dumps(child(sys.argv[2], sys.argv[3])))
+        return
+    archive, variants = sys.argv[1], sys.argv[2:] or list(VARIANTS)
+    for variant in variants:
+        done = subprocess.run([sys.executable, __file__, "child", archive, variant], capture_output=True, text=True)
+        if done.returncode:
+            print(json.dumps({"variant": variant, "error": done.stderr[-3000:]}), flush=True)
+        else:
+            print(done.stdout.strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
