@@ -11,7 +11,10 @@ from .driver import call
 from .results import driver_version
 
 
-def current_fingerprint(restore_layout: foundry_alloc.Layout) -> Fingerprint:
+def current_fingerprint(restore_layout: foundry_alloc.Layout | None = None) -> Fingerprint:
+    """This process's setup; with the engine's layout at the restore point when SAVE records it.
+    LOAD checks the setup before the engine exists (prefetch at process start), and compares
+    the layout itself, with a diff, at the restore point."""
     import torch
 
     config = foundry_alloc.installed_config()
@@ -26,5 +29,5 @@ def current_fingerprint(restore_layout: foundry_alloc.Layout) -> Fingerprint:
         torch_cuda=torch.version.cuda,
         allocator_base=config.base,
         allocator_size=config.size,
-        restore_layout=restore_layout.fingerprint(),
+        restore_layout=restore_layout.fingerprint() if restore_layout is not None else "",
     )

@@ -155,6 +155,24 @@ def topological_order(count: int, edges: tuple[Edge, ...]) -> list[int]:
     return order
 
 
+def node_kinds(table: bytes) -> frozenset[str]:
+    """The kinds of node a table holds (child graphs included), read from the kind byte of each
+    node entry. The table may be unchecked: a code out of range reads as "invalid" (the native
+    check, before any build, names the fault)."""
+    if len(table) < HEADER.size:
+        return frozenset({"invalid"})
+    _magic, _version, body_count, node_count, _edge_count = HEADER.unpack_from(table, 0)
+    nodes_at = HEADER.size + body_count * BODY.size
+    codes = set(table[nodes_at : nodes_at + node_count * NODE.size : NODE.size])
+    return frozenset(KINDS[code] if code < len(KINDS) else "invalid" for code in codes)
+
+
+# Graphs of these kinds only are built before the restore point (prefetch): their nodes hold
+# addresses as plain values. The driver may check a memset or memcpy against live memory, and a
+# collective needs the live communicator, so graphs holding those wait for the restore point.
+BUILT_BEFORE_RESTORE_POINT = frozenset({"kernel", "event_record", "event_wait", "empty", "graph"})
+
+
 def decode(table: bytes, payload: bytes, functions: int, events: int, collectives: int = 0) -> GraphBody:
     """The records of a table, after the native check has accepted it."""
     check_table(table, payload, functions, events, collectives)

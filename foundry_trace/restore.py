@@ -187,13 +187,16 @@ def check_fingerprint(saved: Fingerprint, current: Fingerprint) -> None:
 
 
 def prefetch(path: str | Path, *, threads: int = DEFAULT_THREADS) -> Restored:
-    """The part of LOAD that needs no engine state, started early (e.g. while the engine loads
-    its weights): opens the archive, checks the fingerprint, and loads every module on `threads`
-    background threads. Pass the result to load() at the restore point."""
+    """The part of LOAD that needs no engine state, started early (at process start, or while
+    the engine loads its weights): opens the archive, checks the fingerprint, and on `threads`
+    background threads loads every module, then builds and instantiates every graph that holds
+    no memset, memcpy or collective node. Pass the result to load() at the restore point, which
+    then checks the layout, claims the memory and restores the rest."""
     restored = Restored()
     try:
         with nvtx.annotate("foundry.prefetch", domain=NVTX_DOMAIN):
             _open(Path(path), restored, threads, all_modules=True)
+            restored._pipeline.build_early()
     except BaseException:
         restored.release()
         raise
@@ -266,7 +269,7 @@ def _open(path: Path, restored: Restored, threads: int, all_modules: bool) -> No
         restored._archive = archive = Archive(path)
         manifest = archive.manifest
     with _phase(restored, "fingerprint"):
-        check_fingerprint(manifest.fingerprint, current_fingerprint(foundry_alloc.layout(device)))
+        check_fingerprint(manifest.fingerprint, current_fingerprint())
     restored._events = [call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING) for _ in range(manifest.events)]
     restored._pipeline = Pipeline(archive, restored, threads, context, started)
     if all_modules:

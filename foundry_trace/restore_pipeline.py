@@ -2,6 +2,11 @@
 variables and functions), then for each graph build, instantiate (and upload) it, each task
 once, a graph only after the modules its kernels come from.
 
+prefetch() also builds and instantiates, before the restore point, every graph whose nodes hold
+addresses only as values (kernels, events, child graphs): an executable does not care whether
+the memory its kernels will touch is mapped yet. Graphs with memset, memcpy or collective nodes
+wait for the restore point.
+
 Modules are queued before any graph that needs them, largest first: all of them when the archive
 is opened (module loads take a driver lock that stalls graph work on other threads; prefetch()
 queues them before the engine state even exists), or, for a lazy load, those of each graph just
@@ -29,6 +34,7 @@ from cuda.bindings import driver
 
 from . import native
 from .archive import Archive, GraphEntry
+from .node_table import BUILT_BEFORE_RESTORE_POINT, node_kinds
 from .driver import call
 from .errors import DriverCallError
 
@@ -58,12 +64,13 @@ class Pipeline:
         self._started = started
         self._lock = threading.Lock()
         self._modules: dict[int, Future] = {}  # filled once, by load_all_modules
-        self._graphs: dict[str, Future] = {}
+        self._graphs: dict[str, Future] = {}  # executables
+        self._uploads: dict[str, Future] = {}
         self._functions_of: dict[int, list[int]] = {}
         for number, function in enumerate(self._manifest.functions):
             self._functions_of.setdefault(function.module, []).append(number)
         self._handles = native.Handles([0] * len(self._manifest.functions), [int(e) for e in restored._events])
-        self.upload = False  # set before the first graph is queued
+        self.upload = False  # set at the restore point, before any graph is requested
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, threads), thread_name_prefix="foundry-load", initializer=self._enter_context
         )
@@ -91,7 +98,30 @@ class Pipeline:
         for future in futures:
             future.result()
 
+    def build_early(self) -> None:
+        """Queues a task that queues every graph that needs no live state (see the module's
+        docstring); it reads the node tables on a worker, so prefetch() returns at once."""
+        self._pool.submit(self._queue_early_graphs)
+
+    def _queue_early_graphs(self) -> None:
+        # A blob that fails its checksum here stops the scan only: LOAD queues every graph at the
+        # restore point, and the graph's own task then raises the error.
+        for entry in self._manifest.graphs:
+            if node_kinds(self._archive.blob_bytes(entry.table)) <= BUILT_BEFORE_RESTORE_POINT:
+                self._executable(entry)
+
     def graph(self, entry: GraphEntry) -> Future:
+        """The future of a graph ready to replay: its executable, then uploaded if LOAD asked."""
+        executable = self._executable(entry)
+        if not self.upload:
+            return executable
+        with self._lock:
+            future = self._uploads.get(entry.key)
+            if future is None:
+                future = self._uploads[entry.key] = self._pool.submit(self._upload, entry, executable)
+            return future
+
+    def _executable(self, entry: GraphEntry) -> Future:
         """The future executable of a graph, queued the first time, after the modules it needs
         (a lazy load queues modules graph by graph; others queued them all at open)."""
         self._queue_modules(set(entry.modules))
@@ -161,10 +191,13 @@ class Pipeline:
             native.destroy_graph(graph)
         with self._lock:
             self._restored._executables.append(executable)
-        if self.upload:
-            with self._span(f"graph {entry.key}", "upload"):
-                native.upload(executable, self._context, what)
         return executable
+
+    def _upload(self, entry: GraphEntry, executable: Future) -> int:
+        handle = executable.result()  # queued before this task: running or done
+        with self._span(f"graph {entry.key}", "upload"):
+            native.upload(handle, self._context, f"graph {entry.key!r}")
+        return handle
 
 
 def _set_function_attribute(function: driver.CUfunction, name: str, value: int) -> None:

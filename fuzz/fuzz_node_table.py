@@ -1,8 +1,10 @@
-"""Fuzz target for the node table reader (native check + decode): a graph's table and payload
-come from an archive file, and LOAD hands them to the native builder.
+"""Fuzz target for the node table readers (native check + decode, and node_kinds, which LOAD
+reads before the check to choose the graphs prefetch builds): a graph's table and payload come
+from an archive file, and LOAD hands them to the native builder.
 
 Any (table, payload) must decode or raise ArchiveFormatError: never another exception, a crash
-(the check is C++), a hang or a huge allocation.
+(the check is C++), a hang or a huge allocation. node_kinds never raises, and on a table the
+check accepts it names every kind decode finds.
     python -m fuzz.fuzz_node_table [atheris options]     coverage-guided, with atheris installed
 The CPU suite runs the same target under hypothesis (tests/test_fuzz_targets.py).
 """
@@ -12,7 +14,8 @@ from __future__ import annotations
 import struct
 
 from foundry_trace.errors import ArchiveFormatError
-from foundry_trace.node_table import decode
+from foundry_trace.node_table import decode, node_kinds
+from foundry_trace.records import GraphBody
 from fuzz import run_atheris
 
 FUNCTIONS, EVENTS, COLLECTIVES = 4, 4, 4
@@ -24,10 +27,21 @@ def one_input(data: bytes) -> None:
         return
     (length,) = struct.unpack_from("<I", data)
     table, payload = data[4 : 4 + length], data[4 + length :]
+    kinds = node_kinds(table)
     try:
-        decode(table, payload, FUNCTIONS, EVENTS, COLLECTIVES)
+        body = decode(table, payload, FUNCTIONS, EVENTS, COLLECTIVES)
     except ArchiveFormatError:
-        pass
+        return
+    assert kinds >= _kinds(body), (kinds, _kinds(body))  # never misses a kind the graph holds
+
+
+def _kinds(body: GraphBody) -> frozenset[str]:
+    kinds = set()
+    for node in body.nodes:
+        kinds.add(node.kind)
+        if node.kind == "graph":
+            kinds |= _kinds(node.graph)
+    return frozenset(kinds)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from foundry_trace.archive import HEADER, Archive
 from foundry_trace.errors import ArchiveFormatError
 
 from .archive_edit import rewrite_manifest
-from .archive_samples import archive_contents, canonical, fixed_contents, write_archive
+from .archive_samples import archive_contents, canonical, fixed_contents, graph_bodies, write_archive
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -112,3 +112,18 @@ def test_decompression_is_bounded(sample: Path) -> None:
     rewrite_manifest(sample, point_a_blob_at_a_bomb)
     with Archive(sample) as archive, pytest.raises(ArchiveFormatError, match="larger than declared"):
         archive.blob(digest)
+
+
+@given(graph_bodies(functions=3, depth=2))
+def test_node_kinds_names_every_kind_a_table_holds(body) -> None:  # noqa: ANN001
+    from foundry_trace.node_table import encode, node_kinds
+
+    def kinds(graph) -> set[str]:  # noqa: ANN001
+        found = set()
+        for node in graph.nodes:
+            found.add(node.kind)
+            if node.kind == "graph":
+                found |= kinds(node.graph)
+        return found
+
+    assert node_kinds(encode(body).table) == kinds(body)

@@ -4,10 +4,8 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
   threads-N     LOAD on N threads
   serial        LOAD on 1 thread, then again (warm) in the same process
   pregrow-mem   1 GiB cuMemAlloc + free before LOAD (does device memory growth explain it?)
-  prefetch      prefetch() at process start, LOAD at the restore point (modules early)
-  prebuild      prefetch() at process start and every graph queued before the memory is
-                claimed (executables made while the engine builds); outputs checked against
-                SAVE's digests, since kernel nodes then point at memory not yet mapped
+
+(`foundry bench load` times prefetch() at process start; this probe asks what the bench does not.)
 
   python tools/cold_restore_probe.py ARCHIVE [VARIANT ...]   (ARCHIVE from `bench_load save`)
 """
@@ -19,7 +17,7 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("threads-8", "serial", "threads-4", "threads-16", "pregrow-mem", "prefetch", "prebuild")
+VARIANTS = ("threads-8", "serial", "threads-4", "threads-16", "pregrow-mem")
 
 
 def _report(restored, restore_s: float) -> dict[str, object]:  # noqa: ANN001
@@ -42,20 +40,10 @@ def child(archive: str, variant: str) -> dict[str, object]:
     import torch
 
     import foundry_trace
-    from foundry_trace.bench_load import REFERENCE_SUFFIX
     from foundry_trace.engines import build_engine
-    from foundry_trace.verify import run_on_fixed_inputs
 
     began = time.perf_counter()
-    early = None
-    if variant in ("prefetch", "prebuild"):
-        torch.cuda.init()
-        early = foundry_trace.prefetch(archive, threads=8)
-        if variant == "prebuild":
-            early.wait_for_modules()
-            for entry in early._archive.manifest.graphs:
-                early._pipeline.graph(entry)
-    model = build_engine("llama8b")
+    engine = build_engine("llama8b")  # kept alive: LOAD compares its memory with SAVE's
     torch.cuda.synchronize()
     engine_s = time.perf_counter() - began
     if variant == "pregrow-mem":
@@ -65,19 +53,9 @@ def child(archive: str, variant: str) -> dict[str, object]:
         driver.cuMemFree(pointer)
     threads = int(variant.split("-")[1]) if variant.startswith("threads-") else (1 if variant == "serial" else 8)
     start = time.perf_counter()
-    restored = foundry_trace.load(early if early is not None else archive, threads=threads)
+    restored = foundry_trace.load(archive, threads=threads)
     torch.cuda.synchronize()
-    result = {"variant": variant, "engine_s": engine_s, **_report(restored, time.perf_counter() - start)}
-    if variant == "prebuild":
-        result["background_done_s"] = max(s.end for s in restored.spans)
-        saved = json.loads(open(archive + REFERENCE_SUFFIX).read())
-        wrong = []
-        for key, graph in restored.graphs.items():
-            digest = run_on_fixed_inputs(model, int(key), graph.replay, lambda g=graph: g.outputs["logits"])
-            if saved[key]["deterministic"] and digest != saved[key]["digest"]:
-                wrong.append(key)
-        result["compared"] = sum(r["deterministic"] for r in saved.values())
-        result["mismatched"] = wrong
+    result = {"variant": variant, "engine": engine.describe(), "engine_s": engine_s, **_report(restored, time.perf_counter() - start)}
     restored.release()
     if variant == "serial":
         start = time.perf_counter()
