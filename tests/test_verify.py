@@ -1,0 +1,55 @@
+"""The output comparison behind every bit-for-bit claim, on the CPU: digests of fixed-input
+steps, and the determinism verdict over repeated replays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import torch
+
+from foundry_trace.verify import output_digest, reference_outputs
+
+
+@dataclass
+class _Engine:
+    """Writes a seeded output for each batch; `noisy` batches add a replay counter (as a
+    nondeterministic kernel would change some bits between replays)."""
+
+    noisy: set[int] = field(default_factory=set)
+    seed: int = 0
+    replays: int = 0
+
+    def prepare(self, batch: int, seed: int) -> None:
+        self.seed = seed
+
+    def step(self, batch: int, output: torch.Tensor) -> None:
+        self.replays += 1
+        values = torch.randn(output.shape, generator=torch.Generator().manual_seed(self.seed))
+        if batch in self.noisy:
+            values[0, 0] += self.replays
+        output.copy_(values)
+
+
+def _steps(engine: _Engine, batches: tuple[int, ...]) -> dict[int, SimpleNamespace]:
+    steps = {}
+    for batch in batches:
+        output = torch.empty(batch, 16)
+        graph = SimpleNamespace(replay=lambda b=batch, o=output: engine.step(b, o))
+        steps[batch] = SimpleNamespace(graph=graph, output=output)
+    return steps
+
+
+def test_a_deterministic_step_has_one_digest_and_a_noisy_one_is_named() -> None:
+    engine = _Engine(noisy={4})
+    references = reference_outputs(engine, _steps(engine, (1, 4, 8)))
+    assert {b: r["deterministic"] for b, r in references.items()} == {"1": True, "4": False, "8": True}
+    expected = torch.randn(8, 16, generator=torch.Generator().manual_seed(1000 + 8))
+    assert references["8"]["digest"] == output_digest(expected)
+
+
+def test_nan_outputs_compare_by_their_bits() -> None:
+    engine = _Engine()
+    steps = _steps(engine, (2,))
+    steps[2].graph.replay = lambda o=steps[2].output: o.fill_(float("nan"))
+    assert reference_outputs(engine, steps)["2"]["deterministic"]
