@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .bench_children import add_option_flags, note, option_arguments, parsed_options, run_child
 from .restore import DEFAULT_THREADS
+from .restore_pipeline import key_order
 
 REFERENCE_SUFFIX = ".outputs.json"
 
@@ -181,7 +182,7 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     cold.release()
 
     serial = foundry_trace.load(archive, threads=1)
-    first_key = min(serial.graphs, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))  # smallest batch
+    first_key = min(serial.graphs, key=key_order)  # the smallest batch
     floor_s = serial.busy_seconds()["instantiate"]
     serial_s = sum(serial.phases.values())
     serial_busy = serial.busy_seconds()

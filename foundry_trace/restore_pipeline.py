@@ -104,9 +104,11 @@ class Pipeline:
         self._pool.submit(self._queue_early_graphs)
 
     def _queue_early_graphs(self) -> None:
-        # A blob that fails its checksum here stops the scan only: LOAD queues every graph at the
-        # restore point, and the graph's own task then raises the error.
-        for entry in self._manifest.graphs:
+        # Smallest batch first: a server's first requests come one or a few at a time, and a lazy
+        # LOAD's first replay would otherwise wait behind the largest graphs. A blob that fails
+        # its checksum stops the scan only: LOAD queues every graph at the restore point, and
+        # the graph's own task then raises the error.
+        for entry in sorted(self._manifest.graphs, key=lambda e: key_order(e.key)):
             if node_kinds(self._archive.blob_bytes(entry.table)) <= BUILT_BEFORE_RESTORE_POINT:
                 self._executable(entry)
 
@@ -198,6 +200,11 @@ class Pipeline:
         with self._span(f"graph {entry.key}", "upload"):
             native.upload(handle, self._context, f"graph {entry.key!r}")
         return handle
+
+
+def key_order(key: str) -> tuple[bool, int, str]:
+    """Graph keys in serving order: batch sizes ascending, then any other keys by name."""
+    return (not key.isdigit(), int(key) if key.isdigit() else 0, key)
 
 
 def _set_function_attribute(function: driver.CUfunction, name: str, value: int) -> None:
