@@ -20,11 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .bench_children import add_option_flags, note, option_arguments, parsed_options, run_child
-from .collectives import ARCHIVE_NAME
-
-
-def archive_path(directory: str | Path, degree: int) -> Path:
-    return Path(directory) / ARCHIVE_NAME.format(degree=degree)
+from .collectives import archive_path
 
 
 def child_save(workload: str, degree: int, archive: str, options: dict[str, object]) -> dict[str, object]:

@@ -115,9 +115,14 @@ def marker_collective(destination: int, value: int) -> tuple[CollectiveSpec, int
 ARCHIVE_NAME = "tp{degree}.foundry"
 
 
+def archive_path(directory: str | Path, degree: int) -> Path:
+    """Where one offline run writes the archive of `degree` (tp1.foundry, tp2.foundry, ...)."""
+    return Path(directory) / ARCHIVE_NAME.format(degree=degree)
+
+
 def tensor_parallel_archive(directory: str | Path, ranks: int) -> Path:
-    """The archive in `directory` for `ranks` ranks (one offline run writes tp1, tp2, ...)."""
-    path = Path(directory) / ARCHIVE_NAME.format(degree=ranks)
+    """The archive in `directory` for `ranks` ranks, which must exist."""
+    path = archive_path(directory, ranks)
     if not path.is_file():
         found = sorted(p.name for p in Path(directory).glob(ARCHIVE_NAME.format(degree="*")))
         raise TensorParallelError(
@@ -139,6 +144,6 @@ def check_communicator(degree: int, collectives: int, communicator: Communicator
     if communicator.world_size != degree:
         raise TensorParallelError(
             f"{path} was saved for tensor parallelism {degree}, but the communicator has {communicator.world_size} "
-            f"ranks: load the archive saved for {communicator.world_size} (foundry save-tp --degrees "
-            f"{communicator.world_size}) or run {degree} ranks"
+            f"ranks: load the archive saved for {communicator.world_size} (foundry bench tp --degrees "
+            f"{communicator.world_size} --archive DIR writes one) or run {degree} ranks"
         )

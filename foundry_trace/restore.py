@@ -235,7 +235,7 @@ def load(
             if manifest.collectives:
                 _bind_collectives(restored, communicator)
             if mode != "lazy":
-                for entry in restored._archive.manifest.graphs:
+                for entry in manifest.graphs:
                     restored._pipeline.graph(entry)
             if mode == "eager":
                 with _phase(restored, "graphs"):

@@ -88,7 +88,8 @@ class Pipeline:
                 self._modules[module] = self._pool.submit(self._load_module, module)
 
     def bind_collectives(self, graphs: list[int]) -> None:
-        """The collective graphs by archive index; set before any graph is queued."""
+        """The collective graphs by archive index; set before any graph that holds a collective
+        node is queued (prefetch() queues only graphs without one)."""
         self._handles.set_collectives(graphs)
 
     def wait_for_modules(self) -> None:

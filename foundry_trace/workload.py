@@ -191,7 +191,6 @@ class DecodeModel:
             x = x + self._reduced(F.linear(F.silu(gate) * up, layer["down"]))
         return F.linear(_rms_norm(x, self.final_norm), self.lm_head).float()
 
-
     def _reduced(self, partial: torch.Tensor) -> torch.Tensor:
         """A row-parallel projection's partial sums, summed over the ranks (in place)."""
         if self.communicator is not None:

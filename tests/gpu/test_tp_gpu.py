@@ -5,12 +5,13 @@ two ranks need two GPUs."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from foundry_trace.bench_children import run_child
 
 from ..conftest import clean_environment
 
@@ -22,12 +23,7 @@ OPTIONS = ["--layers", "2", "--batch-sizes", "1,8,64"]
 def child(role: str, *arguments: str, rank: int = 0, ranks: int = 1, port: int = 0) -> dict:
     environment = clean_environment(CUDA_VISIBLE_DEVICES=str(rank), RANK=str(rank), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     environment.setdefault("NCCL_NVLS_ENABLE", "0")
-    completed = subprocess.run(
-        [sys.executable, "-m", "foundry_trace.bench_tp", role, *arguments, *OPTIONS],
-        capture_output=True, text=True, cwd=ROOT, env=environment, timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-5000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_child("foundry_trace.bench_tp", [role, *arguments, *OPTIONS], environment, cwd=ROOT, timeout=600)
 
 
 @pytest.fixture(scope="module")
