@@ -121,7 +121,7 @@ def child_prefetch(workload: str, archive: str, threads: int, options: dict[str,
     import foundry_trace
 
     from .engines import build_engine
-    from .verify import run_on_fixed_inputs
+    from .verify import differing_from_saved, restored_digests
 
     began = time.perf_counter()
     early = foundry_trace.prefetch(archive, threads=threads)
@@ -136,11 +136,7 @@ def child_prefetch(workload: str, archive: str, threads: int, options: dict[str,
     note(f"restored at the restore point in {at_restore_point_s:.3f} s")
     instantiated = [s for s in restored.spans if s.phase == "instantiate"]
     saved = json.loads(Path(archive + REFERENCE_SUFFIX).read_text())
-    mismatched = [
-        int(key) for key, graph in restored.graphs.items()
-        if saved[key]["deterministic"]
-        and run_on_fixed_inputs(model, int(key), graph.replay, lambda g=graph: g.outputs["logits"]) != saved[key]["digest"]
-    ]
+    mismatched = differing_from_saved(restored_digests(model, restored), saved)
     restored.release()
     return {
         "engine_s": engine_s,
@@ -148,7 +144,7 @@ def child_prefetch(workload: str, archive: str, threads: int, options: dict[str,
         "ready_before_restore_point": sum(s.end <= engine_s for s in instantiated),
         "prefetch_work_s": max(s.end for s in restored.spans),
         "compared": sum(r["deterministic"] for r in saved.values()),
-        "mismatched": sorted(mismatched),
+        "mismatched": mismatched,
     }
 
 

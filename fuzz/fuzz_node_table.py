@@ -32,15 +32,16 @@ def one_input(data: bytes) -> None:
         body = decode(table, payload, FUNCTIONS, EVENTS, COLLECTIVES)
     except ArchiveFormatError:
         return
-    assert kinds >= _kinds(body), (kinds, _kinds(body))  # never misses a kind the graph holds
+    assert kinds >= body_kinds(body), (kinds, body_kinds(body))  # never misses a kind the graph holds
 
 
-def _kinds(body: GraphBody) -> frozenset[str]:
+def body_kinds(body: GraphBody) -> frozenset[str]:
+    """The kinds of node a decoded graph holds, child graphs included (what node_kinds reads)."""
     kinds = set()
     for node in body.nodes:
         kinds.add(node.kind)
         if node.kind == "graph":
-            kinds |= _kinds(node.graph)
+            kinds |= body_kinds(node.graph)
     return frozenset(kinds)
 
 

@@ -117,13 +117,6 @@ def test_decompression_is_bounded(sample: Path) -> None:
 @given(graph_bodies(functions=3, depth=2))
 def test_node_kinds_names_every_kind_a_table_holds(body) -> None:  # noqa: ANN001
     from foundry_trace.node_table import encode, node_kinds
+    from fuzz.fuzz_node_table import body_kinds
 
-    def kinds(graph) -> set[str]:  # noqa: ANN001
-        found = set()
-        for node in graph.nodes:
-            found.add(node.kind)
-            if node.kind == "graph":
-                found |= kinds(node.graph)
-        return found
-
-    assert node_kinds(encode(body).table) == kinds(body)
+    assert node_kinds(encode(body).table) == body_kinds(body)

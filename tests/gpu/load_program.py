@@ -26,7 +26,7 @@ from foundry_trace.node_table import BODY, HEADER, NODE
 from foundry_trace.engines import build_engine
 
 from ..archive_edit import corrupt_blob, read_blob, read_manifest, replace_blob, rewrite_manifest
-from .save_program import BATCHES, save_tiny
+from .save_program import save_tiny
 
 
 def save(path: str) -> dict[str, object]:
@@ -55,11 +55,17 @@ def load(path: str) -> dict[str, object]:
     return result
 
 
+def _against_saved(model: object, restored: ft.Restored, saved: dict[str, dict[str, object]]) -> dict[str, object]:
+    """Every restored graph's output on fixed inputs against SAVE's (replaying restores a lazy one)."""
+    from foundry_trace.verify import differing_from_saved, restored_digests
+
+    digests = restored_digests(model, restored)
+    return {"equal_saved": not differing_from_saved(digests, saved), "compared": sum(saved[k]["deterministic"] for k in digests)}
+
+
 def modes(path: str) -> dict[str, object]:
     fa.install()
     import torch
-
-    from foundry_trace.verify import run_on_fixed_inputs
 
     model = build_engine("tiny")
     saved = _saved(path)
@@ -67,15 +73,9 @@ def modes(path: str) -> dict[str, object]:
     for mode in ("background", "lazy"):
         restored = ft.load(path, mode=mode)
         ready_at_return = sum(g.ready() for g in restored.graphs.values())
-        digests = {
-            str(b): run_on_fixed_inputs(model, b, restored[b].replay, lambda r=restored, b=b: r[b].outputs["logits"]) for b in BATCHES
-        }
+        compared = _against_saved(model, restored, saved)
         restored.wait()
-        result[mode] = {
-            "ready_at_return": ready_at_return,
-            "equal_saved": all(digests[k] == saved[k]["digest"] for k in digests if saved[k]["deterministic"]),
-            "compared": sum(1 for k in digests if saved[k]["deterministic"]),
-        }
+        result[mode] = {"ready_at_return": ready_at_return, **compared}
         restored.release()
         torch.cuda.synchronize()
     return result
@@ -85,8 +85,6 @@ def prefetched(path: str) -> dict[str, object]:
     fa.install()
     import torch
 
-    from foundry_trace.verify import run_on_fixed_inputs
-
     saved = _saved(path)
     result: dict[str, object] = {}
     model = None
@@ -94,13 +92,7 @@ def prefetched(path: str) -> dict[str, object]:
         early = ft.prefetch(path)  # the first time round, before anything touched the GPU
         model = model or build_engine("tiny")
         restored = ft.load(early, mode=mode)
-        digests = {
-            str(b): run_on_fixed_inputs(model, b, restored[b].replay, lambda r=restored, b=b: r[b].outputs["logits"]) for b in BATCHES
-        }
-        result[mode] = {
-            "equal_saved": all(digests[k] == saved[k]["digest"] for k in digests if saved[k]["deterministic"]),
-            "compared": sum(1 for k in digests if saved[k]["deterministic"]),
-        }
+        result[mode] = _against_saved(model, restored, saved)
         restored.release()
         torch.cuda.synchronize()
     return result
