@@ -168,9 +168,11 @@ def node_kinds(table: bytes) -> frozenset[str]:
 
 
 # Graphs of these kinds only are built before the restore point (prefetch): their nodes hold
-# addresses as plain values. The driver may check a memset or memcpy against live memory, and a
-# collective needs the live communicator, so graphs holding those wait for the restore point.
+# addresses as plain values. The driver checks a memset's or memcpy's memory when the node is
+# added (it refuses unmapped memory), so graphs with COPY_KINDS are built early only where that
+# memory is mapped; a collective needs the live communicator, so those wait for the restore point.
 BUILT_BEFORE_RESTORE_POINT = frozenset({"kernel", "event_record", "event_wait", "empty", "graph"})
+COPY_KINDS = frozenset({"memset", "memcpy"})
 
 
 def decode(table: bytes, payload: bytes, functions: int, events: int, collectives: int = 0) -> GraphBody:

@@ -13,6 +13,7 @@ archive is refused with the name of each kernel whose binary was missed.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import hashlib
 import threading
@@ -32,7 +33,7 @@ from .fingerprint import current_fingerprint
 from .graph_walker import GraphWalker
 from .modules import FunctionTable, ModuleRegistry
 from .node_table import encode
-from .records import GraphBody, KernelNode, MemorySegment, walk_nodes
+from .records import GraphBody, KernelNode, MemcpyNode, MemorySegment, MemsetNode, walk_nodes
 from .tracer import Listener, Tracer
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ class Recording:
         self.path = Path(path)
         self._session = session
         self._functions = FunctionTable(session.registry)
-        self._blobs: dict[str, bytes] = {}
+        self._blobs: dict[str, tuple[bytes, bool]] = {}  # digest -> (data, compress)
         self._walker = GraphWalker(self._functions)
         self._graphs: list[tuple[str, GraphBody, int, int]] = []
         self._outputs: dict[str, list[OutputTensor]] = {}
@@ -93,9 +94,9 @@ class Recording:
         if restore_point_now:
             self.restore_point()
 
-    def _add_blob(self, data: bytes) -> str:
+    def _add_blob(self, data: bytes, compress: bool = False) -> str:
         digest = hashlib.sha256(data).hexdigest()
-        self._blobs.setdefault(digest, data)
+        self._blobs.setdefault(digest, (data, compress))
         return digest
 
     def restore_point(self) -> None:
@@ -166,9 +167,10 @@ class Recording:
         capability = torch.cuda.get_device_capability(self._device)
         modules, functions = self._functions.records(self._add_blob, capability)
         memory = self._memory_segments()
-        for digest, data in self._blobs.items():
-            writer.add_blob(data, digest)
+        for digest, (data, compress) in self._blobs.items():
+            writer.add_blob(data, digest, compress=compress)
         templates: dict[str, int] = {}
+        arena_of = ArenaFinder(memory, self._restore_layout)
         entries = []
         for key, body, nodes, edges in self._graphs:
             encoded = encode(body)
@@ -186,6 +188,7 @@ class Recording:
                     edges=body.count_edges(),
                     driver_nodes=nodes,
                     driver_edges=edges,
+                    copy_arenas=arena_of.copies(body),
                 )
             )
         return Manifest(
@@ -213,7 +216,8 @@ class Recording:
         for block in foundry_alloc.layout(self._device).allocations:
             if block.arena == foundry_alloc.GRAPH or (block.address, block.size, block.arena) in before:
                 continue
-            contents = self._add_blob(device_bytes(block.address, block.size)) if block.size <= MAX_CARRIED_BLOCK else None
+            carried = block.size <= MAX_CARRIED_BLOCK
+            contents = self._add_blob(device_bytes(block.address, block.size), compress=True) if carried else None
             segments.append(MemorySegment(address=block.address, size=block.size, arena=block.arena, contents=contents))
         return segments
 
@@ -256,3 +260,28 @@ def record(path: str | Path) -> Iterator[Recording]:
             recording.finish()
     finally:
         session.recording = None
+
+
+class ArenaFinder:
+    """The arena an address lies in: of the recorded memory, else of the engine's layout."""
+
+    def __init__(self, memory: list[MemorySegment], layout: foundry_alloc.Layout) -> None:
+        ranges = [(m.address, m.size, m.arena) for m in memory] + [(a.address, a.size, a.arena) for a in layout.allocations]
+        self._ranges = sorted(ranges)
+        self._starts = [start for start, _, _ in self._ranges]
+
+    def arena(self, address: int) -> str:
+        index = bisect.bisect_right(self._starts, address) - 1  # arenas are disjoint slices
+        if index >= 0 and address < self._starts[index] + self._ranges[index][1]:
+            return self._ranges[index][2]
+        return "unknown"
+
+    def copies(self, body: GraphBody) -> tuple[str, ...]:
+        """The arenas the graph's memset and memcpy nodes name."""
+        arenas = set()
+        for node in walk_nodes(body.nodes):
+            if isinstance(node, MemsetNode):
+                arenas.add(self.arena(node.destination))
+            elif isinstance(node, MemcpyNode):
+                arenas |= {self.arena(node.source), self.arena(node.destination)}
+        return tuple(sorted(arenas))

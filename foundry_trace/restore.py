@@ -41,6 +41,7 @@ import foundry_alloc
 
 from . import native
 from .archive import Archive, Fingerprint, GraphEntry, OutputTensor
+from .records import MemorySegment
 from .collectives import Communicator, check_communicator
 from .driver import call, current_context
 from .errors import ArchiveFormatError, FingerprintMismatchError, FoundryTraceError, LayoutMismatchError, RestoreError
@@ -190,13 +191,16 @@ def prefetch(path: str | Path, *, threads: int = DEFAULT_THREADS) -> Restored:
     """The part of LOAD that needs no engine state, started early (at process start, or while
     the engine loads its weights): opens the archive, checks the fingerprint, and on `threads`
     background threads loads every module, then builds and instantiates every graph that holds
-    no memset, memcpy or collective node. Pass the result to load() at the restore point, which
-    then checks the layout, claims the memory and restores the rest."""
+    no collective node and whose memset and memcpy nodes name only the graph arena's memory,
+    which it maps first (the engine never allocates there; the driver refuses those nodes on
+    unmapped memory). Pass the result to load() at the restore point, which then checks the
+    layout, claims the rest of the memory and restores the rest."""
     restored = Restored()
     try:
         with nvtx.annotate("foundry.prefetch", domain=NVTX_DOMAIN):
             _open(Path(path), restored, threads, all_modules=True)
-            restored._pipeline.build_early()
+            graph_memory = _claim_graph_memory(restored)
+            restored._pipeline.build_early(graph_memory)
     except BaseException:
         restored.release()
         raise
@@ -276,13 +280,37 @@ def _open(path: Path, restored: Restored, threads: int, all_modules: bool) -> No
         restored._pipeline.load_all_modules()
 
 
+def _claim_graph_memory(restored: Restored) -> bool:
+    """Claims the recorded graph-arena memory ahead of the restore point; False (nothing
+    claimed) where SAVE's engine held graph-arena blocks of its own at the restore point."""
+    manifest = restored._archive.manifest
+    if any(block.arena == foundry_alloc.GRAPH for block in manifest.restore_layout.allocations):
+        return False
+    with _phase(restored, "graph memory"):
+        for segment in manifest.memory:
+            if segment.arena == foundry_alloc.GRAPH:
+                _claim_segment(restored, segment)
+    return True
+
+
+def _claim_segment(restored: Restored, segment: MemorySegment) -> None:
+    foundry_alloc.installed().claim(segment.address, segment.size, segment.arena, restored._device)
+    restored._claimed.append((segment.address, segment.arena))
+    if segment.contents:
+        data = restored._archive.blob(segment.contents)
+        call(driver.cuMemcpyHtoD, segment.address, data, len(data))
+
+
 def _claim(restored: Restored, upload: bool) -> None:
-    """At the restore point: checks the live layout, claims the recorded memory and writes its
-    contents, and creates each graph's handle with its output views."""
+    """At the restore point: checks the live layout, claims the recorded memory (what prefetch
+    did not) and writes its contents, and creates each graph's handle with its output views."""
     archive, pipeline, device = restored._archive, restored._pipeline, restored._device
     manifest = archive.manifest
     with _phase(restored, "layout"):
-        diff = foundry_alloc.diff_layouts(manifest.restore_layout, foundry_alloc.layout(device))
+        early = {address for address, _ in restored._claimed}
+        live = foundry_alloc.layout(device)
+        live = live.model_copy(update={"allocations": tuple(a for a in live.allocations if a.address not in early)})
+        diff = foundry_alloc.diff_layouts(manifest.restore_layout, live)
         if not diff.equal:
             raise LayoutMismatchError(
                 "the engine's memory at the restore point differs from SAVE's, so the saved graphs' "
@@ -290,13 +318,9 @@ def _claim(restored: Restored, upload: bool) -> None:
                 "(same allocations, same order, same arenas):\n" + diff.render("SAVE", "here")
             )
     with _phase(restored, "memory"):
-        allocator = foundry_alloc.installed()
         for segment in manifest.memory:
-            allocator.claim(segment.address, segment.size, segment.arena, device)
-            restored._claimed.append((segment.address, segment.arena))
-            if segment.contents:
-                data = archive.blob_bytes(segment.contents)
-                call(driver.cuMemcpyHtoD, segment.address, data, len(data))
+            if segment.address not in early:
+                _claim_segment(restored, segment)
         pipeline.upload = upload
         owned = _coalesce([(s.address, s.size) for s in manifest.memory] + [(a.address, a.size) for a in manifest.restore_layout.allocations])
         for entry in manifest.graphs:

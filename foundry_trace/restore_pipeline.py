@@ -4,8 +4,9 @@ once, a graph only after the modules its kernels come from.
 
 prefetch() also builds and instantiates, before the restore point, every graph whose nodes hold
 addresses only as values (kernels, events, child graphs): an executable does not care whether
-the memory its kernels will touch is mapped yet. Graphs with memset, memcpy or collective nodes
-wait for the restore point.
+the memory its kernels will touch is mapped yet. The driver does check the memory of memset and
+memcpy nodes, so a graph holding them is built early only where they name the graph arena alone
+and prefetch mapped it; graphs with collective nodes wait for the restore point.
 
 Modules are queued before any graph that needs them, largest first: all of them when the archive
 is opened (module loads take a driver lock that stalls graph work on other threads; prefetch()
@@ -32,9 +33,11 @@ from typing import TYPE_CHECKING
 import nvtx
 from cuda.bindings import driver
 
+from foundry_alloc import GRAPH
+
 from . import native
 from .archive import Archive, GraphEntry
-from .node_table import BUILT_BEFORE_RESTORE_POINT, node_kinds
+from .node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, node_kinds
 from .driver import call
 from .errors import DriverCallError
 
@@ -99,18 +102,18 @@ class Pipeline:
         for future in futures:
             future.result()
 
-    def build_early(self) -> None:
+    def build_early(self, graph_memory_mapped: bool) -> None:
         """Queues a task that queues every graph that needs no live state (see the module's
         docstring); it reads the node tables on a worker, so prefetch() returns at once."""
-        self._pool.submit(self._queue_early_graphs)
+        self._pool.submit(self._queue_early_graphs, graph_memory_mapped)
 
-    def _queue_early_graphs(self) -> None:
+    def _queue_early_graphs(self, graph_memory_mapped: bool) -> None:
         # Smallest batch first: a server's first requests come one or a few at a time, and a lazy
         # LOAD's first replay would otherwise wait behind the largest graphs. A blob that fails
         # its checksum stops the scan only: LOAD queues every graph at the restore point, and
         # the graph's own task then raises the error.
         for entry in sorted(self._manifest.graphs, key=lambda e: key_order(e.key)):
-            if node_kinds(self._archive.blob_bytes(entry.table)) <= BUILT_BEFORE_RESTORE_POINT:
+            if builds_early(node_kinds(self._archive.blob(entry.table)), entry.copy_arenas, graph_memory_mapped):
                 self._executable(entry)
 
     def graph(self, entry: GraphEntry) -> Future:
@@ -151,13 +154,13 @@ class Pipeline:
     def _load_module(self, index: int) -> None:
         record = self._manifest.modules[index]
         with self._span(f"module {index}", "module"):
-            binary = self._archive.blob_bytes(record.digest)
+            binary = self._archive.blob(record.digest)
             handle = call(driver.cuModuleLoadData, binary)
             with self._lock:
                 self._restored._modules.append(handle)
             for name, digest in record.variables.items():
                 address, size = call(driver.cuModuleGetGlobal, handle, name.encode())
-                data = self._archive.blob_bytes(digest)
+                data = self._archive.blob(digest)
                 call(driver.cuMemcpyHtoD, address, data, min(len(data), int(size)))
             for number in self._functions_of.get(index, ()):
                 function = self._manifest.functions[number]
@@ -201,6 +204,16 @@ class Pipeline:
         with self._span(f"graph {entry.key}", "upload"):
             native.upload(handle, self._context, f"graph {entry.key!r}")
         return handle
+
+
+def builds_early(kinds: frozenset[str], copy_arenas: tuple[str, ...] | None, graph_memory_mapped: bool) -> bool:
+    """Whether prefetch() builds a graph of these node kinds before the restore point: kernels,
+    events and child graphs always; memsets and memcpys where all name the graph arena and
+    prefetch mapped it; collectives never."""
+    if kinds <= BUILT_BEFORE_RESTORE_POINT:
+        return True
+    copies_mapped = graph_memory_mapped and copy_arenas is not None and set(copy_arenas) <= {GRAPH}
+    return copies_mapped and kinds <= BUILT_BEFORE_RESTORE_POINT | COPY_KINDS
 
 
 def key_order(key: str) -> tuple[bool, int, str]:

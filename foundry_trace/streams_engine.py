@@ -1,7 +1,9 @@
 """A step that exercises the graph nodes other than kernels: its capture forks a second stream and
 joins it back, with an external event recorded on one stream and waited on by the other (event
 record and event wait nodes), a device-to-device copy (memcpy node) and a driver memset (memset
-node) inside the graph, between cuBLAS and PyTorch kernels."""
+node) inside the graph, between cuBLAS and PyTorch kernels. The copy and the memset write memory
+the capture allocates (the graph arena), as library workspaces are, so prefetch() can build
+these graphs before the engine exists."""
 
 from __future__ import annotations
 
@@ -38,8 +40,7 @@ class StreamsModel:
         self.side_weights = [weight(hidden, hidden) for _ in range(self.layers)]
         self.lm_head = weight(vocab, hidden)
         self.tokens = torch.zeros(max_batch, device="cuda", dtype=torch.long)
-        self.staging = torch.zeros(max_batch, hidden, device="cuda", dtype=torch.bfloat16)
-        self.filled = torch.zeros(max_batch, hidden, device="cuda", dtype=torch.float32)
+        self.hidden = hidden
         self.side = torch.cuda.Stream()
         self.side_done = torch.cuda.Event(external=True)  # captured as event record / wait nodes
         self.vocab = vocab
@@ -47,7 +48,7 @@ class StreamsModel:
     def describe(self) -> str:
         return (
             f"two-stream step (fork/join, external event record + wait, memcpy, memset), {self.layers} matmuls per "
-            f"stream, hidden {self.staging.shape[1]}, {len(self.batch_sizes)} batch sizes"
+            f"stream, hidden {self.hidden}, {len(self.batch_sizes)} batch sizes"
         )
 
     def warm_up(self) -> None:
@@ -56,8 +57,6 @@ class StreamsModel:
     def prepare(self, batch: int, seed: int) -> None:
         generator = torch.Generator(device="cuda").manual_seed(seed)
         self.tokens[:batch].copy_(torch.randint(0, self.vocab, (batch,), generator=generator, device="cuda"))
-        self.staging.zero_()
-        self.filled.zero_()
 
     def step(self, batch: int) -> torch.Tensor:
         main = torch.cuda.current_stream()
@@ -73,9 +72,9 @@ class StreamsModel:
         y = x
         for w in self.main_weights:
             y = F.gelu(F.linear(y, w))
-        staged = self.staging[:batch]
+        staged = torch.empty_like(y)
         staged.copy_(y)  # same dtype, contiguous: a device-to-device memcpy
-        filled = self.filled[:batch]
+        filled = torch.empty(batch, self.hidden, device="cuda", dtype=torch.float32)
         bits = struct.unpack("<I", struct.pack("<f", MEMSET_VALUE))[0]
         call(driver.cuMemsetD32Async, filled.data_ptr(), bits, filled.numel(), driver.CUstream(main.cuda_stream))
         return F.linear((staged.float() + filled).to(torch.bfloat16) + branch, self.lm_head).float()

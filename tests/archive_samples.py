@@ -171,8 +171,9 @@ def archive_contents(draw: st.DrawFn) -> tuple[Manifest, list[bytes], list[Graph
 
 def write_archive(path, manifest: Manifest, blobs: list[bytes]):  # noqa: ANN001, ANN201
     writer = ArchiveWriter(path)
+    contents = {segment.contents for segment in manifest.memory if segment.contents}
     for blob in blobs:
-        writer.add_blob(blob)
+        writer.add_blob(blob, compress=_digest(blob) in contents)  # as SAVE stores them
     return writer.finish(manifest.model_copy(update={"blobs": writer.blobs}))
 
 

@@ -5,6 +5,9 @@ load: eager LOAD, compared with SAVE's graphs and a native capture; release() fr
 modes: background and lazy LOAD give the same outputs; a lazy graph restores at its first replay.
 prefetch: prefetch() as the first thing the process does (no CUDA context yet), the engine built
     meanwhile, then LOAD at the restore point, eager and lazy: the same outputs.
+save-streams: the streams workload (memset and memcpy nodes into memory the capture allocated).
+prefetch-copies: prefetch() of that archive at process start builds every graph, memsets and
+    memcpys included, before the restore point; LOAD then gives SAVE's outputs.
 wrong-layout: an engine that allocated one more buffer is refused, and nothing changes.
 refusals: a wrong fingerprint, a missing section, a corrupted blob and a graph the driver refuses,
     each three times on copies of the archive: each raises its error and leaves device memory,
@@ -17,6 +20,7 @@ import json
 import shutil
 import struct
 import sys
+import time
 from pathlib import Path
 
 import foundry_alloc as fa
@@ -96,6 +100,29 @@ def prefetched(path: str) -> dict[str, object]:
         restored.release()
         torch.cuda.synchronize()
     return result
+
+
+def save_streams(path: str) -> dict[str, object]:
+    from foundry_trace.bench_load import child_save
+
+    return child_save("streams", path, {})
+
+
+def prefetched_copies(path: str) -> dict[str, object]:
+    fa.install()
+    with ft.Archive(path) as archive:
+        graphs = len(archive.manifest.graphs)
+        copy_arenas = sorted({arena for g in archive.manifest.graphs for arena in g.copy_arenas or ("unrecorded",)})
+    early = ft.prefetch(path)
+    model = build_engine("streams")
+    deadline = time.monotonic() + 120
+    while sum(s.phase == "instantiate" for s in early.spans) < graphs and time.monotonic() < deadline:
+        time.sleep(0.01)  # the early graphs, given all the time they need
+    built_early = sum(s.phase == "instantiate" for s in early.spans)
+    restored = ft.load(early)
+    result = _against_saved(model, restored, _saved(path))
+    restored.release()
+    return {**result, "graphs": graphs, "built_early": built_early, "copy_arenas": copy_arenas}
 
 
 def wrong_layout(path: str) -> dict[str, object]:
@@ -193,7 +220,10 @@ def refusals(path: str) -> dict[str, object]:
     return result
 
 
-SCENARIOS = {"save": save, "load": load, "modes": modes, "prefetch": prefetched, "wrong-layout": wrong_layout, "refusals": refusals}
+SCENARIOS = {
+    "save": save, "load": load, "modes": modes, "prefetch": prefetched, "save-streams": save_streams,
+    "prefetch-copies": prefetched_copies, "wrong-layout": wrong_layout, "refusals": refusals,
+}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]](sys.argv[2])))

@@ -55,6 +55,17 @@ def test_prefetch_at_process_start_then_load_gives_the_same_outputs(archive: Pat
         assert result[mode]["equal_saved"] and result[mode]["compared"] == 4, result
 
 
+def test_prefetch_builds_graphs_with_memsets_and_memcpys_into_graph_memory_before_the_engine_exists(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    path = tmp_path_factory.mktemp("streams") / "streams.foundry"
+    run("save-streams", path)
+    result = run("prefetch-copies", path)
+    assert result["copy_arenas"] == ["graph"], result
+    assert result["built_early"] == result["graphs"] == 7, result
+    assert result["equal_saved"] and result["compared"] == 7, result
+
+
 def test_a_different_engine_layout_is_refused_with_a_diff(archive: Path) -> None:
     result = run("wrong-layout", archive)
     assert result["error"] and "only in here" in result["error"]

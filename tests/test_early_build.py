@@ -1,0 +1,77 @@
+"""What prefetch() may build before the restore point: SAVE records the arenas each graph's
+memsets and memcpys name (ArenaFinder), and builds_early decides from them and the node kinds."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+from hypothesis import given
+
+from foundry_alloc import Allocation, Layout
+from foundry_trace.node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS
+from foundry_trace.recording import ArenaFinder
+from foundry_trace.records import EmptyNode, GraphBody, MemcpyNode, MemorySegment, MemsetNode
+from foundry_trace.restore_pipeline import builds_early
+
+BASE = 0x7F0000000000
+ARENAS = ("engine", "graph", "transient")
+
+
+@st.composite
+def disjoint_ranges(draw: st.DrawFn) -> list[tuple[int, int, str]]:
+    """Disjoint (address, size, arena) ranges in address order, with gaps between some."""
+    ranges, address = [], BASE
+    for _ in range(draw(st.integers(min_value=0, max_value=12))):
+        address += draw(st.integers(min_value=0, max_value=1 << 20))
+        size = draw(st.integers(min_value=1, max_value=1 << 21))
+        ranges.append((address, size, draw(st.sampled_from(ARENAS))))
+        address += size
+    return ranges
+
+
+def _finder(ranges: list[tuple[int, int, str]], in_layout: list[bool]) -> ArenaFinder:
+    memory = [MemorySegment(address=a, size=s, arena=n) for (a, s, n), layout in zip(ranges, in_layout) if not layout]
+    blocks = tuple(
+        Allocation(address=a, size=s, requested=s, arena=n, sequence=i)
+        for i, ((a, s, n), layout) in enumerate(zip(ranges, in_layout)) if layout
+    )
+    return ArenaFinder(memory, Layout(device=0, base=BASE, size=1 << 40, granularity=1 << 21, allocations=blocks))
+
+
+@given(disjoint_ranges(), st.data())
+def test_every_address_gets_the_arena_of_the_range_holding_it(ranges: list[tuple[int, int, str]], data: st.DataObject) -> None:
+    finder = _finder(ranges, [data.draw(st.booleans()) for _ in ranges])
+    for address, size, arena in ranges:
+        assert finder.arena(address) == finder.arena(address + size - 1) == arena
+    probe = data.draw(st.integers(min_value=0, max_value=BASE + (1 << 30)))
+    holder = [arena for address, size, arena in ranges if address <= probe < address + size]
+    assert finder.arena(probe) == (holder[0] if holder else "unknown")
+
+
+def test_a_graph_names_the_arenas_of_its_memsets_and_both_ends_of_its_memcpys() -> None:
+    finder = _finder([(BASE, 4096, "engine"), (BASE + 8192, 4096, "graph")], [True, False])
+    memset = MemsetNode(destination=BASE + 8192, pitch=0, value=0, element_size=4, width=16, height=1)
+    copy = MemcpyNode(
+        source=BASE + 16, source_pitch=0, source_height=0, source_offset=(0, 0, 0), destination=BASE + 8200,
+        destination_pitch=0, destination_height=0, destination_offset=(0, 0, 0), extent=(8, 1, 1),
+    )
+    assert finder.copies(GraphBody(nodes=(memset,), edges=())) == ("graph",)
+    assert finder.copies(GraphBody(nodes=(memset, copy, EmptyNode()), edges=())) == ("engine", "graph")
+    assert finder.copies(GraphBody(nodes=(EmptyNode(),), edges=())) == ()
+
+
+KINDS = sorted(BUILT_BEFORE_RESTORE_POINT | COPY_KINDS | {"collective"})
+
+
+@given(
+    st.frozensets(st.sampled_from(KINDS), min_size=1),
+    st.none() | st.lists(st.sampled_from(("engine", "graph", "unknown"))).map(lambda names: tuple(sorted(set(names)))),
+    st.booleans(),
+)
+def test_prefetch_builds_early_only_what_needs_no_live_state(kinds: frozenset[str], copy_arenas, mapped: bool) -> None:  # noqa: ANN001
+    early = builds_early(kinds, copy_arenas, mapped)
+    if "collective" in kinds:
+        assert not early  # needs the live communicator
+    elif kinds <= BUILT_BEFORE_RESTORE_POINT:
+        assert early  # addresses as plain values only
+    else:  # memsets or memcpys: the driver checks their memory
+        assert early == (mapped and copy_arenas is not None and set(copy_arenas) <= {"graph"})
