@@ -41,11 +41,11 @@ import foundry_alloc
 
 from . import native
 from .archive import Archive, Fingerprint, GraphEntry, OutputTensor
-from .records import MemorySegment
 from .collectives import Communicator, check_communicator
 from .driver import call, current_context
 from .errors import ArchiveFormatError, FingerprintMismatchError, FoundryTraceError, LayoutMismatchError, RestoreError
 from .fingerprint import current_fingerprint
+from .records import MemorySegment
 from .restore_pipeline import Pipeline, Span
 
 NVTX_DOMAIN = "foundry"

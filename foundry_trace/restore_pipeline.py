@@ -37,9 +37,9 @@ from foundry_alloc import GRAPH
 
 from . import native
 from .archive import Archive, GraphEntry
-from .node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, node_kinds
 from .driver import call
 from .errors import DriverCallError
+from .node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, node_kinds
 
 if TYPE_CHECKING:
     from .restore import Restored
