@@ -62,3 +62,18 @@ def corrupt_blob(path: Path, digest: str) -> None:
     data = bytearray(path.read_bytes())
     data[ref["offset"] + ref["stored"] // 2] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def compress_all(path: Path) -> int:
+    """Rewrites an archive with every blob zlib-compressed where that pays (SAVE stores what LOAD
+    loads raw), for test data kept in the repository; returns the new size."""
+    from foundry_trace.archive import Archive, ArchiveWriter
+
+    packed = path.with_name(path.name + ".packed")
+    with Archive(path) as archive:
+        writer = ArchiveWriter(packed)
+        for digest in archive.manifest.blobs:
+            writer.add_blob(archive.blob(digest), digest, compress=True)
+        writer.finish(archive.manifest.model_copy(update={"blobs": writer.blobs}))
+    packed.replace(path)
+    return path.stat().st_size

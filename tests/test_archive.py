@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from foundry_trace.archive import HEADER, Archive
 from foundry_trace.errors import ArchiveFormatError
 
-from .archive_edit import rewrite_manifest
+from .archive_edit import compress_all, rewrite_manifest
 from .archive_samples import archive_contents, canonical, fixed_contents, graph_bodies, write_archive
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -52,6 +52,17 @@ def test_identical_blobs_are_stored_once_and_compressed_only_when_asked_and_wort
 def sample(tmp_path: Path) -> Path:
     manifest, blobs = fixed_contents()
     return write_archive(tmp_path / "sample.foundry", manifest, blobs)
+
+
+def test_a_compressed_copy_holds_the_same_blobs_and_manifest(sample: Path) -> None:
+    with Archive(sample) as archive:
+        manifest, blobs = archive.manifest, {d: archive.blob(d) for d in archive.manifest.blobs}
+    raw_size = sample.stat().st_size
+    assert compress_all(sample) < raw_size
+    with Archive(sample) as archive:
+        archive.verify()
+        assert {d: archive.blob(d) for d in archive.manifest.blobs} == blobs
+        assert archive.manifest.model_copy(update={"blobs": manifest.blobs}) == manifest
 
 
 def test_refuses_other_files(tmp_path: Path) -> None:
