@@ -85,7 +85,9 @@ def graphs_of(path: str) -> dict[str, int]:
     from foundry_trace.archive import Archive
 
     with Archive(path) as archive:
-        return dict(Counter(",".join(g.copy_arenas) if g.copy_arenas is not None else "unrecorded" for g in archive.manifest.graphs))
+        return dict(Counter(
+            (",".join(g.copy_arenas) or "none") if g.copy_arenas is not None else "unrecorded" for g in archive.manifest.graphs
+        ))
 
 
 def main() -> None:
