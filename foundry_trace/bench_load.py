@@ -30,6 +30,17 @@ from .restore_pipeline import key_order
 REFERENCE_SUFFIX = ".outputs.json"
 
 
+def keep_saved_outputs(archive: str, outputs: dict[str, dict[str, object]]) -> None:
+    """Writes SAVE's reference outputs (verify.reference_outputs) beside the archive."""
+    Path(archive + REFERENCE_SUFFIX).write_text(json.dumps(outputs))
+
+
+def saved_outputs(archive: str) -> dict[str, dict[str, object]]:
+    """SAVE's reference outputs, which its child wrote beside the archive (digest and
+    determinism per graph key)."""
+    return json.loads(Path(archive + REFERENCE_SUFFIX).read_text())
+
+
 def child_save(workload: str, archive: str, options: dict[str, object]) -> dict[str, object]:
     import foundry_alloc
 
@@ -48,7 +59,7 @@ def child_save(workload: str, archive: str, options: dict[str, object]) -> dict[
         captured = capture_steps(model, recording=recording)
     save_s = time.perf_counter() - start
     note(f"captured and saved {len(captured)} graphs in {save_s:.1f} s")
-    Path(archive + REFERENCE_SUFFIX).write_text(json.dumps(reference_outputs(model, captured)))
+    keep_saved_outputs(archive, reference_outputs(model, captured))
     note("recorded the reference outputs")
     return {"archive_bytes": Path(archive).stat().st_size, "save_s": save_s, "description": model.describe()}
 
@@ -78,7 +89,7 @@ def child_verify(workload: str, archive: str, threads: int, options: dict[str, o
         restored[key].replay()
     torch.cuda.synchronize()
     compiled = _compiled_graphs()  # before the native capture: what the restore itself compiled
-    saved = json.loads(Path(archive + REFERENCE_SUFFIX).read_text())
+    saved = saved_outputs(archive)
     result = compare(model, restored, saved)
     note(f"captured natively in {result['native_s']:.1f} s and compared")
     restored.release()
@@ -135,7 +146,7 @@ def child_prefetch(workload: str, archive: str, threads: int, options: dict[str,
     at_restore_point_s = time.perf_counter() - start
     note(f"restored at the restore point in {at_restore_point_s:.3f} s")
     instantiated = [s for s in restored.spans if s.phase == "instantiate"]
-    saved = json.loads(Path(archive + REFERENCE_SUFFIX).read_text())
+    saved = saved_outputs(archive)
     mismatched = differing_from_saved(restored_digests(model, restored), saved)
     restored.release()
     return {
@@ -221,7 +232,7 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     torch.cuda.synchronize()
     warm_restore_s = time.perf_counter() - start
     note("timed instantiation scaling and prefetched restores")
-    saved = json.loads(Path(archive + REFERENCE_SUFFIX).read_text())
+    saved = saved_outputs(archive)
     result = compare(model, restored, saved)
     note("captured natively and compared")
     result["native_warm_s"] = result.pop("native_s")  # this process's own native capture, after restores

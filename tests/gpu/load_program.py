@@ -25,7 +25,7 @@ from pathlib import Path
 
 import foundry_alloc as fa
 import foundry_trace as ft
-from foundry_trace.bench_load import REFERENCE_SUFFIX
+from foundry_trace.bench_load import keep_saved_outputs, saved_outputs
 from foundry_trace.node_table import BODY, HEADER, NODE
 from foundry_trace.engines import build_engine
 
@@ -37,12 +37,8 @@ def save(path: str) -> dict[str, object]:
     from foundry_trace.verify import reference_outputs
 
     model, captured = save_tiny(path)
-    Path(path + REFERENCE_SUFFIX).write_text(json.dumps(reference_outputs(model, captured)))
+    keep_saved_outputs(path, reference_outputs(model, captured))
     return {"saved": True}
-
-
-def _saved(path: str) -> dict[str, dict[str, object]]:
-    return json.loads(Path(path + REFERENCE_SUFFIX).read_text())
 
 
 def load(path: str) -> dict[str, object]:
@@ -51,7 +47,7 @@ def load(path: str) -> dict[str, object]:
 
     model = build_engine("tiny")
     restored = ft.load(path)
-    result = compare(model, restored, _saved(path), latency_batches=(1, 8))
+    result = compare(model, restored, saved_outputs(path), latency_batches=(1, 8))
     stats_before = fa.stats().live_blocks
     restored.release()
     result["released_blocks"] = stats_before - fa.stats().live_blocks
@@ -72,7 +68,7 @@ def modes(path: str) -> dict[str, object]:
     import torch
 
     model = build_engine("tiny")
-    saved = _saved(path)
+    saved = saved_outputs(path)
     result: dict[str, object] = {}
     for mode in ("background", "lazy"):
         restored = ft.load(path, mode=mode)
@@ -89,7 +85,7 @@ def prefetched(path: str) -> dict[str, object]:
     fa.install()
     import torch
 
-    saved = _saved(path)
+    saved = saved_outputs(path)
     result: dict[str, object] = {}
     model = None
     for mode in ("eager", "lazy"):
@@ -120,7 +116,7 @@ def prefetched_copies(path: str) -> dict[str, object]:
         time.sleep(0.01)  # the early graphs, given all the time they need
     built_early = sum(s.phase == "instantiate" for s in early.spans)
     restored = ft.load(early)
-    result = _against_saved(model, restored, _saved(path))
+    result = _against_saved(model, restored, saved_outputs(path))
     restored.release()
     return {**result, "graphs": graphs, "built_early": built_early, "copy_arenas": copy_arenas}
 
