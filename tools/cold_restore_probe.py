@@ -15,9 +15,10 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
+
+from probe_variants import print_variants
 
 VARIANTS = ("threads-8", "serial", "threads-4", "threads-16", "pregrow-mem", "prewarm-20000")
 
@@ -100,12 +101,7 @@ def main() -> None:
         print(json.dumps(child(sys.argv[2], sys.argv[3])))
         return
     archive, variants = sys.argv[1], sys.argv[2:] or list(VARIANTS)
-    for variant in variants:
-        done = subprocess.run([sys.executable, __file__, "child", archive, variant], capture_output=True, text=True)
-        if done.returncode:
-            print(json.dumps({"variant": variant, "error": done.stderr[-3000:]}), flush=True)
-        else:
-            print(done.stdout.strip().splitlines()[-1], flush=True)
+    print_variants(__file__, archive, variants)
 
 
 if __name__ == "__main__":

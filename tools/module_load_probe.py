@@ -13,12 +13,13 @@ cuModuleLoadData, cuModuleGetFunction of the functions the graphs use, and cuFun
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from probe_variants import print_variants
 
 VARIANTS = ("serial", "threads-8")
 
@@ -94,12 +95,7 @@ def main() -> None:
             "compressed": sum(m["codec"] != "raw" for m in modules),
             "largest": [{k: m[k] for k in ("index", "bytes", "codec", "read_s")} for m in modules[:8]],
         }), flush=True)
-        for variant in variants:
-            done = subprocess.run([sys.executable, __file__, "child", scratch, variant], capture_output=True, text=True)
-            if done.returncode:
-                print(json.dumps({"variant": variant, "error": done.stderr[-3000:]}), flush=True)
-            else:
-                print(done.stdout.strip().splitlines()[-1], flush=True)
+        print_variants(__file__, scratch, variants)
 
 
 if __name__ == "__main__":
