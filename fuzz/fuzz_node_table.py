@@ -15,7 +15,7 @@ import struct
 
 from foundry_trace.errors import ArchiveFormatError
 from foundry_trace.node_table import decode, node_kinds
-from foundry_trace.records import GraphBody
+from foundry_trace.records import GraphBody, walk_nodes
 from fuzz import run_atheris
 
 FUNCTIONS, EVENTS, COLLECTIVES = 4, 4, 4
@@ -37,12 +37,7 @@ def one_input(data: bytes) -> None:
 
 def body_kinds(body: GraphBody) -> frozenset[str]:
     """The kinds of node a decoded graph holds, child graphs included (what node_kinds reads)."""
-    kinds = set()
-    for node in body.nodes:
-        kinds.add(node.kind)
-        if node.kind == "graph":
-            kinds |= body_kinds(node.graph)
-    return frozenset(kinds)
+    return frozenset(node.kind for node in walk_nodes(body.nodes))
 
 
 if __name__ == "__main__":
