@@ -6,6 +6,15 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
   pregrow-mem   1 GiB cuMemAlloc + free before LOAD (does device memory growth explain it?)
   prewarm-N     instantiate and destroy a graph of N memset nodes before LOAD (is the cold cost
                 the driver growing what executables need, once per process?)
+  thp-serial    serial, with glibc's malloc on transparent huge pages (is it page faults?)
+  eager-serial  serial, with CUDA_MODULE_LOADING=EAGER (is it functions loaded at instantiation?)
+  lazy-first    a lazy LOAD and the first replay of the smallest batch: where its time goes
+  reinstantiate the graphs prebuilt, instantiated serially three times: cold, again after
+                destroying the first executables, and again beside the second ones (is the cold
+                cost the graph's first time, or fresh memory the driver takes for executables?)
+
+Every report holds the process's CPU seconds (user, system), page faults and context switches
+during the timed work.
 
 (`foundry bench load` times prefetch() at process start; this probe asks what the bench does not.)
 
@@ -15,12 +24,30 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
+from collections.abc import Callable
 
 from probe_variants import print_variants
 
-VARIANTS = ("threads-8", "serial", "threads-4", "threads-16", "pregrow-mem", "prewarm-20000")
+VARIANTS = ("threads-8", "serial", "threads-4", "threads-16", "pregrow-mem", "prewarm-20000", "thp-serial", "eager-serial", "lazy-first", "reinstantiate")
+ENVIRONMENTS = {"thp-serial": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "eager-serial": {"CUDA_MODULE_LOADING": "EAGER"}}
+
+
+def _timed(work: Callable[[], object]) -> tuple[object, dict[str, float]]:
+    """work()'s result, and its wall seconds and the process's resource use meanwhile."""
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    result = work()
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return result, {
+        "wall_s": round(wall, 4),
+        "user_s": round(after.ru_utime - before.ru_utime, 4),
+        "system_s": round(after.ru_stime - before.ru_stime, 4),
+        "minor_faults": after.ru_minflt - before.ru_minflt,
+        "voluntary_switches": after.ru_nvcsw - before.ru_nvcsw,
+        "involuntary_switches": after.ru_nivcsw - before.ru_nivcsw,
+    }
 
 
 def _report(restored, restore_s: float) -> dict[str, object]:  # noqa: ANN001
@@ -66,7 +93,6 @@ def child(archive: str, variant: str) -> dict[str, object]:
     foundry_alloc.install()
     import torch
 
-    import foundry_trace
     from foundry_trace.engines import build_engine
 
     began = time.perf_counter()
@@ -79,21 +105,77 @@ def child(archive: str, variant: str) -> dict[str, object]:
         _, pointer = driver.cuMemAlloc(1 << 30)
         driver.cuMemFree(pointer)
     prewarm = _prewarm(int(variant.split("-")[1])) if variant.startswith("prewarm-") else None
-    threads = int(variant.split("-")[1]) if variant.startswith("threads-") else (1 if variant == "serial" else 8)
-    start = time.perf_counter()
-    restored = foundry_trace.load(archive, threads=threads)
-    torch.cuda.synchronize()
-    result = {"variant": variant, "engine": engine.describe(), "engine_s": engine_s, **_report(restored, time.perf_counter() - start)}
+    head = {"variant": variant, "engine": engine.describe(), "engine_s": engine_s}
+    if variant == "lazy-first":
+        return {**head, **_lazy_first(archive)}
+    if variant == "reinstantiate":
+        return {**head, **_reinstantiate(archive)}
+    threads = int(variant.split("-")[1]) if variant.startswith("threads-") else (1 if variant.endswith("serial") else 8)
+    restored, use = _timed(lambda: _load(archive, threads))
+    result = {**head, **_report(restored, use["wall_s"]), "resources": use}
     if prewarm:
         result["prewarm"] = prewarm
     restored.release()
-    if variant == "serial":
-        start = time.perf_counter()
-        warm = foundry_trace.load(archive, threads=1)
-        torch.cuda.synchronize()
-        result["warm"] = _report(warm, time.perf_counter() - start)
+    if variant.endswith("serial"):
+        warm, use = _timed(lambda: _load(archive, 1))
+        result["warm"] = {**_report(warm, use["wall_s"]), "resources": use}
         warm.release()
     return result
+
+
+def _load(archive: str, threads: int):  # noqa: ANN202 - Restored
+    import torch
+
+    import foundry_trace
+
+    restored = foundry_trace.load(archive, threads=threads)
+    torch.cuda.synchronize()
+    return restored
+
+
+def _lazy_first(archive: str) -> dict[str, object]:
+    import torch
+
+    import foundry_trace
+    from foundry_trace.restore_pipeline import key_order
+
+    def first_replay():  # noqa: ANN202 - Restored
+        lazy = foundry_trace.load(archive, mode="lazy")
+        lazy[min(lazy.graphs, key=key_order)].replay()
+        torch.cuda.synchronize()
+        return lazy
+
+    lazy, use = _timed(first_replay)
+    spans = [{"what": s.what, "phase": s.phase, "start": round(s.start, 4), "end": round(s.end, 4)} for s in lazy.spans]
+    lazy.release()
+    return {"resources": use, "phases": lazy.phases, "spans": spans}
+
+
+def _reinstantiate(archive: str) -> dict[str, object]:
+    import foundry_trace
+    from foundry_trace import native
+
+    lazy = foundry_trace.load(archive, mode="lazy")  # claims the memory the copy nodes name
+    pipeline = lazy._pipeline
+    pipeline.load_all_modules()
+    pipeline.wait_for_modules()
+    built, use = _timed(lambda: [pipeline.build(entry) for entry in lazy._archive.manifest.graphs])
+    rounds = {"build": use}
+
+    def instantiate_all() -> list[int]:
+        return [native.instantiate(graph, pipeline._context, "probe") for graph in built]
+
+    first, rounds["cold"] = _timed(instantiate_all)
+    for executable in first:
+        native.destroy_executable(executable)
+    second, rounds["after_destroying"] = _timed(instantiate_all)
+    third, rounds["beside_others"] = _timed(instantiate_all)
+    for executable in second + third:
+        native.destroy_executable(executable)
+    for graph in built:
+        native.destroy_graph(graph)
+    lazy.release()
+    return {"rounds": rounds}
 
 
 def main() -> None:
@@ -101,7 +183,7 @@ def main() -> None:
         print(json.dumps(child(sys.argv[2], sys.argv[3])))
         return
     archive, variants = sys.argv[1], sys.argv[2:] or list(VARIANTS)
-    print_variants(__file__, archive, variants)
+    print_variants(__file__, archive, variants, ENVIRONMENTS)
 
 
 if __name__ == "__main__":
