@@ -12,6 +12,9 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
   reinstantiate the graphs prebuilt, instantiated serially three times: cold, again after
                 destroying the first executables, and again beside the second ones (is the cold
                 cost the graph's first time, or fresh memory the driver takes for executables?)
+  maps          the same cold build and instantiation, with the process's mappings whose
+                resident memory grew most meanwhile (/proc/self/smaps), and the kernel's
+                transparent-huge-page settings (which memory takes the page faults?)
 
 Every report holds the process's CPU seconds (user, system), page faults and context switches
 during the timed work.
@@ -110,6 +113,8 @@ def child(archive: str, variant: str) -> dict[str, object]:
         return {**head, **_lazy_first(archive)}
     if variant == "reinstantiate":
         return {**head, **_reinstantiate(archive)}
+    if variant == "maps":
+        return {**head, **_maps(archive)}
     threads = int(variant.split("-")[1]) if variant.startswith("threads-") else (1 if variant.endswith("serial") else 8)
     restored, use = _timed(lambda: _load(archive, threads))
     result = {**head, **_report(restored, use["wall_s"]), "resources": use}
@@ -149,6 +154,65 @@ def _lazy_first(archive: str) -> dict[str, object]:
     spans = [{"what": s.what, "phase": s.phase, "start": round(s.start, 4), "end": round(s.end, 4)} for s in lazy.spans]
     lazy.release()
     return {"resources": use, "phases": lazy.phases, "spans": spans}
+
+
+def _resident() -> dict[tuple[str, str], dict[str, int]]:
+    """kB resident and huge-page-backed of each mapping, by (address range, what)."""
+    mappings: dict[tuple[str, str], dict[str, int]] = {}
+    current: dict[str, int] = {}
+    for line in open("/proc/self/smaps"):  # noqa: SIM115 - read once, closed at exit
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            current = mappings.setdefault((fields[0], " ".join(fields[5:]) or "[anonymous]"), {})
+        elif fields[0] in ("Rss:", "AnonHugePages:"):
+            current[fields[0][:-1]] = int(fields[1])
+    return mappings
+
+
+def _grown(before: dict, after: dict) -> list[dict[str, object]]:  # noqa: ANN001
+    rows = []
+    for (span, what), sizes in after.items():
+        old = before.get((span, what), {})
+        grown = sizes.get("Rss", 0) - old.get("Rss", 0)
+        if grown:
+            low, high = (int(x, 16) for x in span.split("-"))
+            rows.append({"range": span, "what": what, "size_kb": (high - low) >> 10, "grown_kb": grown, "rss_kb": sizes.get("Rss", 0), "huge_kb": sizes.get("AnonHugePages", 0)})
+    return sorted(rows, key=lambda r: -r["grown_kb"])[:12]
+
+
+def _maps(archive: str) -> dict[str, object]:
+    import foundry_trace
+    from foundry_trace import native
+
+    settings = {}
+    for name in ("enabled", "defrag"):
+        try:
+            settings[name] = open(f"/sys/kernel/mm/transparent_hugepage/{name}").read().strip()  # noqa: SIM115
+        except OSError as error:
+            settings[name] = str(error)
+    settings["kernel"] = open("/proc/sys/kernel/osrelease").read().strip()  # noqa: SIM115
+    lazy = foundry_trace.load(archive, mode="lazy")
+    pipeline = lazy._pipeline
+    before = _resident()
+    pipeline.load_all_modules()
+    pipeline.wait_for_modules()
+    loaded = _resident()
+    built = [pipeline.build(entry) for entry in lazy._archive.manifest.graphs]
+    after_build = _resident()
+    executables = [native.instantiate(graph, pipeline._context, "probe") for graph in built]
+    after_instantiate = _resident()
+    for executable in executables:
+        native.destroy_executable(executable)
+    for graph in built:
+        native.destroy_graph(graph)
+    lazy.release()
+    return {
+        "settings": settings,
+        "modules": _grown(before, loaded),
+        "build": _grown(loaded, after_build),
+        "instantiate": _grown(after_build, after_instantiate),
+        "after_release": _grown(before, _resident()),
+    }
 
 
 def _reinstantiate(archive: str) -> dict[str, object]:
