@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from cuda.bindings import driver
 
 from .cubin import CubinFormatError, ModuleSymbols, loadable_images, module_symbols
-from .driver import call, device_bytes, try_call
+from .driver import call, try_call
 from .errors import MissingBinaryError
+from .module_image import stored_module
 from .records import SETTABLE_FUNCTION_ATTRIBUTES, FunctionRecord, ModuleRecord
-
-MAX_VARIABLE_BYTES = 64 << 20  # module globals larger than this are refused rather than carried
 
 
 @dataclass
@@ -45,6 +46,27 @@ class ModuleRegistry:
     pending: list[str] = field(default_factory=list)
     by_handle: dict[int, str] = field(default_factory=dict)  # CUmodule -> digest, for explicit loads
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _own: threading.local = field(default_factory=threading.local)
+
+    @contextmanager
+    def own_loads(self) -> Iterator[None]:
+        """Module loads made inside, on this thread, are Foundry's own checks: the tracer does
+        not record them (their handles would name binaries the program never loaded)."""
+        self._own.active = True
+        try:
+            yield
+        finally:
+            self._own.active = False
+
+    def saw_binary(self, data: bytes) -> None:
+        """The tracer's report of a binary being loaded."""
+        if not getattr(self._own, "active", False):
+            self.add(data)
+
+    def saw_load(self, module: int, image: bytes) -> None:
+        """The tracer's report of an explicit load."""
+        if not getattr(self._own, "active", False):
+            self.add_handle(module, image)
 
     def add(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
@@ -77,7 +99,8 @@ class ModuleRegistry:
         with self._lock:
             pending, self.pending = self.pending, []
         for digest in pending:
-            entries = _driver_entry_names(self.binaries[digest].data)  # loads a module: no lock held
+            with self.own_loads():
+                entries = _driver_entry_names(self.binaries[digest].data)  # loads a module: no lock held
             with self._lock:
                 binary = self.binaries[digest]
                 self.binaries[digest] = _Binary(digest, binary.data, ModuleSymbols(entries, binary.symbols.variables))
@@ -169,30 +192,23 @@ class FunctionTable:
 
     def records(self, add_blob, capability: tuple[int, int]) -> tuple[list[ModuleRecord], list[FunctionRecord]]:  # noqa: ANN001
         """The records of the functions and of the binaries they come from, each binary reduced
-        to the images a GPU of `capability` loads, with the current contents of its module-scope
-        variables (read through the loaded module); blobs go through `add_blob` (bytes -> digest)."""
+        to the images a GPU of `capability` loads and trimmed to the kernels used, with the
+        module-scope variables whose contents the process changed (module_image.py); blobs go
+        through `add_blob` (bytes -> digest)."""
         modules: list[ModuleRecord] = []
         position: dict[str, int] = {}
         for digest in dict.fromkeys(f.binary for f in self._functions):
             binary = self._registry.binaries[digest]
-            variables = {}
-            for name in sorted(binary.symbols.variables):
-                found = try_call(driver.cuModuleGetGlobal, driver.CUmodule(self.module_handles[digest]), name.encode())
-                if found is None:
-                    continue
-                address, size = int(found[0]), int(found[1])
-                if size > MAX_VARIABLE_BYTES:
-                    raise MissingBinaryError(
-                        f"module variable {name} of {digest[:12]} holds {size} bytes, more than Foundry carries "
-                        f"({MAX_VARIABLE_BYTES}); allocate such buffers with torch instead"
-                    )
-                variables[name] = add_blob(device_bytes(address, size))
-            stored = loadable_images(binary.data, capability)
+            kernels = sorted({f.name for f in self._functions if f.binary == digest})
+            live = driver.CUmodule(self.module_handles[digest])
+            with self._registry.own_loads():
+                stored = stored_module(loadable_images(binary.data, capability), live, kernels, binary.symbols.variables)
             position[digest] = len(modules)
             modules.append(
                 ModuleRecord(
-                    digest=add_blob(stored), size=len(stored), loaded_size=len(binary.data),
-                    entries=len(binary.symbols.entries), variables=variables,
+                    digest=add_blob(stored.binary), size=len(stored.binary), loaded_size=len(binary.data),
+                    entries=len(binary.symbols.entries), trimmed=stored.trimmed,
+                    variables={name: add_blob(contents) for name, contents in stored.variables.items()},
                 )
             )
         functions = [FunctionRecord(module=position[f.binary], name=f.name, attributes=f.attributes) for f in self._functions]

@@ -50,7 +50,7 @@ class Session:
     def __init__(self) -> None:
         self.registry = ModuleRegistry()
         self.recording: Recording | None = None
-        self.tracer = Tracer(Listener(self.registry.add, self.registry.add_handle, self._graph_instantiated, self._capture_beginning))
+        self.tracer = Tracer(Listener(self.registry.saw_binary, self.registry.saw_load, self._graph_instantiated, self._capture_beginning))
 
     def _graph_instantiated(self, graph: int, graph_exec: int) -> None:
         if self.recording is not None:

@@ -170,14 +170,15 @@ class FunctionRecord(_Record):
 
 
 class ModuleRecord(_Record):
-    """A module binary (as stored: a fatbin keeps only the images this GPU can load), and the
-    contents of its module-scope variables (__device__/__constant__) at SAVE, which a freshly
-    loaded copy of the module would not have."""
+    """A module binary (as stored: a fatbin keeps only the images this GPU can load, a cubin
+    may be trimmed to the kernels the graphs use), and the contents at SAVE of the module-scope
+    variables (__device__/__constant__) that differ from a freshly loaded copy's."""
 
     digest: Digest
     size: U64
     loaded_size: U64  # the binary as the process loaded it
     entries: Annotated[int, Field(ge=0)]  # entry functions in the binary
+    trimmed: bool = False  # the other entries' code removed (cubin_trim.py)
     variables: dict[str, Digest] = {}
 
 

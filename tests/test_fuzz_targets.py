@@ -103,3 +103,22 @@ def test_node_table_reader_on_random_bytes(data: bytes) -> None:
     from fuzz.fuzz_node_table import one_input
 
     one_input(data)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_cubin_trimmer_on_damaged_cubins(data: st.DataObject) -> None:
+    from pathlib import Path
+
+    from fuzz.fuzz_cubin_trim import one_input
+
+    raw = bytearray((Path(__file__).parent / "data" / data.draw(st.sampled_from(["trim_kernels.cubin", "variables.cubin"]))).read_bytes())
+    one_input(overwrite_and_cut(data, raw))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=2048))
+def test_cubin_trimmer_on_random_bytes(data: bytes) -> None:
+    from fuzz.fuzz_cubin_trim import one_input
+
+    one_input(b"\x7fELF\x02\x01" + data if data[:1] == b"\0" else data)

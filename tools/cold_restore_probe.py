@@ -12,6 +12,8 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
   reinstantiate the graphs prebuilt, instantiated serially three times: cold, again after
                 destroying the first executables, and again beside the second ones (is the cold
                 cost the graph's first time, or fresh memory the driver takes for executables?)
+  prefault-N    LOAD on N threads, each of which first touches and frees its share of the
+                host memory the driver will take (about 20 kB a node), malloc's trimming off
   maps          the same cold build and instantiation, with the process's mappings whose
                 resident memory grew most meanwhile (/proc/self/smaps), and the kernel's
                 transparent-huge-page settings (which memory takes the page faults?)
@@ -115,7 +117,9 @@ def child(archive: str, variant: str) -> dict[str, object]:
         return {**head, **_reinstantiate(archive)}
     if variant == "maps":
         return {**head, **_maps(archive)}
-    threads = int(variant.split("-")[1]) if variant.startswith("threads-") else (1 if variant.endswith("serial") else 8)
+    threads = int(variant.split("-")[1]) if variant.startswith(("threads-", "prefault-")) else (1 if variant.endswith("serial") else 8)
+    if variant.startswith("prefault-"):
+        head["prefault_s"] = _prefault_workers(archive, threads)
     restored, use = _timed(lambda: _load(archive, threads))
     result = {**head, **_report(restored, use["wall_s"]), "resources": use}
     if prewarm:
@@ -126,6 +130,38 @@ def child(archive: str, variant: str) -> dict[str, object]:
         result["warm"] = {**_report(warm, use["wall_s"]), "resources": use}
         warm.release()
     return result
+
+
+def _prefault_workers(archive: str, threads: int) -> list[float]:
+    """Makes LOAD's worker threads touch and free their share of the memory first; returns the
+    list that each worker's seconds of it will be appended to."""
+    import ctypes
+
+    from foundry_trace import restore_pipeline
+    from foundry_trace.archive import Archive
+
+    with Archive(archive) as opened:
+        nodes = sum(entry.nodes for entry in opened.manifest.graphs)
+    share = nodes * 20_000 // threads
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep freed memory in the arena
+    seconds: list[float] = []
+    enter = restore_pipeline.Pipeline._enter_context
+
+    def enter_and_prefault(self) -> None:  # noqa: ANN001
+        enter(self)
+        start = time.perf_counter()
+        blocks = [libc.malloc(64 << 10) for _ in range(share // (64 << 10))]
+        for block in blocks:
+            ctypes.memset(block, 0, 64 << 10)
+        for block in blocks:
+            libc.free(block)
+        seconds.append(time.perf_counter() - start)
+
+    restore_pipeline.Pipeline._enter_context = enter_and_prefault
+    return seconds
 
 
 def _load(archive: str, threads: int):  # noqa: ANN202 - Restored

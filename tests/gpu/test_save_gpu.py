@@ -60,6 +60,34 @@ def test_inspect_reads_the_archive(saved: tuple[dict, Path]) -> None:
     assert "4 graphs" in completed.stdout and "kernels by launches" in completed.stdout
 
 
+def test_saved_modules_hold_only_the_kernels_the_graphs_launch(saved: tuple[dict, Path]) -> None:
+    from foundry_trace.archive import Archive
+    from foundry_trace.cubin import module_symbols
+
+    with Archive(saved[1]) as archive:
+        manifest = archive.manifest
+        assert any(module.trimmed for module in manifest.modules)
+        for index, module in enumerate(manifest.modules):
+            if module.trimmed:
+                used = {f.name for f in manifest.functions if f.module == index}
+                assert used <= module_symbols(archive.blob(module.digest)).entries
+                assert module.size < module.loaded_size
+
+
+def test_a_module_is_trimmed_only_where_the_driver_accepts_it_and_keeps_changed_variables() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.gpu.module_image_program"], capture_output=True, text=True, cwd=ROOT, env=clean_environment(), timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    cases = json.loads(completed.stdout.strip().splitlines()[-1])
+    kept_and_pointed_to = ["_Z10pointed_toPf", "_Z4keptPf"]
+    assert cases["untouched"] == {"trimmed": True, "smaller": True, "entries": kept_and_pointed_to, "variables": {}}
+    assert cases["variable_written"]["variables"] == {"scale": 5.0}
+    for refused in ("driver_refuses", "kernel_missing"):  # stored whole
+        assert cases[refused]["trimmed"] is False and not cases[refused]["smaller"], refused
+        assert len(cases[refused]["entries"]) == 5, refused
+
+
 def test_host_callbacks_are_refused_by_name(tmp_path: Path) -> None:
     result = run_scenario("host_node", tmp_path / "host.foundry")
     assert result["error"] and "host node" in result["error"] and "host callback" in result["error"]
