@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import nvtx
 from cuda.bindings import driver
 
-from .cubin import ELF_MAGIC, CubinFormatError
+from .cubin import ELF_MAGIC, CubinFormatError, module_symbols
 from .cubin_trim import trim_cubin
 from .driver import call, device_bytes, try_call
 from .errors import MissingBinaryError
@@ -69,7 +69,9 @@ def _trimmed(binary: bytes, kernels: Collection[str]) -> bytes | None:
     if binary[:4] != ELF_MAGIC:
         return None  # a fatbin of several images: the driver picks one, all are kept
     try:
-        return trim_cubin(binary, kernels)
+        trimmed = trim_cubin(binary, kernels)
+        # The driver finds plain functions by name too: only entries may launch as kernels.
+        return trimmed if trimmed is not None and set(kernels) <= module_symbols(trimmed).entries else None
     except CubinFormatError:
         return None
 
