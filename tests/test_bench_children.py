@@ -55,3 +55,10 @@ def test_a_child_past_its_time_is_stopped(tmp_path: Path) -> None:
     cwd = _child(tmp_path, "import sys, time; print('capturing', file=sys.stderr, flush=True); time.sleep(60)\n")
     with pytest.raises(RuntimeError, match="did not finish in 1 s; its last lines:\ncapturing"):
         run_child("child_module", ["save"], cwd=cwd, timeout=1)
+
+
+def test_prefetched_mismatches_of_natively_nondeterministic_graphs_are_set_apart() -> None:
+    from foundry_trace.bench_load import _set_apart_nondeterministic
+
+    prefetched = {"compared": 9, "mismatched": [8, 24]}
+    assert _set_apart_nondeterministic(prefetched, [24, 32]) == {"compared": 9, "mismatched": [8], "mismatched_nondeterministic": [24]}
