@@ -9,7 +9,7 @@ gaps. Everything else stays: section and symbol indices, names, the kept kernels
 and info, the module's variables. So nothing that refers to a section or symbol by number needs
 rewriting, and a kept kernel is byte for byte the same. A kernel is kept too where anything kept
 refers to it (a relocation outside the debug frames, a call). SAVE checks every trimmed module
-with the driver before it stores one (modules.py).
+with the driver before it stores one (module_image.py).
 """
 
 from __future__ import annotations

@@ -49,15 +49,9 @@ def stored_module(binary: bytes, live: driver.CUmodule, kernels: Collection[str]
     copy) differ from a fresh load's."""
     with nvtx.annotate("foundry.save.module", domain=NVTX_DOMAIN):
         trimmed = _trimmed(binary, kernels)
-        if trimmed is not None:
-            fresh = try_call(driver.cuModuleLoadData, trimmed)
-            if fresh is not None and not _same_kernels(live, fresh, kernels):
-                call(driver.cuModuleUnload, fresh)
-                fresh = None
-            if fresh is None:
-                trimmed = None
-        if trimmed is None:
-            fresh = call(driver.cuModuleLoadData, binary)
+        fresh = _checked_load(trimmed, live, kernels) if trimmed is not None else None
+        if fresh is None:
+            trimmed, fresh = None, call(driver.cuModuleLoadData, binary)
         try:
             changed = _changed_variables(live, fresh, variables)
         finally:
@@ -74,6 +68,22 @@ def _trimmed(binary: bytes, kernels: Collection[str]) -> bytes | None:
         return trimmed if trimmed is not None and set(kernels) <= module_symbols(trimmed).entries else None
     except CubinFormatError:
         return None
+
+
+def _checked_load(trimmed: bytes, live: driver.CUmodule, kernels: Collection[str]) -> driver.CUmodule | None:
+    """The trimmed binary loaded, where the driver takes it and its kernels are the live ones."""
+    fresh = try_call(driver.cuModuleLoadData, trimmed)
+    if fresh is None:
+        return None
+    try:
+        same = _same_kernels(live, fresh, kernels)
+    except BaseException:
+        call(driver.cuModuleUnload, fresh)
+        raise
+    if not same:
+        call(driver.cuModuleUnload, fresh)
+        return None
+    return fresh
 
 
 def _same_kernels(live: driver.CUmodule, fresh: driver.CUmodule, kernels: Collection[str]) -> bool:
