@@ -53,30 +53,42 @@ def entry_names(binary: bytes | memoryview) -> frozenset[str]:
     return module_symbols(binary).entries
 
 
-def _elf_symbols(view: memoryview) -> ModuleSymbols:
+def elf_sections(view: bytes | memoryview) -> tuple[tuple, list[tuple]]:
+    """The ELF header's fields and the raw section headers of a 64-bit little-endian ELF, the
+    section table bounds-checked (what each section points at is the caller's to check)."""
     if len(view) < _ELF_HEADER.size:
         raise CubinFormatError("truncated ELF header")
-    ident, _type, _machine, _version, _entry, _phoff, shoff, _flags, _ehsize, _phentsize, _phnum, shentsize, shnum, _ = (
-        _ELF_HEADER.unpack_from(view, 0)
-    )
+    header = _ELF_HEADER.unpack_from(view, 0)
+    ident, shoff, shentsize, shnum = header[0], header[6], header[11], header[12]
     if ident[4] != 2 or ident[5] != 1:
         raise CubinFormatError("not a 64-bit little-endian ELF")
     if shentsize != _SECTION.size or shoff + shnum * shentsize > len(view):
         raise CubinFormatError("section table out of bounds")
-    sections = [_SECTION.unpack_from(view, shoff + i * shentsize) for i in range(shnum)]
+    return header, [_SECTION.unpack_from(view, shoff + i * shentsize) for i in range(shnum)]
+
+
+def symbol_table(view: bytes | memoryview, sections: list[tuple], table: int) -> tuple[memoryview, list[tuple]]:
+    """The string table and the raw symbols (name offset, info, other, section, value, size; at
+    most MAX_SYMBOLS) of symbol table section `table`, both bounds-checked."""
+    _name, _kind, _flags, _addr, offset, size, link, _info, _align, entsize = sections[table]
+    if link >= len(sections) or entsize != _SYMBOL.size or offset + size > len(view):
+        raise CubinFormatError("symbol table out of bounds")
+    strings_offset, strings_size = sections[link][4], sections[link][5]
+    if strings_offset + strings_size > len(view):
+        raise CubinFormatError("string table out of bounds")
+    strings = memoryview(view)[strings_offset : strings_offset + strings_size]
+    return strings, [_SYMBOL.unpack_from(view, offset + index * entsize) for index in range(min(size // entsize, MAX_SYMBOLS))]
+
+
+def _elf_symbols(view: memoryview) -> ModuleSymbols:
+    _header, sections = elf_sections(view)
     entries: set[str] = set()
     variables: set[str] = set()
-    for _name, kind, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
-        if kind != SHT_SYMTAB:
+    for table, raw in enumerate(sections):
+        if raw[1] != SHT_SYMTAB:
             continue
-        if link >= len(sections) or entsize != _SYMBOL.size or offset + size > len(view):
-            raise CubinFormatError("symbol table out of bounds")
-        strings_offset, strings_size = sections[link][4], sections[link][5]
-        if strings_offset + strings_size > len(view):
-            raise CubinFormatError("string table out of bounds")
-        strings = view[strings_offset : strings_offset + strings_size]
-        for index in range(min(size // entsize, MAX_SYMBOLS)):
-            name_offset, info, other, section, _value, symbol_size = _SYMBOL.unpack_from(view, offset + index * entsize)
+        strings, symbols = symbol_table(view, sections, table)
+        for name_offset, info, other, section, _value, symbol_size in symbols:
             kind_bits = info & 0xF
             # Entries in anonymous namespaces are LOCAL symbols: the entry flag, not the binding, counts.
             if kind_bits == STT_FUNC and other & STO_CUDA_ENTRY:

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from .cubin import _ELF_HEADER, _SECTION, _SYMBOL, ELF_MAGIC, MAX_SYMBOLS, SHT_NOBITS, SHT_SYMTAB, STO_CUDA_ENTRY, STT_FUNC, CubinFormatError, _c_string
+from .cubin import _ELF_HEADER, _SECTION, _SYMBOL, ELF_MAGIC, MAX_SYMBOLS, SHT_NOBITS, SHT_SYMTAB, STO_CUDA_ENTRY, STT_FUNC, CubinFormatError, _c_string, elf_sections, symbol_table
 
 _PROGRAM = struct.Struct("<IIQQQQQQ")  # type, flags, offset, vaddr, paddr, filesz, memsz, align
 _RELOCATION_INFO = struct.Struct("<8xQ")  # r_info of an SHT_REL or SHT_RELA entry
@@ -71,9 +71,8 @@ def trim_cubin(image: bytes, keep: Collection[str]) -> bytes | None:
 
 
 def _trim(image: bytes, keep: Collection[str]) -> bytes | None:
-    header = _header(image)
-    sections = _sections(image, header)
-    symbols = _symbols(image, sections)
+    header, raw, sections = _parse(image)
+    symbols = _symbols(image, raw, sections)
     entries = {symbol.name: symbol.section for symbol in symbols if symbol.is_entry()}
     missing = sorted(set(keep) - entries.keys())
     if missing:
@@ -96,23 +95,18 @@ def _trim(image: bytes, keep: Collection[str]) -> bytes | None:
     return _laid_out(image, header, sections, symbols, sizes, set(owned.values()))
 
 
-def _header(image: bytes) -> list:
-    if image[:4] != ELF_MAGIC or len(image) < _ELF_HEADER.size:
+def _parse(image: bytes) -> tuple[list, list[tuple], list[_Section]]:
+    """The ELF header's fields, the raw section headers and the sections with their names, with
+    the header tables, every section's extent and the names checked."""
+    if image[:4] != ELF_MAGIC:
         raise CubinFormatError("not an ELF cubin")
-    header = list(_ELF_HEADER.unpack_from(image, 0))
-    ident, phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx = (header[i] for i in (0, 5, 6, 9, 10, 11, 12, 13))
-    if ident[4] != 2 or ident[5] != 1:
-        raise CubinFormatError("not a 64-bit little-endian ELF")
-    if shentsize != _SECTION.size or shoff + shnum * shentsize > len(image) or shstrndx >= shnum:
+    header, raw = elf_sections(image)
+    phoff, phentsize, phnum, shnum, shstrndx = (header[i] for i in (5, 9, 10, 12, 13))
+    if shstrndx >= shnum:
         raise CubinFormatError("section table out of bounds")
     if phnum and (phentsize != _PROGRAM.size or phoff + phnum * phentsize > len(image)):
         raise CubinFormatError("program header table out of bounds")
-    return header
-
-
-def _sections(image: bytes, header: list) -> list[_Section]:
-    shoff, shnum, shstrndx = header[6], header[12], header[13]
-    sections = [_Section(*_SECTION.unpack_from(image, shoff + i * _SECTION.size)) for i in range(shnum)]
+    sections = [_Section(*fields) for fields in raw]
     for section in sections:
         if section.kind != SHT_NOBITS and section.offset + section.size > len(image):
             raise CubinFormatError("section out of bounds")
@@ -122,23 +116,17 @@ def _sections(image: bytes, header: list) -> list[_Section]:
     names = memoryview(image)[table.offset : table.offset + table.size]
     for section in sections[1:]:
         section.name = _c_string(names, section.name_offset)
-    return sections
+    return list(header), raw, sections
 
 
-def _symbols(image: bytes, sections: list[_Section]) -> list[_Symbol]:
-    tables = [s for s in sections if s.kind == SHT_SYMTAB]
+def _symbols(image: bytes, raw: list[tuple], sections: list[_Section]) -> list[_Symbol]:
+    tables = [index for index, s in enumerate(sections) if s.kind == SHT_SYMTAB]
     if len(tables) != 1:
         raise CubinFormatError("not exactly one symbol table")
-    table = tables[0]
-    if table.entsize != _SYMBOL.size or table.link >= len(sections) or table.size // _SYMBOL.size > MAX_SYMBOLS:
+    if sections[tables[0]].size // _SYMBOL.size > MAX_SYMBOLS:
         raise CubinFormatError("symbol table malformed")
-    strings = sections[table.link]
-    names = memoryview(image)[strings.offset : strings.offset + strings.size]
-    symbols = []
-    for index in range(table.size // _SYMBOL.size):
-        name, info, other, section, _value, _size = _SYMBOL.unpack_from(image, table.offset + index * _SYMBOL.size)
-        symbols.append(_Symbol(_c_string(names, name), info & 0xF, other, section))
-    return symbols
+    names, symbols = symbol_table(image, raw, tables[0])
+    return [_Symbol(_c_string(names, name), info & 0xF, other, section) for name, info, other, section, _value, _size in symbols]
 
 
 def _keep_referenced(image: bytes, sections: list[_Section], symbols: list[_Symbol], owned: dict[int, int]) -> None:

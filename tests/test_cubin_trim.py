@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 
 from foundry_trace.cubin import CubinFormatError, module_symbols
-from foundry_trace.cubin_trim import _PROGRAM, TEXT_STUB, _header, _sections, _symbols, trim_cubin
+from foundry_trace.cubin_trim import _PROGRAM, TEXT_STUB, _parse, _symbols, trim_cubin
 
 CUBIN = (Path(__file__).parent / "data" / "trim_kernels.cubin").read_bytes()
 ENTRIES = sorted(module_symbols(CUBIN).entries)
@@ -21,7 +21,7 @@ POINTED_TO = "_Z10pointed_toPf"  # a device variable holds its address
 
 
 def _section_bytes(image: bytes) -> dict[str, bytes]:
-    return {s.name: image[s.offset : s.offset + s.size] for s in _sections(image, _header(image)) if s.kind != 8}
+    return {s.name: image[s.offset : s.offset + s.size] for s in _parse(image)[2] if s.kind != 8}
 
 
 def test_the_named_kernels_stay_entries_and_so_does_one_that_data_points_to() -> None:
@@ -39,18 +39,18 @@ def test_kept_kernels_are_byte_for_byte_the_same() -> None:
 
 def test_dropped_kernels_become_plain_functions_with_a_stub_of_code_and_nothing_else() -> None:
     trimmed = trim_cubin(CUBIN, [KEPT])
-    sections = {s.name: s for s in _sections(trimmed, _header(trimmed))}
+    _header, raw, parsed = _parse(trimmed)
+    sections = {s.name: s for s in parsed}
     dropped = "_Z6unusedPf"
     assert sections[f".text.{dropped}"].size == TEXT_STUB  # the driver refuses an empty one
     assert sections[f".nv.info.{dropped}"].size == 0
     assert sections[f".nv.constant0.{dropped}"].size == 0
-    symbol = next(s for s in _symbols(trimmed, list(sections.values())) if s.name == dropped)
+    symbol = next(s for s in _symbols(trimmed, raw, parsed) if s.name == dropped)
     assert not symbol.is_entry()
 
 
 def _assert_well_formed(image: bytes) -> None:
-    header = _header(image)
-    sections = _sections(image, header)
+    header, _raw, sections = _parse(image)
     spans = sorted((s.offset, s.offset + s.size) for s in sections[1:] if s.kind != 8 and s.size)
     assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False)), "sections overlap"
     tables = [(header[6], header[6] + len(sections) * 64), (header[5], header[5] + header[10] * _PROGRAM.size)]
@@ -85,7 +85,7 @@ def test_what_is_not_a_whole_cubin_is_refused_with_the_format_error(image: bytes
 
 
 def test_an_absurd_section_alignment_is_refused_rather_than_allocated() -> None:
-    header = _header(CUBIN)
+    header = _parse(CUBIN)[0]
     raw = bytearray(CUBIN)
     struct.pack_into("<Q", raw, header[6] + 5 * 64 + 48, 1 << 60)  # sh_addralign of section 5
     with pytest.raises(CubinFormatError, match="alignment"):
