@@ -70,9 +70,30 @@ def trim_cubin(image: bytes, keep: Collection[str]) -> bytes | None:
         raise CubinFormatError(f"truncated cubin: {error}") from None
 
 
+def dropped_kernels(image: bytes, keep: Collection[str]) -> set[int]:
+    """The code sections of the entry kernels that trimming `image` to `keep` drops (those that
+    something kept refers to stay)."""
+    try:
+        header, raw, sections = _parse(image)
+        symbols = _symbols(image, raw, sections)
+        return set(_owned(image, sections, symbols, keep).values())
+    except struct.error as error:
+        raise CubinFormatError(f"truncated cubin: {error}") from None
+
+
 def _trim(image: bytes, keep: Collection[str]) -> bytes | None:
     header, raw, sections = _parse(image)
     symbols = _symbols(image, raw, sections)
+    owned = _owned(image, sections, symbols, keep)
+    if not owned:
+        return None
+    sizes = {index: TEXT_STUB if index == text else 0 for index, text in owned.items()}
+    return _laid_out(image, header, sections, symbols, sizes, set(owned.values()))
+
+
+def _owned(image: bytes, sections: list[_Section], symbols: list[_Symbol], keep: Collection[str]) -> dict[int, int]:
+    """Each section a dropped kernel owns (code, relocations, info, parameter constants) -> its
+    code section."""
     entries = {symbol.name: symbol.section for symbol in symbols if symbol.is_entry()}
     missing = sorted(set(keep) - entries.keys())
     if missing:
@@ -89,10 +110,7 @@ def _trim(image: bytes, keep: Collection[str]) -> bytes | None:
             for index in [text, *about.get(text, ()), *([constants] if constants is not None else [])]:
                 owned[index] = text
     _keep_referenced(image, sections, symbols, owned)
-    if not owned:
-        return None
-    sizes = {index: TEXT_STUB if index == text else 0 for index, text in owned.items()}
-    return _laid_out(image, header, sections, symbols, sizes, set(owned.values()))
+    return owned
 
 
 def _parse(image: bytes) -> tuple[list, list[tuple], list[_Section]]:

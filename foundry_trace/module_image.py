@@ -1,11 +1,12 @@
 """What SAVE stores of a module: its binary cut to the kernels the graphs launch, and only the
 module variables whose contents the process changed.
 
-LOAD's driver cost of loading a module grows with its size, and PyTorch's modules are mostly
-kernels no graph uses: the 8B workload's 106 MB of module binaries trim to 17 MB, and the
-driver then loads them 4× faster. A trimmed binary is used only once the driver has checked it
-here: it loads, and each kept kernel loads and has the attributes of the kernel the process ran
-(registers, shared, constant and local memory, ...); otherwise the binary is stored whole.
+LOAD's driver cost of loading a module grows with the kernels in it, and PyTorch's modules
+are mostly kernels no graph uses. The others are taken out entirely where cubin_compact.py can
+rewrite the module, and cut to stubs (cubin_trim.py) otherwise. A cut binary is used only once
+the driver has checked it here: it loads, and each kept kernel loads and has the attributes of
+the kernel the process ran (registers, shared, constant and local memory, ...); otherwise the
+binary is stored whole.
 Writing a variable back costs two driver calls at LOAD (one module holds 1,144 variables), and
 most hold what the binary initialises them to, so SAVE compares each with a fresh copy of the
 module and stores only the ones that differ.
@@ -20,7 +21,8 @@ import nvtx
 from cuda.bindings import driver
 
 from .cubin import ELF_MAGIC, CubinFormatError, module_symbols
-from .cubin_trim import trim_cubin
+from .cubin_compact import compact_cubin
+from .cubin_trim import dropped_kernels, trim_cubin
 from .driver import call, device_bytes, try_call
 from .errors import MissingBinaryError
 
@@ -48,10 +50,14 @@ def stored_module(binary: bytes, live: driver.CUmodule, kernels: Collection[str]
     accepts the result, with the `variables` whose contents in `live` (the process's loaded
     copy) differ from a fresh load's."""
     with nvtx.annotate("foundry.save.module", domain=NVTX_DOMAIN):
-        trimmed = _trimmed(binary, kernels)
-        fresh = _checked_load(trimmed, live, kernels) if trimmed is not None else None
+        trimmed = fresh = None
+        for candidate in _trimmed(binary, kernels):
+            fresh = _checked_load(candidate, live, kernels)
+            if fresh is not None:
+                trimmed = candidate
+                break
         if fresh is None:
-            trimmed, fresh = None, call(driver.cuModuleLoadData, binary)
+            fresh = call(driver.cuModuleLoadData, binary)
         try:
             changed = _changed_variables(live, fresh, variables)
         finally:
@@ -59,15 +65,21 @@ def stored_module(binary: bytes, live: driver.CUmodule, kernels: Collection[str]
     return StoredModule(binary=trimmed if trimmed is not None else binary, trimmed=trimmed is not None, variables=changed)
 
 
-def _trimmed(binary: bytes, kernels: Collection[str]) -> bytes | None:
+def _trimmed(binary: bytes, kernels: Collection[str]) -> list[bytes]:
+    """The cut-down binaries to try, smallest first: the other kernels taken out entirely
+    (cubin_compact.py), or left as stubs (cubin_trim.py) where that declines or the driver
+    refuses it."""
     if binary[:4] != ELF_MAGIC:
-        return None  # a fatbin of several images: the driver picks one, all are kept
+        return []  # a fatbin of several images: the driver picks one, all are kept
     try:
-        trimmed = trim_cubin(binary, kernels)
+        dropped = dropped_kernels(binary, kernels)
+        if not dropped:
+            return []
+        candidates = [compact_cubin(binary, kernels, dropped), trim_cubin(binary, kernels)]
         # The driver finds plain functions by name too: only entries may launch as kernels.
-        return trimmed if trimmed is not None and set(kernels) <= module_symbols(trimmed).entries else None
+        return [c for c in candidates if c is not None and set(kernels) <= module_symbols(c).entries]
     except CubinFormatError:
-        return None
+        return []
 
 
 def _checked_load(trimmed: bytes, live: driver.CUmodule, kernels: Collection[str]) -> driver.CUmodule | None:

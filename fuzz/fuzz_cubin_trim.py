@@ -1,8 +1,9 @@
-"""Fuzz target for the cubin trimmer (SAVE rewrites the module binaries the process loaded,
-which include JIT output and whatever a library ships).
+"""Fuzz target for the cubin trimmers (SAVE rewrites the module binaries the process loaded,
+which include JIT output and whatever a library ships): cubin_trim.py's stubs and
+cubin_compact.py's removal.
 
-Any input must give a trimmed cubin, None or a CubinFormatError: never another exception, a
-crash or a hang; a trimmed cubin must trim again to nothing.
+Any input must give a cut cubin, None or a CubinFormatError: never another exception, a crash or
+a hang; a cut cubin must parse, keep the kernels asked for, and cut again to nothing.
     python -m fuzz.fuzz_cubin_trim [atheris options]     coverage-guided, with atheris installed
 The CPU suite runs the same target under hypothesis (tests/test_fuzz_targets.py).
 """
@@ -10,18 +11,24 @@ The CPU suite runs the same target under hypothesis (tests/test_fuzz_targets.py)
 from __future__ import annotations
 
 from foundry_trace.cubin import CubinFormatError, module_symbols
-from foundry_trace.cubin_trim import trim_cubin
+from foundry_trace.cubin_compact import compact_cubin
+from foundry_trace.cubin_trim import dropped_kernels, trim_cubin
 from fuzz import run_atheris
 
 
 def one_input(data: bytes) -> None:
     try:
-        entries = sorted(module_symbols(data).entries)
-        trimmed = trim_cubin(data, entries[:1])
+        keep = sorted(module_symbols(data).entries)[:1]
+        trimmed = trim_cubin(data, keep)
+        compacted = compact_cubin(data, keep, dropped_kernels(data, keep))
     except CubinFormatError:
         return
     if trimmed is not None:
         assert trim_cubin(trimmed, module_symbols(trimmed).entries) is None
+    if compacted is not None:
+        entries = module_symbols(compacted).entries
+        assert set(keep) <= entries
+        assert not dropped_kernels(compacted, entries)
 
 
 if __name__ == "__main__":

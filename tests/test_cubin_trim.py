@@ -5,19 +5,17 @@ ELF. That the driver loads trimmed modules and runs them bit for bit is a GPU te
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
 from foundry_trace.cubin import CubinFormatError, module_symbols
-from foundry_trace.cubin_trim import _PROGRAM, TEXT_STUB, _parse, _symbols, trim_cubin
+from foundry_trace.cubin_trim import TEXT_STUB, _parse, _symbols, trim_cubin
 
-CUBIN = (Path(__file__).parent / "data" / "trim_kernels.cubin").read_bytes()
+from .cubin_checks import CUBIN, KEPT, POINTED_TO, UNUSED, assert_well_formed
+
 ENTRIES = sorted(module_symbols(CUBIN).entries)
-KEPT = "_Z4keptPf"
-POINTED_TO = "_Z10pointed_toPf"  # a device variable holds its address
 
 
 def _section_bytes(image: bytes) -> dict[str, bytes]:
@@ -41,23 +39,11 @@ def test_dropped_kernels_become_plain_functions_with_a_stub_of_code_and_nothing_
     trimmed = trim_cubin(CUBIN, [KEPT])
     _header, raw, parsed = _parse(trimmed)
     sections = {s.name: s for s in parsed}
-    dropped = "_Z6unusedPf"
-    assert sections[f".text.{dropped}"].size == TEXT_STUB  # the driver refuses an empty one
-    assert sections[f".nv.info.{dropped}"].size == 0
-    assert sections[f".nv.constant0.{dropped}"].size == 0
-    symbol = next(s for s in _symbols(trimmed, raw, parsed) if s.name == dropped)
+    assert sections[f".text.{UNUSED}"].size == TEXT_STUB  # the driver refuses an empty one
+    assert sections[f".nv.info.{UNUSED}"].size == 0
+    assert sections[f".nv.constant0.{UNUSED}"].size == 0
+    symbol = next(s for s in _symbols(trimmed, raw, parsed) if s.name == UNUSED)
     assert not symbol.is_entry()
-
-
-def _assert_well_formed(image: bytes) -> None:
-    header, _raw, sections = _parse(image)
-    spans = sorted((s.offset, s.offset + s.size) for s in sections[1:] if s.kind != 8 and s.size)
-    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False)), "sections overlap"
-    tables = [(header[6], header[6] + len(sections) * 64), (header[5], header[5] + header[10] * _PROGRAM.size)]
-    assert all(end <= len(image) for _, end in spans + tables)
-    for index in range(header[10]):
-        _kind, _flags, offset, _v, _p, filesz, memsz, _align = _PROGRAM.unpack_from(image, header[5] + index * _PROGRAM.size)
-        assert offset + filesz <= len(image) and filesz <= memsz
 
 
 @settings(max_examples=60, deadline=None)
@@ -68,7 +54,7 @@ def test_any_choice_of_kernels_gives_a_well_formed_cubin_with_exactly_those_entr
     if expected == set(ENTRIES):
         assert trimmed is None  # nothing to remove
         return
-    _assert_well_formed(trimmed)
+    assert_well_formed(trimmed)
     assert module_symbols(trimmed).entries == expected
     assert trim_cubin(trimmed, expected) is None  # trimming is idempotent
 

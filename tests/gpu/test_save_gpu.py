@@ -74,18 +74,21 @@ def test_saved_modules_hold_only_the_kernels_the_graphs_launch(saved: tuple[dict
                 assert module.size < module.loaded_size
 
 
-def test_a_module_is_trimmed_only_where_the_driver_accepts_it_and_keeps_changed_variables() -> None:
+def test_a_module_is_cut_only_where_the_driver_accepts_it_and_keeps_changed_variables() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "tests.gpu.module_image_program"], capture_output=True, text=True, cwd=ROOT, env=clean_environment(), timeout=300
     )
     assert completed.returncode == 0, completed.stderr[-5000:]
     cases = json.loads(completed.stdout.strip().splitlines()[-1])
     kept_and_pointed_to = ["_Z10pointed_toPf", "_Z4keptPf"]
-    assert cases["untouched"] == {"trimmed": True, "smaller": True, "entries": kept_and_pointed_to, "variables": {}}
-    assert cases["variable_written"]["variables"] == {"scale": 5.0}
-    for refused in ("driver_refuses", "kernel_missing"):  # stored whole
-        assert cases[refused]["trimmed"] is False and not cases[refused]["smaller"], refused
-        assert len(cases[refused]["entries"]) == 5, refused
+    expected = {"untouched": "compacted", "compacted_refused": "stubbed", "both_refused": "whole", "kernel_missing": "whole"}
+    for case, cut in expected.items():
+        assert cases[case]["cut"] == cut and cases[case]["trimmed"] is (cut != "whole"), case
+        assert cases[case]["entries"] == (kept_and_pointed_to if cut != "whole" else cases[case]["entries"]), case
+        assert cases[case]["runs_the_same"], case
+    assert len(cases["both_refused"]["entries"]) == 5
+    assert cases["untouched"]["variables"] == {}
+    assert cases["variable_written"]["variables"] == {"scale": 5.0} and cases["variable_written"]["cut"] == "compacted"
 
 
 def test_host_callbacks_are_refused_by_name(tmp_path: Path) -> None:

@@ -1,0 +1,277 @@
+"""A cubin with the kernels an archive does not launch taken out entirely.
+
+cubin_trim.py cuts a dropped kernel to a stub but keeps its sections, symbols and names, so that
+no index changes; the driver still pays for each of them when it loads the module (about 10 µs
+a kernel: 18 ms for a module of 1,278 kernels of which a graph launches one). Here the dropped
+kernels' sections and symbols go, and every reference by number is rewritten:
+
+  sections   sh_link / sh_info of every section, e_shstrndx, each symbol's section
+  symbols    relocations, the call graph, the attributes in .nv.info (a function's registers
+             and stack sizes) and .nv.info.<kernel> (its parameter bank, its external calls),
+             the symbol index in a code section's sh_info
+  names      .strtab and .shstrtab rebuilt with the names that stay
+
+What this module does not know how to rewrite (a section kind, an attribute that may hold an
+index) makes it decline (None): the caller falls back to the stub trimmer. Debug relocations
+that name a dropped function are removed with it. SAVE checks the result with the driver before
+it stores it (module_image.py).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Collection
+
+from .cubin import _ELF_HEADER, _SYMBOL, SHT_NOBITS, SHT_SYMTAB, STO_CUDA_ENTRY, STT_FUNC, CubinFormatError, symbol_table
+from .cubin_trim import _PROGRAM, SHT_CALLGRAPH, SHT_NV_INFO, SHT_REL, SHT_RELA, _move_program, _parse, _Section
+
+SHT_NULL, SHT_PROGBITS, SHT_STRTAB, SHT_NOTE = 0, 1, 3, 7
+SHT_NV_COMPAT = 0x70000086  # .nv.compat: the architecture's compatibility attributes, no indices
+SHF_EXECINSTR = 0x4
+SHN_LORESERVE = 0xFF00  # symbol section values from here up are special (absolute, common)
+STT_SECTION = 3
+_KNOWN_KINDS = {SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_NOTE, SHT_NOBITS, SHT_REL, SHT_RELA, SHT_NV_INFO, SHT_CALLGRAPH, SHT_NV_COMPAT}
+# The sections a kernel owns, by the prefix before its name.
+_KERNEL_PREFIXES = (".text.", ".nv.info.", ".nv.constant0.", ".nv.shared.", ".nv.local.", ".rela.text.", ".rel.text.")
+_DEBUG_PREFIXES = (".debug", ".rel.debug", ".rela.debug")
+
+# .nv.info records: format byte, attribute byte, then a value (format 4: u16 size and that many bytes).
+EIFMT_SVAL = 4
+# Attributes of .nv.info whose value starts with the symbol index of the function they describe.
+_FUNCTION_ATTRIBUTES = {0x11, 0x12, 0x23, 0x2F}  # frame size, min stack size, max stack size, registers
+EIATTR_PARAM_CBANK = 0x0A  # the symbol of the kernel's parameter constant bank, then offset and size
+EIATTR_EXTERNS = 0x0F  # the symbols of the functions a kernel calls outside itself
+# Attributes of .nv.info.<kernel> known to hold no symbol or section index (sizes, flags,
+# instruction offsets, register maps, parameter layouts).
+_INDEX_FREE_ATTRIBUTES = {
+    0x04, 0x05, 0x10, 0x17, 0x19, 0x1B, 0x1C, 0x1D, 0x1E, 0x21, 0x25, 0x27, 0x28, 0x29, 0x2B, 0x2D, 0x2E,
+    0x31, 0x33, 0x36, 0x37, 0x38, 0x39, 0x3D, 0x3E, 0x3F, 0x41, 0x42, 0x44, 0x46, 0x47, 0x4C, 0x50, 0x55, 0x5F,
+}
+_RELA_ENTRY = struct.Struct("<QQq")
+_REL_ENTRY = struct.Struct("<QQ")
+
+
+class _Declined(Exception):
+    """The cubin holds something this module cannot rewrite safely."""
+
+
+def compact_cubin(image: bytes, keep: Collection[str], dropped_texts: Collection[int]) -> bytes | None:
+    """`image` without the kernels whose code sections are `dropped_texts` (as cubin_trim chose
+    them, with everything that refers to them kept), or None where this module declines."""
+    try:
+        return _Compactor(image).without(set(dropped_texts)) if dropped_texts else None
+    except _Declined:
+        return None
+    except struct.error as error:
+        raise CubinFormatError(f"truncated cubin: {error}") from None
+
+
+class _Compactor:
+    def __init__(self, image: bytes) -> None:
+        self.image = image
+        self.header, self.raw, self.sections = _parse(image)
+        if any(section.kind not in _KNOWN_KINDS for section in self.sections):
+            raise _Declined
+        tables = [index for index, s in enumerate(self.sections) if s.kind == SHT_SYMTAB]
+        if len(tables) != 1:
+            raise _Declined
+        self.symtab = tables[0]
+        strings, self.symbols = symbol_table(image, self.raw, self.symtab)
+        self.strings = bytes(strings)
+        if self.sections[self.symtab].link == self.header[13]:
+            raise _Declined  # symbol and section names in one table
+
+    def without(self, dropped_texts: set[int]) -> bytes:
+        names = {section.name: index for index, section in enumerate(self.sections)}
+        gone = set()
+        for text in dropped_texts:
+            kernel = self.sections[text].name.removeprefix(".text.")
+            gone |= {names[prefix + kernel] for prefix in _KERNEL_PREFIXES if prefix + kernel in names}
+        for index, section in enumerate(self.sections):
+            if section.kind in (SHT_REL, SHT_RELA, SHT_NV_INFO) and section.info in gone:
+                gone.add(index)
+        self.section_map = self._renumbered(len(self.sections), gone)
+        dropped_symbols = {i for i, symbol in enumerate(self.symbols) if i and symbol[3] in gone}
+        self.symbol_map = self._renumbered(len(self.symbols), dropped_symbols)
+        kept = [index for index in range(len(self.sections)) if index not in gone]
+        contents = {index: self._contents(index) for index in kept}
+        return self._laid_out(kept, contents)
+
+    @staticmethod
+    def _renumbered(count: int, dropped: set[int]) -> dict[int, int]:
+        mapping, position = {}, 0
+        for index in range(count):
+            if index not in dropped:
+                mapping[index] = position
+                position += 1
+        return mapping
+
+    def _section(self, index: int) -> int:
+        if index not in self.section_map:
+            raise _Declined  # something kept refers to a dropped section
+        return self.section_map[index]
+
+    def _symbol(self, index: int) -> int:
+        if index not in self.symbol_map:
+            raise _Declined
+        return self.symbol_map[index]
+
+    def _contents(self, index: int) -> bytes:
+        section = self.sections[index]
+        data = b"" if section.kind == SHT_NOBITS else self.image[section.offset : section.offset + section.size]
+        if section.kind in (SHT_REL, SHT_RELA):
+            return self._relocations(section, data)
+        if section.kind == SHT_NV_INFO:
+            return self._attributes(data, per_kernel=section.info != 0)
+        if section.kind == SHT_CALLGRAPH:
+            return self._call_graph(data)
+        return data
+
+    def _relocations(self, section: _Section, data: bytes) -> bytes:
+        entry = _RELA_ENTRY if section.kind == SHT_RELA else _REL_ENTRY
+        debug = section.name.startswith(_DEBUG_PREFIXES)
+        out = bytearray()
+        for fields in entry.iter_unpack(data[: len(data) - len(data) % entry.size]):
+            symbol = fields[1] >> 32
+            if symbol not in self.symbol_map and debug:
+                continue  # the debug frame of a dropped function
+            out += entry.pack(fields[0], (self._symbol(symbol) << 32) | (fields[1] & 0xFFFFFFFF), *fields[2:])
+        return bytes(out)
+
+    def _attributes(self, data: bytes, per_kernel: bool) -> bytes:
+        out = bytearray()
+        position = 0
+        while position + 4 <= len(data):
+            fmt, attribute = data[position], data[position + 1]
+            size = struct.unpack_from("<H", data, position + 2)[0] if fmt == EIFMT_SVAL else 0
+            record = bytearray(data[position : position + 4 + size])
+            position += 4 + size
+            if fmt != EIFMT_SVAL:
+                out += record
+            elif not per_kernel and attribute in _FUNCTION_ATTRIBUTES and size >= 4:
+                function = struct.unpack_from("<I", record, 4)[0]
+                if function in self.symbol_map:
+                    struct.pack_into("<I", record, 4, self.symbol_map[function])
+                    out += record
+            elif per_kernel and attribute in (EIATTR_PARAM_CBANK, EIATTR_EXTERNS):
+                count = 1 if attribute == EIATTR_PARAM_CBANK else size // 4
+                for slot in range(count):
+                    at = 4 + 4 * slot
+                    struct.pack_into("<I", record, at, self._symbol(struct.unpack_from("<I", record, at)[0]))
+                out += record
+            elif per_kernel and attribute in _INDEX_FREE_ATTRIBUTES:
+                out += record
+            else:
+                raise _Declined
+        if position != len(data):
+            raise _Declined
+        return bytes(out)
+
+    def _call_graph(self, data: bytes) -> bytes:
+        out = bytearray()
+        for caller, callee in struct.iter_unpack("<II", data[: len(data) - len(data) % 8]):
+            if caller >= len(self.symbols) or callee >= len(self.symbols):
+                if caller >= len(self.symbols) or caller != 0:
+                    raise _Declined
+                out += struct.pack("<II", 0, callee)  # the graph's marker records
+            elif caller in self.symbol_map:
+                out += struct.pack("<II", self._symbol(caller), self._symbol(callee))
+        return bytes(out)
+
+    def _laid_out(self, kept: list[int], contents: dict[int, bytes]) -> bytes:
+        header = list(self.header)
+        new_sections = [_Section(**vars(self.sections[index])) for index in kept]
+        section_names = _StringTable()
+        for section in new_sections[1:]:
+            section.name_offset = section_names.add(section.name)
+        symbol_names = _StringTable()
+        contents[self.symtab] = self._symbol_table(symbol_names)
+        strtab, shstrtab = self.sections[self.symtab].link, header[13]
+        contents[strtab] = symbol_names.data()
+        contents[shstrtab] = section_names.data()
+        for section, index in zip(new_sections, kept, strict=True):
+            self._relink(section, index)
+        before = [(s.offset, s.size, s.kind) for s in (self.sections[index] for index in kept)]
+        body = bytearray(self.image[: _ELF_HEADER.size])
+        for position in sorted(range(1, len(kept)), key=lambda p: (new_sections[p].offset, p)):
+            section, data = new_sections[position], contents[kept[position]]
+            if section.kind != SHT_NOBITS:
+                section.size = len(data)
+                if data:
+                    body.extend(bytes(-len(body) % max(1, section.align)))
+            section.offset = len(body)
+            body.extend(data if section.kind != SHT_NOBITS else b"")
+        programs = [list(_PROGRAM.unpack_from(self.image, header[5] + i * _PROGRAM.size)) for i in range(header[10])]
+        old_table = (header[5], header[5] + header[10] * _PROGRAM.size)
+        body.extend(bytes(-len(body) % 8))
+        header[6], header[12], header[13] = len(body), len(new_sections), self.section_map[shstrtab]
+        body.extend(b"".join(section.packed() for section in new_sections))
+        header[5] = len(body)
+        for program in programs:
+            _move_program(program, old_table, header[5], before, new_sections)
+        body.extend(b"".join(_PROGRAM.pack(*program) for program in programs))
+        body[: _ELF_HEADER.size] = _ELF_HEADER.pack(*header)
+        return bytes(body)
+
+    def _symbol_table(self, names: _StringTable) -> bytes:
+        out = bytearray()
+        for index, (name, info, other, section, value, size) in enumerate(self.symbols):
+            if index not in self.symbol_map:
+                continue
+            if 0 < section < SHN_LORESERVE:
+                section = self._section(section)
+            text = _name(self.strings, name) if index else b""
+            out += _SYMBOL.pack(names.add_bytes(text) if text else 0, info, other, section, value, size)
+        return bytes(out)
+
+    def _relink(self, section: _Section, old_index: int) -> None:
+        """sh_link and sh_info in the new numbering."""
+        if section.link:
+            section.link = self._section(section.link)
+        if section.kind == SHT_SYMTAB:
+            first_global = section.info
+            section.info = sum(1 for index in self.symbol_map if index < first_global)
+        elif section.kind == SHT_PROGBITS and section.flags & SHF_EXECINSTR:
+            section.info = (section.info & 0xFF000000) | self._symbol(section.info & 0xFFFFFF)  # registers | function
+        elif section.info:
+            section.info = self._section(section.info)
+
+
+class _StringTable:
+    """An ELF string table built name by name (offset 0 is the empty name)."""
+
+    def __init__(self) -> None:
+        self._data = bytearray(b"\0")
+        self._offsets: dict[bytes, int] = {b"": 0}
+
+    def add(self, name: str) -> int:
+        return self.add_bytes(name.encode())
+
+    def add_bytes(self, name: bytes) -> int:
+        if name not in self._offsets:
+            self._offsets[name] = len(self._data)
+            self._data += name + b"\0"
+        return self._offsets[name]
+
+    def data(self) -> bytes:
+        return bytes(self._data)
+
+
+def entry_texts(image: bytes) -> dict[str, int]:
+    """Each entry kernel's code section, by name (for tests and probes)."""
+    _header, raw, sections = _parse(image)
+    table = next(index for index, s in enumerate(sections) if s.kind == SHT_SYMTAB)
+    strings, symbols = symbol_table(image, raw, table)
+    strings = bytes(strings)
+    return {
+        _name(strings, name).decode(): section
+        for name, info, other, section, _value, _size in symbols
+        if info & 0xF == STT_FUNC and other & STO_CUDA_ENTRY
+    }
+
+
+def _name(strings: bytes, offset: int) -> bytes:
+    end = strings.find(b"\0", offset)
+    if offset >= len(strings) or end < 0:
+        raise CubinFormatError("symbol name out of bounds")
+    return strings[offset:end]

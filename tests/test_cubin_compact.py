@@ -1,0 +1,134 @@
+"""Taking the unused kernels out of a cubin (cubin_compact.py), on a real cubin built by nvcc
+(tests/data/trim_kernels.cu): every reference by number still names the same thing, what was
+kept is byte for byte the same, and what cannot be rewritten safely is declined. That the driver
+loads compacted modules and runs them bit for bit is a GPU test (tests/gpu/test_save_gpu.py)."""
+
+from __future__ import annotations
+
+import struct
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given, settings
+
+from foundry_trace.cubin import SHT_SYMTAB, CubinFormatError, module_symbols, symbol_table
+from foundry_trace.cubin_compact import EIATTR_PARAM_CBANK, SHT_CALLGRAPH, SHT_NV_INFO, compact_cubin
+from foundry_trace.cubin_trim import SHT_RELA, _parse, dropped_kernels
+
+from .cubin_checks import CUBIN, KEPT, POINTED_TO, UNUSED, assert_well_formed
+
+ENTRIES = sorted(module_symbols(CUBIN).entries)
+
+
+def _compacted(keep: set[str] | list[str]) -> bytes | None:
+    return compact_cubin(CUBIN, keep, dropped_kernels(CUBIN, keep))
+
+
+def _names(image: bytes) -> tuple[list, list[str]]:
+    """The sections (parsed) and the symbol names, by index."""
+    _header, raw, sections = _parse(image)
+    table = next(i for i, s in enumerate(sections) if s.kind == SHT_SYMTAB)
+    strings, symbols = symbol_table(image, raw, table)
+    text = bytes(strings)
+    return sections, [text[s[0] : text.index(b"\0", s[0])].decode() for s in symbols]
+
+
+def _references(image: bytes) -> dict[str, list[tuple]]:
+    """Every reference by number, resolved to names: each relocation (offset, type, symbol,
+    addend), each call-graph pair, each symbol's section, each code section's function and each
+    info section's code section and parameter bank."""
+    sections, names = _names(image)
+    _h, raw, _s = _parse(image)
+    table = next(i for i, s in enumerate(sections) if s.kind == SHT_SYMTAB)
+    _strings, symbols = symbol_table(image, raw, table)
+    found: dict[str, list[tuple]] = {"symbols": [(names[i], sections[s[3]].name if 0 < s[3] < len(sections) else s[3]) for i, s in enumerate(symbols)]}
+    for section in sections:
+        data = image[section.offset : section.offset + section.size]
+        if section.kind == SHT_RELA:
+            found[section.name] = [(o, i & 0xFFFFFFFF, names[i >> 32], a) for o, i, a in struct.iter_unpack("<QQq", data)]
+        elif section.kind == SHT_CALLGRAPH:
+            found[section.name] = [(names[a] if a < len(names) else a, names[b] if b < len(names) else b) for a, b in struct.iter_unpack("<II", data)]
+        elif section.name.startswith(".text."):
+            found[section.name] = [(names[section.info & 0xFFFFFF], section.info >> 24)]
+        elif section.kind == SHT_NV_INFO and section.info:
+            found[section.name] = [(sections[section.info].name,), *_parameter_banks(data, names)]
+    return found
+
+
+def _parameter_banks(data: bytes, names: list[str]) -> list[tuple]:
+    banks, position = [], 0
+    while position + 4 <= len(data):
+        fmt, attribute = data[position], data[position + 1]
+        size = struct.unpack_from("<H", data, position + 2)[0] if fmt == 4 else 0
+        if attribute == EIATTR_PARAM_CBANK:
+            banks.append((names[struct.unpack_from("<I", data, position + 4)[0]],))
+        position += 4 + size
+    return banks
+
+
+def test_unused_kernels_and_everything_they_own_are_gone() -> None:
+    compacted = _compacted([KEPT])
+    assert compacted is not None and len(compacted) < len(CUBIN) * 0.6
+    assert module_symbols(compacted).entries == {KEPT, POINTED_TO}
+    assert module_symbols(compacted).variables == module_symbols(CUBIN).variables
+    sections, names = _names(compacted)
+    assert not any(UNUSED in s.name for s in sections) and UNUSED not in names
+
+
+def test_every_kept_reference_names_what_it_named_before() -> None:
+    before, after = _references(CUBIN), _references(_compacted([KEPT]))
+    gone = lambda text: UNUSED in str(text) or "hidden_unused" in str(text) or "reads_table" in str(text)  # noqa: E731
+    for section, references in after.items():
+        assert references == [r for r in before[section] if not gone(r)], section
+    assert after[".nv.callgraph"]  # kept, with its marker records
+
+
+def test_kept_sections_are_byte_for_byte_the_same() -> None:
+    compacted = _compacted([KEPT])
+    contents = lambda image: {s.name: image[s.offset : s.offset + s.size] for s in _parse(image)[2] if s.kind != 8}  # noqa: E731
+    before, after = contents(CUBIN), contents(compacted)
+    for name in (f".text.{KEPT}", f".nv.constant0.{KEPT}", f".text.{POINTED_TO}", ".nv.global.init", ".note.nv.tkinfo"):
+        assert after[name] == before[name], name
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sets(st.sampled_from(ENTRIES)))
+def test_any_choice_of_kernels_gives_a_well_formed_cubin_with_exactly_those_entries(keep: set[str]) -> None:
+    compacted = _compacted(keep)
+    expected = keep | {POINTED_TO}
+    if expected == set(ENTRIES):
+        assert compacted is None  # nothing to remove
+        return
+    assert_well_formed(compacted)
+    assert module_symbols(compacted).entries == expected
+    assert not dropped_kernels(compacted, expected)  # nothing left to take out
+    before = _references(CUBIN)
+    for section, references in _references(compacted).items():
+        assert set(references) <= set(before[section]), section
+
+
+def _with_kernel_attribute(kernel: str, attribute: int) -> bytes:
+    """The test cubin with the first attribute of the kernel's info section replaced."""
+    sections = {s.name: s for s in _parse(CUBIN)[2]}
+    raw = bytearray(CUBIN)
+    raw[sections[f".nv.info.{kernel}"].offset + 1] = attribute
+    return bytes(raw)
+
+
+def test_an_attribute_that_might_hold_an_index_makes_it_decline() -> None:
+    image = _with_kernel_attribute(KEPT, 0x7E)  # no such attribute today
+    assert compact_cubin(image, [KEPT], dropped_kernels(image, [KEPT])) is None
+
+
+def test_an_unknown_section_kind_makes_it_decline() -> None:
+    header, _raw, sections = _parse(CUBIN)
+    index = next(i for i, s in enumerate(sections) if s.name == ".nv.global.init")
+    raw = bytearray(CUBIN)
+    struct.pack_into("<I", raw, header[6] + index * 64 + 4, 0x7000_0FFF)  # sh_type
+    assert compact_cubin(bytes(raw), [KEPT], dropped_kernels(bytes(raw), [KEPT])) is None
+
+
+def test_nothing_to_drop_gives_none_and_a_missing_kernel_is_refused_by_name() -> None:
+    assert compact_cubin(CUBIN, ENTRIES, set()) is None
+    with pytest.raises(CubinFormatError, match="no entry _Z7missingv"):
+        dropped_kernels(CUBIN, ["_Z7missingv"])
