@@ -195,11 +195,13 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     serial_busy = serial.busy_seconds()
     serial.release()
 
+    # "Replayable": replay() has launched it (the first launch uploads it); then its run ends.
     start = time.perf_counter()
     lazy = foundry_trace.load(archive, mode="lazy", threads=threads)
     lazy[first_key].replay()
-    torch.cuda.synchronize()
     first_graph_s = time.perf_counter() - start
+    torch.cuda.synchronize()
+    first_graph_run_s = time.perf_counter() - start
     lazy.release()
 
     sweep = {}
@@ -223,8 +225,8 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     early.wait_for_modules()
     start = time.perf_counter()
     foundry_trace.load(early, mode="lazy")[first_key].replay()
-    torch.cuda.synchronize()
     first_graph_prefetched_s = time.perf_counter() - start
+    torch.cuda.synchronize()
     early.release()
 
     start = time.perf_counter()
@@ -256,6 +258,7 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
         threads_sweep_s=sweep,
         instantiate_only_s_by_threads=instantiate_only,
         first_graph_s=first_graph_s,
+        first_graph_run_s=first_graph_run_s,
         first_graph_key=first_key,
         description=description,
         device=torch.cuda.get_device_name(),
@@ -405,6 +408,7 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         instantiate_only_s_by_threads=loaded["instantiate_only_s_by_threads"],
         best_possible_speedup=loaded["native_s"] / min(loaded["instantiate_only_s_by_threads"].values()),
         first_graph_s=loaded["first_graph_s"],
+        first_graph_run_s=loaded["first_graph_run_s"],
         first_graph_key=loaded["first_graph_key"],
         nondeterminism=loaded["nondeterminism"],
         busy_s=loaded["busy"],
@@ -487,8 +491,9 @@ def render(results: dict[str, object]) -> str:
         ("speed-up bound: native / best instantiation alone", f"{c['best_possible_speedup']:.1f}x"),
         ("with prefetch() (warm): restore at the restore point", f"{c['restore_at_restore_point_s']:.3f} s ({c['speedup_with_prefetch']:.1f}x)"),
         *_prefetch_rows(c),
-        (f"first graph replayed (lazy, key {c['first_graph_key']})", f"{c['first_graph_s'] * 1000:.1f} ms"),
-        ("first graph replayed (lazy, after prefetch())", f"{c['first_graph_prefetched_s'] * 1000:.1f} ms"),
+        (f"first graph launched (lazy, key {c['first_graph_key']})", f"{c['first_graph_s'] * 1000:.1f} ms"),
+        ("  and its run done", f"{c['first_graph_run_s'] * 1000:.1f} ms"),
+        ("first graph launched (lazy, after prefetch())", f"{c['first_graph_prefetched_s'] * 1000:.1f} ms"),
         *((f"phase {k}", f"{v * 1000:.1f} ms") for k, v in c["phases_s"].items()),
         *((f"busy {k} (all threads)", f"{v * 1000:.1f} ms") for k, v in c["busy_s"].items()),
         ("bit-identical to SAVE's graphs", f"{c['bitwise_equal_saved']} (differ: {c['mismatched_saved'] or 'none'})"),

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import FoundryTraceError
+from .errors import CubinFormatError
 
 ELF_MAGIC = b"\x7fELF"
 FATBIN_MAGIC = 0xBA55ED50
@@ -24,10 +24,6 @@ STT_FUNC = 2
 SHN_UNDEF = 0
 STO_CUDA_ENTRY = 0x10  # st_other bit NVIDIA sets on kernel entry points
 MAX_SYMBOLS = 1 << 20
-
-
-class CubinFormatError(FoundryTraceError):
-    """The bytes are not a cubin or fatbin this reader understands."""
 
 
 @dataclass(frozen=True)

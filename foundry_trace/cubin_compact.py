@@ -12,9 +12,10 @@ kernels' sections and symbols go, and every reference by number is rewritten:
   names      .strtab and .shstrtab rebuilt with the names that stay
 
 What this module does not know how to rewrite (a section kind, an attribute that may hold an
-index) makes it decline (None): the caller falls back to the stub trimmer. Debug relocations
-that name a dropped function are removed with it. SAVE checks the result with the driver before
-it stores it (module_image.py).
+index) makes it decline with CompactionDeclined, naming it: the caller falls back to the stub
+trimmer. Debug relocations that name a dropped function are removed with it. The module's data
+symbols all stay: constant bank 4 holds the address of each, and kept code may read any slot.
+SAVE checks the result with the driver before it stores it (module_image.py).
 """
 
 from __future__ import annotations
@@ -22,17 +23,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Collection
 
-from .cubin import _ELF_HEADER, _SYMBOL, SHT_NOBITS, SHT_SYMTAB, STO_CUDA_ENTRY, STT_FUNC, CubinFormatError, symbol_table
-from .cubin_trim import _PROGRAM, SHT_CALLGRAPH, SHT_NV_INFO, SHT_REL, SHT_RELA, _move_program, _parse, _Section
+from .cubin import _ELF_HEADER, _SYMBOL, SHT_NOBITS, SHT_SYMTAB, symbol_table
+from .cubin_trim import _PROGRAM, SHT_CALLGRAPH, SHT_NV_INFO, SHT_PROGBITS, SHT_REL, SHT_RELA, _move_program, _parse, _Section
+from .errors import CompactionDeclined, CubinFormatError
 
-SHT_NULL, SHT_PROGBITS, SHT_STRTAB, SHT_NOTE = 0, 1, 3, 7
+SHT_NULL, SHT_STRTAB, SHT_NOTE = 0, 3, 7
 SHT_NV_COMPAT = 0x70000086  # .nv.compat: the architecture's compatibility attributes, no indices
-SHF_EXECINSTR = 0x4
 SHN_LORESERVE = 0xFF00  # symbol section values from here up are special (absolute, common)
-STT_SECTION = 3
 _KNOWN_KINDS = {SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_NOTE, SHT_NOBITS, SHT_REL, SHT_RELA, SHT_NV_INFO, SHT_CALLGRAPH, SHT_NV_COMPAT}
-# The sections a kernel owns, by the prefix before its name.
-_KERNEL_PREFIXES = (".text.", ".nv.info.", ".nv.constant0.", ".nv.shared.", ".nv.local.", ".rela.text.", ".rel.text.")
 _DEBUG_PREFIXES = (".debug", ".rel.debug", ".rela.debug")
 
 # .nv.info records: format byte, attribute byte, then a value (format 4: u16 size and that many bytes).
@@ -45,23 +43,19 @@ EIATTR_EXTERNS = 0x0F  # the symbols of the functions a kernel calls outside its
 # instruction offsets, register maps, parameter layouts).
 _INDEX_FREE_ATTRIBUTES = {
     0x04, 0x05, 0x10, 0x17, 0x19, 0x1B, 0x1C, 0x1D, 0x1E, 0x21, 0x25, 0x27, 0x28, 0x29, 0x2B, 0x2D, 0x2E,
-    0x31, 0x33, 0x36, 0x37, 0x38, 0x39, 0x3D, 0x3E, 0x3F, 0x41, 0x42, 0x44, 0x46, 0x47, 0x4C, 0x50, 0x55, 0x5F,
-}
+    0x31, 0x33, 0x34, 0x36, 0x37, 0x38, 0x39, 0x3D, 0x3E, 0x3F, 0x41, 0x42, 0x44, 0x46, 0x47, 0x4C, 0x50,
+    0x55, 0x5F,
+}  # 0x34: a jump table's branch and its targets, as offsets in the kernel's own code
 _RELA_ENTRY = struct.Struct("<QQq")
 _REL_ENTRY = struct.Struct("<QQ")
 
 
-class _Declined(Exception):
-    """The cubin holds something this module cannot rewrite safely."""
-
-
-def compact_cubin(image: bytes, keep: Collection[str], dropped_texts: Collection[int]) -> bytes | None:
-    """`image` without the kernels whose code sections are `dropped_texts` (as cubin_trim chose
-    them, with everything that refers to them kept), or None where this module declines."""
+def compact_cubin(image: bytes, dropped: Collection[int]) -> bytes | None:
+    """`image` without the sections `dropped` (as cubin_trim.dropped_sections chose them:
+    nothing kept refers to them) and the symbols in them, or None where that is none. Raises
+    CompactionDeclined, naming what it cannot rewrite."""
     try:
-        return _Compactor(image).without(set(dropped_texts)) if dropped_texts else None
-    except _Declined:
-        return None
+        return _Compactor(image).without(set(dropped)) if dropped else None
     except struct.error as error:
         raise CubinFormatError(f"truncated cubin: {error}") from None
 
@@ -70,30 +64,23 @@ class _Compactor:
     def __init__(self, image: bytes) -> None:
         self.image = image
         self.header, self.raw, self.sections = _parse(image)
-        if any(section.kind not in _KNOWN_KINDS for section in self.sections):
-            raise _Declined
+        unknown = [s for s in self.sections if s.kind not in _KNOWN_KINDS]
+        if unknown:
+            raise CompactionDeclined(f"section {unknown[0].name} of kind {unknown[0].kind:#x}")
         tables = [index for index, s in enumerate(self.sections) if s.kind == SHT_SYMTAB]
         if len(tables) != 1:
-            raise _Declined
+            raise CompactionDeclined(f"{len(tables)} symbol tables")
         self.symtab = tables[0]
         strings, self.symbols = symbol_table(image, self.raw, self.symtab)
         self.strings = bytes(strings)
         if self.sections[self.symtab].link == self.header[13]:
-            raise _Declined  # symbol and section names in one table
+            raise CompactionDeclined("symbol and section names share one string table")
 
-    def without(self, dropped_texts: set[int]) -> bytes:
-        names = {section.name: index for index, section in enumerate(self.sections)}
-        gone = set()
-        for text in dropped_texts:
-            kernel = self.sections[text].name.removeprefix(".text.")
-            gone |= {names[prefix + kernel] for prefix in _KERNEL_PREFIXES if prefix + kernel in names}
-        for index, section in enumerate(self.sections):
-            if section.kind in (SHT_REL, SHT_RELA, SHT_NV_INFO) and section.info in gone:
-                gone.add(index)
+    def without(self, gone: set[int]) -> bytes:
         self.section_map = self._renumbered(len(self.sections), gone)
+        kept = [index for index in range(len(self.sections)) if index not in gone]
         dropped_symbols = {i for i, symbol in enumerate(self.symbols) if i and symbol[3] in gone}
         self.symbol_map = self._renumbered(len(self.symbols), dropped_symbols)
-        kept = [index for index in range(len(self.sections)) if index not in gone]
         contents = {index: self._contents(index) for index in kept}
         return self._laid_out(kept, contents)
 
@@ -108,12 +95,12 @@ class _Compactor:
 
     def _section(self, index: int) -> int:
         if index not in self.section_map:
-            raise _Declined  # something kept refers to a dropped section
+            raise CompactionDeclined(f"a kept section refers to section {self.sections[index].name}, which goes")
         return self.section_map[index]
 
     def _symbol(self, index: int) -> int:
         if index not in self.symbol_map:
-            raise _Declined
+            raise CompactionDeclined(f"something kept refers to symbol {index}, which goes")
         return self.symbol_map[index]
 
     def _contents(self, index: int) -> bytes:
@@ -162,9 +149,10 @@ class _Compactor:
             elif per_kernel and attribute in _INDEX_FREE_ATTRIBUTES:
                 out += record
             else:
-                raise _Declined
+                where = "a kernel's" if per_kernel else "the module's"
+                raise CompactionDeclined(f"{where} .nv.info holds attribute {attribute:#x}, which may hold an index")
         if position != len(data):
-            raise _Declined
+            raise CompactionDeclined(".nv.info ends inside a record")
         return bytes(out)
 
     def _call_graph(self, data: bytes) -> bytes:
@@ -172,7 +160,7 @@ class _Compactor:
         for caller, callee in struct.iter_unpack("<II", data[: len(data) - len(data) % 8]):
             if caller >= len(self.symbols) or callee >= len(self.symbols):
                 if caller >= len(self.symbols) or caller != 0:
-                    raise _Declined
+                    raise CompactionDeclined(f"call graph record ({caller:#x}, {callee:#x})")
                 out += struct.pack("<II", 0, callee)  # the graph's marker records
             elif caller in self.symbol_map:
                 out += struct.pack("<II", self._symbol(caller), self._symbol(callee))
@@ -231,7 +219,7 @@ class _Compactor:
         if section.kind == SHT_SYMTAB:
             first_global = section.info
             section.info = sum(1 for index in self.symbol_map if index < first_global)
-        elif section.kind == SHT_PROGBITS and section.flags & SHF_EXECINSTR:
+        elif section.is_code():
             section.info = (section.info & 0xFF000000) | self._symbol(section.info & 0xFFFFFF)  # registers | function
         elif section.info:
             section.info = self._section(section.info)
@@ -255,19 +243,6 @@ class _StringTable:
 
     def data(self) -> bytes:
         return bytes(self._data)
-
-
-def entry_texts(image: bytes) -> dict[str, int]:
-    """Each entry kernel's code section, by name (for tests and probes)."""
-    _header, raw, sections = _parse(image)
-    table = next(index for index, s in enumerate(sections) if s.kind == SHT_SYMTAB)
-    strings, symbols = symbol_table(image, raw, table)
-    strings = bytes(strings)
-    return {
-        _name(strings, name).decode(): section
-        for name, info, other, section, _value, _size in symbols
-        if info & 0xF == STT_FUNC and other & STO_CUDA_ENTRY
-    }
 
 
 def _name(strings: bytes, offset: int) -> bytes:

@@ -26,6 +26,10 @@ SHT_RELA = 4
 SHT_REL = 9
 SHT_NV_INFO = 0x70000000  # .nv.info.<kernel>: the kernel's attributes (sh_info: its text section)
 SHT_CALLGRAPH = 0x70000001  # .nv.callgraph: (caller, callee) symbol index pairs
+SHT_PROGBITS = 1
+SHF_EXECINSTR = 0x4
+# The sections a kernel owns, by the prefix before its name.
+KERNEL_PREFIXES = (".text.", ".nv.info.", ".nv.constant0.", ".nv.shared.", ".nv.local.", ".rela.text.", ".rel.text.")
 TEXT_STUB = 16  # bytes of code a dropped kernel keeps: the driver refuses a code section of size 0
 MAX_ALIGNMENT = 1 << 16
 _DEBUG_SECTIONS = (".debug", ".rel.debug", ".rela.debug")
@@ -44,6 +48,10 @@ class _Section:
     align: int
     entsize: int
     name: str = ""
+
+    def is_code(self) -> bool:
+        """A code section, whose sh_info holds its function's symbol (and its register count)."""
+        return self.kind == SHT_PROGBITS and bool(self.flags & SHF_EXECINSTR)
 
     def packed(self) -> bytes:
         return _SECTION.pack(self.name_offset, self.kind, self.flags, self.addr, self.offset, self.size, self.link, self.info, self.align, self.entsize)
@@ -70,13 +78,12 @@ def trim_cubin(image: bytes, keep: Collection[str]) -> bytes | None:
         raise CubinFormatError(f"truncated cubin: {error}") from None
 
 
-def dropped_kernels(image: bytes, keep: Collection[str]) -> set[int]:
-    """The code sections of the entry kernels that trimming `image` to `keep` drops (those that
-    something kept refers to stay)."""
+def dropped_sections(image: bytes, keep: Collection[str]) -> set[int]:
+    """The sections of the entry kernels that trimming `image` to `keep` drops: code, info,
+    constant banks, shared memory and their relocations (kernels something kept refers to stay)."""
     try:
-        header, raw, sections = _parse(image)
-        symbols = _symbols(image, raw, sections)
-        return set(_owned(image, sections, symbols, keep).values())
+        _header, raw, sections = _parse(image)
+        return set(_owned(image, sections, _symbols(image, raw, sections), keep))
     except struct.error as error:
         raise CubinFormatError(f"truncated cubin: {error}") from None
 
@@ -92,23 +99,23 @@ def _trim(image: bytes, keep: Collection[str]) -> bytes | None:
 
 
 def _owned(image: bytes, sections: list[_Section], symbols: list[_Symbol], keep: Collection[str]) -> dict[int, int]:
-    """Each section a dropped kernel owns (code, relocations, info, parameter constants) -> its
-    code section."""
+    """Each section a dropped kernel owns -> its code section: those named after it
+    (.nv.info.<kernel>, ...) and, transitively, any whose sh_info names one of them (its
+    relocations, .nv.constant2.<kernel>, ...)."""
     entries = {symbol.name: symbol.section for symbol in symbols if symbol.is_entry()}
     missing = sorted(set(keep) - entries.keys())
     if missing:
         raise CubinFormatError(f"the cubin has no entry {missing[0]}")
     by_name = {section.name: index for index, section in enumerate(sections)}
-    about: dict[int, list[int]] = {}  # text section -> its relocation and info sections
-    for index, section in enumerate(sections):
-        if section.kind in (SHT_REL, SHT_RELA, SHT_NV_INFO):
-            about.setdefault(section.info, []).append(index)
     owned: dict[int, int] = {}  # section -> the text section of the dropped kernel it belongs to
     for name, text in entries.items():
         if name not in keep and by_name.get(f".text.{name}") == text:
-            constants = by_name.get(f".nv.constant0.{name}")
-            for index in [text, *about.get(text, ()), *([constants] if constants is not None else [])]:
-                owned[index] = text
+            owned.update({by_name[prefix + name]: text for prefix in KERNEL_PREFIXES if prefix + name in by_name})
+    while True:
+        more = {i: owned[s.info] for i, s in enumerate(sections) if i not in owned and s.info in owned and s.kind != SHT_SYMTAB and not s.is_code()}
+        if not more:
+            break
+        owned.update(more)
     _keep_referenced(image, sections, symbols, owned)
     return owned
 

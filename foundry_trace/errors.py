@@ -23,6 +23,15 @@ class MissingBinaryError(FoundryTraceError):
     """A kernel used by a graph comes from a module whose binary the tracer did not see."""
 
 
+class CubinFormatError(FoundryTraceError):
+    """The bytes are not a cubin or fatbin the module readers understand."""
+
+
+class CompactionDeclined(FoundryTraceError):
+    """A cubin holds something cubin_compact.py cannot rewrite safely (the message says what);
+    SAVE then cuts the module to stubs instead."""
+
+
 class ArchiveFormatError(FoundryTraceError):
     """A file is not a valid Foundry archive: wrong magic or version, truncated, corrupted."""
 

@@ -14,17 +14,17 @@ module and stores only the ones that differ.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import nvtx
 from cuda.bindings import driver
 
-from .cubin import ELF_MAGIC, CubinFormatError, module_symbols
+from .cubin import ELF_MAGIC, module_symbols
 from .cubin_compact import compact_cubin
-from .cubin_trim import dropped_kernels, trim_cubin
+from .cubin_trim import dropped_sections, trim_cubin
 from .driver import call, device_bytes, try_call
-from .errors import MissingBinaryError
+from .errors import CompactionDeclined, CubinFormatError, MissingBinaryError
 
 NVTX_DOMAIN = "foundry"
 MAX_VARIABLE_BYTES = 64 << 20  # module globals larger than this are refused rather than carried
@@ -65,21 +65,24 @@ def stored_module(binary: bytes, live: driver.CUmodule, kernels: Collection[str]
     return StoredModule(binary=trimmed if trimmed is not None else binary, trimmed=trimmed is not None, variables=changed)
 
 
-def _trimmed(binary: bytes, kernels: Collection[str]) -> list[bytes]:
+def _trimmed(binary: bytes, kernels: Collection[str]) -> Iterator[bytes]:
     """The cut-down binaries to try, smallest first: the other kernels taken out entirely
     (cubin_compact.py), or left as stubs (cubin_trim.py) where that declines or the driver
-    refuses it."""
+    refuses it. The driver finds plain functions by name too: each must keep `kernels` as
+    entries."""
     if binary[:4] != ELF_MAGIC:
-        return []  # a fatbin of several images: the driver picks one, all are kept
+        return  # a fatbin of several images: the driver picks one, all are kept
     try:
-        dropped = dropped_kernels(binary, kernels)
-        if not dropped:
-            return []
-        candidates = [compact_cubin(binary, kernels, dropped), trim_cubin(binary, kernels)]
-        # The driver finds plain functions by name too: only entries may launch as kernels.
-        return [c for c in candidates if c is not None and set(kernels) <= module_symbols(c).entries]
+        dropped = dropped_sections(binary, kernels)
     except CubinFormatError:
-        return []
+        return
+    for cut in (lambda: compact_cubin(binary, dropped), lambda: trim_cubin(binary, kernels)):
+        try:
+            candidate = cut()
+            if candidate is not None and set(kernels) <= module_symbols(candidate).entries:
+                yield candidate
+        except (CubinFormatError, CompactionDeclined):
+            continue
 
 
 def _checked_load(trimmed: bytes, live: driver.CUmodule, kernels: Collection[str]) -> driver.CUmodule | None:

@@ -46,7 +46,7 @@ from .driver import call, current_context
 from .errors import ArchiveFormatError, FingerprintMismatchError, FoundryTraceError, LayoutMismatchError, RestoreError
 from .fingerprint import current_fingerprint
 from .records import MemorySegment
-from .restore_pipeline import Pipeline, Span
+from .restore_pipeline import Pipeline, Span, key_order
 
 NVTX_DOMAIN = "foundry"
 Mode = Literal["eager", "background", "lazy"]
@@ -260,7 +260,8 @@ def _phase(restored: Restored, name: str) -> Iterator[None]:
 
 def _open(path: Path, restored: Restored, threads: int, all_modules: bool) -> None:
     """Opens the archive, checks the fingerprint, creates the events and, with `all_modules`,
-    queues every module (a lazy load queues each graph's modules at its first use)."""
+    queues every module (a lazy load queues each graph's modules at its first use, and those of
+    the first graph in serving order now)."""
     import torch
 
     allocator = foundry_alloc.installed()
@@ -278,6 +279,8 @@ def _open(path: Path, restored: Restored, threads: int, all_modules: bool) -> No
     restored._pipeline = Pipeline(archive, restored, threads, context, started)
     if all_modules:
         restored._pipeline.load_all_modules()
+    elif manifest.graphs:  # a server's first request is most likely its smallest batch
+        restored._pipeline.load_modules_for(min(manifest.graphs, key=lambda entry: key_order(entry.key)))
 
 
 def _claim_graph_memory(restored: Restored) -> bool:

@@ -11,7 +11,8 @@ and prefetch mapped it; graphs with collective nodes wait for the restore point.
 Modules are queued before any graph that needs them, largest first: all of them when the archive
 is opened (module loads take a driver lock that stalls graph work on other threads; prefetch()
 queues them before the engine state even exists), or, for a lazy load, those of each graph just
-before it (the first graph then waits for its own modules only). The pool takes tasks in order,
+before it (the first graph then waits for its own modules only), and those of the first graph in
+serving order at open, so that they load while LOAD claims the memory. The pool takes tasks in order,
 so a graph task that waits for a module always waits for one that is already running or done:
 the pool cannot deadlock. The driver
 calls release the GIL (cuda.bindings, and ctypes for the native builder), so the threads work in
@@ -84,6 +85,10 @@ class Pipeline:
     def load_all_modules(self) -> None:
         """Queues every module the graphs use, largest first."""
         self._queue_modules({m for entry in self._manifest.graphs for m in entry.modules})
+
+    def load_modules_for(self, entry: GraphEntry) -> None:
+        """Queues the modules one graph needs."""
+        self._queue_modules(set(entry.modules))
 
     def _queue_modules(self, modules: set[int]) -> None:
         with self._lock:

@@ -2,7 +2,8 @@
 which include JIT output and whatever a library ships): cubin_trim.py's stubs and
 cubin_compact.py's removal.
 
-Any input must give a cut cubin, None or a CubinFormatError: never another exception, a crash or
+Any input must give a cut cubin, None, a CubinFormatError or (compaction) CompactionDeclined:
+never another exception, a crash or
 a hang; a cut cubin must parse, keep the kernels asked for, and cut again to nothing.
     python -m fuzz.fuzz_cubin_trim [atheris options]     coverage-guided, with atheris installed
 The CPU suite runs the same target under hypothesis (tests/test_fuzz_targets.py).
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 from foundry_trace.cubin import CubinFormatError, module_symbols
 from foundry_trace.cubin_compact import compact_cubin
-from foundry_trace.cubin_trim import dropped_kernels, trim_cubin
+from foundry_trace.cubin_trim import dropped_sections, trim_cubin
+from foundry_trace.errors import CompactionDeclined
 from fuzz import run_atheris
 
 
@@ -20,7 +22,7 @@ def one_input(data: bytes) -> None:
     try:
         keep = sorted(module_symbols(data).entries)[:1]
         trimmed = trim_cubin(data, keep)
-        compacted = compact_cubin(data, keep, dropped_kernels(data, keep))
+        compacted = _compacted(data, keep)
     except CubinFormatError:
         return
     if trimmed is not None:
@@ -28,7 +30,14 @@ def one_input(data: bytes) -> None:
     if compacted is not None:
         entries = module_symbols(compacted).entries
         assert set(keep) <= entries
-        assert not dropped_kernels(compacted, entries)
+        assert not dropped_sections(compacted, entries)
+
+
+def _compacted(data: bytes, keep: list[str]) -> bytes | None:
+    try:
+        return compact_cubin(data, dropped_sections(data, keep))
+    except CompactionDeclined:
+        return None
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 
 from foundry_trace.cubin import SHT_SYMTAB, CubinFormatError, module_symbols, symbol_table
 from foundry_trace.cubin_compact import EIATTR_PARAM_CBANK, SHT_CALLGRAPH, SHT_NV_INFO, compact_cubin
-from foundry_trace.cubin_trim import SHT_RELA, _parse, dropped_kernels
+from foundry_trace.cubin_trim import SHT_RELA, _parse, dropped_sections
+from foundry_trace.errors import CompactionDeclined
 
 from .cubin_checks import CUBIN, KEPT, POINTED_TO, UNUSED, assert_well_formed
 
@@ -21,7 +22,7 @@ ENTRIES = sorted(module_symbols(CUBIN).entries)
 
 
 def _compacted(keep: set[str] | list[str]) -> bytes | None:
-    return compact_cubin(CUBIN, keep, dropped_kernels(CUBIN, keep))
+    return compact_cubin(CUBIN, dropped_sections(CUBIN, keep))
 
 
 def _names(image: bytes) -> tuple[list, list[str]]:
@@ -70,14 +71,15 @@ def test_unused_kernels_and_everything_they_own_are_gone() -> None:
     compacted = _compacted([KEPT])
     assert compacted is not None and len(compacted) < len(CUBIN) * 0.6
     assert module_symbols(compacted).entries == {KEPT, POINTED_TO}
-    assert module_symbols(compacted).variables == module_symbols(CUBIN).variables
+    assert module_symbols(compacted).variables == module_symbols(CUBIN).variables  # all global
     sections, names = _names(compacted)
-    assert not any(UNUSED in s.name for s in sections) and UNUSED not in names
+    for dropped in (UNUSED, "_Z8switchedPi"):  # the second with its jump table (.nv.constant2.<kernel>)
+        assert not any(dropped in s.name for s in sections) and dropped not in names
 
 
 def test_every_kept_reference_names_what_it_named_before() -> None:
     before, after = _references(CUBIN), _references(_compacted([KEPT]))
-    gone = lambda text: UNUSED in str(text) or "hidden_unused" in str(text) or "reads_table" in str(text)  # noqa: E731
+    gone = lambda text: any(name in str(text) for name in (UNUSED, "hidden_unused", "reads_table", "switched"))  # noqa: E731
     for section, references in after.items():
         assert references == [r for r in before[section] if not gone(r)], section
     assert after[".nv.callgraph"]  # kept, with its marker records
@@ -101,7 +103,7 @@ def test_any_choice_of_kernels_gives_a_well_formed_cubin_with_exactly_those_entr
         return
     assert_well_formed(compacted)
     assert module_symbols(compacted).entries == expected
-    assert not dropped_kernels(compacted, expected)  # nothing left to take out
+    assert not dropped_sections(compacted, expected)  # nothing left to take out
     before = _references(CUBIN)
     for section, references in _references(compacted).items():
         assert set(references) <= set(before[section]), section
@@ -115,9 +117,10 @@ def _with_kernel_attribute(kernel: str, attribute: int) -> bytes:
     return bytes(raw)
 
 
-def test_an_attribute_that_might_hold_an_index_makes_it_decline() -> None:
+def test_an_attribute_that_might_hold_an_index_makes_it_decline_naming_it() -> None:
     image = _with_kernel_attribute(KEPT, 0x7E)  # no such attribute today
-    assert compact_cubin(image, [KEPT], dropped_kernels(image, [KEPT])) is None
+    with pytest.raises(CompactionDeclined, match="attribute 0x7e"):
+        compact_cubin(image, dropped_sections(image, [KEPT]))
 
 
 def test_an_unknown_section_kind_makes_it_decline() -> None:
@@ -125,10 +128,11 @@ def test_an_unknown_section_kind_makes_it_decline() -> None:
     index = next(i for i, s in enumerate(sections) if s.name == ".nv.global.init")
     raw = bytearray(CUBIN)
     struct.pack_into("<I", raw, header[6] + index * 64 + 4, 0x7000_0FFF)  # sh_type
-    assert compact_cubin(bytes(raw), [KEPT], dropped_kernels(bytes(raw), [KEPT])) is None
+    with pytest.raises(CompactionDeclined, match="section .nv.global.init of kind 0x70000fff"):
+        compact_cubin(bytes(raw), dropped_sections(bytes(raw), [KEPT]))
 
 
 def test_nothing_to_drop_gives_none_and_a_missing_kernel_is_refused_by_name() -> None:
-    assert compact_cubin(CUBIN, ENTRIES, set()) is None
+    assert compact_cubin(CUBIN, set()) is None
     with pytest.raises(CubinFormatError, match="no entry _Z7missingv"):
-        dropped_kernels(CUBIN, ["_Z7missingv"])
+        dropped_sections(CUBIN, ["_Z7missingv"])

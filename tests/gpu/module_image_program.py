@@ -1,6 +1,6 @@
 """What SAVE stores of a module (module_image.stored_module), on the driver: a real cubin
 (tests/data/trim_kernels.cubin) loaded as the process's live module, then stored with one kernel
-kept. Each case reports how the binary was cut (compacted: the other kernels taken out; stubbed:
+kept (and once with the one that branches through a jump table). Each case reports how the binary was cut (compacted: the other kernels taken out; stubbed:
 cut to stubs; whole), and the kept kernel is run from the live module and from the stored one.
 Prints one JSON line for tests/gpu/test_save_gpu.py."""
 
@@ -16,48 +16,49 @@ from cuda.bindings import driver
 from foundry_trace import module_image
 from foundry_trace.cubin import module_symbols
 from foundry_trace.cubin_compact import compact_cubin
-from foundry_trace.cubin_trim import dropped_kernels, trim_cubin
+from foundry_trace.cubin_trim import dropped_sections, trim_cubin
 from foundry_trace.driver import call
 from foundry_trace.module_image import stored_module
 
 CUBIN = (Path(__file__).resolve().parents[1] / "data" / "trim_kernels.cubin").read_bytes()
-KEPT = ["_Z4keptPf"]
+KEPT = ["_Z4keptPf"]  # calls a device function that reads a variable
 VALUES = 32
 
 
-def _cut(binary: bytes) -> str:
-    if binary == compact_cubin(CUBIN, KEPT, dropped_kernels(CUBIN, KEPT)):
+def _cut(binary: bytes, kept: list[str]) -> str:
+    if binary == compact_cubin(CUBIN, dropped_sections(CUBIN, kept)):
         return "compacted"
-    return "stubbed" if binary == trim_cubin(CUBIN, KEPT) else "whole" if binary == CUBIN else "other"
+    return "stubbed" if binary == trim_cubin(CUBIN, kept) else "whole" if binary == CUBIN else "other"
 
 
-def _run_kept(module: driver.CUmodule) -> list[float]:
-    """The kept kernel (x[i] = x[i] * scale) on 0, 1, 2, ... from `module`."""
-    kernel = call(driver.cuModuleGetFunction, module, KEPT[0].encode())
+def _run(module: driver.CUmodule, kernel: str) -> bytes:
+    """A kernel of one pointer argument on the 32-bit values 0, 1, 2, ... from `module`: its
+    output bytes (kept: x[i] * scale as floats; switched: a jump table on x[i] as ints)."""
+    function = call(driver.cuModuleGetFunction, module, kernel.encode())
     buffer = call(driver.cuMemAlloc, VALUES * 4)
-    call(driver.cuMemcpyHtoD, buffer, struct.pack(f"<{VALUES}f", *range(VALUES)), VALUES * 4)
+    call(driver.cuMemcpyHtoD, buffer, struct.pack(f"<{VALUES}i", *range(VALUES)), VALUES * 4)
     pointer = ctypes.c_uint64(int(buffer))
     arguments = (ctypes.c_void_p * 1)(ctypes.addressof(pointer))
-    call(driver.cuLaunchKernel, kernel, 1, 1, 1, VALUES, 1, 1, 0, 0, ctypes.addressof(arguments), 0)
+    call(driver.cuLaunchKernel, function, 1, 1, 1, VALUES, 1, 1, 0, 0, ctypes.addressof(arguments), 0)
     out = bytearray(VALUES * 4)
     call(driver.cuMemcpyDtoH, out, buffer, VALUES * 4)
     call(driver.cuMemFree, buffer)
-    return list(struct.unpack(f"<{VALUES}f", out))
+    return bytes(out)
 
 
-def _case(live: driver.CUmodule) -> dict[str, object]:
-    stored = stored_module(CUBIN, live, KEPT, ["scale"])
+def _case(live: driver.CUmodule, kept: list[str] = KEPT) -> dict[str, object]:
+    stored = stored_module(CUBIN, live, kept, ["scale"])
     fresh = call(driver.cuModuleLoadData, stored.binary)
     try:
         for name, contents in stored.variables.items():  # as LOAD writes them
             address, _size = call(driver.cuModuleGetGlobal, fresh, name.encode())
             call(driver.cuMemcpyHtoD, address, contents, len(contents))
-        runs_the_same = _run_kept(fresh) == _run_kept(live)
+        runs_the_same = all(_run(fresh, kernel) == _run(live, kernel) for kernel in kept)
     finally:
         call(driver.cuModuleUnload, fresh)
     return {
         "trimmed": stored.trimmed,
-        "cut": _cut(stored.binary),
+        "cut": _cut(stored.binary, kept),
         "entries": sorted(module_symbols(stored.binary).entries),
         "variables": {name: struct.unpack("<f", contents)[0] for name, contents in stored.variables.items()},
         "runs_the_same": runs_the_same,
@@ -69,14 +70,14 @@ def main() -> None:
     context = call(driver.cuDevicePrimaryCtxRetain, call(driver.cuDeviceGet, 0))
     call(driver.cuCtxSetCurrent, context)
     live = call(driver.cuModuleLoadData, CUBIN)
-    results = {"untouched": _case(live)}
+    results = {"untouched": _case(live), "jump_table": _case(live, ["_Z8switchedPi"])}
     compact, trim = module_image.compact_cubin, module_image.trim_cubin
-    module_image.compact_cubin = lambda binary, kernels, dropped: b"not a module"  # the driver refuses it
+    module_image.compact_cubin = lambda binary, dropped: b"not a module"  # the driver refuses it
     results["compacted_refused"] = _case(live)
     module_image.trim_cubin = lambda binary, kernels: b"not a module either"
     results["both_refused"] = _case(live)
     other = ["_Z6unusedPf"]  # loads, lacks the kernel
-    module_image.compact_cubin = lambda binary, kernels, dropped: compact(binary, other, dropped_kernels(binary, other))
+    module_image.compact_cubin = lambda binary, dropped: compact(binary, dropped_sections(binary, other))
     module_image.trim_cubin = lambda binary, kernels: trim(binary, other)
     results["kernel_missing"] = _case(live)
     module_image.compact_cubin, module_image.trim_cubin = compact, trim

@@ -86,7 +86,9 @@ def test_a_module_is_cut_only_where_the_driver_accepts_it_and_keeps_changed_vari
         assert cases[case]["cut"] == cut and cases[case]["trimmed"] is (cut != "whole"), case
         assert cases[case]["entries"] == (kept_and_pointed_to if cut != "whole" else cases[case]["entries"]), case
         assert cases[case]["runs_the_same"], case
-    assert len(cases["both_refused"]["entries"]) == 5
+    assert len(cases["both_refused"]["entries"]) == 6
+    assert cases["jump_table"]["cut"] == "compacted" and cases["jump_table"]["runs_the_same"]
+    assert cases["jump_table"]["entries"] == ["_Z10pointed_toPf", "_Z8switchedPi"]
     assert cases["untouched"]["variables"] == {}
     assert cases["variable_written"]["variables"] == {"scale": 5.0} and cases["variable_written"]["cut"] == "compacted"
 
