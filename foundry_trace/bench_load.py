@@ -3,9 +3,11 @@
 A child process SAVEs the workload and records its graphs' outputs on fixed inputs. Both sides
 are then timed cold, each as the first thing a fresh process does after building the engine
 state (the driver's first executables and modules cost more than later ones, and a server starts
-cold): a `native` child captures every graph with plain PyTorch (no Foundry in the process), and
-a `load` child restores every graph. The load child goes on with: a restore on one thread (its
-summed instantiation time is the driver's own floor), a lazy restore (time to the first replay),
+cold): a `native` child captures every graph with plain PyTorch (no Foundry in the process), a
+`driver` child builds and instantiates the same graphs straight from the node tables with
+nothing else running (what the driver alone costs cold), and a `load` child restores every
+graph. The load child goes on with: a restore on one thread (its summed instantiation time is
+the driver's own floor), a lazy restore (time to the first launch),
 instantiation of prebuilt graphs on several threads (the least time any restore can take), a
 restore with prefetch() (modules loaded before the restore point), restores on several thread
 counts, a native capture in the same process, and the comparison bit for bit (against SAVE and
@@ -20,12 +22,18 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .bench_children import add_option_flags, note, option_arguments, parsed_options, run_child
 from .restore import DEFAULT_THREADS
 from .restore_pipeline import key_order
+
+if TYPE_CHECKING:
+    from .restore import Restored
 
 REFERENCE_SUFFIX = ".outputs.json"
 
@@ -275,36 +283,74 @@ def _node_count(archive: str) -> int:
         return sum(entry.nodes for entry in opened.manifest.graphs)
 
 
+@contextmanager
+def modules_loaded(archive: str) -> Iterator[Restored]:
+    """A lazy LOAD of `archive` with every module loaded and no graph built: it claims the
+    memory that the driver checks memset and memcpy nodes against when they are added."""
+    import foundry_trace
+
+    early = foundry_trace.load(archive, mode="lazy")
+    try:
+        early._pipeline.load_all_modules()
+        early._pipeline.wait_for_modules()
+        yield early
+    finally:
+        early.release()
+
+
 def instantiate_scaling(archive: str, counts: tuple[int, ...]) -> dict[str, float]:
     """Wall seconds to instantiate every graph of the archive on each number of threads, the
     graphs built beforehand and nothing else running: the least time in which any restore of
     these graphs can make them all executable on this driver, however it arranges its other work."""
-    import foundry_trace
-
     from . import native
 
-    # A lazy load restores nothing by itself, but claims the memory that the driver checks
-    # memset and memcpy nodes against when they are added.
-    early = foundry_trace.load(archive, mode="lazy")
-    built: list[int] = []
-    try:
+    with modules_loaded(archive) as early:
         pipeline, context = early._pipeline, early._pipeline._context
-        pipeline.load_all_modules()
-        pipeline.wait_for_modules()
         built = [pipeline.build(entry) for entry in early._archive.manifest.graphs]
-        scaling = {}
-        for count in counts:
-            with ThreadPoolExecutor(count) as pool:
-                start = time.perf_counter()
-                executables = list(pool.map(lambda graph: native.instantiate(graph, context, "probe"), built))
-                scaling[str(count)] = time.perf_counter() - start
-            for executable in executables:
-                native.destroy_executable(executable)
-        return scaling
-    finally:
+        try:
+            scaling = {}
+            for count in counts:
+                with ThreadPoolExecutor(count) as pool:
+                    start = time.perf_counter()
+                    executables = list(pool.map(lambda graph: native.instantiate(graph, context, "probe"), built))
+                    scaling[str(count)] = time.perf_counter() - start
+                for executable in executables:
+                    native.destroy_executable(executable)
+            return scaling
+        finally:
+            for graph in built:
+                native.destroy_graph(graph)
+
+
+def child_driver(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+    """The driver alone, cold: in a fresh process, with the engine built and the modules loaded
+    (untimed), every graph built and then instantiated on `threads` threads with nothing else
+    running, straight from the node tables. What any restore of these graphs pays the driver
+    in a fresh process, before opening an archive, loading modules or claiming memory."""
+    import foundry_alloc
+
+    foundry_alloc.install()
+    import torch
+
+    from . import native
+    from .engines import build_engine
+
+    build_engine(workload, **options)
+    torch.cuda.synchronize()
+    with modules_loaded(archive) as early:
+        pipeline, context = early._pipeline, early._pipeline._context
+        with ThreadPoolExecutor(threads) as pool:
+            start = time.perf_counter()
+            built = list(pool.map(pipeline.build, early._archive.manifest.graphs))
+            built_at = time.perf_counter()
+            executables = list(pool.map(lambda graph: native.instantiate(graph, context, "floor"), built))
+            done = time.perf_counter()
+        for executable in executables:
+            native.destroy_executable(executable)
         for graph in built:
             native.destroy_graph(graph)
-        early.release()
+    note(f"driver alone: built in {built_at - start:.3f} s, instantiated in {done - built_at:.3f} s")
+    return {"driver_build_s": built_at - start, "driver_instantiate_s": done - built_at, "driver_cold_s": done - start}
 
 
 def _run_child(*arguments: str) -> dict[str, object]:
@@ -332,12 +378,16 @@ def run_children(
             task = progress.add_task(f"native {workload}: warm-up, capture and instantiate every graph, cold")
             native = _run_child("native", workload, str(path), *extra)
             progress.remove_task(task)
+            task = progress.add_task(f"driver alone {workload}: build and instantiate every graph, cold")
+            driver_alone = _run_child("driver", workload, str(path), str(threads), *extra)
+            progress.remove_task(task)
             task = progress.add_task(f"LOAD {workload}: restore cold, then 1 thread, lazy, thread counts, native capture, compare")
             loaded = _run_child("load", workload, str(path), str(threads), *extra)
             progress.remove_task(task)
             progress.add_task(f"prefetch {workload}: prefetch at process start, engine built meanwhile, restore, compare")
             loaded["prefetched"] = _set_apart_nondeterministic(_run_child("prefetch", workload, str(path), str(threads), *extra), loaded["nondeterministic_native"])
             loaded["native_s"], loaded["native_engine_s"] = native["native_s"], native["engine_s"]
+            loaded["driver_alone"] = driver_alone
         else:
             progress.add_task(f"LOAD {workload}: restore, native capture, compare")
             loaded = _run_child("verify", workload, str(path), str(threads), *extra)
@@ -396,6 +446,9 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         warm_restore_s=loaded["warm_restore_s"],
         instantiate_floor_s=loaded["instantiate_floor_s"],
         restore_over_floor=loaded["restore_s"] / loaded["instantiate_floor_s"],
+        **loaded["driver_alone"],
+        restore_over_driver_cold=loaded["restore_s"] / loaded["driver_alone"]["driver_cold_s"],
+        speedup_bound_driver_cold=loaded["native_s"] / loaded["driver_alone"]["driver_cold_s"],
         serial_restore_s=loaded["serial_restore_s"],
         serial_busy_s=loaded["serial_busy"],
         restore_at_restore_point_s=loaded["at_restore_point_s"],
@@ -487,6 +540,9 @@ def render(results: dict[str, object]) -> str:
         ("warm, after other restores: native / restore", f"{c['native_warm_s']:.3f} / {c['warm_restore_s']:.3f} s"),
         ("driver instantiation alone (1 thread)", f"{c['instantiate_floor_s']:.3f} s"),
         ("restore / instantiation floor", f"{c['restore_over_floor']:.2f}"),
+        (f"driver alone, cold: build + instantiate on {c['threads']} threads", f"{c['driver_build_s']:.3f} + {c['driver_instantiate_s']:.3f} s"),
+        ("restore / driver alone cold", f"{c['restore_over_driver_cold']:.2f}"),
+        ("speed-up bound: native / driver alone cold", f"{c['speedup_bound_driver_cold']:.1f}x"),
         *((f"instantiation alone on {n} threads (graphs prebuilt)", f"{v:.3f} s") for n, v in c["instantiate_only_s_by_threads"].items()),
         ("speed-up bound: native / best instantiation alone", f"{c['best_possible_speedup']:.1f}x"),
         ("with prefetch() (warm): restore at the restore point", f"{c['restore_at_restore_point_s']:.3f} s ({c['speedup_with_prefetch']:.1f}x)"),
@@ -510,7 +566,7 @@ def render(results: dict[str, object]) -> str:
 
 def _main() -> None:
     parser = argparse.ArgumentParser(description="child process of `foundry bench` and `foundry verify`")
-    parser.add_argument("role", choices=("save", "native", "load", "prefetch", "verify"))
+    parser.add_argument("role", choices=("save", "native", "driver", "load", "prefetch", "verify"))
     parser.add_argument("workload")
     parser.add_argument("archive")
     parser.add_argument("threads", nargs="?", type=int, default=DEFAULT_THREADS)
@@ -521,6 +577,8 @@ def _main() -> None:
         result = child_save(a.workload, a.archive, options)
     elif a.role == "native":
         result = child_native(a.workload, options)
+    elif a.role == "driver":
+        result = child_driver(a.workload, a.archive, a.threads, options)
     elif a.role == "load":
         result = child_load(a.workload, a.archive, a.threads, options)
     elif a.role == "prefetch":

@@ -252,29 +252,26 @@ def _maps(archive: str) -> dict[str, object]:
 
 
 def _reinstantiate(archive: str) -> dict[str, object]:
-    import foundry_trace
     from foundry_trace import native
+    from foundry_trace.bench_load import modules_loaded
 
-    lazy = foundry_trace.load(archive, mode="lazy")  # claims the memory the copy nodes name
-    pipeline = lazy._pipeline
-    pipeline.load_all_modules()
-    pipeline.wait_for_modules()
-    built, use = _timed(lambda: [pipeline.build(entry) for entry in lazy._archive.manifest.graphs])
-    rounds = {"build": use}
+    with modules_loaded(archive) as lazy:
+        pipeline = lazy._pipeline
+        built, use = _timed(lambda: [pipeline.build(entry) for entry in lazy._archive.manifest.graphs])
+        rounds = {"build": use}
 
-    def instantiate_all() -> list[int]:
-        return [native.instantiate(graph, pipeline._context, "probe") for graph in built]
+        def instantiate_all() -> list[int]:
+            return [native.instantiate(graph, pipeline._context, "probe") for graph in built]
 
-    first, rounds["cold"] = _timed(instantiate_all)
-    for executable in first:
-        native.destroy_executable(executable)
-    second, rounds["after_destroying"] = _timed(instantiate_all)
-    third, rounds["beside_others"] = _timed(instantiate_all)
-    for executable in second + third:
-        native.destroy_executable(executable)
-    for graph in built:
-        native.destroy_graph(graph)
-    lazy.release()
+        first, rounds["cold"] = _timed(instantiate_all)
+        for executable in first:
+            native.destroy_executable(executable)
+        second, rounds["after_destroying"] = _timed(instantiate_all)
+        third, rounds["beside_others"] = _timed(instantiate_all)
+        for executable in second + third:
+            native.destroy_executable(executable)
+        for graph in built:
+            native.destroy_graph(graph)
     return {"rounds": rounds}
 
 
