@@ -335,7 +335,7 @@ def child_driver(workload: str, archive: str, threads: int, options: dict[str, o
     from . import native
     from .engines import build_engine
 
-    build_engine(workload, **options)
+    engine = build_engine(workload, **options)  # kept alive: LOAD compares its memory with SAVE's
     torch.cuda.synchronize()
     with modules_loaded(archive) as early:
         pipeline, context = early._pipeline, early._pipeline._context
@@ -349,6 +349,7 @@ def child_driver(workload: str, archive: str, threads: int, options: dict[str, o
             native.destroy_executable(executable)
         for graph in built:
             native.destroy_graph(graph)
+    del engine
     note(f"driver alone: built in {built_at - start:.3f} s, instantiated in {done - built_at:.3f} s")
     return {"driver_build_s": built_at - start, "driver_instantiate_s": done - built_at, "driver_cold_s": done - start}
 
