@@ -24,14 +24,13 @@ import struct
 from collections.abc import Collection
 
 from .cubin import _ELF_HEADER, _SYMBOL, SHT_NOBITS, SHT_SYMTAB, symbol_table
-from .cubin_trim import _PROGRAM, SHT_CALLGRAPH, SHT_NV_INFO, SHT_PROGBITS, SHT_REL, SHT_RELA, _move_program, _parse, _Section
+from .cubin_trim import _DEBUG_SECTIONS, _PROGRAM, SHT_CALLGRAPH, SHT_NV_INFO, SHT_PROGBITS, SHT_REL, SHT_RELA, _move_program, _parse, _Section
 from .errors import CompactionDeclined, CubinFormatError
 
 SHT_NULL, SHT_STRTAB, SHT_NOTE = 0, 3, 7
 SHT_NV_COMPAT = 0x70000086  # .nv.compat: the architecture's compatibility attributes, no indices
 SHN_LORESERVE = 0xFF00  # symbol section values from here up are special (absolute, common)
 _KNOWN_KINDS = {SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_NOTE, SHT_NOBITS, SHT_REL, SHT_RELA, SHT_NV_INFO, SHT_CALLGRAPH, SHT_NV_COMPAT}
-_DEBUG_PREFIXES = (".debug", ".rel.debug", ".rela.debug")
 
 # .nv.info records: format byte, attribute byte, then a value (format 4: u16 size and that many bytes).
 EIFMT_SVAL = 4
@@ -77,6 +76,8 @@ class _Compactor:
             raise CompactionDeclined("symbol and section names share one string table")
 
     def without(self, gone: set[int]) -> bytes:
+        if gone & {self.symtab, self.sections[self.symtab].link, self.header[13]}:
+            raise CompactionDeclined("a kernel's sections would take a symbol or name table with them")
         self.section_map = self._renumbered(len(self.sections), gone)
         kept = [index for index in range(len(self.sections)) if index not in gone]
         dropped_symbols = {i for i, symbol in enumerate(self.symbols) if i and symbol[3] in gone}
@@ -95,7 +96,8 @@ class _Compactor:
 
     def _section(self, index: int) -> int:
         if index not in self.section_map:
-            raise CompactionDeclined(f"a kept section refers to section {self.sections[index].name}, which goes")
+            name = self.sections[index].name if index < len(self.sections) else f"number {index}"
+            raise CompactionDeclined(f"a kept section refers to section {name}, which goes")
         return self.section_map[index]
 
     def _symbol(self, index: int) -> int:
@@ -116,7 +118,7 @@ class _Compactor:
 
     def _relocations(self, section: _Section, data: bytes) -> bytes:
         entry = _RELA_ENTRY if section.kind == SHT_RELA else _REL_ENTRY
-        debug = section.name.startswith(_DEBUG_PREFIXES)
+        debug = section.name.startswith(_DEBUG_SECTIONS)
         out = bytearray()
         for fields in entry.iter_unpack(data[: len(data) - len(data) % entry.size]):
             symbol = fields[1] >> 32
@@ -177,8 +179,8 @@ class _Compactor:
         strtab, shstrtab = self.sections[self.symtab].link, header[13]
         contents[strtab] = symbol_names.data()
         contents[shstrtab] = section_names.data()
-        for section, index in zip(new_sections, kept, strict=True):
-            self._relink(section, index)
+        for section in new_sections:
+            self._relink(section)
         before = [(s.offset, s.size, s.kind) for s in (self.sections[index] for index in kept)]
         body = bytearray(self.image[: _ELF_HEADER.size])
         for position in sorted(range(1, len(kept)), key=lambda p: (new_sections[p].offset, p)):
@@ -212,7 +214,7 @@ class _Compactor:
             out += _SYMBOL.pack(names.add_bytes(text) if text else 0, info, other, section, value, size)
         return bytes(out)
 
-    def _relink(self, section: _Section, old_index: int) -> None:
+    def _relink(self, section: _Section) -> None:
         """sh_link and sh_info in the new numbering."""
         if section.link:
             section.link = self._section(section.link)
