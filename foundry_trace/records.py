@@ -178,7 +178,7 @@ class ModuleRecord(_Record):
     size: U64
     loaded_size: U64  # the binary as the process loaded it
     entries: Annotated[int, Field(ge=0)]  # entry functions in the binary
-    trimmed: bool = False  # the other entries' code removed (cubin_trim.py)
+    trimmed: bool = False  # the other entries removed (cubin_compact.py) or cut to stubs (cubin_trim.py)
     variables: dict[str, Digest] = {}
 
 

@@ -12,10 +12,9 @@ Modules are queued before any graph that needs them, largest first: all of them 
 is opened (module loads take a driver lock that stalls graph work on other threads; prefetch()
 queues them before the engine state even exists), or, for a lazy load, those of each graph just
 before it (the first graph then waits for its own modules only), and those of the first graph in
-serving order at open, so that they load while LOAD claims the memory. The pool takes tasks in order,
-so a graph task that waits for a module always waits for one that is already running or done:
-the pool cannot deadlock. The driver
-calls release the GIL (cuda.bindings, and ctypes for the native builder), so the threads work in
+serving order at open, so that they load while LOAD claims the memory. The pool takes tasks in
+order, so a graph task that waits for a module always waits for one that is already running or
+done: the pool cannot deadlock. The driver calls release the GIL (cuda.bindings, and ctypes for the native builder), so the threads work in
 parallel. Every handle is recorded in the Restored object the moment it exists, so that a
 failure anywhere leaves nothing behind once Restored.release() has run.
 """
