@@ -23,8 +23,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Collection
 
-from .cubin import _ELF_HEADER, _SYMBOL, SHT_NOBITS, SHT_SYMTAB, symbol_table
-from .cubin_trim import _DEBUG_SECTIONS, _PROGRAM, SHT_CALLGRAPH, SHT_NV_INFO, SHT_PROGBITS, SHT_REL, SHT_RELA, _move_program, _parse, _Section
+from .cubin import _SYMBOL, SHT_NOBITS, SHT_SYMTAB, symbol_table
+from .cubin_trim import _DEBUG_SECTIONS, SHT_CALLGRAPH, SHT_NV_INFO, SHT_PROGBITS, SHT_REL, SHT_RELA, _parse, _Section, written
 from .errors import CompactionDeclined, CubinFormatError
 
 SHT_NULL, SHT_STRTAB, SHT_NOTE = 0, 3, 7
@@ -182,26 +182,8 @@ class _Compactor:
         for section in new_sections:
             self._relink(section)
         before = [(s.offset, s.size, s.kind) for s in (self.sections[index] for index in kept)]
-        body = bytearray(self.image[: _ELF_HEADER.size])
-        for position in sorted(range(1, len(kept)), key=lambda p: (new_sections[p].offset, p)):
-            section, data = new_sections[position], contents[kept[position]]
-            if section.kind != SHT_NOBITS:
-                section.size = len(data)
-                if data:
-                    body.extend(bytes(-len(body) % max(1, section.align)))
-            section.offset = len(body)
-            body.extend(data if section.kind != SHT_NOBITS else b"")
-        programs = [list(_PROGRAM.unpack_from(self.image, header[5] + i * _PROGRAM.size)) for i in range(header[10])]
-        old_table = (header[5], header[5] + header[10] * _PROGRAM.size)
-        body.extend(bytes(-len(body) % 8))
-        header[6], header[12], header[13] = len(body), len(new_sections), self.section_map[shstrtab]
-        body.extend(b"".join(section.packed() for section in new_sections))
-        header[5] = len(body)
-        for program in programs:
-            _move_program(program, old_table, header[5], before, new_sections)
-        body.extend(b"".join(_PROGRAM.pack(*program) for program in programs))
-        body[: _ELF_HEADER.size] = _ELF_HEADER.pack(*header)
-        return bytes(body)
+        header[12], header[13] = len(new_sections), self.section_map[shstrtab]
+        return written(self.image, header, new_sections, [contents[index] for index in kept], before)
 
     def _symbol_table(self, names: _StringTable) -> bytes:
         out = bytearray()

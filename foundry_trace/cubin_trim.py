@@ -188,18 +188,28 @@ def _laid_out(image: bytes, header: list, sections: list[_Section], symbols: lis
     entries in the `dropped` text sections made plain functions of the stub's size, and each
     program header over what it covered before."""
     before = [(s.offset, s.size, s.kind) for s in sections]
+    contents = []
+    for index, section in enumerate(sections):
+        section.size = min(section.size, sizes.get(index, section.size))
+        data = image[section.offset : section.offset + section.size] if section.kind != SHT_NOBITS and index else b""
+        contents.append(_without_dropped_entries(data, symbols, dropped) if section.kind == SHT_SYMTAB else data)
+    return written(image, header, sections, contents, before)
+
+
+def written(image: bytes, header: list, sections: list[_Section], contents: list[bytes], before: list[tuple[int, int, int]]) -> bytes:
+    """An ELF file of `sections` (section 0 first), each but NOBITS ones holding its `contents`,
+    laid out in the order of their old offsets; then the section header table, and the program
+    headers of `image` moved over what they covered (`before`: each section's old offset, size
+    and kind). `header` (the ELF header's fields) gets the new table offsets."""
     body = bytearray(image[: _ELF_HEADER.size])
     for index in sorted(range(1, len(sections)), key=lambda i: (sections[i].offset, i)):
-        section = sections[index]
-        section.size = min(section.size, sizes.get(index, section.size))
-        data = b""
-        if section.kind != SHT_NOBITS and section.size:
-            body.extend(bytes(-len(body) % max(1, section.align)))
-            data = image[section.offset : section.offset + section.size]
-            if section.kind == SHT_SYMTAB:
-                data = _without_dropped_entries(data, symbols, dropped)
+        section, data = sections[index], contents[index]
+        if section.kind != SHT_NOBITS:
+            section.size = len(data)
+            if data:
+                body.extend(bytes(-len(body) % max(1, section.align)))
         section.offset = len(body)
-        body.extend(data)
+        body.extend(data if section.kind != SHT_NOBITS else b"")
     programs = [list(_PROGRAM.unpack_from(image, header[5] + i * _PROGRAM.size)) for i in range(header[10])]
     old_table = (header[5], header[5] + header[10] * _PROGRAM.size)
     body.extend(bytes(-len(body) % 8))
