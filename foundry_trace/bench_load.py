@@ -210,6 +210,7 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     first_graph_s = time.perf_counter() - start
     torch.cuda.synchronize()
     first_graph_run_s = time.perf_counter() - start
+    first_graph_report = {"phases": lazy.phases, "spans": [span.__dict__ for span in lazy.spans]}
     lazy.release()
 
     sweep = {}
@@ -268,6 +269,8 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
         first_graph_s=first_graph_s,
         first_graph_run_s=first_graph_run_s,
         first_graph_key=first_key,
+        first_graph_phases=first_graph_report["phases"],
+        first_graph_spans=first_graph_report["spans"],
         description=description,
         device=torch.cuda.get_device_name(),
         torch=torch.__version__,
@@ -464,6 +467,8 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         first_graph_s=loaded["first_graph_s"],
         first_graph_run_s=loaded["first_graph_run_s"],
         first_graph_key=loaded["first_graph_key"],
+        first_graph_phases_s=loaded["first_graph_phases"],
+        first_graph_spans=loaded["first_graph_spans"],
         nondeterminism=loaded["nondeterminism"],
         busy_s=loaded["busy"],
         threads=threads,
@@ -526,6 +531,13 @@ def _prefetch_rows(c: dict[str, object]) -> list[tuple[str, str]]:
     ]
 
 
+def _by_phase(spans: list[dict[str, object]]) -> dict[str, list[dict[str, object]]]:
+    grouped: dict[str, list[dict[str, object]]] = {}
+    for span in spans:
+        grouped.setdefault(str(span["phase"]), []).append(span)
+    return grouped
+
+
 def render(results: dict[str, object]) -> str:
     from .results import table_text
     from rich.table import Table
@@ -550,6 +562,9 @@ def render(results: dict[str, object]) -> str:
         *_prefetch_rows(c),
         (f"first graph launched (lazy, key {c['first_graph_key']})", f"{c['first_graph_s'] * 1000:.1f} ms"),
         ("  and its run done", f"{c['first_graph_run_s'] * 1000:.1f} ms"),
+        ("  its LOAD phases", ", ".join(f"{k} {v * 1000:.1f}" for k, v in c["first_graph_phases_s"].items()) + " ms"),
+        *((f"  its {phase} tasks: first start, last end", f"{min(s['start'] for s in spans) * 1000:.1f}, {max(s['end'] for s in spans) * 1000:.1f} ms")
+          for phase, spans in _by_phase(c["first_graph_spans"]).items()),
         ("first graph launched (lazy, after prefetch())", f"{c['first_graph_prefetched_s'] * 1000:.1f} ms"),
         *((f"phase {k}", f"{v * 1000:.1f} ms") for k, v in c["phases_s"].items()),
         *((f"busy {k} (all threads)", f"{v * 1000:.1f} ms") for k, v in c["busy_s"].items()),

@@ -15,7 +15,8 @@
     restored = foundry_trace.load(early)               # at the restore point
 
 Call load() at the restore point (the engine's state rebuilt as in the SAVE run). Order: open the
-archive and check the fingerprint, queue every module on a pool of threads (restore_pipeline.py);
+archive and check the fingerprint, queue every module on a pool of threads (restore_pipeline.py;
+a lazy load queues the first graph's modules and the graph itself);
 then check the live layout (refuse with the difference), claim the recorded memory and write its
 contents, capture each recorded collective on the communicator (tensor-parallel archives), and
 build and instantiate each graph on the pool. Any failure releases everything created so far and
@@ -46,7 +47,8 @@ from .driver import call, current_context
 from .errors import ArchiveFormatError, FingerprintMismatchError, FoundryTraceError, LayoutMismatchError, RestoreError
 from .fingerprint import current_fingerprint
 from .records import MemorySegment
-from .restore_pipeline import Pipeline, Span, key_order
+from .node_table import node_kinds
+from .restore_pipeline import Pipeline, Span, builds_early, key_order
 
 NVTX_DOMAIN = "foundry"
 Mode = Literal["eager", "background", "lazy"]
@@ -233,6 +235,8 @@ def load(
         with nvtx.annotate("foundry.load", domain=NVTX_DOMAIN):
             if not isinstance(archive, Restored):
                 _open(Path(archive), restored, threads, all_modules=mode != "lazy")
+                if mode == "lazy":
+                    _start_first_graph(restored)
             manifest = restored._archive.manifest
             check_communicator(manifest.tensor_parallel, len(manifest.collectives), communicator, str(restored._archive.path))
             _claim(restored, upload)
@@ -260,8 +264,7 @@ def _phase(restored: Restored, name: str) -> Iterator[None]:
 
 def _open(path: Path, restored: Restored, threads: int, all_modules: bool) -> None:
     """Opens the archive, checks the fingerprint, creates the events and, with `all_modules`,
-    queues every module (a lazy load queues each graph's modules at its first use, and those of
-    the first graph in serving order now)."""
+    queues every module (a lazy load queues each graph's modules at its first use)."""
     import torch
 
     allocator = foundry_alloc.installed()
@@ -279,8 +282,24 @@ def _open(path: Path, restored: Restored, threads: int, all_modules: bool) -> No
     restored._pipeline = Pipeline(archive, restored, threads, context, started)
     if all_modules:
         restored._pipeline.load_all_modules()
-    elif manifest.graphs:  # a server's first request is most likely its smallest batch
-        restored._pipeline.load_modules_for(min(manifest.graphs, key=lambda entry: key_order(entry.key)))
+
+
+def _start_first_graph(restored: Restored) -> None:
+    """A lazy LOAD starts on the graph a server replays first (its smallest batch) at once: its
+    modules load, and it is built and instantiated, while LOAD checks the layout and claims the
+    memory. As for prefetch(), only where it needs no live state; where its memsets or memcpys
+    name the graph arena alone, that arena is claimed first."""
+    manifest = restored._archive.manifest
+    if not manifest.graphs:
+        return
+    first = min(manifest.graphs, key=lambda entry: key_order(entry.key))
+    restored._pipeline.load_modules_for(first)
+    table = restored._archive.blob(first.table)
+    kinds = node_kinds(table)
+    if not builds_early(kinds, first.copy_arenas, graph_memory_mapped=False):
+        if not builds_early(kinds, first.copy_arenas, graph_memory_mapped=True) or not _claim_graph_memory(restored):
+            return
+    restored._pipeline.executable(first, table)
 
 
 def _claim_graph_memory(restored: Restored) -> bool:

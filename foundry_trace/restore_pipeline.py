@@ -11,11 +11,11 @@ and prefetch mapped it; graphs with collective nodes wait for the restore point.
 Modules are queued before any graph that needs them, largest first: all of them when the archive
 is opened (module loads take a driver lock that stalls graph work on other threads; prefetch()
 queues them before the engine state even exists), or, for a lazy load, those of each graph just
-before it (the first graph then waits for its own modules only), and those of the first graph in
-serving order at open, so that they load while LOAD claims the memory. The pool takes tasks in
-order, so a graph task that waits for a module always waits for one that is already running or
-done: the pool cannot deadlock. The driver calls release the GIL (cuda.bindings, and ctypes for the native builder), so the threads work in
-parallel. Every handle is recorded in the Restored object the moment it exists, so that a
+before it (the first graph then waits for its own modules only); a lazy load queues the first
+graph in serving order and its modules at open, so that they restore while LOAD claims the
+memory. The pool takes tasks in order, so a graph task that waits for a module always waits for
+one that is already running or done: the pool cannot deadlock. The driver calls release the GIL
+(cuda.bindings, and ctypes for the native builder), so the threads work in parallel. Every handle is recorded in the Restored object the moment it exists, so that a
 failure anywhere leaves nothing behind once Restored.release() has run.
 """
 
@@ -39,6 +39,7 @@ from . import native
 from .archive import Archive, GraphEntry
 from .driver import call
 from .errors import DriverCallError
+from .module_image import write_variable
 from .node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, node_kinds
 
 if TYPE_CHECKING:
@@ -117,12 +118,13 @@ class Pipeline:
         # its checksum stops the scan only: LOAD queues every graph at the restore point, and
         # the graph's own task then raises the error.
         for entry in sorted(self._manifest.graphs, key=lambda e: key_order(e.key)):
-            if builds_early(node_kinds(self._archive.blob(entry.table)), entry.copy_arenas, graph_memory_mapped):
-                self._executable(entry)
+            table = self._archive.blob(entry.table)
+            if builds_early(node_kinds(table), entry.copy_arenas, graph_memory_mapped):
+                self.executable(entry, table)
 
     def graph(self, entry: GraphEntry) -> Future:
         """The future of a graph ready to replay: its executable, then uploaded if LOAD asked."""
-        executable = self._executable(entry)
+        executable = self.executable(entry)
         if not self.upload:
             return executable
         with self._lock:
@@ -131,14 +133,15 @@ class Pipeline:
                 future = self._uploads[entry.key] = self._pool.submit(self._upload, entry, executable)
             return future
 
-    def _executable(self, entry: GraphEntry) -> Future:
+    def executable(self, entry: GraphEntry, table: bytes | None = None) -> Future:
         """The future executable of a graph, queued the first time, after the modules it needs
-        (a lazy load queues modules graph by graph; others queued them all at open)."""
+        (a lazy load queues modules graph by graph; others queued them all at open). `table`:
+        its node table where the caller has read it already."""
         self._queue_modules(set(entry.modules))
         with self._lock:
             future = self._graphs.get(entry.key)
             if future is None:
-                future = self._graphs[entry.key] = self._pool.submit(self._restore_graph, entry)
+                future = self._graphs[entry.key] = self._pool.submit(self._restore_graph, entry, table)
             return future
 
     def close(self) -> None:
@@ -163,9 +166,7 @@ class Pipeline:
             with self._lock:
                 self._restored._modules.append(handle)
             for name, digest in record.variables.items():
-                address, size = call(driver.cuModuleGetGlobal, handle, name.encode())
-                data = self._archive.blob(digest)
-                call(driver.cuMemcpyHtoD, address, data, min(len(data), int(size)))
+                write_variable(handle, name, self._archive.blob(digest), record.relocated.get(name, ()))
             for number in self._functions_of.get(index, ()):
                 function = self._manifest.functions[number]
                 found = call(driver.cuModuleGetFunction, handle, function.name.encode())
@@ -173,10 +174,13 @@ class Pipeline:
                     _set_function_attribute(found, attribute, value)
                 self._handles.functions[number] = int(found)
 
-    def build(self, entry: GraphEntry) -> int:
+    def build(self, entry: GraphEntry, table: bytes | None = None) -> int:
         """Builds a graph's CUgraph (its modules must be loaded); the caller destroys it."""
         with self._span(f"graph {entry.key}", "build"):
-            table, payload = self._archive.graph_blobs(entry)
+            if table is None:
+                table, payload = self._archive.graph_blobs(entry)
+            else:
+                payload = self._archive.blob(entry.payload)
             try:
                 return native.build_graph(table, payload, self._handles, self._context, f"graph {entry.key!r}")
             except DriverCallError as error:
@@ -189,11 +193,11 @@ class Pipeline:
             message = message.replace(found.group(0), f"kernel {self._manifest.functions[int(found.group(1))].name}")
         return message
 
-    def _restore_graph(self, entry: GraphEntry) -> int:
+    def _restore_graph(self, entry: GraphEntry, table: bytes | None) -> int:
         for module in entry.modules:
             self._modules[module].result()  # re-raises the module's failure
         what = f"graph {entry.key!r}"
-        graph = self.build(entry)
+        graph = self.build(entry, table)
         try:
             with self._span(f"graph {entry.key}", "instantiate"):
                 executable = native.instantiate(graph, self._context, what)

@@ -28,6 +28,7 @@ import foundry_trace as ft
 from foundry_trace.bench_load import keep_saved_outputs, saved_outputs
 from foundry_trace.node_table import BODY, HEADER, NODE
 from foundry_trace.engines import build_engine
+from foundry_trace.restore_pipeline import key_order
 
 from ..archive_edit import corrupt_blob, read_blob, read_manifest, replace_blob, rewrite_manifest
 from .save_program import save_tiny
@@ -73,9 +74,11 @@ def modes(path: str) -> dict[str, object]:
     for mode in ("background", "lazy"):
         restored = ft.load(path, mode=mode)
         ready_at_return = sum(g.ready() for g in restored.graphs.values())
+        started = sorted(restored._pipeline._graphs)  # graphs queued by LOAD itself
         compared = _against_saved(model, restored, saved)
         restored.wait()
-        result[mode] = {"ready_at_return": ready_at_return, **compared}
+        first = min(restored.graphs, key=key_order)
+        result[mode] = {"ready_at_return": ready_at_return, "started": started, "first": first, **compared}
         restored.release()
         torch.cuda.synchronize()
     return result

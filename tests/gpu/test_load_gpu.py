@@ -45,6 +45,8 @@ def test_restored_graphs_equal_saved_and_native_ones_bit_for_bit(archive: Path) 
 def test_background_and_lazy_loads_give_the_same_outputs(archive: Path) -> None:
     result = run("modes", archive)
     assert result["lazy"]["ready_at_return"] == 0
+    assert result["lazy"]["started"] == [result["lazy"]["first"]], result  # the smallest batch, at once
+    assert len(result["background"]["started"]) == 4, result
     for mode in ("background", "lazy"):
         assert result[mode]["equal_saved"] and result[mode]["compared"] == 4, result
 
