@@ -9,7 +9,12 @@ the kernel the process ran (registers, shared, constant and local memory, ...); 
 binary is stored whole.
 Writing a variable back costs two driver calls at LOAD (one module holds 1,144 variables), and
 most hold what the binary initialises them to, so SAVE compares each with a fresh copy of the
-module and stores only the ones that differ.
+module and stores only the ones that differ. Some initial values are addresses in the module
+itself (a table of kernels, a pointer to another variable), which the driver fills in at each
+load: a variable differs there in every copy. SAVE finds those words by loading a second copy,
+where a variable differs from the first; LOAD leaves them as its own load filled them in, and a
+variable that differs only there is not stored (a program that wrote its own value into such a
+word would see the load's there after LOAD).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from .errors import CompactionDeclined, CubinFormatError, MissingBinaryError
 
 NVTX_DOMAIN = "foundry"
 MAX_VARIABLE_BYTES = 64 << 20  # module globals larger than this are refused rather than carried
+WORD = 8  # the driver relocates whole aligned 64-bit addresses (32-bit ones lie within one)
 # What the compiler fixed for a kernel: equal values mean the driver sees the same kernel.
 _FIXED_ATTRIBUTES = tuple(
     getattr(driver.CUfunction_attribute, f"CU_FUNC_ATTRIBUTE_{name}")
@@ -43,6 +49,7 @@ class StoredModule:
     binary: bytes  # what the archive holds: trimmed, or whole
     trimmed: bool
     variables: dict[str, bytes]  # name -> contents, for the variables that differ from a fresh load
+    relocated: dict[str, tuple[int, ...]]  # name -> offsets of its words that each load fills in
 
 
 def stored_module(binary: bytes, live: driver.CUmodule, kernels: Collection[str], variables: Collection[str]) -> StoredModule:
@@ -56,13 +63,14 @@ def stored_module(binary: bytes, live: driver.CUmodule, kernels: Collection[str]
             if fresh is not None:
                 trimmed = candidate
                 break
+        stored = trimmed if trimmed is not None else binary
         if fresh is None:
-            fresh = call(driver.cuModuleLoadData, binary)
+            fresh = call(driver.cuModuleLoadData, stored)
         try:
-            changed = _changed_variables(live, fresh, variables)
+            changed, relocated = _changed_variables(live, fresh, stored, variables)
         finally:
             call(driver.cuModuleUnload, fresh)
-    return StoredModule(binary=trimmed if trimmed is not None else binary, trimmed=trimmed is not None, variables=changed)
+    return StoredModule(binary=stored, trimmed=trimmed is not None, variables=changed, relocated=relocated)
 
 
 def _trimmed(binary: bytes, kernels: Collection[str]) -> Iterator[bytes]:
@@ -113,19 +121,85 @@ def _same_kernels(live: driver.CUmodule, fresh: driver.CUmodule, kernels: Collec
     return True
 
 
-def _changed_variables(live: driver.CUmodule, fresh: driver.CUmodule, names: Collection[str]) -> dict[str, bytes]:
-    changed = {}
-    for name in sorted(names):
-        found = try_call(driver.cuModuleGetGlobal, live, name.encode())
-        if found is None:
-            continue
-        address, size = int(found[0]), int(found[1])
-        if size > MAX_VARIABLE_BYTES:
-            raise MissingBinaryError(
-                f"module variable {name} holds {size} bytes, more than Foundry carries ({MAX_VARIABLE_BYTES}); allocate such buffers with torch instead"
-            )
-        contents = device_bytes(address, size)
-        initial = try_call(driver.cuModuleGetGlobal, fresh, name.encode())
-        if initial is None or int(initial[1]) != size or device_bytes(int(initial[0]), size) != contents:
+def _changed_variables(
+    live: driver.CUmodule, fresh: driver.CUmodule, binary: bytes, names: Collection[str]
+) -> tuple[dict[str, bytes], dict[str, tuple[int, ...]]]:
+    """The variables of `live` whose contents differ from `fresh` (a load of `binary`) other
+    than in the words each load fills in, and those words' offsets for each."""
+    changed: dict[str, bytes] = {}
+    relocated: dict[str, tuple[int, ...]] = {}
+    second: driver.CUmodule | None = None  # another load of `binary`, once a variable differs
+    try:
+        for name in sorted(names):
+            found = try_call(driver.cuModuleGetGlobal, live, name.encode())
+            if found is None:
+                continue
+            address, size = int(found[0]), int(found[1])
+            if size > MAX_VARIABLE_BYTES:
+                raise MissingBinaryError(
+                    f"module variable {name} holds {size} bytes, more than Foundry carries ({MAX_VARIABLE_BYTES}); allocate such buffers with torch instead"
+                )
+            contents = device_bytes(address, size)
+            initial = _contents(fresh, name, size)
+            if initial == contents:
+                continue
+            if initial is not None:
+                if second is None:
+                    second = call(driver.cuModuleLoadData, binary)
+                words = load_dependent_words(initial, _contents(second, name, size))
+                if words and without_words(contents, words, initial) == initial:
+                    continue  # differs only where the driver fills in addresses
+                if words:
+                    relocated[name] = words
             changed[name] = contents
-    return changed
+    finally:
+        if second is not None:
+            call(driver.cuModuleUnload, second)
+    return changed, relocated
+
+
+def _contents(module: driver.CUmodule, name: str, size: int) -> bytes | None:
+    """A variable's contents in `module`; None where it is missing or of another size."""
+    found = try_call(driver.cuModuleGetGlobal, module, name.encode())
+    if found is None or int(found[1]) != size:
+        return None
+    return device_bytes(int(found[0]), size)
+
+
+def load_dependent_words(first: bytes, second: bytes | None) -> tuple[int, ...]:
+    """Offsets of the aligned words in which two loads' copies of a variable differ."""
+    if second is None or len(second) != len(first):
+        return ()
+    return tuple(at for at in range(0, len(first), WORD) if first[at : at + WORD] != second[at : at + WORD])
+
+
+def without_words(contents: bytes, words: Collection[int], filler: bytes) -> bytes:
+    """`contents` with the words at `words` taken from `filler` instead."""
+    result = bytearray(contents)
+    for at in words:
+        result[at : at + WORD] = filler[at : at + WORD]
+    return bytes(result)
+
+
+def write_variable(module: driver.CUmodule, name: str, contents: bytes, relocated: Collection[int]) -> None:
+    """LOAD's write of a stored variable into its freshly loaded module: all but the words
+    at `relocated`, which the load filled in."""
+    address, size = call(driver.cuModuleGetGlobal, module, name.encode())
+    for start, end in written_ranges(min(len(contents), int(size)), relocated):
+        call(driver.cuMemcpyHtoD, int(address) + start, contents[start:end], end - start)
+
+
+def written_ranges(size: int, skipped: Collection[int]) -> list[tuple[int, int]]:
+    """(start, end) byte ranges of a variable of `size` bytes outside the words at `skipped`:
+    what LOAD writes of it."""
+    ranges: list[tuple[int, int]] = []
+    start = 0
+    for at in sorted(skipped):
+        if at >= size:
+            break
+        if at > start:
+            ranges.append((start, at))
+        start = max(start, at + WORD)
+    if start < size:
+        ranges.append((start, size))
+    return ranges

@@ -209,6 +209,7 @@ class FunctionTable:
                     digest=add_blob(stored.binary), size=len(stored.binary), loaded_size=len(binary.data),
                     entries=len(binary.symbols.entries), trimmed=stored.trimmed,
                     variables={name: add_blob(contents) for name, contents in stored.variables.items()},
+                    relocated=stored.relocated,
                 )
             )
         functions = [FunctionRecord(module=position[f.binary], name=f.name, attributes=f.attributes) for f in self._functions]

@@ -172,7 +172,8 @@ class FunctionRecord(_Record):
 class ModuleRecord(_Record):
     """A module binary (as stored: a fatbin keeps only the images this GPU can load, a cubin
     may be trimmed to the kernels the graphs use), and the contents at SAVE of the module-scope
-    variables (__device__/__constant__) that differ from a freshly loaded copy's."""
+    variables (__device__/__constant__) that differ from a freshly loaded copy's, less the words
+    that each load fills in with addresses in the module (module_image.py)."""
 
     digest: Digest
     size: U64
@@ -180,6 +181,8 @@ class ModuleRecord(_Record):
     entries: Annotated[int, Field(ge=0)]  # entry functions in the binary
     trimmed: bool = False  # the other entries removed (cubin_compact.py) or cut to stubs (cubin_trim.py)
     variables: dict[str, Digest] = {}
+    # Of a stored variable, the offsets of its 8-byte words that LOAD leaves as its load filled them.
+    relocated: dict[str, tuple[Annotated[int, Field(ge=0, lt=1 << 32, multiple_of=8)], ...]] = {}
 
 
 class MemorySegment(_Record):

@@ -1,7 +1,9 @@
 """What SAVE stores of a module (module_image.stored_module), on the driver: a real cubin
 (tests/data/trim_kernels.cubin) loaded as the process's live module, then stored with one kernel
-kept (and once with the one that branches through a jump table). Each case reports how the binary was cut (compacted: the other kernels taken out; stubbed:
-cut to stubs; whole), and the kept kernel is run from the live module and from the stored one.
+kept (and once with the one that branches through a jump table). Each case reports how the binary
+was cut (compacted: the other kernels taken out; stubbed: cut to stubs; whole), which variables
+were stored, and runs the kept kernel from the live module and from the stored one. Two variables
+hold a kernel's address, which each load fills in: stored only where written elsewhere.
 Prints one JSON line for tests/gpu/test_save_gpu.py."""
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from foundry_trace.cubin import module_symbols
 from foundry_trace.cubin_compact import compact_cubin
 from foundry_trace.cubin_trim import dropped_sections, trim_cubin
 from foundry_trace.driver import call
-from foundry_trace.module_image import stored_module
+from foundry_trace.module_image import stored_module, write_variable
 
 CUBIN = (Path(__file__).resolve().parents[1] / "data" / "trim_kernels.cubin").read_bytes()
 KEPT = ["_Z4keptPf"]  # calls a device function that reads a variable
+VARIABLES = ["kernel_table", "scale", "tagged"]  # the two others hold a kernel's address
 VALUES = 32
 
 
@@ -46,21 +49,33 @@ def _run(module: driver.CUmodule, kernel: str) -> bytes:
     return bytes(out)
 
 
+def _variable(module: driver.CUmodule, name: str) -> bytes:
+    address, size = call(driver.cuModuleGetGlobal, module, name.encode())
+    out = bytearray(int(size))
+    call(driver.cuMemcpyDtoH, out, address, int(size))
+    return bytes(out)
+
+
 def _case(live: driver.CUmodule, kept: list[str] = KEPT) -> dict[str, object]:
-    stored = stored_module(CUBIN, live, kept, ["scale"])
+    stored = stored_module(CUBIN, live, kept, VARIABLES)
     fresh = call(driver.cuModuleLoadData, stored.binary)
     try:
-        for name, contents in stored.variables.items():  # as LOAD writes them
-            address, _size = call(driver.cuModuleGetGlobal, fresh, name.encode())
-            call(driver.cuMemcpyHtoD, address, contents, len(contents))
+        for name, contents in stored.variables.items():
+            write_variable(fresh, name, contents, stored.relocated.get(name, ()))  # as LOAD does
         runs_the_same = all(_run(fresh, kernel) == _run(live, kernel) for kernel in kept)
+        pointer, tag = struct.unpack("<Qi4x", _variable(fresh, "tagged"))
+        own_pointer = pointer == struct.unpack("<Q", _variable(fresh, "kernel_table"))[0] != struct.unpack("<Q", _variable(live, "kernel_table"))[0]
     finally:
         call(driver.cuModuleUnload, fresh)
     return {
         "trimmed": stored.trimmed,
         "cut": _cut(stored.binary, kept),
         "entries": sorted(module_symbols(stored.binary).entries),
-        "variables": {name: struct.unpack("<f", contents)[0] for name, contents in stored.variables.items()},
+        "variables": sorted(stored.variables),
+        "relocated": {name: list(words) for name, words in stored.relocated.items()},
+        "scale": struct.unpack("<f", _variable(live, "scale"))[0],
+        "tag": tag,  # as restored
+        "own_pointer": own_pointer,  # the restored tagged.kernel is the restored module's kernel
         "runs_the_same": runs_the_same,
     }
 
@@ -83,6 +98,8 @@ def main() -> None:
     module_image.compact_cubin, module_image.trim_cubin = compact, trim
     address, _size = call(driver.cuModuleGetGlobal, live, b"scale")
     call(driver.cuMemcpyHtoD, address, struct.pack("<f", 5.0), 4)
+    address, _size = call(driver.cuModuleGetGlobal, live, b"tagged")
+    call(driver.cuMemcpyHtoD, int(address) + 8, struct.pack("<i", 9), 4)  # next to the kernel's address
     results["variable_written"] = _case(live)
     call(driver.cuModuleUnload, live)
     print(json.dumps(results))

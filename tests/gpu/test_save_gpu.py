@@ -89,8 +89,11 @@ def test_a_module_is_cut_only_where_the_driver_accepts_it_and_keeps_changed_vari
     assert len(cases["both_refused"]["entries"]) == 6
     assert cases["jump_table"]["cut"] == "compacted" and cases["jump_table"]["runs_the_same"]
     assert cases["jump_table"]["entries"] == ["_Z10pointed_toPf", "_Z8switchedPi"]
-    assert cases["untouched"]["variables"] == {}
-    assert cases["variable_written"]["variables"] == {"scale": 5.0} and cases["variable_written"]["cut"] == "compacted"
+    for case in expected:
+        assert cases[case]["variables"] == [] and cases[case]["own_pointer"] and cases[case]["tag"] == 7, case
+    written = cases["variable_written"]
+    assert written["variables"] == ["scale", "tagged"] and written["relocated"] == {"tagged": [0]}, written
+    assert written["scale"] == 5.0 and written["tag"] == 9 and written["own_pointer"] and written["cut"] == "compacted"
 
 
 def test_host_callbacks_are_refused_by_name(tmp_path: Path) -> None:
