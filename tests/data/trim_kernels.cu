@@ -6,9 +6,10 @@ __global__ void kept(float* x) { x[threadIdx.x] = twice(x[threadIdx.x]); }
 __global__ void unused(float* x) { x[threadIdx.x] = twice(x[threadIdx.x]) + 1.0f; }
 __global__ void pointed_to(float* x) { x[0] = 3.0f; }
 __device__ void* kernel_table[] = {(void*)pointed_to};  // a reference from data: keeps pointed_to
-// Words the driver fills in at each load (the kernel's address) next to plain data.
-struct Tagged { void* kernel; int tag; };
-__device__ Tagged tagged = {(void*)pointed_to, 7};
+// A word the driver fills in at each load (another variable's address) next to plain data.
+__device__ int target[4];
+struct Tagged { int* pointer; int tag; };
+__device__ Tagged tagged = {target + 1, 7};
 __global__ void reads_table(void** out) { out[0] = kernel_table[0]; }
 namespace { __global__ void hidden_unused(float* x) { x[1] = 4.0f; } }
 void launch(float* x) { hidden_unused<<<1, 1>>>(x); }

@@ -2,8 +2,9 @@
 (tests/data/trim_kernels.cubin) loaded as the process's live module, then stored with one kernel
 kept (and once with the one that branches through a jump table). Each case reports how the binary
 was cut (compacted: the other kernels taken out; stubbed: cut to stubs; whole), which variables
-were stored, and runs the kept kernel from the live module and from the stored one. Two variables
-hold a kernel's address, which each load fills in: stored only where written elsewhere.
+were stored, and runs the kept kernel from the live module and from the stored one. One variable
+holds another's address, which each load fills in: it is stored only where written elsewhere,
+and its restored copy points into the restored module.
 Prints one JSON line for tests/gpu/test_save_gpu.py."""
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from foundry_trace.module_image import stored_module, write_variable
 
 CUBIN = (Path(__file__).resolve().parents[1] / "data" / "trim_kernels.cubin").read_bytes()
 KEPT = ["_Z4keptPf"]  # calls a device function that reads a variable
-VARIABLES = ["kernel_table", "scale", "tagged"]  # the two others hold a kernel's address
+VARIABLES = ["kernel_table", "scale", "tagged", "target"]  # tagged holds target's address, kernel_table a kernel's
 VALUES = 32
 
 
@@ -56,6 +57,10 @@ def _variable(module: driver.CUmodule, name: str) -> bytes:
     return bytes(out)
 
 
+def _address(module: driver.CUmodule, name: str) -> int:
+    return int(call(driver.cuModuleGetGlobal, module, name.encode())[0])
+
+
 def _case(live: driver.CUmodule, kept: list[str] = KEPT) -> dict[str, object]:
     stored = stored_module(CUBIN, live, kept, VARIABLES)
     fresh = call(driver.cuModuleLoadData, stored.binary)
@@ -64,7 +69,7 @@ def _case(live: driver.CUmodule, kept: list[str] = KEPT) -> dict[str, object]:
             write_variable(fresh, name, contents, stored.relocated.get(name, ()))  # as LOAD does
         runs_the_same = all(_run(fresh, kernel) == _run(live, kernel) for kernel in kept)
         pointer, tag = struct.unpack("<Qi4x", _variable(fresh, "tagged"))
-        own_pointer = pointer == struct.unpack("<Q", _variable(fresh, "kernel_table"))[0] != struct.unpack("<Q", _variable(live, "kernel_table"))[0]
+        own_pointer = pointer == _address(fresh, "target") + 4 != _address(live, "target") + 4
     finally:
         call(driver.cuModuleUnload, fresh)
     return {
@@ -75,7 +80,7 @@ def _case(live: driver.CUmodule, kept: list[str] = KEPT) -> dict[str, object]:
         "relocated": {name: list(words) for name, words in stored.relocated.items()},
         "scale": struct.unpack("<f", _variable(live, "scale"))[0],
         "tag": tag,  # as restored
-        "own_pointer": own_pointer,  # the restored tagged.kernel is the restored module's kernel
+        "own_pointer": own_pointer,  # the restored tagged.pointer points into the restored module
         "runs_the_same": runs_the_same,
     }
 
@@ -99,7 +104,7 @@ def main() -> None:
     address, _size = call(driver.cuModuleGetGlobal, live, b"scale")
     call(driver.cuMemcpyHtoD, address, struct.pack("<f", 5.0), 4)
     address, _size = call(driver.cuModuleGetGlobal, live, b"tagged")
-    call(driver.cuMemcpyHtoD, int(address) + 8, struct.pack("<i", 9), 4)  # next to the kernel's address
+    call(driver.cuMemcpyHtoD, int(address) + 8, struct.pack("<i", 9), 4)  # next to target's address
     results["variable_written"] = _case(live)
     call(driver.cuModuleUnload, live)
     print(json.dumps(results))
