@@ -15,11 +15,11 @@
     restored = foundry_trace.load(early)               # at the restore point
 
 Call load() at the restore point (the engine's state rebuilt as in the SAVE run). Order: open the
-archive and check the fingerprint, queue every module on a pool of threads (restore_pipeline.py;
-a lazy load queues the first graph's modules and the graph itself);
-then check the live layout (refuse with the difference), claim the recorded memory and write its
-contents, capture each recorded collective on the communicator (tensor-parallel archives), and
-build and instantiate each graph on the pool. Any failure releases everything created so far and
+archive and check the fingerprint, queue the smallest batch's graph and its modules on a pool of
+threads (restore_pipeline.py); then check the live layout (refuse with the difference), claim the
+recorded memory and write its contents, capture each recorded collective on the communicator
+(tensor-parallel archives), and queue every other graph in serving order, each after the modules
+it still needs (a lazy load: at its first replay). Any failure releases everything created so far and
 raises.
 """
 
@@ -48,7 +48,7 @@ from .errors import ArchiveFormatError, FingerprintMismatchError, FoundryTraceEr
 from .fingerprint import current_fingerprint
 from .records import MemorySegment
 from .node_table import node_kinds
-from .restore_pipeline import Pipeline, Span, builds_early, key_order
+from .restore_pipeline import Pipeline, Span, builds_early, serving_order
 
 NVTX_DOMAIN = "foundry"
 Mode = Literal["eager", "background", "lazy"]
@@ -103,7 +103,7 @@ class RestoredGraph:
 class Restored:
     """The restored graphs by key, what LOAD holds for them, and where its time went."""
 
-    graphs: dict[str, RestoredGraph] = field(default_factory=dict)
+    graphs: dict[str, RestoredGraph] = field(default_factory=dict)  # in serving order: batch sizes ascending
     phases: dict[str, float] = field(default_factory=dict)  # wall seconds of each step in order
     spans: list[Span] = field(default_factory=list)  # every module and graph task, for the timeline
     _modules: list[driver.CUmodule] = field(default_factory=list)
@@ -200,7 +200,8 @@ def prefetch(path: str | Path, *, threads: int = DEFAULT_THREADS) -> Restored:
     restored = Restored()
     try:
         with nvtx.annotate("foundry.prefetch", domain=NVTX_DOMAIN):
-            _open(Path(path), restored, threads, all_modules=True)
+            _open(Path(path), restored, threads)
+            restored._pipeline.load_all_modules()  # long before the restore point: all at once
             graph_memory = _claim_graph_memory(restored)
             restored._pipeline.build_early(graph_memory)
     except BaseException:
@@ -234,16 +235,15 @@ def load(
     try:
         with nvtx.annotate("foundry.load", domain=NVTX_DOMAIN):
             if not isinstance(archive, Restored):
-                _open(Path(archive), restored, threads, all_modules=mode != "lazy")
-                if mode == "lazy":
-                    _start_first_graph(restored)
+                _open(Path(archive), restored, threads)
+                _start_first_graph(restored)
             manifest = restored._archive.manifest
             check_communicator(manifest.tensor_parallel, len(manifest.collectives), communicator, str(restored._archive.path))
             _claim(restored, upload)
             if manifest.collectives:
                 _bind_collectives(restored, communicator)
-            if mode != "lazy":
-                for entry in manifest.graphs:
+            if mode != "lazy":  # in serving order, each graph right after the modules it still needs
+                for entry in serving_order(manifest.graphs):
                     restored._pipeline.graph(entry)
             if mode == "eager":
                 with _phase(restored, "graphs"):
@@ -262,9 +262,8 @@ def _phase(restored: Restored, name: str) -> Iterator[None]:
     restored.phases[name] = time.perf_counter() - start
 
 
-def _open(path: Path, restored: Restored, threads: int, all_modules: bool) -> None:
-    """Opens the archive, checks the fingerprint, creates the events and, with `all_modules`,
-    queues every module (a lazy load queues each graph's modules at its first use)."""
+def _open(path: Path, restored: Restored, threads: int) -> None:
+    """Opens the archive, checks the fingerprint, creates the events and the pool of threads."""
     import torch
 
     allocator = foundry_alloc.installed()
@@ -280,19 +279,17 @@ def _open(path: Path, restored: Restored, threads: int, all_modules: bool) -> No
         check_fingerprint(manifest.fingerprint, current_fingerprint())
     restored._events = [call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING) for _ in range(manifest.events)]
     restored._pipeline = Pipeline(archive, restored, threads, context, started)
-    if all_modules:
-        restored._pipeline.load_all_modules()
 
 
 def _start_first_graph(restored: Restored) -> None:
-    """A lazy LOAD starts on the graph a server replays first (its smallest batch) at once: its
-    modules load, and it is built and instantiated, while LOAD checks the layout and claims the
-    memory. As for prefetch(), only where it needs no live state; where its memsets or memcpys
-    name the graph arena alone, that arena is claimed first."""
+    """LOAD starts on the graph a server replays first (its smallest batch) at once: its modules
+    load, and it is built and instantiated, while LOAD checks the layout and claims the memory.
+    As for prefetch(), only where it needs no live state; where its memsets or memcpys name the
+    graph arena alone, that arena is claimed first."""
     manifest = restored._archive.manifest
     if not manifest.graphs:
         return
-    first = min(manifest.graphs, key=lambda entry: key_order(entry.key))
+    first = serving_order(manifest.graphs)[0]
     restored._pipeline.load_modules_for(first)
     table = restored._archive.blob(first.table)
     kinds = node_kinds(table)
@@ -345,7 +342,7 @@ def _claim(restored: Restored, upload: bool) -> None:
                 _claim_segment(restored, segment)
         pipeline.upload = upload
         owned = _coalesce([(s.address, s.size) for s in manifest.memory] + [(a.address, a.size) for a in manifest.restore_layout.allocations])
-        for entry in manifest.graphs:
+        for entry in serving_order(manifest.graphs):  # wait() restores a lazy load's rest in this order
             outputs = {o.name: _tensor(o, owned) for o in entry.outputs}
             restored.graphs[entry.key] = RestoredGraph(entry.key, outputs, _requester(pipeline, entry))
 

@@ -8,15 +8,17 @@ the memory its kernels will touch is mapped yet. The driver does check the memor
 memcpy nodes, so a graph holding them is built early only where they name the graph arena alone
 and prefetch mapped it; graphs with collective nodes wait for the restore point.
 
-Modules are queued before any graph that needs them, largest first: all of them when the archive
-is opened (module loads take a driver lock that stalls graph work on other threads; prefetch()
-queues them before the engine state even exists), or, for a lazy load, those of each graph just
-before it (the first graph then waits for its own modules only); a lazy load queues the first
-graph in serving order and its modules at open, so that they restore while LOAD claims the
-memory. The pool takes tasks in order, so a graph task that waits for a module always waits for
-one that is already running or done: the pool cannot deadlock. The driver calls release the GIL
-(cuda.bindings, and ctypes for the native builder), so the threads work in parallel. Every handle is recorded in the Restored object the moment it exists, so that a
-failure anywhere leaves nothing behind once Restored.release() has run.
+Modules are queued before any graph that needs them, largest first: by prefetch(), all of them
+when the archive is opened (the engine's start leaves them time); by load(), each graph's just
+before it, in serving order, so that the first graphs build while the modules of the later ones
+load (cold on an H100, three fresh processes each: 0.93 s for the 8B-shaped workload's 67
+graphs, against 1.02 s with every module first). load() queues the smallest batch's graph and
+its modules at open, so that they restore while LOAD claims the memory. The pool takes tasks in
+order, so a graph task that waits for a module always waits for one that is already running or
+done: the pool cannot deadlock. The driver calls release the GIL (cuda.bindings, and ctypes for
+the native builder), so the threads work in parallel. Every handle is recorded in the Restored
+object the moment it exists, so that a failure anywhere leaves nothing behind once
+Restored.release() has run.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,7 +69,7 @@ class Pipeline:
         self._context = context
         self._started = started
         self._lock = threading.Lock()
-        self._modules: dict[int, Future] = {}  # filled once, by load_all_modules
+        self._modules: dict[int, Future] = {}
         self._graphs: dict[str, Future] = {}  # executables
         self._uploads: dict[str, Future] = {}
         self._functions_of: dict[int, list[int]] = {}
@@ -117,7 +119,7 @@ class Pipeline:
         # LOAD's first replay would otherwise wait behind the largest graphs. A blob that fails
         # its checksum stops the scan only: LOAD queues every graph at the restore point, and
         # the graph's own task then raises the error.
-        for entry in sorted(self._manifest.graphs, key=lambda e: key_order(e.key)):
+        for entry in serving_order(self._manifest.graphs):
             table = self._archive.blob(entry.table)
             if builds_early(node_kinds(table), entry.copy_arenas, graph_memory_mapped):
                 self.executable(entry, table)
@@ -222,6 +224,11 @@ def builds_early(kinds: frozenset[str], copy_arenas: tuple[str, ...] | None, gra
         return True
     copies_mapped = graph_memory_mapped and copy_arenas is not None and set(copy_arenas) <= {GRAPH}
     return copies_mapped and kinds <= BUILT_BEFORE_RESTORE_POINT | COPY_KINDS
+
+
+def serving_order(entries: Iterable[GraphEntry]) -> list[GraphEntry]:
+    """Graphs in the order a server first needs them (key_order)."""
+    return sorted(entries, key=lambda entry: key_order(entry.key))
 
 
 def key_order(key: str) -> tuple[bool, int, str]:

@@ -70,6 +70,8 @@ def modes(path: str) -> dict[str, object]:
 
     model = build_engine("tiny")
     saved = saved_outputs(path)
+    with ft.Archive(path) as archive:
+        graphs = archive.manifest.graphs
     result: dict[str, object] = {}
     for mode in ("background", "lazy"):
         restored = ft.load(path, mode=mode)
@@ -78,7 +80,13 @@ def modes(path: str) -> dict[str, object]:
         compared = _against_saved(model, restored, saved)
         restored.wait()
         first = min(restored.graphs, key=key_order)
-        result[mode] = {"ready_at_return": ready_at_return, "started": started, "first": first, **compared}
+        module_end = {s.what: s.end for s in restored.spans if s.phase == "module"}
+        build_start = {s.what: s.start for s in restored.spans if s.phase == "build"}
+        after_modules = all(build_start[f"graph {e.key}"] >= module_end[f"module {m}"] for e in graphs for m in e.modules)
+        result[mode] = {
+            "ready_at_return": ready_at_return, "started": started, "first": first, "order": list(restored.graphs),
+            "builds_after_modules": after_modules, **compared,
+        }
         restored.release()
         torch.cuda.synchronize()
     return result

@@ -47,6 +47,8 @@ def test_background_and_lazy_loads_give_the_same_outputs(archive: Path) -> None:
     assert result["lazy"]["ready_at_return"] == 0
     assert result["lazy"]["started"] == [result["lazy"]["first"]], result  # the smallest batch, at once
     assert len(result["background"]["started"]) == 4, result
+    for mode in ("background", "lazy"):  # graphs in serving order, each built after its modules
+        assert result[mode]["order"] == sorted(result[mode]["order"], key=int) and result[mode]["builds_after_modules"], result
     for mode in ("background", "lazy"):
         assert result[mode]["equal_saved"] and result[mode]["compared"] == 4, result
 
