@@ -402,12 +402,10 @@ def run_children(
 def _set_apart_nondeterministic(prefetched: dict[str, object], nondeterministic: list[int]) -> dict[str, object]:
     """The prefetch child's mismatches, less the graphs that the LOAD child's native capture found
     nondeterministic (SAVE's few replays can agree by chance: cuDNN attention at batch 24 did)."""
-    mismatched = prefetched["mismatched"]
-    return {
-        **prefetched,
-        "mismatched": [key for key in mismatched if key not in nondeterministic],
-        "mismatched_nondeterministic": [key for key in mismatched if key in nondeterministic],
-    }
+    from .verify import split_nondeterministic
+
+    mismatched, set_apart = split_nondeterministic(prefetched["mismatched"], nondeterministic)
+    return {**prefetched, "mismatched": mismatched, "mismatched_nondeterministic": set_apart}
 
 
 def workload_label(workload: str, graphs: int, attention: str | None) -> str:
@@ -428,6 +426,7 @@ def compared_case_fields(saved: dict[str, object], loaded: dict[str, object]) ->
         nondeterministic_native=loaded["nondeterministic_native"],
         bitwise_equal_saved=loaded["bitwise_equal_saved"],
         mismatched_saved=loaded["mismatched_saved"],
+        mismatched_saved_nondeterministic=loaded["mismatched_saved_nondeterministic"],
         nondeterministic_saved=loaded["nondeterministic_saved"],
         native_differs_from_saved=loaded["native_differs_from_saved"],
         replay_delta_pct={k: v["delta_pct"] for k, v in loaded["latency"].items()},
@@ -568,7 +567,8 @@ def render(results: dict[str, object]) -> str:
         ("first graph launched (lazy, after prefetch())", f"{c['first_graph_prefetched_s'] * 1000:.1f} ms"),
         *((f"phase {k}", f"{v * 1000:.1f} ms") for k, v in c["phases_s"].items()),
         *((f"busy {k} (all threads)", f"{v * 1000:.1f} ms") for k, v in c["busy_s"].items()),
-        ("bit-identical to SAVE's graphs", f"{c['bitwise_equal_saved']} (differ: {c['mismatched_saved'] or 'none'})"),
+        ("bit-identical to SAVE's graphs", f"{c['bitwise_equal_saved']} (differ: {c['mismatched_saved'] or 'none'}"
+         + (f"; nondeterministic natively: {c['mismatched_saved_nondeterministic']})" if c["mismatched_saved_nondeterministic"] else ")")),
         ("bit-identical to a native capture here", f"{c['bitwise_equal']} (differ: {c['mismatched'] or 'none'})"),
         ("native graphs nondeterministic", str(c["nondeterministic_native"] or "none")),
         *((f"b={b}: first nondeterministic operation", f"{d['operation']} on {d['shapes']}" if d else "none found")

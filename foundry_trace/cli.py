@@ -73,7 +73,8 @@ def _verify(arguments: argparse.Namespace) -> int:
     _, loaded = run_children(arguments.workload, arguments.threads, arguments.archive, full=False, attention=arguments.attention)
     print(
         f"{loaded['graphs']} graphs restored on {loaded['device']}: outputs equal SAVE's graphs bit for bit: "
-        f"{loaded['bitwise_equal_saved']} (differ: {loaded['mismatched_saved'] or 'none'}; nondeterministic at SAVE: "
+        f"{loaded['bitwise_equal_saved']} (differ: {loaded['mismatched_saved'] or 'none'}; differ but nondeterministic here: "
+        f"{loaded['mismatched_saved_nondeterministic'] or 'none'}; nondeterministic at SAVE: "
         f"{loaded['nondeterministic_saved'] or 'none'}); equal a native capture here: {loaded['bitwise_equal']} "
         f"(differ: {loaded['mismatched'] or 'none'}; nondeterministic here: {loaded['nondeterministic_native'] or 'none'})"
     )

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import torch
 
-from foundry_trace.verify import output_digest, reference_outputs
+from foundry_trace.verify import output_digest, reference_outputs, split_nondeterministic
 
 
 @dataclass
@@ -53,3 +53,8 @@ def test_nan_outputs_compare_by_their_bits() -> None:
     steps = _steps(engine, (2,))
     steps[2].graph.replay = lambda o=steps[2].output: o.fill_(float("nan"))
     assert reference_outputs(engine, steps)["2"]["deterministic"]
+
+
+def test_a_difference_from_save_counts_unless_the_native_graph_here_is_nondeterministic() -> None:
+    assert split_nondeterministic([8, 72, 96], [72, 512]) == ([8, 96], [72])
+    assert split_nondeterministic([], [72]) == ([], [])
