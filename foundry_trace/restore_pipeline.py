@@ -136,9 +136,8 @@ class Pipeline:
             return future
 
     def executable(self, entry: GraphEntry, table: bytes | None = None) -> Future:
-        """The future executable of a graph, queued the first time, after the modules it needs
-        (a lazy load queues modules graph by graph; others queued them all at open). `table`:
-        its node table where the caller has read it already."""
+        """The future executable of a graph, queued the first time, right after the modules it
+        needs that are not queued yet. `table`: its node table where the caller has read it."""
         self._queue_modules(set(entry.modules))
         with self._lock:
             future = self._graphs.get(entry.key)

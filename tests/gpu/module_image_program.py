@@ -20,7 +20,7 @@ from foundry_trace import module_image
 from foundry_trace.cubin import module_symbols
 from foundry_trace.cubin_compact import compact_cubin
 from foundry_trace.cubin_trim import dropped_sections, trim_cubin
-from foundry_trace.driver import call
+from foundry_trace.driver import call, device_bytes
 from foundry_trace.module_image import stored_module, write_variable
 
 CUBIN = (Path(__file__).resolve().parents[1] / "data" / "trim_kernels.cubin").read_bytes()
@@ -52,9 +52,7 @@ def _run(module: driver.CUmodule, kernel: str) -> bytes:
 
 def _variable(module: driver.CUmodule, name: str) -> bytes:
     address, size = call(driver.cuModuleGetGlobal, module, name.encode())
-    out = bytearray(int(size))
-    call(driver.cuMemcpyDtoH, out, address, int(size))
-    return bytes(out)
+    return device_bytes(int(address), int(size))
 
 
 def _address(module: driver.CUmodule, name: str) -> int:
