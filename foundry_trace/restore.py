@@ -300,15 +300,25 @@ def _start_first_graph(restored: Restored) -> None:
 
 
 def _claim_graph_memory(restored: Restored) -> bool:
-    """Claims the recorded graph-arena memory ahead of the restore point; False (nothing
-    claimed) where SAVE's engine held graph-arena blocks of its own at the restore point."""
+    """Claims the recorded graph-arena memory ahead of the layout check; False (nothing
+    claimed) where SAVE's engine held graph-arena blocks of its own at the restore point, or
+    where this process holds graph-arena memory in the way (the layout check then names it)."""
     manifest = restored._archive.manifest
     if any(block.arena == foundry_alloc.GRAPH for block in manifest.restore_layout.allocations):
         return False
+    claimed = len(restored._claimed)
     with _phase(restored, "graph memory"):
-        for segment in manifest.memory:
-            if segment.arena == foundry_alloc.GRAPH:
-                _claim_segment(restored, segment)
+        try:
+            for segment in manifest.memory:
+                if segment.arena == foundry_alloc.GRAPH:
+                    _claim_segment(restored, segment)
+        except foundry_alloc.InvalidRequestError:  # the range is not free
+            allocator = foundry_alloc.installed()
+            for address, _ in restored._claimed[claimed:]:
+                allocator.free(address)
+            del restored._claimed[claimed:]
+            allocator.trim(restored._device, (foundry_alloc.GRAPH,))
+            return False
     return True
 
 

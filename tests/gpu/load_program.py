@@ -9,6 +9,7 @@ save-streams: the streams workload (memset and memcpy nodes into memory the capt
 prefetch-copies: prefetch() of that archive at process start builds every graph, memsets and
     memcpys included, before the restore point; LOAD then gives SAVE's outputs.
 wrong-layout: an engine that allocated one more buffer is refused, and nothing changes.
+graph-memory-held: so is a process holding a graph of its own where SAVE's graphs had memory.
 refusals: a wrong fingerprint, a missing section, a corrupted blob and a graph the driver refuses,
     each three times on copies of the archive: each raises its error and leaves device memory,
     allocator state and the rest of the process unchanged; a correct LOAD then still works.
@@ -147,6 +148,27 @@ def wrong_layout(path: str) -> dict[str, object]:
     return {"error": None}
 
 
+def graph_memory_held(path: str) -> dict[str, object]:
+    """A process that holds a graph of its own (its memory where SAVE's graphs had theirs) must
+    be refused with the layout diff, before LOAD claims anything, and leave nothing."""
+    fa.install()
+    import torch
+
+    model = build_engine("tiny")
+    own = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(own):
+        held = torch.ones(1 << 16, device="cuda") * 2  # allocated in the graph's pool
+    before = (fa.stats().live_blocks, fa.stats().mapped_bytes)
+    try:
+        ft.load(path)
+    except ft.LayoutMismatchError as error:
+        unchanged = before == (fa.stats().live_blocks, fa.stats().mapped_bytes)
+        return {"error": str(error), "unchanged": unchanged, "held": held.numel() + model.shape.layers}
+    except Exception as error:  # noqa: BLE001 - reported: the test names what was raised instead
+        return {"error": None, "raised": f"{type(error).__name__}: {error}"}
+    return {"error": None, "raised": None}
+
+
 def _wrong_fingerprint(copy: Path) -> None:
     def edit(manifest: dict, _: int) -> bytes:
         manifest["fingerprint"]["torch"] = "0.0.0+elsewhere"
@@ -229,7 +251,7 @@ def refusals(path: str) -> dict[str, object]:
 
 SCENARIOS = {
     "save": save, "load": load, "modes": modes, "prefetch": prefetched, "save-streams": save_streams,
-    "prefetch-copies": prefetched_copies, "wrong-layout": wrong_layout, "refusals": refusals,
+    "prefetch-copies": prefetched_copies, "wrong-layout": wrong_layout, "graph-memory-held": graph_memory_held, "refusals": refusals,
 }
 
 if __name__ == "__main__":
