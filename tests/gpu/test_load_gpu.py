@@ -78,9 +78,10 @@ def test_a_different_engine_layout_is_refused_with_a_diff(archive: Path) -> None
 
 def test_graph_memory_held_by_the_process_is_refused_with_the_layout_diff(archive: Path) -> None:
     result = run("graph-memory-held", archive)
-    held = [line for line in (result["error"] or "").splitlines() if line.strip().startswith("+ graph ")]
-    assert held and all(line.endswith("only in here") for line in held), result
-    assert result["unchanged"]
+    for way in ("load", "prefetch"):
+        held = [line for line in (result[way]["error"] or "").splitlines() if line.strip().startswith("+ graph ")]
+        assert held and all(line.endswith("only in here") for line in held), (way, result)
+        assert result[way]["unchanged"], (way, result)
 
 
 def test_every_refusal_is_clean_and_leaves_nothing_behind(archive: Path) -> None:
