@@ -153,18 +153,22 @@ class Restored:
                 driver.cuEventDestroy(event)
             for module in self._modules:
                 driver.cuModuleUnload(module)
-            allocator = foundry_alloc.installed()
-            if allocator is not None and self._claimed:
-                for address, _ in self._claimed:
-                    allocator.free(address)
-                # Give the claimed memory back to the driver too: after release() the device holds
-                # what it held before LOAD, and a fallback capture maps what it needs.
-                allocator.trim(self._device, tuple({arena for _, arena in self._claimed}))
+            self._unclaim()
             for graph in self.graphs.values():
                 graph._released()
             self.graphs.clear()
-            self._executables, self._events, self._modules, self._claimed = [], [], [], []
+            self._executables, self._events, self._modules = [], [], []
             self._collective_graphs = []
+
+    def _unclaim(self, since: int = 0) -> None:
+        """Frees the memory claimed from the `since`-th claim on and gives it back to the driver
+        too: the device then holds what it held before, and a fallback capture maps what it needs."""
+        allocator = foundry_alloc.installed()
+        claimed, self._claimed = self._claimed[since:], self._claimed[:since]
+        if allocator is not None and claimed:
+            for address, _ in claimed:
+                allocator.free(address)
+            allocator.trim(self._device, tuple({arena for _, arena in claimed}))
 
     def _finish_pipeline(self) -> None:
         if self._pipeline is not None:
@@ -313,11 +317,7 @@ def _claim_graph_memory(restored: Restored) -> bool:
                 if segment.arena == foundry_alloc.GRAPH:
                     _claim_segment(restored, segment)
         except foundry_alloc.InvalidRequestError:  # the range is not free
-            allocator = foundry_alloc.installed()
-            for address, _ in restored._claimed[claimed:]:
-                allocator.free(address)
-            del restored._claimed[claimed:]
-            allocator.trim(restored._device, (foundry_alloc.GRAPH,))
+            restored._unclaim(since=claimed)
             return False
     return True
 
