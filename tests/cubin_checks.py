@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from foundry_trace.cubin import module_symbols
 from foundry_trace.cubin_trim import _PROGRAM, _parse
 
 CUBIN = (Path(__file__).parent / "data" / "trim_kernels.cubin").read_bytes()
 KEPT = "_Z4keptPf"
 POINTED_TO = "_Z10pointed_toPf"  # a device variable holds its address
 UNUSED = "_Z6unusedPf"
+ENTRIES = sorted(module_symbols(CUBIN).entries)
 
 
 def assert_well_formed(image: bytes) -> None:
@@ -22,3 +24,16 @@ def assert_well_formed(image: bytes) -> None:
     for index in range(header[10]):
         _kind, _flags, offset, _v, _p, filesz, memsz, _align = _PROGRAM.unpack_from(image, header[5] + index * _PROGRAM.size)
         assert offset + filesz <= len(image) and filesz <= memsz
+
+
+def assert_cut_to(image: bytes | None, keep: set[str]) -> set[str] | None:
+    """A trimmer's output for the kernels `keep`: None where nothing is left to remove, else a
+    well-formed cubin whose entries are `keep` and the kernel a variable points to. Returns
+    those entries, or None."""
+    expected = keep | {POINTED_TO}
+    if expected == set(ENTRIES):
+        assert image is None  # nothing to remove
+        return None
+    assert_well_formed(image)
+    assert module_symbols(image).entries == expected
+    return expected
