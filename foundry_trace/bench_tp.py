@@ -133,6 +133,33 @@ def save_all(workload: str, degrees: list[int], directory: Path, **options: obje
     return {d: _run(["save", workload, str(d), str(archive_path(directory, d)), *extra], _environment(0)) for d in degrees}
 
 
+def inspect_archives(directory: Path, degrees: list[int]) -> dict[int, dict[str, object]]:
+    """What each degree's archive holds (as `foundry inspect` reads it): what the single-GPU SAVE of
+    a degree can show without its ranks, on any machine."""
+    from .summary import summarize
+
+    inspected = {}
+    for degree in degrees:
+        summary = summarize(archive_path(directory, degree))
+        per_graph = {g["key"]: (g["collectives"], g["collective_bytes"]) for g in summary["graphs"]}
+        inspected[degree] = {
+            "archive_degree": summary["tensor_parallel"], "graphs": len(per_graph), "nodes": summary["nodes"],
+            "collective_nodes": sum(count for count, _ in per_graph.values()),
+            "collectives_per_graph": sorted({count for count, _ in per_graph.values()}),
+            "per_graph": per_graph,
+        }
+    return inspected
+
+
+def disagreeing_graphs(inspected: dict[int, dict[str, object]]) -> list[str]:
+    """Graph keys whose collectives (count and bytes) differ between degrees, or that some degree
+    lacks. An all-reduce sums the full hidden state whatever the degree, so only the per-rank
+    compute may differ between the archives of one workload."""
+    graphs = [i["per_graph"] for i in inspected.values()]
+    keys = set().union(*graphs)
+    return sorted((k for k in keys if len({g.get(k) for g in graphs}) > 1), key=lambda k: (len(k), k))
+
+
 def run(
     workload: str, output_dir: Path | None, degrees: str = "1,2", archive: Path | None = None, layers: int | None = None
 ) -> dict[str, object]:
@@ -151,11 +178,13 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
 
     gpus = torch.cuda.device_count()
     saved = save_all(workload, degrees, directory, **options)
+    inspected = inspect_archives(directory, degrees)
     extra = option_arguments(options)
     cases, first = [], None
     for degree in degrees:
+        shown = {k: v for k, v in inspected[degree].items() if k != "per_graph"}
         case = {"name": f"tp{degree}", "archive_bytes": saved[degree]["archive_bytes"], "save_s": saved[degree]["save_s"],
-                "collectives": saved[degree]["collectives"]}
+                "collectives": saved[degree]["collectives"], **shown}
         if degree > gpus:
             cases.append(Case(**case, not_run=f"needs {degree} GPUs, this machine has {gpus}"))
             continue
@@ -166,7 +195,7 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
         restore_s = [r["restore_s"] for r in sorted(loaded, key=lambda r: r["rank"])]
         deltas = {b: max((r["latency"][b]["delta_pct"] for r in loaded), key=abs) for b in loaded[0]["latency"]}
         cases.append(Case(
-            **case, graphs=loaded[0]["graphs"], native_s=max(native_s), restore_s=max(restore_s),
+            **case, native_s=max(native_s), restore_s=max(restore_s),
             speedup=min(n / r for n, r in zip(native_s, restore_s)),
             native_s_by_rank=native_s, restore_s_by_rank=restore_s,
             bitwise_equal=all(r["bitwise_equal"] for r in loaded),
@@ -181,7 +210,7 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
         "each rank restores the same archive with its live NCCL communicator vs native warm-up + capture per rank, cold",
         device=first["device"] if first else torch.cuda.get_device_name(), gpus=gpus, driver=driver_version(),
         cuda=torch.version.cuda, torch=torch.__version__, commit=project_commit(), date=today(), command=command_line(),
-        cases=cases,
+        cases=cases, collectives_disagree=disagreeing_graphs(inspected),
     )
     if output_dir is not None:
         results.write(output_dir)
@@ -193,16 +222,26 @@ def render(results: dict[str, object]) -> str:
     from rich.table import Table
 
     table = Table(title=f"{results['device']} x {results['gpus']} / {results['workload']}")
-    for column in ("degree", "collectives", "archive MiB", "native s (worst rank)", "restore s (worst rank)", "speed-up", "bitwise", "replay delta %"):
+    columns = ("degree", "graphs / nodes", "collective nodes (per graph)", "archive MiB", "native s (worst rank)",
+               "restore s (worst rank)", "speed-up", "bitwise", "replay delta %")
+    for column in columns:
         table.add_column(column, justify="right")
     for c in results["cases"]:
+        saved = [
+            f"{c['name']} (archive: {c['archive_degree']})", f"{c['graphs']} / {c['nodes']}",
+            f"{c['collective_nodes']} ({', '.join(map(str, c['collectives_per_graph']))})", f"{c['archive_bytes'] / 2**20:.1f}",
+        ]
         if c.get("not_run"):
-            table.add_row(c["name"], str(c["collectives"]), f"{c['archive_bytes'] / 2**20:.1f}", c["not_run"], "", "", "", "")
+            table.add_row(*saved, c["not_run"], "", "", "", "")
             continue
         deltas = " ".join(f"b{b}:{d:+.2f}" for b, d in c["replay_delta_pct"].items())
-        table.add_row(c["name"], str(c["collectives"]), f"{c['archive_bytes'] / 2**20:.1f}", f"{c['native_s']:.2f}",
-                      f"{c['restore_s']:.3f}", f"{c['speedup']:.1f}x", str(c["bitwise_equal"]), deltas)
-    return table_text(table, width=140)
+        table.add_row(*saved, f"{c['native_s']:.2f}", f"{c['restore_s']:.3f}", f"{c['speedup']:.1f}x", str(c["bitwise_equal"]), deltas)
+    disagree = results["collectives_disagree"]
+    agreement = (
+        "every graph holds the same collectives in every degree's archive" if not disagree
+        else f"graphs whose collectives differ between degrees: {', '.join(disagree)}"
+    )
+    return table_text(table, width=160) + agreement + "\n"
 
 
 def _main() -> None:

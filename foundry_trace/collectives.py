@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, get_args
 
 from cuda.bindings import driver
 
 from .driver import call, current_context
 from .errors import TensorParallelError
-from .records import CollectiveSpec
+from .records import CollectiveDtype, CollectiveSpec
 
 if TYPE_CHECKING:
     import torch
 
 MARKER_BYTES = 4
-DTYPES = {"float32", "float16", "bfloat16"}
+DTYPES = set(get_args(CollectiveDtype))
 
 
 class Communicator(Protocol):

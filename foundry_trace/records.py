@@ -86,15 +86,23 @@ class CollectiveNode(_Record):
     collective: Annotated[int, Field(ge=0)]  # index into the archive's collectives
 
 
+CollectiveDtype = Literal["float32", "float16", "bfloat16"]
+ELEMENT_BYTES: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
 class CollectiveSpec(_Record):
     """What one collective does, in the terms a communicator needs to issue it again: in place on
     `count` elements of `dtype` at `address` (the same in every rank, as layouts are)."""
 
     operation: Literal["all_reduce"]
     reduction: Literal["sum"]
-    dtype: Literal["float32", "float16", "bfloat16"]
+    dtype: CollectiveDtype
     count: Annotated[int, Field(gt=0, lt=1 << 40)]
     address: U64
+
+    @property
+    def size_bytes(self) -> int:
+        return self.count * ELEMENT_BYTES[self.dtype]
 
 
 class ChildGraphNode(_Record):

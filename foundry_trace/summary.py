@@ -8,7 +8,7 @@ from pathlib import Path
 from foundry_alloc.units import format_bytes
 
 from .archive import Archive
-from .records import KernelNode, operation_count, walk_nodes
+from .records import CollectiveNode, KernelNode, operation_count, walk_nodes
 
 
 def summarize(path: str | Path) -> dict[str, object]:
@@ -19,10 +19,13 @@ def summarize(path: str | Path) -> dict[str, object]:
         graphs = []
         for graph in m.graphs:
             body = archive.graph(graph)
+            collectives = []
             for node in walk_nodes(body.nodes):
                 kinds[node.kind] += 1
                 if isinstance(node, KernelNode):
                     launches[node.function] += 1
+                elif isinstance(node, CollectiveNode):
+                    collectives.append(m.collectives[node.collective])
             graphs.append(
                 {
                     "key": graph.key,
@@ -31,6 +34,8 @@ def summarize(path: str | Path) -> dict[str, object]:
                     "driver_nodes": graph.driver_nodes,
                     "edges": graph.driver_edges,
                     "outputs": [o.name for o in graph.outputs],
+                    "collectives": len(collectives),
+                    "collective_bytes": sum(c.size_bytes for c in collectives),
                 }
             )
         module_bytes = sum(mod.size for mod in m.modules)
@@ -59,6 +64,8 @@ def summarize(path: str | Path) -> dict[str, object]:
             "memory_bytes": sum(s.size for s in m.memory),
             "carried_memory_bytes": sum(m.blobs[s.contents].size for s in m.memory if s.contents),
             "events": m.events,
+            "tensor_parallel": m.tensor_parallel,
+            "distinct_collectives": len(m.collectives),
         }
 
 
@@ -75,9 +82,19 @@ def render(summary: dict[str, object], *, kernels: int = 20) -> str:
         f"{format_bytes(summary['table_bytes'])}, payloads {format_bytes(summary['payload_bytes'])}",
         f"  memory: {summary['memory_segments']} segments, {format_bytes(summary['memory_bytes'])} "
         f"({format_bytes(summary['carried_memory_bytes'])} of contents carried); {summary['events']} events",
-        "  graphs (key: nodes/edges, template):",
     ]
-    lines += [f"    {g['key']}: {g['nodes']}/{g['edges']}, template {g['template']}" for g in summary["graphs"]]
+    collective_nodes = sum(g["collectives"] for g in summary["graphs"])
+    if summary["tensor_parallel"] > 1 or collective_nodes:
+        lines.append(
+            f"  tensor parallelism {summary['tensor_parallel']} (one rank's step): {collective_nodes} collective nodes, "
+            f"{summary['distinct_collectives']} distinct all-reduces, bound to the live communicator at LOAD"
+        )
+    lines.append("  graphs (key: nodes/edges, template" + (", collectives (bytes reduced)" if collective_nodes else "") + "):")
+    lines += [
+        f"    {g['key']}: {g['nodes']}/{g['edges']}, template {g['template']}"
+        + (f", {g['collectives']} collectives ({format_bytes(g['collective_bytes'])})" if collective_nodes else "")
+        for g in summary["graphs"]
+    ]
     ranked = sorted(summary["kernels"], key=lambda k: -k["launches"])
     lines.append(f"  kernels by launches (top {min(kernels, len(ranked))} of {len(ranked)}):")
     lines += [f"    {k['launches']:>7}  {k['name'][:110]}  [{k['module']}]" for k in ranked[:kernels]]

@@ -6,14 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from foundry_trace.collectives import check_communicator, tensor_parallel_archive
 from foundry_trace.errors import ArchiveFormatError, TensorParallelError
 from foundry_trace.node_table import decode, encode
-from foundry_trace.records import CollectiveNode, EmptyNode, Edge, GraphBody
+from foundry_trace.records import CollectiveNode, EmptyNode, Edge, GraphBody, walk_nodes
+from foundry_trace.summary import render, summarize
 from foundry_trace.workload import PRESETS, rank_shape
+
+from .archive_samples import COLLECTIVES, archive_contents, write_archive
 
 
 class _Ranks:
@@ -75,3 +78,34 @@ def test_an_nccl_unique_id_of_the_wrong_size_is_refused(size: int) -> None:
 
     with pytest.raises(NcclError, match=f"has 128 bytes, got {size}"):
         unique_id_struct(bytes(size))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(archive_contents())
+def test_inspect_counts_each_graphs_collectives_and_their_bytes(tmp_path: Path, contents) -> None:  # noqa: ANN001
+    manifest, blobs, bodies = contents
+    summary = summarize(write_archive(tmp_path / "tp.foundry", manifest, blobs))
+    assert summary["tensor_parallel"] == 2 and summary["distinct_collectives"] == len(COLLECTIVES)
+    for graph, body in zip(summary["graphs"], bodies, strict=True):
+        collectives = [COLLECTIVES[n.collective] for n in walk_nodes(body.nodes) if isinstance(n, CollectiveNode)]
+        assert graph["collectives"] == len(collectives)
+        assert graph["collective_bytes"] == sum(c.count * {"bfloat16": 2, "float16": 2, "float32": 4}[c.dtype] for c in collectives)
+    assert "tensor parallelism 2 (one rank's step)" in render(summary)
+
+
+@given(
+    st.dictionaries(st.sampled_from(["1", "2", "4", "8", "512"]), st.tuples(st.integers(0, 64), st.integers(0, 1 << 30)), min_size=1),
+    st.sampled_from([2, 4, 8]),
+    st.data(),
+)
+def test_archives_of_two_degrees_disagree_exactly_where_a_graphs_collectives_differ(per_graph, degree, data) -> None:  # noqa: ANN001
+    from foundry_trace.bench_tp import disagreeing_graphs
+
+    assert disagreeing_graphs({1: {"per_graph": per_graph}, degree: {"per_graph": dict(per_graph)}}) == []
+    changed = data.draw(st.sampled_from(sorted(per_graph)))
+    other = dict(per_graph)
+    if data.draw(st.booleans()):
+        del other[changed]
+    else:
+        other[changed] = (per_graph[changed][0] + 1, per_graph[changed][1])
+    assert disagreeing_graphs({1: {"per_graph": per_graph}, degree: {"per_graph": other}}) == [changed]

@@ -47,6 +47,18 @@ def test_one_save_run_writes_an_archive_per_degree(archives: tuple[Path, dict[in
             assert all(s.dtype == "bfloat16" and s.operation == "all_reduce" for s in manifest.collectives)
 
 
+def test_each_degrees_archive_inspects_as_its_degree_with_the_same_collectives(archives: tuple[Path, dict[int, dict]]) -> None:
+    from foundry_trace.bench_tp import disagreeing_graphs, inspect_archives
+
+    directory, saved = archives
+    inspected = inspect_archives(directory, sorted(saved))
+    for degree, found in inspected.items():
+        assert found["archive_degree"] == degree and found["graphs"] == 3
+        assert found["collectives_per_graph"] == [2 * 2], "two all-reduces per layer in every graph"
+        assert {bytes_ for _, bytes_ in found["per_graph"].values()} == {2 * 2 * b * 1024 * 2 for b in (1, 8, 64)}
+    assert disagreeing_graphs(inspected) == []
+
+
 def test_one_rank_binds_its_communicator_and_matches_a_native_capture(archives: tuple[Path, dict[int, dict]]) -> None:
     directory, _ = archives
     result = child("load", "small", str(directory))
