@@ -16,7 +16,8 @@ graphs, against 1.02 s with every module first). load() queues the smallest batc
 its modules at open, so that they restore while LOAD claims the memory. The pool takes tasks in
 order, so a graph task that waits for a module always waits for one that is already running or
 done: the pool cannot deadlock. The driver calls release the GIL (cuda.bindings, and ctypes for
-the native builder), so the threads work in parallel. Every handle is recorded in the Restored
+the native builder), so the threads work in parallel, with at most BUILDERS graphs built at a
+time (builds slow the driver's instantiations down, see below). Every handle is recorded in the Restored
 object the moment it exists, so that a failure anywhere leaves nothing behind once
 Restored.release() has run.
 """
@@ -48,6 +49,12 @@ if TYPE_CHECKING:
     from .restore import Restored
 
 NVTX_DOMAIN = "foundry"
+# Graphs LOAD builds at once. The driver serialises much of building and instantiating, and a
+# build on every thread slows each instantiation down: cold on an H100, the 8B-shaped workload's
+# 67 graphs on 8 threads, fresh processes, the median instantiation took 48-56 ms with 8 builds at
+# a time, 18 ms with 2 and 9-12 ms with 1; LOAD took 0.67-0.80 s (mean 0.74, 6 runs), 0.60-0.63 s
+# (2) and 0.56-0.74 s (1; tools/cold_restore_probe.py, variants threads-8, builders-K-8).
+BUILDERS = 2
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,7 @@ class Pipeline:
             self._functions_of.setdefault(function.module, []).append(number)
         self._handles = native.Handles([0] * len(self._manifest.functions), [int(e) for e in restored._events])
         self.upload = False  # set at the restore point, before any graph is requested
+        self._builders = threading.BoundedSemaphore(BUILDERS)
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, threads), thread_name_prefix="foundry-load", initializer=self._enter_context
         )
@@ -198,7 +206,8 @@ class Pipeline:
         for module in entry.modules:
             self._modules[module].result()  # re-raises the module's failure
         what = f"graph {entry.key!r}"
-        graph = self.build(entry, table)
+        with self._builders:
+            graph = self.build(entry, table)
         try:
             with self._span(f"graph {entry.key}", "instantiate"):
                 executable = native.instantiate(graph, self._context, what)

@@ -14,6 +14,11 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
   reinstantiate the graphs prebuilt, instantiated serially three times: cold, again after
                 destroying the first executables, and again beside the second ones (is the cold
                 cost the graph's first time, or fresh memory the driver takes for executables?)
+  builders-K-N  LOAD on N threads, at most K graphs built at a time (restore_pipeline.BUILDERS;
+                threads-N keeps its default): do builds slow the driver's instantiations down?
+  lock-instantiate-N  LOAD on N threads, one instantiation at a time
+  room-N        LOAD on N threads, builds and instantiations never at the same time (each in
+                parallel among themselves)
   prefault-N    LOAD on N threads, each of which first touches and frees its share of the
                 host memory the driver will take (about 20 kB a node), malloc's trimming off
   maps          the same cold build and instantiation, with the process's mappings whose
@@ -119,7 +124,15 @@ def child(archive: str, variant: str) -> dict[str, object]:
         return {**head, **_reinstantiate(archive)}
     if variant == "maps":
         return {**head, **_maps(archive)}
-    threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-")) else (1 if variant.endswith("serial") else 8)
+    threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-", "lock-", "builders-", "room-")) else (1 if variant.endswith("serial") else 8)
+    if variant.startswith("lock-instantiate-"):
+        _one_instantiation_at_a_time()
+    elif variant.startswith("builders-"):
+        from foundry_trace import restore_pipeline
+
+        restore_pipeline.BUILDERS = int(variant.split("-")[1])
+    elif variant.startswith("room-"):
+        _builds_apart_from_instantiations()
     if variant.startswith("prefault-"):
         head["prefault_s"] = _prefault_workers(archive, threads)
     load = _modules_first if variant.startswith("modules-first-") else _load
@@ -133,6 +146,48 @@ def child(archive: str, variant: str) -> dict[str, object]:
         result["warm"] = {**_report(warm, use["wall_s"]), "resources": use}
         warm.release()
     return result
+
+
+def _one_instantiation_at_a_time() -> None:
+    import threading
+
+    from foundry_trace import native
+
+    lock = threading.Lock()
+    original = native.instantiate
+
+    def serialized(*arguments):  # noqa: ANN002, ANN202
+        with lock:
+            return original(*arguments)
+
+    native.instantiate = serialized
+
+
+def _builds_apart_from_instantiations() -> None:
+    """Builds and instantiations exclude each other (each kind runs in parallel with its own)."""
+    import threading
+
+    from foundry_trace import native, restore_pipeline
+
+    changed = threading.Condition()
+    inside = {"build": 0, "instantiate": 0}
+
+    def apart(kind: str, other: str, original):  # noqa: ANN001, ANN202
+        def wrapped(*arguments):  # noqa: ANN002, ANN202
+            with changed:
+                changed.wait_for(lambda: inside[other] == 0)
+                inside[kind] += 1
+            try:
+                return original(*arguments)
+            finally:
+                with changed:
+                    inside[kind] -= 1
+                    changed.notify_all()
+
+        return wrapped
+
+    restore_pipeline.Pipeline.build = apart("build", "instantiate", restore_pipeline.Pipeline.build)
+    native.instantiate = apart("instantiate", "build", native.instantiate)
 
 
 def _prefault_workers(archive: str, threads: int) -> list[float]:
