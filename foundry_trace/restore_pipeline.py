@@ -51,9 +51,9 @@ if TYPE_CHECKING:
 NVTX_DOMAIN = "foundry"
 # Graphs LOAD builds at once. The driver serialises much of building and instantiating, and a
 # build on every thread slows each instantiation down: cold on an H100, the 8B-shaped workload's
-# 67 graphs on 8 threads, fresh processes, the median instantiation took 48-56 ms with 8 builds at
-# a time, 18 ms with 2 and 9-12 ms with 1; LOAD took 0.67-0.80 s (mean 0.74, 6 runs), 0.60-0.63 s
-# (2) and 0.56-0.74 s (1; tools/cold_restore_probe.py, variants threads-8, builders-K-8).
+# 67 graphs on 8 threads, fresh processes, the median instantiation took 47-63 ms with 8 builds
+# at a time, 18-23 ms with 2 and 9-14 ms with 1; LOAD took 0.79 s on average (9 runs), 0.68 s (6)
+# and 0.71 s (9) (tools/cold_restore_probe.py, variants builders-K-8).
 BUILDERS = 2
 
 
