@@ -17,8 +17,8 @@ its modules at open, so that they restore while LOAD claims the memory. The pool
 order, so a graph task that waits for a module always waits for one that is already running or
 done: the pool cannot deadlock. The driver calls release the GIL (cuda.bindings, and ctypes for
 the native builder), so the threads work in parallel, with at most BUILDERS graphs built at a
-time (builds slow the driver's instantiations down, see below). Every handle is recorded in the Restored
-object the moment it exists, so that a failure anywhere leaves nothing behind once
+time (builds slow the driver's instantiations down, see below). Every handle is recorded in the
+Restored object the moment it exists, so that a failure anywhere leaves nothing behind once
 Restored.release() has run.
 """
 
