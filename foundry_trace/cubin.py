@@ -63,7 +63,7 @@ def elf_sections(view: bytes | memoryview) -> tuple[tuple, list[tuple]]:
     return header, [_SECTION.unpack_from(view, shoff + i * shentsize) for i in range(shnum)]
 
 
-def symbol_table(view: bytes | memoryview, sections: list[tuple], table: int) -> tuple[memoryview, list[tuple]]:
+def symbol_table(view: bytes | memoryview, sections: list[tuple], table: int) -> tuple[bytes, list[tuple]]:
     """The string table and the raw symbols (name offset, info, other, section, value, size; at
     most MAX_SYMBOLS) of symbol table section `table`, both bounds-checked."""
     _name, _kind, _flags, _addr, offset, size, link, _info, _align, entsize = sections[table]
@@ -72,7 +72,7 @@ def symbol_table(view: bytes | memoryview, sections: list[tuple], table: int) ->
     strings_offset, strings_size = sections[link][4], sections[link][5]
     if strings_offset + strings_size > len(view):
         raise CubinFormatError("string table out of bounds")
-    strings = memoryview(view)[strings_offset : strings_offset + strings_size]
+    strings = bytes(view[strings_offset : strings_offset + strings_size])
     return strings, [_SYMBOL.unpack_from(view, offset + index * entsize) for index in range(min(size // entsize, MAX_SYMBOLS))]
 
 
@@ -96,13 +96,18 @@ def _elf_symbols(view: memoryview) -> ModuleSymbols:
     return ModuleSymbols(frozenset(entries), frozenset(variables))
 
 
-def _c_string(strings: memoryview, offset: int) -> str:
+def c_bytes(strings: bytes, offset: int) -> bytes:
+    """The NUL-terminated name at `offset` of a string table, as stored (at most 64 kB)."""
     if offset >= len(strings):
         raise CubinFormatError("symbol name out of bounds")
-    end = bytes(strings[offset : offset + 65536]).find(b"\0")
+    end = strings.find(b"\0", offset, offset + 65536)
     if end < 0:
         raise CubinFormatError("unterminated symbol name")
-    return bytes(strings[offset : offset + end]).decode("utf-8", errors="replace")
+    return strings[offset:end]
+
+
+def _c_string(strings: bytes, offset: int) -> str:
+    return c_bytes(strings, offset).decode("utf-8", errors="replace")
 
 
 _FATBIN_HEADER = struct.Struct("<IHHQ")  # magic, version, header size, payload size

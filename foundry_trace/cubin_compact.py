@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Collection
 
-from .cubin import _SYMBOL, SHT_NOBITS, SHT_SYMTAB, symbol_table
+from .cubin import _SYMBOL, SHT_NOBITS, SHT_SYMTAB, c_bytes, symbol_table
 from .cubin_trim import _DEBUG_SECTIONS, SHT_CALLGRAPH, SHT_NV_INFO, SHT_PROGBITS, SHT_REL, SHT_RELA, _parse, _Section, written
 from .errors import CompactionDeclined, CubinFormatError
 
@@ -70,8 +70,7 @@ class _Compactor:
         if len(tables) != 1:
             raise CompactionDeclined(f"{len(tables)} symbol tables")
         self.symtab = tables[0]
-        strings, self.symbols = symbol_table(image, self.raw, self.symtab)
-        self.strings = bytes(strings)
+        self.strings, self.symbols = symbol_table(image, self.raw, self.symtab)
         if self.sections[self.symtab].link == self.header[13]:
             raise CompactionDeclined("symbol and section names share one string table")
 
@@ -192,7 +191,7 @@ class _Compactor:
                 continue
             if 0 < section < SHN_LORESERVE:
                 section = self._section(section)
-            text = _name(self.strings, name) if index else b""
+            text = c_bytes(self.strings, name) if index else b""
             out += _SYMBOL.pack(names.add_bytes(text) if text else 0, info, other, section, value, size)
         return bytes(out)
 
@@ -228,9 +227,3 @@ class _StringTable:
     def data(self) -> bytes:
         return bytes(self._data)
 
-
-def _name(strings: bytes, offset: int) -> bytes:
-    end = strings.find(b"\0", offset)
-    if offset >= len(strings) or end < 0:
-        raise CubinFormatError("symbol name out of bounds")
-    return strings[offset:end]

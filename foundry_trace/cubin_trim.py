@@ -139,7 +139,7 @@ def _parse(image: bytes) -> tuple[list, list[tuple], list[_Section]]:
         if section.align > MAX_ALIGNMENT:
             raise CubinFormatError(f"section alignment {section.align}")
     table = sections[shstrndx]
-    names = memoryview(image)[table.offset : table.offset + table.size]
+    names = bytes(image[table.offset : table.offset + table.size])
     for section in sections[1:]:
         section.name = _c_string(names, section.name_offset)
     return list(header), raw, sections
