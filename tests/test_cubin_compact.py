@@ -23,23 +23,19 @@ def _compacted(keep: set[str] | list[str]) -> bytes | None:
     return compact_cubin(CUBIN, dropped_sections(CUBIN, keep))
 
 
-def _names(image: bytes) -> tuple[list, list[str]]:
-    """The sections (parsed) and the symbol names, by index."""
+def _names(image: bytes) -> tuple[list, list[str], list[tuple]]:
+    """The sections (parsed), the symbol names by index, and the raw symbols."""
     _header, raw, sections = _parse(image)
     table = next(i for i, s in enumerate(sections) if s.kind == SHT_SYMTAB)
-    strings, symbols = symbol_table(image, raw, table)
-    text = bytes(strings)
-    return sections, [text[s[0] : text.index(b"\0", s[0])].decode() for s in symbols]
+    text, symbols = symbol_table(image, raw, table)
+    return sections, [text[s[0] : text.index(b"\0", s[0])].decode() for s in symbols], symbols
 
 
 def _references(image: bytes) -> dict[str, list[tuple]]:
     """Every reference by number, resolved to names: each relocation (offset, type, symbol,
     addend), each call-graph pair, each symbol's section, each code section's function and each
     info section's code section and parameter bank."""
-    sections, names = _names(image)
-    _h, raw, _s = _parse(image)
-    table = next(i for i, s in enumerate(sections) if s.kind == SHT_SYMTAB)
-    _strings, symbols = symbol_table(image, raw, table)
+    sections, names, symbols = _names(image)
     found: dict[str, list[tuple]] = {"symbols": [(names[i], sections[s[3]].name if 0 < s[3] < len(sections) else s[3]) for i, s in enumerate(symbols)]}
     for section in sections:
         data = image[section.offset : section.offset + section.size]
@@ -70,7 +66,7 @@ def test_unused_kernels_and_everything_they_own_are_gone() -> None:
     assert compacted is not None and len(compacted) < len(CUBIN) * 0.6
     assert module_symbols(compacted).entries == {KEPT, POINTED_TO}
     assert module_symbols(compacted).variables == module_symbols(CUBIN).variables  # all global
-    sections, names = _names(compacted)
+    sections, names, _symbols = _names(compacted)
     for dropped in (UNUSED, "_Z8switchedPi"):  # the second with its jump table (.nv.constant2.<kernel>)
         assert not any(dropped in s.name for s in sections) and dropped not in names
 
