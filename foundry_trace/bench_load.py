@@ -210,7 +210,7 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     first_graph_s = time.perf_counter() - start
     torch.cuda.synchronize()
     first_graph_run_s = time.perf_counter() - start
-    first_graph_report = {"phases": lazy.phases, "spans": [span.__dict__ for span in lazy.spans]}
+    first_graph_phases, first_graph_spans = lazy.phases, [span.__dict__ for span in lazy.spans]
     lazy.release()
 
     sweep = {}
@@ -269,8 +269,8 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
         first_graph_s=first_graph_s,
         first_graph_run_s=first_graph_run_s,
         first_graph_key=first_key,
-        first_graph_phases=first_graph_report["phases"],
-        first_graph_spans=first_graph_report["spans"],
+        first_graph_phases=first_graph_phases,
+        first_graph_spans=first_graph_spans,
         description=description,
         device=torch.cuda.get_device_name(),
         torch=torch.__version__,
