@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import _native
-from .config import AllocatorConfig, ENV_BASE
+from .config import ENV_BASE, AllocatorConfig
 from .errors import ReservationError
 
 

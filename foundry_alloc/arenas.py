@@ -13,15 +13,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import nvtx
-
 from . import _native
 from .errors import InvalidRequestError
+from .profiling import annotate
 
 ENGINE, GRAPH, TRANSIENT = "engine", "graph", "transient"
 BUILTIN_ARENAS = (ENGINE, GRAPH, TRANSIENT)
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
-NVTX_DOMAIN = "foundry_alloc"
 
 _lock = threading.Lock()
 _names: list[str] = list(BUILTIN_ARENAS)
@@ -82,7 +80,7 @@ def arena(name: str) -> Iterator[str]:
     previous = lib.fa_selected_arena()
     _native.check(lib.fa_select_arena(index))
     try:
-        with nvtx.annotate(f"foundry_alloc.arena {name}", domain=NVTX_DOMAIN):
+        with annotate(f"alloc.arena {name}"):
             yield name
     finally:
         lib.fa_select_arena(previous)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Annotated
 
@@ -34,6 +35,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     ENV_SIZE: "virtual bytes per device, e.g. 4T, 512G or a byte count (default 4T); a multiple of 256M.",
     ENV_VERBOSE: "1 prints one line to stderr when the allocator is installed.",
 }
+
+VARIABLE_OF_SETTING = {"base": ENV_BASE, "size": ENV_SIZE, "verbose": ENV_VERBOSE}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -94,11 +97,12 @@ class AllocatorConfig(BaseModel):
 
     @classmethod
     def create(cls, **values: object) -> AllocatorConfig:
-        """Builds a configuration, turning validation failures into one ConfigError."""
+        """Builds a configuration, turning validation failures into one ConfigError (addresses
+        and sizes in hex, as everywhere in Foundry's messages)."""
         try:
             config = cls(**values)
         except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            problems = "; ".join(_problem(e) for e in error.errors())
             raise ConfigError(f"invalid allocator configuration: {problems}") from None
         if config.base + config.size > USER_SPACE_END:
             raise ConfigError(
@@ -113,15 +117,65 @@ class AllocatorConfig(BaseModel):
         env = os.environ if environ is None else environ
         if not parse_flag(ENV_ENABLE, env.get(ENV_ENABLE, "")):
             return None
-        values: dict[str, object] = {}
-        for name, key, parse in ((ENV_BASE, "base", parse_address), (ENV_SIZE, "size", parse_size)):
-            if name in env:
-                try:
-                    values[key] = parse(env[name])
-                except ValueError as error:
-                    raise ConfigError(f"{name}: {error}") from None
-        values["verbose"] = parse_flag(ENV_VERBOSE, env.get(ENV_VERBOSE, ""))
-        try:
-            return cls.create(**values)
-        except ConfigError as error:
-            raise ConfigError(f"{error} (from {ENV_BASE}/{ENV_SIZE})") from None
+        return cls.create(**environment_settings(env))
+
+
+def environment_settings(environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The settings that FOUNDRY_ALLOC_BASE, FOUNDRY_ALLOC_SIZE and FOUNDRY_ALLOC_VERBOSE give,
+    whether or not FOUNDRY_ALLOC is on (an explicit install() takes them too); ConfigError names
+    the variable whose value is unusable."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for name, key, parse in ((ENV_BASE, "base", parse_address), (ENV_SIZE, "size", parse_size)):
+        if env.get(name, "").strip():
+            try:
+                values[key] = parse(env[name])
+            except ValueError as error:
+                raise ConfigError(f"{name}: {error}") from None
+    if env.get(ENV_VERBOSE, "").strip():
+        values["verbose"] = parse_flag(ENV_VERBOSE, env[ENV_VERBOSE])
+    try:
+        AllocatorConfig.create(**values)
+    except ConfigError as error:
+        raise ConfigError(f"{error} (from {', '.join(VARIABLE_OF_SETTING[k] for k in values)})") from None
+    return values
+
+
+
+def _problem(error: dict) -> str:
+    """One pydantic error as text, its numbers in hex (a base of 0x200000000000 reads as one)."""
+    where = ".".join(map(str, error["loc"]))
+    context = error.get("ctx") or {}
+    bound = next((v for k, v in context.items() if k in ("ge", "gt", "le", "lt") and isinstance(v, int)), None)
+    message = error["msg"]
+    if bound is not None:
+        message = message.replace(str(bound), f"{bound:#x}")
+    value = error.get("input")
+    return f"{where} {value:#x}: {message}" if isinstance(value, int) and not isinstance(value, bool) else f"{where}: {message}"
+
+
+def requested_config(config: AllocatorConfig | None = None, **overrides: object) -> AllocatorConfig:
+    """The configuration install() uses: `config` as given (a warning names any FOUNDRY_ALLOC_*
+    variable set to something else, since the caller may have expected it to apply), or the
+    FOUNDRY_ALLOC_BASE/SIZE/VERBOSE variables where set, whether or not FOUNDRY_ALLOC is; the
+    keyword arguments that are not None win over both."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if config is None:
+        return AllocatorConfig.create(**{**environment_settings(), **given})
+    ignored = _variables_not_applied(config)
+    if ignored:
+        warnings.warn(
+            f"{', '.join(ignored)} set but not used: install() was given a configuration, which wins; pass "
+            "base=/size= instead of config= to have the variables fill in what you leave out",
+            stacklevel=3,
+        )
+    return AllocatorConfig.create(**{**config.model_dump(), **given}) if given else config
+
+
+def _variables_not_applied(config: AllocatorConfig) -> list[str]:
+    """The FOUNDRY_ALLOC_* variables set to something other than `config` holds."""
+    try:
+        settings = environment_settings()
+    except ConfigError:
+        return sorted(name for name in VARIABLE_OF_SETTING.values() if os.environ.get(name, "").strip())
+    return sorted(VARIABLE_OF_SETTING[key] for key, value in settings.items() if getattr(config, key) != value)

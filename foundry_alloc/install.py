@@ -6,13 +6,11 @@ import sys
 import threading
 from collections.abc import Iterable
 
-import nvtx
-
 from . import _native
 from .address_space import check_range_free
 from .allocator import NativeAllocator
-from .arenas import GRAPH, NVTX_DOMAIN
-from .config import AllocatorConfig, ENV_ENABLE
+from .arenas import GRAPH
+from .config import ENV_ENABLE, AllocatorConfig, requested_config
 from .errors import (
     AllocatorAlreadyInitializedError,
     AlreadyInstalledError,
@@ -20,6 +18,7 @@ from .errors import (
     NotInstalledError,
 )
 from .layout import Layout
+from .profiling import annotate
 from .stats import AllocatorStats
 
 _lock = threading.Lock()
@@ -36,16 +35,33 @@ def install(
     """Makes Foundry PyTorch's CUDA allocator (through torch.cuda.memory.change_current_allocator).
 
     Call it before the first CUDA tensor exists, or set FOUNDRY_ALLOC=1 to have it done when the
-    program imports torch. Installing again with the same configuration returns the same allocator.
-    The range is reserved at each device's first allocation (or by reserve()).
+    program imports torch. The range is reserved at each device's first allocation (or by
+    reserve()).
+
+    Args:
+        config: the whole configuration; FOUNDRY_ALLOC_* variables are then not read (a warning
+            names any that is set, since the caller may have expected it to apply).
+        base, size, verbose: single settings. Without `config`, each one not given comes from
+            FOUNDRY_ALLOC_BASE / FOUNDRY_ALLOC_SIZE / FOUNDRY_ALLOC_VERBOSE where set (whether
+            or not FOUNDRY_ALLOC is), else from the defaults: the arguments win.
+
+    Returns:
+        The installed allocator. Installing again with an equal configuration returns it again;
+        a different one raises AlreadyInstalledError.
+
+    Raises:
+        ConfigError (an unusable argument or variable, named), AllocatorAlreadyInitializedError
+        (CUDA memory exists already), ReservationError (the range is taken), CudaUnavailableError.
+
+    Example:
+        >>> import foundry_alloc
+        >>> allocator = foundry_alloc.install(base=0x200000000000, size=4 << 40)
+        >>> import torch; torch.empty(1, device="cuda").data_ptr() >= 0x200000000000
+        True
     """
     global _installed
-    overrides = {k: v for k, v in {"base": base, "size": size, "verbose": verbose}.items() if v is not None}
-    if config is None:
-        config = AllocatorConfig.create(**overrides)
-    elif overrides:
-        config = AllocatorConfig.create(**{**config.model_dump(), **overrides})
-    with _lock, nvtx.annotate("foundry_alloc.install", domain=NVTX_DOMAIN):
+    config = requested_config(config, base=base, size=size, verbose=verbose)
+    with _lock, annotate("alloc.install"):
         if _installed is not None:
             if _installed[0] == config:
                 return _installed[1]
@@ -128,7 +144,7 @@ def reserve(device: int | None = None) -> None:
     """Reserves the device's range now, so that an unavailable base fails here with ReservationError
     rather than at the first allocation."""
     allocator = _require()
-    with nvtx.annotate("foundry_alloc.reserve", domain=NVTX_DOMAIN):
+    with annotate("alloc.reserve"):
         allocator.reserve(_device(device))
 
 

@@ -1,42 +1,58 @@
-"""foundry_trace: record captured CUDA graphs with their execution context into an archive, and
-restore them in another process.
+"""foundry_trace: record captured CUDA graphs with their execution context into an archive
+(SAVE), and restore them in another process (LOAD).
 
 SAVE: `with foundry_trace.record(path) as rec:` around warm-up and capture (or FOUNDRY_MODE=save),
 then `foundry inspect path`. LOAD: `foundry_trace.load(path)` at the restore point (or
-FOUNDRY_MODE=load), optionally after `foundry_trace.prefetch(path)` at start-up.
+FOUNDRY_MODE=load), optionally after `foundry_trace.prefetch(path)` at start-up. Tensor
+parallelism: foundry_trace.parallel. The benchmark harness (workloads, benches, probes) is
+foundry_trace.bench, which nothing here imports.
+
+Layout (imports run downward only): mode -> save/, restore/ -> parallel/, archive/, binary/ ->
+native, driver, fingerprint -> errors, and foundry_alloc below all of it.
 """
 
-from .archive import Archive, Fingerprint, Manifest
-from .errors import (
+from foundry_trace.archive.format import Archive, Fingerprint, Manifest
+from foundry_trace.errors import (
     ArchiveFormatError,
     CuptiUnavailableError,
     DriverCallError,
     FingerprintMismatchError,
     FoundryTraceError,
+    GraphReleasedError,
     LayoutMismatchError,
     MissingBinaryError,
+    NcclError,
     RestoreError,
+    RestoreTimeoutError,
+    TensorParallelError,
     TracerStateError,
     UnsupportedNodeError,
 )
-from .recording import Recording, record, restore_point, start_tracing
-from .restore import Restored, RestoredGraph, load, prefetch
+from foundry_trace.mode import restore_point
+from foundry_trace.restore import PipelineHooks, ReleaseSummary, Restored, RestoredGraph, load, prefetch
+from foundry_trace.save.recording import Recording, record, start_tracing
 
 __all__ = [
     "Archive",
     "ArchiveFormatError",
     "CuptiUnavailableError",
     "DriverCallError",
-    "FingerprintMismatchError",
     "Fingerprint",
+    "FingerprintMismatchError",
     "FoundryTraceError",
+    "GraphReleasedError",
     "LayoutMismatchError",
     "Manifest",
     "MissingBinaryError",
+    "NcclError",
+    "PipelineHooks",
     "Recording",
+    "ReleaseSummary",
     "RestoreError",
+    "RestoreTimeoutError",
     "Restored",
     "RestoredGraph",
+    "TensorParallelError",
     "TracerStateError",
     "UnsupportedNodeError",
     "load",

@@ -1,4 +1,9 @@
-"""The `foundry` command."""
+"""The `foundry` command.
+
+Library commands (need only the package): env, layout-diff, inspect. Harness commands (need the
+bench extra, `pip install 'foundry[bench]'`): bench, verify; they run their GPU work in child
+processes under a time-out (foundry_trace.bench.children).
+"""
 
 from __future__ import annotations
 
@@ -9,35 +14,43 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .engines import ATTENTION_CHOICES, WORKLOADS
-from .restore import DEFAULT_THREADS
+from foundry_trace.bench.workloads.registry import ATTENTION_CHOICES, WORKLOADS  # names only: imports no torch
+from foundry_trace.restore import DEFAULT_THREADS
 
-ATTENTION_HELP = (
-    "load/verify: pin SDPA to one kernel family (default: the workload's own choice; torch's choice for the "
-    "reference workload, whose cuDNN kernels are not reproducible at large batches; efficient for transformers models)"
-)
 WORKLOAD_HELP = "; ".join(f"{name}: {w.summary}" for name, w in WORKLOADS.items())
-
+ATTENTION_HELP = (
+    "pin SDPA to one kernel family (default: the workload's own choice; torch's choice for the reference workload, "
+    "whose cuDNN kernels are not reproducible at large batches; efficient for transformers models)"
+)
 DEFAULT_RESULTS_DIR = Path("bench/results")
+BENCH_OPTIONS = {
+    "alloc": ("backend",), "save": ("archive",), "load": ("threads", "attention"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention"),
+}
+DEFAULT_WORKLOAD = "small"
+BENCH_EXTRA = "the benchmark harness needs the bench extra: pip install 'foundry[bench]' (rich, matplotlib)"
 
 
 def _env(_: argparse.Namespace) -> int:
     import foundry_alloc
-
-    from ._startup import ENVIRONMENT_VARIABLES as TRACE_VARIABLES
+    from foundry_trace.mode import ENVIRONMENT_VARIABLES as MODE_VARIABLES
+    from foundry_trace.mode import mode_from_environment
 
     print("Environment variables read at interpreter start-up (by the foundry_alloc.pth hook):")
-    for name, meaning in {**foundry_alloc.ENVIRONMENT_VARIABLES, **TRACE_VARIABLES}.items():
+    for name, meaning in {**foundry_alloc.ENVIRONMENT_VARIABLES, **MODE_VARIABLES}.items():
         print(f"  {name:<24} {meaning}")
     try:
         config = foundry_alloc.AllocatorConfig.from_environment()
+        setting = mode_from_environment()
     except foundry_alloc.ConfigError as error:
         print(f"\ncurrent setting is invalid: {error}")
         return 2
+    if setting.mode is not None:
+        config = setting.allocator
+        print(f"\nFOUNDRY_MODE={setting.mode}: {'writes' if setting.mode == 'save' else 'restores'} {setting.archive}")
     if config is None:
-        print("\ncurrently off (FOUNDRY_ALLOC is unset or 0)")
+        print("\nallocator currently off (FOUNDRY_ALLOC and FOUNDRY_MODE are unset or off)")
     else:
-        print(f"\ncurrently on: range {config.base:#x} + {config.size:#x} bytes per device")
+        print(f"\nallocator currently on: range {config.base:#x} + {config.size:#x} bytes per device")
     return 0
 
 
@@ -51,15 +64,18 @@ def _layout_diff(arguments: argparse.Namespace) -> int:
     return 0 if diff.equal else 1
 
 
-BENCH_OPTIONS = {
-    "alloc": (), "save": ("archive",), "load": ("threads", "attention"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers"),
-}
-DEFAULT_WORKLOAD = "small"
+def _inspect(arguments: argparse.Namespace) -> int:
+    from foundry_trace.archive import summary
+
+    result = summary.summarize(arguments.archive)
+    print(json.dumps(result, indent=2) if arguments.json else summary.render(result, kernels=arguments.kernels))
+    return 0
 
 
 def _bench(arguments: argparse.Namespace) -> int:
-    """Runs foundry_trace.bench_<kind>: each has run(workload, output_dir, **options) and render()."""
-    module = importlib.import_module(f"foundry_trace.bench_{arguments.kind}")
+    """Runs foundry_trace.bench.<kind>_bench: each has run(workload, output_dir, **options) and render()."""
+    _require_bench_extra()
+    module = importlib.import_module(f"foundry_trace.bench.{arguments.kind}_bench")
     options = {name: getattr(arguments, name) for name in BENCH_OPTIONS[arguments.kind]}
     workload = arguments.workload or (None if arguments.kind == "coverage" else DEFAULT_WORKLOAD)
     results = module.run(workload, None if arguments.no_write else arguments.output, **options)
@@ -68,34 +84,38 @@ def _bench(arguments: argparse.Namespace) -> int:
 
 
 def _verify(arguments: argparse.Namespace) -> int:
-    from .bench_load import run_children
+    _require_bench_extra()
+    from foundry_trace.bench.verify import verify_archive
 
-    _, loaded = run_children(arguments.workload, arguments.threads, arguments.archive, full=False, attention=arguments.attention)
+    loaded, workload = verify_archive(arguments.archive, arguments.workload, arguments.threads, attention=arguments.attention)
+    against_saved = (
+        f"outputs equal SAVE's graphs bit for bit: {loaded['bitwise_equal_saved']} (differ: {loaded['mismatched_saved'] or 'none'}; "
+        f"differ but nondeterministic here: {loaded['mismatched_saved_nondeterministic'] or 'none'}; nondeterministic at SAVE: "
+        f"{loaded['nondeterministic_saved'] or 'none'})"
+        if loaded["has_references"]
+        else "the archive holds no outputs of SAVE's graphs (not saved by `foundry bench save`): compared with a native capture alone"
+    )
     print(
-        f"{loaded['graphs']} graphs restored on {loaded['device']}: outputs equal SAVE's graphs bit for bit: "
-        f"{loaded['bitwise_equal_saved']} (differ: {loaded['mismatched_saved'] or 'none'}; differ but nondeterministic here: "
-        f"{loaded['mismatched_saved_nondeterministic'] or 'none'}; nondeterministic at SAVE: "
-        f"{loaded['nondeterministic_saved'] or 'none'}); equal a native capture here: {loaded['bitwise_equal']} "
-        f"(differ: {loaded['mismatched'] or 'none'}; nondeterministic here: {loaded['nondeterministic_native'] or 'none'})"
+        f"{loaded['graphs']} graphs of {workload} restored on {loaded['device']}: {against_saved}; equal a native capture here: "
+        f"{loaded['bitwise_equal']} (differ: {loaded['mismatched'] or 'none'}; nondeterministic here: {loaded['nondeterministic_native'] or 'none'})"
     )
     for batch, latency in loaded["latency"].items():
         print(f"  replay b={batch}: native {latency['native_ms']:.3f} ms, restored {latency['restored_ms']:.3f} ms ({latency['delta_pct']:+.2f} %)")
-    return 0 if loaded["bitwise_equal_saved"] else 1
+    return 0 if loaded["bitwise_equal"] and loaded.get("bitwise_equal_saved", True) else 1
 
 
-def _inspect(arguments: argparse.Namespace) -> int:
-    from . import summary
-
-    result = summary.summarize(arguments.archive)
-    print(json.dumps(result, indent=2) if arguments.json else summary.render(result, kernels=arguments.kernels))
-    return 0
+def _require_bench_extra() -> None:
+    try:
+        import rich  # noqa: F401 - the harness's tables and progress
+    except ImportError:
+        raise SystemExit(f"foundry: {BENCH_EXTRA}") from None
 
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="foundry", description="Persist and restore CUDA graphs.")
     commands = root.add_subparsers(dest="command", required=True)
 
-    env = commands.add_parser("env", help="show the FOUNDRY_* environment variables and their current setting")
+    env = commands.add_parser("env", help="show the FOUNDRY_* environment variables, check and show their current setting")
     env.set_defaults(run=_env)
 
     diff = commands.add_parser("layout-diff", help="compare two layout files (exit status 1 when they differ)")
@@ -116,13 +136,12 @@ def parser() -> argparse.ArgumentParser:
         help="benchmarks on the device (default: load, native warm-up + capture vs Foundry restore)",
         description="load: native warm-up + capture vs Foundry restore, same GPU, fresh processes (table, JSON, PNG "
         "timeline); coverage: restore vs native capture, bit for bit, for transformers models, torch.compile, streams and "
-        "fused attention; save: SAVE's archive size and contents; alloc: Foundry's allocator vs PyTorch's caching allocator; "
-        "tp: tensor parallelism from one single-GPU SAVE per degree, every rank restored vs captured natively (NCCL).",
+        "fused attention; save: SAVE's archive size and contents; alloc: Foundry's allocator vs PyTorch's caching allocator "
+        "(--backend host: the placement code alone, without a GPU); tp: tensor parallelism from one single-GPU SAVE per "
+        "degree, every rank restored vs captured natively (NCCL).",
     )
     bench.add_argument("kind", nargs="?", choices=tuple(BENCH_OPTIONS), default="load")
-    bench.add_argument(
-        "--workload", help=f"default small (coverage: every model it covers, or a comma list). {WORKLOAD_HELP}"
-    )
+    bench.add_argument("--workload", help=f"default small (coverage: every case it covers, or a comma list). {WORKLOAD_HELP}")
     bench.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON (and PNG)")
     bench.add_argument("--no-write", action="store_true", help="print only")
     bench.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
@@ -131,13 +150,18 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
     bench.add_argument("--degrees", default="1,2", help="tp: tensor-parallel degrees to SAVE (each on one GPU) and run where GPUs allow")
     bench.add_argument("--layers", type=int, help="tp: layers of the model (default: the workload's)")
+    bench.add_argument("--backend", choices=("cuda", "host"), default="cuda", help="alloc: cuda (default) or host, the placement code without a GPU")
     bench.set_defaults(run=_bench)
 
     verify = commands.add_parser(
-        "verify", help="restore the reference workload and compare with SAVE's graphs and a native capture, bit for bit"
+        "verify",
+        help="restore an archive and compare it with SAVE's graphs and a native capture, bit for bit",
+        description="Restores the archive in a fresh process, rebuilding the engine of the workload that wrote it (the "
+        "archive's metadata names it), captures the same graphs natively there and compares the outputs, bit for bit, with "
+        "that capture and with the outputs SAVE stored in the archive. Without --archive, SAVEs the workload first.",
     )
-    verify.add_argument("--workload", default=DEFAULT_WORKLOAD, choices=tuple(WORKLOADS), help=WORKLOAD_HELP)
-    verify.add_argument("--archive", type=Path, help="an archive of that workload (default: SAVE one first)")
+    verify.add_argument("--archive", type=Path, help="an archive written by `foundry bench save` (default: SAVE one first)")
+    verify.add_argument("--workload", choices=tuple(WORKLOADS), help="the workload that rebuilds the engine (default: the one the archive names, else small)")
     verify.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     verify.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
     verify.set_defaults(run=_verify)
@@ -146,8 +170,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from foundry_alloc import FoundryAllocError
-
-    from .errors import FoundryTraceError
+    from foundry_trace.errors import FoundryTraceError
 
     arguments = parser().parse_args(argv)
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 from cuda.bindings import driver
 
-from .errors import DriverCallError
+from foundry_trace.errors import DriverCallError
 
 SUCCESS = driver.CUresult.CUDA_SUCCESS
 # The `extra` launch form: {BUFFER_POINTER, p, BUFFER_SIZE, &n, END}.

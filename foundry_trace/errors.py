@@ -52,10 +52,33 @@ class RestoreError(FoundryTraceError):
     """Rebuilding the graphs failed; everything LOAD created has been released."""
 
 
+class GraphReleasedError(RestoreError):
+    """A restored graph was used after its load was released (or failed and was released)."""
+
+
+class RestoreTimeoutError(RestoreError):
+    """LOAD did not finish within its time-out; everything it made has been released."""
+
+
 class TensorParallelError(FoundryTraceError):
     """A tensor-parallel archive and this process's communicator do not fit (rank count, no
     communicator, a collective the communicator cannot issue)."""
 
 
 class NcclError(FoundryTraceError):
-    """The NCCL library cannot be loaded, or an NCCL call failed."""
+    """The NCCL library cannot be loaded, or an NCCL call failed (or did not return in time)."""
+
+
+class StallError(NcclError):
+    """A blocking call (NCCL's init waiting for a peer, its destroy waiting for graphs) did not
+    return within its time limit; the message names the rank and the call."""
+
+
+class ChildProcessFailed(FoundryTraceError):
+    """A benchmark's or probe's child process (or one rank of several) failed or stalled; the
+    message names it, the phase it was in and its last lines. Every other child was stopped."""
+
+
+class WorkloadError(FoundryTraceError, ValueError):
+    """The benchmark harness cannot run what was asked: an unknown workload, an option it does
+    not take, or an archive that does not name the workload that wrote it."""

@@ -11,8 +11,7 @@ import functools
 from pathlib import Path
 
 from foundry_alloc._native import compiled_library
-
-from .errors import ArchiveFormatError, DriverCallError, RestoreError
+from foundry_trace.errors import ArchiveFormatError, DriverCallError, RestoreError
 
 LIBRARY_STEM = "_libfoundry_restore"
 ERROR_BYTES = 512

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from foundry_trace.archive import Archive
+from foundry_trace.archive.format import Archive
 from foundry_trace.errors import ArchiveFormatError
 from fuzz import run_atheris
 

@@ -11,9 +11,9 @@ The CPU suite runs the same target under hypothesis (tests/test_fuzz_targets.py)
 
 from __future__ import annotations
 
-from foundry_trace.cubin import CubinFormatError, module_symbols
-from foundry_trace.cubin_compact import compact_cubin
-from foundry_trace.cubin_trim import dropped_sections, trim_cubin
+from foundry_trace.binary.compact import compact_cubin
+from foundry_trace.binary.cubin import CubinFormatError, module_symbols
+from foundry_trace.binary.trim import dropped_sections, trim_cubin
 from foundry_trace.errors import CompactionDeclined
 from fuzz import run_atheris
 

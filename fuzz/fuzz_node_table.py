@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import struct
 
+from foundry_trace.archive.node_table import decode, node_kinds
+from foundry_trace.archive.records import GraphBody, walk_nodes
 from foundry_trace.errors import ArchiveFormatError
-from foundry_trace.node_table import decode, node_kinds
-from foundry_trace.records import GraphBody, walk_nodes
 from fuzz import run_atheris
 
 FUNCTIONS, EVENTS, COLLECTIVES = 4, 4, 4

@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from foundry_trace.archive import FORMAT_VERSION, HEADER, MAGIC
+from foundry_trace.archive.format import FORMAT_VERSION, HEADER, MAGIC
 
 
 def rewrite_manifest(path: Path, edit: Callable[[dict, int], bytes]) -> None:
@@ -67,7 +67,7 @@ def corrupt_blob(path: Path, digest: str) -> None:
 def compress_all(path: Path) -> int:
     """Rewrites an archive with every blob zlib-compressed where that pays (SAVE stores what LOAD
     loads raw), for test data kept in the repository; returns the new size."""
-    from foundry_trace.archive import Archive, ArchiveWriter
+    from foundry_trace.archive.format import Archive, ArchiveWriter
 
     packed = path.with_name(path.name + ".packed")
     with Archive(path) as archive:

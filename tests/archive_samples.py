@@ -7,9 +7,9 @@ import hashlib
 import hypothesis.strategies as st
 
 import foundry_alloc as fa
-from foundry_trace.archive import ArchiveWriter, Fingerprint, GraphEntry, Manifest, OutputTensor
-from foundry_trace.node_table import encode
-from foundry_trace.records import (
+from foundry_trace.archive.format import ArchiveWriter, Fingerprint, GraphEntry, Manifest, OutputTensor
+from foundry_trace.archive.node_table import encode
+from foundry_trace.archive.records import (
     ChildGraphNode,
     CollectiveNode,
     CollectiveSpec,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from foundry_trace.cubin import module_symbols
-from foundry_trace.cubin_trim import _PROGRAM, _parse
+from foundry_trace.binary.cubin import module_symbols
+from foundry_trace.binary.trim import _PROGRAM, _parse
 
 CUBIN = (Path(__file__).parent / "data" / "trim_kernels.cubin").read_bytes()
 KEPT = "_Z4keptPf"

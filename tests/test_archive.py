@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from foundry_trace.archive import HEADER, Archive
+from foundry_trace.archive.format import HEADER, Archive
 from foundry_trace.errors import ArchiveFormatError
 
 from .archive_edit import compress_all, rewrite_manifest
@@ -35,7 +35,7 @@ def test_round_trip_gives_identical_records(tmp_path: Path, contents) -> None:  
 
 
 def test_identical_blobs_are_stored_once_and_compressed_only_when_asked_and_worth_it(tmp_path: Path) -> None:
-    from foundry_trace.archive import ArchiveWriter
+    from foundry_trace.archive.format import ArchiveWriter
 
     writer = ArchiveWriter(tmp_path / "a.foundry")
     first = writer.add_blob(b"x" * 10000, compress=True)
@@ -129,7 +129,7 @@ def test_decompression_is_bounded(sample: Path) -> None:
 
 @given(graph_bodies(functions=3, depth=2))
 def test_node_kinds_names_every_kind_a_table_holds(body) -> None:  # noqa: ANN001
-    from foundry_trace.node_table import encode, node_kinds
+    from foundry_trace.archive.node_table import encode, node_kinds
     from fuzz.fuzz_node_table import body_kinds
 
     assert node_kinds(encode(body).table) == body_kinds(body)

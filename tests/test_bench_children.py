@@ -1,19 +1,26 @@
-"""The benches' child processes: options there and back, the result line, progress and failures."""
+"""The benches' child processes: options there and back, the result line, progress, and the
+watchdog: a failed or stalled child (or rank) is named with its phase, and no child outlives the
+run."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from foundry_trace.bench_children import add_option_flags, option_arguments, parsed_options, run_child
+from foundry_trace.bench.children import add_option_flags, option_arguments, parsed_options, run_child, run_ranks
+from foundry_trace.errors import ChildProcessFailed
 
 
-def _child(tmp_path: Path, body: str) -> Path:
-    (tmp_path / "child_module.py").write_text(textwrap.dedent(body))
-    return tmp_path
+def _module(tmp_path: Path, body: str, name: str = "child_module") -> dict[str, str]:
+    """Writes a child module into `tmp_path`; returns the environment that finds it."""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
 
 
 def test_engine_options_survive_the_command_line() -> None:
@@ -25,40 +32,107 @@ def test_engine_options_survive_the_command_line() -> None:
 
 
 def test_a_child_returns_its_last_line_and_its_progress_passes_through(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    cwd = _child(tmp_path, """
+    env = _module(tmp_path, """
         import json, sys
         print("noise")
         print("step one", file=sys.stderr)
         print(json.dumps({"role": sys.argv[1]}))
     """)
-    assert run_child("child_module", ["save"], cwd=cwd) == {"role": "save"}
+    assert run_child("child_module", ["save"], env) == {"role": "save"}
     assert "[child_module save] step one" in capfd.readouterr().err
 
 
-def test_a_failed_child_names_itself_and_shows_its_last_lines(tmp_path: Path) -> None:
-    cwd = _child(tmp_path, """
+def test_a_failed_child_names_itself_its_phase_and_shows_its_last_lines(tmp_path: Path) -> None:
+    env = _module(tmp_path, """
         import sys
+        print("phase: load", file=sys.stderr)
         print("loading the archive", file=sys.stderr)
         raise SystemExit("the archive is corrupted")
     """)
-    with pytest.raises(RuntimeError, match=r"child_module load child failed \(exit 1\):\nloading the archive\nthe archive is corrupted"):
-        run_child("child_module", ["load"], cwd=cwd)
+    with pytest.raises(ChildProcessFailed, match=r"child_module load failed \(exit 1\) in phase 'load'; its last lines:\n(.|\n)*loading the archive\nthe archive is corrupted"):
+        run_child("child_module", ["load"], env)
 
 
 def test_a_child_that_prints_no_result_is_an_error(tmp_path: Path) -> None:
-    cwd = _child(tmp_path, "import sys; print('warming up', file=sys.stderr)\n")
-    with pytest.raises(RuntimeError, match="printed no result; its last lines:\nwarming up"):
-        run_child("child_module", ["native"], cwd=cwd)
+    env = _module(tmp_path, "import sys; print('warming up', file=sys.stderr)\n")
+    with pytest.raises(ChildProcessFailed, match="printed no result \\(last phase: start\\); its last lines:\nwarming up"):
+        run_child("child_module", ["native"], env)
 
 
-def test_a_child_past_its_time_is_stopped(tmp_path: Path) -> None:
-    cwd = _child(tmp_path, "import sys, time; print('capturing', file=sys.stderr, flush=True); time.sleep(60)\n")
-    with pytest.raises(RuntimeError, match="did not finish in 1 s; its last lines:\ncapturing"):
-        run_child("child_module", ["save"], cwd=cwd, timeout=1)
+def test_a_stalled_child_is_stopped_and_named_with_its_phase(tmp_path: Path) -> None:
+    env = _module(tmp_path, """
+        import sys, time
+        print("phase: capture", file=sys.stderr, flush=True)
+        time.sleep(120)
+    """)
+    start = time.monotonic()
+    with pytest.raises(ChildProcessFailed, match="stalled past the time-out of 1 s: child_module save in phase 'capture'"):
+        run_child("child_module", ["save"], env, timeout=1, grace=0.5)
+    assert time.monotonic() - start < 30
+
+
+def test_when_one_rank_fails_every_rank_is_stopped_and_the_error_names_the_rank_and_phase(tmp_path: Path) -> None:
+    env = _module(tmp_path, """
+        import os, sys, time
+        rank = int(os.environ["RANK"])
+        print("phase: load", file=sys.stderr, flush=True)
+        if rank == 1:
+            raise SystemExit("peer lost")
+        print(os.getpid(), flush=True)
+        time.sleep(120)  # rank 0 would wait for its peer for ever
+    """)
+    environments = [{**env, "RANK": str(rank)} for rank in range(2)]
+    start = time.monotonic()
+    with pytest.raises(ChildProcessFailed, match=r"rank 1 failed \(exit 1\) in phase 'load'; rank 0 stopped too"):
+        run_ranks("child_module", [[], []], environments, timeout=60)
+    assert time.monotonic() - start < 30
+
+
+def test_stalled_ranks_are_each_named_with_their_phase(tmp_path: Path) -> None:
+    env = _module(tmp_path, """
+        import os, sys, time
+        print(f"phase: {'collectives' if os.environ['RANK'] == '0' else 'compare'}", file=sys.stderr, flush=True)
+        time.sleep(120)
+    """)
+    environments = [{**env, "RANK": str(rank)} for rank in range(2)]
+    with pytest.raises(ChildProcessFailed, match="rank 0 in phase 'collectives', rank 1 in phase 'compare'"):
+        run_ranks("child_module", [[], []], environments, timeout=1, grace=0.5)
+
+
+def test_a_child_stops_itself_at_its_own_time_out_with_every_threads_stack(tmp_path: Path) -> None:
+    """The child's half of the watchdog: without the parent, it still dumps its stacks and exits."""
+    env = _module(tmp_path, """
+        import argparse, time
+        from foundry_trace.bench.children import child_main, phase
+
+        def run(_):
+            phase("collectives")
+            time.sleep(120)
+            return {}
+
+        child_main(run, argparse.ArgumentParser())
+    """)
+    with pytest.raises(ChildProcessFailed, match=r"failed \(exit 1\) in phase 'collectives'(.|\n)*Thread|Timeout"):
+        run_child("child_module", [], env, timeout=2, grace=20)
+
+
+def test_children_import_the_installed_package_not_a_source_tree_in_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source tree in the current directory (no compiled libraries) must not shadow the package."""
+    source = tmp_path / "checkout"
+    (source / "foundry_trace").mkdir(parents=True)
+    (source / "foundry_trace" / "__init__.py").write_text("raise ImportError('the source tree was imported')\n")
+    (tmp_path / "site").mkdir()
+    env = _module(tmp_path / "site", """
+        import json, foundry_trace
+        print(json.dumps({"package": foundry_trace.__file__}))
+    """)
+    monkeypatch.chdir(source)
+    result = run_child("child_module", [], env)
+    assert not Path(result["package"]).is_relative_to(source)
 
 
 def test_prefetched_mismatches_of_natively_nondeterministic_graphs_are_set_apart() -> None:
-    from foundry_trace.bench_load import _set_apart_nondeterministic
+    from foundry_trace.bench.load_bench import _set_apart_nondeterministic
 
     prefetched = {"compared": 9, "mismatched": [8, 24]}
     assert _set_apart_nondeterministic(prefetched, [24, 32]) == {"compared": 9, "mismatched": [8], "mismatched_nondeterministic": [24]}

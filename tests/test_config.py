@@ -86,3 +86,70 @@ def test_invalid_environment_values_name_the_variable(env: dict[str, str], probl
 
 def test_every_variable_is_documented() -> None:
     assert set(fa.ENVIRONMENT_VARIABLES) == {"FOUNDRY_ALLOC", "FOUNDRY_ALLOC_BASE", "FOUNDRY_ALLOC_SIZE", "FOUNDRY_ALLOC_VERBOSE"}
+
+
+def test_messages_give_addresses_in_hex() -> None:
+    with pytest.raises(fa.ConfigError) as raised:
+        fa.AllocatorConfig.create(base=0x200000000001)
+    assert "0x200000000001" in str(raised.value) and "35184372088833" not in str(raised.value)
+    with pytest.raises(fa.ConfigError, match=r"base 0x1000: Input should be greater than or equal to 0x200000"):
+        fa.AllocatorConfig.create(base=0x1000)
+
+
+def test_an_explicit_install_takes_the_range_variables_and_its_arguments_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    from foundry_alloc.config import requested_config
+
+    monkeypatch.delenv("FOUNDRY_ALLOC", raising=False)
+    monkeypatch.setenv("FOUNDRY_ALLOC_BASE", "0x300000000000")
+    monkeypatch.setenv("FOUNDRY_ALLOC_SIZE", "1T")
+    assert requested_config() == fa.AllocatorConfig(base=0x300000000000, size=1 << 40)
+    assert requested_config(size=2 << 40) == fa.AllocatorConfig(base=0x300000000000, size=2 << 40)
+    monkeypatch.setenv("FOUNDRY_ALLOC_BASE", "nowhere")
+    with pytest.raises(fa.ConfigError, match="FOUNDRY_ALLOC_BASE: 'nowhere' is not an address"):
+        requested_config()
+
+
+def test_a_given_configuration_wins_and_names_the_variables_it_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    from foundry_alloc.config import requested_config
+
+    monkeypatch.setenv("FOUNDRY_ALLOC_BASE", "0x300000000000")
+    monkeypatch.delenv("FOUNDRY_ALLOC_SIZE", raising=False)
+    given = fa.AllocatorConfig()
+    with pytest.warns(UserWarning, match="FOUNDRY_ALLOC_BASE set but not used: install\\(\\) was given a configuration"):
+        assert requested_config(given) == given
+    monkeypatch.setenv("FOUNDRY_ALLOC_BASE", hex(fa.DEFAULT_BASE))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert requested_config(given) == given  # the variable says what the configuration says
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"FOUNDRY_MODE": "restore", "FOUNDRY_ARCHIVE": "a.foundry"}, "FOUNDRY_MODE='restore' is not a mode"),
+        ({"FOUNDRY_MODE": "load"}, "FOUNDRY_MODE=load needs FOUNDRY_ARCHIVE"),
+        ({"FOUNDRY_MODE": "load", "FOUNDRY_ARCHIVE": "/nowhere/a.foundry"}, "FOUNDRY_ARCHIVE=/nowhere/a.foundry does not exist"),
+        ({"FOUNDRY_MODE": "save", "FOUNDRY_ARCHIVE": "/nowhere/a.foundry"}, "its folder does not exist"),
+        ({"FOUNDRY_MODE": "save", "FOUNDRY_ARCHIVE": "a.foundry", "FOUNDRY_ALLOC_SIZE": "lots"}, "FOUNDRY_ALLOC_SIZE: 'lots'"),
+    ],
+)
+def test_the_mode_variables_are_validated_together(env: dict[str, str], problem: str) -> None:
+    from foundry_trace.mode import mode_from_environment
+
+    with pytest.raises(fa.ConfigError, match=problem):
+        mode_from_environment(env)
+
+
+def test_foundry_env_checks_the_mode_variables(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from foundry_trace.cli import main
+
+    monkeypatch.setenv("FOUNDRY_MODE", "load")
+    monkeypatch.setenv("FOUNDRY_ARCHIVE", "/nowhere/model.foundry")
+    assert main(["env"]) == 2
+    assert "FOUNDRY_ARCHIVE=/nowhere/model.foundry does not exist" in capsys.readouterr().out
+    monkeypatch.setenv("FOUNDRY_MODE", "save")
+    monkeypatch.setenv("FOUNDRY_ARCHIVE", "model.foundry")
+    assert main(["env"]) == 0
+    assert "FOUNDRY_MODE=save: writes model.foundry" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
-from foundry_trace.cubin import CubinFormatError, module_symbols
+from foundry_trace.binary.cubin import CubinFormatError, module_symbols
 
 DATA = Path(__file__).parent / "data"
 

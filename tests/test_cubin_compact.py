@@ -11,9 +11,9 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
-from foundry_trace.cubin import SHT_SYMTAB, CubinFormatError, module_symbols, symbol_table
-from foundry_trace.cubin_compact import EIATTR_PARAM_CBANK, SHT_CALLGRAPH, SHT_NV_INFO, compact_cubin
-from foundry_trace.cubin_trim import SHT_RELA, _parse, dropped_sections
+from foundry_trace.binary.compact import EIATTR_PARAM_CBANK, SHT_CALLGRAPH, SHT_NV_INFO, compact_cubin
+from foundry_trace.binary.cubin import SHT_SYMTAB, CubinFormatError, module_symbols, symbol_table
+from foundry_trace.binary.trim import SHT_RELA, _parse, dropped_sections
 from foundry_trace.errors import CompactionDeclined
 
 from .cubin_checks import CUBIN, ENTRIES, KEPT, POINTED_TO, UNUSED, assert_cut_to

@@ -10,8 +10,8 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
-from foundry_trace.cubin import CubinFormatError, module_symbols
-from foundry_trace.cubin_trim import TEXT_STUB, _parse, _symbols, trim_cubin
+from foundry_trace.binary.cubin import CubinFormatError, module_symbols
+from foundry_trace.binary.trim import TEXT_STUB, _parse, _symbols, trim_cubin
 
 from .cubin_checks import CUBIN, ENTRIES, KEPT, POINTED_TO, UNUSED, assert_cut_to
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from foundry_trace.determinism import first_divergence
+from foundry_trace.bench.determinism import first_divergence
 
 
 def test_a_deterministic_step_has_no_divergence() -> None:

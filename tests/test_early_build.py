@@ -7,10 +7,10 @@ import hypothesis.strategies as st
 from hypothesis import given
 
 from foundry_alloc import Allocation, Layout
-from foundry_trace.node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS
-from foundry_trace.recording import ArenaFinder
-from foundry_trace.records import EmptyNode, GraphBody, MemcpyNode, MemorySegment, MemsetNode
-from foundry_trace.restore_pipeline import builds_early
+from foundry_trace.archive.node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS
+from foundry_trace.archive.records import EmptyNode, GraphBody, MemcpyNode, MemorySegment, MemsetNode
+from foundry_trace.restore.pipeline import builds_early
+from foundry_trace.save.recording import ArenaFinder
 
 BASE = 0x7F0000000000
 ARENAS = ("engine", "graph", "transient")

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from foundry_trace import engines
+from foundry_trace.bench.workloads import registry as engines
 
 
 def test_unknown_workloads_and_attention_are_refused_with_the_choices() -> None:
@@ -28,7 +28,7 @@ def test_the_cli_lists_workloads_without_importing_torch() -> None:
 
 
 def test_results_files_are_named_after_the_workload() -> None:
-    from foundry_trace.results import ResultsFile
+    from foundry_trace.bench.results import ResultsFile
 
     results = ResultsFile(
         what="load", workload="llama8b-67-math-attention", workload_desc="", device="NVIDIA H100 80GB HBM3", gpus=1,
@@ -41,10 +41,10 @@ transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module", params=["llama8b", "qwen3", "qwen3moe"])
-def engine(request: pytest.FixtureRequest):  # noqa: ANN201 - HFEngine
-    from foundry_trace.hf_engine import HFEngine
+def engine(request: pytest.FixtureRequest):  # noqa: ANN201 - TransformersEngine
+    from foundry_trace.bench.workloads.transformers_models import TransformersEngine
 
-    return HFEngine(request.param, layers=1, batch_sizes=(1, 3), device="cpu", attention="math")
+    return TransformersEngine(request.param, layers=1, batch_sizes=(1, 3), device="cpu", attention="math")
 
 
 def test_a_step_writes_only_the_chosen_cache_slot(engine) -> None:  # noqa: ANN001
@@ -73,7 +73,7 @@ def test_every_batch_size_shares_one_cache_buffer(engine) -> None:  # noqa: ANN0
 
 
 def test_flash_attention_is_refused_for_masked_models() -> None:
-    from foundry_trace.hf_engine import HFEngine
+    from foundry_trace.bench.workloads.transformers_models import TransformersEngine
 
     with pytest.raises(ValueError, match="flash attention does not take"):
-        HFEngine("qwen3", attention="flash", device="cpu")
+        TransformersEngine("qwen3", attention="flash", device="cpu")

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from foundry_trace.cubin import _ELF_HEADER, _SECTION, FATBIN_MAGIC, CubinFormatError, image_extent
-from foundry_trace.modules import ModuleRegistry
+from foundry_trace.binary.cubin import _ELF_HEADER, _SECTION, FATBIN_MAGIC, CubinFormatError, image_extent
+from foundry_trace.save.modules import ModuleRegistry
 
 
 def test_an_explicit_load_maps_its_handle_to_the_image_it_was_handed() -> None:

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from foundry_trace.archive import Archive
-from foundry_trace.cubin import module_symbols
-from foundry_trace.summary import summarize
+from foundry_trace.archive.format import Archive
+from foundry_trace.archive.summary import summarize
+from foundry_trace.binary.cubin import module_symbols
 
 MICRO = Path(__file__).parent / "data" / "micro.foundry"
 

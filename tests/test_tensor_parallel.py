@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from foundry_trace.collectives import check_communicator, tensor_parallel_archive
+from foundry_trace.archive.node_table import decode, encode
+from foundry_trace.archive.records import CollectiveNode, Edge, EmptyNode, GraphBody, walk_nodes
+from foundry_trace.archive.summary import render, summarize
+from foundry_trace.bench.workloads.decode import PRESETS, rank_shape
 from foundry_trace.errors import ArchiveFormatError, TensorParallelError
-from foundry_trace.node_table import decode, encode
-from foundry_trace.records import CollectiveNode, EmptyNode, Edge, GraphBody, walk_nodes
-from foundry_trace.summary import render, summarize
-from foundry_trace.workload import PRESETS, rank_shape
+from foundry_trace.parallel.collectives import check_communicator, tensor_parallel_archive
 
 from .archive_samples import COLLECTIVES, archive_contents, write_archive
 
@@ -66,7 +66,7 @@ def test_collective_nodes_round_trip_and_are_bounded() -> None:
 @given(st.binary(min_size=128, max_size=128))
 def test_an_nccl_unique_id_keeps_every_byte(unique_id: bytes) -> None:
     # A unique id is mostly NULs; a C-string field would cut it at the first one.
-    from foundry_trace.nccl import unique_id_struct
+    from foundry_trace.parallel.nccl import unique_id_struct
 
     assert bytes(unique_id_struct(unique_id)) == unique_id
 
@@ -74,7 +74,7 @@ def test_an_nccl_unique_id_keeps_every_byte(unique_id: bytes) -> None:
 @pytest.mark.parametrize("size", [0, 1, 127, 129])
 def test_an_nccl_unique_id_of_the_wrong_size_is_refused(size: int) -> None:
     from foundry_trace.errors import NcclError
-    from foundry_trace.nccl import unique_id_struct
+    from foundry_trace.parallel.nccl import unique_id_struct
 
     with pytest.raises(NcclError, match=f"has 128 bytes, got {size}"):
         unique_id_struct(bytes(size))
@@ -99,7 +99,7 @@ def test_inspect_counts_each_graphs_collectives_and_their_bytes(tmp_path: Path, 
     st.data(),
 )
 def test_archives_of_two_degrees_disagree_exactly_where_a_graphs_collectives_differ(per_graph, degree, data) -> None:  # noqa: ANN001
-    from foundry_trace.bench_tp import disagreeing_graphs
+    from foundry_trace.bench.tp_bench import disagreeing_graphs
 
     assert disagreeing_graphs({1: {"per_graph": per_graph}, degree: {"per_graph": dict(per_graph)}}) == []
     changed = data.draw(st.sampled_from(sorted(per_graph)))

@@ -1,4 +1,4 @@
-"""The words of a module variable that each load fills in (module_image.py): found by comparing
+"""The words of a module variable that each load fills in (binary/variables.py): found by comparing
 two loads' copies, left out of the comparison with the process's copy, and left out of LOAD's
 write. Properties over arbitrary contents, on the CPU."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from foundry_trace.module_image import WORD, load_dependent_words, without_words, written_ranges
+from foundry_trace.binary.variables import WORD, load_dependent_words, without_words, written_ranges
 
 contents = st.binary(min_size=0, max_size=96)
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import torch
 
-from foundry_trace.verify import output_digest, reference_outputs, split_nondeterministic
+from foundry_trace.bench.verify import output_digest, reference_outputs, split_nondeterministic
 
 
 @dataclass

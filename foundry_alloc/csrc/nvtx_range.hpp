@@ -1,6 +1,6 @@
-// NVTX ranges, so reservation, mapping, trimming (domain "foundry_alloc") and graph restore
-// (domain "foundry") show in Nsight. NVTX v3 is header-only and costs a branch when no tool is
-// attached.
+// NVTX ranges, so reservation, mapping, trimming and graph restore show in Nsight, in Foundry's
+// one domain "foundry" (foundry_alloc/profiling.py pushes the Python ranges there). NVTX v3 is
+// header-only and costs a branch when no tool is attached.
 #pragma once
 
 #include <nvtx3/nvToolsExt.h>
@@ -8,19 +8,13 @@
 namespace foundry {
 
 inline nvtxDomainHandle_t nvtx_domain() {
-  static nvtxDomainHandle_t domain = nvtxDomainCreateA("foundry_alloc");
-  return domain;
-}
-
-inline nvtxDomainHandle_t restore_nvtx_domain() {
   static nvtxDomainHandle_t domain = nvtxDomainCreateA("foundry");
   return domain;
 }
 
 class NvtxRange {
  public:
-  explicit NvtxRange(const char* message, nvtxDomainHandle_t domain = nvtx_domain())
-      : domain_(domain) {
+  explicit NvtxRange(const char* message) : domain_(nvtx_domain()) {
     nvtxEventAttributes_t attributes = {};
     attributes.version = NVTX_VERSION;
     attributes.size = NVTX_EVENT_ATTRIB_STRUCT_SIZE;

@@ -56,7 +56,7 @@ Status Space::init(std::string* error) {
     return kInvalidArgument;
   }
   {
-    NvtxRange range("foundry_alloc.reserve");
+    NvtxRange range("alloc.reserve");
     std::string cause;
     status = backend_->reserve(base_, size_, &cause);
     if (status != kOk) {
@@ -128,7 +128,7 @@ Status Space::ensure_mapped(int arena, uint64_t address, uint64_t size, bool cap
   while (page <= last && page_mapped(page)) ++page;
   if (page > last) return kOk;  // the common case: reuse inside mapped memory
 
-  NvtxRange range("foundry_alloc.map");
+  NvtxRange range("alloc.map");
   std::vector<uint64_t> mapped_now;  // extents created by this call, undone on failure
   while (page <= last) {
     if (page_mapped(page)) {
@@ -303,7 +303,7 @@ Status Space::release(uint64_t address, std::string* error) {
 }
 
 Status Space::trim(uint32_t arena_mask, uint64_t* released, std::string* error) {
-  NvtxRange range("foundry_alloc.trim");
+  NvtxRange range("alloc.trim");
   *released = 0;
   Status result = kOk;
   for (auto it = extents_.begin(); it != extents_.end();) {
@@ -397,7 +397,7 @@ std::string Space::out_of_memory_report(uint64_t size, int arena, const std::str
   report +=
       " Free tensors you no longer need or allocate less (e.g. a smaller KV cache). Memory of "
       "arena 'graph' is kept for captured graphs and is released only by "
-      "foundry_alloc.empty_cache(graphs=True) once those graphs are gone.";
+      "alloc.empty_cache(graphs=True) once those graphs are gone.";
   return report;
 }
 

@@ -218,7 +218,7 @@ const GraphDriver* graph_driver(std::string* error) {
 
 CUresult build_graph(const GraphDriver& d, const BuildInputs& in, CUgraph* graph,
                      std::string* error) {
-  NvtxRange range("foundry.build_graph", restore_nvtx_domain());
+  NvtxRange range("load.build_graph");
   CUresult r = d.cuCtxSetCurrent(in.context);  // worker threads start without one
   if (r != CUDA_SUCCESS) return *error = describe(d, "cuCtxSetCurrent", r), r;
   return BodyBuilder(d, in, error).build(0, graph);
@@ -226,7 +226,7 @@ CUresult build_graph(const GraphDriver& d, const BuildInputs& in, CUgraph* graph
 
 CUresult instantiate_graph(const GraphDriver& d, CUgraph graph, CUcontext context,
                            CUgraphExec* executable, std::string* error) {
-  NvtxRange range("foundry.instantiate_graph", restore_nvtx_domain());
+  NvtxRange range("load.instantiate_graph");
   CUresult r = d.cuCtxSetCurrent(context);
   if (r != CUDA_SUCCESS) return *error = describe(d, "cuCtxSetCurrent", r), r;
   r = d.cuGraphInstantiate(executable, graph, 0);
@@ -236,7 +236,7 @@ CUresult instantiate_graph(const GraphDriver& d, CUgraph graph, CUcontext contex
 
 CUresult upload_graph(const GraphDriver& d, CUgraphExec executable, CUcontext context,
                       std::string* error) {
-  NvtxRange range("foundry.upload_graph", restore_nvtx_domain());
+  NvtxRange range("load.upload_graph");
   CUresult r = d.cuCtxSetCurrent(context);
   if (r != CUDA_SUCCESS) return *error = describe(d, "cuCtxSetCurrent", r), r;
   CUstream stream = nullptr;

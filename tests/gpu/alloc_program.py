@@ -27,8 +27,8 @@ def layout_program(noisy: bool) -> dict[str, object]:
     fa.install()
     import torch
 
-    from foundry_trace.capture import capture_steps
-    from foundry_trace.engines import build_engine
+    from foundry_trace.bench.capture import capture_steps
+    from foundry_trace.bench.workloads.registry import build_engine
 
     if noisy:
         scratch = [torch.randn(n, device="cuda") for n in (1000, 1 << 20, 5 << 20)]
@@ -144,10 +144,10 @@ def empty_cache_keeps_graphs() -> dict[str, object]:
     fa.install()
     import torch
 
-    from foundry_trace.capture import capture_steps
-    from foundry_trace.workload import DecodeModel, preset
+    from foundry_trace.bench.capture import capture_steps
+    from foundry_trace.bench.workloads.decode import DecodeEngine, preset
 
-    model = DecodeModel(preset("tiny"))
+    model = DecodeEngine(preset("tiny"))
     step = capture_steps(model, (4,))[4]
     tokens, positions = model.random_inputs(4, seed=3)
     model.set_inputs(tokens, positions)

@@ -1,6 +1,6 @@
 """SAVE in one process, LOAD in another: python -m tests.gpu.load_program SCENARIO ARCHIVE
 
-save: the tiny workload, with its graphs' outputs on fixed inputs beside the archive.
+save: the tiny workload, with its graphs' outputs on fixed inputs stored in the archive.
 load: eager LOAD, compared with SAVE's graphs and a native capture; release() frees everything.
 modes: background and lazy LOAD give the same outputs; a lazy graph restores at its first replay.
 prefetch: prefetch() as the first thing the process does (no CUDA context yet), the engine built
@@ -26,26 +26,28 @@ from pathlib import Path
 
 import foundry_alloc as fa
 import foundry_trace as ft
-from foundry_trace.bench_load import keep_saved_outputs, saved_outputs
-from foundry_trace.node_table import BODY, HEADER, NODE
-from foundry_trace.engines import build_engine
-from foundry_trace.restore_pipeline import key_order
+from foundry_trace.archive.node_table import BODY, HEADER, NODE
+from foundry_trace.bench.verify import saved_references
+from foundry_trace.bench.workloads.registry import build_engine
+from foundry_trace.restore import key_order
 
 from ..archive_edit import corrupt_blob, read_blob, read_manifest, replace_blob, rewrite_manifest
 from .save_program import save_tiny
 
 
-def save(path: str) -> dict[str, object]:
-    from foundry_trace.verify import reference_outputs
+def saved_outputs(path: str) -> dict[str, dict[str, object]]:
+    with ft.Archive(path) as archive:
+        return saved_references(archive.manifest)
 
-    model, captured = save_tiny(path)
-    keep_saved_outputs(path, reference_outputs(model, captured))
+
+def save(path: str) -> dict[str, object]:
+    save_tiny(path, references=True)
     return {"saved": True}
 
 
 def load(path: str) -> dict[str, object]:
     fa.install()
-    from foundry_trace.verify import compare
+    from foundry_trace.bench.verify import compare
 
     model = build_engine("tiny")
     restored = ft.load(path)
@@ -59,7 +61,7 @@ def load(path: str) -> dict[str, object]:
 
 def _against_saved(model: object, restored: ft.Restored, saved: dict[str, dict[str, object]]) -> dict[str, object]:
     """Every restored graph's output on fixed inputs against SAVE's (replaying restores a lazy one)."""
-    from foundry_trace.verify import differing_from_saved, restored_digests
+    from foundry_trace.bench.verify import differing_from_saved, restored_digests
 
     digests = restored_digests(model, restored)
     return {"equal_saved": not differing_from_saved(digests, saved), "compared": sum(saved[k]["deterministic"] for k in digests)}
@@ -77,7 +79,7 @@ def modes(path: str) -> dict[str, object]:
     for mode in ("background", "lazy"):
         restored = ft.load(path, mode=mode)
         ready_at_return = sum(g.ready() for g in restored.graphs.values())
-        started = sorted(restored._pipeline._graphs)  # graphs queued by LOAD itself
+        started = sorted(restored.pipeline.queued_graphs())  # graphs queued by LOAD itself
         compared = _against_saved(model, restored, saved)
         restored.wait()
         first = min(restored.graphs, key=key_order)
@@ -111,9 +113,9 @@ def prefetched(path: str) -> dict[str, object]:
 
 
 def save_streams(path: str) -> dict[str, object]:
-    from foundry_trace.bench_load import child_save
+    from foundry_trace.bench.roles import save as save_workload
 
-    return child_save("streams", path, {})
+    return save_workload("streams", path, {})
 
 
 def prefetched_copies(path: str) -> dict[str, object]:

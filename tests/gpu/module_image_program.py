@@ -16,12 +16,12 @@ from pathlib import Path
 
 from cuda.bindings import driver
 
-from foundry_trace import module_image
-from foundry_trace.cubin import module_symbols
-from foundry_trace.cubin_compact import compact_cubin
-from foundry_trace.cubin_trim import dropped_sections, trim_cubin
+from foundry_trace.binary.compact import compact_cubin
+from foundry_trace.binary.cubin import module_symbols
+from foundry_trace.binary.trim import dropped_sections, trim_cubin
 from foundry_trace.driver import call, device_bytes
-from foundry_trace.module_image import stored_module, write_variable
+from foundry_trace.save import module_image
+from foundry_trace.save.module_image import stored_module, write_variable
 
 CUBIN = (Path(__file__).resolve().parents[1] / "data" / "trim_kernels.cubin").read_bytes()
 KEPT = ["_Z4keptPf"]  # calls a device function that reads a variable

@@ -13,29 +13,33 @@ from pathlib import Path
 
 import foundry_alloc as fa
 import foundry_trace as ft
-from foundry_trace.records import operation_count
-from foundry_trace.engines import build_engine
+from foundry_trace.archive.records import operation_count
+from foundry_trace.bench.workloads.registry import build_engine
 
 from ..archive_edit import compress_all
 
 BATCHES = (1, 2, 4, 8)
 
 
-def save_tiny(path: str):  # noqa: ANN201 - (DecodeModel, captured steps by batch)
-    """SAVE of the tiny reference workload at every batch size; returns the model and its graphs."""
+def save_tiny(path: str, *, references: bool = False):  # noqa: ANN201 - (DecodeEngine, captured steps by batch)
+    """SAVE of the tiny reference workload at every batch size; returns the model and its graphs.
+    `references`: with the outputs on fixed inputs stored in the archive, as the bench's SAVE does."""
     fa.install()
     ft.start_tracing()
-    from foundry_trace.capture import capture_steps
+    from foundry_trace.bench.capture import capture_steps
+    from foundry_trace.bench.verify import record_references
 
     model = build_engine("tiny")
     with ft.record(path) as recording:
         captured = capture_steps(model, BATCHES, recording=recording)
+        if references:
+            record_references(recording, model, captured)
     return model, captured
 
 
 def save(path: str) -> dict[str, object]:
     """The tiny reference workload, every batch size saved, then the archive inspected."""
-    from foundry_trace.summary import summarize
+    from foundry_trace.archive.summary import summarize
 
     save_tiny(path)
     summary = summarize(path)
@@ -113,7 +117,7 @@ def conditional_node(path: str) -> dict[str, object]:
 def late_tracing(path: str) -> dict[str, object]:
     """Kernels whose modules loaded before tracing started: SAVE must name them and refuse."""
     fa.install()
-    from foundry_trace.capture import capture_steps
+    from foundry_trace.bench.capture import capture_steps
 
     model = build_engine("tiny")  # every kernel of the step loads here, untraced
     try:

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from foundry_trace.bench_children import run_child
+from foundry_trace.bench.children import run_child
 
 from ..conftest import clean_environment
 
 pytestmark = pytest.mark.gpu
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--batch-sizes", "1,8,64"]
 CASES = {
     "hf-llama8b": ["--layers", "2", *SMALL],
@@ -31,7 +30,7 @@ CASES = {
 
 
 def child(*arguments: str) -> dict:
-    return run_child("foundry_trace.bench_load", list(arguments), clean_environment(), cwd=ROOT, timeout=600)
+    return run_child("foundry_trace.bench.roles", list(arguments), clean_environment(), timeout=600)
 
 
 def save_and_verify(case: str, directory: Path) -> tuple[Path, dict]:
@@ -51,7 +50,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 def summary(archive: Path) -> dict:
-    from foundry_trace.summary import summarize
+    from foundry_trace.archive.summary import summarize
 
     return summarize(archive)
 

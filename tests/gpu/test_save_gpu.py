@@ -62,8 +62,8 @@ def test_inspect_reads_the_archive(saved: tuple[dict, Path]) -> None:
 
 
 def test_saved_modules_hold_only_the_kernels_the_graphs_launch(saved: tuple[dict, Path]) -> None:
-    from foundry_trace.archive import Archive
-    from foundry_trace.cubin import module_symbols
+    from foundry_trace.archive.format import Archive
+    from foundry_trace.binary.cubin import module_symbols
 
     with Archive(saved[1]) as archive:
         manifest = archive.manifest
@@ -137,7 +137,7 @@ def test_environment_activation_saves_an_unmodified_program(tmp_path: Path) -> N
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert "foundry_trace: wrote" in completed.stderr
-    from foundry_trace.archive import Archive
+    from foundry_trace.archive.format import Archive
 
     with Archive(archive) as opened:
         assert [g.key for g in opened.manifest.graphs] == ["0", "1"]

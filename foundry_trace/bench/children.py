@@ -1,0 +1,197 @@
+"""The child processes of the benchmarks and probes: each measures in a fresh process (so that
+nothing the parent did warms the driver) and prints its result as one JSON line. Here both sides
+of that: the parent's runner (one child, or the N ranks of a tensor-parallel step) and the
+child's entry point.
+
+Every child runs under a watchdog. The child itself: faulthandler dumps every thread's stack and
+exits the process when its time-out passes (the process's exit frees its GPU memory, whatever
+NCCL or the driver was waiting for). The parent: it waits no longer than the same time-out plus
+a grace period, kills every rank when one fails or stalls, and raises ChildProcessFailed naming
+the rank, the phase it was in (the last progress line it wrote) and its last lines.
+
+Children import the installed package whatever the current directory is: they start with
+Python's -P, which leaves the current directory off sys.path (a source tree there has no
+compiled libraries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import faulthandler
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from foundry_trace.errors import ChildProcessFailed
+
+ENV_TIMEOUT = "FOUNDRY_CHILD_TIMEOUT"
+DEFAULT_TIMEOUT_S = 900.0
+GRACE_S = 15.0  # the parent's wait beyond a child's own time-out, for its stack dump
+ERROR_TAIL_LINES = 60
+PHASE_PREFIX = "phase: "
+_STARTED = time.monotonic()
+
+
+def note(what: str) -> None:
+    """A child's progress line on stderr: seconds since the child started, and what it did."""
+    print(f"{time.monotonic() - _STARTED:8.1f} s  {what}", file=sys.stderr, flush=True)
+
+
+def phase(name: str) -> None:
+    """Marks the phase a child enters: the parent names it if the child fails or stalls there."""
+    print(f"{PHASE_PREFIX}{name}", file=sys.stderr, flush=True)
+
+
+def child_main(run: Callable[[argparse.Namespace], dict[str, object]], parser: argparse.ArgumentParser) -> None:
+    """A child's entry point: arms the watchdog (FOUNDRY_CHILD_TIMEOUT seconds, set by the
+    parent), parses the arguments, runs, and prints the result as the last line of stdout."""
+    timeout = float(os.environ.get(ENV_TIMEOUT, DEFAULT_TIMEOUT_S))
+    faulthandler.dump_traceback_later(timeout, exit=True)  # every thread's stack, then exit(1)
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # the parent asks for stacks before a kill
+    result = run(parser.parse_args())
+    faulthandler.cancel_dump_traceback_later()
+    print(json.dumps(result), flush=True)
+
+
+@dataclass
+class _Child:
+    label: str
+    process: subprocess.Popen
+    tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=ERROR_TAIL_LINES))
+    output: list[str] = field(default_factory=list)
+    phase: str = "start"
+    readers: list[threading.Thread] = field(default_factory=list)
+
+    def read(self) -> None:
+        def errors() -> None:
+            for line in self.process.stderr:
+                self.tail.append(line)
+                if line.startswith(PHASE_PREFIX):
+                    self.phase = line[len(PHASE_PREFIX) :].strip()
+                sys.stderr.write(f"[{self.label}] {line}")
+
+        self.readers = [threading.Thread(target=errors, daemon=True), threading.Thread(target=lambda: self.output.extend(self.process.stdout), daemon=True)]
+        for reader in self.readers:
+            reader.start()
+
+    def result(self) -> dict[str, object]:
+        for reader in self.readers:
+            reader.join(timeout=GRACE_S)
+        lines = "".join(self.output).strip().splitlines()
+        if not lines:
+            raise ChildProcessFailed(f"{self.label} printed no result (last phase: {self.phase}); its last lines:\n{''.join(self.tail)}")
+        return json.loads(lines[-1])
+
+
+def run_child(
+    module: str, arguments: Sequence[str], environment: dict[str, str] | None = None, *, timeout: float = DEFAULT_TIMEOUT_S,
+    grace: float = GRACE_S, label: str | None = None,
+) -> dict[str, object]:
+    """Runs `python -P -m module arguments...` under the watchdog and returns the JSON of its
+    last output line. Its stderr passes through to ours as it comes, each line tagged."""
+    return run_ranks(module, [list(arguments)], [environment], timeout=timeout, grace=grace, labels=[label or _label(module, arguments)])[0]
+
+
+def run_ranks(
+    module: str, arguments: Sequence[Sequence[str]], environments: Sequence[dict[str, str] | None], *, timeout: float = DEFAULT_TIMEOUT_S,
+    grace: float = GRACE_S, labels: Sequence[str] | None = None,
+) -> list[dict[str, object]]:
+    """Runs one child per entry of `arguments` at once (the ranks of a step), each with its own
+    environment, and returns their results in order. Each child's own watchdog fires at
+    `timeout`; the parent's `grace` seconds later. The first failure or stall ends them all:
+    every other child is asked for its stacks and killed, and ChildProcessFailed names the rank
+    that failed (or every one still running at the time-out) and its phase."""
+    labels = list(labels or [f"rank {rank}" for rank in range(len(arguments))])
+    children: list[_Child] = []
+    try:
+        for label, argv, environment in zip(labels, arguments, environments):
+            env = dict(environment if environment is not None else os.environ)
+            env[ENV_TIMEOUT] = str(timeout)
+            env.setdefault("PYTHONUNBUFFERED", "1")
+            process = subprocess.Popen(
+                [sys.executable, "-P", "-m", module, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+            children.append(_Child(label, process))
+            children[-1].read()
+        _wait_all(children, time.monotonic() + timeout + grace, timeout)
+        return [child.result() for child in children]
+    finally:
+        _end(children)
+
+
+def _wait_all(children: list[_Child], deadline: float, timeout: float) -> None:
+    running = list(children)
+    while running:
+        for child in list(running):
+            code = child.process.poll()
+            if code is None:
+                continue
+            running.remove(child)
+            if code != 0:
+                for reader in child.readers:
+                    reader.join(timeout=GRACE_S)
+                others = f"; {', '.join(c.label for c in running)} stopped too" if running else ""
+                raise ChildProcessFailed(
+                    f"{child.label} failed (exit {code}) in phase '{child.phase}'{others}; its last lines:\n{''.join(child.tail)}"
+                )
+        if running and time.monotonic() > deadline:
+            stalled = ", ".join(f"{c.label} in phase '{c.phase}'" for c in running)
+            _end(running)
+            tails = "\n".join(f"--- {c.label}:\n{''.join(c.tail)}" for c in running)
+            raise ChildProcessFailed(f"stalled past the time-out of {timeout:.0f} s: {stalled}; every child was stopped. Last lines:\n{tails}")
+        time.sleep(0.05)
+
+
+def _end(children: list[_Child]) -> None:
+    """Asks every live child for its stacks, then kills it: none outlives the run."""
+    live = [c for c in children if c.process.poll() is None]
+    for child in live:
+        if hasattr(signal, "SIGUSR1"):
+            child.process.send_signal(signal.SIGUSR1)
+    if live:
+        time.sleep(1.0)
+    for child in live:
+        child.process.kill()
+    for child in children:
+        try:
+            child.process.wait(timeout=GRACE_S)
+        except subprocess.TimeoutExpired:
+            pass
+        for reader in child.readers:
+            reader.join(timeout=1.0)
+
+
+def _label(module: str, arguments: Sequence[str]) -> str:
+    return f"{module.rsplit('.', 1)[-1]} {arguments[0]}" if arguments else module.rsplit(".", 1)[-1]
+
+
+def option_arguments(options: dict[str, object]) -> list[str]:
+    """Engine options (attention, layers, batch_sizes) as a child's command-line flags."""
+    arguments = []
+    if options.get("attention") is not None:
+        arguments += ["--attention", str(options["attention"])]
+    if options.get("layers") is not None:
+        arguments += ["--layers", str(options["layers"])]
+    if options.get("batch_sizes") is not None:
+        arguments += ["--batch-sizes", ",".join(str(b) for b in options["batch_sizes"])]
+    return arguments
+
+
+def add_option_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--attention")
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--batch-sizes", type=lambda text: tuple(int(b) for b in text.split(",")))
+
+
+def parsed_options(arguments: argparse.Namespace) -> dict[str, object]:
+    """The engine options a child was given (those left out stay the engine's defaults)."""
+    options = {"attention": arguments.attention, "layers": arguments.layers, "batch_sizes": arguments.batch_sizes}
+    return {k: v for k, v in options.items() if v is not None}

@@ -1,0 +1,104 @@
+"""What does loading an archive's modules cost the driver alone, against what LOAD's module tasks
+take? The parent reads every module image out of the archive (timing the read: checksum, and
+inflating where stored compressed); each variant then runs in a fresh process (torch's context
+up, as an engine's would be) and loads every module largest first, timing per module
+cuModuleLoadData, cuModuleGetFunction of the functions the graphs use, and cuFuncLoad:
+
+  serial      one thread
+  threads-8   8 threads (wall time; the per-module sums include the driver's lock waits)
+
+  python -m foundry_trace.bench.probes.module_load ARCHIVE [VARIANT ...]   (ARCHIVE from `foundry bench save --archive`)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from foundry_trace.bench.probes.variants import child_entry, print_variants
+
+MODULE = "foundry_trace.bench.probes.module_load"
+
+VARIANTS = ("serial", "threads-8")
+
+
+def _prepare(archive: str, folder: Path) -> list[dict[str, object]]:
+    from foundry_trace.archive.format import Archive
+
+    modules = []
+    with Archive(archive) as opened:
+        manifest = opened.manifest
+        names: dict[int, list[str]] = {}
+        for function in manifest.functions:
+            names.setdefault(function.module, []).append(function.name)
+        for index, record in enumerate(manifest.modules):
+            start = time.perf_counter()
+            image = opened.blob(record.digest)
+            read_s = time.perf_counter() - start
+            (folder / str(index)).write_bytes(image)
+            codec = manifest.blobs[record.digest].codec
+            modules.append({"index": index, "bytes": len(image), "codec": codec, "read_s": read_s, "functions": names.get(index, [])})
+    return sorted(modules, key=lambda m: -int(m["bytes"]))
+
+
+def _load_one(folder: Path, module: dict[str, object]) -> dict[str, object]:
+    from cuda.bindings import driver
+
+    image = (folder / str(module["index"])).read_bytes()
+    start = time.perf_counter()
+    error, handle = driver.cuModuleLoadData(image)
+    assert error == driver.CUresult.CUDA_SUCCESS, error
+    loaded = time.perf_counter()
+    functions = []
+    for name in module["functions"]:
+        error, function = driver.cuModuleGetFunction(handle, str(name).encode())
+        assert error == driver.CUresult.CUDA_SUCCESS, (name, error)
+        functions.append(function)
+    got = time.perf_counter()
+    for function in functions:
+        (error,) = driver.cuFuncLoad(function)
+        assert error == driver.CUresult.CUDA_SUCCESS, error
+    return {"index": module["index"], "load_s": loaded - start, "get_s": got - loaded, "func_load_s": time.perf_counter() - got}
+
+
+def child(folder: str, variant: str) -> dict[str, object]:
+    import torch
+    from cuda.bindings import driver
+
+    torch.zeros(1, device="cuda").add_(1)  # the engine's context and its first kernels
+    torch.cuda.synchronize()
+    modules = json.loads((Path(folder) / "modules.json").read_text())
+    _, context = driver.cuCtxGetCurrent()
+    threads = int(variant.split("-")[1]) if variant.startswith("threads-") else 1
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads, initializer=lambda: driver.cuCtxSetCurrent(context)) as pool:
+        per_module = list(pool.map(lambda m: _load_one(Path(folder), m), modules))
+    return {
+        "variant": variant, "wall_s": time.perf_counter() - start,
+        **{key: sum(m[key] for m in per_module) for key in ("load_s", "get_s", "func_load_s")},
+        "slowest": sorted(per_module, key=lambda m: -(m["load_s"] + m["get_s"] + m["func_load_s"]))[:8],
+    }
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["child"]:
+        child_entry(child)
+        return
+    archive, variants = sys.argv[1], sys.argv[2:] or list(VARIANTS)
+    with tempfile.TemporaryDirectory() as scratch:
+        modules = _prepare(archive, Path(scratch))
+        (Path(scratch) / "modules.json").write_text(json.dumps(modules))
+        print(json.dumps({
+            "modules": len(modules), "bytes": sum(m["bytes"] for m in modules), "read_s": sum(m["read_s"] for m in modules),
+            "compressed": sum(m["codec"] != "raw" for m in modules),
+            "largest": [{k: m[k] for k in ("index", "bytes", "codec", "read_s")} for m in modules[:8]],
+        }), flush=True)
+        print_variants(MODULE, scratch, variants)
+
+
+if __name__ == "__main__":
+    main()

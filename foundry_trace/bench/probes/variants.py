@@ -1,0 +1,50 @@
+"""What the probes share: each variant runs as a fresh child process (so every one pays the
+driver's first-use costs) through the bench's one child runner (its watchdog included), with
+the environment variables the variant names; its JSON line, or its error, is printed as it comes.
+
+    python -m foundry_trace.bench.probes.<probe> ARGUMENT [VARIANT ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable, Mapping
+
+from foundry_trace.bench.children import child_main, run_child
+from foundry_trace.errors import ChildProcessFailed
+
+
+def print_variants(module: str, argument: str, variants: list[str], environments: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    """`environments`: extra environment variables of a variant's process, by variant."""
+    for variant in variants:
+        environment = {**os.environ, **(environments or {}).get(variant, {})}
+        try:
+            print(json.dumps(run_child(module, ["child", argument, variant], environment, label=f"{module.rsplit('.', 1)[-1]} {variant}")), flush=True)
+        except ChildProcessFailed as error:
+            print(json.dumps({"variant": variant, "error": str(error)[-3000:]}), flush=True)
+
+
+def child_entry(child: Callable[[str, str], dict[str, object]]) -> None:
+    """The child side of a probe: `... child ARGUMENT VARIANT` runs one variant in this process."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=("child",))
+    parser.add_argument("argument")
+    parser.add_argument("variant")
+    child_main(lambda arguments: child(arguments.argument, arguments.variant), parser)
+
+
+def probe_main(module: str, child: Callable[[str, str], dict[str, object]], default_variants: tuple[str, ...],
+               environments: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    """A probe's command line: `ARCHIVE [VARIANT ...]` runs each variant in a child of its own."""
+    import sys
+
+    if sys.argv[1:2] == ["child"]:
+        child_entry(child)
+        return
+    parser = argparse.ArgumentParser(prog=f"python -m {module}")
+    parser.add_argument("archive", help="the archive (from `foundry bench save --archive`)")
+    parser.add_argument("variants", nargs="*", help=f"default: {' '.join(default_variants)}")
+    arguments = parser.parse_args()
+    print_variants(module, arguments.archive, arguments.variants or list(default_variants), environments)

@@ -1,0 +1,143 @@
+"""The child processes every benchmark shares, each a fresh process printing one JSON line:
+
+    save     SAVE a workload: warm-up + capture inside foundry_trace.record, the graphs' outputs on
+             fixed inputs stored in the archive as references, the workload named in its metadata
+    native   the baseline as a server without Foundry starts: build the engine, then warm up,
+             capture and instantiate every graph (timed), first thing in a fresh process
+    verify   one timed restore, then a native capture in the same process and the comparison
+             with it and with the archive's references (what `foundry verify` runs)
+
+    python -P -m foundry_trace.bench.roles ROLE WORKLOAD ARCHIVE [THREADS] [--attention ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from foundry_trace.bench.children import add_option_flags, child_main, note, option_arguments, parsed_options, phase, run_child
+from foundry_trace.restore import DEFAULT_THREADS
+
+MODULE = "foundry_trace.bench.roles"
+
+
+def save(workload: str, archive: str, options: dict[str, object]) -> dict[str, object]:
+    import foundry_alloc
+
+    foundry_alloc.install()
+    import foundry_trace
+    from foundry_trace.bench.capture import capture_steps
+    from foundry_trace.bench.verify import record_references
+    from foundry_trace.bench.workloads.registry import build_engine, workload_metadata
+
+    foundry_trace.start_tracing()
+    phase("engine")
+    model = build_engine(workload, **options)
+    note(f"built {workload}")
+    phase("save")
+    start = time.perf_counter()
+    with foundry_trace.record(archive) as recording:
+        captured = capture_steps(model, recording=recording)
+        captured_at = time.perf_counter()
+        record_references(recording, model, captured)
+        referenced_s = time.perf_counter() - captured_at
+        recording.metadata.update(workload_metadata(workload, options))
+    save_s = time.perf_counter() - start - referenced_s
+    note(f"captured and saved {len(captured)} graphs in {save_s:.1f} s (and their reference outputs in {referenced_s:.1f} s)")
+    import torch
+
+    return {
+        "archive_bytes": Path(archive).stat().st_size, "save_s": save_s, "graphs": len(captured), "description": model.describe(),
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+    }
+
+
+def native(workload: str, options: dict[str, object]) -> dict[str, object]:
+    import torch
+
+    from foundry_trace.bench.capture import capture_steps
+    from foundry_trace.bench.workloads.registry import build_engine
+
+    began = time.perf_counter()
+    phase("engine")
+    model = build_engine(workload, **options)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    note(f"built {workload}")
+    phase("capture")
+    captured = capture_steps(model)
+    torch.cuda.synchronize()
+    native_s = time.perf_counter() - start
+    note(f"captured {len(captured)} graphs in {native_s:.1f} s")
+    return {"native_s": native_s, "engine_s": start - began, "graphs": len(captured)}
+
+
+def verify(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+    import foundry_alloc
+
+    foundry_alloc.install()
+    import torch
+
+    import foundry_trace
+    from foundry_trace.bench.verify import compare, saved_references
+    from foundry_trace.bench.workloads.registry import build_engine
+
+    phase("engine")
+    model = build_engine(workload, **options)
+    note(f"built {workload}")
+    torch.cuda.synchronize()
+    phase("load")
+    start = time.perf_counter()
+    restored = foundry_trace.load(archive, threads=threads)
+    torch.cuda.synchronize()
+    restore_s = time.perf_counter() - start
+    note(f"restored {len(restored.graphs)} graphs in {restore_s:.3f} s")
+    compiled = compiled_graphs()  # before the native capture: what the restore itself compiled
+    phase("compare")
+    saved = saved_references(restored.archive.manifest)
+    result = compare(model, restored, saved)
+    note(f"captured natively in {result['native_s']:.1f} s and compared")
+    release = restored.release()
+    result.update(
+        restore_s=restore_s, compiled_graphs_at_restore=compiled, description=model.describe(), phases=restored.phases,
+        busy=restored.busy_seconds(), released=str(release), has_references=saved is not None,
+        device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
+    )
+    return result
+
+
+def compiled_graphs() -> int:
+    """Graphs that torch.compile has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def run_role(role: str, workload: str, archive: Path, *, threads: int | None = None, **options: object) -> dict[str, object]:
+    """Runs one of this module's roles in a fresh process (the watchdog's time-out applies)."""
+    arguments = [role, workload, str(archive), *([str(threads)] if threads is not None else []), *option_arguments(options)]
+    return run_child(MODULE, arguments)
+
+
+def _run(arguments: argparse.Namespace) -> dict[str, object]:
+    options = parsed_options(arguments)
+    if arguments.role == "save":
+        return save(arguments.workload, arguments.archive, options)
+    if arguments.role == "native":
+        return native(arguments.workload, options)
+    return verify(arguments.workload, arguments.archive, arguments.threads, options)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="a child process of `foundry bench` and `foundry verify`")
+    parser.add_argument("role", choices=("save", "native", "verify"))
+    parser.add_argument("workload")
+    parser.add_argument("archive")
+    parser.add_argument("threads", nargs="?", type=int, default=DEFAULT_THREADS)
+    add_option_flags(parser)
+    return parser
+
+
+if __name__ == "__main__":
+    child_main(_run, _parser())

@@ -1,0 +1,242 @@
+"""Restored graphs against native ones: outputs bit for bit, replay latency.
+
+Two references: the graphs SAVE captured (their output digests, taken in the SAVE process on
+fixed inputs and stored in the archive: GraphEntry.references), and a native capture of the same
+graphs in the LOAD process (timed: warm-up + capture + instantiate). Restored graphs are the SAVE
+graphs, so they must match the first exactly; a native capture in another process may pick
+other kernels. Used by `foundry verify`, `foundry bench` and the GPU tests.
+
+Rank-independent: with collectives inside the graphs, every rank must replay the same graphs the
+same number of times, or one rank waits forever for its peer. So no count here depends on what
+a rank sees by itself: the comparisons replay every graph a fixed number of times (a mismatch
+does not end them early), and the latency's replays per run, which follow the graph's duration,
+are agreed between the ranks through the communicator (agreed_count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from foundry_trace.archive.format import Manifest
+from foundry_trace.bench.capture import capture_steps
+from foundry_trace.bench.workloads.registry import Engine
+from foundry_trace.errors import WorkloadError
+from foundry_trace.parallel.collectives import Communicator
+from foundry_trace.restore import Restored
+from foundry_trace.save.recording import Recording
+
+OUTPUT_NAME = "logits"  # the output every workload's step declares
+INPUT_SEED = 1000
+REFERENCE_REPLAYS = 5
+LATENCY_ROUNDS = 3
+LATENCY_BATCH_MS = 20.0
+
+
+def output_digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+
+
+def output_on_fixed_inputs(engine: Engine, batch: int, replay: Callable[[], None], output: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A copy of one step's output from a clean state: KV cache zeroed, seeded inputs."""
+    engine.prepare(batch, seed=INPUT_SEED + batch)
+    replay()
+    return output().detach().contiguous().clone()
+
+
+def run_on_fixed_inputs(engine: Engine, batch: int, replay: Callable[[], None], output: Callable[[], torch.Tensor]) -> str:
+    """The digest of one step's output from a clean state."""
+    return output_digest(output_on_fixed_inputs(engine, batch, replay, output))
+
+
+def restored_digests(engine: Engine, restored: Restored) -> dict[str, str]:
+    """The digest of each restored graph's output on its batch's fixed inputs (a lazy graph
+    restores at its replay here)."""
+    return {
+        key: run_on_fixed_inputs(engine, int(key), graph.replay, lambda g=graph: g.outputs[OUTPUT_NAME])
+        for key, graph in restored.graphs.items()
+    }
+
+
+def differing_from_saved(digests: dict[str, str], saved: dict[str, dict[str, object]]) -> list[int]:
+    """The batches whose digest differs from SAVE's, among those SAVE found deterministic."""
+    return sorted(int(key) for key, digest in digests.items() if saved[key]["deterministic"] and digest != saved[key]["digest"])
+
+
+def split_nondeterministic(differing: list[int], nondeterministic: list[int]) -> tuple[list[int], list[int]]:
+    """Batches whose outputs differ from SAVE's: those a native capture here replays
+    deterministically (real mismatches), and those it shows nondeterministic, set apart (SAVE's
+    few replays can agree by chance: cuDNN's attention did at batches 24 and 72)."""
+    return [b for b in differing if b not in nondeterministic], [b for b in differing if b in nondeterministic]
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.view(torch.uint8), b.view(torch.uint8))  # NaN equals NaN here, as bits do
+
+
+def reference_outputs(engine: Engine, steps: dict[int, object], replays: int = REFERENCE_REPLAYS) -> dict[str, dict[str, object]]:
+    """Per batch: the digest of the captured graph's output on fixed inputs, and whether
+    `replays` more replays all give the same bits (a graph that does not is nondeterministic: it
+    cannot be compared bit for bit, by Foundry or by anyone). The replays are compared on the
+    device; only the first output is hashed (hashing a 512 x 128k logits tensor on the host
+    six times per graph took minutes for 67 graphs)."""
+    references = {}
+    for batch, step in steps.items():
+        def again(s=step) -> torch.Tensor:  # noqa: ANN001
+            return output_on_fixed_inputs(engine, batch, s.graph.replay, lambda: s.output)
+
+        first = again()
+        agreeing = [_same_bits(first, again()) for _ in range(replays)]  # always all of them: see the module's docstring
+        deterministic = all(agreeing)
+        references[str(batch)] = {"digest": output_digest(first), "deterministic": deterministic}
+    return references
+
+
+def record_references(recording: Recording, engine: Engine, steps: dict[int, object]) -> None:
+    """Stores in the archive what each captured graph's output holds on its batch's fixed inputs
+    (reference_outputs), so that any later restore can be checked against SAVE's graphs."""
+    for key, reference in reference_outputs(engine, steps).items():
+        recording.add_reference(key, OUTPUT_NAME, reference["digest"], reference["deterministic"])
+
+
+def saved_references(manifest: Manifest) -> dict[str, dict[str, object]] | None:
+    """The references SAVE stored (reference_outputs' shape), or None where it stored none."""
+    found = {
+        entry.key: {"digest": reference.digest, "deterministic": reference.deterministic}
+        for entry in manifest.graphs
+        for reference in entry.references
+        if reference.name == OUTPUT_NAME
+    }
+    return found or None
+
+
+def agreed_count(count: int, communicator: Communicator | None) -> int:
+    """A count every rank uses alike: the ranks' counts averaged (rounded up) through an
+    all-reduce, so each gets the same number whatever it measured by itself."""
+    if communicator is None or communicator.world_size == 1:
+        return count
+    total = torch.tensor([float(count)], device="cuda")
+    communicator.all_reduce(total)
+    return max(1, math.ceil(total.item() / communicator.world_size))
+
+
+def replay_latency_ms(
+    replay: Callable[[], None], batches: int = 21, batch_ms: float = LATENCY_BATCH_MS, communicator: Communicator | None = None
+) -> float:
+    """Device time of one replay: the median over `batches` runs of back-to-back replays, timed
+    with CUDA events. Back to back, the device never waits for the host, so the figure is the
+    graph's own, not the launch call's (a few microseconds of Python, which a single event-timed
+    replay of a short graph would count). A run holds as many replays as fill about `batch_ms`
+    (2 to 20): a 60 ms graph needs no 20 to hide its launch, and 20 of it would take minutes."""
+    for _ in range(4):
+        replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    replay()
+    end.record()
+    end.synchronize()
+    replays_per_batch = agreed_count(min(20, max(2, math.ceil(batch_ms / max(start.elapsed_time(end), 1e-3)))), communicator)
+    samples = []
+    for _ in range(batches):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays_per_batch):
+            replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / replays_per_batch)
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def compare(
+    engine: Engine,
+    restored: Restored,
+    saved: dict[str, dict[str, object]] | None = None,
+    latency_batches: tuple[int, ...] = (1, 64, 256),
+    communicator: Communicator | None = None,
+) -> dict[str, object]:
+    """Captures the restored graphs' batch sizes natively (timed) and compares outputs and replay
+    latency; with `saved` (saved_references() of the archive), also against SAVE's graphs.
+    `communicator`: a tensor-parallel rank's, through which the ranks agree on replay counts."""
+    sizes = sorted(int(k) for k in restored.graphs)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    native = capture_steps(engine, sizes)
+    native_s = time.perf_counter() - start
+    here = reference_outputs(engine, native)
+    digests = restored_digests(engine, restored)
+    mismatched, nondeterministic, native_differs_from_saved = [], [], []
+    for batch in sizes:
+        reference = here[str(batch)]
+        if not reference["deterministic"]:
+            nondeterministic.append(batch)
+        elif digests[str(batch)] != reference["digest"]:
+            mismatched.append(batch)
+        if saved is not None and saved[str(batch)]["deterministic"]:
+            if reference["deterministic"] and reference["digest"] != saved[str(batch)]["digest"]:
+                native_differs_from_saved.append(batch)
+    latency = {}
+    for batch in (b for b in latency_batches if b in native):
+        # Alternating rounds, so that a drift of clocks or temperature hits both alike.
+        rounds = [
+            (replay_latency_ms(native[batch].graph.replay, communicator=communicator), replay_latency_ms(restored[batch].replay, communicator=communicator))
+            for _ in range(LATENCY_ROUNDS)
+        ]
+        native_ms = sorted(n for n, _ in rounds)[LATENCY_ROUNDS // 2]
+        restored_ms = sorted(r for _, r in rounds)[LATENCY_ROUNDS // 2]
+        latency[str(batch)] = {"native_ms": native_ms, "restored_ms": restored_ms, "delta_pct": 100 * (restored_ms / native_ms - 1)}
+    result: dict[str, object] = {
+        "native_s": native_s,
+        "graphs": len(sizes),
+        "bitwise_equal": not mismatched,
+        "mismatched": mismatched,
+        "nondeterministic_native": nondeterministic,
+        "latency": latency,
+    }
+    if saved is not None:
+        mismatched_saved, set_apart = split_nondeterministic(differing_from_saved(digests, saved), nondeterministic)
+        result.update(
+            bitwise_equal_saved=not mismatched_saved,
+            mismatched_saved=mismatched_saved,
+            mismatched_saved_nondeterministic=set_apart,
+            nondeterministic_saved=[int(b) for b, r in saved.items() if not r["deterministic"]],
+            native_differs_from_saved=native_differs_from_saved,
+        )
+    return result
+
+
+def verify_archive(archive: Path | None, workload: str | None, threads: int, **options: object) -> tuple[dict[str, object], str]:
+    """What `foundry verify` runs: restores `archive` in a fresh process with the engine of the
+    workload that wrote it (its metadata names it; `workload` overrides), captures the same
+    graphs natively there and compares, bit for bit, with that capture and with the outputs SAVE
+    stored in the archive (where it stored them). Without `archive`, SAVEs one first. Returns
+    the verify child's result and the workload's name."""
+    import tempfile
+
+    from foundry_trace.archive.format import Archive
+    from foundry_trace.bench.roles import run_role
+    from foundry_trace.bench.workloads.registry import workload_of
+
+    given = {k: v for k, v in options.items() if v is not None}
+    if archive is None:
+        name = workload or "small"
+        with tempfile.TemporaryDirectory(prefix="foundry-verify-") as scratch:
+            path = Path(scratch) / f"{name}.foundry"
+            run_role("save", name, path, **given)
+            return run_role("verify", name, path, threads=threads, **given), name
+    with Archive(archive) as opened:
+        named = workload_of(opened.manifest.metadata)
+    if workload is None and named is None:
+        raise WorkloadError(
+            f"{archive} does not name the workload that wrote it (it was not saved by `foundry bench`), and verify "
+            "must rebuild that engine's state: pass --workload NAME"
+        )
+    name = workload or named[0]
+    saved_options = named[1] if named is not None and named[0] == name else {}
+    return run_role("verify", name, archive, threads=threads, **{**saved_options, **given}), name

@@ -1,0 +1,124 @@
+"""The workloads that `foundry bench`, `foundry verify` and the GPU tests run, by name.
+
+An engine is what a serving engine is to Foundry: state built before the restore point (weights,
+KV cache, static inputs, one eager step so that libraries make their workspaces), and a decode
+step per batch size that is captured into a CUDA graph. This module imports no torch: the CLI
+lists the names without paying for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from foundry_trace.errors import WorkloadError
+
+if TYPE_CHECKING:
+    import torch
+
+# SDPA kernels a workload's attention may be pinned to. "default" is torch's choice (cuDNN's fused
+# attention on Hopper, not bitwise reproducible for batches of 24 and more); math, flash and
+# efficient (memory-efficient) are reproducible.
+ATTENTION_CHOICES = ("default", "math", "flash", "efficient")
+
+
+class Engine(Protocol):
+    batch_sizes: tuple[int, ...]
+
+    def warm_up(self) -> None:
+        """The engine's own eager step before the restore point (libraries allocate here)."""
+
+    def step(self, batch: int) -> torch.Tensor:
+        """One decode step on the static inputs of the first `batch` sequences; returns logits."""
+
+    def prepare(self, batch: int, seed: int) -> None:
+        """A clean state (KV cache zeroed) and seeded inputs, so that equal graphs give equal outputs."""
+
+    def describe(self) -> str:
+        """One line for results files."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    module: str  # within foundry_trace.bench.workloads
+    factory: str
+    summary: str
+    options: dict[str, object] = field(default_factory=dict)
+
+
+WORKLOADS: dict[str, Workload] = {
+    "tiny": Workload("decode", "decode_engine", "Llama-style decode step, 2 small layers, 4 batch sizes", {"preset": "tiny"}),
+    "small": Workload("decode", "decode_engine", "Llama-style decode step, 4 layers, 7 batch sizes", {"preset": "small"}),
+    "llama8b": Workload(
+        "decode", "decode_engine", "Llama-3-8B-shaped decode step, vLLM's 67 batch sizes", {"preset": "llama8b"}
+    ),
+    "hf-llama8b": Workload(
+        "transformers_models", "TransformersEngine", "transformers LlamaForCausalLM, Llama-3-8B config, random weights", {"model": "llama8b"}
+    ),
+    "hf-qwen3": Workload("transformers_models", "TransformersEngine", "transformers Qwen3ForCausalLM, Qwen3-4B config, random weights", {"model": "qwen3"}),
+    "hf-qwen3moe": Workload(
+        "transformers_models", "TransformersEngine",
+        "transformers Qwen3MoeForCausalLM, Qwen3-30B-A3B config (24 of 48 layers on one H100), random weights",
+        {"model": "qwen3moe"},
+    ),
+    "compiled": Workload(
+        "compiled", "CompiledDecodeEngine", "the small decode step compiled by torch.compile (Inductor, Triton)"
+    ),
+    "streams": Workload(
+        "streams", "StreamsEngine", "two streams forked and joined (event record/wait nodes), memcpy and memset nodes"
+    ),
+}
+
+
+def workload(name: str) -> Workload:
+    try:
+        return WORKLOADS[name]
+    except KeyError:
+        raise WorkloadError(f"unknown workload {name!r}; choose one of {', '.join(WORKLOADS)}") from None
+
+
+def make_engine(name: str, **options: object) -> Engine:
+    """The engine's state (weights, caches, static inputs), before its first step.
+    Options: attention (ATTENTION_CHOICES), layers, batch_sizes (each engine takes what applies),
+    communicator (tensor parallelism, collectives.Communicator: the Llama-style workloads)."""
+    chosen = workload(name)
+    attention = options.get("attention", "default")
+    if attention not in ATTENTION_CHOICES:
+        raise WorkloadError(f"attention {attention!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
+    if options.get("communicator") is not None and chosen.module != "decode":
+        raise WorkloadError(f"tensor parallelism: workload {name!r} has none; use tiny, small or llama8b")
+    factory = getattr(importlib.import_module(f"foundry_trace.bench.workloads.{chosen.module}"), chosen.factory)
+    return factory(**chosen.options, **{k: v for k, v in options.items() if v is not None})
+
+
+def build_engine(name: str, **options: object) -> Engine:
+    """The engine state that SAVE and LOAD both rebuild up to the restore point: make_engine() and
+    one eager step, so that libraries allocate their lasting workspaces (cuBLAS: per stream, at
+    the first matmul) here, in the same arena in every run."""
+    engine = make_engine(name, **options)
+    engine.warm_up()
+    return engine
+
+
+# Archive metadata the bench's SAVE writes, so that `foundry verify --archive` rebuilds the engine.
+METADATA_WORKLOAD = "foundry.bench.workload"
+METADATA_OPTIONS = "foundry.bench.options"
+
+
+def workload_metadata(name: str, options: dict[str, object]) -> dict[str, str]:
+    """What an archive records of the workload that wrote it (engine options that are plain values)."""
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items() if isinstance(v, (str, int, float, bool, tuple, list))}
+    return {METADATA_WORKLOAD: name, METADATA_OPTIONS: json.dumps(plain, sort_keys=True)}
+
+
+def workload_of(metadata: dict[str, str]) -> tuple[str, dict[str, object]] | None:
+    """The workload and options an archive's metadata names, or None (not written by the bench)."""
+    name = metadata.get(METADATA_WORKLOAD)
+    if name is None:
+        return None
+    options = json.loads(metadata.get(METADATA_OPTIONS, "{}"))
+    if "batch_sizes" in options:
+        options["batch_sizes"] = tuple(options["batch_sizes"])
+    return name, options

@@ -1,0 +1,301 @@
+"""LOAD: rebuild the saved graphs in this process, at the addresses they were saved with.
+
+    restored = foundry_trace.load("model.foundry")                     # every graph ready on return
+    restored = foundry_trace.load("model.foundry", mode="background")  # returns once memory is claimed;
+                                                                       # graphs become ready while serving
+    restored = foundry_trace.load("model.foundry", mode="lazy")        # each graph at its first replay
+    restored[8].replay(); logits = restored[8].outputs["logits"]
+    restored.release()
+
+    early = foundry_trace.prefetch("model.foundry")   # at start-up: modules load while weights do
+    ...                                                # the engine builds its state
+    restored = foundry_trace.load(early)               # at the restore point
+
+Call load() at the restore point (the engine's state rebuilt as in the SAVE run). Order: open the
+archive and check the fingerprint, queue the smallest batch's graph and its modules on a pool of
+threads (pipeline.py); then check the live layout (refuse with the difference), claim the
+recorded memory and write its contents, capture each recorded collective on the communicator
+(tensor-parallel archives), and queue every other graph in serving order, each after the modules
+it still needs (a lazy load: at its first replay). Any failure, in any mode and at any time,
+releases everything the load made and raises.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from cuda.bindings import driver
+
+import foundry_alloc
+from foundry_alloc.profiling import annotate
+from foundry_trace.archive.format import Archive, GraphEntry
+from foundry_trace.archive.node_table import node_kinds
+from foundry_trace.archive.records import MemorySegment
+from foundry_trace.driver import call, current_context
+from foundry_trace.errors import LayoutMismatchError, RestoreError, RestoreTimeoutError
+from foundry_trace.fingerprint import check_fingerprint, current_fingerprint
+from foundry_trace.parallel.collectives import Communicator, check_communicator
+from foundry_trace.restore.outputs import coalesce, output_view
+from foundry_trace.restore.pipeline import DEFAULT_BUILDERS, Pipeline, PipelineHooks, builds_early, serving_order
+from foundry_trace.restore.resources import LoadResources
+from foundry_trace.restore.restored import Restored, RestoredGraph
+
+Mode = Literal["eager", "background", "lazy"]
+DEFAULT_THREADS = min(8, os.cpu_count() or 1)
+
+
+def prefetch(
+    path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int = DEFAULT_BUILDERS, hooks: PipelineHooks | None = None
+) -> Restored:
+    """Starts the part of LOAD that needs no engine state, early: at process start, or while the
+    engine loads its weights. Needs the Foundry allocator installed; no CUDA context yet (it
+    makes torch's primary context current).
+
+    It opens the archive, checks the fingerprint, and on `threads` background threads loads
+    every module, then builds and instantiates every graph that holds no collective node and
+    whose memset and memcpy nodes name only the graph arena's memory, which it maps first (the
+    engine never allocates there; the driver refuses those nodes on unmapped memory).
+
+    Args:
+        path: the archive.
+        threads, builders, hooks: as for load().
+
+    Returns:
+        A Restored with no graphs yet: pass it to load() at the restore point, which checks the
+        layout, claims the rest of the memory and restores the rest.
+
+    Example:
+        >>> early = foundry_trace.prefetch("model.foundry")   # first thing in the process
+        >>> engine = build_engine()                            # meanwhile, modules load
+        >>> restored = foundry_trace.load(early)               # at the restore point
+    """
+    restored = _open(Path(path), threads, builders, hooks, communicator=None)
+    try:
+        with annotate("load.prefetch"):
+            restored.pipeline.load_all_modules()  # long before the restore point: all at once
+            restored.pipeline.build_early(_claim_graph_memory(restored))
+    except BaseException:
+        restored.release()
+        raise
+    return restored
+
+
+def load(
+    archive: str | Path | Restored,
+    *,
+    mode: Mode = "eager",
+    threads: int = DEFAULT_THREADS,
+    builders: int = DEFAULT_BUILDERS,
+    upload: bool = False,
+    communicator: Communicator | None = None,
+    timeout: float | None = None,
+    hooks: PipelineHooks | None = None,
+) -> Restored:
+    """Restores the graphs of an archive. Call it at the restore point: where the engine's
+    state (weights, KV cache, static inputs, library workspaces) has been rebuilt exactly as in
+    the SAVE run, with the Foundry allocator installed on the same range.
+
+    Args:
+        archive: the archive's path, or what prefetch() returned (whose threads are then used).
+        mode: "eager" returns with every graph ready; "background" returns once memory is
+            claimed and restores every graph meanwhile; "lazy" restores each graph at its first
+            replay() or wait() (the smallest batch's starts at once).
+        threads: worker threads for modules and graphs (they release the GIL in the driver).
+        builders: graphs built at the same time (DEFAULT_BUILDERS: more slow the driver down).
+        upload: also copy each executable to the device before it counts as ready (otherwise
+            its first launch does, as for a graph that torch captured).
+        communicator: this rank's (e.g. foundry_trace.parallel.NcclCommunicator), for an
+            archive of a tensor-parallel step; its rank count must be the archive's degree.
+        timeout: seconds an eager load may take at most (None: no limit). Past it, everything
+            the load made is released and RestoreTimeoutError names the graph it waited for.
+        hooks: for probes that study the pipeline's timing (PipelineHooks); None in serving.
+
+    Returns:
+        The Restored graphs by key: `restored[8].replay()`, `restored[8].outputs["logits"]`,
+        `restored.release()`.
+
+    Raises:
+        FingerprintMismatchError, LayoutMismatchError (with the diff), TensorParallelError,
+        ArchiveFormatError, DriverCallError, RestoreError: each after releasing everything.
+
+    Example:
+        >>> foundry_alloc.install()
+        >>> engine = build_engine()                        # the same allocations as at SAVE
+        >>> restored = foundry_trace.load("model.foundry")
+        >>> restored[8].replay(); logits = restored[8].outputs["logits"]
+    """
+    if mode not in ("eager", "background", "lazy"):
+        raise ValueError(f"mode {mode!r}: choose eager, background or lazy")
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"timeout={timeout}: give a positive number of seconds, or None")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if isinstance(archive, Restored):
+        restored = archive
+        restored.begin_load(communicator)
+    else:
+        restored = _open(Path(archive), threads, builders, hooks, communicator)
+        restored.begin_load(communicator)
+    try:
+        with annotate("load"):
+            if not isinstance(archive, Restored):
+                _start_first_graph(restored)
+            manifest = restored.archive.manifest
+            check_communicator(manifest.tensor_parallel, len(manifest.collectives), communicator, str(restored.archive.path))
+            _claim(restored, upload)
+            if manifest.collectives:
+                _bind_collectives(restored, communicator)
+            if mode != "lazy":  # in serving order, each graph right after the modules it still needs
+                for entry in serving_order(manifest.graphs):
+                    restored.pipeline.graph(entry)
+            if mode == "eager":
+                with _phase(restored, "graphs"):
+                    _wait_until(restored, deadline, timeout)
+    except BaseException:
+        restored.release(wait=deadline is None or time.monotonic() < deadline)
+        raise
+    return restored
+
+
+def _wait_until(restored: Restored, deadline: float | None, timeout: float | None) -> None:
+    """Waits for every graph, raising RestoreTimeoutError (after releasing) past the deadline."""
+    for graph in list(restored.graphs.values()):
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            graph.wait(remaining)
+        except RestoreTimeoutError:
+            raise RestoreTimeoutError(
+                f"LOAD did not finish within {timeout:.0f} s: graph {graph.key!r} was still restoring; everything the load "
+                "made was released (a worker stuck in the driver is abandoned): load again or capture natively"
+            ) from None
+    restored.wait()
+
+
+@contextmanager
+def _phase(restored: Restored, name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    with annotate(f"load.{name}"):
+        yield
+    restored.phases[name] = time.perf_counter() - start
+
+
+def _open(path: Path, threads: int, builders: int, hooks: PipelineHooks | None, communicator: Communicator | None) -> Restored:
+    """Opens the archive, checks the fingerprint, creates the events and the pool of threads."""
+    import torch
+
+    if foundry_alloc.installed() is None:
+        raise RestoreError("LOAD needs the Foundry allocator with SAVE's range: call foundry_alloc.install() first")
+    started = time.perf_counter()
+    device = torch.cuda.current_device()
+    context = current_context(device)
+    opened = time.perf_counter()
+    archive = Archive(path)
+    phases = {"open": time.perf_counter() - opened}
+    resources = LoadResources(device, communicator)
+    try:
+        checked = time.perf_counter()
+        with annotate("load.fingerprint"):
+            check_fingerprint(archive.manifest.fingerprint, current_fingerprint())
+        phases["fingerprint"] = time.perf_counter() - checked
+        for _ in range(archive.manifest.events):
+            resources.add_event(int(call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING)))
+        pipeline = Pipeline(archive, resources, threads=threads, builders=builders, context=context, started=started, hooks=hooks)
+    except BaseException:
+        resources.release()
+        archive.close()
+        raise
+    restored = Restored(archive, resources, pipeline)
+    restored.phases.update(phases)
+    return restored
+
+
+def _start_first_graph(restored: Restored) -> None:
+    """LOAD starts on the graph a server replays first (its smallest batch) at once: its modules
+    load, and it is built and instantiated, while LOAD checks the layout and claims the memory.
+    As for prefetch(), only where it needs no live state; where its memsets or memcpys name the
+    graph arena alone, that arena is claimed first."""
+    manifest = restored.archive.manifest
+    if not manifest.graphs:
+        return
+    first = serving_order(manifest.graphs)[0]
+    restored.pipeline.load_modules_for(first)
+    table = restored.archive.blob(first.table)
+    kinds = node_kinds(table)
+    if not builds_early(kinds, first.copy_arenas, graph_memory_mapped=False):
+        if not builds_early(kinds, first.copy_arenas, graph_memory_mapped=True) or not _claim_graph_memory(restored):
+            return
+    restored.pipeline.executable(first, table)
+
+
+def _claim_graph_memory(restored: Restored) -> bool:
+    """Claims the recorded graph-arena memory ahead of the layout check; False (nothing
+    claimed) where SAVE's engine held graph-arena blocks of its own at the restore point, or
+    where this process holds graph-arena memory in the way (the layout check then names it)."""
+    manifest = restored.archive.manifest
+    if any(block.arena == foundry_alloc.GRAPH for block in manifest.restore_layout.allocations):
+        return False
+    claims = restored.resources.claims
+    with _phase(restored, "graph memory"):
+        try:
+            for segment in manifest.memory:
+                if segment.arena == foundry_alloc.GRAPH:
+                    _claim_segment(restored, segment)
+        except foundry_alloc.InvalidRequestError:  # the range is not free
+            restored.resources.unclaim(since=claims)
+            return False
+    return True
+
+
+def _claim_segment(restored: Restored, segment: MemorySegment) -> None:
+    foundry_alloc.installed().claim(segment.address, segment.size, segment.arena, restored.device)
+    restored.resources.add_claim(segment.address, segment.size, segment.arena)
+    if segment.contents:
+        data = restored.archive.blob(segment.contents)
+        call(driver.cuMemcpyHtoD, segment.address, data, len(data))
+
+
+def _claim(restored: Restored, upload: bool) -> None:
+    """At the restore point: checks the live layout, claims the recorded memory (what prefetch
+    did not) and writes its contents, and creates each graph's handle with its output views."""
+    archive, pipeline = restored.archive, restored.pipeline
+    manifest = archive.manifest
+    with _phase(restored, "layout"):
+        early = restored.resources.claimed_addresses()
+        live = foundry_alloc.layout(restored.device)
+        live = live.model_copy(update={"allocations": tuple(a for a in live.allocations if a.address not in early)})
+        diff = foundry_alloc.diff_layouts(manifest.restore_layout, live)
+        if not diff.equal:
+            raise LayoutMismatchError(
+                "the engine's memory at the restore point differs from SAVE's, so the saved graphs' "
+                "addresses would be wrong here. Rebuild the engine state exactly as in the SAVE run "
+                "(same allocations, same order, same arenas):\n" + diff.render("SAVE", "here")
+            )
+    with _phase(restored, "memory"):
+        for segment in manifest.memory:
+            if segment.address not in early:
+                _claim_segment(restored, segment)
+        pipeline.upload = upload
+        owned = coalesce([(s.address, s.size) for s in manifest.memory] + [(a.address, a.size) for a in manifest.restore_layout.allocations])
+        for entry in serving_order(manifest.graphs):  # wait() restores a lazy load's rest in this order
+            outputs = {o.name: output_view(o, owned) for o in entry.outputs}
+            restored.graphs[entry.key] = RestoredGraph(entry.key, outputs, _requester(pipeline, entry), restored.release)
+
+
+def _bind_collectives(restored: Restored, communicator: Communicator) -> None:
+    """A graph of each recorded collective on the live communicator (the builder clones it where
+    the collective's node was). After _claim: the collectives' buffers must be mapped."""
+    with _phase(restored, "collectives"):
+        graphs = []
+        for spec in restored.archive.manifest.collectives:
+            graph = communicator.collective_graph(spec)
+            restored.resources.add_collective_graph(graph)
+            graphs.append(graph)
+        restored.pipeline.bind_collectives(graphs)
+
+
+def _requester(pipeline: Pipeline, entry: GraphEntry):  # noqa: ANN202 - () -> Future
+    return lambda: pipeline.graph(entry)

@@ -1,0 +1,264 @@
+"""The work of LOAD after the checks, as tasks on a pool of threads: load each module (with its
+variables and functions), then for each graph build, instantiate (and upload) it, each task
+once, a graph only after the modules its kernels come from.
+
+prefetch() also builds and instantiates, before the restore point, every graph whose nodes hold
+addresses only as values (kernels, events, child graphs): an executable does not care whether
+the memory its kernels will touch is mapped yet. The driver does check the memory of memset and
+memcpy nodes, so a graph holding them is built early only where they name the graph arena alone
+and prefetch mapped it; graphs with collective nodes wait for the restore point.
+
+Modules are queued before any graph that needs them, largest first: by prefetch(), all of them
+when the archive is opened (the engine's start leaves them time); by load(), each graph's just
+before it, in serving order, so that the first graphs build while the modules of the later ones
+load (cold on an H100, three fresh processes each: 0.93 s for the 8B-shaped workload's 67
+graphs, against 1.02 s with every module first). load() queues the smallest batch's graph and
+its modules at open, so that they restore while LOAD claims the memory. The pool takes tasks in
+order, so a graph task that waits for a module always waits for one that is already running or
+done: the pool cannot deadlock. The driver calls release the GIL (cuda.bindings, and ctypes for
+the native builder), so the threads work in parallel, with at most `builders` graphs built at a
+time (builds slow the driver's instantiations down, see DEFAULT_BUILDERS). Every handle is
+recorded in the load's resources (resources.py) the moment it exists, so that a failure
+anywhere leaves nothing behind once the load is released.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+from cuda.bindings import driver
+
+from foundry_alloc import GRAPH
+from foundry_alloc.profiling import annotate
+from foundry_trace import native
+from foundry_trace.archive.format import Archive, GraphEntry
+from foundry_trace.archive.node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, node_kinds
+from foundry_trace.driver import call
+from foundry_trace.errors import DriverCallError
+from foundry_trace.restore.modules import load_module
+from foundry_trace.restore.resources import LoadResources
+
+# Graphs LOAD builds at once. The driver serialises much of building and instantiating, and a
+# build on every thread slows each instantiation down: cold on an H100, the 8B-shaped workload's
+# 67 graphs on 8 threads, fresh processes, the median instantiation took 47-63 ms with 8 builds
+# at a time, 18-23 ms with 2 and 9-14 ms with 1; LOAD took 0.79 s on average (9 runs), 0.68 s (6)
+# and 0.71 s (9) (foundry_trace.bench.probes.cold_restore, variants builders-K-8).
+DEFAULT_BUILDERS = 2
+
+
+@dataclass(frozen=True)
+class Span:
+    """One task of LOAD, for the phase report and the timeline."""
+
+    what: str  # e.g. "module 3", "graph 8"
+    phase: str  # module, build, instantiate or upload
+    worker: str
+    start: float  # seconds since LOAD began
+    end: float
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class PipelineHooks:
+    """Where a probe may step into the pipeline's timing without changing it (the defaults do
+    nothing): `worker_started` runs first on each worker thread; `around_build` and
+    `around_instantiate` each give a context manager entered around every build or
+    instantiation (e.g. a lock, to ask whether the driver runs them better one at a time)."""
+
+    worker_started: Callable[[], None] = _nothing
+    around_build: Callable[[], AbstractContextManager] = field(default=nullcontext)
+    around_instantiate: Callable[[], AbstractContextManager] = field(default=nullcontext)
+
+
+class Pipeline:
+    """The tasks of one LOAD on a pool of `threads` threads, at most `builders` graphs built at
+    a time; every handle goes to `resources` the moment it exists."""
+
+    def __init__(
+        self, archive: Archive, resources: LoadResources, *, threads: int, builders: int, context: int, started: float,
+        hooks: PipelineHooks | None = None,
+    ) -> None:
+        if threads < 1 or builders < 1:
+            raise ValueError(f"threads={threads}, builders={builders}: a LOAD needs at least one of each")
+        self.archive = archive
+        self.context = context
+        self.upload = False  # set at the restore point, before any graph is requested
+        self.spans: list[Span] = []
+        self._manifest = archive.manifest
+        self._resources = resources
+        self._started = started
+        self._hooks = hooks or PipelineHooks()
+        self._lock = threading.Lock()
+        self._modules: dict[int, Future] = {}
+        self._graphs: dict[str, Future] = {}  # executables
+        self._uploads: dict[str, Future] = {}
+        self._functions_of: dict[int, list[int]] = {}
+        for number, function in enumerate(self._manifest.functions):
+            self._functions_of.setdefault(function.module, []).append(number)
+        self._handles = native.Handles([0] * len(self._manifest.functions), resources.events)
+        self._builders = threading.BoundedSemaphore(builders)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="foundry-load", initializer=self._start_worker)
+
+    def _start_worker(self) -> None:
+        call(driver.cuCtxSetCurrent, driver.CUcontext(self.context))  # worker threads start without one
+        self._hooks.worker_started()
+
+    def queued_graphs(self) -> list[str]:
+        """Keys of the graphs queued so far."""
+        with self._lock:
+            return list(self._graphs)
+
+    def load_all_modules(self) -> None:
+        """Queues every module the graphs use, largest first."""
+        self._queue_modules({m for entry in self._manifest.graphs for m in entry.modules})
+
+    def load_modules_for(self, entry: GraphEntry) -> None:
+        """Queues the modules one graph needs."""
+        self._queue_modules(set(entry.modules))
+
+    def _queue_modules(self, modules: set[int]) -> None:
+        with self._lock:
+            for module in sorted(modules - self._modules.keys(), key=lambda m: -self._manifest.modules[m].size):
+                self._modules[module] = self._pool.submit(self._load_module, module)
+
+    def bind_collectives(self, graphs: list[int]) -> None:
+        """The collective graphs by archive index; set before any graph that holds a collective
+        node is queued (prefetch() queues only graphs without one)."""
+        self._handles.set_collectives(graphs)
+
+    def wait_for_modules(self) -> None:
+        """Blocks until every queued module is loaded (re-raising a failure)."""
+        with self._lock:
+            futures = list(self._modules.values())
+        for future in futures:
+            future.result()
+
+    def build_early(self, graph_memory_mapped: bool) -> None:
+        """Queues a task that queues every graph that needs no live state (see the module's
+        docstring); it reads the node tables on a worker, so prefetch() returns at once."""
+        self._pool.submit(self._queue_early_graphs, graph_memory_mapped)
+
+    def _queue_early_graphs(self, graph_memory_mapped: bool) -> None:
+        # Smallest batch first: a server's first requests come one or a few at a time, and a lazy
+        # LOAD's first replay would otherwise wait behind the largest graphs. A blob that fails
+        # its checksum stops the scan only: LOAD queues every graph at the restore point, and
+        # the graph's own task then raises the error.
+        for entry in serving_order(self._manifest.graphs):
+            table = self.archive.blob(entry.table)
+            if builds_early(node_kinds(table), entry.copy_arenas, graph_memory_mapped):
+                self.executable(entry, table)
+
+    def graph(self, entry: GraphEntry) -> Future:
+        """The future of a graph ready to replay: its executable, then uploaded if LOAD asked."""
+        executable = self.executable(entry)
+        if not self.upload:
+            return executable
+        with self._lock:
+            future = self._uploads.get(entry.key)
+            if future is None:
+                future = self._uploads[entry.key] = self._pool.submit(self._upload, entry, executable)
+            return future
+
+    def executable(self, entry: GraphEntry, table: bytes | None = None) -> Future:
+        """The future executable of a graph, queued the first time, right after the modules it
+        needs that are not queued yet. `table`: its node table where the caller has read it."""
+        self._queue_modules(set(entry.modules))
+        with self._lock:
+            future = self._graphs.get(entry.key)
+            if future is None:
+                future = self._graphs[entry.key] = self._pool.submit(self._restore_graph, entry, table)
+            return future
+
+    def close(self, wait: bool = True) -> None:
+        """Cancels queued tasks and, with `wait`, waits for running ones (their handles are then
+        recorded). Without it, a task stuck in the driver is abandoned (LOAD's time-out)."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+    @contextmanager
+    def _span(self, what: str, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        with annotate(f"load.{phase} {what}"):
+            yield
+        end = time.perf_counter()
+        span = Span(what, phase, threading.current_thread().name, start - self._started, end - self._started)
+        with self._lock:
+            self.spans.append(span)
+
+    def _load_module(self, index: int) -> None:
+        functions = [(number, self._manifest.functions[number]) for number in self._functions_of.get(index, ())]
+        with self._span(f"module {index}", "module"):
+            for number, handle in load_module(self.archive, self._manifest.modules[index], functions, self._resources).items():
+                self._handles.functions[number] = handle
+
+    def build(self, entry: GraphEntry, table: bytes | None = None) -> int:
+        """Builds a graph's CUgraph (its modules must be loaded); the caller destroys it."""
+        with self._span(f"graph {entry.key}", "build"):
+            if table is None:
+                table, payload = self.archive.graph_blobs(entry)
+            else:
+                payload = self.archive.blob(entry.payload)
+            try:
+                return native.build_graph(table, payload, self._handles, self.context, f"graph {entry.key!r}")
+            except DriverCallError as error:
+                raise DriverCallError(self._name_function(str(error))) from None
+
+    def instantiate(self, graph: int, what: str) -> int:
+        """Instantiates a built CUgraph; the caller owns (and destroys) the executable."""
+        with self._hooks.around_instantiate():
+            return native.instantiate(graph, self.context, what)
+
+    def _name_function(self, message: str) -> str:
+        """Adds the kernel's name to a refusal that names a function index."""
+        found = re.search(r"kernel function (\d+)", message)
+        if found and int(found.group(1)) < len(self._manifest.functions):
+            message = message.replace(found.group(0), f"kernel {self._manifest.functions[int(found.group(1))].name}")
+        return message
+
+    def _restore_graph(self, entry: GraphEntry, table: bytes | None) -> int:
+        for module in entry.modules:
+            self._modules[module].result()  # re-raises the module's failure
+        what = f"graph {entry.key!r}"
+        with self._builders, self._hooks.around_build():
+            graph = self.build(entry, table)
+        try:
+            with self._span(f"graph {entry.key}", "instantiate"):
+                executable = self.instantiate(graph, what)
+        finally:
+            native.destroy_graph(graph)
+        self._resources.add_executable(executable)
+        return executable
+
+    def _upload(self, entry: GraphEntry, executable: Future) -> int:
+        handle = executable.result()  # queued before this task: running or done
+        with self._span(f"graph {entry.key}", "upload"):
+            native.upload(handle, self.context, f"graph {entry.key!r}")
+        return handle
+
+
+def builds_early(kinds: frozenset[str], copy_arenas: tuple[str, ...] | None, graph_memory_mapped: bool) -> bool:
+    """Whether prefetch() builds a graph of these node kinds before the restore point: kernels,
+    events and child graphs always; memsets and memcpys where all name the graph arena and
+    prefetch mapped it; collectives never."""
+    if kinds <= BUILT_BEFORE_RESTORE_POINT:
+        return True
+    copies_mapped = graph_memory_mapped and copy_arenas is not None and set(copy_arenas) <= {GRAPH}
+    return copies_mapped and kinds <= BUILT_BEFORE_RESTORE_POINT | COPY_KINDS
+
+
+def serving_order(entries: Iterable[GraphEntry]) -> list[GraphEntry]:
+    """Graphs in the order a server first needs them (key_order)."""
+    return sorted(entries, key=lambda entry: key_order(entry.key))
+
+
+def key_order(key: str) -> tuple[bool, int, str]:
+    """Graph keys in serving order: batch sizes ascending, then any other keys by name."""
+    return (not key.isdigit(), int(key) if key.isdigit() else 0, key)

@@ -1,0 +1,141 @@
+"""Everything one LOAD makes that must be given back: modules, events, executables, collective
+graphs and claimed memory. One owner, shared by the Restored object and its pipeline's worker
+threads, which record each handle here the moment it exists: so that a failure anywhere, in any
+mode, releases all of it and the process is as it was before LOAD.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cuda.bindings import driver
+
+import foundry_alloc
+from foundry_alloc.units import format_bytes
+from foundry_trace import native
+from foundry_trace.parallel.collectives import Communicator
+
+
+@dataclass(frozen=True)
+class ReleaseSummary:
+    """What a release gave back, for messages ("released 3 executables, 19 modules, ...")."""
+
+    executables: int = 0
+    collective_graphs: int = 0
+    events: int = 0
+    modules: int = 0
+    memory_blocks: int = 0
+    memory_bytes: int = 0
+
+    def __str__(self) -> str:
+        parts = [
+            f"{count} {name if count != 1 else name[:-1]}"
+            for name, count in (
+                ("executables", self.executables), ("collective graphs", self.collective_graphs),
+                ("events", self.events), ("modules", self.modules),
+            )
+            if count
+        ]
+        if self.memory_blocks:
+            parts.append(f"{self.memory_blocks} claimed memory block{'s' if self.memory_blocks != 1 else ''} ({format_bytes(self.memory_bytes)})")
+        return ", ".join(parts) or "nothing"
+
+
+class LoadResources:
+    """Handles of one LOAD, recorded as they are made (thread-safe), and released in an order
+    that is safe while graphs may still run: executables and collective graphs, then (after the
+    device has finished its work) events, modules and memory."""
+
+    def __init__(self, device: int, communicator: Communicator | None = None) -> None:
+        self.device = device
+        self.communicator = communicator  # told about each collective graph it made that is destroyed
+        self._lock = threading.Lock()
+        self._executables: list[int] = []
+        self._collective_graphs: list[int] = []
+        self._events: list[int] = []
+        self._modules: list[int] = []
+        self._claimed: list[tuple[int, int, str]] = []  # (address, size, arena)
+        self._released = False
+
+    def add_executable(self, handle: int) -> None:
+        self._add(self._executables, handle, native.destroy_executable)
+
+    def add_collective_graph(self, handle: int) -> None:
+        self._add(self._collective_graphs, handle, self._destroy_collective_graph)
+
+    def add_event(self, handle: int) -> None:
+        self._add(self._events, handle, lambda event: driver.cuEventDestroy(driver.CUevent(event)))
+
+    def add_module(self, handle: int) -> None:
+        self._add(self._modules, handle, lambda module: driver.cuModuleUnload(driver.CUmodule(module)))
+
+    def _add(self, handles: list[int], handle: int, destroy: Callable[[int], object]) -> None:
+        """Records a handle; one made after the release (by a worker a time-out abandoned) is
+        destroyed at once instead."""
+        with self._lock:
+            if not self._released:
+                handles.append(handle)
+                return
+        destroy(handle)
+
+    def _destroy_collective_graph(self, graph: int) -> None:
+        native.destroy_graph(graph)
+        if self.communicator is not None:
+            self.communicator.graph_released(graph)
+
+    def add_claim(self, address: int, size: int, arena: str) -> None:
+        with self._lock:
+            self._claimed.append((address, size, arena))
+
+    @property
+    def events(self) -> list[int]:
+        with self._lock:
+            return list(self._events)
+
+    @property
+    def claims(self) -> int:
+        """How many claims were made so far (for unclaim(since=))."""
+        with self._lock:
+            return len(self._claimed)
+
+    def claimed_addresses(self) -> set[int]:
+        with self._lock:
+            return {address for address, _, _ in self._claimed}
+
+    def unclaim(self, since: int = 0) -> tuple[int, int]:
+        """Frees the memory claimed from the `since`-th claim on and gives it back to the driver
+        too (the device then holds what it held before, and a fallback capture maps what it
+        needs); returns (blocks, bytes)."""
+        with self._lock:
+            claimed, self._claimed = self._claimed[since:], self._claimed[:since]
+        allocator = foundry_alloc.installed()
+        if allocator is not None and claimed:
+            for address, _, _ in claimed:
+                allocator.free(address)
+            allocator.trim(self.device, tuple({arena for _, _, arena in claimed}))
+        return len(claimed), sum(size for _, size, _ in claimed)
+
+    def release(self) -> ReleaseSummary:
+        """Destroys and frees everything recorded; later handles are destroyed as they come.
+        The caller has stopped the pipeline's workers first (or abandoned a stuck one)."""
+        with self._lock:
+            self._released = True
+            executables, self._executables = self._executables, []
+            graphs, self._collective_graphs = self._collective_graphs, []
+            events, self._events = self._events, []
+            modules, self._modules = self._modules, []
+            has_memory = bool(self._claimed)
+        for executable in executables:
+            native.destroy_executable(executable)  # freed by the driver once any launch of it ends
+        for graph in graphs:
+            self._destroy_collective_graph(graph)
+        if (modules or has_memory) and (executables or graphs):
+            driver.cuCtxSynchronize()  # no kernel of these modules, or on this memory, may still run
+        for event in events:
+            driver.cuEventDestroy(driver.CUevent(event))
+        for module in modules:
+            driver.cuModuleUnload(driver.CUmodule(module))
+        blocks, size = self.unclaim()
+        return ReleaseSummary(len(executables), len(graphs), len(events), len(modules), blocks, size)

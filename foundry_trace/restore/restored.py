@@ -1,0 +1,171 @@
+"""What LOAD hands back: the restored graphs by key, ready to replay on a torch stream, and the
+handle that releases everything the load made."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+
+from cuda.bindings import driver
+
+from foundry_trace.archive.format import Archive
+from foundry_trace.driver import call
+from foundry_trace.errors import FoundryTraceError, GraphReleasedError, RestoreError, RestoreTimeoutError
+from foundry_trace.restore.pipeline import Pipeline, Span
+from foundry_trace.restore.resources import LoadResources, ReleaseSummary
+
+
+class RestoredGraph:
+    """One restored graph: replay() launches it; `outputs` are views of its recorded output
+    buffers (valid while the load is not released).
+
+    In background and lazy loads the graph may still be restoring: replay() and wait() then
+    block until it is ready. A graph whose restore failed raises there, after the whole load was
+    released (the message says what was released): the process is as it was before LOAD."""
+
+    def __init__(self, key: str, outputs: dict[str, object], request: Callable[[], Future], fail: Callable[..., ReleaseSummary]) -> None:
+        self.key = key
+        self.outputs = outputs
+        self._request = request
+        self._fail = fail
+        self._executable: driver.CUgraphExec | None = None  # made once: replay() is the hot path
+
+    def _released(self) -> None:
+        self._executable = None
+
+        def refuse() -> Future:
+            raise GraphReleasedError(f"graph {self.key!r} was released: load the archive again (or capture it natively)")
+
+        self._request = refuse
+
+    def ready(self) -> bool:
+        """True once the executable exists (always, after an eager load)."""
+        return self._executable is not None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Blocks until the graph can be replayed, queuing its restore first where it is lazy.
+        `timeout`: seconds to wait at most (RestoreTimeoutError, the load released, after it)."""
+        if self._executable is not None:
+            return
+        future = self._request()
+        try:
+            handle = future.result(timeout=timeout)
+        except TimeoutError:
+            released = self._fail(wait=False)
+            raise RestoreTimeoutError(
+                f"graph {self.key!r} was not restored within {timeout:.0f} s; released {released}: a driver call stalled "
+                "(see the threads' stacks with faulthandler); load again or capture natively"
+            ) from None
+        except GraphReleasedError:
+            raise
+        except BaseException as error:
+            released = self._fail()
+            message = f"restoring graph {self.key!r} failed: {error}; released everything this load made ({released})"
+            if isinstance(error, FoundryTraceError):
+                raise type(error)(message) from error
+            raise RestoreError(message) from error
+        self._executable = driver.CUgraphExec(handle)
+
+    def replay(self, stream: int | None = None) -> None:
+        """Launches the graph on `stream` (default: torch's current stream)."""
+        if self._executable is None:
+            self.wait()
+        if stream is None:
+            import torch
+
+            stream = torch.cuda.current_stream().cuda_stream
+        call(driver.cuGraphLaunch, self._executable, driver.CUstream(stream))
+
+
+class Restored:
+    """The restored graphs of one archive, by key, in serving order (batch sizes ascending), and
+    what LOAD holds for them. Index it by key (restored[8] or restored["8"]); release() (or
+    leaving a `with` block) gives everything back.
+
+    `phases` holds the wall seconds of each step of LOAD, `spans` every module and graph task
+    (for timelines); `archive` and `pipeline` are open while the load is, for tools that study
+    a restore (the benchmarks build graphs through pipeline.build to time the driver alone)."""
+
+    def __init__(self, archive: Archive, resources: LoadResources, pipeline: Pipeline) -> None:
+        self.archive = archive
+        self.pipeline = pipeline
+        self.graphs: dict[str, RestoredGraph] = {}
+        self.phases: dict[str, float] = {}
+        self.resources = resources
+        self._loaded = False
+        self._released: ReleaseSummary | None = None
+        self._release_lock = threading.Lock()
+
+    @property
+    def device(self) -> int:
+        return self.resources.device
+
+    @property
+    def spans(self) -> list[Span]:
+        return list(self.pipeline.spans)
+
+    def __getitem__(self, key: object) -> RestoredGraph:
+        return self.graphs[str(key)]
+
+    def __contains__(self, key: object) -> bool:
+        return str(key) in self.graphs
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.graphs)
+
+    def __enter__(self) -> Restored:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+    def begin_load(self, communicator: object) -> None:
+        """Marks a prefetched Restored as being loaded (by load()), with this rank's communicator;
+        refuses a second load or one after release: loading again would claim the memory twice,
+        and the failure's clean-up would destroy the graphs already restored."""
+        if self._loaded or self.graphs or self._released is not None:
+            raise RestoreError("this Restored was loaded or released already: prefetch() the archive again")
+        self._loaded = True
+        self.resources.communicator = communicator
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Blocks until every graph is ready (background and lazy loads restore the rest now)."""
+        for graph in list(self.graphs.values()):
+            graph.wait(timeout)
+        self._finish_pipeline()
+
+    def wait_for_modules(self) -> None:
+        """Blocks until prefetch() has loaded every module (re-raising its failure, if any)."""
+        self.pipeline.wait_for_modules()
+
+    def busy_seconds(self) -> dict[str, float]:
+        """Seconds spent in each kind of task, summed over threads."""
+        totals: dict[str, float] = {}
+        for span in self.spans:
+            totals[span.phase] = totals.get(span.phase, 0.0) + span.end - span.start
+        return totals
+
+    def release(self, *, wait: bool = True) -> ReleaseSummary:
+        """Stops pending work and destroys the executables, events and modules, and frees the
+        claimed memory: afterwards the process is as before LOAD and may retry or capture.
+        Returns what was released (the first call's summary on later calls). `wait=False`
+        abandons a worker stuck in the driver rather than waiting for it (time-outs)."""
+        with self._release_lock:
+            if self._released is not None:
+                return self._released
+            self.pipeline.close(wait=wait)
+            self._released = self.resources.release()
+            self.archive.close()
+            for graph in self.graphs.values():
+                graph._released()
+            self.graphs.clear()
+            return self._released
+
+    def _finish_pipeline(self) -> None:
+        """Every graph is ready: the workers and the archive are no longer needed."""
+        self.pipeline.close()
+        self.archive.close()
