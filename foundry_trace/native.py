@@ -22,9 +22,10 @@ _u64, _u32, _bytes = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_char_p
 _u64_array = ctypes.POINTER(ctypes.c_uint64)
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fr_table_check": (ctypes.c_int, [_bytes, _u64, _bytes, _u64, _u32, _u32, _u32, ctypes.c_char_p, _u64]),
+    "fr_function_param_bytes": (ctypes.c_int, [_u64, _u64_array, ctypes.c_char_p, _u64]),
     "fr_graph_build": (
         ctypes.c_int,
-        [_bytes, _u64, _bytes, _u64, _u64_array, _u32, _u64_array, _u32, _u64_array, _u32, _u64, _u64_array, ctypes.c_char_p, _u64],
+        [_bytes, _u64, _bytes, _u64, _u64_array, _u64_array, _u32, _u64_array, _u32, _u64_array, _u32, _u64, _u64_array, ctypes.c_char_p, _u64],
     ),
     "fr_graph_instantiate": (ctypes.c_int, [_u64, _u64, _u64_array, ctypes.c_char_p, _u64]),
     "fr_graph_upload": (ctypes.c_int, [_u64, _u64, ctypes.c_char_p, _u64]),
@@ -61,12 +62,25 @@ def check_table(table: bytes, payload: bytes, functions: int, events: int, colle
         _raise(status, error, what)
 
 
+def function_param_bytes(handle: int) -> int:
+    """The size of a kernel's parameter buffer (CUfunction `handle`): the end of its last
+    parameter, by cuFuncGetParamInfo; 0 where the driver cannot tell (before CUDA 12.4)."""
+    size = ctypes.c_uint64(0)
+    error = ctypes.create_string_buffer(ERROR_BYTES)
+    status = library().fr_function_param_bytes(handle, ctypes.byref(size), error, ERROR_BYTES)
+    if status != OK:
+        _raise(status, error, f"function {handle:#x}")
+    return size.value
+
+
 class Handles:
     """CUfunction, CUevent and collective CUgraph handles by archive index, as the C arrays each
-    build reads."""
+    build reads, and each function's parameter buffer size (function_param_bytes; 0 where
+    unknown), which the build checks every kernel node's arguments against."""
 
     def __init__(self, functions: list[int], events: list[int], collectives: list[int] = ()) -> None:  # type: ignore[assignment]
         self.functions = (ctypes.c_uint64 * max(1, len(functions)))(*functions)
+        self.param_bytes = (ctypes.c_uint64 * max(1, len(functions)))()
         self.function_count = len(functions)
         self.events = (ctypes.c_uint64 * max(1, len(events)))(*events)
         self.event_count = len(events)
@@ -82,8 +96,9 @@ def build_graph(table: bytes, payload: bytes, handles: Handles, context: int, wh
     graph = ctypes.c_uint64(0)
     error = ctypes.create_string_buffer(ERROR_BYTES)
     status = library().fr_graph_build(
-        table, len(table), payload, len(payload), handles.functions, handles.function_count,
-        handles.events, handles.event_count, handles.collectives, handles.collective_count, context, ctypes.byref(graph), error, ERROR_BYTES,
+        table, len(table), payload, len(payload), handles.functions, handles.param_bytes, handles.function_count,
+        handles.events, handles.event_count, handles.collectives, handles.collective_count, context, ctypes.byref(graph),
+        error, ERROR_BYTES,
     )
     if status != OK:
         _raise(status, error, what)

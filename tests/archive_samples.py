@@ -7,8 +7,9 @@ import hashlib
 import hypothesis.strategies as st
 
 import foundry_alloc as fa
-from foundry_trace.archive.format import ArchiveWriter, Fingerprint, GraphEntry, Manifest, OutputTensor
-from foundry_trace.archive.node_table import encode
+from foundry_trace.archive.format import ArchiveWriter
+from foundry_trace.archive.manifest import Fingerprint, GraphEntry, Manifest, OutputTensor
+from foundry_trace.archive.node_table import LAUNCH_ATTRIBUTES, encode
 from foundry_trace.archive.records import (
     ChildGraphNode,
     CollectiveNode,
@@ -74,7 +75,7 @@ def kernel_nodes(draw: st.DrawFn, functions: int) -> KernelNode:
         block=draw(dim3),
         shared_bytes=draw(small),
         arguments=draw(st.binary(max_size=256)),
-        attributes=draw(st.dictionaries(st.integers(min_value=1, max_value=20), st.binary(min_size=64, max_size=64), max_size=3)),
+        attributes=draw(st.dictionaries(st.sampled_from(sorted(LAUNCH_ATTRIBUTES)), st.binary(min_size=64, max_size=64), max_size=3)),
     )
 
 

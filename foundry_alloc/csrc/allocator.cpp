@@ -24,7 +24,15 @@ Space* Allocator::space_for(int device, bool create, Status* status, std::string
     return nullptr;
   }
   const uint64_t slot = spaces_.size();
-  auto space = std::make_unique<Space>(backend_.get(), device, base_ + slot * size_, size_);
+  uint64_t offset = 0, base = 0;
+  if (__builtin_mul_overflow(slot, size_, &offset) ||
+      __builtin_add_overflow(base_, offset, &base)) {
+    *error = "device " + std::to_string(device) + "'s space would start past the end of the " +
+             "64-bit address space: choose a lower base or a smaller size";
+    *status = kInvalidArgument;
+    return nullptr;
+  }
+  auto space = std::make_unique<Space>(backend_.get(), device, base, size_);
   *status = space->init(error);
   if (*status != kOk) return nullptr;  // nothing stays reserved: the space is destroyed here
   by_device_[device] = space.get();

@@ -3,6 +3,15 @@
 #include <iterator>
 
 namespace foundry {
+namespace {
+
+// Whether [address, address + size) lies inside [start, start + length), by subtraction only, so
+// that a size near 2^64 cannot wrap around a comparison.
+bool contains(uint64_t start, uint64_t length, uint64_t address, uint64_t size) {
+  return address >= start && address - start <= length && size <= length - (address - start);
+}
+
+}  // namespace
 
 Heap::Heap(uint64_t begin, uint64_t end) : begin_(begin), end_(end) {
   if (end > begin) insert(begin, FreeRange{end - begin, 0});
@@ -56,7 +65,7 @@ bool Heap::claim(uint64_t address, uint64_t size, uint64_t* streams) {
   --it;
   const uint64_t start = it->first;
   const FreeRange range = it->second;
-  if (address < start || address + size > start + range.size) return false;
+  if (!contains(start, range.size, address, size)) return false;
   erase(it);
   if (address > start) insert(start, FreeRange{address - start, range.streams});
   const uint64_t end = address + size;
@@ -69,7 +78,7 @@ bool Heap::is_free(uint64_t address, uint64_t size) const {
   auto it = by_address_.upper_bound(address);
   if (it == by_address_.begin()) return false;
   --it;
-  return it->first <= address && address + size <= it->first + it->second.size;
+  return contains(it->first, it->second.size, address, size);
 }
 
 uint64_t Heap::top() const {

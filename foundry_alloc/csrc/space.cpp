@@ -14,6 +14,17 @@ uint64_t round_up(uint64_t value, uint64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
 }
 
+// round_up() that reports overflow instead of wrapping: claim() takes sizes from archives.
+bool round_up_checked(uint64_t value, uint64_t multiple, uint64_t* out) {
+  const uint64_t remainder = value % multiple;
+  if (remainder == 0) return *out = value, true;
+  return !__builtin_add_overflow(value, multiple - remainder, out);
+}
+
+std::string hex_range(uint64_t address, uint64_t size) {
+  return "[" + format_address(address) + ", +" + format_address(size) + ")";
+}
+
 constexpr int kOverflowStream = kMaxStreams - 1;
 
 std::mutex g_names_mutex;
@@ -46,6 +57,12 @@ Space::~Space() {
 Status Space::init(std::string* error) {
   Status status = backend_->init_device(device_, &granularity_, error);
   if (status != kOk) return status;
+  if (size_ > UINT64_MAX - base_) {  // every end address below must be representable
+    *error = "the range " + hex_range(base_, size_) +
+             " runs past the end of the 64-bit address space: choose a lower base or a smaller "
+             "size";
+    return kInvalidArgument;
+  }
   const uint64_t unit = granularity_ * kMaxArenas * kSmallZoneFraction;
   if (base_ % granularity_ != 0 || size_ == 0 || size_ % unit != 0) {
     *error = "the range [" + format_address(base_) + ", +" + format_bytes(size_) +
@@ -250,20 +267,44 @@ void Space::add_live(uint64_t address, uint64_t rounded, uint64_t requested, int
   peak_live_bytes_ = std::max(peak_live_bytes_, live_bytes_);
 }
 
+// Why [address, address + size) cannot be claimed in `arena_index` on range grounds (empty when
+// it can be tried); *rounded receives the size rounded to kAlignment. Every comparison subtracts
+// from an end that init() proved representable, so a size near 2^64 cannot wrap past a check.
+std::string Space::claim_range_problem(uint64_t address, uint64_t size, int arena_index,
+                                       uint64_t* rounded) const {
+  if (arena_index < 0 || arena_index >= kMaxArenas)
+    return "arena index " + std::to_string(arena_index) + " is out of range";
+  const std::string space = "not an aligned range of device " + std::to_string(device_) +
+                            "'s space " + hex_range(base_, size_);
+  if (size == 0) return space + " (it is empty)";
+  if (address % kAlignment != 0)
+    return space + " (its start is not a multiple of " + std::to_string(kAlignment) + " bytes)";
+  const uint64_t end = base_ + size_;
+  if (!owns(address) || size > end - address || !round_up_checked(size, kAlignment, rounded))
+    return space + " (it reaches outside the space)";
+  const Arena& arena = arenas_[arena_index];
+  const uint64_t arena_end = arena.begin + arena_size_;
+  if (address < arena.begin || address >= arena_end || *rounded > arena_end - address)
+    return std::string("it does not lie inside arena '") + arena_name(arena_index) + "' " +
+           hex_range(arena.begin, arena_size_);
+  return "";
+}
+
 Status Space::claim(uint64_t address, uint64_t size, int arena_index, std::string* error) {
-  if (arena_index < 0 || arena_index >= kMaxArenas || size == 0 || address % kAlignment != 0 ||
-      !owns(address) || address + size > base_ + size_) {
-    *error = "cannot claim [" + format_address(address) + ", +" + format_bytes(size) +
-             "): not an aligned range of device " + std::to_string(device_) + "'s space";
+  uint64_t rounded = 0;
+  const std::string problem = claim_range_problem(address, size, arena_index, &rounded);
+  if (!problem.empty()) {
+    *error = "cannot claim " + hex_range(address, size) + ": " + problem +
+             ". No recorded layout holds such a block: the layout is corrupted or was recorded "
+             "for another base; save it again";
     return kInvalidArgument;
   }
   Arena& arena = arenas_[arena_index];
-  const uint64_t rounded = round_up(size, kAlignment);
   Heap& heap = heap_containing(arena, address);
   uint64_t streams = 0;
-  if (address < arena.begin || address + rounded > heap.end() || !heap.claim(address, rounded, &streams)) {
-    *error = "cannot claim [" + format_address(address) + ", +" + format_bytes(rounded) +
-             ") in arena '" + arena_name(arena_index) +
+  if (!heap.claim(address, rounded, &streams)) {
+    *error = "cannot claim " + hex_range(address, rounded) + " in arena '" +
+             arena_name(arena_index) +
              "': it is not free there (the layout differs from the one recorded)";
     return kInvalidArgument;
   }
@@ -272,7 +313,7 @@ Status Space::claim(uint64_t address, uint64_t size, int arena_index, std::strin
     heap.release(address, rounded, streams);
     return status;
   }
-  add_live(address, rounded, size, arena_index, 0);
+  add_live(address, rounded, size, arena_index, kNoStream);
   return kOk;
 }
 
@@ -287,7 +328,7 @@ Status Space::release(uint64_t address, std::string* error) {
   live_.erase(it);
   Arena& arena = arenas_[block.arena];
   uint64_t freed_by = 0;
-  if (block.arena != kArenaGraph) {
+  if (block.arena != kArenaGraph && block.stream_slot != kNoStream) {
     // Remember which stream freed the range, so that reuse from another stream waits for it.
     streams_[block.stream_slot].free_epoch += 1;
     freed_by = 1ull << block.stream_slot;

@@ -22,6 +22,9 @@ constexpr uint64_t kAlignment = 512;          // every block starts and ends on 
 constexpr uint64_t kSmallBlockLimit = 1 << 20;  // blocks up to 1 MiB share the small zone
 constexpr int kSmallZoneFraction = 16;          // the small zone is 1/16 of an arena
 constexpr int kMaxStreams = 64;                 // streams tracked one by one; the last slot is shared
+// A claimed block (LOAD's recorded memory) was allocated on no stream: its free orders nothing.
+// Its user, LOAD's release, synchronizes the device before it frees claimed memory.
+constexpr int kNoStream = -1;
 
 struct ArenaCounters {
   uint64_t live_bytes = 0;       // rounded sizes of live blocks
@@ -111,6 +114,8 @@ class Space {
 
   // Records a block placed at `address` as live, with its counters and sequence number.
   void add_live(uint64_t address, uint64_t rounded, uint64_t requested, int arena, int slot);
+  std::string claim_range_problem(uint64_t address, uint64_t size, int arena_index,
+                                  uint64_t* rounded) const;
   Heap& heap_for(Arena& arena, uint64_t size);
   Heap& heap_containing(Arena& arena, uint64_t address);
   Status ensure_mapped(int arena, uint64_t address, uint64_t size, bool capturing,

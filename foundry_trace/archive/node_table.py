@@ -38,6 +38,7 @@ VERSION = 1
 HEADER = struct.Struct("<8sIIQQ")
 BODY = struct.Struct("<IIII")
 NODE = struct.Struct("<BBHI3I3IIIQ")
+_NODE_HEAD = struct.Struct("<BBHI")  # kind, reserved, attribute count, index
 EDGE = struct.Struct("<IIBBBx")
 MEMSET = struct.Struct("<QQIIQQ")
 MEMCPY = struct.Struct("<15Q")
@@ -45,6 +46,12 @@ ATTRIBUTE = struct.Struct(f"<II{LAUNCH_ATTRIBUTE_BYTES}s")
 KINDS = ("kernel", "memset", "memcpy", "event_record", "event_wait", "empty", "graph", "collective")
 _KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
 PAYLOAD_ALIGNMENT = 8
+# Child graphs nested below a graph, at most (kMaxGraphDepth of graph_table.hpp): captured graphs
+# nest them a few levels at most, and the records nest as deep (walk_nodes recurses through them).
+MAX_GRAPH_DEPTH = 64
+# The launch attributes (CUlaunchAttributeID) the native check accepts: those whose values are
+# plain numbers (launch_attribute_allowed in graph_table.cpp says why the others are refused).
+LAUNCH_ATTRIBUTES = frozenset({1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 14, 16, 17, 18})
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,12 @@ def _decode(table: bytes, payload: bytes) -> GraphBody:
     nodes_at = HEADER.size + body_count * BODY.size
     edges_at = nodes_at + node_count * NODE.size
     directory = [BODY.unpack_from(table, HEADER.size + i * BODY.size) for i in range(body_count)]
+    depth = _nesting(table, nodes_at, directory)
+    if depth > MAX_GRAPH_DEPTH:
+        raise ArchiveFormatError(
+            f"archive: node table: child graphs nest {depth} deep (at most {MAX_GRAPH_DEPTH}): "
+            "the archive is corrupted; save it again"
+        )
     bodies: dict[int, GraphBody] = {}
     for index in reversed(range(body_count)):  # children are later bodies: decode them first
         first_node, nodes, first_edge, edge_count = directory[index]
@@ -199,6 +212,20 @@ def _decode(table: bytes, payload: bytes) -> GraphBody:
             edges.append(Edge(source=source, destination=destination, from_port=from_port, to_port=to_port, type=kind))
         bodies[index] = GraphBody(nodes=tuple(records), edges=tuple(edges))
     return bodies[0]
+
+
+def _nesting(table: bytes, nodes_at: int, directory: list[tuple[int, int, int, int]]) -> int:
+    """How deep child graphs nest, from the last body up (a child is a later body), before any
+    record exists: records that nest deeper than the cap are what must never be built."""
+    graph = _KIND_CODE["graph"]
+    depth = [0] * len(directory)
+    for index in reversed(range(len(directory))):
+        first_node, nodes, _first_edge, _edge_count = directory[index]
+        for i in range(first_node, first_node + nodes):
+            code, _reserved, _attributes, child = _NODE_HEAD.unpack_from(table, nodes_at + i * NODE.size)
+            if code == graph:
+                depth[index] = max(depth[index], depth[child] + 1)
+    return max(depth)
 
 
 def _record(entry: tuple, payload: bytes, bodies: dict[int, GraphBody]) -> Node:

@@ -1,5 +1,6 @@
 #include "graph_build.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -11,9 +12,13 @@
 namespace foundry {
 namespace {
 
-// cuGraphAddNode with edge data needs CUDA 12.3; the others are older.
+// cuGraphAddNode with edge data needs CUDA 12.3, cuFuncGetParamInfo 12.4; the others are older.
 constexpr int kGraphNodeAbi = 12030;
+constexpr int kParamInfoAbi = 12040;
 constexpr int kBaseAbi = 12000;
+// A kernel's parameters fill at most 32,764 bytes, each at least one: a driver that reports more
+// parameters than this is not answering the question.
+constexpr size_t kMaxParameters = 1 << 15;
 
 std::string describe(const GraphDriver& d, const char* call, CUresult result) {
   const char* name = nullptr;
@@ -29,12 +34,14 @@ class BodyBuilder {
   BodyBuilder(const GraphDriver& d, const BuildInputs& in, std::string* error)
       : d_(d), in_(in), error_(error) {}
 
-  // Builds body `index` into a new graph; destroys it again on failure.
+  // Builds body `index` into a new graph; destroys it again on failure. A child graph node
+  // builds its body by recursion, which check_table() bounds (kMaxGraphDepth levels): every
+  // build is preceded by that check.
   CUresult build(uint64_t index, CUgraph* out) {
     CUgraph graph = nullptr;
     CUresult r = d_.cuGraphCreate(&graph, 0);
     if (r != CUDA_SUCCESS) return fail("cuGraphCreate", r);
-    r = fill(graph, in_.table.body(index));
+    r = fill(graph, index);
     if (r != CUDA_SUCCESS) {
       d_.cuGraphDestroy(graph);
       return r;
@@ -44,7 +51,8 @@ class BodyBuilder {
   }
 
  private:
-  CUresult fill(CUgraph graph, const BodyEntry& body) {
+  CUresult fill(CUgraph graph, uint64_t index) {
+    const BodyEntry body = in_.table.body(index);
     std::vector<CUgraphNode> nodes(body.node_count);
     std::vector<CUgraphNode> dependencies;
     std::vector<CUgraphEdgeData> edge_data;
@@ -62,11 +70,30 @@ class BodyBuilder {
         data.type = e.type;
         edge_data.push_back(data);
       }
-      const CUresult r = add(graph, in_.table.node(body.first_node + i), dependencies,
-                             edge_data, &nodes[i]);
+      const NodeEntry n = in_.table.node(body.first_node + i);
+      CUresult r = check_arguments(n, index, i);
+      if (r == CUDA_SUCCESS) r = add(graph, n, dependencies, edge_data, &nodes[i]);
       if (r != CUDA_SUCCESS) return r;
     }
     return CUDA_SUCCESS;
+  }
+
+  // The driver reads a kernel's whole parameter buffer from the argument bytes: a shorter buffer
+  // would be read past. A longer one is allowed: the `extra` launch form (cuBLAS) hands over a
+  // whole struct, whose tail padding lies past the last parameter.
+  CUresult check_arguments(const NodeEntry& n, uint64_t body, uint32_t node) {
+    if (n.kind != kKernel) return CUDA_SUCCESS;
+    const uint64_t expected = in_.param_bytes[n.index];
+    if (expected == 0 || n.payload_size >= expected) return CUDA_SUCCESS;
+    char buffer[320];
+    std::snprintf(buffer, sizeof buffer,
+                  "body %llu, node %u: kernel function %u takes %llu bytes of parameters, but the "
+                  "archive holds only %u bytes of arguments for it: the archive is corrupted or was "
+                  "saved with another build of the kernel; save it again",
+                  static_cast<unsigned long long>(body), node, n.index,
+                  static_cast<unsigned long long>(expected), n.payload_size);
+    *error_ = buffer;
+    return CUDA_ERROR_INVALID_VALUE;
   }
 
   CUresult add(CUgraph graph, const NodeEntry& n, const std::vector<CUgraphNode>& dependencies,
@@ -208,12 +235,30 @@ const GraphDriver* graph_driver(std::string* error) {
     entry_points.resolve("cuStreamSynchronize", &driver.cuStreamSynchronize, kBaseAbi);
     entry_points.resolve("cuStreamDestroy", &driver.cuStreamDestroy, kBaseAbi);
     failure = entry_points.error();
+    EntryPoints optional;  // a miss leaves the entry point null, which its caller handles
+    optional.resolve("cuFuncGetParamInfo", &driver.cuFuncGetParamInfo, kParamInfoAbi);
   });
   if (!failure.empty()) {
     *error = failure + " (Foundry's LOAD needs a CUDA 12.3 or newer driver)";
     return nullptr;
   }
   return &driver;
+}
+
+CUresult function_param_bytes(const GraphDriver& d, CUfunction function, uint64_t* bytes,
+                              std::string* error) {
+  *bytes = 0;
+  if (d.cuFuncGetParamInfo == nullptr) return CUDA_SUCCESS;
+  for (size_t index = 0; index < kMaxParameters; ++index) {
+    size_t offset = 0, size = 0;
+    const CUresult r = d.cuFuncGetParamInfo(function, index, &offset, &size);
+    if (r == CUDA_ERROR_INVALID_VALUE) return CUDA_SUCCESS;  // past the last parameter
+    if (r != CUDA_SUCCESS) return *error = describe(d, "cuFuncGetParamInfo", r), r;
+    *bytes = std::max<uint64_t>(*bytes, uint64_t{offset} + size);
+  }
+  *error = "cuFuncGetParamInfo reports more than " + std::to_string(kMaxParameters) +
+           " parameters for one kernel: the driver is not answering the question";
+  return CUDA_ERROR_INVALID_VALUE;
 }
 
 CUresult build_graph(const GraphDriver& d, const BuildInputs& in, CUgraph* graph,

@@ -25,6 +25,7 @@ struct GraphDriver {
   FOUNDRY_DRIVER_FN(cuStreamCreate)
   FOUNDRY_DRIVER_FN(cuStreamSynchronize)
   FOUNDRY_DRIVER_FN(cuStreamDestroy)
+  FOUNDRY_DRIVER_FN(cuFuncGetParamInfo)  // CUDA 12.4 on; null where the driver is older
 #undef FOUNDRY_DRIVER_FN
 };
 
@@ -35,10 +36,16 @@ struct BuildInputs {
   TableView table;
   uint64_t payload_size;
   const uint64_t* functions;  // CUfunction by the table's function index
+  const uint64_t* param_bytes;  // each function's parameter buffer size; 0 where unknown
   const uint64_t* events;     // CUevent by the table's event index
   const uint64_t* collectives;  // CUgraph of each collective, captured on the live communicator
   CUcontext context;
 };
+
+// The size of a kernel's parameter buffer: the end of its last parameter, by cuFuncGetParamInfo;
+// 0 (unknown) where the driver lacks it.
+CUresult function_param_bytes(const GraphDriver& d, CUfunction function, uint64_t* bytes,
+                              std::string* error);
 
 // Builds body 0 of a table check_table() accepted; on failure nothing is left behind.
 CUresult build_graph(const GraphDriver& d, const BuildInputs& in, CUgraph* graph,

@@ -1,5 +1,8 @@
 #include "graph_table.hpp"
 
+#include <cuda.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -8,6 +11,13 @@ namespace foundry {
 namespace {
 
 constexpr uint64_t kBodiesOffset = sizeof(TableHeader);
+// Launch attribute ids that not every cuda.h the build accepts (12.3 on) names: 14 and 16 are in
+// CUDA 13.0's; 17 and 18 only in later ones (their values are enums, per the union cuda-bindings
+// 13.5 declares). All four values are plain numbers.
+constexpr uint32_t kPreferredSharedMemoryCarveout = 14;
+constexpr uint32_t kNvlinkUtilCentricScheduling = 16;
+constexpr uint32_t kPortableClusterSizeMode = 17;
+constexpr uint32_t kSharedMemoryMode = 18;
 
 template <class... Args>
 std::string format(const char* pattern, Args... args) {
@@ -19,6 +29,23 @@ std::string format(const char* pattern, Args... args) {
 // True when [offset, offset + size) lies inside [0, limit), without overflow.
 bool within(uint64_t offset, uint64_t size, uint64_t limit) {
   return offset <= limit && size <= limit - offset;
+}
+
+// The attributes of a kernel node whose attribute range check_node() has bounded.
+std::string check_attributes(const NodeEntry& n, const uint8_t* payload) {
+  const uint64_t first = attributes_offset(n);
+  for (uint16_t a = 0; a < n.attribute_count; ++a) {
+    AttributeEntry entry;
+    std::memcpy(&entry, payload + first + a * sizeof entry, sizeof entry);
+    if (entry.reserved != 0)
+      return format("launch attribute #%u (id %u): a reserved field is set", a, entry.id);
+    if (!launch_attribute_allowed(entry.id))
+      return format(
+          "launch attribute id %u is not one LOAD restores (only attributes whose values are plain "
+          "numbers: an event or node handle in an archive is another process's pointer)",
+          entry.id);
+  }
+  return "";
 }
 
 std::string check_node(const NodeEntry& n, uint64_t body, uint64_t body_count,
@@ -37,7 +64,7 @@ std::string check_node(const NodeEntry& n, uint64_t body, uint64_t body_count,
           !within(attributes_offset(n), uint64_t{n.attribute_count} * sizeof(AttributeEntry),
                   payload_size))
         return "launch attributes outside the payload";
-      return "";
+      return check_attributes(n, payload);
     }
     case kMemset: {
       if (n.payload_size != sizeof(MemsetPayload)) return "memset parameters of the wrong size";
@@ -72,7 +99,62 @@ std::string check_node(const NodeEntry& n, uint64_t body, uint64_t body_count,
   }
 }
 
+// Bounds the nodes the driver would hold (each use of a child graph copies it) and the nesting
+// of child graphs. Bodies name only later bodies, so one pass from the last body computes both
+// without recursion, each node visited once.
+std::string check_expansion(const TableView& view, uint32_t body_count) {
+  std::vector<uint64_t> expanded(body_count, 0);
+  std::vector<uint32_t> depth(body_count, 0);  // child-graph levels below each body
+  uint32_t deepest = 0;
+  for (uint64_t b = body_count; b-- > 0;) {
+    const BodyEntry body = view.body(b);
+    uint64_t total = body.node_count;  // below 2^49: each term is at most 2^24
+    for (uint64_t i = 0; i < body.node_count; ++i) {
+      const NodeEntry n = view.node(body.first_node + i);
+      if (n.kind != kChildGraph) continue;
+      total += expanded[n.index];
+      depth[b] = std::max(depth[b], depth[n.index] + 1);
+    }
+    if (total > kMaxExpandedNodes) return "node table: child graphs expand past the node limit";
+    expanded[b] = total;
+    deepest = std::max(deepest, depth[b]);
+  }
+  if (deepest > kMaxGraphDepth)
+    return format("node table: child graphs nest %u deep (at most %u: captured graphs nest them a "
+                  "few levels at most)",
+                  deepest, kMaxGraphDepth);
+  return "";
+}
+
 }  // namespace
+
+// The allow-list of launch attributes, by CUlaunchAttributeID (cuda.h). Refused: 0 IGNORE (SAVE
+// never writes it); 7 PROGRAMMATIC_EVENT and 12 LAUNCH_COMPLETION_EVENT, whose values hold a
+// CUevent, a host pointer the driver dereferences; 13 DEVICE_UPDATABLE_KERNEL_NODE, whose value
+// holds devNode, a handle the driver writes (returns) and that kernels updating the node take as
+// an argument, so the SAVE process's handle would be baked into the graph; 15 and past 18, ids
+// this build does not know the value of.
+bool launch_attribute_allowed(uint32_t id) {
+  switch (id) {
+    case CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW:  // base_ptr is a device address, a mere hint
+    case CU_LAUNCH_ATTRIBUTE_COOPERATIVE:
+    case CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY:
+    case CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION:
+    case CU_LAUNCH_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE:
+    case CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION:
+    case CU_LAUNCH_ATTRIBUTE_PRIORITY:
+    case CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN_MAP:
+    case CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN:
+    case CU_LAUNCH_ATTRIBUTE_PREFERRED_CLUSTER_DIMENSION:
+    case kPreferredSharedMemoryCarveout:
+    case kNvlinkUtilCentricScheduling:
+    case kPortableClusterSizeMode:
+    case kSharedMemoryMode:
+      return true;
+    default:
+      return false;
+  }
+}
 
 TableHeader TableView::header() const {
   TableHeader h;
@@ -156,19 +238,7 @@ std::string check_table(const uint8_t* table, uint64_t table_size, const uint8_t
   if (next_node != h.node_count || next_edge != h.edge_count)
     return "node table: nodes or edges belong to no body";
 
-  // Each use of a child graph copies it: bound the nodes the driver would end up holding.
-  std::vector<uint64_t> expanded(h.body_count, 0);
-  for (uint64_t b = h.body_count; b-- > 0;) {
-    const BodyEntry body = view.body(b);
-    uint64_t total = body.node_count;
-    for (uint64_t i = 0; i < body.node_count && total <= kMaxExpandedNodes; ++i) {
-      const NodeEntry n = view.node(body.first_node + i);
-      if (n.kind == kChildGraph) total += expanded[n.index];
-    }
-    if (total > kMaxExpandedNodes) return "node table: child graphs expand past the node limit";
-    expanded[b] = total;
-  }
-  return "";
+  return check_expansion(view, h.body_count);
 }
 
 }  // namespace foundry

@@ -24,6 +24,11 @@ constexpr uint64_t kMaxBodies = 1u << 16;
 constexpr uint64_t kMaxNodes = 1u << 24;
 constexpr uint64_t kMaxEdges = 1u << 26;
 constexpr uint64_t kMaxExpandedNodes = 1u << 24;  // child graphs counted once per use
+// Child graphs nested below the graph, at most (node_table.MAX_GRAPH_DEPTH mirrors it). Captured
+// graphs nest child graphs a few levels at most (a captured cudaGraphLaunch, a library's graph
+// inside it). The cap bounds the build's recursion (check_table() runs before every build) and
+// the nesting of decode()'s records, which Python walks by recursion too.
+constexpr uint32_t kMaxGraphDepth = 64;
 
 enum NodeKind : uint8_t {
   kKernel = 0,
@@ -120,6 +125,10 @@ class TableView {
   const uint8_t* table_;
   const uint8_t* payload_;
 };
+
+// Whether the driver may be handed a launch attribute of this CUlaunchAttributeID: only ids whose
+// values are plain numbers (see graph_table.cpp for why each other id is refused).
+bool launch_attribute_allowed(uint32_t id);
 
 // Offset of a kernel node's first launch attribute in the payload.
 inline uint64_t attributes_offset(const NodeEntry& node) {

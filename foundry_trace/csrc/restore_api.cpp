@@ -29,8 +29,7 @@ int report(int status, const std::string& message, char* error, uint64_t error_s
 }  // namespace
 
 // Validates a node table against its payload and the numbers of functions, events and
-// collectives. Needs no
-// driver (CI and the fuzz targets call it).
+// collectives. Needs no driver (CI and the fuzz targets call it).
 FOUNDRY_EXPORT int fr_table_check(const void* table, uint64_t table_size, const void* payload,
                                   uint64_t payload_size, uint32_t function_count,
                                   uint32_t event_count, uint32_t collective_count, char* error,
@@ -42,13 +41,28 @@ FOUNDRY_EXPORT int fr_table_check(const void* table, uint64_t table_size, const 
   return problem.empty() ? kOk : report(kInvalidTable, problem, error, error_size);
 }
 
+// The size of a kernel's parameter buffer (*bytes; 0 where the driver cannot tell), which
+// fr_graph_build checks each kernel node's arguments against.
+FOUNDRY_EXPORT int fr_function_param_bytes(uint64_t function, uint64_t* bytes, char* error,
+                                           uint64_t error_size) {
+  std::string message;
+  const foundry::GraphDriver* d = foundry::graph_driver(&message);
+  if (d == nullptr) return report(kNoDriver, message, error, error_size);
+  if (foundry::function_param_bytes(*d, reinterpret_cast<CUfunction>(function), bytes,
+                                    &message) != CUDA_SUCCESS)
+    return report(kDriverFailure, message, error, error_size);
+  return kOk;
+}
+
 // Validates the table, then builds its graph in `context`; *graph receives the CUgraph.
+// param_bytes: each function's parameter buffer size (fr_function_param_bytes), 0 where unknown.
 FOUNDRY_EXPORT int fr_graph_build(const void* table, uint64_t table_size, const void* payload,
                                   uint64_t payload_size, const uint64_t* functions,
-                                  uint32_t function_count, const uint64_t* events,
-                                  uint32_t event_count, const uint64_t* collectives,
-                                  uint32_t collective_count, uint64_t context, uint64_t* graph,
-                                  char* error, uint64_t error_size) {
+                                  const uint64_t* param_bytes, uint32_t function_count,
+                                  const uint64_t* events, uint32_t event_count,
+                                  const uint64_t* collectives, uint32_t collective_count,
+                                  uint64_t context, uint64_t* graph, char* error,
+                                  uint64_t error_size) {
   const std::string problem =
       foundry::check_table(static_cast<const uint8_t*>(table), table_size,
                            static_cast<const uint8_t*>(payload), payload_size, function_count,
@@ -59,7 +73,8 @@ FOUNDRY_EXPORT int fr_graph_build(const void* table, uint64_t table_size, const 
   if (d == nullptr) return report(kNoDriver, message, error, error_size);
   const foundry::BuildInputs inputs{
       foundry::TableView(static_cast<const uint8_t*>(table), static_cast<const uint8_t*>(payload)),
-      payload_size, functions, events, collectives, reinterpret_cast<CUcontext>(context)};
+      payload_size, functions, param_bytes, events, collectives,
+      reinterpret_cast<CUcontext>(context)};
   CUgraph built = nullptr;
   if (foundry::build_graph(*d, inputs, &built, &message) != CUDA_SUCCESS)
     return report(kDriverFailure, message, error, error_size);
