@@ -3,10 +3,13 @@ which include JIT output and whatever a library ships): cubin_trim.py's stubs an
 cubin_compact.py's removal.
 
 Any input must give a cut cubin, None, a CubinFormatError or (compaction) CompactionDeclined:
-never another exception, a crash or
-a hang; a cut cubin must parse, keep the kernels asked for, and cut again to nothing.
+never another exception, a crash or a hang; a cut cubin must parse, keep the kernels asked for,
+and cut again to nothing.
     python -m fuzz.fuzz_cubin_trim [atheris options]     coverage-guided, with atheris installed
-The CPU suite runs the same target under hypothesis (tests/test_fuzz_targets.py).
+    e.g. python -m fuzz.fuzz_cubin_trim fuzz/corpus/cubin -max_len=600000 -timeout=10 -rss_limit_mb=2048
+(the seed corpus: the real cubins and fatbins of tests/data). The CPU suite runs the same target
+under hypothesis (tests/test_fuzz_targets.py), and every input kept in fuzz/regressions/cubin
+(each one failed once) through one_input (tests/test_cubin_trim.py).
 """
 
 from __future__ import annotations

@@ -15,8 +15,18 @@ from foundry_trace.binary.compact import EIATTR_PARAM_CBANK, SHT_CALLGRAPH, SHT_
 from foundry_trace.binary.cubin import SHT_SYMTAB, CubinFormatError, module_symbols, symbol_table
 from foundry_trace.binary.trim import SHT_RELA, _parse, dropped_sections
 from foundry_trace.errors import CompactionDeclined
+from fuzz.fuzz_cubin_trim import one_input
 
-from .cubin_checks import CUBIN, ENTRIES, KEPT, POINTED_TO, UNUSED, assert_cut_to
+from .cubin_checks import (
+    CUBIN,
+    ENTRIES,
+    KEPT,
+    POINTED_TO,
+    UNUSED,
+    assert_cut_to,
+    kept_entry_in_dropped_section,
+    named_null_symbol_entry,
+)
 
 
 def _compacted(keep: set[str] | list[str]) -> bytes | None:
@@ -127,3 +137,37 @@ def test_nothing_to_drop_gives_none_and_a_missing_kernel_is_refused_by_name() ->
     assert compact_cubin(CUBIN, set()) is None
     with pytest.raises(CubinFormatError, match="no entry _Z7missingv"):
         dropped_sections(CUBIN, ["_Z7missingv"])
+
+
+def test_a_kept_kernel_named_empty_in_a_section_of_a_dropped_kernel_is_never_taken_out() -> None:
+    """A kernel kept (named "", so first by name) whose symbol lies in a section of a dropped
+    kernel: that kernel stays too, rather than the kept one going with it."""
+    image = kept_entry_in_dropped_section()
+    assert sorted(module_symbols(image).entries)[0] == ""
+    dropped = dropped_sections(image, [""])
+    compacted = compact_cubin(image, dropped)
+    assert compacted is not None and module_symbols(compacted).entries == {"", UNUSED, POINTED_TO}
+    one_input(image)
+
+
+def test_a_name_on_the_null_symbol_is_kept() -> None:
+    image = named_null_symbol_entry()
+    keep = sorted(module_symbols(image).entries)[:1]
+    assert keep == [".text._Z11reads_tablePPv"]
+    compacted = compact_cubin(image, dropped_sections(image, keep))
+    assert compacted is not None and set(keep) <= module_symbols(compacted).entries
+    one_input(image)
+
+
+def test_the_null_section_and_the_tables_stay_whatever_names_them() -> None:
+    """Section 0, the symbol table and the section names naming a dropped kernel's section in
+    sh_info stay, and so that kernel stays (once section 0 went, and every index with it)."""
+    header, _raw, sections = _parse(CUBIN)
+    info = next(i for i, s in enumerate(sections) if s.name == f".nv.info.{UNUSED}")
+    raw = bytearray(CUBIN)
+    for index in (0, header[13], next(i for i, s in enumerate(sections) if s.kind == SHT_SYMTAB)):
+        struct.pack_into("<I", raw, header[6] + index * 64 + 44, info)  # sh_info
+    image = bytes(raw)
+    dropped = dropped_sections(image, [KEPT])
+    assert 0 not in dropped and header[13] not in dropped
+    assert module_symbols(compact_cubin(image, dropped)).entries == {KEPT, POINTED_TO, UNUSED}

@@ -10,10 +10,28 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
+from foundry_trace.binary.compact import compact_cubin
 from foundry_trace.binary.cubin import CubinFormatError, module_symbols
-from foundry_trace.binary.trim import TEXT_STUB, _parse, _symbols, trim_cubin
+from foundry_trace.binary.trim import TEXT_STUB, _parse, _symbols, dropped_sections, trim_cubin
+from fuzz.fuzz_cubin_trim import one_input
 
-from .cubin_checks import CUBIN, ENTRIES, KEPT, POINTED_TO, UNUSED, assert_cut_to
+from .cubin_checks import (
+    CUBIN,
+    ENTRIES,
+    KEPT,
+    POINTED_TO,
+    REGRESSIONS,
+    SHT_PROGBITS,
+    UNUSED,
+    RawSection,
+    assert_cut_to,
+    assert_well_formed,
+    grows_linearly,
+    kept_entry_in_dropped_section,
+    kernel_names,
+    quick,
+    synthetic_cubin,
+)
 
 
 def _section_bytes(image: bytes) -> dict[str, bytes]:
@@ -71,3 +89,105 @@ def test_an_absurd_section_alignment_is_refused_rather_than_allocated() -> None:
     struct.pack_into("<Q", raw, header[6] + 5 * 64 + 48, 1 << 60)  # sh_addralign of section 5
     with pytest.raises(CubinFormatError, match="alignment"):
         trim_cubin(bytes(raw), [KEPT])
+
+
+# Hostile cubins: the trimmers' work stays linear in the input (trim.py's module notes).
+
+
+def _first_and_last(image: bytes) -> tuple[str, str]:
+    names = kernel_names(image)
+    return names[0], names[-1]
+
+
+def test_a_chain_of_sections_naming_each_other_is_followed_in_one_pass() -> None:
+    image = synthetic_cubin(20, chained_sections=5000)  # 5,000 sections, each sh_info the one before
+    first, last = _first_and_last(image)
+    assert 300 << 10 < len(image) < 400 << 10
+    dropped = quick(lambda: dropped_sections(image, [first]))
+    assert len(dropped) == 3 * 19 + 5000  # every other kernel's sections, and the chain with the last
+    assert quick(lambda: compact_cubin(image, dropped)) is not None
+    assert quick(lambda: dropped_sections(image, [last])) == set(range(4, 4 + 3 * 19))
+    grows_linearly(lambda n: synthetic_cubin(2, chained_sections=n), lambda image: dropped_sections(image, kernel_names(image)[:1]), 500)
+
+
+def test_a_chain_of_references_is_followed_in_one_pass() -> None:
+    """Kernel i's code refers to kernel i - 1: keeping the last keeps them all, one by one."""
+    image = synthetic_cubin(1300, referring="previous")
+    first, last = _first_and_last(image)
+    assert quick(lambda: trim_cubin(image, [last])) is None
+    assert len(quick(lambda: dropped_sections(image, [first]))) == 3 * 1299
+    grows_linearly(lambda n: synthetic_cubin(n, referring="previous", code=16), lambda image: dropped_sections(image, [kernel_names(image)[-1]]), 500)
+
+
+def test_trimming_and_compaction_time_grow_linearly_with_the_kernels() -> None:
+    def cut(image: bytes) -> None:
+        keep = kernel_names(image)[:1]
+        trim_cubin(image, keep)
+        compact_cubin(image, dropped_sections(image, keep))
+
+    grows_linearly(lambda n: synthetic_cubin(n, name_length=100, code=16), cut, 250)
+
+
+def test_sections_all_named_one_long_name_are_read_once() -> None:
+    image = synthetic_cubin(2, extra_names=[b"n" * 60000], extra=lambda offsets: [RawSection(offsets[0], SHT_PROGBITS, b"") for _ in range(5000)])
+    keep = kernel_names(image)[:1]
+    assert len(quick(lambda: dropped_sections(image, keep))) == 3
+    assert quick(lambda: compact_cubin(image, dropped_sections(image, keep))) is not None
+
+
+def test_a_cubin_of_thousands_of_program_headers_is_refused() -> None:
+    with pytest.raises(CubinFormatError, match="3000 program headers"):
+        quick(lambda: trim_cubin(synthetic_cubin(2, programs=3000), []))
+
+
+def test_alignments_that_would_pad_the_output_far_past_the_input_are_refused() -> None:
+    """5,000 sections of one byte, each claiming 64 KiB alignment: 320 MB of padding."""
+    image = bytearray(synthetic_cubin(2, extra=lambda offsets: [RawSection(0, SHT_PROGBITS, b"a") for _ in range(5000)]))
+    header = _parse(bytes(image))[0]
+    for index in range(10, 5010):
+        struct.pack_into("<Q", image, header[6] + 64 * index + 48, 1 << 16)  # sh_addralign
+    with pytest.raises(CubinFormatError, match="alignments pad"):
+        quick(lambda: trim_cubin(bytes(image), kernel_names(bytes(image))[:1]))
+
+
+def test_sections_that_overlap_are_refused() -> None:
+    """4,000 relocation sections over the same 2,000 relocations: 8 million to read."""
+    relocations = struct.pack("<QQq", 0, (1 << 32) | 1, 0) * 2000
+    image = synthetic_cubin(2, extra=lambda offsets: [RawSection(0, 4, relocations, link=3, info=4, align=8, entsize=24)] + [RawSection(0, 4, link=3, info=4, entsize=24, at=10) for _ in range(3999)])
+    with pytest.raises(CubinFormatError, match="sections overlap"):
+        quick(lambda: trim_cubin(image, kernel_names(image)[:1]))
+
+
+# A kept kernel stays, whatever its name and wherever its symbol lies.
+
+
+def test_a_kept_kernel_in_a_section_of_a_dropped_kernel_keeps_that_kernel() -> None:
+    image = kept_entry_in_dropped_section()
+    assert "" in module_symbols(image).entries
+    trimmed = trim_cubin(image, [""])
+    assert module_symbols(trimmed).entries == {"", UNUSED, POINTED_TO}
+    assert_well_formed(trimmed)
+
+
+def test_the_files_the_fuzzers_found_are_handled() -> None:
+    """Each input kept in fuzz/regressions/cubin (a crash, a hang or an assertion once) gives a
+    cut cubin, None or the format error, within the fuzzer's 10 s."""
+    files = sorted(REGRESSIONS.iterdir())
+    assert files
+    for path in files:
+        quick(lambda path=path: one_input(path.read_bytes()), limit=10)
+
+
+def test_a_size_on_the_null_section_is_no_extent() -> None:
+    """Section 0's sh_size is a section count in ELF, not an extent: neither the reader nor the
+    trimmers count it, in the input or in their output, whose section 0 keeps it (atheris found
+    the reader refusing a trimmed file for it)."""
+    header = _parse(CUBIN)[0]
+    raw = bytearray(CUBIN)
+    struct.pack_into("<Q", raw, header[6] + 32, len(CUBIN) - 64)  # sh_size of section 0
+    image = bytes(raw)
+    assert module_symbols(image).entries == set(ENTRIES)
+    trimmed = trim_cubin(image, [KEPT])
+    assert module_symbols(trimmed).entries == {KEPT, POINTED_TO}
+    assert trim_cubin(trimmed, [KEPT, POINTED_TO]) is None
+    one_input(image)

@@ -23,8 +23,18 @@ from __future__ import annotations
 import struct
 from collections.abc import Collection
 
-from foundry_trace.binary.cubin import _SYMBOL, SHT_NOBITS, SHT_SYMTAB, c_bytes, symbol_table
-from foundry_trace.binary.trim import _DEBUG_SECTIONS, SHT_CALLGRAPH, SHT_NV_INFO, SHT_PROGBITS, SHT_REL, SHT_RELA, _parse, _Section, written
+from foundry_trace.binary.cubin import _SYMBOL, SHT_NOBITS, SHT_SYMTAB, Names, symbol_table
+from foundry_trace.binary.trim import (
+    _DEBUG_SECTIONS,
+    SHT_CALLGRAPH,
+    SHT_NV_INFO,
+    SHT_PROGBITS,
+    SHT_REL,
+    SHT_RELA,
+    _parse,
+    _Section,
+    written,
+)
 from foundry_trace.errors import CompactionDeclined, CubinFormatError
 
 SHT_NULL, SHT_STRTAB, SHT_NOTE = 0, 3, 7
@@ -71,11 +81,13 @@ class _Compactor:
             raise CompactionDeclined(f"{len(tables)} symbol tables")
         self.symtab = tables[0]
         self.strings, self.symbols = symbol_table(image, self.raw, self.symtab)
+        self.names = Names(len(image))  # each symbol name read once
+        self.names.add_table(self.symtab, self.strings)
         if self.sections[self.symtab].link == self.header[13]:
             raise CompactionDeclined("symbol and section names share one string table")
 
     def without(self, gone: set[int]) -> bytes:
-        if gone & {self.symtab, self.sections[self.symtab].link, self.header[13]}:
+        if gone & {0, self.symtab, self.sections[self.symtab].link, self.header[13]}:
             raise CompactionDeclined("a kernel's sections would take a symbol or name table with them")
         self.section_map = self._renumbered(len(self.sections), gone)
         kept = [index for index in range(len(self.sections)) if index not in gone]
@@ -191,7 +203,7 @@ class _Compactor:
                 continue
             if 0 < section < SHN_LORESERVE:
                 section = self._section(section)
-            text = c_bytes(self.strings, name) if index else b""
+            text = self.names.raw(self.symtab, name)  # symbol 0's too: a name there is kept
             out += _SYMBOL.pack(names.add_bytes(text) if text else 0, info, other, section, value, size)
         return bytes(out)
 
@@ -214,9 +226,13 @@ class _StringTable:
     def __init__(self) -> None:
         self._data = bytearray(b"\0")
         self._offsets: dict[bytes, int] = {b"": 0}
+        self._texts: dict[str, int] = {}  # names added as text: each encoded once
 
     def add(self, name: str) -> int:
-        return self.add_bytes(name.encode())
+        offset = self._texts.get(name)
+        if offset is None:
+            offset = self._texts[name] = self.add_bytes(name.encode())
+        return offset
 
     def add_bytes(self, name: bytes) -> int:
         if name not in self._offsets:

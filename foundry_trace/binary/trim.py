@@ -9,8 +9,14 @@ again around the gaps. dropped_sections() says which sections those are; cubin_c
 removes them outright where it can. Everything else stays: section and symbol indices, names, the kept kernels' code, constants
 and info, the module's variables. So nothing that refers to a section or symbol by number needs
 rewriting, and a kept kernel is byte for byte the same. A kernel is kept too where anything kept
-refers to it (a relocation outside the debug frames, a call). SAVE checks every trimmed module
-with the driver before it stores one (module_image.py).
+refers to it (a relocation outside the debug frames, a call), and so is one that shares a section
+with a kept kernel or with the ELF file's own tables. SAVE checks every trimmed module with the
+driver before it stores one (module_image.py).
+
+The cubin is untrusted bytes: besides the reader's bounds (cubin.py), the work here is one pass
+over each table, at most MAX_PROGRAMS program headers (a real cubin has 3 to 6), each moved over
+the sections, and the padding the sections' alignments add to the output is capped at the
+input's size plus 1 MiB (a real cubin's is a small part of it).
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from foundry_trace.binary.cubin import (
     STO_CUDA_ENTRY,
     STT_FUNC,
     CubinFormatError,
-    _c_string,
+    Names,
     elf_sections,
+    string_table,
     symbol_table,
 )
 
@@ -47,6 +54,8 @@ SHF_EXECINSTR = 0x4
 KERNEL_PREFIXES = (".text.", ".nv.info.", ".nv.constant0.", ".nv.shared.", ".nv.local.", ".rela.text.", ".rel.text.")
 TEXT_STUB = 16  # bytes of code a dropped kernel keeps: the driver refuses a code section of size 0
 MAX_ALIGNMENT = 1 << 16
+MAX_PROGRAMS = 64  # program headers: a cubin has 3 to 6 (each is moved over every section)
+MAX_PADDING_SLACK = 1 << 20  # alignment padding written beyond the input's size
 _DEBUG_SECTIONS = (".debug", ".rel.debug", ".rela.debug")
 
 
@@ -97,8 +106,8 @@ def dropped_sections(image: bytes, keep: Collection[str]) -> set[int]:
     """The sections of the entry kernels that trimming `image` to `keep` drops: code, info,
     constant banks, shared memory and their relocations (kernels something kept refers to stay)."""
     try:
-        _header, raw, sections = _parse(image)
-        return set(_owned(image, sections, _symbols(image, raw, sections), keep))
+        header, raw, sections = _parse(image)
+        return set(_owned(image, header, sections, _symbols(image, raw, sections), keep))
     except struct.error as error:
         raise CubinFormatError(f"truncated cubin: {error}") from None
 
@@ -106,17 +115,18 @@ def dropped_sections(image: bytes, keep: Collection[str]) -> set[int]:
 def _trim(image: bytes, keep: Collection[str]) -> bytes | None:
     header, raw, sections = _parse(image)
     symbols = _symbols(image, raw, sections)
-    owned = _owned(image, sections, symbols, keep)
+    owned = _owned(image, header, sections, symbols, keep)
     if not owned:
         return None
     sizes = {index: TEXT_STUB if index == text else 0 for index, text in owned.items()}
     return _laid_out(image, header, sections, symbols, sizes, set(owned.values()))
 
 
-def _owned(image: bytes, sections: list[_Section], symbols: list[_Symbol], keep: Collection[str]) -> dict[int, int]:
+def _owned(image: bytes, header: list, sections: list[_Section], symbols: list[_Symbol], keep: Collection[str]) -> dict[int, int]:
     """Each section a dropped kernel owns -> its code section: those named after it
     (.nv.info.<kernel>, ...) and, transitively, any whose sh_info names one of them (its
-    relocations, .nv.constant2.<kernel>, ...)."""
+    relocations, .nv.constant2.<kernel>, ...). A kernel that would take a kept kernel's
+    section or one of the file's tables with it stays whole."""
     entries = {symbol.name: symbol.section for symbol in symbols if symbol.is_entry()}
     missing = sorted(set(keep) - entries.keys())
     if missing:
@@ -126,12 +136,22 @@ def _owned(image: bytes, sections: list[_Section], symbols: list[_Symbol], keep:
     for name, text in entries.items():
         if name not in keep and by_name.get(f".text.{name}") == text:
             owned.update({by_name[prefix + name]: text for prefix in KERNEL_PREFIXES if prefix + name in by_name})
-    while True:
-        more = {i: owned[s.info] for i, s in enumerate(sections) if i not in owned and s.info in owned and s.kind != SHT_SYMTAB and not s.is_code()}
-        if not more:
-            break
-        owned.update(more)
-    _keep_referenced(image, sections, symbols, owned)
+    naming: dict[int, list[int]] = {}  # section -> the sections whose sh_info names it
+    for index, section in enumerate(sections):
+        if section.kind != SHT_SYMTAB and not section.is_code():
+            naming.setdefault(section.info, []).append(index)
+    pending = list(owned)
+    while pending:
+        for index in naming.get(pending.pop(), ()):
+            if index not in owned:
+                owned[index] = owned[sections[index].info]
+                pending.append(index)
+    # What must stay whatever refers to it: the kept kernels' sections (a section two kernels'
+    # symbols share goes with neither) and the file's own tables (the null section, the symbol
+    # tables and their names, the section names).
+    tables = {0, header[13]} | {i for i, s in enumerate(sections) if s.kind == SHT_SYMTAB} | {s.link for s in sections if s.kind == SHT_SYMTAB}
+    staying = tables | {symbol.section for symbol in symbols if symbol.is_entry() and symbol.name in keep}
+    _keep_referenced(image, sections, symbols, owned, staying)
     return owned
 
 
@@ -146,16 +166,18 @@ def _parse(image: bytes) -> tuple[list, list[tuple], list[_Section]]:
         raise CubinFormatError("section table out of bounds")
     if phnum and (phentsize != _PROGRAM.size or phoff + phnum * phentsize > len(image)):
         raise CubinFormatError("program header table out of bounds")
+    if phnum > MAX_PROGRAMS:
+        raise CubinFormatError(f"{phnum} program headers")
     sections = [_Section(*fields) for fields in raw]
     for section in sections:
-        if section.kind != SHT_NOBITS and section.offset + section.size > len(image):
+        if section.kind != SHT_NOBITS and section is not sections[0] and section.offset + section.size > len(image):  # section 0 has no extent
             raise CubinFormatError("section out of bounds")
         if section.align > MAX_ALIGNMENT:
             raise CubinFormatError(f"section alignment {section.align}")
-    table = sections[shstrndx]
-    names = bytes(image[table.offset : table.offset + table.size])
+    names = Names(len(image))
+    names.add_table(shstrndx, string_table(image, raw, shstrndx))
     for section in sections[1:]:
-        section.name = _c_string(names, section.name_offset)
+        section.name = names.text(shstrndx, section.name_offset)
     return list(header), raw, sections
 
 
@@ -165,36 +187,48 @@ def _symbols(image: bytes, raw: list[tuple], sections: list[_Section]) -> list[_
         raise CubinFormatError("not exactly one symbol table")
     if sections[tables[0]].size // _SYMBOL.size > MAX_SYMBOLS:
         raise CubinFormatError("symbol table malformed")
-    names, symbols = symbol_table(image, raw, tables[0])
-    return [_Symbol(_c_string(names, name), info & 0xF, other, section) for name, info, other, section, _value, _size in symbols]
+    strings, symbols = symbol_table(image, raw, tables[0])
+    names = Names(len(image))
+    names.add_table(tables[0], strings)
+    return [_Symbol(names.text(tables[0], name), info & 0xF, other, section) for name, info, other, section, _value, _size in symbols]
 
 
-def _keep_referenced(image: bytes, sections: list[_Section], symbols: list[_Symbol], owned: dict[int, int]) -> None:
+def _keep_referenced(image: bytes, sections: list[_Section], symbols: list[_Symbol], owned: dict[int, int], staying: set[int]) -> None:
     """Keeps every kernel that something kept refers to (a symbol in one of its sections named by
     a relocation of a kept section, a call or an address taken, or a callee of a kept function in
-    the call graph), taking its sections out of `owned`. A dropped kernel's local functions go
-    with it unless referred to."""
-    references: list[tuple[int, int]] = []  # (section that refers, symbol referred to)
+    the call graph), and every kernel that owns one of the sections `staying`, taking its
+    sections out of `owned`. A dropped kernel's local functions go with it unless referred to.
+    One pass over the references: a kernel kept makes its own references count."""
+    references: dict[int, list[int]] = {}  # section that refers -> symbols referred to
     for section in sections:
         if section.kind in (SHT_REL, SHT_RELA) and not section.name.startswith(_DEBUG_SECTIONS):
             step = 24 if section.kind == SHT_RELA else 16
+            referred = references.setdefault(section.info, [])
             for position in range(section.offset, section.offset + section.size - step + 1, step):
-                references.append((section.info, _RELOCATION_INFO.unpack_from(image, position)[0] >> 32))
+                referred.append(_RELOCATION_INFO.unpack_from(image, position)[0] >> 32)
         elif section.kind == SHT_CALLGRAPH:
             for position in range(section.offset, section.offset + section.size - 7, 8):
                 caller, callee = struct.unpack_from("<II", image, position)
                 if caller < len(symbols):  # other values mark the graph's special records
-                    references.append((symbols[caller].section, callee))
-    changed = True
-    while changed and owned:
-        changed = False
-        for referrer, symbol in references:
-            if referrer in owned or symbol >= len(symbols) or symbols[symbol].section not in owned:
-                continue
-            kept = owned[symbols[symbol].section]
-            for index in [index for index, text in owned.items() if text == kept]:
-                del owned[index]
-            changed = True
+                    references.setdefault(symbols[caller].section, []).append(callee)
+    groups: dict[int, list[int]] = {}  # a dropped kernel's text section -> the sections it owns
+    for index, text in owned.items():
+        groups.setdefault(text, []).append(index)
+    kept: set[int] = set()
+    pending = [owned[index] for index in staying if index in owned]
+    pending += [owned[symbols[symbol].section] for referrer, referred in references.items() if referrer not in owned for symbol in referred if symbol < len(symbols) and symbols[symbol].section in owned]
+    while pending:
+        text = pending.pop()
+        if text in kept:
+            continue
+        kept.add(text)
+        for index in groups[text]:
+            for symbol in references.get(index, ()):
+                if symbol < len(symbols) and symbols[symbol].section in owned:
+                    pending.append(owned[symbols[symbol].section])
+    for text in kept:
+        for index in groups[text]:
+            del owned[index]
 
 
 def _laid_out(image: bytes, header: list, sections: list[_Section], symbols: list[_Symbol], sizes: dict[int, int], dropped: set[int]) -> bytes:
@@ -216,11 +250,15 @@ def written(image: bytes, header: list, sections: list[_Section], contents: list
     headers of `image` moved over what they covered (`before`: each section's old offset, size
     and kind). `header` (the ELF header's fields) gets the new table offsets."""
     body = bytearray(image[: _ELF_HEADER.size])
+    padding = len(image) + MAX_PADDING_SLACK  # left to add
     for index in sorted(range(1, len(sections)), key=lambda i: (sections[i].offset, i)):
         section, data = sections[index], contents[index]
         if section.kind != SHT_NOBITS:
             section.size = len(data)
             if data:
+                padding -= -len(body) % max(1, section.align)
+                if padding < 0:
+                    raise CubinFormatError("the sections' alignments pad the file past its size")
                 body.extend(bytes(-len(body) % max(1, section.align)))
         section.offset = len(body)
         body.extend(data if section.kind != SHT_NOBITS else b"")
