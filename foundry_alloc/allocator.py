@@ -6,7 +6,7 @@ from __future__ import annotations
 import ctypes
 
 from . import _native
-from .arenas import arena_index, arena_name, arena_names
+from .arenas import arena_for_claim, arena_index, arena_name, arena_names
 from .errors import InvalidRequestError
 from .layout import Allocation, Layout
 from .stats import AllocatorStats, ArenaStats
@@ -45,8 +45,10 @@ class NativeAllocator:
 
     def claim(self, address: int, size: int, arena: str, device: int = 0) -> None:
         """Makes [address, address + size) a live, mapped block of `arena`; refused (and nothing
-        changed) unless that range is free. Free it with free(address)."""
-        _native.check(self._lib.fa_claim(self._handle, device, address, size, arena_index(arena, create=True)))
+        changed, an arena new to this process not named either) unless that range is free.
+        Free it with free(address)."""
+        with arena_for_claim(arena) as index:
+            _native.check(self._lib.fa_claim(self._handle, device, address, size, index))
 
     def reserve(self, device: int = 0) -> None:
         """Reserves the device's range now instead of at its first allocation."""

@@ -43,19 +43,45 @@ def arena_index(name: str, *, create: bool = False) -> int:
             return _names.index(name)
         if not create:
             raise InvalidRequestError(f"unknown arena {name!r}; known arenas: {', '.join(_names)}")
-        if not _NAME_PATTERN.match(name):
-            raise InvalidRequestError(
-                f"arena name {name!r} is not valid: use 1-31 lower-case letters, digits, '-' or '_', "
-                "starting with a letter"
-            )
-        if len(_names) == _native.MAX_ARENAS:
-            raise InvalidRequestError(
-                f"no slice left for arena {name!r}: all {_native.MAX_ARENAS} arenas are named ({', '.join(_names)})"
-            )
+        index = _next_slice(name)
         _names.append(name)
-        index = len(_names) - 1
     _native.library().fa_set_arena_name(index, name.encode())
     return index
+
+
+@contextmanager
+def arena_for_claim(name: str) -> Iterator[int]:
+    """The index of arena `name` for a claim: an unknown name gets the slice it would get, but is
+    named only if the block leaves without an error. So a refused claim (a range not free, an
+    archive naming arenas this process never uses) takes no slice, and repeated refusals cannot
+    use up the eight."""
+    with _lock:
+        if name in _names:
+            known = _names.index(name)
+        else:
+            known, index = None, _next_slice(name)
+    if known is not None:
+        yield known
+        return
+    yield index
+    with _lock:
+        if name in _names:
+            return
+        if len(_names) != index:
+            raise InvalidRequestError(f"arena {name!r} lost its slice to another arena named meanwhile: claim again")
+        _names.append(name)
+    _native.library().fa_set_arena_name(index, name.encode())
+
+
+def _next_slice(name: str) -> int:
+    """The slice a new arena `name` gets (the caller holds _lock)."""
+    if not _NAME_PATTERN.match(name):
+        raise InvalidRequestError(
+            f"arena name {name!r} is not valid: use 1-31 lower-case letters, digits, '-' or '_', starting with a letter"
+        )
+    if len(_names) == _native.MAX_ARENAS:
+        raise InvalidRequestError(f"no slice left for arena {name!r}: all {_native.MAX_ARENAS} arenas are named ({', '.join(_names)})")
+    return len(_names)
 
 
 def current_arena() -> str:
@@ -69,6 +95,17 @@ def arena(name: str) -> Iterator[str]:
 
     Names are given slices in the order they are first used, so SAVE and LOAD must name them in
     the same order. `graph` cannot be selected: capture chooses it.
+
+    Args:
+        name: "engine" (the default outside any block), "transient", or a name of your own
+            (1-31 lower-case letters, digits, '-' or '_'; at most 8 arenas in all).
+
+    Yields:
+        The name.
+
+    Example:
+        >>> with foundry_alloc.arena("transient"):      # profiling traffic cannot move the engine's blocks
+        ...     scratch = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     """
     if name == GRAPH:
         raise InvalidRequestError(

@@ -115,11 +115,12 @@ def _already_initialized() -> AllocatorAlreadyInitializedError:
 
 
 def installed() -> NativeAllocator | None:
-    """The installed allocator, or None."""
+    """The allocator install() put in place, or None before it (LOAD uses it to claim memory)."""
     return _installed[1] if _installed is not None else None
 
 
 def installed_config() -> AllocatorConfig | None:
+    """The configuration of the installed allocator (its range), or None before install()."""
     return _installed[0] if _installed is not None else None
 
 
@@ -141,33 +142,68 @@ def _device(device: int | None) -> int:
 
 
 def reserve(device: int | None = None) -> None:
-    """Reserves the device's range now, so that an unavailable base fails here with ReservationError
-    rather than at the first allocation."""
+    """Reserves the device's range now (cuMemAddressReserve at the configured base), so that an
+    unavailable base fails here with ReservationError rather than at the first allocation, and
+    so that nothing else (NCCL reserves address space of its own) takes the range first.
+
+    Args:
+        device: the CUDA device (default: torch's current one).
+
+    Example:
+        >>> foundry_alloc.install(); foundry_alloc.reserve()
+    """
     allocator = _require()
     with annotate("alloc.reserve"):
         allocator.reserve(_device(device))
 
 
 def layout(device: int | None = None) -> Layout:
-    """The live blocks of the device's range."""
+    """The live blocks of the device's range: address, size, requested size, arena and sequence
+    number of each, as a pydantic Layout (`.write(path)`, `Layout.read(path)`, `.fingerprint()`).
+
+    Args:
+        device: the CUDA device (default: torch's current one).
+
+    Returns:
+        The Layout; equal in two processes that made the same allocations in the same order.
+
+    Example:
+        >>> foundry_alloc.layout().write("layout.json")   # then: foundry layout-diff a.json b.json
+    """
     return _require().layout(_device(device))
 
 
 def mappings(device: int | None = None) -> list[tuple[int, int, str]]:
-    """(address, size, arena) of the device's physical mappings."""
+    """(address, size, arena) of the device's physical mappings (the 2 MiB granules backed by
+    cuMemCreate), merged where they touch."""
     return _require().mappings(_device(device))
 
 
 def fingerprint(device: int | None = None, arenas: Iterable[str] | None = None) -> str:
-    """A hash that is equal in two processes iff their layouts (in `arenas`) are equal."""
+    """A hash of the layout that is equal in two processes iff their layouts are.
+
+    Args:
+        device: the CUDA device (default: torch's current one).
+        arenas: compare only these arenas (default: all), e.g. ["engine", "graph"].
+
+    Example:
+        >>> print(foundry_alloc.fingerprint(arenas=["engine"]))   # the same in SAVE and LOAD
+    """
     return layout(device).fingerprint(arenas)
 
 
 def stats(device: int | None = None) -> AllocatorStats:
+    """Reserved, mapped, live and peak bytes of the device's range, in all and per arena (what
+    torch.cuda.memory_stats cannot report for a pluggable allocator); `.render()` as a table.
+
+    Example:
+        >>> print(foundry_alloc.stats().render())
+    """
     return _require().stats(_device(device))
 
 
 def reset_peak_stats(device: int | None = None) -> None:
+    """Starts the peak counters of stats() afresh from what is live now."""
     _require().reset_peaks(_device(device))
 
 
@@ -176,6 +212,9 @@ def empty_cache(device: int | None = None, *, graphs: bool = False) -> int:
 
     Memory of arena 'graph' is kept unless graphs=True: captured graphs read and write it at
     replay even where no tensor is alive. Pass graphs=True only once those graphs are destroyed.
+
+    Example:
+        >>> del scratch; freed = foundry_alloc.empty_cache()
     """
     allocator = _require()
     device = _device(device)

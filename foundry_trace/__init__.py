@@ -11,7 +11,8 @@ Layout (imports run downward only): mode -> save/, restore/ -> parallel/, archiv
 native, driver, fingerprint -> errors, and foundry_alloc below all of it.
 """
 
-from foundry_trace.archive.format import Archive, Fingerprint, Manifest
+from foundry_trace.archive.format import Archive
+from foundry_trace.archive.manifest import Fingerprint, Manifest
 from foundry_trace.errors import (
     ArchiveFormatError,
     CuptiUnavailableError,

@@ -1,8 +1,9 @@
 """The `foundry` command.
 
-Library commands (need only the package): env, layout-diff, inspect. Harness commands (need the
-bench extra, `pip install 'foundry[bench]'`): bench, verify; they run their GPU work in child
-processes under a time-out (foundry_trace.bench.children).
+Library commands (need only the package): env, layout-diff, inspect, keygen, sign,
+verify-signature. Harness commands (need the bench extra, `pip install 'foundry[bench]'`):
+bench, verify; they run their GPU work in child processes under a time-out
+(foundry_trace.bench.children).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +26,7 @@ ATTENTION_HELP = (
 )
 DEFAULT_RESULTS_DIR = Path("bench/results")
 BENCH_OPTIONS = {
-    "alloc": ("backend",), "save": ("archive",), "load": ("threads", "attention"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention"),
+    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention"),
 }
 DEFAULT_WORKLOAD = "small"
 BENCH_EXTRA = "the benchmark harness needs the bench extra: pip install 'foundry[bench]' (rich, matplotlib)"
@@ -32,18 +34,27 @@ BENCH_EXTRA = "the benchmark harness needs the bench extra: pip install 'foundry
 
 def _env(_: argparse.Namespace) -> int:
     import foundry_alloc
+    from foundry_trace.archive.signing import ENVIRONMENT_VARIABLES as TRUST_VARIABLES
+    from foundry_trace.archive.signing import TrustPolicy, key_id
+    from foundry_trace.errors import UntrustedArchiveError
     from foundry_trace.mode import ENVIRONMENT_VARIABLES as MODE_VARIABLES
     from foundry_trace.mode import mode_from_environment
 
-    print("Environment variables read at interpreter start-up (by the foundry_alloc.pth hook):")
-    for name, meaning in {**foundry_alloc.ENVIRONMENT_VARIABLES, **MODE_VARIABLES}.items():
+    print("Environment variables (the allocator's and FOUNDRY_MODE's are read at interpreter start-up by the foundry_alloc.pth hook,")
+    print("the trust variables by every LOAD):")
+    for name, meaning in {**foundry_alloc.ENVIRONMENT_VARIABLES, **MODE_VARIABLES, **TRUST_VARIABLES}.items():
         print(f"  {name:<24} {meaning}")
     try:
         config = foundry_alloc.AllocatorConfig.from_environment()
         setting = mode_from_environment()
-    except foundry_alloc.ConfigError as error:
+        policy = TrustPolicy.from_environment()
+    except (foundry_alloc.ConfigError, UntrustedArchiveError) as error:
         print(f"\ncurrent setting is invalid: {error}")
         return 2
+    if policy.trusted_keys:
+        print(f"\nLOAD restores only archives signed by: {', '.join(key_id(k) for k in policy.trusted_keys)}")
+    if policy.digest:
+        print(f"\nLOAD restores only the archive sha256:{policy.digest}")
     if setting.mode is not None:
         config = setting.allocator
         print(f"\nFOUNDRY_MODE={setting.mode}: {'writes' if setting.mode == 'save' else 'restores'} {setting.archive}")
@@ -69,6 +80,38 @@ def _inspect(arguments: argparse.Namespace) -> int:
 
     result = summary.summarize(arguments.archive)
     print(json.dumps(result, indent=2) if arguments.json else summary.render(result, kernels=arguments.kernels))
+    return 0
+
+
+def _keygen(arguments: argparse.Namespace) -> int:
+    from foundry_trace.archive.signing import generate_key, key_id, load_public_key
+
+    private, public = generate_key(arguments.out)
+    print(f"wrote {private} (private: keep it where archives are signed) and {public} (key {key_id(load_public_key(public))}: "
+          "give it to LOAD through FOUNDRY_TRUSTED_KEYS)")
+    return 0
+
+
+def _sign(arguments: argparse.Namespace) -> int:
+    from foundry_trace.archive.signing import key_id, load_private_key, sign_archive
+
+    digest = sign_archive(arguments.archive, arguments.key)
+    from cryptography.hazmat.primitives import serialization
+
+    public = load_private_key(arguments.key).public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    print(f"signed {arguments.archive} (digest sha256:{digest}) with key {key_id(public)}")
+    return 0
+
+
+def _verify_signature(arguments: argparse.Namespace) -> int:
+    from foundry_trace.archive.signing import ENV_TRUSTED_KEYS, verify_signatures
+
+    keys = arguments.trusted_keys or [k for k in os.environ.get(ENV_TRUSTED_KEYS, "").split(os.pathsep) if k.strip()]
+    if not keys:
+        print(f"foundry: name the trusted public keys with --trusted-keys or {ENV_TRUSTED_KEYS}", file=sys.stderr)
+        return 2
+    signers = verify_signatures(arguments.archive, keys)
+    print(f"{arguments.archive}: intact, signed by trusted key {', '.join(signers)}")
     return 0
 
 
@@ -131,6 +174,22 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("--kernels", type=int, default=20, help="kernels to list (by launches)")
     inspect.set_defaults(run=_inspect)
 
+    keygen = commands.add_parser("keygen", help="write a new Ed25519 key pair for signing archives (OUT and OUT.pub)")
+    keygen.add_argument("--out", type=Path, required=True, help="the private key file; the public key goes to OUT.pub")
+    keygen.set_defaults(run=_keygen)
+
+    sign = commands.add_parser("sign", help="check an archive's blobs and add a signature of its digest (the file is rewritten atomically)")
+    sign.add_argument("archive", type=Path)
+    sign.add_argument("--key", type=Path, required=True, help="the private key (foundry keygen)")
+    sign.set_defaults(run=_sign)
+
+    verify_signature = commands.add_parser("verify-signature", help="check an archive's blobs and its signature by a trusted key")
+    verify_signature.add_argument("archive", type=Path)
+    verify_signature.add_argument(
+        "--trusted-keys", action="append", help="a public key file or a folder of *.pub (repeatable; default FOUNDRY_TRUSTED_KEYS)"
+    )
+    verify_signature.set_defaults(run=_verify_signature)
+
     bench = commands.add_parser(
         "bench",
         help="benchmarks on the device (default: load, native warm-up + capture vs Foundry restore)",
@@ -138,7 +197,8 @@ def parser() -> argparse.ArgumentParser:
         "timeline); coverage: restore vs native capture, bit for bit, for transformers models, torch.compile, streams and "
         "fused attention; save: SAVE's archive size and contents; alloc: Foundry's allocator vs PyTorch's caching allocator "
         "(--backend host: the placement code alone, without a GPU); tp: tensor parallelism from one single-GPU SAVE per "
-        "degree, every rank restored vs captured natively (NCCL).",
+        "degree, every rank restored vs captured natively (NCCL); soak: 1,000 failed loads of each kind, then a good one, "
+        "and the process unchanged.",
     )
     bench.add_argument("kind", nargs="?", choices=tuple(BENCH_OPTIONS), default="load")
     bench.add_argument("--workload", help=f"default small (coverage: every case it covers, or a comma list). {WORKLOAD_HELP}")

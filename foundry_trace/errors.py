@@ -36,6 +36,12 @@ class ArchiveFormatError(FoundryTraceError):
     """A file is not a valid Foundry archive: wrong magic or version, truncated, corrupted."""
 
 
+class UntrustedArchiveError(FoundryTraceError):
+    """An archive this process's trust policy does not accept: not the pinned digest, unsigned
+    or signed by no trusted key, or changed after it was signed. Refused before any of it
+    reaches the driver."""
+
+
 class DriverCallError(FoundryTraceError):
     """A CUDA driver call made by the tracer or the graph walker failed."""
 

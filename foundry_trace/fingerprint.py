@@ -8,7 +8,7 @@ from pathlib import Path
 from cuda.bindings import driver
 
 import foundry_alloc
-from foundry_trace.archive.format import Fingerprint
+from foundry_trace.archive.manifest import Fingerprint
 from foundry_trace.driver import call
 from foundry_trace.errors import FingerprintMismatchError
 

@@ -140,8 +140,6 @@ def _finish(recording: Recording) -> None:
     if not close_recording(recording):
         return  # closed by the program already
     try:
-        path = recording.finish()
+        recording.finish()  # prints the path and the digest
     except Exception as error:  # noqa: BLE001 - at exit: report, never hide
         print(f"foundry_trace: the archive {recording.path} was not written: {error}", file=sys.stderr)
-        return
-    print(f"foundry_trace: wrote {path}", file=sys.stderr)

@@ -35,8 +35,7 @@ def _steps(engine: _Engine, batches: tuple[int, ...]) -> dict[int, SimpleNamespa
     steps = {}
     for batch in batches:
         output = torch.empty(batch, 16)
-        graph = SimpleNamespace(replay=lambda b=batch, o=output: engine.step(b, o))
-        steps[batch] = SimpleNamespace(graph=graph, output=output)
+        steps[batch] = SimpleNamespace(replay=lambda b=batch, o=output: engine.step(b, o), output=output)
     return steps
 
 
@@ -51,10 +50,50 @@ def test_a_deterministic_step_has_one_digest_and_a_noisy_one_is_named() -> None:
 def test_nan_outputs_compare_by_their_bits() -> None:
     engine = _Engine()
     steps = _steps(engine, (2,))
-    steps[2].graph.replay = lambda o=steps[2].output: o.fill_(float("nan"))
+    steps[2].replay = lambda o=steps[2].output: o.fill_(float("nan"))
     assert reference_outputs(engine, steps)["2"]["deterministic"]
 
 
 def test_a_difference_from_save_counts_unless_the_native_graph_here_is_nondeterministic() -> None:
     assert split_nondeterministic([8, 72, 96], [72, 512]) == ([8, 96], [72])
     assert split_nondeterministic([], [72]) == ([], [])
+
+
+def test_every_replay_count_is_the_same_on_every_rank() -> None:
+    """With collectives in the graphs, a rank that replays more than its peer waits for ever: the
+    comparison replays every graph the same number of times whatever it finds, and the ranks
+    agree on the latency's replays per run through the communicator."""
+    import threading
+
+    from foundry_trace.bench.verify import REFERENCE_REPLAYS, agreed_count
+
+    engine = _Engine(noisy={4})
+    counted = {1: 0, 4: 0}
+    steps = _steps(engine, (1, 4))
+    for batch, step in steps.items():
+        step.replay = lambda b=batch, o=step.output, replay=step.replay: (counted.__setitem__(b, counted[b] + 1), replay())
+    reference_outputs(engine, steps)
+    assert counted == {1: 1 + REFERENCE_REPLAYS, 4: 1 + REFERENCE_REPLAYS}, "a differing replay must not stop the others"
+
+    class Ranks:
+        """Two ranks in two threads; all_reduce sums what both put in, as NCCL does."""
+
+        def __init__(self) -> None:
+            self.world_size, self.barrier, self.values, self.lock = 2, threading.Barrier(2), [], threading.Lock()
+
+        def all_reduce(self, tensor: torch.Tensor) -> None:
+            with self.lock:
+                self.values.append(tensor.item())
+            self.barrier.wait()
+            tensor.fill_(sum(self.values))
+            self.barrier.wait()
+
+    ranks, agreed = Ranks(), {}
+    threads = [threading.Thread(target=lambda rank, count: agreed.__setitem__(rank, agreed_count(count, ranks, device="cpu")), args=(r, c))
+               for r, c in ((0, 3), (1, 20))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert agreed[0] == agreed[1] == 12, agreed
+    assert agreed_count(7, None) == 7

@@ -1,18 +1,27 @@
-"""The archive file: a fixed header, content-addressed binary blobs, and a JSON manifest.
+"""The archive file: a fixed header, content-addressed binary blobs, a JSON manifest, and the
+signatures of whoever vouches for it.
 
     [0, 64)    header: magic "FNDRYARC", format version (u32), flags (u32), manifest offset (u64),
-               manifest size as stored (u64), SHA-256 of the stored manifest (32 bytes)
+               manifest size as stored (u64), SHA-256 of the stored manifest (32 bytes): the
+               archive's digest
     [64, ...)  blobs, each 64-byte aligned, named by the SHA-256 of their bytes (their checksum),
                stored raw (module binaries, each graph's node table and payload (node_table.py):
                what LOAD hands to the driver on its critical path) or zlib-compressed where that
                saves a margin (memory contents, mostly zeros)
-    [..., end) the manifest: pydantic models as JSON (no pickle, ever), zlib-compressed; small,
-               since graphs are blobs
+    [m, m+n)   the manifest (manifest.py): pydantic models as JSON (no pickle, ever), zlib-compressed
+    [m+n, end) format 3 only, optional: a signature block, "FNDRYSIG", a count (u32), 4 reserved
+               bytes, then per signature an Ed25519 public key (32 bytes) and its signature of the
+               digest (64 bytes; signing.py)
+
+The digest covers everything: the manifest holds every blob's SHA-256, and every blob is checked
+against it as it is read, before anything uses it. So a signature over the digest vouches for
+every byte LOAD hands to the driver.
 
 Readers read the file with pread (one copy out of the page cache, no page faults, no file
 position: LOAD's threads read in parallel) and check every offset against the file before
 reading; a blob's checksum is verified when it is read; decompression never produces more than
-the size the manifest declares. Any inconsistency raises ArchiveFormatError.
+the size the manifest declares; every field is checked against the others at open
+(manifest.check_manifest). Any inconsistency raises ArchiveFormatError.
 """
 
 from __future__ import annotations
@@ -21,113 +30,52 @@ import hashlib
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from foundry_alloc import Layout
+from foundry_trace.archive.manifest import (
+    FORMAT_VERSION,
+    MAX_MANIFEST_BYTES,
+    READABLE_VERSIONS,
+    BlobRef,
+    GraphEntry,
+    Manifest,
+    check_manifest,
+)
 from foundry_trace.archive.node_table import decode
-from foundry_trace.archive.records import U64, CollectiveSpec, Digest, FunctionRecord, GraphBody, MemorySegment, ModuleRecord
+from foundry_trace.archive.records import GraphBody
 from foundry_trace.errors import ArchiveFormatError
 from foundry_trace.native import check_table
 
 MAGIC = b"FNDRYARC"
-FORMAT_VERSION = 2
 HEADER = struct.Struct("<8sIIQQ32s")  # 64 bytes
+SIGNATURE_MAGIC = b"FNDRYSIG"
+SIGNATURE_HEADER = struct.Struct("<8sII")  # magic, count, reserved
+SIGNATURE_ENTRY = struct.Struct("<32s64s")  # Ed25519 public key, signature
+MAX_SIGNATURES = 16
 BLOB_ALIGNMENT = 64
-MAX_MANIFEST_BYTES = 1 << 30  # decompressed
-MAX_BLOB_BYTES = 1 << 34
 COMPRESSION_LEVEL = 6
 COMPRESSION_MARGIN = 0.9  # a blob is stored compressed when that saves 10 % or more
 READ_CHUNK = 1 << 30  # pread returns at most 2 GiB - 4 KiB at once on Linux
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+@dataclass(frozen=True)
+class Signature:
+    """One signature of an archive's digest (signing.py checks it)."""
+
+    public_key: bytes  # raw Ed25519, 32 bytes
+    signature: bytes  # 64 bytes
 
 
-class BlobRef(_Model):
-    offset: U64
-    stored: U64  # bytes in the file
-    size: Annotated[int, Field(ge=0, le=MAX_BLOB_BYTES)]  # bytes once decoded
-    codec: Literal["raw", "zlib"] = "raw"
-
-
-class Fingerprint(_Model):
-    """Everything that must match between the SAVE process and a LOAD process."""
-
-    gpu: str
-    compute_capability: str
-    driver: str | None  # kernel driver version, e.g. 580.159.04
-    cuda_driver_api: int  # cuDriverGetVersion, e.g. 13000
-    torch: str
-    torch_cuda: str | None
-    allocator_base: U64
-    allocator_size: U64
-    restore_layout: str  # fingerprint of the engine's layout at the restore point
-
-
-class OutputTensor(_Model):
-    name: Annotated[str, Field(max_length=256)]
-    address: U64
-    dtype: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]  # a torch dtype's name, e.g. float32
-    shape: tuple[Annotated[int, Field(ge=0, lt=1 << 40)], ...]
-    stride: tuple[Annotated[int, Field(ge=0, lt=1 << 40)], ...]
-
-
-class OutputReference(_Model):
-    """What one declared output held after a replay on inputs its harness can reproduce (the
-    bench's workloads: seeded inputs, KV cache zeroed): its SHA-256, and whether five more
-    replays gave the same bits (a graph that does not is nondeterministic and cannot be compared
-    bit for bit by anyone). `foundry verify` compares a restore with these."""
-
-    name: Annotated[str, Field(max_length=256)]
-    digest: Digest
-    deterministic: bool
-
-
-class GraphEntry(_Model):
-    """One graph: its node table and payload blobs (node_table.py), its template (index into the
-    manifest's topologies), the modules its kernels come from, and its declared outputs."""
-
-    key: str
-    template: Annotated[int, Field(ge=0)]
-    table: Digest
-    payload: Digest
-    modules: tuple[Annotated[int, Field(ge=0)], ...]
-    outputs: tuple[OutputTensor, ...] = ()
-    nodes: Annotated[int, Field(ge=0)]  # nodes that do work, child graphs flattened
-    edges: Annotated[int, Field(ge=0)]
-    driver_nodes: Annotated[int, Field(ge=0)]  # as the driver counted them at SAVE
-    driver_edges: Annotated[int, Field(ge=0)]
-    # The arenas of the memory its memset and memcpy nodes name ("unknown" outside the recorded
-    # memory and the engine's layout), sorted; None where SAVE did not record them. prefetch()
-    # builds the graph early when it names the graph arena only, which prefetch maps itself.
-    copy_arenas: tuple[str, ...] | None = None
-    references: tuple[OutputReference, ...] = ()
-
-
-class Manifest(_Model):
-    format: Literal["foundry-archive"] = "foundry-archive"
-    version: Literal[2] = FORMAT_VERSION
-    created: str
-    fingerprint: Fingerprint
-    restore_layout: Layout
-    modules: tuple[ModuleRecord, ...]
-    functions: tuple[FunctionRecord, ...]
-    templates: tuple[Digest, ...]  # graph topologies (node kinds and edges)
-    graphs: tuple[GraphEntry, ...]
-    memory: tuple[MemorySegment, ...]
-    events: Annotated[int, Field(ge=0)]
-    blobs: dict[Digest, BlobRef]
-    # Tensor parallelism: the ranks the graphs were captured for (one rank's step, SAVEd without
-    # a peer), and the collectives that LOAD binds to the live communicator.
-    tensor_parallel: Annotated[int, Field(ge=1, le=1024)] = 1
-    collectives: tuple[CollectiveSpec, ...] = ()
-    # Free-form notes of the program that saved it (the bench names its workload and options, so
-    # that `foundry verify` can rebuild the engine); never read by LOAD.
-    metadata: Annotated[dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=4096)]], Field(max_length=64)] = {}
+def signature_block(signatures: list[Signature]) -> bytes:
+    """The bytes that follow the manifest of a signed archive."""
+    if len(signatures) > MAX_SIGNATURES:
+        raise ArchiveFormatError(f"an archive holds at most {MAX_SIGNATURES} signatures; drop some before signing again")
+    return SIGNATURE_HEADER.pack(SIGNATURE_MAGIC, len(signatures), 0) + b"".join(
+        SIGNATURE_ENTRY.pack(s.public_key, s.signature) for s in signatures
+    )
 
 
 class ArchiveWriter:
@@ -162,12 +110,16 @@ class ArchiveWriter:
         return dict(self._blobs)
 
     def finish(self, manifest: Manifest) -> Path:
-        """Writes the manifest and header, then renames the file into place (never half-written)."""
+        """Writes the manifest and header, then renames the file into place (never half-written).
+        The archive's digest is then `self.digest`."""
         payload = zlib.compress(manifest.model_dump_json().encode(), COMPRESSION_LEVEL)
+        if len(payload) > MAX_MANIFEST_BYTES:
+            raise ArchiveFormatError(f"the manifest would take {len(payload)} bytes, more than readers accept ({MAX_MANIFEST_BYTES})")
         offset = self._file.tell()
         self._file.write(payload)
         self._file.seek(0)
-        self._file.write(HEADER.pack(MAGIC, FORMAT_VERSION, 0, offset, len(payload), hashlib.sha256(payload).digest()))
+        self.digest = hashlib.sha256(payload).hexdigest()
+        self._file.write(HEADER.pack(MAGIC, FORMAT_VERSION, 0, offset, len(payload), bytes.fromhex(self.digest)))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -180,7 +132,11 @@ class ArchiveWriter:
 
 
 class Archive:
-    """A read-only view of an archive file."""
+    """A read-only view of an archive file: its header, manifest and signatures are read and
+    checked at open; blobs are read, and checked against their digests, on demand.
+
+    `digest` is the archive's identity: the SHA-256 of its stored manifest, which names every
+    blob's SHA-256 (print it, pin it with load(digest=...), sign it with `foundry sign`)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -192,7 +148,8 @@ class Archive:
             self._size = os.fstat(self._file).st_size
             if self._size < HEADER.size:
                 raise ArchiveFormatError(f"{self.path} is {self._size} bytes, too short for a Foundry archive")
-            self.manifest = self._read_manifest(self._size)
+            self.manifest, manifest_end = self._read_manifest(self._size)
+            self.signatures = self._read_signatures(manifest_end)
         except BaseException:
             os.close(self._file)
             raise
@@ -211,23 +168,24 @@ class Archive:
             offset, length = offset + len(part), length - len(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _read_manifest(self, size: int) -> Manifest:
+    def _read_manifest(self, size: int) -> tuple[Manifest, int]:
         magic, version, _flags, offset, length, checksum = HEADER.unpack(self._read(0, HEADER.size))
         if magic != MAGIC:
-            raise ArchiveFormatError(f"{self.path} is not a Foundry archive (magic {magic!r}); write one with foundry save")
-        if version != FORMAT_VERSION:
+            raise ArchiveFormatError(f"{self.path} is not a Foundry archive (magic {magic!r}); write one with foundry_trace.record")
+        if version not in READABLE_VERSIONS:
             raise ArchiveFormatError(
-                f"{self.path} has format version {version}; this Foundry reads version {FORMAT_VERSION}: "
+                f"{self.path} has format version {version}; this Foundry reads versions {', '.join(map(str, READABLE_VERSIONS))}: "
                 "save it again with this version"
             )
-        if offset < HEADER.size or offset + length > size:
+        if offset < HEADER.size or offset + length > size or length > MAX_MANIFEST_BYTES:
             raise ArchiveFormatError(
-                f"{self.path} is truncated or corrupted: its manifest lies at [{offset}, +{length}) in a "
-                f"file of {size} bytes"
+                f"{self.path} is truncated or corrupted: its manifest lies at [{offset:#x}, +{length:#x}) in a "
+                f"file of {size:#x} bytes (at most {MAX_MANIFEST_BYTES:#x} for a manifest)"
             )
         payload = self._read(offset, length)
         if hashlib.sha256(payload).digest() != checksum:
             raise ArchiveFormatError(f"{self.path}: the manifest's checksum does not match: the file is corrupted")
+        self.version, self.digest = version, checksum.hex()
         payload = _inflate(payload, MAX_MANIFEST_BYTES, f"{self.path}: the manifest")
         try:
             manifest = Manifest.model_validate_json(payload)
@@ -235,14 +193,29 @@ class Archive:
             first = error.errors()[0]
             where = ".".join(map(str, first["loc"])) or "top level"
             raise ArchiveFormatError(f"{self.path}: invalid manifest at {where}: {first['msg']}") from None
-        _check_indices(manifest, self.path)
-        for digest, ref in manifest.blobs.items():
-            if ref.offset < HEADER.size or ref.offset + ref.stored > offset or (ref.codec == "raw" and ref.stored != ref.size):
-                raise ArchiveFormatError(
-                    f"{self.path}: blob {digest[:12]} lies at [{ref.offset}, +{ref.stored}), outside the blob "
-                    "section or inconsistent with its size: the file is corrupted"
-                )
-        return manifest
+        if manifest.version != version:
+            raise ArchiveFormatError(f"{self.path}: the header says format {version}, the manifest {manifest.version}: the file is corrupted")
+        check_manifest(manifest, str(self.path), blob_section_end=offset)
+        return manifest, offset + length
+
+    def _read_signatures(self, manifest_end: int) -> tuple[Signature, ...]:
+        """The signature block after the manifest (format 3), or none. Anything else there is
+        refused: bytes appended to an archive must not pass unnoticed."""
+        trailing = self._size - manifest_end
+        if trailing == 0:
+            return ()
+        if self.version < 3 or trailing < SIGNATURE_HEADER.size:
+            raise ArchiveFormatError(f"{self.path}: {trailing} unexpected bytes after the manifest: the file is corrupted")
+        magic, count, _ = SIGNATURE_HEADER.unpack(self._read(manifest_end, SIGNATURE_HEADER.size))
+        if magic != SIGNATURE_MAGIC or count > MAX_SIGNATURES or trailing != SIGNATURE_HEADER.size + count * SIGNATURE_ENTRY.size:
+            raise ArchiveFormatError(f"{self.path}: the {trailing} bytes after the manifest are not a signature block: the file is corrupted")
+        entries = self._read(manifest_end + SIGNATURE_HEADER.size, count * SIGNATURE_ENTRY.size)
+        return tuple(Signature(*SIGNATURE_ENTRY.unpack_from(entries, i * SIGNATURE_ENTRY.size)) for i in range(count))
+
+    @property
+    def manifest_end(self) -> int:
+        """Where the signature block starts (or the file ends)."""
+        return self._size - (SIGNATURE_HEADER.size + len(self.signatures) * SIGNATURE_ENTRY.size if self.signatures else 0)
 
     def blob(self, digest: str) -> bytes:
         """The bytes of a blob, checked against its digest."""
@@ -267,14 +240,7 @@ class Archive:
         return decode(table, payload, len(self.manifest.functions), self.manifest.events, len(self.manifest.collectives))
 
     def verify(self) -> None:
-        """Checks every blob's checksum, every reference to a blob and every node table."""
-        referenced = {m.digest for m in self.manifest.modules}
-        referenced |= {v for m in self.manifest.modules for v in m.variables.values()}
-        referenced |= {s.contents for s in self.manifest.memory if s.contents}
-        referenced |= {d for g in self.manifest.graphs for d in (g.table, g.payload)}
-        missing = referenced - set(self.manifest.blobs)
-        if missing:
-            raise ArchiveFormatError(f"{self.path}: {len(missing)} referenced blob(s) are missing, e.g. {min(missing)[:12]}")
+        """Checks every blob's checksum and every node table (references were checked at open)."""
         for digest in self.manifest.blobs:
             self.blob(digest)
         for entry in self.manifest.graphs:
@@ -291,18 +257,6 @@ class Archive:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-
-def _check_indices(manifest: Manifest, path: Path) -> None:
-    """Every index the manifest holds points inside its table (digests are checked where read)."""
-    for number, function in enumerate(manifest.functions):
-        if function.module >= len(manifest.modules):
-            raise ArchiveFormatError(f"{path}: function {number} names module {function.module} of {len(manifest.modules)}")
-    for graph in manifest.graphs:
-        if graph.template >= len(manifest.templates) or any(m >= len(manifest.modules) for m in graph.modules):
-            raise ArchiveFormatError(f"{path}: graph {graph.key!r} names a template or module the manifest lacks")
-    if len({g.key for g in manifest.graphs}) != len(manifest.graphs):
-        raise ArchiveFormatError(f"{path}: two graphs share one key")
 
 
 def _inflate(data: bytes | memoryview, limit: int, what: str) -> bytes:

@@ -177,6 +177,9 @@ class FunctionRecord(_Record):
     attributes: dict[SettableFunctionAttribute, Annotated[int, Field(ge=-(1 << 31), lt=1 << 32)]] = {}
 
 
+VariableName = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
 class ModuleRecord(_Record):
     """A module binary (as stored: a fatbin keeps only the images this GPU can load, a cubin
     may be trimmed to the kernels the graphs use), and the contents at SAVE of the module-scope
@@ -188,9 +191,12 @@ class ModuleRecord(_Record):
     loaded_size: U64  # the binary as the process loaded it
     entries: Annotated[int, Field(ge=0)]  # entry functions in the binary
     trimmed: bool = False  # the other entries removed (cubin_compact.py) or cut to stubs (cubin_trim.py)
-    variables: dict[str, Digest] = {}
+    variables: Annotated[dict[VariableName, Digest], Field(max_length=65536)] = {}
     # Of a stored variable, the offsets of its 8-byte words that LOAD leaves as its load filled them.
-    relocated: dict[str, tuple[Annotated[int, Field(ge=0, lt=1 << 32, multiple_of=8)], ...]] = {}
+    relocated: Annotated[
+        dict[VariableName, Annotated[tuple[Annotated[int, Field(ge=0, lt=1 << 32, multiple_of=8)], ...], Field(max_length=1 << 20)]],
+        Field(max_length=65536),
+    ] = {}
 
 
 class MemorySegment(_Record):
@@ -200,6 +206,6 @@ class MemorySegment(_Record):
 
     address: U64
     size: Annotated[int, Field(gt=0, lt=1 << 64)]
-    arena: str
+    arena: Annotated[str, Field(min_length=1, max_length=31)]
     contents: Digest | None = None
 

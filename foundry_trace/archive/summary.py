@@ -7,7 +7,9 @@ from pathlib import Path
 
 from foundry_alloc.units import format_bytes
 from foundry_trace.archive.format import Archive
+from foundry_trace.archive.keys import group_of, key_order
 from foundry_trace.archive.records import CollectiveNode, KernelNode, operation_count, walk_nodes
+from foundry_trace.archive.signing import key_id
 
 
 def summarize(path: str | Path) -> dict[str, object]:
@@ -41,6 +43,9 @@ def summarize(path: str | Path) -> dict[str, object]:
         return {
             "path": str(path),
             "archive_bytes": Path(path).stat().st_size,
+            "format": archive.version,
+            "digest": f"sha256:{archive.digest}",
+            "signed_by": [key_id(s.public_key) for s in archive.signatures],
             "fingerprint": m.fingerprint.model_dump(),
             "created": m.created,
             "graphs": graphs,
@@ -68,10 +73,36 @@ def summarize(path: str | Path) -> dict[str, object]:
         }
 
 
+def _graph_lines(graphs: list[dict[str, object]], collectives: bool) -> list[str]:
+    """A line per graph; where steps are cut into pieces (keys "8/00", "8/01", ...), a line per
+    batch size instead: thousands of graphs stay readable."""
+    groups: dict[str, list[dict[str, object]]] = {}
+    for graph in sorted(graphs, key=lambda g: key_order(g["key"])):
+        groups.setdefault(group_of(graph["key"]), []).append(graph)
+    shown = "collectives (bytes reduced)" if collectives else ""
+    if all(len(members) == 1 for members in groups.values()):
+        lines = ["  graphs (key: nodes/edges, template" + (f", {shown}" if shown else "") + "):"]
+        return lines + [
+            f"    {g['key']}: {g['nodes']}/{g['edges']}, template {g['template']}"
+            + (f", {g['collectives']} collectives ({format_bytes(g['collective_bytes'])})" if collectives else "")
+            for g in graphs
+        ]
+    lines = ["  graphs by batch size (group: graphs, nodes/edges, templates" + (f", {shown}" if shown else "") + "):"]
+    for group, members in groups.items():
+        templates = sorted({g["template"] for g in members})
+        line = (f"    {group}: {len(members)} graphs, {sum(g['nodes'] for g in members)}/{sum(g['edges'] for g in members)}, "
+                f"templates {templates[0]}..{templates[-1]} ({len(templates)})")
+        if collectives:
+            line += f", {sum(g['collectives'] for g in members)} collectives ({format_bytes(sum(g['collective_bytes'] for g in members))})"
+        lines.append(line)
+    return lines
+
+
 def render(summary: dict[str, object], *, kernels: int = 20) -> str:
     f = summary["fingerprint"]
     lines = [
-        f"{summary['path']}: {format_bytes(summary['archive_bytes'])}, created {summary['created']}",
+        f"{summary['path']}: {format_bytes(summary['archive_bytes'])}, format {summary['format']}, created {summary['created']}",
+        f"  digest {summary['digest']}, signed by {', '.join(summary['signed_by']) or 'nobody'}",
         f"  for {f['gpu']} (sm {f['compute_capability']}), driver {f['driver']}, CUDA API {f['cuda_driver_api']}, "
         f"torch {f['torch']}, allocator {f['allocator_base']:#x} + {format_bytes(f['allocator_size'])}",
         f"  {len(summary['graphs'])} graphs in {summary['templates']} templates, {summary['nodes']} nodes: "
@@ -88,12 +119,7 @@ def render(summary: dict[str, object], *, kernels: int = 20) -> str:
             f"  tensor parallelism {summary['tensor_parallel']} (one rank's step): {collective_nodes} collective nodes, "
             f"{summary['distinct_collectives']} distinct all-reduces, bound to the live communicator at LOAD"
         )
-    lines.append("  graphs (key: nodes/edges, template" + (", collectives (bytes reduced)" if collective_nodes else "") + "):")
-    lines += [
-        f"    {g['key']}: {g['nodes']}/{g['edges']}, template {g['template']}"
-        + (f", {g['collectives']} collectives ({format_bytes(g['collective_bytes'])})" if collective_nodes else "")
-        for g in summary["graphs"]
-    ]
+    lines += _graph_lines(summary["graphs"], collective_nodes > 0)
     ranked = sorted(summary["kernels"], key=lambda k: -k["launches"])
     lines.append(f"  kernels by launches (top {min(kernels, len(ranked))} of {len(ranked)}):")
     lines += [f"    {k['launches']:>7}  {k['name'][:110]}  [{k['module']}]" for k in ranked[:kernels]]

@@ -173,15 +173,17 @@ def _label(module: str, arguments: Sequence[str]) -> str:
     return f"{module.rsplit('.', 1)[-1]} {arguments[0]}" if arguments else module.rsplit(".", 1)[-1]
 
 
+ENGINE_OPTIONS = ("attention", "layers", "batch_sizes", "split_every")
+
+
 def option_arguments(options: dict[str, object]) -> list[str]:
-    """Engine options (attention, layers, batch_sizes) as a child's command-line flags."""
+    """Engine options (ENGINE_OPTIONS) as a child's command-line flags."""
     arguments = []
-    if options.get("attention") is not None:
-        arguments += ["--attention", str(options["attention"])]
-    if options.get("layers") is not None:
-        arguments += ["--layers", str(options["layers"])]
-    if options.get("batch_sizes") is not None:
-        arguments += ["--batch-sizes", ",".join(str(b) for b in options["batch_sizes"])]
+    for name in ENGINE_OPTIONS:
+        value = options.get(name)
+        if value is not None:
+            flag = "--" + name.replace("_", "-")
+            arguments += [flag, ",".join(str(b) for b in value) if isinstance(value, (tuple, list)) else str(value)]
     return arguments
 
 
@@ -189,9 +191,10 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention")
     parser.add_argument("--layers", type=int)
     parser.add_argument("--batch-sizes", type=lambda text: tuple(int(b) for b in text.split(",")))
+    parser.add_argument("--split-every", type=int)
 
 
 def parsed_options(arguments: argparse.Namespace) -> dict[str, object]:
     """The engine options a child was given (those left out stay the engine's defaults)."""
-    options = {"attention": arguments.attention, "layers": arguments.layers, "batch_sizes": arguments.batch_sizes}
+    options = {name: getattr(arguments, name) for name in ENGINE_OPTIONS}
     return {k: v for k, v in options.items() if v is not None}

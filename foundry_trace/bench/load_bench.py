@@ -28,10 +28,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from foundry_trace.bench.children import add_option_flags, child_main, note, option_arguments, parsed_options, run_child
+from foundry_trace.archive.keys import batch_of, key_order
+from foundry_trace.bench.children import (
+    add_option_flags,
+    child_main,
+    note,
+    option_arguments,
+    parsed_options,
+    phase,
+    run_child,
+)
 from foundry_trace.bench.roles import run_role
+from foundry_trace.bench.workloads.registry import splits_steps
 from foundry_trace.errors import WorkloadError
-from foundry_trace.restore import DEFAULT_THREADS, key_order
+from foundry_trace.restore import DEFAULT_THREADS
 
 if TYPE_CHECKING:
     from foundry_trace.restore import Restored
@@ -64,6 +74,7 @@ def child_prefetch(workload: str, archive: str, threads: int, options: dict[str,
     from foundry_trace.bench.workloads.registry import build_engine
 
     began = time.perf_counter()
+    phase("prefetch")
     early = foundry_trace.prefetch(archive, threads=threads)
     model = build_engine(workload, **options)
     torch.cuda.synchronize()
@@ -98,9 +109,11 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     from foundry_trace.bench.verify import compare
     from foundry_trace.bench.workloads.registry import build_engine
 
+    phase("engine")
     model = build_engine(workload, **options)
     note(f"built {workload}")
     torch.cuda.synchronize()
+    phase("load")
     start = time.perf_counter()
     cold = foundry_trace.load(archive, threads=threads)  # the first LOAD of this process: timed
     torch.cuda.synchronize()
@@ -110,16 +123,17 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     cold.release()
 
     serial = foundry_trace.load(archive, threads=1)
-    first_key = min(serial.graphs, key=key_order)  # the smallest batch
+    first_batch = batch_of(min(serial.graphs, key=key_order))  # the smallest batch: its step, one graph or its pieces
+    first_step_graphs = len(serial.group(first_batch))
     floor_s = serial.busy_seconds()["instantiate"]
     serial_s = sum(serial.phases.values())
     serial_busy = serial.busy_seconds()
     serial.release()
 
-    # "Replayable": replay() has launched it (the first launch uploads it); then its run ends.
+    # "Replayable": replay() has launched the step's graphs (the first launch uploads each); then its run ends.
     start = time.perf_counter()
     lazy = foundry_trace.load(archive, mode="lazy", threads=threads)
-    lazy[first_key].replay()
+    model.restored_step(lazy, first_batch)[0]()
     first_graph_s = time.perf_counter() - start
     torch.cuda.synchronize()
     first_graph_run_s = time.perf_counter() - start
@@ -146,7 +160,7 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     early = foundry_trace.prefetch(archive, threads=threads)
     early.wait_for_modules()
     start = time.perf_counter()
-    foundry_trace.load(early, mode="lazy")[first_key].replay()
+    model.restored_step(foundry_trace.load(early, mode="lazy"), first_batch)[0]()
     first_graph_prefetched_s = time.perf_counter() - start
     torch.cuda.synchronize()
     early.release()
@@ -156,6 +170,7 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     torch.cuda.synchronize()
     warm_restore_s = time.perf_counter() - start
     note("timed instantiation scaling and prefetched restores")
+    phase("compare")
     saved = _references(archive)
     result = compare(model, restored, saved)
     note("captured natively and compared")
@@ -181,7 +196,8 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
         instantiate_only_s_by_threads=instantiate_only,
         first_graph_s=first_graph_s,
         first_graph_run_s=first_graph_run_s,
-        first_graph_key=first_key,
+        first_graph_key=str(first_batch),
+        first_step_graphs=first_step_graphs,
         first_graph_phases=first_graph_phases,
         first_graph_spans=first_graph_spans,
         description=description,
@@ -379,12 +395,14 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         first_graph_s=loaded["first_graph_s"],
         first_graph_run_s=loaded["first_graph_run_s"],
         first_graph_key=loaded["first_graph_key"],
+        first_step_graphs=loaded["first_step_graphs"],
         first_graph_phases_s=loaded["first_graph_phases"],
         first_graph_spans=loaded["first_graph_spans"],
         nondeterminism=loaded["nondeterminism"],
         busy_s=loaded["busy"],
         threads=threads,
         spans=loaded["spans"],
+        cost_fit=fit_costs(workload, threads, loaded, attention=attention) if splits_steps(workload) else None,
     )
     results = ResultsFile.of_this_run(
         what="load",
@@ -396,6 +414,79 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         written = results.write(output_dir)
         plot_timeline(results.model_dump(), written.with_suffix(".png"))
     return results.model_dump()
+
+
+FIT_SPLITS = (2, 8, 32)  # attention eager every k layers: the same kernels in 67 x (32/k + 1) graphs
+
+
+def fit_costs(workload: str, threads: int, loaded: dict[str, object], **options: object) -> dict[str, object]:
+    """Where a restore's time goes per graph and per node: the piecewise workload SAVEd again
+    with fewer, bigger pieces (attention captured inside them: about the same nodes in fewer
+    graphs), each restored cold and built by the driver alone cold in fresh processes; then
+    restore = a + graphs x per_graph + nodes x per_node, least squares over the runs, for
+    Foundry's restore and for the driver alone. Foundry's per-graph term against the driver's
+    own says what Foundry adds per graph."""
+    runs = [{
+        "split_every": 1, "graphs": loaded["graphs"], "nodes": loaded["nodes"], "restore_s": loaded["restore_s"],
+        "driver_cold_s": loaded["driver_alone"]["driver_cold_s"],
+    }]
+    for split in FIT_SPLITS:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / f"{workload}-{split}.foundry"
+            variant = {**options, "split_every": split}
+            run_role("save", workload, path, **variant)
+            cold = _run_child("cold", workload, str(path), str(threads), *option_arguments(variant))
+            driver = _run_child("driver", workload, str(path), str(threads), *option_arguments(variant))
+        runs.append({"split_every": split, **cold, "driver_cold_s": driver["driver_cold_s"]})
+    foundry, driver = (least_squares([(1.0, r["graphs"], r["nodes"]) for r in runs], [r[k] for r in runs]) for k in ("restore_s", "driver_cold_s"))
+    return {
+        "runs": runs,
+        "model": "seconds = fixed + graphs x per_graph + nodes x per_node (least squares over the runs)",
+        "restore": {"fixed_s": foundry[0], "per_graph_us": foundry[1] * 1e6, "per_node_us": foundry[2] * 1e6},
+        "driver_alone": {"fixed_s": driver[0], "per_graph_us": driver[1] * 1e6, "per_node_us": driver[2] * 1e6},
+        "foundry_per_graph_over_driver": foundry[1] / driver[1] if driver[1] > 0 else None,
+    }
+
+
+def least_squares(rows: list[tuple[float, ...]], values: list[float]) -> list[float]:
+    """The coefficients minimising the squared error of rows . coefficients = values (normal
+    equations, solved by Gaussian elimination: a few unknowns, no numpy needed)."""
+    size = len(rows[0])
+    matrix = [[sum(r[i] * r[j] for r in rows) for j in range(size)] + [sum(r[i] * v for r, v in zip(rows, values))] for i in range(size)]
+    for column in range(size):
+        pivot = max(range(column, size), key=lambda row: abs(matrix[row][column]))
+        matrix[column], matrix[pivot] = matrix[pivot], matrix[column]
+        if matrix[column][column] == 0:
+            raise ValueError("the runs do not determine the fit (too few distinct graph and node counts)")
+        for row in range(size):
+            if row != column:
+                factor = matrix[row][column] / matrix[column][column]
+                matrix[row] = [a - factor * b for a, b in zip(matrix[row], matrix[column])]
+    return [matrix[i][size] / matrix[i][i] for i in range(size)]
+
+
+def child_cold(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+    """One cold restore, first thing after the engine is built (a fit's point)."""
+    import foundry_alloc
+
+    foundry_alloc.install()
+    import torch
+
+    import foundry_trace
+    from foundry_trace.bench.workloads.registry import build_engine
+
+    model = build_engine(workload, **options)  # kept alive: LOAD compares its memory with SAVE's
+    torch.cuda.synchronize()
+    phase("load")
+    start = time.perf_counter()
+    restored = foundry_trace.load(archive, threads=threads)
+    torch.cuda.synchronize()
+    restore_s = time.perf_counter() - start
+    graphs, nodes = len(restored.graphs), sum(entry.nodes for entry in restored.archive.manifest.graphs)
+    restored.release()
+    del model
+    note(f"restored {graphs} graphs ({nodes} nodes) cold in {restore_s:.3f} s")
+    return {"graphs": graphs, "nodes": nodes, "restore_s": restore_s}
 
 
 def plot_timeline(results: dict[str, object], path: Path) -> Path | None:
@@ -495,13 +586,13 @@ def render(results: dict[str, object]) -> str:
 
 def _run(arguments: argparse.Namespace) -> dict[str, object]:
     options = parsed_options(arguments)
-    child = {"driver": child_driver, "load": child_load, "prefetch": child_prefetch}[arguments.role]
+    child = {"driver": child_driver, "load": child_load, "prefetch": child_prefetch, "cold": child_cold}[arguments.role]
     return child(arguments.workload, arguments.archive, arguments.threads, options)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="a child process of `foundry bench load`")
-    parser.add_argument("role", choices=("driver", "load", "prefetch"))
+    parser.add_argument("role", choices=("driver", "load", "prefetch", "cold"))
     parser.add_argument("workload")
     parser.add_argument("archive")
     parser.add_argument("threads", nargs="?", type=int, default=DEFAULT_THREADS)

@@ -41,7 +41,7 @@ class Case(BaseModel):
 class ResultsFile(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    what: Literal["alloc", "save", "load", "coverage", "tp"]
+    what: Literal["alloc", "save", "load", "coverage", "tp", "soak"]
     workload: str
     workload_desc: str
     device: str | None

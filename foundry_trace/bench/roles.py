@@ -16,7 +16,15 @@ import argparse
 import time
 from pathlib import Path
 
-from foundry_trace.bench.children import add_option_flags, child_main, note, option_arguments, parsed_options, phase, run_child
+from foundry_trace.bench.children import (
+    add_option_flags,
+    child_main,
+    note,
+    option_arguments,
+    parsed_options,
+    phase,
+    run_child,
+)
 from foundry_trace.restore import DEFAULT_THREADS
 
 MODULE = "foundry_trace.bench.roles"

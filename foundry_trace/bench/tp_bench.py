@@ -18,7 +18,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from foundry_trace.bench.children import add_option_flags, child_main, note, option_arguments, parsed_options, phase, run_child, run_ranks
+from foundry_trace.bench.children import (
+    add_option_flags,
+    child_main,
+    note,
+    option_arguments,
+    parsed_options,
+    phase,
+    run_child,
+    run_ranks,
+)
 from foundry_trace.parallel.collectives import archive_path
 
 MODULE = "foundry_trace.bench.tp_bench"

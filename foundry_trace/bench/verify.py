@@ -23,15 +23,15 @@ from pathlib import Path
 
 import torch
 
-from foundry_trace.archive.format import Manifest
-from foundry_trace.bench.capture import capture_steps
+from foundry_trace.archive.keys import batch_of
+from foundry_trace.archive.manifest import Manifest
+from foundry_trace.bench.capture import OUTPUT_NAME, CapturedStep, capture_steps
 from foundry_trace.bench.workloads.registry import Engine
 from foundry_trace.errors import WorkloadError
 from foundry_trace.parallel.collectives import Communicator
 from foundry_trace.restore import Restored
 from foundry_trace.save.recording import Recording
 
-OUTPUT_NAME = "logits"  # the output every workload's step declares
 INPUT_SEED = 1000
 REFERENCE_REPLAYS = 5
 LATENCY_ROUNDS = 3
@@ -54,13 +54,19 @@ def run_on_fixed_inputs(engine: Engine, batch: int, replay: Callable[[], None], 
     return output_digest(output_on_fixed_inputs(engine, batch, replay, output))
 
 
+def restored_batches(restored: Restored) -> list[int]:
+    """The batch sizes whose steps the restored graphs make up (one graph each, or pieces)."""
+    return sorted({batch for batch in map(batch_of, restored.graphs) if batch is not None})
+
+
 def restored_digests(engine: Engine, restored: Restored) -> dict[str, str]:
-    """The digest of each restored graph's output on its batch's fixed inputs (a lazy graph
-    restores at its replay here)."""
-    return {
-        key: run_on_fixed_inputs(engine, int(key), graph.replay, lambda g=graph: g.outputs[OUTPUT_NAME])
-        for key, graph in restored.graphs.items()
-    }
+    """The digest of each restored step's output on its batch's fixed inputs (lazy graphs
+    restore at their replay here)."""
+    digests = {}
+    for batch in restored_batches(restored):
+        replay, output = engine.restored_step(restored, batch)
+        digests[str(batch)] = run_on_fixed_inputs(engine, batch, replay, lambda output=output: output)
+    return digests
 
 
 def differing_from_saved(digests: dict[str, str], saved: dict[str, dict[str, object]]) -> list[int]:
@@ -79,7 +85,7 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.view(torch.uint8), b.view(torch.uint8))  # NaN equals NaN here, as bits do
 
 
-def reference_outputs(engine: Engine, steps: dict[int, object], replays: int = REFERENCE_REPLAYS) -> dict[str, dict[str, object]]:
+def reference_outputs(engine: Engine, steps: dict[int, CapturedStep], replays: int = REFERENCE_REPLAYS) -> dict[str, dict[str, object]]:
     """Per batch: the digest of the captured graph's output on fixed inputs, and whether
     `replays` more replays all give the same bits (a graph that does not is nondeterministic: it
     cannot be compared bit for bit, by Foundry or by anyone). The replays are compared on the
@@ -88,7 +94,7 @@ def reference_outputs(engine: Engine, steps: dict[int, object], replays: int = R
     references = {}
     for batch, step in steps.items():
         def again(s=step) -> torch.Tensor:  # noqa: ANN001
-            return output_on_fixed_inputs(engine, batch, s.graph.replay, lambda: s.output)
+            return output_on_fixed_inputs(engine, batch, s.replay, lambda: s.output)
 
         first = again()
         agreeing = [_same_bits(first, again()) for _ in range(replays)]  # always all of them: see the module's docstring
@@ -97,30 +103,32 @@ def reference_outputs(engine: Engine, steps: dict[int, object], replays: int = R
     return references
 
 
-def record_references(recording: Recording, engine: Engine, steps: dict[int, object]) -> None:
-    """Stores in the archive what each captured graph's output holds on its batch's fixed inputs
-    (reference_outputs), so that any later restore can be checked against SAVE's graphs."""
-    for key, reference in reference_outputs(engine, steps).items():
-        recording.add_reference(key, OUTPUT_NAME, reference["digest"], reference["deterministic"])
+def record_references(recording: Recording, engine: Engine, steps: dict[int, CapturedStep]) -> None:
+    """Stores in the archive what each captured step's output holds on its batch's fixed inputs
+    (reference_outputs), with the graph that declares the output, so that any later restore
+    can be checked against SAVE's graphs."""
+    for batch, reference in reference_outputs(engine, steps).items():
+        recording.add_reference(steps[int(batch)].output_key, OUTPUT_NAME, reference["digest"], reference["deterministic"])
 
 
 def saved_references(manifest: Manifest) -> dict[str, dict[str, object]] | None:
-    """The references SAVE stored (reference_outputs' shape), or None where it stored none."""
+    """The references SAVE stored, by batch size (reference_outputs' shape), or None where it
+    stored none."""
     found = {
-        entry.key: {"digest": reference.digest, "deterministic": reference.deterministic}
+        str(batch_of(entry.key)): {"digest": reference.digest, "deterministic": reference.deterministic}
         for entry in manifest.graphs
         for reference in entry.references
-        if reference.name == OUTPUT_NAME
+        if reference.name == OUTPUT_NAME and batch_of(entry.key) is not None
     }
     return found or None
 
 
-def agreed_count(count: int, communicator: Communicator | None) -> int:
+def agreed_count(count: int, communicator: Communicator | None, device: str = "cuda") -> int:
     """A count every rank uses alike: the ranks' counts averaged (rounded up) through an
     all-reduce, so each gets the same number whatever it measured by itself."""
     if communicator is None or communicator.world_size == 1:
         return count
-    total = torch.tensor([float(count)], device="cuda")
+    total = torch.tensor([float(count)], device=device)
     communicator.all_reduce(total)
     return max(1, math.ceil(total.item() / communicator.world_size))
 
@@ -164,7 +172,7 @@ def compare(
     """Captures the restored graphs' batch sizes natively (timed) and compares outputs and replay
     latency; with `saved` (saved_references() of the archive), also against SAVE's graphs.
     `communicator`: a tensor-parallel rank's, through which the ranks agree on replay counts."""
-    sizes = sorted(int(k) for k in restored.graphs)
+    sizes = restored_batches(restored)
     torch.cuda.synchronize()
     start = time.perf_counter()
     native = capture_steps(engine, sizes)
@@ -184,8 +192,9 @@ def compare(
     latency = {}
     for batch in (b for b in latency_batches if b in native):
         # Alternating rounds, so that a drift of clocks or temperature hits both alike.
+        restored_replay, _ = engine.restored_step(restored, batch)
         rounds = [
-            (replay_latency_ms(native[batch].graph.replay, communicator=communicator), replay_latency_ms(restored[batch].replay, communicator=communicator))
+            (replay_latency_ms(native[batch].replay, communicator=communicator), replay_latency_ms(restored_replay, communicator=communicator))
             for _ in range(LATENCY_ROUNDS)
         ]
         native_ms = sorted(n for n, _ in rounds)[LATENCY_ROUNDS // 2]
@@ -193,7 +202,8 @@ def compare(
         latency[str(batch)] = {"native_ms": native_ms, "restored_ms": restored_ms, "delta_pct": 100 * (restored_ms / native_ms - 1)}
     result: dict[str, object] = {
         "native_s": native_s,
-        "graphs": len(sizes),
+        "graphs": len(restored.graphs),
+        "steps": len(sizes),
         "bitwise_equal": not mismatched,
         "mismatched": mismatched,
         "nondeterministic_native": nondeterministic,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -33,15 +33,18 @@ from cuda.bindings import driver
 
 import foundry_alloc
 from foundry_alloc.profiling import annotate
-from foundry_trace.archive.format import Archive, GraphEntry
+from foundry_trace.archive.format import Archive
+from foundry_trace.archive.keys import group_of, serving_order
+from foundry_trace.archive.manifest import GraphEntry
 from foundry_trace.archive.node_table import node_kinds
 from foundry_trace.archive.records import MemorySegment
+from foundry_trace.archive.signing import TrustPolicy
 from foundry_trace.driver import call, current_context
 from foundry_trace.errors import LayoutMismatchError, RestoreError, RestoreTimeoutError
 from foundry_trace.fingerprint import check_fingerprint, current_fingerprint
 from foundry_trace.parallel.collectives import Communicator, check_communicator
 from foundry_trace.restore.outputs import coalesce, output_view
-from foundry_trace.restore.pipeline import DEFAULT_BUILDERS, Pipeline, PipelineHooks, builds_early, serving_order
+from foundry_trace.restore.pipeline import DEFAULT_BUILDERS, Pipeline, PipelineHooks, builds_early
 from foundry_trace.restore.resources import LoadResources
 from foundry_trace.restore.restored import Restored, RestoredGraph
 
@@ -50,7 +53,8 @@ DEFAULT_THREADS = min(8, os.cpu_count() or 1)
 
 
 def prefetch(
-    path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int = DEFAULT_BUILDERS, hooks: PipelineHooks | None = None
+    path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int = DEFAULT_BUILDERS, hooks: PipelineHooks | None = None,
+    digest: str | None = None, trusted_keys: Iterable[str | Path] | None = None,
 ) -> Restored:
     """Starts the part of LOAD that needs no engine state, early: at process start, or while the
     engine loads its weights. Needs the Foundry allocator installed; no CUDA context yet (it
@@ -63,7 +67,7 @@ def prefetch(
 
     Args:
         path: the archive.
-        threads, builders, hooks: as for load().
+        threads, builders, hooks, digest, trusted_keys: as for load().
 
     Returns:
         A Restored with no graphs yet: pass it to load() at the restore point, which checks the
@@ -74,7 +78,7 @@ def prefetch(
         >>> engine = build_engine()                            # meanwhile, modules load
         >>> restored = foundry_trace.load(early)               # at the restore point
     """
-    restored = _open(Path(path), threads, builders, hooks, communicator=None)
+    restored = _open(Path(path), threads, builders, hooks, None, TrustPolicy.from_environment().with_arguments(digest, trusted_keys))
     try:
         with annotate("load.prefetch"):
             restored.pipeline.load_all_modules()  # long before the restore point: all at once
@@ -95,6 +99,8 @@ def load(
     communicator: Communicator | None = None,
     timeout: float | None = None,
     hooks: PipelineHooks | None = None,
+    digest: str | None = None,
+    trusted_keys: Iterable[str | Path] | None = None,
 ) -> Restored:
     """Restores the graphs of an archive. Call it at the restore point: where the engine's
     state (weights, KV cache, static inputs, library workspaces) has been rebuilt exactly as in
@@ -114,14 +120,20 @@ def load(
         timeout: seconds an eager load may take at most (None: no limit). Past it, everything
             the load made is released and RestoreTimeoutError names the graph it waited for.
         hooks: for probes that study the pipeline's timing (PipelineHooks); None in serving.
+        digest: "sha256:<hex>": restore only the archive with this digest (default:
+            FOUNDRY_ARCHIVE_DIGEST where set). `foundry inspect` and SAVE print it.
+        trusted_keys: public key files (or folders of *.pub): restore only archives signed by
+            one of them (default: FOUNDRY_TRUSTED_KEYS where set). Checked, like the digest,
+            right after the manifest is read, before any byte of the archive reaches the driver.
 
     Returns:
         The Restored graphs by key: `restored[8].replay()`, `restored[8].outputs["logits"]`,
         `restored.release()`.
 
     Raises:
-        FingerprintMismatchError, LayoutMismatchError (with the diff), TensorParallelError,
-        ArchiveFormatError, DriverCallError, RestoreError: each after releasing everything.
+        UntrustedArchiveError, FingerprintMismatchError, LayoutMismatchError (with the diff),
+        TensorParallelError, ArchiveFormatError, DriverCallError, RestoreError: each after
+        releasing everything.
 
     Example:
         >>> foundry_alloc.install()
@@ -135,10 +147,11 @@ def load(
         raise ValueError(f"timeout={timeout}: give a positive number of seconds, or None")
     deadline = None if timeout is None else time.monotonic() + timeout
     if isinstance(archive, Restored):
-        restored = archive
+        restored = archive  # its trust was checked by prefetch()
         restored.begin_load(communicator)
     else:
-        restored = _open(Path(archive), threads, builders, hooks, communicator)
+        policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
+        restored = _open(Path(archive), threads, builders, hooks, communicator, policy)
         restored.begin_load(communicator)
     try:
         with annotate("load"):
@@ -183,8 +196,11 @@ def _phase(restored: Restored, name: str) -> Iterator[None]:
     restored.phases[name] = time.perf_counter() - start
 
 
-def _open(path: Path, threads: int, builders: int, hooks: PipelineHooks | None, communicator: Communicator | None) -> Restored:
-    """Opens the archive, checks the fingerprint, creates the events and the pool of threads."""
+def _open(
+    path: Path, threads: int, builders: int, hooks: PipelineHooks | None, communicator: Communicator | None, policy: TrustPolicy
+) -> Restored:
+    """Opens the archive, checks the trust policy and the fingerprint, creates the events and the
+    pool of threads."""
     import torch
 
     if foundry_alloc.installed() is None:
@@ -197,6 +213,7 @@ def _open(path: Path, threads: int, builders: int, hooks: PipelineHooks | None, 
     phases = {"open": time.perf_counter() - opened}
     resources = LoadResources(device, communicator)
     try:
+        policy.check(archive)  # before anything of the archive reaches the driver
         checked = time.perf_counter()
         with annotate("load.fingerprint"):
             check_fingerprint(archive.manifest.fingerprint, current_fingerprint())
@@ -214,21 +231,25 @@ def _open(path: Path, threads: int, builders: int, hooks: PipelineHooks | None, 
 
 
 def _start_first_graph(restored: Restored) -> None:
-    """LOAD starts on the graph a server replays first (its smallest batch) at once: its modules
-    load, and it is built and instantiated, while LOAD checks the layout and claims the memory.
-    As for prefetch(), only where it needs no live state; where its memsets or memcpys name the
-    graph arena alone, that arena is claimed first."""
+    """LOAD starts on the graphs a server replays first (its smallest batch: one graph, or all
+    the pieces of that step) at once: their modules load, and they are built and instantiated,
+    while LOAD checks the layout and claims the memory. As for prefetch(), only where they need
+    no live state; where their memsets or memcpys name the graph arena alone, that arena is
+    claimed first."""
     manifest = restored.archive.manifest
     if not manifest.graphs:
         return
-    first = serving_order(manifest.graphs)[0]
-    restored.pipeline.load_modules_for(first)
-    table = restored.archive.blob(first.table)
-    kinds = node_kinds(table)
-    if not builds_early(kinds, first.copy_arenas, graph_memory_mapped=False):
-        if not builds_early(kinds, first.copy_arenas, graph_memory_mapped=True) or not _claim_graph_memory(restored):
+    ordered = serving_order(manifest.graphs)
+    first = [entry for entry in ordered if group_of(entry.key) == group_of(ordered[0].key)]
+    tables = {entry.key: restored.archive.blob(entry.table) for entry in first}
+    kinds = {entry.key: node_kinds(tables[entry.key]) for entry in first}
+    for entry in first:
+        restored.pipeline.load_modules_for(entry)
+    if not all(builds_early(kinds[e.key], e.copy_arenas, graph_memory_mapped=False) for e in first):
+        if not all(builds_early(kinds[e.key], e.copy_arenas, graph_memory_mapped=True) for e in first) or not _claim_graph_memory(restored):
             return
-    restored.pipeline.executable(first, table)
+    for entry in first:
+        restored.pipeline.executable(entry, tables[entry.key])
 
 
 def _claim_graph_memory(restored: Restored) -> bool:
@@ -280,9 +301,13 @@ def _claim(restored: Restored, upload: bool) -> None:
                 _claim_segment(restored, segment)
         pipeline.upload = upload
         owned = coalesce([(s.address, s.size) for s in manifest.memory] + [(a.address, a.size) for a in manifest.restore_layout.allocations])
+        groups: dict[str, list[GraphEntry]] = {}
         for entry in serving_order(manifest.graphs):  # wait() restores a lazy load's rest in this order
-            outputs = {o.name: output_view(o, owned) for o in entry.outputs}
-            restored.graphs[entry.key] = RestoredGraph(entry.key, outputs, _requester(pipeline, entry), restored.release)
+            groups.setdefault(group_of(entry.key), []).append(entry)
+        for group in groups.values():
+            for entry in group:
+                outputs = {o.name: output_view(o, owned) for o in entry.outputs}
+                restored.graphs[entry.key] = RestoredGraph(entry.key, outputs, _requester(pipeline, entry, group), restored.release)
 
 
 def _bind_collectives(restored: Restored, communicator: Communicator) -> None:
@@ -297,5 +322,13 @@ def _bind_collectives(restored: Restored, communicator: Communicator) -> None:
         restored.pipeline.bind_collectives(graphs)
 
 
-def _requester(pipeline: Pipeline, entry: GraphEntry):  # noqa: ANN202 - () -> Future
-    return lambda: pipeline.graph(entry)
+def _requester(pipeline: Pipeline, entry: GraphEntry, group: list[GraphEntry]):  # noqa: ANN202 - () -> Future
+    """A lazy graph's first use queues its whole group (every piece of its batch size's step,
+    in order), and waits for its own."""
+
+    def request():  # noqa: ANN202 - Future
+        for other in group:
+            pipeline.graph(other)
+        return pipeline.graph(entry)
+
+    return request

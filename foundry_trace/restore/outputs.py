@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from foundry_trace.archive.format import OutputTensor
+from foundry_trace.archive.manifest import OutputTensor
 from foundry_trace.errors import ArchiveFormatError
 
 if TYPE_CHECKING:

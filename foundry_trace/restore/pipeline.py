@@ -37,7 +37,8 @@ from cuda.bindings import driver
 from foundry_alloc import GRAPH
 from foundry_alloc.profiling import annotate
 from foundry_trace import native
-from foundry_trace.archive.format import Archive, GraphEntry
+from foundry_trace.archive.format import Archive
+from foundry_trace.archive.manifest import GraphEntry
 from foundry_trace.archive.node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, node_kinds
 from foundry_trace.driver import call
 from foundry_trace.errors import DriverCallError
@@ -198,6 +199,7 @@ class Pipeline:
         with self._span(f"module {index}", "module"):
             for number, handle in load_module(self.archive, self._manifest.modules[index], functions, self._resources).items():
                 self._handles.functions[number] = handle
+                self._handles.param_bytes[number] = native.function_param_bytes(handle)  # checked at each build
 
     def build(self, entry: GraphEntry, table: bytes | None = None) -> int:
         """Builds a graph's CUgraph (its modules must be loaded); the caller destroys it."""

@@ -7,7 +7,7 @@ mode, releases all of it and the process is as it was before LOAD.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass
 
 from cuda.bindings import driver
@@ -43,6 +43,23 @@ class ReleaseSummary:
         return ", ".join(parts) or "nothing"
 
 
+_live: Counter[str] = Counter()  # handles of every load in the process, made and not yet destroyed
+_live_lock = threading.Lock()
+
+
+def live_handles() -> dict[str, int]:
+    """Handles that loads in this process made and have not destroyed, by kind (executables,
+    collective graphs, events, modules): all zero once every load was released. For soak tests
+    and operators looking for a leak."""
+    with _live_lock:
+        return {kind: _live[kind] for kind in ("executables", "collective graphs", "events", "modules")}
+
+
+def _count(kind: str, change: int) -> None:
+    with _live_lock:
+        _live[kind] += change
+
+
 class LoadResources:
     """Handles of one LOAD, recorded as they are made (thread-safe), and released in an order
     that is safe while graphs may still run: executables and collective graphs, then (after the
@@ -60,30 +77,39 @@ class LoadResources:
         self._released = False
 
     def add_executable(self, handle: int) -> None:
-        self._add(self._executables, handle, native.destroy_executable)
+        self._add("executables", self._executables, handle)
 
     def add_collective_graph(self, handle: int) -> None:
-        self._add(self._collective_graphs, handle, self._destroy_collective_graph)
+        self._add("collective graphs", self._collective_graphs, handle)
 
     def add_event(self, handle: int) -> None:
-        self._add(self._events, handle, lambda event: driver.cuEventDestroy(driver.CUevent(event)))
+        self._add("events", self._events, handle)
 
     def add_module(self, handle: int) -> None:
-        self._add(self._modules, handle, lambda module: driver.cuModuleUnload(driver.CUmodule(module)))
+        self._add("modules", self._modules, handle)
 
-    def _add(self, handles: list[int], handle: int, destroy: Callable[[int], object]) -> None:
+    def _add(self, kind: str, handles: list[int], handle: int) -> None:
         """Records a handle; one made after the release (by a worker a time-out abandoned) is
         destroyed at once instead."""
+        _count(kind, 1)
         with self._lock:
             if not self._released:
                 handles.append(handle)
                 return
-        destroy(handle)
+        self._destroy(kind, handle)
 
-    def _destroy_collective_graph(self, graph: int) -> None:
-        native.destroy_graph(graph)
-        if self.communicator is not None:
-            self.communicator.graph_released(graph)
+    def _destroy(self, kind: str, handle: int) -> None:
+        if kind == "executables":
+            native.destroy_executable(handle)  # freed by the driver once any launch of it ends
+        elif kind == "collective graphs":
+            native.destroy_graph(handle)
+            if self.communicator is not None:
+                self.communicator.graph_released(handle)
+        elif kind == "events":
+            driver.cuEventDestroy(driver.CUevent(handle))
+        else:
+            driver.cuModuleUnload(driver.CUmodule(handle))
+        _count(kind, -1)
 
     def add_claim(self, address: int, size: int, arena: str) -> None:
         with self._lock:
@@ -128,14 +154,14 @@ class LoadResources:
             modules, self._modules = self._modules, []
             has_memory = bool(self._claimed)
         for executable in executables:
-            native.destroy_executable(executable)  # freed by the driver once any launch of it ends
+            self._destroy("executables", executable)
         for graph in graphs:
-            self._destroy_collective_graph(graph)
+            self._destroy("collective graphs", graph)
         if (modules or has_memory) and (executables or graphs):
             driver.cuCtxSynchronize()  # no kernel of these modules, or on this memory, may still run
         for event in events:
-            driver.cuEventDestroy(driver.CUevent(event))
+            self._destroy("events", event)
         for module in modules:
-            driver.cuModuleUnload(driver.CUmodule(module))
+            self._destroy("modules", module)
         blocks, size = self.unclaim()
         return ReleaseSummary(len(executables), len(graphs), len(events), len(modules), blocks, size)

@@ -10,6 +10,7 @@ from concurrent.futures import Future
 from cuda.bindings import driver
 
 from foundry_trace.archive.format import Archive
+from foundry_trace.archive.keys import group_of
 from foundry_trace.driver import call
 from foundry_trace.errors import FoundryTraceError, GraphReleasedError, RestoreError, RestoreTimeoutError
 from foundry_trace.restore.pipeline import Pipeline, Span
@@ -116,6 +117,11 @@ class Restored:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.graphs)
+
+    def group(self, batch: object) -> list[RestoredGraph]:
+        """The graphs of one batch size's step, in order: one graph, or all its pieces
+        ("8/00", "8/01", ...: a piecewise capture). A step is ready when all of them are."""
+        return [graph for key, graph in self.graphs.items() if group_of(key) == str(batch)]
 
     def __enter__(self) -> Restored:
         return self

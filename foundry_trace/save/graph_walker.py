@@ -12,6 +12,7 @@ import ctypes
 
 from cuda.bindings import driver
 
+from foundry_trace.archive.node_table import LAUNCH_ATTRIBUTES, MAX_GRAPH_DEPTH
 from foundry_trace.archive.records import (
     LAUNCH_ATTRIBUTE_BYTES,
     ChildGraphNode,
@@ -68,8 +69,13 @@ class GraphWalker:
     def event_count(self) -> int:
         return len(self._events)
 
-    def walk(self, graph: int, where: str) -> tuple[GraphBody, int, int]:
-        """The graph's records, and the node and edge counts the driver reports (children included)."""
+    def walk(self, graph: int, where: str, depth: int = 0) -> tuple[GraphBody, int, int]:
+        """The graph's records, and the node and edge counts the driver reports (children included).
+        Refuses what LOAD would refuse: child graphs nested deeper than MAX_GRAPH_DEPTH."""
+        if depth > MAX_GRAPH_DEPTH:
+            raise UnsupportedNodeError(
+                f"{where}: child graphs nest more than {MAX_GRAPH_DEPTH} deep, which LOAD refuses: flatten the capture"
+            )
         handle = driver.CUgraph(graph)
         count = call(driver.cuGraphGetNodes, handle, 0)[1]
         nodes = call(driver.cuGraphGetNodes, handle, count)[0] if count else []
@@ -77,7 +83,7 @@ class GraphWalker:
         records: list[Node] = []
         driver_nodes, driver_edges = len(nodes), 0
         for index, node in enumerate(nodes):
-            record = self._node(node, f"{where}, node {index}")
+            record = self._node(node, f"{where}, node {index}", depth)
             if isinstance(record, tuple):
                 record, child_nodes, child_edges = record
                 driver_nodes += child_nodes - 1
@@ -107,7 +113,7 @@ class GraphWalker:
             )
         return edges
 
-    def _node(self, node: driver.CUgraphNode, where: str):  # noqa: ANN202 - Node or (Node, nodes, edges)
+    def _node(self, node: driver.CUgraphNode, where: str, depth: int):  # noqa: ANN202 - Node or (Node, nodes, edges)
         kind = call(driver.cuGraphNodeGetType, node)
         if kind == NodeType.CU_GRAPH_NODE_TYPE_KERNEL:
             return self._kernel(node, where)
@@ -130,7 +136,7 @@ class GraphWalker:
             return EventWaitNode(event=self._event(call(driver.cuGraphEventWaitNodeGetEvent, node)))
         if kind == NodeType.CU_GRAPH_NODE_TYPE_GRAPH:
             child = call(driver.cuGraphChildGraphNodeGetGraph, node)
-            body, nodes, edges = self.walk(int(child), f"{where} (child graph)")
+            body, nodes, edges = self.walk(int(child), f"{where} (child graph)", depth + 1)
             return ChildGraphNode(graph=body), nodes, edges
         name = NodeType(kind).name
         hint = _REFUSAL_HINTS.get(name, "Foundry cannot persist this node kind")
@@ -177,6 +183,11 @@ class GraphWalker:
         attributes = {}
         for attribute, raw in _attributes(node).items():
             if raw != defaults.get(attribute, _ZERO_ATTRIBUTE):
+                if attribute not in LAUNCH_ATTRIBUTES:
+                    raise UnsupportedNodeError(
+                        f"{where}: launch attribute {driver.CUlaunchAttributeID(attribute).name} holds a handle of this "
+                        "process (an event or a device-updatable node), which LOAD cannot restore: capture without it"
+                    )
                 attributes[attribute] = raw
         return KernelNode(
             function=self._functions.index(function, where),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import datetime
 import hashlib
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import foundry_alloc
 from foundry_alloc.profiling import annotate
-from foundry_trace.archive.format import ArchiveWriter, GraphEntry, Manifest, OutputReference, OutputTensor
+from foundry_trace.archive.format import ArchiveWriter
+from foundry_trace.archive.manifest import GraphEntry, Manifest, OutputReference, OutputTensor
 from foundry_trace.archive.node_table import encode
 from foundry_trace.archive.records import GraphBody, KernelNode, MemcpyNode, MemorySegment, MemsetNode, walk_nodes
 from foundry_trace.driver import device_bytes
@@ -59,7 +61,17 @@ _session_lock = threading.Lock()
 
 
 def start_tracing() -> Session:
-    """Starts the CUPTI tracer for this process (once). Call it before the model's first kernel."""
+    """Starts the CUPTI tracer for this process (once; later calls return the same session).
+
+    Call it before the model's first kernel: the tracer must see every module a captured kernel
+    comes from (the driver loads modules lazily, at a kernel's first launch), or SAVE refuses the
+    archive with MissingBinaryError naming each kernel whose binary it missed. Needs the `save`
+    extra (cupti-python); CuptiUnavailableError says what is missing.
+
+    Example:
+        >>> foundry_alloc.install(); foundry_trace.start_tracing()
+        >>> model = build_model()                      # its kernels' modules are seen as they load
+    """
     global _session
     with _session_lock:
         if _session is None:
@@ -82,6 +94,7 @@ class Recording:
         self._outputs: dict[str, list[OutputTensor]] = {}
         self._references: dict[str, list[OutputReference]] = {}
         self.metadata: dict[str, str] = {}  # stored in the manifest as it is at finish()
+        self.digest: str | None = None  # the archive's, once written
         self._key: str | None = None
         self._restore_layout: foundry_alloc.Layout | None = None
         self._device: int | None = None
@@ -145,7 +158,9 @@ class Recording:
         self._graphs.append((key, body, nodes, edges))
 
     def finish(self) -> Path:
-        """Writes the archive (to a temporary name first, so a failure leaves nothing behind)."""
+        """Writes the archive (to a temporary name first, so a failure leaves nothing behind),
+        keeps its digest in `self.digest` and prints it on stderr: the archive's identity, which
+        LOAD can pin (FOUNDRY_ARCHIVE_DIGEST) and `foundry sign` signs."""
         if self._session.tracer.errors:
             raise self._session.tracer.errors[0]
         if self._restore_layout is None or self._device is None:
@@ -156,11 +171,13 @@ class Recording:
         with annotate("save.write"):
             writer = ArchiveWriter(self.path)
             try:
-                manifest = self._manifest(writer)
-                return writer.finish(manifest)
+                path = writer.finish(self._manifest(writer))
             except BaseException:
                 writer.abort()
                 raise
+        self.digest = writer.digest
+        print(f"foundry_trace: wrote {path} (digest sha256:{self.digest})", file=sys.stderr)
+        return path
 
     def _manifest(self, writer: ArchiveWriter) -> Manifest:
         import torch

@@ -45,7 +45,7 @@ def layout_program(noisy: bool) -> dict[str, object]:
     for batch, step in graphs.items():
         tokens, positions = model.random_inputs(batch, seed=batch)
         model.set_inputs(tokens, positions)
-        step.graph.replay()
+        step.replay()
         replayed = step.output.clone()
         model.set_inputs(tokens, positions)
         eager = model.step(batch)
@@ -151,7 +151,7 @@ def empty_cache_keeps_graphs() -> dict[str, object]:
     step = capture_steps(model, (4,))[4]
     tokens, positions = model.random_inputs(4, seed=3)
     model.set_inputs(tokens, positions)
-    step.graph.replay()
+    step.replay()
     before = step.output.clone()
     graph_mapped = fa.stats().arenas[fa.GRAPH].mapped_bytes
     scratch = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
@@ -160,7 +160,7 @@ def empty_cache_keeps_graphs() -> dict[str, object]:
     # Overwrite every freed engine byte with new tensors: the graph must not see any of it.
     filler = [torch.full((8 << 20,), 7.0, device="cuda") for _ in range(8)]
     model.set_inputs(tokens, positions)
-    step.graph.replay()
+    step.replay()
     torch.cuda.synchronize()
     return {
         "released": released,

@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import sys
 import time
 from pathlib import Path
 
 import foundry_alloc as fa
 import foundry_trace as ft
-from foundry_trace.archive.node_table import BODY, HEADER, NODE
+from foundry_trace.bench import damage
 from foundry_trace.bench.verify import saved_references
 from foundry_trace.bench.workloads.registry import build_engine
 from foundry_trace.restore import key_order
 
-from ..archive_edit import corrupt_blob, read_blob, read_manifest, replace_blob, rewrite_manifest
 from .save_program import save_tiny
 
 
@@ -174,43 +172,11 @@ def graph_memory_held(path: str) -> dict[str, object]:
     return result
 
 
-def _wrong_fingerprint(copy: Path) -> None:
-    def edit(manifest: dict, _: int) -> bytes:
-        manifest["fingerprint"]["torch"] = "0.0.0+elsewhere"
-        return b""
-
-    rewrite_manifest(copy, edit)
-
-
-def _missing_section(copy: Path) -> None:
-    def edit(manifest: dict, _: int) -> bytes:
-        manifest["blobs"].pop(manifest["graphs"][-1]["table"])
-        return b""
-
-    rewrite_manifest(copy, edit)
-
-
-def _corrupted_blob(copy: Path) -> None:
-    corrupt_blob(copy, read_manifest(copy)["graphs"][-1]["payload"])
-
-
-def _refused_by_driver(copy: Path) -> None:
-    """The last graph's first kernel gets a block of 0 threads: a valid table the driver refuses,
-    after the modules and the other graphs were restored."""
-    digest = read_manifest(copy)["graphs"][-1]["table"]
-    table = bytearray(read_blob(copy, digest))
-    body_count = HEADER.unpack_from(table, 0)[2]
-    first_node = HEADER.size + body_count * BODY.size
-    struct.pack_into("<I", table, first_node + 20, 0)  # blockDimX of node 0 (after kind..index and grid)
-    assert len(table) >= first_node + NODE.size
-    replace_blob(copy, digest, bytes(table))
-
-
 FAILURES = {
-    "fingerprint": (_wrong_fingerprint, ft.FingerprintMismatchError, "torch"),
-    "missing_section": (_missing_section, ft.ArchiveFormatError, "does not index"),
-    "corrupted_blob": (_corrupted_blob, ft.ArchiveFormatError, "corrupted"),
-    "driver_refusal": (_refused_by_driver, ft.DriverCallError, "cuGraphAddNode"),
+    "fingerprint": (damage.wrong_fingerprint, ft.FingerprintMismatchError, "torch"),
+    "missing_section": (damage.missing_section, ft.ArchiveFormatError, "not indexed"),
+    "corrupted_blob": (damage.corrupted_graph, ft.ArchiveFormatError, "corrupted"),
+    "driver_refusal": (damage.refused_by_driver, ft.DriverCallError, "cuGraphAddNode"),
 }
 
 
@@ -229,10 +195,10 @@ def refusals(path: str) -> dict[str, object]:
     ft.load(path).release()  # the driver keeps some memory after a first LOAD: measure from here
     result: dict[str, object] = {}
     before = state()
-    for name, (damage, error_class, phrase) in FAILURES.items():
+    for name, (edit, error_class, phrase) in FAILURES.items():
         copy = Path(path).with_name(f"{name}.foundry")
         shutil.copyfile(path, copy)
-        damage(copy)
+        edit(copy)
         outcomes = []
         for _ in range(3):
             try:
@@ -254,9 +220,96 @@ def refusals(path: str) -> dict[str, object]:
     return result
 
 
+def trust(path: str) -> dict[str, object]:
+    """A signed archive restores with its key trusted; unsigned, by an untrusted key or changed
+    after signing, it is refused at open, before any module, event or memory exists."""
+    fa.install()
+    import torch
+
+    from foundry_trace.archive.signing import generate_key, sign_archive
+
+    model = build_engine("tiny")
+    folder = Path(path).parent / "trust"
+    folder.mkdir(exist_ok=True)
+    release, _ = generate_key(folder / "release.key")
+    stranger, _ = generate_key(folder / "stranger.key")
+    signed = folder / "signed.foundry"
+    shutil.copyfile(path, signed)
+    sign_archive(signed, release)
+    trusted = [f"{release}.pub"]
+
+    def state() -> tuple[int, int, int]:
+        torch.cuda.synchronize()
+        return fa.stats().live_blocks, fa.stats().mapped_bytes, torch.cuda.mem_get_info()[0]
+
+    ft.load(signed, trusted_keys=trusted).release()
+    before = state()
+    restored = ft.load(signed, trusted_keys=trusted)
+    result: dict[str, object] = {"signed": _against_saved(model, restored, saved_outputs(path))}
+    restored.release()
+    tampered = folder / "tampered.foundry"
+    shutil.copyfile(signed, tampered)
+    with ft.Archive(signed) as archive:
+        block = signed.read_bytes()[archive.manifest_end :]
+
+    def change(manifest: dict, _: int) -> bytes:
+        manifest["graphs"][0]["nodes"] += 1
+        return b""
+
+    damage.rewrite_manifest(tampered, change)
+    tampered.write_bytes(tampered.read_bytes() + block)  # the old signature kept
+    for name, archive, keys in (("unsigned", path, trusted), ("stranger", signed, [f"{stranger}.pub"]), ("tampered", tampered, trusted)):
+        try:
+            ft.load(archive, trusted_keys=keys)
+            result[name] = "loaded"
+        except ft.UntrustedArchiveError as error:
+            result[name] = f"refused: {error}"
+    result["unchanged"] = state() == before
+    return result
+
+
+def lazy_failure(path: str) -> dict[str, object]:
+    """A lazy (and a background) load of an archive whose last graph is corrupted: the good
+    graphs restore and replay; the bad one raises at its replay, after the whole load was
+    released (the error says what), and the process is as before."""
+    fa.install()
+    import torch
+
+    model = build_engine("tiny")
+    copy = Path(path).with_name("lazy-failure.foundry")
+    shutil.copyfile(path, copy)
+    damage.corrupted_graph(copy)
+
+    def state() -> tuple[int, int, int]:
+        torch.cuda.synchronize()
+        return fa.stats().live_blocks, fa.stats().mapped_bytes, torch.cuda.mem_get_info()[0]
+
+    ft.load(path).release()
+    before = state()
+    result: dict[str, object] = {}
+    for mode in ("lazy", "background"):
+        restored = ft.load(copy, mode=mode)
+        keys = list(restored.graphs)
+        restored[keys[0]].replay()  # the smallest batch: fine
+        torch.cuda.synchronize()
+        try:
+            restored[keys[-1]].replay()
+            result[mode] = {"error": None}
+        except ft.ArchiveFormatError as error:
+            try:
+                restored[keys[0]].replay()
+                after_release = "replayed"
+            except ft.GraphReleasedError:
+                after_release = "refused"
+            result[mode] = {"error": str(error), "first_after_release": after_release, "unchanged": state() == before}
+    result["layers"] = model.shape.layers
+    return result
+
+
 SCENARIOS = {
     "save": save, "load": load, "modes": modes, "prefetch": prefetched, "save-streams": save_streams,
     "prefetch-copies": prefetched_copies, "wrong-layout": wrong_layout, "graph-memory-held": graph_memory_held, "refusals": refusals,
+    "trust": trust, "lazy-failure": lazy_failure,
 }
 
 if __name__ == "__main__":

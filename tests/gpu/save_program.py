@@ -14,9 +14,8 @@ from pathlib import Path
 import foundry_alloc as fa
 import foundry_trace as ft
 from foundry_trace.archive.records import operation_count
+from foundry_trace.bench.damage import compress_all
 from foundry_trace.bench.workloads.registry import build_engine
-
-from ..archive_edit import compress_all
 
 BATCHES = (1, 2, 4, 8)
 

@@ -90,3 +90,21 @@ def test_every_refusal_is_clean_and_leaves_nothing_behind(archive: Path) -> None
         assert result[name]["outcomes"] == ["refused"] * 3, (name, result[name])
         assert result[name]["unchanged"], (name, result)
     assert result["retry_loads"] and result["unchanged_after_retry"], result
+
+
+def test_a_signed_archive_restores_and_unsigned_foreign_or_tampered_ones_are_refused_leaving_nothing(archive: Path) -> None:
+    result = run("trust", archive)
+    assert result["signed"]["equal_saved"] and result["signed"]["compared"] == 4, result
+    assert "signed by nobody" in result["unsigned"], result
+    assert "only archives signed by a trusted key" in result["stranger"], result
+    assert "changed after it was signed" in result["tampered"], result
+    assert result["unchanged"], result
+
+
+def test_a_failing_graph_in_lazy_and_background_loads_releases_the_whole_load(archive: Path) -> None:
+    result = run("lazy-failure", archive)
+    for mode in ("lazy", "background"):
+        outcome = result[mode]
+        assert outcome["error"] and "released everything this load made" in outcome["error"], result
+        assert outcome["first_after_release"] == "refused", result
+        assert outcome["unchanged"], result

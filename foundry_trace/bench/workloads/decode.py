@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from foundry_alloc.profiling import annotate
+from foundry_trace.bench.capture import OneGraphPerStep
 from foundry_trace.bench.workloads.registry import ATTENTION_CHOICES
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def preset(name: str) -> ModelShape:
         raise ValueError(f"unknown workload {name!r}; choose one of {', '.join(PRESETS)}") from None
 
 
-class DecodeEngine:
+class DecodeEngine(OneGraphPerStep):
     """Weights, static KV cache and static inputs (sized for the largest batch), and one decode step.
 
     Everything a graph reads lives in tensors created here, before any capture: the step for batch
@@ -171,23 +172,60 @@ class DecodeEngine:
 
     def step(self, batch: int) -> torch.Tensor:
         """One decode step for the first `batch` sequences; returns logits [batch, vocab] (float32)."""
+        rotary, mask = self.rotary(batch), self.mask(batch)
+        x = self.embed(batch)
+        for index in range(self.shape.layers):
+            x, q = self.before_attention(index, x, batch, rotary)
+            x = self.after_attention(index, x, self.attend(index, q, batch, mask), batch)
+        return self.head(x)
+
+    # The step's parts, in order: rotary and mask (once a step), embed, then per layer
+    # before_attention, attend, after_attention, then head. A piecewise capture (piecewise.py)
+    # cuts the step between them.
+
+    def rotary(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary embedding's cos and sin at each sequence's position."""
+        positions = self.positions[:batch]
+        return self.cos[positions][:, None, :], self.sin[positions][:, None, :]
+
+    def mask(self, batch: int) -> torch.Tensor:
+        """Which cache slots each sequence attends to."""
+        return (self.slots[None, :] <= self.positions[:batch, None])[:, None, None, :]
+
+    def embed(self, batch: int) -> torch.Tensor:
+        return F.embedding(self.tokens[:batch], self.embedding)
+
+    def before_attention(
+        self, index: int, x: torch.Tensor, batch: int, rotary: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Norm, QKV projection and rotary embedding of layer `index`, keys and values written
+        into the cache; returns (x, q) with q as [batch, heads, head_dim]."""
+        s, layer = self.shape, self.layers[index]
+        positions, rows = self.positions[:batch], self.rows[:batch]
+        cos, sin = rotary
+        y = _rms_norm(x, layer["attn_norm"])
+        q, k, v = F.linear(y, layer["qkv"]).split([s.heads * s.head_dim, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim], dim=-1)
+        q = _rotate(q.view(batch, s.heads, s.head_dim), cos, sin)
+        k = _rotate(k.view(batch, s.kv_heads, s.head_dim), cos, sin)
+        cache_k, cache_v = self.kv_cache[index, 0, :batch], self.kv_cache[index, 1, :batch]
+        cache_k[rows, :, positions] = k
+        cache_v[rows, :, positions] = v.view(batch, s.kv_heads, s.head_dim)
+        return x, q
+
+    def attend(self, index: int, q: torch.Tensor, batch: int, mask: torch.Tensor) -> torch.Tensor:
+        """Attention of layer `index` over the cache; returns [batch, heads * head_dim]."""
         s = self.shape
-        tokens, positions, rows = self.tokens[:batch], self.positions[:batch], self.rows[:batch]
-        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
-        mask = (self.slots[None, :] <= positions[:, None])[:, None, None, :]
-        x = F.embedding(tokens, self.embedding)
-        for index, layer in enumerate(self.layers):
-            y = _rms_norm(x, layer["attn_norm"])
-            q, k, v = F.linear(y, layer["qkv"]).split([s.heads * s.head_dim, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim], dim=-1)
-            q = _rotate(q.view(batch, s.heads, s.head_dim), cos, sin)
-            k = _rotate(k.view(batch, s.kv_heads, s.head_dim), cos, sin)
-            cache_k, cache_v = self.kv_cache[index, 0, :batch], self.kv_cache[index, 1, :batch]
-            cache_k[rows, :, positions] = k
-            cache_v[rows, :, positions] = v.view(batch, s.kv_heads, s.head_dim)
-            attention = self._attend(q[:, :, None, :], cache_k, cache_v, mask)
-            x = x + self._reduced(F.linear(attention.reshape(batch, s.heads * s.head_dim), layer["out"]))
-            gate, up = F.linear(_rms_norm(x, layer["mlp_norm"]), layer["gate_up"]).chunk(2, dim=-1)
-            x = x + self._reduced(F.linear(F.silu(gate) * up, layer["down"]))
+        cache_k, cache_v = self.kv_cache[index, 0, :batch], self.kv_cache[index, 1, :batch]
+        return self._attend(q[:, :, None, :], cache_k, cache_v, mask).reshape(batch, s.heads * s.head_dim)
+
+    def after_attention(self, index: int, x: torch.Tensor, attention: torch.Tensor, batch: int) -> torch.Tensor:
+        """Output projection and MLP of layer `index`, each added to the residual stream."""
+        layer = self.layers[index]
+        x = x + self._reduced(F.linear(attention, layer["out"]))
+        gate, up = F.linear(_rms_norm(x, layer["mlp_norm"]), layer["gate_up"]).chunk(2, dim=-1)
+        return x + self._reduced(F.linear(F.silu(gate) * up, layer["down"]))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(_rms_norm(x, self.final_norm), self.lm_head).float()
 
     def _reduced(self, partial: torch.Tensor) -> torch.Tensor:

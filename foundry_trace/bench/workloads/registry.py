@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Protocol
 from foundry_trace.errors import WorkloadError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
+
+    from foundry_trace.bench.capture import CapturedStep
+    from foundry_trace.restore import Restored
+    from foundry_trace.save.recording import Recording
 
 # SDPA kernels a workload's attention may be pinned to. "default" is torch's choice (cuDNN's fused
 # attention on Hopper, not bitwise reproducible for batches of 24 and more); math, flash and
@@ -38,6 +44,12 @@ class Engine(Protocol):
 
     def describe(self) -> str:
         """One line for results files."""
+
+    def capture_step(self, batch: int, pool: object, recording: Recording | None = None) -> CapturedStep:
+        """Captures the step of `batch` (its graphs saved under their keys with a recording)."""
+
+    def restored_step(self, restored: Restored, batch: int) -> tuple[Callable[[], None], torch.Tensor]:
+        """The step of `batch` from restored graphs: its replay, and a view of its output."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,14 @@ WORKLOADS: dict[str, Workload] = {
     "streams": Workload(
         "streams", "StreamsEngine", "two streams forked and joined (event record/wait nodes), memcpy and memset nodes"
     ),
+    "piecewise": Workload(
+        "piecewise", "PiecewiseEngine",
+        "vLLM's piecewise capture: the Llama-3-8B-shaped step cut at every attention, 33 pieces x 67 batch sizes (2,211 graphs)",
+    ),
+    "piecewise-compiled": Workload(
+        "piecewise", "PiecewiseEngine", "the piecewise capture with each piece through torch.compile (Inductor, Triton)",
+        {"compiled": True},
+    ),
 }
 
 
@@ -79,9 +99,14 @@ def workload(name: str) -> Workload:
         raise WorkloadError(f"unknown workload {name!r}; choose one of {', '.join(WORKLOADS)}") from None
 
 
+def splits_steps(name: str) -> bool:
+    """Whether the workload cuts its step into pieces (takes split_every)."""
+    return workload(name).module == "piecewise"
+
+
 def make_engine(name: str, **options: object) -> Engine:
     """The engine's state (weights, caches, static inputs), before its first step.
-    Options: attention (ATTENTION_CHOICES), layers, batch_sizes (each engine takes what applies),
+    Options: attention (ATTENTION_CHOICES), layers, batch_sizes, split_every (each engine takes what applies),
     communicator (tensor parallelism, collectives.Communicator: the Llama-style workloads)."""
     chosen = workload(name)
     attention = options.get("attention", "default")

@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from cuda.bindings import driver
 
+from foundry_trace.bench.capture import OneGraphPerStep
 from foundry_trace.driver import call
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 MEMSET_VALUE = 0.5  # what the memset writes into every element of its buffer
 
 
-class StreamsEngine:
+class StreamsEngine(OneGraphPerStep):
     def __init__(
         self, *, hidden: int = 1024, vocab: int = 8192, attention: str = "default", layers: int | None = None,
         batch_sizes: tuple[int, ...] | None = None, seed: int = 0,

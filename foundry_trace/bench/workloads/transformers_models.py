@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from foundry_alloc.profiling import annotate
+from foundry_trace.bench.capture import OneGraphPerStep
 from foundry_trace.bench.workloads.decode import VLLM_BATCH_SIZES
 
 
@@ -79,7 +80,7 @@ def _pooled_layer_class() -> type:
     return PooledStaticLayer
 
 
-class TransformersEngine:
+class TransformersEngine(OneGraphPerStep):
     def __init__(
         self,
         model: str,

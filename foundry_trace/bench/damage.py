@@ -1,15 +1,20 @@
-"""Edits of archive files for refusal tests (CPU and GPU): each leaves the file consistent except
-for what the edit itself breaks."""
+"""Edits of archive files for refusal tests (CPU and GPU) and the soak bench: each leaves the file
+consistent except for what the edit itself breaks (checksums are recomputed, so the damage
+reaches the check meant to catch it)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from foundry_trace.archive.format import FORMAT_VERSION, HEADER, MAGIC
+from foundry_trace.archive.format import HEADER, MAGIC
+from foundry_trace.archive.manifest import FORMAT_VERSION
+from foundry_trace.archive.node_table import BODY, NODE
+from foundry_trace.archive.node_table import HEADER as TABLE_HEADER
 
 
 def rewrite_manifest(path: Path, edit: Callable[[dict, int], bytes]) -> None:
@@ -77,3 +82,41 @@ def compress_all(path: Path) -> int:
         writer.finish(archive.manifest.model_copy(update={"blobs": writer.blobs}))
     packed.replace(path)
     return path.stat().st_size
+
+
+def wrong_fingerprint(path: Path) -> None:
+    """Saved for another torch: refused by the fingerprint check."""
+
+    def edit(manifest: dict, _: int) -> bytes:
+        manifest["fingerprint"]["torch"] = "0.0.0+elsewhere"
+        return b""
+
+    rewrite_manifest(path, edit)
+
+
+def missing_section(path: Path) -> None:
+    """The manifest names a node table it does not index: refused at open."""
+
+    def edit(manifest: dict, _: int) -> bytes:
+        manifest["blobs"].pop(manifest["graphs"][-1]["table"])
+        return b""
+
+    rewrite_manifest(path, edit)
+
+
+def corrupted_graph(path: Path) -> None:
+    """The last graph's payload no longer matches its checksum: refused when that graph is
+    restored, after the modules and the other graphs were."""
+    corrupt_blob(path, read_manifest(path)["graphs"][-1]["payload"])
+
+
+def refused_by_driver(path: Path) -> None:
+    """The last graph's first kernel gets a block of 0 threads: a valid table the driver refuses,
+    after the modules and the other graphs were restored."""
+    digest = read_manifest(path)["graphs"][-1]["table"]
+    table = bytearray(read_blob(path, digest))
+    body_count = TABLE_HEADER.unpack_from(table, 0)[2]
+    first_node = TABLE_HEADER.size + body_count * BODY.size
+    assert len(table) >= first_node + NODE.size
+    struct.pack_into("<I", table, first_node + 20, 0)  # blockDimX of node 0 (after kind..index and grid)
+    replace_blob(path, digest, bytes(table))
