@@ -25,9 +25,11 @@ from foundry_trace.errors import (
     NcclError,
     RestoreError,
     RestoreTimeoutError,
+    StallError,
     TensorParallelError,
     TracerStateError,
     UnsupportedNodeError,
+    UntrustedArchiveError,
 )
 from foundry_trace.mode import restore_point
 from foundry_trace.restore import PipelineHooks, ReleaseSummary, Restored, RestoredGraph, load, prefetch
@@ -53,9 +55,11 @@ __all__ = [
     "RestoreTimeoutError",
     "Restored",
     "RestoredGraph",
+    "StallError",
     "TensorParallelError",
     "TracerStateError",
     "UnsupportedNodeError",
+    "UntrustedArchiveError",
     "load",
     "prefetch",
     "record",

@@ -52,3 +52,13 @@ def clean_environment(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
     env.update(overrides)
     return env
+
+
+@pytest.fixture(scope="session")
+def regular_install(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """(checkout, python) of a regular install of this tree in a fresh environment (installed.py)."""
+    from .installed import install_fresh, setuptools_builds_the_package
+
+    if not setuptools_builds_the_package():
+        pytest.skip("needs setuptools>=77 here (the test extra) to build the package offline")
+    return install_fresh(tmp_path_factory.mktemp("regular-install"))

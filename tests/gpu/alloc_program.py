@@ -127,19 +127,6 @@ def range_taken() -> dict[str, object]:
     return outcome
 
 
-def environment() -> dict[str, object]:
-    import torch  # the start-up hook installs the allocator here
-
-    tensor = torch.ones(1000, device="cuda")
-    config = fa.installed_config()
-    return {
-        "installed": fa.installed() is not None,
-        "pointer": tensor.data_ptr(),
-        "base": config.base if config else None,
-        "size": config.size if config else None,
-    }
-
-
 def empty_cache_keeps_graphs() -> dict[str, object]:
     fa.install()
     import torch
@@ -194,7 +181,7 @@ SCENARIOS = {
     "out_of_memory": out_of_memory,
     "install_after_cuda": install_after_cuda,
     "range_taken": range_taken,
-    "environment": environment,
+    
     "empty_cache_keeps_graphs": empty_cache_keeps_graphs,
     "multistream": multistream,
 }

@@ -287,17 +287,18 @@ def lazy_failure(path: str) -> dict[str, object]:
     ft.load(path).release()
     before = state()
     result: dict[str, object] = {}
+    bad = damage.read_manifest(copy)["graphs"][-1]["key"]  # the graph corrupted_graph() damaged
     for mode in ("lazy", "background"):
         restored = ft.load(copy, mode=mode)
-        keys = list(restored.graphs)
-        restored[keys[0]].replay()  # the smallest batch: fine
+        good = next(key for key in restored.graphs if key != bad)
+        restored[good].replay()
         torch.cuda.synchronize()
         try:
-            restored[keys[-1]].replay()
+            restored[bad].replay()
             result[mode] = {"error": None}
         except ft.ArchiveFormatError as error:
             try:
-                restored[keys[0]].replay()
+                restored[good].replay()
                 after_release = "replayed"
             except ft.GraphReleasedError:
                 after_release = "refused"

@@ -20,8 +20,9 @@ from foundry_trace.binary.compact import compact_cubin
 from foundry_trace.binary.cubin import module_symbols
 from foundry_trace.binary.trim import dropped_sections, trim_cubin
 from foundry_trace.driver import call, device_bytes
+from foundry_trace.restore.modules import write_variable
 from foundry_trace.save import module_image
-from foundry_trace.save.module_image import stored_module, write_variable
+from foundry_trace.save.module_image import stored_module
 
 CUBIN = (Path(__file__).resolve().parents[1] / "data" / "trim_kernels.cubin").read_bytes()
 KEPT = ["_Z4keptPf"]  # calls a device function that reads a variable

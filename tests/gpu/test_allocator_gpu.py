@@ -80,11 +80,26 @@ def test_unavailable_range_names_it_and_suggests_another_base() -> None:
         assert "FOUNDRY_ALLOC_BASE" in result[key] and "e.g. 0x" in result[key]
 
 
-def test_environment_activation_installs_without_code_changes() -> None:
-    hook_installed = any((Path(p) / "foundry_alloc.pth").exists() for p in sys.path if p)
-    if not hook_installed:
-        pytest.skip("the start-up hook is installed by `pip install .` (not by an editable install)")
-    result = run_program("environment", FOUNDRY_ALLOC="1", FOUNDRY_ALLOC_BASE="0x300000000000", FOUNDRY_ALLOC_SIZE="1T")
+def test_environment_activation_installs_without_code_changes(regular_install: tuple[Path, Path], tmp_path: Path) -> None:
+    """A program that never imports Foundry, in an environment where it is installed (the
+    start-up hook, foundry_alloc.pth, comes with a regular install): FOUNDRY_ALLOC=1 installs
+    the allocator on the configured range when the program imports torch."""
+    _, python = regular_install
+    program = tmp_path / "plain.py"
+    program.write_text(
+        "import json, torch\n"
+        "tensor = torch.ones(1000, device='cuda')\n"
+        "import foundry_alloc as fa\n"
+        "config = fa.installed_config()\n"
+        "print(json.dumps({'installed': fa.installed() is not None, 'pointer': tensor.data_ptr(),"
+        " 'base': config.base if config else None, 'size': config.size if config else None}))\n"
+    )
+    completed = subprocess.run(
+        [str(python), str(program)], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        env=clean_environment(FOUNDRY_ALLOC="1", FOUNDRY_ALLOC_BASE="0x300000000000", FOUNDRY_ALLOC_SIZE="1T"),
+    )
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result["installed"] and result["base"] == 0x300000000000
     assert result["base"] <= result["pointer"] < result["base"] + result["size"]
 

@@ -124,12 +124,13 @@ def test_micro_archive_for_ci(tmp_path: Path) -> None:
         shutil.copy(archive, Path(os.environ["OUT"]) / "micro.foundry")
 
 
-def test_environment_activation_saves_an_unmodified_program(tmp_path: Path) -> None:
-    if not any((Path(p) / "foundry_alloc.pth").exists() for p in sys.path if p):
-        pytest.skip("the start-up hook is installed by `pip install .` (not by an editable install)")
+def test_environment_activation_saves_an_unmodified_program(regular_install: tuple[Path, Path], tmp_path: Path) -> None:
+    """FOUNDRY_MODE=save on a program that knows nothing of Foundry, run where Foundry is
+    installed as a container gets it (the start-up hook comes with a regular install)."""
+    _, python = regular_install
     archive = tmp_path / "plain.foundry"
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "gpu" / "plain_capture.py")],
+        [str(python), str(ROOT / "tests" / "gpu" / "plain_capture.py")], cwd=tmp_path,
         capture_output=True,
         text=True,
         env=clean_environment(FOUNDRY_MODE="save", FOUNDRY_ARCHIVE=str(archive)),
@@ -143,16 +144,15 @@ def test_environment_activation_saves_an_unmodified_program(tmp_path: Path) -> N
         assert [g.key for g in opened.manifest.graphs] == ["0", "1"]
 
 
-def test_environment_activation_restores_an_opted_in_program(tmp_path: Path) -> None:
+def test_environment_activation_restores_an_opted_in_program(regular_install: tuple[Path, Path], tmp_path: Path) -> None:
     """One program, run under FOUNDRY_MODE=save then FOUNDRY_MODE=load: the second restores the
     graphs at foundry_trace.restore_point() and computes the same outputs bit for bit."""
-    if not any((Path(p) / "foundry_alloc.pth").exists() for p in sys.path if p):
-        pytest.skip("the start-up hook is installed by `pip install .` (not by an editable install)")
+    _, python = regular_install
     archive = tmp_path / "opt-in.foundry"
     outputs = {}
     for mode in ("save", "load"):
         completed = subprocess.run(
-            [sys.executable, str(ROOT / "tests" / "gpu" / "opt_in_program.py")],
+            [str(python), str(ROOT / "tests" / "gpu" / "opt_in_program.py")], cwd=tmp_path,
             capture_output=True, text=True, env=clean_environment(FOUNDRY_MODE=mode, FOUNDRY_ARCHIVE=str(archive)), timeout=600,
         )
         assert completed.returncode == 0, completed.stderr[-4000:]

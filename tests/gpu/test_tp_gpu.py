@@ -95,12 +95,14 @@ def test_a_degree_the_communicator_does_not_have_is_refused_and_leaves_nothing(a
     program = f"""
 import foundry_alloc; foundry_alloc.install()
 import torch, foundry_trace
+from foundry_trace.bench.workloads.registry import build_engine
 from foundry_trace.errors import NcclError, TensorParallelError
 from foundry_trace.parallel import NcclCommunicator
 from foundry_trace.parallel.nccl import new_unique_id
-torch.zeros(1, device="cuda")
-before = foundry_alloc.mappings(0)
+foundry_alloc.reserve()
 with NcclCommunicator(0, 1, new_unique_id(), timeout=60) as communicator:
+    engine = build_engine("small", communicator=communicator, layers=2, batch_sizes=(1, 8, 64))  # as the SAVE child built it
+    before = foundry_alloc.mappings(0)
     try:
         foundry_trace.load({str(directory / 'tp2.foundry')!r}, communicator=communicator)
     except TensorParallelError as error:

@@ -1,0 +1,67 @@
+"""A regular (not editable) install of this tree into a fresh environment, as a new user or a
+serving container gets it: the tree copied without build products, built into a wheel, installed
+into a new virtual environment whose other packages (torch, pydantic, ...) come from this one's
+site-packages, read as a plain path (so its .pth files, this tree's editable install among them,
+do not apply). Used by the tests of what only a regular install has: the start-up hook
+(foundry_alloc.pth) and children that must not import a source tree in the current directory."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_PRODUCTS = ("*.so", "*.egg-info", "build", "__pycache__", ".whl", ".before", "out", ".pytest_cache", ".hypothesis")
+
+
+def setuptools_builds_the_package() -> bool:
+    try:
+        from importlib.metadata import version
+
+        return int(version("setuptools").split(".")[0]) >= 77
+    except Exception:  # noqa: BLE001 - not installed, or an odd version string
+        return False
+
+
+def fresh_checkout(destination: Path) -> Path:
+    """The tracked files as a fresh clone has them (git ls-files), or, without git, the tree
+    less its build products."""
+    if (ROOT / ".git").exists():
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+        for name in filter(None, listed):
+            source, target = ROOT / name.decode(), destination / name.decode()
+            if source.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+    else:
+        shutil.copytree(ROOT, destination, ignore=shutil.ignore_patterns(*BUILD_PRODUCTS, ".git"))
+    return destination
+
+
+def install_fresh(directory: Path) -> tuple[Path, Path]:
+    """(the checkout, the new environment's python) with this tree installed as a wheel."""
+    checkout = fresh_checkout(directory / "checkout")
+    wheels = directory / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(checkout)],
+        capture_output=True, text=True, timeout=900,
+    )
+    if built.returncode != 0:
+        raise RuntimeError(f"building the wheel failed:\n{built.stderr[-3000:]}")
+    environment = directory / "env"
+    venv.create(environment, with_pip=True)
+    python = environment / "bin" / "python"
+    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    (purelib / "dependencies-of-the-test.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", *map(str, wheels.glob("*.whl"))],
+        capture_output=True, text=True, timeout=600,
+    )
+    if installed.returncode != 0:
+        raise RuntimeError(f"installing the wheel failed:\n{installed.stderr[-3000:]}")
+    return checkout, python
