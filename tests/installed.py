@@ -28,17 +28,9 @@ def setuptools_builds_the_package() -> bool:
 
 
 def fresh_checkout(destination: Path) -> Path:
-    """The tracked files as a fresh clone has them (git ls-files), or, without git, the tree
-    less its build products."""
-    if (ROOT / ".git").exists():
-        listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
-        for name in filter(None, listed):
-            source, target = ROOT / name.decode(), destination / name.decode()
-            if source.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)
-    else:
-        shutil.copytree(ROOT, destination, ignore=shutil.ignore_patterns(*BUILD_PRODUCTS, ".git"))
+    """The tree as a fresh clone has it: everything but build products and git's own folder
+    (a copy of a working tree may carry a .git that does not describe it)."""
+    shutil.copytree(ROOT, destination, ignore=shutil.ignore_patterns(*BUILD_PRODUCTS, ".git"))
     return destination
 
 
