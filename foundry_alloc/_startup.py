@@ -62,10 +62,19 @@ def run_after_torch_import(action: Callable[[], None]) -> None:
     _torch_hook.actions.append(action)
 
 
+_activated = False
+
+
 def activate_from_environment() -> None:
-    """Arranges for install() to run when torch is imported, if FOUNDRY_ALLOC asks for it."""
+    """Arranges for install() to run when torch is imported, if FOUNDRY_ALLOC asks for it. Runs
+    once per process (the start-up hook can be met twice, see foundry_trace.mode)."""
     from .config import AllocatorConfig
     from .errors import ConfigError
+
+    global _activated
+    if _activated:
+        return
+    _activated = True
 
     try:
         config = AllocatorConfig.from_environment()

@@ -40,6 +40,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     ENV_ARCHIVE: "the archive FOUNDRY_MODE=save writes when the program exits, or FOUNDRY_MODE=load restores.",
 }
 _load_archive: str | None = None  # set under FOUNDRY_MODE=load
+_activated = False
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,16 @@ def mode_from_environment(environ: Mapping[str, str] | None = None) -> ModeSetti
 def activate_from_environment() -> None:
     """Arranges SAVE or LOAD as FOUNDRY_MODE asks, right after the program imports torch (the
     start-up hook foundry_alloc.pth calls this only when FOUNDRY_MODE is set). A bad setting
-    fails that import with ConfigError: a server must not start without what it asked for."""
+    fails that import with ConfigError: a server must not start without what it asked for.
+    Runs once per process: the hook can be met twice (a package that re-runs site processing
+    while foundry_trace is imported processes every .pth file again)."""
     from foundry_alloc import ConfigError
     from foundry_alloc._startup import run_after_torch_import
+
+    global _activated
+    if _activated:
+        return
+    _activated = True
 
     try:
         setting = mode_from_environment()

@@ -71,3 +71,22 @@ def test_invalid_trace_modes_fail_the_torch_import_by_name(tmp_path: Path, env: 
     result = run_with_hook(tmp_path, "import torch", **env)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
+
+
+def test_the_hook_met_twice_activates_once(tmp_path: Path) -> None:
+    """Some packages re-run site processing while foundry_trace is imported at start-up, which
+    processes every .pth file again: SAVE must not open a second recording, LOAD not queue twice."""
+    archive = tmp_path / "a.foundry"
+    archive.write_bytes(b"")
+    program = f"""
+import os, sys
+os.environ.update(FOUNDRY_MODE="load", FOUNDRY_ARCHIVE={str(archive)!r}, FOUNDRY_ALLOC="1")
+import foundry_alloc._startup as startup, foundry_trace.mode as mode
+for _ in range(2):
+    startup.activate_from_environment()
+    mode.activate_from_environment()
+print(len(startup._torch_hook.actions))
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=clean_environment(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "2", "one action from each hook, however often it is met"

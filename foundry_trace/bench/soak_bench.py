@@ -104,15 +104,17 @@ def child(workload: str, archive: str, iterations: int) -> dict[str, object]:
     damage.rewrite_manifest(tampered, change)
     tampered.write_bytes(tampered.read_bytes() + block)
     corrupted = copy("corrupted", damage.corrupted_graph)
+    bad_key = damage.read_manifest(corrupted)["graphs"][-1]["key"]  # the graph corrupted_graph() damaged
 
-    def lazy_failure() -> None:
+    def lazy_failure() -> ft.Restored:
         restored = ft.load(corrupted, mode="lazy", threads=2)
-        restored[list(restored.graphs)[-1]].replay()
+        restored[bad_key].replay()
+        return restored
 
-    def layout() -> None:
+    def layout() -> ft.Restored:
         extra = torch.empty(1 << 20, device="cuda")
         try:
-            ft.load(archive, threads=2)
+            return ft.load(archive, threads=2)
         finally:
             del extra
 
@@ -130,11 +132,12 @@ def child(workload: str, archive: str, iterations: int) -> dict[str, object]:
     def attempt(kind: str) -> str:
         run, expected = kinds[kind]
         try:
-            run()
+            loaded = run()
         except expected:
             return "refused"
         except Exception as error:  # noqa: BLE001 - reported: the bench fails on it
-            return f"{type(error).__name__}: {error}"
+            return f"{type(error).__name__}: {str(error)[:300]}"
+        loaded.release()  # a load that should have failed: reported, and kept from spoiling the next ones
         return "loaded"
 
     phase("warm-up")
@@ -152,10 +155,13 @@ def child(workload: str, archive: str, iterations: int) -> dict[str, object]:
         note(f"{kind}: {refused} of {iterations} refused in {results[kind]['seconds']:.1f} s")
     after = _state()
     phase("good load")
-    restored = ft.load(archive, threads=2)
-    mismatched = differing_from_saved(restored_digests(engine, restored), saved_references(restored.archive.manifest))
-    graphs = len(restored.graphs)
-    restored.release()
+    try:
+        restored = ft.load(archive, threads=2)
+        mismatched = differing_from_saved(restored_digests(engine, restored), saved_references(restored.archive.manifest))
+        graphs = len(restored.graphs)
+        restored.release()
+    except Exception as error:  # noqa: BLE001 - reported as the bench's result
+        mismatched, graphs = [f"{type(error).__name__}: {str(error)[:500]}"], 0
     shutil.rmtree(folder)
     return {
         "iterations": iterations, "warm_up": warm_up, "kinds": results, "before": before, "after": after,

@@ -290,15 +290,15 @@ def lazy_failure(path: str) -> dict[str, object]:
     bad = damage.read_manifest(copy)["graphs"][-1]["key"]  # the graph corrupted_graph() damaged
     for mode in ("lazy", "background"):
         restored = ft.load(copy, mode=mode)
-        good = next(key for key in restored.graphs if key != bad)
-        restored[good].replay()
+        good = restored[next(key for key in restored.graphs if key != bad)]
+        good.replay()
         torch.cuda.synchronize()
         try:
             restored[bad].replay()
             result[mode] = {"error": None}
         except ft.ArchiveFormatError as error:
             try:
-                restored[good].replay()
+                good.replay()
                 after_release = "replayed"
             except ft.GraphReleasedError:
                 after_release = "refused"
