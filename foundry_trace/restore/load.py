@@ -305,9 +305,10 @@ def _claim(restored: Restored, upload: bool) -> None:
         for entry in serving_order(manifest.graphs):  # wait() restores a lazy load's rest in this order
             groups.setdefault(group_of(entry.key), []).append(entry)
         for group in groups.values():
+            queued = [False]
             for entry in group:
                 outputs = {o.name: output_view(o, owned) for o in entry.outputs}
-                restored.graphs[entry.key] = RestoredGraph(entry.key, outputs, _requester(pipeline, entry, group), restored.release)
+                restored.graphs[entry.key] = RestoredGraph(entry.key, outputs, _requester(pipeline, entry, group, queued), restored.release)
 
 
 def _bind_collectives(restored: Restored, communicator: Communicator) -> None:
@@ -322,13 +323,17 @@ def _bind_collectives(restored: Restored, communicator: Communicator) -> None:
         restored.pipeline.bind_collectives(graphs)
 
 
-def _requester(pipeline: Pipeline, entry: GraphEntry, group: list[GraphEntry]):  # noqa: ANN202 - () -> Future
-    """A lazy graph's first use queues its whole group (every piece of its batch size's step,
-    in order), and waits for its own."""
+def _requester(pipeline: Pipeline, entry: GraphEntry, group: list[GraphEntry], queued: list[bool]):  # noqa: ANN202 - () -> Future
+    """A graph's first use queues its whole group (every piece of its batch size's step, in
+    order) the first time any of the group is asked for (`queued`, shared by the group), and
+    waits for its own: a lazy load restores whole steps, at a cost per graph, not per piece
+    squared."""
 
     def request():  # noqa: ANN202 - Future
-        for other in group:
-            pipeline.graph(other)
+        if not queued[0]:
+            queued[0] = True
+            for other in group:
+                pipeline.graph(other)
         return pipeline.graph(entry)
 
     return request
