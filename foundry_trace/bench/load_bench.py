@@ -38,7 +38,7 @@ from foundry_trace.bench.children import (
     phase,
     run_child,
 )
-from foundry_trace.bench.roles import run_role
+from foundry_trace.bench.roles import cold_load, run_role
 from foundry_trace.bench.workloads.registry import splits_steps
 from foundry_trace.errors import WorkloadError
 from foundry_trace.restore import DEFAULT_THREADS
@@ -100,25 +100,12 @@ def child_prefetch(workload: str, archive: str, threads: int, options: dict[str,
 
 
 def child_load(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
-    import foundry_alloc
-
-    foundry_alloc.install()
     import torch
 
     import foundry_trace
     from foundry_trace.bench.verify import compare
-    from foundry_trace.bench.workloads.registry import build_engine
 
-    phase("engine")
-    model = build_engine(workload, **options)
-    note(f"built {workload}")
-    torch.cuda.synchronize()
-    phase("load")
-    start = time.perf_counter()
-    cold = foundry_trace.load(archive, threads=threads)  # the first LOAD of this process: timed
-    torch.cuda.synchronize()
-    restore_s = time.perf_counter() - start
-    note(f"restored cold in {restore_s:.3f} s")
+    model, cold, restore_s = cold_load(workload, archive, threads, options)  # the first LOAD of this process: timed
     cold_report = {"phases": cold.phases, "busy": cold.busy_seconds(), "spans": [span.__dict__ for span in cold.spans]}
     cold.release()
 
@@ -467,25 +454,10 @@ def least_squares(rows: list[tuple[float, ...]], values: list[float]) -> list[fl
 
 def child_cold(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
     """One cold restore, first thing after the engine is built (a fit's point)."""
-    import foundry_alloc
-
-    foundry_alloc.install()
-    import torch
-
-    import foundry_trace
-    from foundry_trace.bench.workloads.registry import build_engine
-
-    model = build_engine(workload, **options)  # kept alive: LOAD compares its memory with SAVE's
-    torch.cuda.synchronize()
-    phase("load")
-    start = time.perf_counter()
-    restored = foundry_trace.load(archive, threads=threads)
-    torch.cuda.synchronize()
-    restore_s = time.perf_counter() - start
+    model, restored, restore_s = cold_load(workload, archive, threads, options)
     graphs, nodes = len(restored.graphs), sum(entry.nodes for entry in restored.archive.manifest.graphs)
     restored.release()
     del model
-    note(f"restored {graphs} graphs ({nodes} nodes) cold in {restore_s:.3f} s")
     return {"graphs": graphs, "nodes": nodes, "restore_s": restore_s}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from foundry_trace.bench.children import (
     add_option_flags,
@@ -26,6 +27,10 @@ from foundry_trace.bench.children import (
     run_child,
 )
 from foundry_trace.restore import DEFAULT_THREADS
+
+if TYPE_CHECKING:
+    from foundry_trace.bench.workloads.registry import Engine
+    from foundry_trace.restore.restored import Restored
 
 MODULE = "foundry_trace.bench.roles"
 
@@ -81,18 +86,21 @@ def native(workload: str, options: dict[str, object]) -> dict[str, object]:
     return {"native_s": native_s, "engine_s": start - began, "graphs": len(captured)}
 
 
-def verify(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+def cold_load(
+    workload: str, archive: str, threads: int, options: dict[str, object]
+) -> tuple[Engine, Restored, float]:
+    """The first thing a LOAD child does: the allocator, the engine's state as SAVE built it, then
+    one restore (timed, cold: the first of the process)."""
     import foundry_alloc
 
     foundry_alloc.install()
     import torch
 
     import foundry_trace
-    from foundry_trace.bench.verify import compare, saved_references
     from foundry_trace.bench.workloads.registry import build_engine
 
     phase("engine")
-    model = build_engine(workload, **options)
+    model = build_engine(workload, **options)  # kept alive by the caller: LOAD compares its memory with SAVE's
     note(f"built {workload}")
     torch.cuda.synchronize()
     phase("load")
@@ -100,7 +108,16 @@ def verify(workload: str, archive: str, threads: int, options: dict[str, object]
     restored = foundry_trace.load(archive, threads=threads)
     torch.cuda.synchronize()
     restore_s = time.perf_counter() - start
-    note(f"restored {len(restored.graphs)} graphs in {restore_s:.3f} s")
+    note(f"restored {len(restored.graphs)} graphs cold in {restore_s:.3f} s")
+    return model, restored, restore_s
+
+
+def verify(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+    import torch
+
+    from foundry_trace.bench.verify import compare, saved_references
+
+    model, restored, restore_s = cold_load(workload, archive, threads, options)
     compiled = compiled_graphs()  # before the native capture: what the restore itself compiled
     phase("compare")
     saved = saved_references(restored.archive.manifest)
