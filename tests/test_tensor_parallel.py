@@ -13,8 +13,9 @@ from foundry_trace.archive.node_table import decode, encode
 from foundry_trace.archive.records import CollectiveNode, Edge, EmptyNode, GraphBody, walk_nodes
 from foundry_trace.archive.summary import render, summarize
 from foundry_trace.bench.workloads.decode import PRESETS, rank_shape
-from foundry_trace.errors import ArchiveFormatError, TensorParallelError
+from foundry_trace.errors import ArchiveFormatError, StallError, TensorParallelError
 from foundry_trace.parallel.collectives import check_communicator, tensor_parallel_archive
+from foundry_trace.parallel.time_limit import call_with_time_limit
 
 from .archive_samples import COLLECTIVES, archive_contents, write_archive
 
@@ -109,3 +110,21 @@ def test_archives_of_two_degrees_disagree_exactly_where_a_graphs_collectives_dif
     else:
         other[changed] = (per_graph[changed][0] + 1, per_graph[changed][1])
     assert disagreeing_graphs({1: {"per_graph": per_graph}, degree: {"per_graph": other}}) == [changed]
+
+
+def test_a_call_within_its_time_limit_returns_its_result_or_raises_its_own_error() -> None:
+    assert call_with_time_limit("quick", lambda: 42, 5.0) == 42
+    assert call_with_time_limit("unlimited", lambda: "same thread", None) == "same thread"
+    with pytest.raises(KeyError, match="peer"):
+        call_with_time_limit("failing", lambda: {}["peer"], 5.0)
+
+
+def test_a_call_past_its_time_limit_becomes_a_stall_error_naming_it() -> None:
+    import threading
+
+    release = threading.Event()
+    try:
+        with pytest.raises(StallError, match=r"rank 1 of 2: ncclCommInitRank did not return within 0.2 s"):
+            call_with_time_limit("rank 1 of 2: ncclCommInitRank", lambda: release.wait(30), 0.2)
+    finally:
+        release.set()  # the abandoned call ends

@@ -13,6 +13,7 @@ import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,15 +120,17 @@ class NcclCommunicator:
             raise NcclError(f"rank {rank} of {world_size}: a rank lies in 0..{world_size - 1}")
         # Connect every channel now: a connection made later would be made inside a capture.
         os.environ.setdefault("NCCL_RUNTIME_CONNECT", "0")
+        import torch
+
         self.rank, self.world_size, self.timeout = rank, world_size, timeout
+        self.device = torch.cuda.current_device()  # NCCL's calls run on another thread: they are told it
         self._comm = ctypes.c_void_p()
         self._graphs: set[int] = set()  # made by collective_graph() and not yet released
         self._store: object | None = None  # the rendezvous, kept while the communicator lives
         identifier = unique_id_struct(unique_id)
-        call_with_time_limit(
-            self._what("ncclCommInitRank (waiting for every rank to join)"),
+        self._call_limited(
+            "ncclCommInitRank (waiting for every rank to join)",
             lambda: _check(library().ncclCommInitRank(ctypes.byref(self._comm), world_size, identifier, rank), "ncclCommInitRank"),
-            timeout,
         )
 
     @classmethod
@@ -173,6 +176,20 @@ class NcclCommunicator:
 
     def _what(self, call: str) -> str:
         return f"rank {self.rank} of {self.world_size}: {call}"
+
+    def _call_limited(self, call: str, function: Callable[[], None]) -> None:
+        """Runs an NCCL call that may wait for peers under the time limit. The limit runs it on a
+        thread of its own, whose CUDA device is set first: NCCL works on the calling thread's
+        current device, and a new thread's is device 0 (rank 1 would join on rank 0's GPU)."""
+        device = self.device
+
+        def on_this_device() -> None:
+            import torch
+
+            torch.cuda.set_device(device)
+            function()
+
+        call_with_time_limit(self._what(call), on_this_device, self.timeout)
 
     def _all_reduce(self, address: int, count: int, dtype: str, stream: int) -> None:
         _check(
@@ -230,10 +247,9 @@ class NcclCommunicator:
                            "for them for ever: release the Restored (restored.release()) first, or call abort()")
             )
         comm, self._comm = self._comm, ctypes.c_void_p()
-        call_with_time_limit(
-            self._what("ncclCommDestroy (it waits until every graph that captured a collective on it is destroyed)"),
+        self._call_limited(
+            "ncclCommDestroy (it waits until every graph that captured a collective on it is destroyed)",
             lambda: _check(library().ncclCommDestroy(comm), self._what("ncclCommDestroy")),
-            self.timeout,
         )
         self._store = None
 
@@ -244,7 +260,7 @@ class NcclCommunicator:
             return
         comm, self._comm = self._comm, ctypes.c_void_p()
         self._graphs.clear()
-        call_with_time_limit(self._what("ncclCommAbort"), lambda: _check(library().ncclCommAbort(comm), self._what("ncclCommAbort")), self.timeout)
+        self._call_limited("ncclCommAbort", lambda: _check(library().ncclCommAbort(comm), self._what("ncclCommAbort")))
         self._store = None
 
     def __enter__(self) -> NcclCommunicator:

@@ -30,7 +30,7 @@ def call_with_time_limit(what: str, function: Callable[[], T], seconds: float | 
     worker.start()
     worker.join(seconds)
     if worker.is_alive():
-        raise StallError(f"{what} did not return within {seconds:.0f} s")
+        raise StallError(f"{what} did not return within {seconds:g} s")
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["result"]  # type: ignore[return-value]
