@@ -438,7 +438,7 @@ std::string Space::out_of_memory_report(uint64_t size, int arena, const std::str
   report +=
       " Free tensors you no longer need or allocate less (e.g. a smaller KV cache). Memory of "
       "arena 'graph' is kept for captured graphs and is released only by "
-      "alloc.empty_cache(graphs=True) once those graphs are gone.";
+      "foundry_alloc.empty_cache(graphs=True) once those graphs are gone.";
   return report;
 }
 
