@@ -28,7 +28,7 @@ class CubinFormatError(FoundryTraceError):
 
 
 class CompactionDeclined(FoundryTraceError):
-    """A cubin holds something cubin_compact.py cannot rewrite safely (the message says what);
+    """A cubin holds something binary/compact.py cannot rewrite safely (the message says what);
     SAVE then cuts the module to stubs instead."""
 
 

@@ -1,4 +1,4 @@
-"""Taking the unused kernels out of a cubin (cubin_compact.py), on a real cubin built by nvcc
+"""Taking the unused kernels out of a cubin (binary/compact.py), on a real cubin built by nvcc
 (tests/data/trim_kernels.cu): every reference by number still names the same thing, what was
 kept is byte for byte the same, and what cannot be rewritten safely is declined. That the driver
 loads compacted modules and runs them bit for bit is a GPU test (tests/gpu/test_save_gpu.py)."""

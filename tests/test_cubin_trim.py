@@ -1,4 +1,4 @@
-"""Trimming a cubin to the kernels a graph launches (cubin_trim.py), on a real cubin built by
+"""Trimming a cubin to the kernels a graph launches (binary/trim.py), on a real cubin built by
 nvcc (tests/data/trim_kernels.cu): what stays, what goes, and that the result is a well-formed
 ELF. That the driver loads trimmed modules and runs them bit for bit is a GPU test."""
 

@@ -190,7 +190,7 @@ class ModuleRecord(_Record):
     size: U64
     loaded_size: U64  # the binary as the process loaded it
     entries: Annotated[int, Field(ge=0)]  # entry functions in the binary
-    trimmed: bool = False  # the other entries removed (cubin_compact.py) or cut to stubs (cubin_trim.py)
+    trimmed: bool = False  # the other entries removed (binary/compact.py) or cut to stubs (binary/trim.py)
     variables: Annotated[dict[VariableName, Digest], Field(max_length=65536)] = {}
     # Of a stored variable, the offsets of its 8-byte words that LOAD leaves as its load filled them.
     relocated: Annotated[

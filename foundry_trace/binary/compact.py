@@ -1,6 +1,6 @@
 """A cubin with the kernels an archive does not launch taken out entirely.
 
-cubin_trim.py cuts a dropped kernel to a stub but keeps its sections, symbols and names, so that
+trim.py cuts a dropped kernel to a stub but keeps its sections, symbols and names, so that
 no index changes; the driver still pays for each of them when it loads the module (about 10 µs
 a kernel: 18 ms for a module of 1,278 kernels of which a graph launches one). Here the dropped
 kernels' sections and symbols go, and every reference by number is rewritten:
@@ -60,7 +60,7 @@ _REL_ENTRY = struct.Struct("<QQ")
 
 
 def compact_cubin(image: bytes, dropped: Collection[int]) -> bytes | None:
-    """`image` without the sections `dropped` (as cubin_trim.dropped_sections chose them:
+    """`image` without the sections `dropped` (as trim.dropped_sections chose them:
     nothing kept refers to them) and the symbols in them, or None where that is none. Raises
     CompactionDeclined, naming what it cannot rewrite."""
     try:

@@ -5,7 +5,7 @@ which a graph uses one or two, and the driver's cost of loading a module grows w
 trim_cubin() turns every other entry kernel into a plain function of one instruction's worth of
 code (the driver refuses an empty code section, and registers no kernel for a plain function),
 empties the other sections it owns (info, constant banks, relocations), and lays the file out
-again around the gaps. dropped_sections() says which sections those are; cubin_compact.py
+again around the gaps. dropped_sections() says which sections those are; compact.py
 removes them outright where it can. Everything else stays: section and symbol indices, names, the kept kernels' code, constants
 and info, the module's variables. So nothing that refers to a section or symbol by number needs
 rewriting, and a kept kernel is byte for byte the same. A kernel is kept too where anything kept

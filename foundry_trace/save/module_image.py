@@ -2,8 +2,8 @@
 module variables whose contents the process changed.
 
 LOAD's driver cost of loading a module grows with the kernels in it, and PyTorch's modules
-are mostly kernels no graph uses. The others are taken out entirely where cubin_compact.py can
-rewrite the module, and cut to stubs (cubin_trim.py) otherwise. A cut binary is used only once
+are mostly kernels no graph uses. The others are taken out entirely where binary/compact.py can
+rewrite the module, and cut to stubs (binary/trim.py) otherwise. A cut binary is used only once
 the driver has checked it here: it loads, and each kept kernel loads and has the attributes of
 the kernel the process ran (registers, shared, constant and local memory, ...); otherwise the
 binary is stored whole.
@@ -74,7 +74,7 @@ def stored_module(binary: bytes, live: driver.CUmodule, kernels: Collection[str]
 
 def _trimmed(binary: bytes, kernels: Collection[str]) -> Iterator[bytes]:
     """The cut-down binaries to try, smallest first: the other kernels taken out entirely
-    (cubin_compact.py), or left as stubs (cubin_trim.py) where that declines or the driver
+    (binary/compact.py), or left as stubs (binary/trim.py) where that declines or the driver
     refuses it. The driver finds plain functions by name too: each must keep `kernels` as
     entries."""
     if binary[:4] != ELF_MAGIC:

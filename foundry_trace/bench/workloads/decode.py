@@ -1,5 +1,5 @@
 """The reference workload: a Llama-style decode step with a static KV cache, captured into one CUDA
-graph per batch size the way vLLM does it (engines.py lists it with the others).
+graph per batch size the way vLLM does it (registry.py lists it with the others).
 
 Shapes are those of real models (llama8b is Llama-3-8B: 32 layers, GQA 32/8, SwiGLU 14336,
 vocabulary 128256); weights are random, which changes nothing for graphs and memory layout.
