@@ -6,7 +6,17 @@ captured in one process stay valid in another.
 """
 
 from .allocator import NativeAllocator
-from .arenas import BUILTIN_ARENAS, ENGINE, GRAPH, TRANSIENT, arena, arena_names, current_arena
+from .arenas import (
+    ARENA_NAME_PATTERN,
+    BUILTIN_ARENAS,
+    ENGINE,
+    GRAPH,
+    MAX_ARENAS,
+    TRANSIENT,
+    arena,
+    arena_names,
+    current_arena,
+)
 from .config import DEFAULT_BASE, DEFAULT_SIZE, ENVIRONMENT_VARIABLES, AllocatorConfig
 from .errors import (
     AllocatorAlreadyInitializedError,
@@ -38,12 +48,14 @@ from .layout import Allocation, Layout, LayoutDiff, diff_layouts
 from .stats import AllocatorStats, ArenaStats
 
 __all__ = [
+    "ARENA_NAME_PATTERN",
     "BUILTIN_ARENAS",
     "DEFAULT_BASE",
     "DEFAULT_SIZE",
     "ENGINE",
     "ENVIRONMENT_VARIABLES",
     "GRAPH",
+    "MAX_ARENAS",
     "TRANSIENT",
     "Allocation",
     "AllocatorAlreadyInitializedError",

@@ -19,7 +19,8 @@ from .profiling import annotate
 
 ENGINE, GRAPH, TRANSIENT = "engine", "graph", "transient"
 BUILTIN_ARENAS = (ENGINE, GRAPH, TRANSIENT)
-_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+ARENA_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+MAX_ARENAS = _native.MAX_ARENAS  # the slices of a device's range
 
 _lock = threading.Lock()
 _names: list[str] = list(BUILTIN_ARENAS)
@@ -75,12 +76,12 @@ def arena_for_claim(name: str) -> Iterator[int]:
 
 def _next_slice(name: str) -> int:
     """The slice a new arena `name` gets (the caller holds _lock)."""
-    if not _NAME_PATTERN.match(name):
+    if not ARENA_NAME_PATTERN.match(name):
         raise InvalidRequestError(
             f"arena name {name!r} is not valid: use 1-31 lower-case letters, digits, '-' or '_', starting with a letter"
         )
-    if len(_names) == _native.MAX_ARENAS:
-        raise InvalidRequestError(f"no slice left for arena {name!r}: all {_native.MAX_ARENAS} arenas are named ({', '.join(_names)})")
+    if len(_names) == MAX_ARENAS:
+        raise InvalidRequestError(f"no slice left for arena {name!r}: all {MAX_ARENAS} arenas are named ({', '.join(_names)})")
     return len(_names)
 
 

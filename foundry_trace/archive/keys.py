@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 MAX_BATCH_DIGITS = 18  # a batch size is a number of at most this many digits; longer ones sort as names
 _NUMBER = re.compile(r"(\d+)")
-T = TypeVar("T")
+
+
+class Keyed(Protocol):
+    key: str  # a GraphEntry, a RestoredGraph
+
+
+K = TypeVar("K", bound=Keyed)
 
 
 def group_of(key: str) -> str:
@@ -37,6 +43,6 @@ def key_order(key: str) -> tuple:
     return (batch is None, batch or 0, group_of(key), natural)
 
 
-def serving_order(items: Iterable[T], key=lambda item: item.key) -> list[T]:  # noqa: ANN001 - item -> key
-    """`items` (GraphEntry by default) in serving order of their keys."""
-    return sorted(items, key=lambda item: key_order(key(item)))
+def serving_order(items: Iterable[K]) -> list[K]:
+    """`items` (graph entries) in serving order of their keys."""
+    return sorted(items, key=lambda item: key_order(item.key))

@@ -9,12 +9,11 @@ a few hundred MB to open.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from foundry_alloc import Layout
+from foundry_alloc import ARENA_NAME_PATTERN, MAX_ARENAS, Layout
 from foundry_trace.archive.records import U64, CollectiveSpec, Digest, FunctionRecord, MemorySegment, ModuleRecord
 from foundry_trace.errors import ArchiveFormatError
 
@@ -32,9 +31,7 @@ MAX_BLOBS = 1 << 17
 MAX_EVENTS = 65536
 MAX_COLLECTIVES = 65536
 MAX_PER_GRAPH = 256  # outputs, references
-MAX_ARENAS = 8  # the allocator's slices
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/#+=@-]{0,127}$"  # printable ASCII: batch sizes, piece names, key#n
-ARENA_PATTERN = r"^[a-z][a-z0-9_-]{0,30}$"  # as foundry_alloc names arenas
 
 
 class _Model(BaseModel):
@@ -185,9 +182,9 @@ def _check_memory(manifest: Manifest, where: str) -> None:
         if segment.contents and manifest.blobs[segment.contents].size > segment.size:
             _fail(where, f"memory segment at {segment.address:#x} is {segment.size:#x} bytes but its contents hold {manifest.blobs[segment.contents].size:#x}")
     arenas = {s.arena for s in manifest.memory} | {a.arena for a in manifest.restore_layout.allocations}
-    invalid = sorted(name for name in arenas if not re.match(ARENA_PATTERN, name))
+    invalid = sorted(name for name in arenas if not ARENA_NAME_PATTERN.match(name))
     if invalid or len(arenas) > MAX_ARENAS:
-        _fail(where, f"arena names {invalid or sorted(arenas)}: the allocator has {MAX_ARENAS} arenas named by {ARENA_PATTERN}")
+        _fail(where, f"arena names {invalid or sorted(arenas)}: the allocator has {MAX_ARENAS} arenas named by {ARENA_NAME_PATTERN.pattern}")
 
 
 def _check_outputs(manifest: Manifest, where: str) -> None:

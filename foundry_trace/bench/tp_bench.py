@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from foundry_trace.archive.keys import key_order
 from foundry_trace.bench.children import (
     add_option_flags,
     child_main,
@@ -196,7 +197,7 @@ def disagreeing_graphs(inspected: dict[int, dict[str, object]]) -> list[str]:
     compute may differ between the archives of one workload."""
     graphs = [i["per_graph"] for i in inspected.values()]
     keys = set().union(*graphs)
-    return sorted((k for k in keys if len({g.get(k) for g in graphs}) > 1), key=lambda k: (len(k), k))
+    return sorted((k for k in keys if len({g.get(k) for g in graphs}) > 1), key=key_order)
 
 
 def run(

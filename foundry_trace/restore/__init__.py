@@ -1,7 +1,8 @@
 """LOAD: rebuild saved graphs in a fresh process (load(), prefetch()), and what they hand back."""
 
+from foundry_trace.archive.keys import key_order, serving_order
 from foundry_trace.restore.load import DEFAULT_THREADS, load, prefetch
-from foundry_trace.restore.pipeline import DEFAULT_BUILDERS, PipelineHooks, Span, key_order, serving_order
+from foundry_trace.restore.pipeline import DEFAULT_BUILDERS, PipelineHooks, Span
 from foundry_trace.restore.resources import ReleaseSummary
 from foundry_trace.restore.restored import Restored, RestoredGraph
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -38,6 +38,7 @@ from foundry_alloc import GRAPH
 from foundry_alloc.profiling import annotate
 from foundry_trace import native
 from foundry_trace.archive.format import Archive
+from foundry_trace.archive.keys import serving_order
 from foundry_trace.archive.manifest import GraphEntry
 from foundry_trace.archive.node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, node_kinds
 from foundry_trace.driver import call
@@ -255,12 +256,3 @@ def builds_early(kinds: frozenset[str], copy_arenas: tuple[str, ...] | None, gra
     copies_mapped = graph_memory_mapped and copy_arenas is not None and set(copy_arenas) <= {GRAPH}
     return copies_mapped and kinds <= BUILT_BEFORE_RESTORE_POINT | COPY_KINDS
 
-
-def serving_order(entries: Iterable[GraphEntry]) -> list[GraphEntry]:
-    """Graphs in the order a server first needs them (key_order)."""
-    return sorted(entries, key=lambda entry: key_order(entry.key))
-
-
-def key_order(key: str) -> tuple[bool, int, str]:
-    """Graph keys in serving order: batch sizes ascending, then any other keys by name."""
-    return (not key.isdigit(), int(key) if key.isdigit() else 0, key)
