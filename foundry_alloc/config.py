@@ -141,7 +141,6 @@ def environment_settings(environ: Mapping[str, str] | None = None) -> dict[str, 
     return values
 
 
-
 def _problem(error: dict) -> str:
     """One pydantic error as text, its numbers in hex (a base of 0x200000000000 reads as one)."""
     where = ".".join(map(str, error["loc"]))

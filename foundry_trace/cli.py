@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,20 +92,17 @@ def _keygen(arguments: argparse.Namespace) -> int:
 
 
 def _sign(arguments: argparse.Namespace) -> int:
-    from foundry_trace.archive.signing import key_id, load_private_key, sign_archive
+    from foundry_trace.archive.signing import key_id, load_private_key, raw_public_key, sign_archive
 
     digest = sign_archive(arguments.archive, arguments.key)
-    from cryptography.hazmat.primitives import serialization
-
-    public = load_private_key(arguments.key).public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    print(f"signed {arguments.archive} (digest sha256:{digest}) with key {key_id(public)}")
+    print(f"signed {arguments.archive} (digest sha256:{digest}) with key {key_id(raw_public_key(load_private_key(arguments.key)))}")
     return 0
 
 
 def _verify_signature(arguments: argparse.Namespace) -> int:
-    from foundry_trace.archive.signing import ENV_TRUSTED_KEYS, verify_signatures
+    from foundry_trace.archive.signing import ENV_TRUSTED_KEYS, trusted_key_paths, verify_signatures
 
-    keys = arguments.trusted_keys or [k for k in os.environ.get(ENV_TRUSTED_KEYS, "").split(os.pathsep) if k.strip()]
+    keys = arguments.trusted_keys or trusted_key_paths()
     if not keys:
         print(f"foundry: name the trusted public keys with --trusted-keys or {ENV_TRUSTED_KEYS}", file=sys.stderr)
         return 2

@@ -93,6 +93,13 @@ def load_private_key(path: str | Path):  # noqa: ANN201 - Ed25519PrivateKey
     return key
 
 
+def raw_public_key(private_key) -> bytes:  # noqa: ANN001 - Ed25519PrivateKey
+    """The raw 32 bytes of a private key's public half (what signatures carry, key_id names)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 def load_public_key(path: str | Path) -> bytes:
     """The raw 32 bytes of an Ed25519 public key file (PEM or OpenSSH)."""
     from cryptography.hazmat.primitives import serialization
@@ -105,6 +112,12 @@ def load_public_key(path: str | Path) -> bytes:
     if not isinstance(key, _ed25519().Ed25519PublicKey):
         raise UntrustedArchiveError(f"{path} is not an Ed25519 public key")
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def trusted_key_paths(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The entries of FOUNDRY_TRUSTED_KEYS (key files or folders), empty ones skipped."""
+    env = os.environ if environ is None else environ
+    return [entry for entry in env.get(ENV_TRUSTED_KEYS, "").split(os.pathsep) if entry.strip()]
 
 
 def public_keys_from(entries: Iterable[str | Path]) -> tuple[bytes, ...]:
@@ -122,10 +135,8 @@ def public_keys_from(entries: Iterable[str | Path]) -> tuple[bytes, ...]:
 def sign_archive(path: str | Path, private_key_path: str | Path) -> str:
     """Adds a signature of the archive's digest by the key (replacing an earlier one by the same
     key), after checking every blob; the file is rewritten atomically. Returns the digest."""
-    from cryptography.hazmat.primitives import serialization
-
     key = load_private_key(private_key_path)
-    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    public = raw_public_key(key)
     path = Path(path)
     with Archive(path) as archive:
         if archive.version < 3:
@@ -168,8 +179,7 @@ class TrustPolicy:
                 digest = parse_digest(env[ENV_ARCHIVE_DIGEST])
             except ValueError as error:
                 raise UntrustedArchiveError(f"{ENV_ARCHIVE_DIGEST}: {error}") from None
-        entries = [e for e in env.get(ENV_TRUSTED_KEYS, "").split(os.pathsep) if e.strip()]
-        return cls(digest=digest, trusted_keys=public_keys_from(entries))
+        return cls(digest=digest, trusted_keys=public_keys_from(trusted_key_paths(env)))
 
     def with_arguments(self, digest: str | None, trusted_keys: Iterable[str | Path] | None) -> TrustPolicy:
         """This policy with load()'s own arguments, which win."""

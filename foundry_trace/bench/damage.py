@@ -21,8 +21,7 @@ def rewrite_manifest(path: Path, edit: Callable[[dict, int], bytes]) -> None:
     """Rewrites an archive's manifest with `edit(manifest, offset)`, which may return bytes to put
     where the manifest was (the manifest follows them); the header is made consistent again."""
     data = bytearray(path.read_bytes())
-    _, _, _, offset, length, _ = HEADER.unpack_from(data, 0)
-    manifest = json.loads(zlib.decompress(bytes(data[offset : offset + length])))
+    manifest, offset = _stored_manifest(bytes(data))
     inserted = edit(manifest, offset)
     payload = zlib.compress(json.dumps(manifest).encode())
     data[offset:] = inserted + payload
@@ -31,9 +30,13 @@ def rewrite_manifest(path: Path, edit: Callable[[dict, int], bytes]) -> None:
 
 
 def read_manifest(path: Path) -> dict:
-    data = path.read_bytes()
+    return _stored_manifest(path.read_bytes())[0]
+
+
+def _stored_manifest(data: bytes) -> tuple[dict, int]:
+    """The manifest of archive bytes as plain JSON (no checks: the edits break them), and its offset."""
     _, _, _, offset, length, _ = HEADER.unpack_from(data, 0)
-    return json.loads(zlib.decompress(data[offset : offset + length]))
+    return json.loads(zlib.decompress(data[offset : offset + length])), offset
 
 
 def read_blob(path: Path, digest: str) -> bytes:

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 MODULE = "foundry_trace.bench.load_bench"
 
+
 def _references(archive: str) -> dict[str, dict[str, object]]:
     """SAVE's references in the archive (the bench's own SAVE always stores them)."""
     from foundry_trace.archive.format import Archive
@@ -112,9 +113,9 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     serial = foundry_trace.load(archive, threads=1)
     first_batch = batch_of(min(serial.graphs, key=key_order))  # the smallest batch: its step, one graph or its pieces
     first_step_graphs = len(serial.group(first_batch))
-    floor_s = serial.busy_seconds()["instantiate"]
-    serial_s = sum(serial.phases.values())
     serial_busy = serial.busy_seconds()
+    floor_s = serial_busy["instantiate"]
+    serial_s = sum(serial.phases.values())
     serial.release()
 
     # "Replayable": replay() has launched the step's graphs (the first launch uploads each); then its run ends.
