@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from foundry_trace.archive.keys import batch_of, group_of, key_order
 from foundry_trace.bench.workloads.decode import DecodeEngine, shape_of
@@ -59,3 +61,26 @@ def test_waiting_on_every_piece_queues_the_step_once_in_order(pieces: int) -> No
         assert handles[piece]() == f"8/{piece}"
     assert asked[:pieces] == [entry.key for entry in step]
     assert len(asked) == 2 * pieces
+
+
+@given(
+    fixed=st.floats(0.0, 2.0),
+    per_graph=st.floats(0.0, 1e-3),
+    per_node=st.floats(0.0, 1e-5),
+    graphs=st.lists(st.integers(1, 5000), min_size=3, max_size=6, unique=True),
+)
+def test_the_cost_fit_recovers_the_costs_it_was_given(fixed: float, per_graph: float, per_node: float, graphs: list[int]) -> None:
+    """The piecewise bench's fit (seconds = fixed + graphs x per_graph + nodes x per_node) gives
+    back exact costs from exact points, whatever their scale."""
+    from foundry_trace.bench.load_bench import least_squares
+
+    rows = [(1.0, float(g), float(g * 40 + g * g)) for g in graphs]  # nodes not in proportion to graphs
+    values = [fixed + g * per_graph + n * per_node for _, g, n in rows]
+    assert least_squares(rows, values) == pytest.approx([fixed, per_graph, per_node], rel=1e-6, abs=1e-9)
+
+
+def test_a_fit_the_points_do_not_determine_is_refused() -> None:
+    from foundry_trace.bench.load_bench import least_squares
+
+    with pytest.raises(ValueError, match="do not determine"):
+        least_squares([(1.0, 2.0, 80.0), (1.0, 4.0, 160.0), (1.0, 8.0, 320.0)], [1.0, 2.0, 3.0])  # nodes = 40 x graphs
