@@ -136,3 +136,17 @@ def test_prefetched_mismatches_of_natively_nondeterministic_graphs_are_set_apart
 
     prefetched = {"compared": 9, "mismatched": [8, 24]}
     assert _set_apart_nondeterministic(prefetched, [24, 32]) == {"compared": 9, "mismatched": [8], "mismatched_nondeterministic": [24]}
+
+
+def test_a_save_child_is_told_to_skip_references_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load bench's cost fit SAVEs without reference outputs (they take longer than the
+    capture for thousands of graphs); every other SAVE stores them, or LOAD has nothing to match."""
+    from foundry_trace.bench import roles
+
+    given: list[list[str]] = []
+    monkeypatch.setattr(roles, "run_child", lambda module, arguments: given.append(arguments) or {})
+    roles.run_role("save", "piecewise", Path("a.foundry"), split_every=8)
+    roles.run_role("save", "piecewise", Path("b.foundry"), references=False, split_every=8)
+    parser = roles._parser()
+    assert [parser.parse_args(arguments).references for arguments in given] == [True, False]
+    assert parsed_options(parser.parse_args(given[1])) == {"split_every": 8}

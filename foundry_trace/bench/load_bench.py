@@ -422,7 +422,7 @@ def fit_costs(workload: str, threads: int, loaded: dict[str, object], **options:
         with tempfile.TemporaryDirectory() as scratch:
             path = Path(scratch) / f"{workload}-{split}.foundry"
             variant = {**options, "split_every": split}
-            run_role("save", workload, path, **variant)
+            run_role("save", workload, path, references=False, **variant)  # only timed: no comparison
             cold = _run_child("cold", workload, str(path), str(threads), *option_arguments(variant))
             driver = _run_child("driver", workload, str(path), str(threads), *option_arguments(variant))
         runs.append({"split_every": split, **cold, "driver_cold_s": driver["driver_cold_s"]})

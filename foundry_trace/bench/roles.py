@@ -1,7 +1,8 @@
 """The child processes every benchmark shares, each a fresh process printing one JSON line:
 
     save     SAVE a workload: warm-up + capture inside foundry_trace.record, the graphs' outputs on
-             fixed inputs stored in the archive as references, the workload named in its metadata
+             fixed inputs stored in the archive as references (not with --no-references), the
+             workload named in its metadata
     native   the baseline as a server without Foundry starts: build the engine, then warm up,
              capture and instantiate every graph (timed), first thing in a fresh process
     verify   one timed restore, then a native capture in the same process and the comparison
@@ -35,7 +36,10 @@ if TYPE_CHECKING:
 MODULE = "foundry_trace.bench.roles"
 
 
-def save(workload: str, archive: str, options: dict[str, object]) -> dict[str, object]:
+def save(workload: str, archive: str, options: dict[str, object], references: bool = True) -> dict[str, object]:
+    """`references`: also store the graphs' outputs on fixed inputs (what LOAD is compared with);
+    a SAVE that is only timed (the load bench's cost fit) skips them, as they take longer than
+    the capture itself for thousands of graphs."""
     import foundry_alloc
 
     foundry_alloc.install()
@@ -53,7 +57,8 @@ def save(workload: str, archive: str, options: dict[str, object]) -> dict[str, o
     with foundry_trace.record(archive) as recording:
         captured = capture_steps(model, recording=recording)
         captured_at = time.perf_counter()
-        record_references(recording, model, captured)
+        if references:
+            record_references(recording, model, captured)
         referenced_s = time.perf_counter() - captured_at
         recording.metadata.update(workload_metadata(workload, options))
     save_s = time.perf_counter() - start - referenced_s
@@ -139,16 +144,21 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def run_role(role: str, workload: str, archive: Path, *, threads: int | None = None, **options: object) -> dict[str, object]:
-    """Runs one of this module's roles in a fresh process (the watchdog's time-out applies)."""
+def run_role(
+    role: str, workload: str, archive: Path, *, threads: int | None = None, references: bool = True, **options: object
+) -> dict[str, object]:
+    """Runs one of this module's roles in a fresh process (the watchdog's time-out applies).
+    `references=False`: a SAVE without reference outputs (see save())."""
     arguments = [role, workload, str(archive), *([str(threads)] if threads is not None else []), *option_arguments(options)]
+    if not references:
+        arguments.append("--no-references")
     return run_child(MODULE, arguments)
 
 
 def _run(arguments: argparse.Namespace) -> dict[str, object]:
     options = parsed_options(arguments)
     if arguments.role == "save":
-        return save(arguments.workload, arguments.archive, options)
+        return save(arguments.workload, arguments.archive, options, references=arguments.references)
     if arguments.role == "native":
         return native(arguments.workload, options)
     return verify(arguments.workload, arguments.archive, arguments.threads, options)
@@ -161,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("archive")
     parser.add_argument("threads", nargs="?", type=int, default=DEFAULT_THREADS)
     add_option_flags(parser)
+    parser.add_argument("--no-references", dest="references", action="store_false", help="save: store no reference outputs")
     return parser
 
 
