@@ -25,7 +25,7 @@ ATTENTION_HELP = (
 )
 DEFAULT_RESULTS_DIR = Path("bench/results")
 BENCH_OPTIONS = {
-    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention"),
+    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention"), "fit": ("threads", "attention"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention"),
 }
 DEFAULT_WORKLOAD = "small"
 BENCH_EXTRA = "the benchmark harness needs the bench extra: pip install 'foundry[bench]' (rich, matplotlib)"
@@ -194,7 +194,8 @@ def parser() -> argparse.ArgumentParser:
         "fused attention; save: SAVE's archive size and contents; alloc: Foundry's allocator vs PyTorch's caching allocator "
         "(--backend host: the placement code alone, without a GPU); tp: tensor parallelism from one single-GPU SAVE per "
         "degree, every rank restored vs captured natively (NCCL); soak: 1,000 failed loads of each kind, then a good one, "
-        "and the process unchanged.",
+        "and the process unchanged; fit (piecewise workloads): restore and driver-alone time against graph and node counts, "
+        "least squares over the workload SAVEd five ways.",
     )
     bench.add_argument("kind", nargs="?", choices=tuple(BENCH_OPTIONS), default="load")
     bench.add_argument("--workload", help=f"default small (coverage: every case it covers, or a comma list). {WORKLOAD_HELP}")

@@ -72,7 +72,7 @@ def test_waiting_on_every_piece_queues_the_step_once_in_order(pieces: int) -> No
 def test_the_cost_fit_recovers_the_costs_it_was_given(fixed: float, per_graph: float, per_node: float, graphs: list[int]) -> None:
     """The piecewise bench's fit (seconds = fixed + graphs x per_graph + nodes x per_node) gives
     back exact costs from exact points, whatever their scale."""
-    from foundry_trace.bench.load_bench import least_squares
+    from foundry_trace.bench.fit_bench import least_squares
 
     rows = [(1.0, float(g), float(g * 40 + g * g)) for g in graphs]  # nodes not in proportion to graphs
     values = [fixed + g * per_graph + n * per_node for _, g, n in rows]
@@ -80,7 +80,46 @@ def test_the_cost_fit_recovers_the_costs_it_was_given(fixed: float, per_graph: f
 
 
 def test_a_fit_the_points_do_not_determine_is_refused() -> None:
-    from foundry_trace.bench.load_bench import least_squares
+    from foundry_trace.bench.fit_bench import least_squares
 
     with pytest.raises(ValueError, match="do not determine"):
         least_squares([(1.0, 2.0, 80.0), (1.0, 4.0, 160.0), (1.0, 8.0, 320.0)], [1.0, 2.0, 3.0])  # nodes = 40 x graphs
+
+
+def test_the_fit_design_varies_graphs_and_nodes_apart_and_reuses_the_main_restore(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The design's runs (piece counts x batch-size subsets) give graph and node counts that are
+    not nearly proportional, so each term is determined; the load bench's own restore is the
+    first point, and the subsets are every n-th of its batch sizes."""
+    from foundry_trace.bench import fit_bench
+
+    sizes = tuple(range(1, 68))
+    pieces_per_step = {1: 33, 2: 17, 32: 2}
+    nodes_per_layer = {1: 40, 2: 46, 32: 51}  # attention captured inside bigger pieces: more nodes
+    asked: list[tuple[int, tuple[int, ...] | None]] = []
+
+    def point(split_every: int, batch_sizes: tuple[int, ...] | None) -> dict[str, object]:
+        count = len(batch_sizes or sizes)
+        graphs, nodes = count * pieces_per_step[split_every], count * 32 * nodes_per_layer[split_every]
+        return {"graphs": graphs, "nodes": nodes, "restore_s": 0.3 + graphs * 90e-6 + nodes * 6e-6,
+                "driver_cold_s": 0.1 + graphs * 60e-6 + nodes * 5e-6, "batch_sizes": list(batch_sizes or sizes)}
+
+    def measure(workload: str, threads: int, split_every: int, batch_sizes: tuple[int, ...] | None, **options: object) -> dict[str, object]:
+        asked.append((split_every, batch_sizes))
+        return point(split_every, batch_sizes)
+
+    monkeypatch.setattr(fit_bench, "measure_point", measure)
+    result = fit_bench.fit_costs("piecewise", 8, first=point(1, None))
+    assert [split for split, _ in asked] == [split for split, _ in fit_bench.DESIGN[1:]]
+    assert {batch_sizes for _, batch_sizes in asked} == {None, sizes[::4]}
+    assert result["restore"]["per_graph_us"] == pytest.approx(90.0, rel=1e-6)
+    assert result["driver_alone"]["per_node_us"] == pytest.approx(5.0, rel=1e-6)
+    assert result["foundry_per_graph_over_driver"] == pytest.approx(1.5, rel=1e-6)
+    assert max(map(abs, result["restore"]["residuals_ms"])) < 1e-6
+
+
+def test_the_fit_refuses_a_workload_that_does_not_cut_its_steps() -> None:
+    from foundry_trace.bench.fit_bench import fit_costs
+    from foundry_trace.errors import WorkloadError
+
+    with pytest.raises(WorkloadError, match="piecewise"):
+        fit_costs("small", 8)

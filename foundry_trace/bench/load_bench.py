@@ -13,7 +13,8 @@ restore with prefetch() (modules loaded before the restore point), restores on s
 counts, a native capture in the same process, and the comparison bit for bit (against SAVE's
 references in the archive and against that capture) and of replay latency. `foundry verify` and
 the coverage bench run a shorter LOAD child (roles.py): one timed restore, then the native
-capture and the comparison.
+capture and the comparison. For a workload that cuts its steps into pieces, the bench ends with
+the cost fit of fit_bench.py (per graph and per node, Foundry against the driver alone).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from foundry_trace.bench.children import (
     phase,
     run_child,
 )
+from foundry_trace.bench.fit_bench import fit_costs
 from foundry_trace.bench.roles import cold_load, run_role
 from foundry_trace.bench.workloads.registry import splits_steps
 from foundry_trace.errors import WorkloadError
@@ -104,13 +106,14 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     import torch
 
     import foundry_trace
-    from foundry_trace.bench.verify import compare
+    from foundry_trace.bench.verify import compare, restored_batches
 
     model, cold, restore_s = cold_load(workload, archive, threads, options)  # the first LOAD of this process: timed
     cold_report = {"phases": cold.phases, "busy": cold.busy_seconds(), "spans": [span.__dict__ for span in cold.spans]}
     cold.release()
 
     serial = foundry_trace.load(archive, threads=1)
+    batch_sizes = restored_batches(serial)
     first_batch = batch_of(min(serial.graphs, key=key_order))  # the smallest batch: its step, one graph or its pieces
     first_step_graphs = len(serial.group(first_batch))
     serial_busy = serial.busy_seconds()
@@ -186,6 +189,7 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
         first_graph_run_s=first_graph_run_s,
         first_graph_key=str(first_batch),
         first_step_graphs=first_step_graphs,
+        batch_sizes=batch_sizes,
         first_graph_phases=first_graph_phases,
         first_graph_spans=first_graph_spans,
         description=description,
@@ -325,6 +329,14 @@ def _set_apart_nondeterministic(prefetched: dict[str, object], nondeterministic:
     return {**prefetched, "mismatched": mismatched, "mismatched_nondeterministic": set_apart}
 
 
+def _fit_point(loaded: dict[str, object]) -> dict[str, object]:
+    """The LOAD child's cold restore as the cost fit's first point (fit_bench.DESIGN[0])."""
+    return {
+        "graphs": loaded["graphs"], "nodes": loaded["nodes"], "restore_s": loaded["restore_s"],
+        "driver_cold_s": loaded["driver_alone"]["driver_cold_s"], "batch_sizes": loaded["batch_sizes"],
+    }
+
+
 def workload_label(workload: str, graphs: int, attention: str | None) -> str:
     """The workload as results files name it, e.g. llama8b-67 or llama8b-67-math-attention."""
     return f"{workload}-{graphs}" + (f"-{attention}-attention" if attention else "")
@@ -390,7 +402,7 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         busy_s=loaded["busy"],
         threads=threads,
         spans=loaded["spans"],
-        cost_fit=fit_costs(workload, threads, loaded, attention=attention) if splits_steps(workload) else None,
+        cost_fit=fit_costs(workload, threads, _fit_point(loaded), attention=attention) if splits_steps(workload) else None,
     )
     results = ResultsFile.of_this_run(
         what="load",
@@ -402,64 +414,6 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         written = results.write(output_dir)
         plot_timeline(results.model_dump(), written.with_suffix(".png"))
     return results.model_dump()
-
-
-FIT_SPLITS = (2, 8, 32)  # attention eager every k layers: the same kernels in 67 x (32/k + 1) graphs
-
-
-def fit_costs(workload: str, threads: int, loaded: dict[str, object], **options: object) -> dict[str, object]:
-    """Where a restore's time goes per graph and per node: the piecewise workload SAVEd again
-    with fewer, bigger pieces (attention captured inside them: about the same nodes in fewer
-    graphs), each restored cold and built by the driver alone cold in fresh processes; then
-    restore = a + graphs x per_graph + nodes x per_node, least squares over the runs, for
-    Foundry's restore and for the driver alone. Foundry's per-graph term against the driver's
-    own says what Foundry adds per graph."""
-    runs = [{
-        "split_every": 1, "graphs": loaded["graphs"], "nodes": loaded["nodes"], "restore_s": loaded["restore_s"],
-        "driver_cold_s": loaded["driver_alone"]["driver_cold_s"],
-    }]
-    for split in FIT_SPLITS:
-        with tempfile.TemporaryDirectory() as scratch:
-            path = Path(scratch) / f"{workload}-{split}.foundry"
-            variant = {**options, "split_every": split}
-            run_role("save", workload, path, references=False, **variant)  # only timed: no comparison
-            cold = _run_child("cold", workload, str(path), str(threads), *option_arguments(variant))
-            driver = _run_child("driver", workload, str(path), str(threads), *option_arguments(variant))
-        runs.append({"split_every": split, **cold, "driver_cold_s": driver["driver_cold_s"]})
-    foundry, driver = (least_squares([(1.0, r["graphs"], r["nodes"]) for r in runs], [r[k] for r in runs]) for k in ("restore_s", "driver_cold_s"))
-    return {
-        "runs": runs,
-        "model": "seconds = fixed + graphs x per_graph + nodes x per_node (least squares over the runs)",
-        "restore": {"fixed_s": foundry[0], "per_graph_us": foundry[1] * 1e6, "per_node_us": foundry[2] * 1e6},
-        "driver_alone": {"fixed_s": driver[0], "per_graph_us": driver[1] * 1e6, "per_node_us": driver[2] * 1e6},
-        "foundry_per_graph_over_driver": foundry[1] / driver[1] if driver[1] > 0 else None,
-    }
-
-
-def least_squares(rows: list[tuple[float, ...]], values: list[float]) -> list[float]:
-    """The coefficients minimising the squared error of rows . coefficients = values (normal
-    equations, solved by Gaussian elimination: a few unknowns, no numpy needed)."""
-    size = len(rows[0])
-    matrix = [[sum(r[i] * r[j] for r in rows) for j in range(size)] + [sum(r[i] * v for r, v in zip(rows, values))] for i in range(size)]
-    for column in range(size):
-        pivot = max(range(column, size), key=lambda row: abs(matrix[row][column]))
-        matrix[column], matrix[pivot] = matrix[pivot], matrix[column]
-        if matrix[column][column] == 0:
-            raise ValueError("the runs do not determine the fit (too few distinct graph and node counts)")
-        for row in range(size):
-            if row != column:
-                factor = matrix[row][column] / matrix[column][column]
-                matrix[row] = [a - factor * b for a, b in zip(matrix[row], matrix[column])]
-    return [matrix[i][size] / matrix[i][i] for i in range(size)]
-
-
-def child_cold(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
-    """One cold restore, first thing after the engine is built (a fit's point)."""
-    model, restored, restore_s = cold_load(workload, archive, threads, options)
-    graphs, nodes = len(restored.graphs), sum(entry.nodes for entry in restored.archive.manifest.graphs)
-    restored.release()
-    del model
-    return {"graphs": graphs, "nodes": nodes, "restore_s": restore_s}
 
 
 def plot_timeline(results: dict[str, object], path: Path) -> Path | None:
@@ -559,13 +513,13 @@ def render(results: dict[str, object]) -> str:
 
 def _run(arguments: argparse.Namespace) -> dict[str, object]:
     options = parsed_options(arguments)
-    child = {"driver": child_driver, "load": child_load, "prefetch": child_prefetch, "cold": child_cold}[arguments.role]
+    child = {"driver": child_driver, "load": child_load, "prefetch": child_prefetch}[arguments.role]
     return child(arguments.workload, arguments.archive, arguments.threads, options)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="a child process of `foundry bench load`")
-    parser.add_argument("role", choices=("driver", "load", "prefetch", "cold"))
+    parser.add_argument("role", choices=("driver", "load", "prefetch"))
     parser.add_argument("workload")
     parser.add_argument("archive")
     parser.add_argument("threads", nargs="?", type=int, default=DEFAULT_THREADS)

@@ -1,0 +1,127 @@
+"""Why is a restored piecewise step slower than a native one at batch 1 (+107 % on the H200),
+when it is not at 64 and 256? At batch 1 the step is bound by the host (33 graph launches and
+32 eager attentions), so the probe times the host's side of a step, piece by piece, for the
+native graphs and the restored ones, and tries the launch in other ways:
+
+  default       the restored step as the bench replays it (RestoredGraph.replay)
+  direct        cuGraphLaunch called straight, its arguments made once
+  uploaded      every restored executable uploaded to the launch stream first
+  side-stream   everything (native and restored) on a stream of its own instead of the default one
+
+For each: the step's device time (replay_latency_ms, as the bench measures it), and the host's
+median seconds per step spent in the launches and in the eager work between them, native and
+restored alike.
+
+  python -m foundry_trace.bench.roles save piecewise A.foundry --batch-sizes 1,64
+  python -m foundry_trace.bench.probes.replay_overhead A.foundry [VARIANT ...]
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+from foundry_trace.bench.probes.variants import probe_main
+
+MODULE = "foundry_trace.bench.probes.replay_overhead"
+
+VARIANTS = ("default", "direct", "uploaded", "side-stream")
+HOST_STEPS = 30
+
+
+def _host_split(launches: list[Callable[[], None]], between: Callable[[int], None]) -> dict[str, float]:
+    """Median host milliseconds per step in the launches and in the eager work between them."""
+    import torch
+
+    in_launches, in_between = [], []
+    for _ in range(HOST_STEPS):
+        torch.cuda.synchronize()
+        launch_s = between_s = 0.0
+        for piece, launch in enumerate(launches):
+            start = time.perf_counter()
+            launch()
+            middle = time.perf_counter()
+            if piece < len(launches) - 1:
+                between(piece)
+            launch_s += middle - start
+            between_s += time.perf_counter() - middle
+        in_launches.append(launch_s)
+        in_between.append(between_s)
+    torch.cuda.synchronize()
+    return {"launches_ms": 1e3 * statistics.median(in_launches), "between_ms": 1e3 * statistics.median(in_between)}
+
+
+def _restored_launches(restored, engine, batch: int, variant: str, stream: int) -> list[Callable[[], None]]:  # noqa: ANN001
+    from cuda.bindings import driver
+
+    from foundry_trace import native
+
+    graphs = [restored[engine.key(batch, piece)] for piece in range(engine.pieces)]
+    if variant == "uploaded":
+        context = int(driver.cuCtxGetCurrent()[1])
+        for graph in graphs:
+            native.upload(int(graph._executable), context, graph.key)  # noqa: SLF001 - the probe asks about this handle
+    if variant == "direct":
+        handle = driver.CUstream(stream)
+        return [lambda executable=graph._executable: driver.cuGraphLaunch(executable, handle) for graph in graphs]  # noqa: SLF001
+    return [graph.replay for graph in graphs]
+
+
+def child(archive: str, variant: str) -> dict[str, object]:
+    import foundry_alloc
+
+    foundry_alloc.install()
+    import torch
+
+    import foundry_trace
+    from foundry_trace.archive.format import Archive
+    from foundry_trace.bench.capture import capture_steps
+    from foundry_trace.bench.verify import replay_latency_ms, restored_batches
+    from foundry_trace.bench.workloads.registry import build_engine, workload_of
+
+    with Archive(archive) as opened:
+        named = workload_of(opened.manifest.metadata)
+    if named is None or named[0] not in ("piecewise", "piecewise-compiled"):
+        raise SystemExit(f"{archive}: this probe replays piecewise steps; save one with "
+                         "`python -m foundry_trace.bench.roles save piecewise A.foundry --batch-sizes 1,64`")
+    name, options = named
+    engine = build_engine(name, **options)
+    restored = foundry_trace.load(archive)
+    batches = restored_batches(restored)
+    native = capture_steps(engine, batches)
+    stream = torch.cuda.Stream() if variant == "side-stream" else torch.cuda.current_stream()
+    report: dict[str, object] = {"variant": variant, "workload": name, "options": {k: str(v) for k, v in options.items()}, "batches": {}}
+    with torch.cuda.stream(stream):
+        for batch in batches:
+            engine.prepare(batch, seed=0)
+            native_launches = [graph.replay for graph in native[batch].graphs]
+            restored_launches = _restored_launches(restored, engine, batch, variant, stream.cuda_stream)
+
+            def between(piece: int, batch: int = batch) -> None:
+                engine.attend_between(batch, piece)
+
+            def stepper(launches: list[Callable[[], None]], between: Callable[[int], None] = between) -> Callable[[], None]:
+                def step() -> None:
+                    for piece, launch in enumerate(launches):
+                        launch()
+                        if piece < len(launches) - 1:
+                            between(piece)
+
+                return step
+
+            report["batches"][str(batch)] = {
+                "native_step_ms": replay_latency_ms(stepper(native_launches)),
+                "restored_step_ms": replay_latency_ms(stepper(restored_launches)),
+                "native_host": _host_split(native_launches, between),
+                "restored_host": _host_split(restored_launches, between),
+                "native_launch_only_ms": replay_latency_ms(stepper(native_launches, lambda piece: None)),
+                "restored_launch_only_ms": replay_latency_ms(stepper(restored_launches, lambda piece: None)),
+            }
+    torch.cuda.synchronize()
+    restored.release()
+    return report
+
+
+if __name__ == "__main__":
+    probe_main(MODULE, child, VARIANTS)
