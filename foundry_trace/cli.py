@@ -136,7 +136,8 @@ def _verify(arguments: argparse.Namespace) -> int:
     )
     print(
         f"{loaded['graphs']} graphs of {workload} restored on {loaded['device']}: {against_saved}; equal a native capture here: "
-        f"{loaded['bitwise_equal']} (differ: {loaded['mismatched'] or 'none'}; nondeterministic here: {loaded['nondeterministic_native'] or 'none'})"
+        f"{loaded['bitwise_equal']} (differ: {loaded['mismatched'] or 'none'}; differ but nondeterministic at SAVE: "
+        f"{loaded.get('mismatched_nondeterministic_at_save') or 'none'}; nondeterministic here: {loaded['nondeterministic_native'] or 'none'})"
     )
     for batch, latency in loaded["latency"].items():
         print(f"  replay b={batch}: native {latency['native_ms']:.3f} ms, restored {latency['restored_ms']:.3f} ms ({latency['delta_pct']:+.2f} %)")

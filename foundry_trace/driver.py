@@ -21,11 +21,16 @@ def call(function: Callable[..., Any], *arguments: Any) -> Any:
     result = function(*arguments)
     status, outputs = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
     if status != SUCCESS:
-        _, name = driver.cuGetErrorName(status)
-        raise DriverCallError(f"{function.__name__} failed with {name.decode() if name else status}")
+        raise_failure(function.__name__, status)
     if not outputs:
         return None
     return outputs[0] if len(outputs) == 1 else outputs
+
+
+def raise_failure(call_name: str, status: driver.CUresult) -> None:
+    """Raises DriverCallError naming the call and the driver's error (CUresult's own name: no
+    driver call on the way out of a failure)."""
+    raise DriverCallError(f"{call_name} failed with {getattr(status, 'name', status)}")
 
 
 def try_call(function: Callable[..., Any], *arguments: Any) -> Any | None:

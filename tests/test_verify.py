@@ -97,3 +97,20 @@ def test_every_replay_count_is_the_same_on_every_rank() -> None:
         thread.join(timeout=10)
     assert agreed[0] == agreed[1] == 12, agreed
     assert agreed_count(7, None) == 7
+
+
+def test_a_native_difference_where_save_saw_nondeterminism_is_set_apart() -> None:
+    """A few native replays can agree by chance on a nondeterministic graph (cuDNN's attention at
+    batch 144 on the H200): a difference there says nothing about the restore, when SAVE's own
+    replays disagreed. Every other difference counts."""
+    from foundry_trace.bench.verify import against_native
+
+    here = {str(b): {"digest": f"native-{b}", "deterministic": b != 24} for b in (1, 24, 144, 256)}
+    restored = {"1": "native-1", "24": "x", "144": "other", "256": "other"}
+    saved = {str(b): {"digest": f"native-{b}", "deterministic": b not in (24, 144)} for b in (1, 24, 144, 256)}
+    verdict = against_native([1, 24, 144, 256], here, restored, saved)
+    assert verdict["mismatched"] == [256]
+    assert verdict["mismatched_nondeterministic_at_save"] == [144]
+    assert verdict["nondeterministic_native"] == [24]
+    assert verdict["nondeterministic_saved"] == [24, 144]
+    assert against_native([1, 144], here, restored, None) == {"mismatched": [144], "nondeterministic_native": []}

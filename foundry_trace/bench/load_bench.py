@@ -352,6 +352,7 @@ def compared_case_fields(saved: dict[str, object], loaded: dict[str, object]) ->
         speedup=loaded["native_s"] / loaded["restore_s"],
         bitwise_equal=loaded["bitwise_equal"],
         mismatched=loaded["mismatched"],
+        mismatched_nondeterministic_at_save=loaded.get("mismatched_nondeterministic_at_save"),
         nondeterministic_native=loaded["nondeterministic_native"],
         bitwise_equal_saved=loaded["bitwise_equal_saved"],
         mismatched_saved=loaded["mismatched_saved"],
@@ -500,11 +501,16 @@ def render(results: dict[str, object]) -> str:
         *((f"busy {k} (all threads)", f"{v * 1000:.1f} ms") for k, v in c["busy_s"].items()),
         ("bit-identical to SAVE's graphs", f"{c['bitwise_equal_saved']} (differ: {c['mismatched_saved'] or 'none'}"
          + (f"; nondeterministic natively: {c['mismatched_saved_nondeterministic']})" if c["mismatched_saved_nondeterministic"] else ")")),
-        ("bit-identical to a native capture here", f"{c['bitwise_equal']} (differ: {c['mismatched'] or 'none'})"),
+        ("bit-identical to a native capture here", f"{c['bitwise_equal']} (differ: {c['mismatched'] or 'none'}"
+         + (f"; nondeterministic at SAVE: {c['mismatched_nondeterministic_at_save']})" if c.get("mismatched_nondeterministic_at_save") else ")")),
         ("native graphs nondeterministic", str(c["nondeterministic_native"] or "none")),
         *((f"b={b}: first nondeterministic operation", f"{d['operation']} on {d['shapes']}" if d else "none found")
           for b, d in c["nondeterminism"].items()),
         *((f"replay b={b} native / restored", f"{v['native_ms']:.3f} / {v['restored_ms']:.3f} ms ({v['delta_pct']:+.2f} %)") for b, v in c["replay_ms"].items()),
+        *((f"  its graphs alone, b={b}", f"{g['native_ms']:.3f} / {g['restored_ms']:.3f} ms ({g['delta_pct']:+.2f} %)")
+          for b, v in c["replay_ms"].items() if (g := v.get("graphs_only"))),
+        *((f"cost fit, {side}: per graph / per node / fixed", f"{f['per_graph_us']:.1f} us / {f['per_node_us']:.2f} us / {f['fixed_s']:.3f} s")
+          for side, f in ((side, (c.get("cost_fit") or {}).get(side)) for side in ("restore", "driver_alone")) if f),
     ]
     for row in rows:
         table.add_row(*row)

@@ -61,10 +61,10 @@ def _restored_launches(restored, engine, batch: int, variant: str, stream: int) 
     if variant == "uploaded":
         context = int(driver.cuCtxGetCurrent()[1])
         for graph in graphs:
-            native.upload(int(graph._executable), context, graph.key)  # noqa: SLF001 - the probe asks about this handle
+            native.upload(graph.executable, context, graph.key)
     if variant == "direct":
         handle = driver.CUstream(stream)
-        return [lambda executable=graph._executable: driver.cuGraphLaunch(executable, handle) for graph in graphs]  # noqa: SLF001
+        return [lambda executable=driver.CUgraphExec(graph.executable): driver.cuGraphLaunch(executable, handle) for graph in graphs]
     return [graph.replay for graph in graphs]
 
 
