@@ -194,6 +194,20 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-every", type=int)
 
 
+def child_parser(description: str, roles: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The command line every bench child takes: ROLE WORKLOAD ARCHIVE [THREADS] and the engine
+    options."""
+    from foundry_trace.restore import DEFAULT_THREADS
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("role", choices=roles)
+    parser.add_argument("workload")
+    parser.add_argument("archive")
+    parser.add_argument("threads", nargs="?", type=int, default=DEFAULT_THREADS)
+    add_option_flags(parser)
+    return parser
+
+
 def parsed_options(arguments: argparse.Namespace) -> dict[str, object]:
     """The engine options a child was given (those left out stay the engine's defaults)."""
     options = {name: getattr(arguments, name) for name in ENGINE_OPTIONS}

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from foundry_trace.bench.children import add_option_flags, child_main, option_arguments, parsed_options, run_child
+from foundry_trace.bench.children import child_main, child_parser, option_arguments, parsed_options, run_child
 from foundry_trace.bench.roles import cold_load, run_role
 from foundry_trace.bench.workloads.registry import splits_steps
 from foundry_trace.errors import WorkloadError
@@ -164,13 +164,7 @@ def _run(arguments: argparse.Namespace) -> dict[str, object]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="a child process of `foundry bench fit` (and of the load bench's fit)")
-    parser.add_argument("role", choices=("cold",))
-    parser.add_argument("workload")
-    parser.add_argument("archive")
-    parser.add_argument("threads", nargs="?", type=int, default=DEFAULT_THREADS)
-    add_option_flags(parser)
-    return parser
+    return child_parser("a child process of `foundry bench fit` (and of the load bench's fit)", ("cold",))
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 from foundry_trace.archive.keys import batch_of, key_order
 from foundry_trace.bench.children import (
-    add_option_flags,
     child_main,
+    child_parser,
     note,
     option_arguments,
     parsed_options,
@@ -524,13 +524,7 @@ def _run(arguments: argparse.Namespace) -> dict[str, object]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="a child process of `foundry bench load`")
-    parser.add_argument("role", choices=("driver", "load", "prefetch"))
-    parser.add_argument("workload")
-    parser.add_argument("archive")
-    parser.add_argument("threads", nargs="?", type=int, default=DEFAULT_THREADS)
-    add_option_flags(parser)
-    return parser
+    return child_parser("a child process of `foundry bench load`", ("driver", "load", "prefetch"))
 
 
 if __name__ == "__main__":

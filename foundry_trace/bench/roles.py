@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from foundry_trace.bench.children import (
-    add_option_flags,
     child_main,
+    child_parser,
     note,
     option_arguments,
     parsed_options,
     phase,
     run_child,
 )
-from foundry_trace.restore import DEFAULT_THREADS
 
 if TYPE_CHECKING:
     from foundry_trace.bench.workloads.registry import Engine
@@ -165,12 +164,7 @@ def _run(arguments: argparse.Namespace) -> dict[str, object]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="a child process of `foundry bench` and `foundry verify`")
-    parser.add_argument("role", choices=("save", "native", "verify"))
-    parser.add_argument("workload")
-    parser.add_argument("archive")
-    parser.add_argument("threads", nargs="?", type=int, default=DEFAULT_THREADS)
-    add_option_flags(parser)
+    parser = child_parser("a child process of `foundry bench` and `foundry verify`", ("save", "native", "verify"))
     parser.add_argument("--no-references", dest="references", action="store_false", help="save: store no reference outputs")
     return parser
 
