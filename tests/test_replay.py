@@ -44,7 +44,7 @@ def test_a_graph_launches_on_the_current_stream_of_its_own_device(launches: list
 
 def test_a_lazy_graph_is_restored_once_at_its_first_replay(launches: list[tuple[int, int]]) -> None:
     asked = []
-    graph = RestoredGraph("8", {}, lambda: asked.append(1) or _ready(0x60), lambda **_: None)
+    graph = RestoredGraph("8", {}, lambda: asked.append(1) or _ready(0x60), lambda **_: None, device=0)
     assert not graph.ready()
     for _ in range(3):
         graph.replay()
@@ -57,6 +57,6 @@ def test_a_refused_launch_names_the_call_and_the_error(monkeypatch: pytest.Monke
     monkeypatch.setattr(restored_module, "driver", SimpleNamespace(
         cuGraphLaunch=lambda executable, stream: (driver.CUresult.CUDA_ERROR_INVALID_VALUE,), CUstream=driver.CUstream,
         CUgraphExec=driver.CUgraphExec))
-    graph = RestoredGraph("8", {}, lambda: _ready(0x70), lambda **_: None)
+    graph = RestoredGraph("8", {}, lambda: _ready(0x70), lambda **_: None, device=0)
     with pytest.raises(DriverCallError, match="cuGraphLaunch failed with CUDA_ERROR_INVALID_VALUE"):
         graph.replay(stream=5)

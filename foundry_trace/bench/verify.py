@@ -195,8 +195,9 @@ def compare(
     communicator: Communicator | None = None,
 ) -> dict[str, object]:
     """Captures the restored graphs' batch sizes natively (timed) and compares outputs and replay
-    latency (of the step, and for a step of several graphs, of its graphs alone); with `saved` (saved_references() of the archive), also against SAVE's graphs.
-    `communicator`: a tensor-parallel rank's, through which the ranks agree on replay counts."""
+    latency (of the step, and for a step of several graphs, of its graphs alone too); with
+    `saved` (saved_references() of the archive), also against SAVE's graphs. `communicator`: a
+    tensor-parallel rank's, through which the ranks agree on replay counts."""
     sizes = restored_batches(restored)
     torch.cuda.synchronize()
     start = time.perf_counter()

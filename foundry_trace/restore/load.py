@@ -310,7 +310,7 @@ def _claim(restored: Restored, upload: bool) -> None:
             request = _StepRequest(pipeline, step)
             for entry in step:
                 outputs = {o.name: output_view(o, owned) for o in entry.outputs}
-                restored.graphs[entry.key] = RestoredGraph(entry.key, outputs, partial(request, entry), restored.release, restored.device)
+                restored.graphs[entry.key] = RestoredGraph(entry.key, outputs, partial(request, entry), restored.release, device=restored.device)
 
 
 def _bind_collectives(restored: Restored, communicator: Communicator) -> None:

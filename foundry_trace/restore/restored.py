@@ -27,7 +27,7 @@ class RestoredGraph:
     released (the message says what was released): the process is as it was before LOAD."""
 
     def __init__(
-        self, key: str, outputs: dict[str, object], request: Callable[[], Future], fail: Callable[..., ReleaseSummary], device: int = 0
+        self, key: str, outputs: dict[str, object], request: Callable[[], Future], fail: Callable[..., ReleaseSummary], *, device: int
     ) -> None:
         self.key = key
         self.outputs = outputs
@@ -100,8 +100,8 @@ class RestoredGraph:
 @functools.cache
 def _raw_stream_of() -> Callable[[int], int]:
     """torch's current stream on a device, as a raw handle: torch._C._cuda_getCurrentRawStream
-    (a few hundred nanoseconds; Triton launches through it) where this torch has it, else
-    torch.cuda.current_stream(device).cuda_stream (a Python Stream object per call)."""
+    (no Python object per call; Triton's launcher uses it too) where this torch has it, else
+    torch.cuda.current_stream(device).cuda_stream."""
     import torch
 
     fast = getattr(torch._C, "_cuda_getCurrentRawStream", None)
