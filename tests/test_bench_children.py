@@ -150,3 +150,26 @@ def test_a_save_child_is_told_to_skip_references_only_when_asked(monkeypatch: py
     parser = roles._parser()
     assert [parser.parse_args(arguments).references for arguments in given] == [True, False]
     assert parsed_options(parser.parse_args(given[1])) == {"split_every": 8}
+
+
+def test_a_probe_rebuilds_the_engine_its_archive_names_or_says_how_to_save_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probes restore any workload's archive: the engine comes from the archive's metadata,
+    not from a workload written into the probe; an archive that names none, or one the probe
+    cannot replay, is refused with the command that saves a usable one."""
+    from foundry_trace.bench.probes import variants
+    from foundry_trace.bench.workloads import registry
+    from foundry_trace.errors import WorkloadError
+
+    from .archive_samples import fixed_contents, write_archive
+
+    manifest, blobs = fixed_contents()
+    bare = write_archive(tmp_path / "bare.foundry", manifest, blobs)
+    with pytest.raises(WorkloadError, match="roles save WORKLOAD"):
+        variants.engine_of(str(bare))
+    named = manifest.model_copy(update={"metadata": registry.workload_metadata("piecewise", {"batch_sizes": (1, 64)})})
+    path = write_archive(tmp_path / "named.foundry", named, blobs)
+    built = []
+    monkeypatch.setattr(registry, "build_engine", lambda name, **options: built.append((name, options)) or "engine")
+    assert variants.engine_of(str(path), ("piecewise",)) == ("piecewise", {"batch_sizes": (1, 64)}, "engine")
+    with pytest.raises(WorkloadError, match="small"):
+        variants.engine_of(str(path), ("small",))

@@ -42,7 +42,7 @@ import resource
 import time
 from collections.abc import Callable
 
-from foundry_trace.bench.probes.variants import probe_main
+from foundry_trace.bench.probes.variants import engine_of, probe_main
 
 MODULE = "foundry_trace.bench.probes.cold_restore"
 
@@ -108,10 +108,8 @@ def child(archive: str, variant: str) -> dict[str, object]:
     foundry_alloc.install()
     import torch
 
-    from foundry_trace.bench.workloads.registry import build_engine
-
     began = time.perf_counter()
-    engine = build_engine("llama8b")  # kept alive: LOAD compares its memory with SAVE's
+    _, _, engine = engine_of(archive)  # kept alive: LOAD compares its memory with SAVE's
     torch.cuda.synchronize()
     engine_s = time.perf_counter() - began
     if variant == "pregrow-mem":

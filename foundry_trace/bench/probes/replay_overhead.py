@@ -22,7 +22,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from foundry_trace.bench.probes.variants import probe_main
+from foundry_trace.bench.probes.variants import engine_of, probe_main
 
 MODULE = "foundry_trace.bench.probes.replay_overhead"
 
@@ -75,18 +75,10 @@ def child(archive: str, variant: str) -> dict[str, object]:
     import torch
 
     import foundry_trace
-    from foundry_trace.archive.format import Archive
     from foundry_trace.bench.capture import capture_steps
     from foundry_trace.bench.verify import replay_latency_ms, restored_batches
-    from foundry_trace.bench.workloads.registry import build_engine, workload_of
 
-    with Archive(archive) as opened:
-        named = workload_of(opened.manifest.metadata)
-    if named is None or named[0] not in ("piecewise", "piecewise-compiled"):
-        raise SystemExit(f"{archive}: this probe replays piecewise steps; save one with "
-                         "`python -m foundry_trace.bench.roles save piecewise A.foundry --batch-sizes 1,64`")
-    name, options = named
-    engine = build_engine(name, **options)
+    name, options, engine = engine_of(archive, ("piecewise", "piecewise-compiled"))
     restored = foundry_trace.load(archive)
     batches = restored_batches(restored)
     native = capture_steps(engine, batches)

@@ -11,9 +11,29 @@ import argparse
 import json
 import os
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from foundry_trace.bench.children import child_main, run_child
-from foundry_trace.errors import ChildProcessFailed
+from foundry_trace.errors import ChildProcessFailed, WorkloadError
+
+if TYPE_CHECKING:
+    from foundry_trace.bench.workloads.registry import Engine
+
+
+def engine_of(archive: str, workloads: tuple[str, ...] | None = None) -> tuple[str, dict[str, object], Engine]:
+    """The engine state the archive's SAVE built (its metadata names the workload and options),
+    built here for a LOAD of it; `workloads`: the ones the probe can use (None: any)."""
+    from foundry_trace.archive.format import Archive
+    from foundry_trace.bench.workloads.registry import build_engine, workload_of
+
+    with Archive(archive) as opened:
+        named = workload_of(opened.manifest.metadata)
+    if named is None or (workloads is not None and named[0] not in workloads):
+        wanted = ", ".join(workloads) if workloads else "a workload of `foundry bench`"
+        raise WorkloadError(f"{archive}: the probe rebuilds the engine of the workload that saved it ({wanted}); save one with "
+                            "`python -m foundry_trace.bench.roles save WORKLOAD A.foundry`")
+    name, options = named
+    return name, options, build_engine(name, **options)
 
 
 def print_variants(module: str, argument: str, variants: list[str], environments: Mapping[str, Mapping[str, str]] | None = None) -> None:
