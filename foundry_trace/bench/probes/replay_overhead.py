@@ -12,6 +12,11 @@ For each: the step's device time (replay_latency_ms, as the bench measures it), 
 median seconds per step spent in the launches and in the eager work between them, native and
 restored alike.
 
+What it found (H200, commit a9ec7bc, docs/measurements.md): the eager attention took 10 to 20 ms
+of host time per step, native and restored alike, and the step's time followed it; the graphs
+alone were within 0.1 % of native; RestoredGraph.replay() took about 32 us a launch against 10 us
+for torch's CUDAGraph.replay() and 12 us for `direct` (replay() has been made lean since).
+
   python -m foundry_trace.bench.roles save piecewise A.foundry --batch-sizes 1,64
   python -m foundry_trace.bench.probes.replay_overhead A.foundry [VARIANT ...]
 """
