@@ -128,3 +128,40 @@ def test_a_call_past_its_time_limit_becomes_a_stall_error_naming_it() -> None:
             call_with_time_limit("rank 1 of 2: ncclCommInitRank", lambda: release.wait(30), 0.2)
     finally:
         release.set()  # the abandoned call ends
+
+
+def test_a_rank_whose_peers_never_join_the_rendezvous_is_aborted_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 keeps the rendezvous open until every rank has joined; when they do not within the
+    time-out, the error names the rank and the phase, and the communicator it made is aborted
+    (its GPU memory freed), not left behind."""
+    import torch.distributed as dist
+
+    from foundry_trace.parallel import nccl
+
+    class Store:
+        def __init__(self, *_: object, **__: object) -> None:
+            self.values: dict[str, object] = {}
+
+        def set(self, key: str, value: object) -> None:
+            self.values[key] = value
+
+        def get(self, key: str) -> object:
+            return self.values[key]
+
+        def add(self, key: str, amount: int) -> int:
+            self.values[key] = self.values.get(key, 0) + amount
+            return self.values[key]
+
+    def made(self, rank: int, world_size: int, unique_id: bytes, *, timeout: float | None) -> None:  # noqa: ANN001
+        self.rank, self.world_size, self.timeout, self._graphs, self._store = rank, world_size, timeout, set(), None
+
+    aborted: list[int] = []
+    monkeypatch.setattr(dist, "TCPStore", Store)
+    monkeypatch.setattr(nccl.NcclCommunicator, "__init__", made)
+    monkeypatch.setattr(nccl.NcclCommunicator, "abort", lambda self: aborted.append(self.rank))
+    monkeypatch.setattr(nccl, "new_unique_id", lambda: b"id")
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(StallError, match=r"rank 0 of 2: the rendezvous: only 1 ranks joined"):
+        nccl.NcclCommunicator.from_environment(timeout=0.05)
+    assert aborted == [0]

@@ -159,7 +159,11 @@ class NcclCommunicator:
             raise StallError(f"rank {rank} of {world_size}: the rendezvous at {address}:{port} failed: {error}") from None
         communicator = cls(rank, world_size, unique_id, timeout=timeout)
         communicator._store = store
-        communicator._joined(store)
+        try:
+            communicator._joined(store)
+        except BaseException:
+            communicator.abort()  # a stalled rendezvous leaves no communicator (nor its GPU memory) behind
+            raise
         return communicator
 
     def _joined(self, store) -> None:  # noqa: ANN001 - torch.distributed.TCPStore
