@@ -92,7 +92,7 @@ class RestoredGraph:
         if executable is None:
             self.wait()
             executable = self._executable
-        status = driver.cuGraphLaunch(executable, launch_stream(self.device) if stream is None else driver.CUstream(stream))[0]
+        status = driver.cuGraphLaunch(executable, _cu_stream(_raw_stream_of()(self.device) if stream is None else stream))[0]
         if status != SUCCESS:
             raise_failure("cuGraphLaunch", status)
 
@@ -106,11 +106,6 @@ def _raw_stream_of() -> Callable[[int], int]:
 
     fast = getattr(torch._C, "_cuda_getCurrentRawStream", None)
     return fast if fast is not None else lambda device: torch.cuda.current_stream(device).cuda_stream
-
-
-def launch_stream(device: int) -> driver.CUstream:
-    """torch's current stream on `device` as the driver's CUstream."""
-    return _cu_stream(_raw_stream_of()(device))
 
 
 @functools.lru_cache(maxsize=64)
