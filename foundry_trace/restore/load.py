@@ -150,11 +150,10 @@ def load(
     deadline = None if timeout is None else time.monotonic() + timeout
     if isinstance(archive, Restored):
         restored = archive  # its trust was checked by prefetch()
-        restored.begin_load(communicator)
     else:
         policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
         restored = _open(Path(archive), threads, builders, hooks, communicator, policy)
-        restored.begin_load(communicator)
+    restored.begin_load(communicator)
     try:
         with annotate("load"):
             if not isinstance(archive, Restored):
