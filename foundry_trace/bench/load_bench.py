@@ -209,14 +209,17 @@ def _node_count(archive: str) -> int:
 
 @contextmanager
 def modules_loaded(archive: str) -> Iterator[Restored]:
-    """A lazy LOAD of `archive` with every module loaded and no graph built: it claims the
-    memory that the driver checks memset and memcpy nodes against when they are added."""
+    """A lazy LOAD of `archive` with every module loaded and no graph building: it claims the
+    memory that the driver checks memset and memcpy nodes against when they are added, and the
+    graphs a lazy LOAD starts at open have finished (they would contend with what is timed)."""
     import foundry_trace
 
     early = foundry_trace.load(archive, mode="lazy")
     try:
         early.pipeline.load_all_modules()
         early.pipeline.wait_for_modules()
+        for key in early.pipeline.queued_graphs():
+            early.graphs[key].wait()
         yield early
     finally:
         early.release()
@@ -246,25 +249,17 @@ def instantiate_scaling(archive: str, counts: tuple[int, ...]) -> dict[str, floa
                 native.destroy_graph(graph)
 
 
-def child_driver(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
-    """The driver alone, cold: in a fresh process, with the engine built and the modules loaded
-    (untimed), every graph built and then instantiated on `threads` threads with nothing else
-    running, straight from the node tables. What any restore of these graphs pays the driver
-    in a fresh process, before opening an archive, loading modules or claiming memory."""
-    import foundry_alloc
-
-    foundry_alloc.install()
-    import torch
-
+def driver_alone(archive: str, threads: int) -> dict[str, object]:
+    """The driver alone, cold, in this process (the engine built, nothing of the archive restored
+    yet): with the modules loaded (untimed), every graph built and then instantiated on
+    `threads` threads with nothing else running, straight from the node tables. What any restore
+    of these graphs pays the driver, before opening an archive, loading modules or claiming memory."""
     from foundry_trace import native
-    from foundry_trace.bench.workloads.registry import build_engine
 
-    engine = build_engine(workload, **options)  # kept alive: LOAD compares its memory with SAVE's
-    torch.cuda.synchronize()
     with modules_loaded(archive) as early:
         pipeline = early.pipeline
         with ThreadPoolExecutor(threads) as pool:
-            start = time.perf_counter()
+            begin = time.perf_counter()
             built = list(pool.map(pipeline.build, early.archive.manifest.graphs))
             built_at = time.perf_counter()
             executables = list(pool.map(lambda graph: pipeline.instantiate(graph, "floor"), built))
@@ -273,9 +268,24 @@ def child_driver(workload: str, archive: str, threads: int, options: dict[str, o
             native.destroy_executable(executable)
         for graph in built:
             native.destroy_graph(graph)
+    note(f"driver alone: built in {built_at - begin:.3f} s, instantiated in {done - built_at:.3f} s")
+    return {"driver_build_s": built_at - begin, "driver_instantiate_s": done - built_at, "driver_cold_s": done - begin}
+
+
+def child_driver(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+    """driver_alone() in a fresh process, after building the workload's engine."""
+    import foundry_alloc
+
+    foundry_alloc.install()
+    import torch
+
+    from foundry_trace.bench.workloads.registry import build_engine
+
+    engine = build_engine(workload, **options)  # kept alive: LOAD compares its memory with SAVE's
+    torch.cuda.synchronize()
+    result = driver_alone(archive, threads)
     del engine
-    note(f"driver alone: built in {built_at - start:.3f} s, instantiated in {done - built_at:.3f} s")
-    return {"driver_build_s": built_at - start, "driver_instantiate_s": done - built_at, "driver_cold_s": done - start}
+    return result
 
 
 def _run_child(*arguments: str) -> dict[str, object]:

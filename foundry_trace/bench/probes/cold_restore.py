@@ -13,10 +13,16 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
   lazy-first    a lazy LOAD and the first replay of the smallest batch: where its time goes
   reinstantiate the graphs prebuilt, instantiated serially three times: cold, again after
                 destroying the first executables, and again beside the second ones (is the cold
-                cost the graph's first time, or fresh memory the driver takes for executables?)
+                cost the graph's first time, or fresh memory the driver takes for executables?);
+                then the built graphs destroyed, timed (what LOAD's per-graph destroy costs)
   builders-K-N  LOAD on N threads, at most K graphs built at a time (load(builders=K); threads-N
                 keeps DEFAULT_BUILDERS): do builds slow the driver's instantiations down?
   lock-instantiate-N  LOAD on N threads, one instantiation at a time
+  one-call-N    LOAD on N threads, one build or instantiation at a time (the driver serialises
+                them cold anyway: does contending for its locks cost more than waiting for ours?)
+  driver-N      the driver alone (load_bench.driver_alone): modules loaded untimed, every graph
+                built, then every graph instantiated, on N threads (the bench's reference, here
+                beside the variants, on the same machine)
   room-N        LOAD on N threads, builds and instantiations never at the same time (each in
                 parallel among themselves)
   prefault-N    LOAD on N threads, each of which first touches and frees its share of the
@@ -78,7 +84,18 @@ def _report(restored, restore_s: float) -> dict[str, object]:  # noqa: ANN001
         "slowest_modules": sorted(((s.what, round(s.end - s.start, 4)) for s in modules), key=lambda m: -m[1])[:8],
         "first_instantiations_s": [round(s.end - s.start, 4) for s in instantiations[:8]],
         "median_instantiation_s": instantiations and sorted(s.end - s.start for s in instantiations)[len(instantiations) // 2],
+        "no_call_running_s": _idle(restored.spans),
     }
+
+
+def _idle(spans) -> float:  # noqa: ANN001 - list[Span]
+    """Seconds between the first task's start and the last one's end with no task running."""
+    idle, reached = 0.0, None
+    for span in sorted(spans, key=lambda s: s.start):
+        if reached is not None and span.start > reached:
+            idle += span.start - reached
+        reached = span.end if reached is None else max(reached, span.end)
+    return round(idle, 4)
 
 
 def _prewarm(nodes: int) -> dict[str, float]:
@@ -125,10 +142,16 @@ def child(archive: str, variant: str) -> dict[str, object]:
         return {**head, **_reinstantiate(archive)}
     if variant == "maps":
         return {**head, **_maps(archive)}
-    threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-", "lock-", "builders-", "room-")) else (1 if variant.endswith("serial") else 8)
+    if variant.startswith("driver-"):
+        from foundry_trace.bench.load_bench import driver_alone
+
+        return {**head, **driver_alone(archive, int(variant.split("-")[1]))}
+    threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-", "lock-", "builders-", "room-", "one-call-")) else (1 if variant.endswith("serial") else 8)
     options: dict[str, object] = {}
     if variant.startswith("lock-instantiate-"):
         options["hooks"] = _one_instantiation_at_a_time()
+    elif variant.startswith("one-call-"):
+        options["hooks"] = _one_driver_call_at_a_time()
     elif variant.startswith("builders-"):
         options["builders"] = int(variant.split("-")[1])
     elif variant.startswith("room-"):
@@ -155,6 +178,15 @@ def _one_instantiation_at_a_time():  # noqa: ANN202 - PipelineHooks
 
     lock = threading.Lock()
     return PipelineHooks(around_instantiate=lambda: lock)
+
+
+def _one_driver_call_at_a_time():  # noqa: ANN202 - PipelineHooks
+    import threading
+
+    from foundry_trace import PipelineHooks
+
+    lock = threading.Lock()
+    return PipelineHooks(around_build=lambda: lock, around_instantiate=lambda: lock)
 
 
 def _builds_apart_from_instantiations():  # noqa: ANN202 - PipelineHooks
@@ -332,8 +364,7 @@ def _reinstantiate(archive: str) -> dict[str, object]:
         third, rounds["beside_others"] = _timed(instantiate_all)
         for executable in second + third:
             native.destroy_executable(executable)
-        for graph in built:
-            native.destroy_graph(graph)
+        _, rounds["destroy_graphs"] = _timed(lambda: [native.destroy_graph(graph) for graph in built])
     return {"rounds": rounds}
 
 

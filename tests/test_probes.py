@@ -1,0 +1,21 @@
+"""The probes' own arithmetic (their GPU runs are tools/gpu-check's cold-probe and replay-probe)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from foundry_trace.bench.probes.cold_restore import _idle
+from foundry_trace.restore.pipeline import Span
+
+intervals = st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 200)), min_size=1, max_size=30)
+
+
+@given(intervals)
+def test_idle_time_is_the_span_of_the_tasks_less_what_some_task_covers(raw: list[tuple[int, int]]) -> None:
+    spans = [Span("graph", "build", "w", start / 1000, (start + length) / 1000) for start, length in raw]
+    covered = set()
+    for start, length in raw:
+        covered.update(range(start, start + length))
+    first, last = min(s for s, _ in raw), max(s + n for s, n in raw)
+    assert abs(_idle(spans) - (last - first - len(covered)) / 1000) < 1e-3
