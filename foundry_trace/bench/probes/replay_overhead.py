@@ -81,7 +81,7 @@ def child(archive: str, variant: str) -> dict[str, object]:
 
     import foundry_trace
     from foundry_trace.bench.capture import capture_steps
-    from foundry_trace.bench.verify import replay_latency_ms, restored_batches
+    from foundry_trace.bench.verify import launching_all, replay_latency_ms, restored_batches
 
     name, options, engine = engine_of(archive, ("piecewise", "piecewise-compiled"))
     restored = foundry_trace.load(archive)
@@ -98,7 +98,7 @@ def child(archive: str, variant: str) -> dict[str, object]:
             def between(piece: int, batch: int = batch) -> None:
                 engine.attend_between(batch, piece)
 
-            def stepper(launches: list[Callable[[], None]], between: Callable[[int], None] = between) -> Callable[[], None]:
+            def stepper(launches: list[Callable[[], None]]) -> Callable[[], None]:
                 def step() -> None:
                     for piece, launch in enumerate(launches):
                         launch()
@@ -112,8 +112,8 @@ def child(archive: str, variant: str) -> dict[str, object]:
                 "restored_step_ms": replay_latency_ms(stepper(restored_launches)),
                 "native_host": _host_split(native_launches, between),
                 "restored_host": _host_split(restored_launches, between),
-                "native_launch_only_ms": replay_latency_ms(stepper(native_launches, lambda piece: None)),
-                "restored_launch_only_ms": replay_latency_ms(stepper(restored_launches, lambda piece: None)),
+                "native_launch_only_ms": replay_latency_ms(launching_all(native_launches)),
+                "restored_launch_only_ms": replay_latency_ms(launching_all(restored_launches)),
             }
     torch.cuda.synchronize()
     restored.release()
