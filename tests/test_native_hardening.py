@@ -398,7 +398,7 @@ def _child_pipeline() -> None:
     }
     with Archive(ROOT / "tests" / "data" / "micro.foundry") as archive:
         loading = pipeline.Pipeline(
-            archive, LoadResources(0), threads=1, builders=1, context=fake.fake_cuda_context(), started=0.0
+            archive, LoadResources(0), threads=1, builders=1, chunk_nodes=0, context=fake.fake_cuda_context(), started=0.0
         )
         for module in range(len(archive.manifest.modules)):
             loading._load_module(module)

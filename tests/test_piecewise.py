@@ -45,20 +45,22 @@ def test_keys_name_batch_and_piece_and_sort_by_batch_size_first() -> None:
 @pytest.mark.parametrize("pieces", [1, 2, 33])
 def test_waiting_on_every_piece_queues_the_step_once_in_order(pieces: int) -> None:
     """An eager load waits on each graph in turn: the first wait queues the step's pieces in
-    order, and the rest only wait (2N calls into the pipeline, not N squared as measured on the
-    H200 before: 72,963 calls for 2,211 graphs)."""
+    order, as one chunk, and the rest only wait (2N graph calls into the pipeline, not N squared
+    as measured on the H200 before: 72,963 calls for 2,211 graphs)."""
     from functools import partial
     from types import SimpleNamespace
 
     from foundry_trace.restore.load import _StepRequest
 
     asked: list[str] = []
-    pipeline = SimpleNamespace(graph=lambda entry: asked.append(entry.key) or entry.key)
+    queued: list[list[str]] = []
+    pipeline = SimpleNamespace(graph=lambda entry: asked.append(entry.key) or entry.key, queue=lambda entries: queued.append([e.key for e in entries]))
     step = [SimpleNamespace(key=f"8/{piece}") for piece in range(pieces)]
     request = _StepRequest(pipeline, step)
     handles = [partial(request, entry) for entry in step]
     for piece in reversed(range(pieces)):  # whichever piece is asked for first, the step starts at piece 0
         assert handles[piece]() == f"8/{piece}"
+    assert queued == [[entry.key for entry in step]]
     assert asked[:pieces] == [entry.key for entry in step]
     assert len(asked) == 2 * pieces
 

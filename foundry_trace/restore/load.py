@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from cuda.bindings import driver
 
@@ -46,7 +46,7 @@ from foundry_trace.errors import LayoutMismatchError, RestoreError, RestoreTimeo
 from foundry_trace.fingerprint import check_fingerprint, current_fingerprint
 from foundry_trace.parallel.collectives import Communicator, check_communicator
 from foundry_trace.restore.outputs import coalesce, output_view
-from foundry_trace.restore.pipeline import DEFAULT_BUILDERS, Pipeline, PipelineHooks, builds_early
+from foundry_trace.restore.pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, Pipeline, PipelineHooks, builds_early
 from foundry_trace.restore.resources import LoadResources
 from foundry_trace.restore.restored import Restored, RestoredGraph
 
@@ -55,8 +55,8 @@ DEFAULT_THREADS = min(8, os.cpu_count() or 1)
 
 
 def prefetch(
-    path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int = DEFAULT_BUILDERS, hooks: PipelineHooks | None = None,
-    digest: str | None = None, trusted_keys: Iterable[str | Path] | None = None,
+    path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int = DEFAULT_BUILDERS, chunk_nodes: int = DEFAULT_CHUNK_NODES,
+    hooks: PipelineHooks | None = None, digest: str | None = None, trusted_keys: Iterable[str | Path] | None = None,
 ) -> Restored:
     """Starts the part of LOAD that needs no engine state, early: at process start, or while the
     engine loads its weights. Needs the Foundry allocator installed; no CUDA context yet (it
@@ -69,7 +69,7 @@ def prefetch(
 
     Args:
         path: the archive.
-        threads, builders, hooks, digest, trusted_keys: as for load().
+        threads, builders, chunk_nodes, hooks, digest, trusted_keys: as for load().
 
     Returns:
         A Restored with no graphs yet: pass it to load() at the restore point, which checks the
@@ -80,7 +80,8 @@ def prefetch(
         >>> engine = build_engine()                            # meanwhile, modules load
         >>> restored = foundry_trace.load(early)               # at the restore point
     """
-    restored = _open(Path(path), threads, builders, hooks, None, TrustPolicy.from_environment().with_arguments(digest, trusted_keys))
+    schedule = _Schedule(threads, builders, chunk_nodes, hooks)
+    restored = _open(Path(path), schedule, None, TrustPolicy.from_environment().with_arguments(digest, trusted_keys))
     try:
         with annotate("load.prefetch"):
             restored.pipeline.load_all_modules()  # long before the restore point: all at once
@@ -97,6 +98,7 @@ def load(
     mode: Mode = "eager",
     threads: int = DEFAULT_THREADS,
     builders: int = DEFAULT_BUILDERS,
+    chunk_nodes: int = DEFAULT_CHUNK_NODES,
     upload: bool = False,
     communicator: Communicator | None = None,
     timeout: float | None = None,
@@ -115,6 +117,9 @@ def load(
             replay() or wait() (the smallest batch's starts at once).
         threads: worker threads for modules and graphs (they release the GIL in the driver).
         builders: graphs built at the same time (DEFAULT_BUILDERS: more slow the driver down).
+        chunk_nodes: graphs are built, then instantiated, in chunks of at most this many nodes
+            (built graphs wait in host memory, about 3 kB a node); 0: each graph built and
+            instantiated in one task.
         upload: also copy each executable to the device before it counts as ready (otherwise
             its first launch does, as for a graph that torch captured).
         communicator: this rank's (e.g. foundry_trace.parallel.NcclCommunicator), for an
@@ -152,7 +157,7 @@ def load(
         restored = archive  # its trust was checked by prefetch()
     else:
         policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
-        restored = _open(Path(archive), threads, builders, hooks, communicator, policy)
+        restored = _open(Path(archive), _Schedule(threads, builders, chunk_nodes, hooks), communicator, policy)
     restored.begin_load(communicator)
     try:
         with annotate("load"):
@@ -163,9 +168,11 @@ def load(
             _claim(restored, upload)
             if manifest.collectives:
                 _bind_collectives(restored, communicator)
-            if mode != "lazy":  # in serving order, each graph right after the modules it still needs
-                for entry in serving_order(manifest.graphs):
-                    restored.pipeline.graph(entry)
+            if mode != "lazy":  # in serving order, each chunk right after the modules it still needs
+                restored.pipeline.queue(serving_order(manifest.graphs))
+                if upload:
+                    for entry in serving_order(manifest.graphs):
+                        restored.pipeline.graph(entry)  # queues its upload
             if mode == "eager":
                 with _phase(restored, "graphs"):
                     _wait_until(restored, deadline, timeout)
@@ -197,9 +204,16 @@ def _phase(restored: Restored, name: str) -> Iterator[None]:
     restored.phases[name] = time.perf_counter() - start
 
 
-def _open(
-    path: Path, threads: int, builders: int, hooks: PipelineHooks | None, communicator: Communicator | None, policy: TrustPolicy
-) -> Restored:
+class _Schedule(NamedTuple):
+    """How the pipeline runs (load()'s arguments of that name)."""
+
+    threads: int
+    builders: int
+    chunk_nodes: int
+    hooks: PipelineHooks | None
+
+
+def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, policy: TrustPolicy) -> Restored:
     """Opens the archive, checks the trust policy and the fingerprint, creates the events and the
     pool of threads."""
     import torch
@@ -221,7 +235,10 @@ def _open(
         phases["fingerprint"] = time.perf_counter() - checked
         for _ in range(archive.manifest.events):
             resources.add_event(int(call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING)))
-        pipeline = Pipeline(archive, resources, threads=threads, builders=builders, context=context, started=started, hooks=hooks)
+        pipeline = Pipeline(
+            archive, resources, threads=schedule.threads, builders=schedule.builders, chunk_nodes=schedule.chunk_nodes,
+            context=context, started=started, hooks=schedule.hooks,
+        )
     except BaseException:
         resources.release()
         archive.close()
@@ -249,8 +266,7 @@ def _start_first_graph(restored: Restored) -> None:
     if not all(builds_early(kinds[e.key], e.copy_arenas, graph_memory_mapped=False) for e in first):
         if not all(builds_early(kinds[e.key], e.copy_arenas, graph_memory_mapped=True) for e in first) or not _claim_graph_memory(restored):
             return
-    for entry in first:
-        restored.pipeline.executable(entry, tables[entry.key])
+    restored.pipeline.queue(first, tables)
 
 
 def _claim_graph_memory(restored: Restored) -> bool:
@@ -338,6 +354,7 @@ class _StepRequest:
     def __call__(self, entry: GraphEntry) -> Future:
         if not self.queued:
             self.queued = True
+            self.pipeline.queue(self.step)
             for other in self.step:
-                self.pipeline.graph(other)
+                self.pipeline.graph(other)  # its upload, where asked
         return self.pipeline.graph(entry)

@@ -2,6 +2,12 @@
 variables and functions), then for each graph build, instantiate (and upload) it, each task
 once, a graph only after the modules its kernels come from.
 
+Graphs are queued in chunks of at most `chunk_nodes` nodes, in the order asked (serving order):
+the chunk's modules, then all its builds, then all its instantiations. The driver serialises
+much of both kinds of call, and a build beside instantiations runs several times slower than
+alone (see DEFAULT_CHUNK_NODES); the chunk bounds the host memory held by built graphs that
+wait for their instantiation (about 3 kB a node).
+
 prefetch() also builds and instantiates, before the restore point, every graph whose nodes hold
 addresses only as values (kernels, events, child graphs): an executable does not care whether
 the memory its kernels will touch is mapped yet. The driver does check the memory of memset and
@@ -27,7 +33,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -42,7 +48,7 @@ from foundry_trace.archive.keys import serving_order
 from foundry_trace.archive.manifest import GraphEntry
 from foundry_trace.archive.node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, node_kinds
 from foundry_trace.driver import call
-from foundry_trace.errors import DriverCallError
+from foundry_trace.errors import DriverCallError, RestoreError
 from foundry_trace.restore.modules import load_module
 from foundry_trace.restore.resources import LoadResources
 
@@ -52,6 +58,9 @@ from foundry_trace.restore.resources import LoadResources
 # at a time, 18-23 ms with 2 and 9-14 ms with 1; LOAD took 0.79 s on average (9 runs), 0.68 s (6)
 # and 0.71 s (9) (foundry_trace.bench.probes.cold_restore, variants builders-K-8).
 DEFAULT_BUILDERS = 2
+
+# Nodes of the graphs built before their instantiations start (one chunk). PLACEHOLDER
+DEFAULT_CHUNK_NODES = 16384
 
 
 @dataclass(frozen=True)
@@ -83,18 +92,22 @@ class PipelineHooks:
 
 class Pipeline:
     """The tasks of one LOAD on a pool of `threads` threads, at most `builders` graphs built at
-    a time; every handle goes to `resources` the moment it exists."""
+    a time, graphs queued in chunks of at most `chunk_nodes` nodes; every handle goes to
+    `resources` the moment it exists."""
 
     def __init__(
-        self, archive: Archive, resources: LoadResources, *, threads: int, builders: int, context: int, started: float,
-        hooks: PipelineHooks | None = None,
+        self, archive: Archive, resources: LoadResources, *, threads: int, builders: int, chunk_nodes: int, context: int,
+        started: float, hooks: PipelineHooks | None = None,
     ) -> None:
         if threads < 1 or builders < 1:
             raise ValueError(f"threads={threads}, builders={builders}: a LOAD needs at least one of each")
+        if chunk_nodes < 0:
+            raise ValueError(f"chunk_nodes={chunk_nodes}: give 0 (each graph built and instantiated in one task) or more")
         self.archive = archive
         self.context = context
         self.upload = False  # set at the restore point, before any graph is requested
         self.spans: list[Span] = []
+        self._chunk_nodes = chunk_nodes
         self._manifest = archive.manifest
         self._resources = resources
         self._started = started
@@ -129,8 +142,11 @@ class Pipeline:
 
     def _queue_modules(self, modules: set[int]) -> None:
         with self._lock:
-            for module in sorted(modules - self._modules.keys(), key=lambda m: -self._manifest.modules[m].size):
-                self._modules[module] = self._pool.submit(self._load_module, module)
+            self._queue_modules_locked(modules)
+
+    def _queue_modules_locked(self, modules: set[int]) -> None:
+        for module in sorted(modules - self._modules.keys(), key=lambda m: -self._manifest.modules[m].size):
+            self._modules[module] = self._pool.submit(self._load_module, module)
 
     def bind_collectives(self, graphs: list[int]) -> None:
         """The collective graphs by archive index; set before any graph that holds a collective
@@ -154,10 +170,13 @@ class Pipeline:
         # LOAD's first replay would otherwise wait behind the largest graphs. A blob that fails
         # its checksum stops the scan only: LOAD queues every graph at the restore point, and
         # the graph's own task then raises the error.
+        early, tables = [], {}
         for entry in serving_order(self._manifest.graphs):
             table = self.archive.blob(entry.table)
             if builds_early(node_kinds(table), entry.copy_arenas, graph_memory_mapped):
-                self.executable(entry, table)
+                early.append(entry)
+                tables[entry.key] = table
+        self.queue(early, tables)
 
     def graph(self, entry: GraphEntry) -> Future:
         """The future of a graph ready to replay: its executable, then uploaded if LOAD asked."""
@@ -170,15 +189,28 @@ class Pipeline:
                 future = self._uploads[entry.key] = self._pool.submit(self._upload, entry, executable)
             return future
 
-    def executable(self, entry: GraphEntry, table: bytes | None = None) -> Future:
-        """The future executable of a graph, queued the first time, right after the modules it
-        needs that are not queued yet. `table`: its node table where the caller has read it."""
-        self._queue_modules(set(entry.modules))
+    def executable(self, entry: GraphEntry) -> Future:
+        """The future executable of a graph, queued the first time (alone, right after the
+        modules it needs that are not queued yet)."""
+        self.queue([entry])
         with self._lock:
-            future = self._graphs.get(entry.key)
-            if future is None:
-                future = self._graphs[entry.key] = self._pool.submit(self._restore_graph, entry, table)
-            return future
+            return self._graphs[entry.key]
+
+    def queue(self, entries: Sequence[GraphEntry], tables: Mapping[str, bytes] | None = None) -> None:
+        """Queues those of the graphs not queued yet, in this order, in chunks (see the module's
+        docstring). `tables`: node tables the caller has read already, by key."""
+        tables = tables or {}
+        with self._lock:
+            fresh = list({entry.key: entry for entry in entries if entry.key not in self._graphs}.values())
+            for chunk in chunks(fresh, self._chunk_nodes):
+                self._queue_modules_locked({m for entry in chunk for m in entry.modules})
+                if len(chunk) == 1:
+                    entry = chunk[0]
+                    self._graphs[entry.key] = self._pool.submit(self._restore_graph, entry, tables.get(entry.key))
+                    continue
+                built = [self._pool.submit(self._build_task, entry, tables.get(entry.key)) for entry in chunk]
+                for entry, graph in zip(chunk, built, strict=True):
+                    self._graphs[entry.key] = self._pool.submit(self._instantiate_task, entry, graph)
 
     def close(self, wait: bool = True) -> None:
         """Cancels queued tasks and, with `wait`, waits for running ones (their handles are then
@@ -227,16 +259,27 @@ class Pipeline:
         return message
 
     def _restore_graph(self, entry: GraphEntry, table: bytes | None) -> int:
+        """A graph's build and instantiation in one task (a chunk of one graph)."""
+        graph = self._build_task(entry, table)
+        return self._instantiate_task(entry, graph)
+
+    def _build_task(self, entry: GraphEntry, table: bytes | None) -> int:
         for module in entry.modules:
-            self._modules[module].result()  # re-raises the module's failure
-        what = f"graph {entry.key!r}"
+            self._modules[module].result()  # queued before this task: running or done; re-raises its failure
         with self._builders, self._hooks.around_build():
             graph = self.build(entry, table)
+        self._resources.add_built_graph(graph)
+        return graph
+
+    def _instantiate_task(self, entry: GraphEntry, built: Future | int) -> int:
+        graph = built.result() if isinstance(built, Future) else built  # a build queued before: running or done
+        if not self._resources.take_built_graph(graph):
+            raise RestoreError(f"graph {entry.key!r}: the load was released while it was restoring")
         try:
             with self._span(f"graph {entry.key}", "instantiate"):
-                executable = self.instantiate(graph, what)
+                executable = self.instantiate(graph, f"graph {entry.key!r}")
         finally:
-            native.destroy_graph(graph)
+            self._resources.destroy_built_graph(graph)
         self._resources.add_executable(executable)
         return executable
 
@@ -245,6 +288,21 @@ class Pipeline:
         with self._span(f"graph {entry.key}", "upload"):
             native.upload(handle, self.context, f"graph {entry.key!r}")
         return handle
+
+
+def chunks(entries: Sequence[GraphEntry], chunk_nodes: int) -> Iterator[list[GraphEntry]]:
+    """The entries in order, cut into runs of at most `chunk_nodes` nodes (a graph larger than
+    that alone; with 0, every graph alone)."""
+    chunk: list[GraphEntry] = []
+    nodes = 0
+    for entry in entries:
+        if chunk and nodes + entry.nodes > chunk_nodes:
+            yield chunk
+            chunk, nodes = [], 0
+        chunk.append(entry)
+        nodes += entry.nodes
+    if chunk:
+        yield chunk
 
 
 def builds_early(kinds: frozenset[str], copy_arenas: tuple[str, ...] | None, graph_memory_mapped: bool) -> bool:

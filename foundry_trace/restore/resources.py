@@ -1,5 +1,5 @@
 """Everything one LOAD makes that must be given back: modules, events, executables, collective
-graphs and claimed memory. One owner, shared by the Restored object and its pipeline's worker
+graphs, built graphs not instantiated yet, and claimed memory. One owner, shared by the Restored object and its pipeline's worker
 threads, which record each handle here the moment it exists: so that a failure anywhere, in any
 mode, releases all of it and the process is as it was before LOAD.
 """
@@ -23,6 +23,7 @@ class ReleaseSummary:
     """What a release gave back, for messages ("released 3 executables, 19 modules, ...")."""
 
     executables: int = 0
+    built_graphs: int = 0
     collective_graphs: int = 0
     events: int = 0
     modules: int = 0
@@ -33,7 +34,7 @@ class ReleaseSummary:
         parts = [
             f"{count} {name if count != 1 else name[:-1]}"
             for name, count in (
-                ("executables", self.executables), ("collective graphs", self.collective_graphs),
+                ("executables", self.executables), ("built graphs", self.built_graphs), ("collective graphs", self.collective_graphs),
                 ("events", self.events), ("modules", self.modules),
             )
             if count
@@ -49,10 +50,10 @@ _live_lock = threading.Lock()
 
 def live_handles() -> dict[str, int]:
     """Handles that loads in this process made and have not destroyed, by kind (executables,
-    collective graphs, events, modules): all zero once every load was released. For soak tests
-    and operators looking for a leak."""
+    built graphs, collective graphs, events, modules): all zero once every load was released.
+    For soak tests and operators looking for a leak."""
     with _live_lock:
-        return {kind: _live[kind] for kind in ("executables", "collective graphs", "events", "modules")}
+        return {kind: _live[kind] for kind in ("executables", "built graphs", "collective graphs", "events", "modules")}
 
 
 def _count(kind: str, change: int) -> None:
@@ -70,6 +71,7 @@ class LoadResources:
         self.communicator = communicator  # told about each collective graph it made that is destroyed
         self._lock = threading.Lock()
         self._executables: list[int] = []
+        self._built_graphs: set[int] = set()
         self._collective_graphs: list[int] = []
         self._events: list[int] = []
         self._modules: list[int] = []
@@ -78,6 +80,27 @@ class LoadResources:
 
     def add_executable(self, handle: int) -> None:
         self._add("executables", self._executables, handle)
+
+    def add_built_graph(self, handle: int) -> None:
+        """A CUgraph built and waiting for its instantiation (chunks build ahead)."""
+        _count("built graphs", 1)
+        with self._lock:
+            if not self._released:
+                self._built_graphs.add(handle)
+                return
+        self._destroy("built graphs", handle)
+
+    def take_built_graph(self, handle: int) -> bool:
+        """Hands a built graph to the worker that instantiates it (and then destroys it with
+        destroy_built_graph); False where release() destroyed it already."""
+        with self._lock:
+            if handle not in self._built_graphs:
+                return False
+            self._built_graphs.discard(handle)
+            return True
+
+    def destroy_built_graph(self, handle: int) -> None:
+        self._destroy("built graphs", handle)
 
     def add_collective_graph(self, handle: int) -> None:
         self._add("collective graphs", self._collective_graphs, handle)
@@ -101,6 +124,8 @@ class LoadResources:
     def _destroy(self, kind: str, handle: int) -> None:
         if kind == "executables":
             native.destroy_executable(handle)  # freed by the driver once any launch of it ends
+        elif kind == "built graphs":
+            native.destroy_graph(handle)
         elif kind == "collective graphs":
             native.destroy_graph(handle)
             if self.communicator is not None:
@@ -149,12 +174,15 @@ class LoadResources:
         with self._lock:
             self._released = True
             executables, self._executables = self._executables, []
+            built, self._built_graphs = self._built_graphs, set()
             graphs, self._collective_graphs = self._collective_graphs, []
             events, self._events = self._events, []
             modules, self._modules = self._modules, []
             has_memory = bool(self._claimed)
         for executable in executables:
             self._destroy("executables", executable)
+        for graph in built:
+            self._destroy("built graphs", graph)
         for graph in graphs:
             self._destroy("collective graphs", graph)
         if (modules or has_memory) and (executables or graphs):
@@ -164,4 +192,4 @@ class LoadResources:
         for module in modules:
             self._destroy("modules", module)
         blocks, size = self.unclaim()
-        return ReleaseSummary(len(executables), len(graphs), len(events), len(modules), blocks, size)
+        return ReleaseSummary(len(executables), len(built), len(graphs), len(events), len(modules), blocks, size)

@@ -17,6 +17,9 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
                 then the built graphs destroyed, timed (what LOAD's per-graph destroy costs)
   builders-K-N  LOAD on N threads, at most K graphs built at a time (load(builders=K); threads-N
                 keeps DEFAULT_BUILDERS): do builds slow the driver's instantiations down?
+  chunk-C-K-N   LOAD on N threads, graphs built then instantiated in chunks of at most C nodes
+                (load(chunk_nodes=C); 0: each graph built and instantiated in one task), at most
+                K graphs built at a time
   lock-instantiate-N  LOAD on N threads, one instantiation at a time
   one-call-N    LOAD on N threads, one build or instantiation at a time (the driver serialises
                 them cold anyway: does contending for its locks cost more than waiting for ours?)
@@ -146,7 +149,7 @@ def child(archive: str, variant: str) -> dict[str, object]:
         from foundry_trace.bench.load_bench import driver_alone
 
         return {**head, **driver_alone(archive, int(variant.split("-")[1]))}
-    threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-", "lock-", "builders-", "room-", "one-call-")) else (1 if variant.endswith("serial") else 8)
+    threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-", "lock-", "builders-", "room-", "one-call-", "chunk-")) else (1 if variant.endswith("serial") else 8)
     options: dict[str, object] = {}
     if variant.startswith("lock-instantiate-"):
         options["hooks"] = _one_instantiation_at_a_time()
@@ -154,6 +157,8 @@ def child(archive: str, variant: str) -> dict[str, object]:
         options["hooks"] = _one_driver_call_at_a_time()
     elif variant.startswith("builders-"):
         options["builders"] = int(variant.split("-")[1])
+    elif variant.startswith("chunk-"):
+        options["chunk_nodes"], options["builders"] = (int(part) for part in variant.split("-")[1:3])
     elif variant.startswith("room-"):
         options["hooks"] = _builds_apart_from_instantiations()
     elif variant.startswith("prefault-"):

@@ -1,0 +1,146 @@
+"""The pipeline's chunks (CPU): a chunk's builds are all queued before its instantiations, every
+built graph is destroyed once instantiated, and a failed or released load leaves none behind.
+
+The driver is replaced by a subclass of Pipeline whose build, instantiate and module steps record
+what they were asked (the real ones are covered by the GPU tests)."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from foundry_trace.restore import resources as resources_module
+from foundry_trace.restore.pipeline import Pipeline, chunks
+from foundry_trace.restore.resources import LoadResources
+
+
+def _entry(key: str, nodes: int, modules: tuple[int, ...] = (0,)) -> SimpleNamespace:
+    return SimpleNamespace(key=key, nodes=nodes, modules=modules)
+
+
+@given(sizes=st.lists(st.integers(0, 5000), max_size=60), budget=st.integers(0, 20_000))
+def test_chunks_keep_the_order_and_stay_within_the_budget(sizes: list[int], budget: int) -> None:
+    entries = [_entry(str(number), size) for number, size in enumerate(sizes)]
+    cut = list(chunks(entries, budget))
+    assert [entry for chunk in cut for entry in chunk] == entries
+    for number, chunk in enumerate(cut):
+        assert chunk
+        assert len(chunk) == 1 or sum(e.nodes for e in chunk) <= budget, "only a graph alone may exceed the budget"
+        if number + 1 < len(cut):  # greedy: the next graph did not fit
+            assert sum(e.nodes for e in chunk) + cut[number + 1][0].nodes > budget
+
+
+class _Resources(LoadResources):
+    """Records destroyed handles instead of calling the driver (and keeps the process's count
+    of live handles right for the tests after this one)."""
+
+    def __init__(self) -> None:
+        super().__init__(device=0)
+        self.destroyed: list[tuple[str, int]] = []
+
+    def _destroy(self, kind: str, handle: int) -> None:
+        self.destroyed.append((kind, handle))
+        resources_module._count(kind, -1)
+
+
+class _RecordingPipeline(Pipeline):
+    """A pipeline whose driver steps record their order; `fail` names a graph whose build fails."""
+
+    def __init__(self, graphs: list[SimpleNamespace], *, threads: int, chunk_nodes: int, fail: str | None = None) -> None:
+        manifest = SimpleNamespace(functions=[], modules=[SimpleNamespace(size=1)], graphs=graphs)
+        self.calls: list[str] = []
+        self.fail = fail
+        self._record = threading.Lock()
+        self._next = iter(range(1, 1 << 30))
+        super().__init__(
+            SimpleNamespace(manifest=manifest), _Resources(), threads=threads, builders=threads, chunk_nodes=chunk_nodes,
+            context=0, started=0.0,
+        )
+
+    def _start_worker(self) -> None:
+        pass
+
+    def _load_module(self, index: int) -> None:
+        self._log(f"module {index}")
+
+    def build(self, entry: SimpleNamespace, table: bytes | None = None) -> int:
+        self._log(f"build {entry.key}")
+        if entry.key == self.fail:
+            raise RuntimeError(f"build of {entry.key} failed")
+        return 1000 + int(entry.key)
+
+    def instantiate(self, graph: int, what: str) -> int:
+        self._log(f"instantiate {graph - 1000}")
+        return 2000 + graph - 1000
+
+    def _log(self, what: str) -> None:
+        with self._record:
+            self.calls.append(what)
+
+
+def test_one_thread_builds_each_chunk_then_instantiates_it() -> None:
+    graphs = [_entry(str(n), 10) for n in range(5)]
+    pipeline = _RecordingPipeline(graphs, threads=1, chunk_nodes=30)
+    pipeline.queue(graphs)
+    executables = [pipeline.executable(entry).result() for entry in graphs]
+    pipeline.close()
+    assert executables == [2000 + n for n in range(5)]
+    assert pipeline.calls == [
+        "module 0", "build 0", "build 1", "build 2", "instantiate 0", "instantiate 1", "instantiate 2",
+        "build 3", "build 4", "instantiate 3", "instantiate 4",
+    ]
+    resources = pipeline._resources
+    assert sorted(handle for kind, handle in resources.destroyed if kind == "built graphs") == [1000 + n for n in range(5)]
+    assert resources.release().built_graphs == 0
+
+
+def test_a_chunk_of_0_nodes_restores_each_graph_in_one_task() -> None:
+    graphs = [_entry(str(n), 10) for n in range(3)]
+    pipeline = _RecordingPipeline(graphs, threads=1, chunk_nodes=0)
+    pipeline.queue(graphs)
+    pipeline.executable(graphs[-1]).result()
+    pipeline.close()
+    assert pipeline.calls == ["module 0", "build 0", "instantiate 0", "build 1", "instantiate 1", "build 2", "instantiate 2"]
+
+
+def test_queuing_again_queues_nothing_twice() -> None:
+    graphs = [_entry(str(n), 10) for n in range(4)]
+    pipeline = _RecordingPipeline(graphs, threads=2, chunk_nodes=100)
+    pipeline.queue(graphs[:2])
+    pipeline.queue(graphs)
+    pipeline.queue(graphs[::-1])
+    for entry in graphs:
+        pipeline.executable(entry).result()
+    pipeline.close()
+    assert sorted(pipeline.calls) == sorted(["module 0"] + [f"{step} {n}" for n in range(4) for step in ("build", "instantiate")])
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_failed_build_leaves_no_built_graph_behind(threads: int) -> None:
+    graphs = [_entry(str(n), 10) for n in range(8)]
+    pipeline = _RecordingPipeline(graphs, threads=threads, chunk_nodes=1000, fail="5")
+    pipeline.queue(graphs)
+    with pytest.raises(RuntimeError, match="build of 5 failed"):
+        pipeline.executable(graphs[5]).result()
+    pipeline.close()
+    resources = pipeline._resources
+    summary = resources.release()
+    built = [handle for kind, handle in resources.destroyed if kind == "built graphs"]
+    assert sorted(built) == [1000 + n for n in range(8) if n != 5], "every graph that was built is destroyed once"
+    assert summary.executables == 7
+
+
+def test_release_destroys_graphs_built_but_not_instantiated() -> None:
+    resources = _Resources()
+    resources.add_built_graph(7)
+    resources.add_built_graph(8)
+    assert resources.take_built_graph(7)  # a worker instantiates it: it destroys it itself
+    summary = resources.release()
+    assert summary.built_graphs == 1 and resources.destroyed == [("built graphs", 8)]
+    assert not resources.take_built_graph(8), "a worker must not instantiate what release() destroyed"
+    resources.add_built_graph(9)  # a build an abandoned worker finished after the release
+    assert resources.destroyed[-1] == ("built graphs", 9)
