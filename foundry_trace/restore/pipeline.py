@@ -122,6 +122,8 @@ class Pipeline:
         self._handles = native.Handles([0] * len(self._manifest.functions), resources.events)
         self._builders = threading.BoundedSemaphore(builders)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="foundry-load", initializer=self._start_worker)
+        # Modules load on a thread of their own, one at a time (see the module's docstring).
+        self._module_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foundry-modules", initializer=self._start_worker)
 
     def _start_worker(self) -> None:
         call(driver.cuCtxSetCurrent, driver.CUcontext(self.context))  # worker threads start without one
@@ -146,7 +148,7 @@ class Pipeline:
 
     def _queue_modules_locked(self, modules: set[int]) -> None:
         for module in sorted(modules - self._modules.keys(), key=lambda m: -self._manifest.modules[m].size):
-            self._modules[module] = self._pool.submit(self._load_module, module)
+            self._modules[module] = self._module_pool.submit(self._load_module, module)
 
     def bind_collectives(self, graphs: list[int]) -> None:
         """The collective graphs by archive index; set before any graph that holds a collective
@@ -216,6 +218,7 @@ class Pipeline:
         """Cancels queued tasks and, with `wait`, waits for running ones (their handles are then
         recorded). Without it, a task stuck in the driver is abandoned (LOAD's time-out)."""
         self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._module_pool.shutdown(wait=wait, cancel_futures=True)
 
     @contextmanager
     def _span(self, what: str, phase: str) -> Iterator[None]:
