@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from foundry_trace.bench.probes.cold_restore import _idle
+from foundry_trace.bench.probes.cold_restore import _gaps
 from foundry_trace.restore.pipeline import Span
 
 intervals = st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 200)), min_size=1, max_size=30)
@@ -18,4 +18,8 @@ def test_idle_time_is_the_span_of_the_tasks_less_what_some_task_covers(raw: list
     for start, length in raw:
         covered.update(range(start, start + length))
     first, last = min(s for s, _ in raw), max(s + n for s, n in raw)
-    assert abs(_idle(spans) - (last - first - len(covered)) / 1000) < 1e-3
+    gaps = _gaps(spans)
+    assert abs(sum(length for _, length in gaps) - (last - first - len(covered)) / 1000) < 1e-3
+    for start, length in gaps:  # each gap starts where a task ended, and no task runs within it
+        assert length > 0 and any(abs(s.end - start) < 1e-9 for s in spans)
+        assert not any(s.start < start + length - 1e-9 and s.end > start + 1e-9 for s in spans)

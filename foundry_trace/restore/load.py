@@ -162,17 +162,19 @@ def load(
     try:
         with annotate("load"):
             if not isinstance(archive, Restored):
-                _start_first_graph(restored)
+                with _phase(restored, "first graphs"):
+                    _start_first_graph(restored)
             manifest = restored.archive.manifest
             check_communicator(manifest.tensor_parallel, len(manifest.collectives), communicator, str(restored.archive.path))
             _claim(restored, upload)
             if manifest.collectives:
                 _bind_collectives(restored, communicator)
             if mode != "lazy":  # in serving order, each chunk right after the modules it still needs
-                restored.pipeline.queue(serving_order(manifest.graphs))
-                if upload:
-                    for entry in serving_order(manifest.graphs):
-                        restored.pipeline.graph(entry)  # queues its upload
+                with _phase(restored, "queue"):
+                    restored.pipeline.queue(serving_order(manifest.graphs))
+                    if upload:
+                        for entry in serving_order(manifest.graphs):
+                            restored.pipeline.graph(entry)  # queues its upload
             if mode == "eager":
                 with _phase(restored, "graphs"):
                     _wait_until(restored, deadline, timeout)

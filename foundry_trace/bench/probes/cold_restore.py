@@ -30,6 +30,8 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
                 parallel among themselves)
   prefault-N    LOAD on N threads, each of which first touches and frees its share of the
                 host memory the driver will take (about 20 kB a node), malloc's trimming off
+  gil-VARIANT   VARIANT with Python's thread switch interval at 0.5 ms instead of 5 (are the
+                workers waiting for the GIL while LOAD's own thread runs Python?)
   maps          the same cold build and instantiation, with the process's mappings whose
                 resident memory grew most meanwhile (/proc/self/smaps), and the kernel's
                 transparent-huge-page settings (which memory takes the page faults?)
@@ -87,18 +89,21 @@ def _report(restored, restore_s: float) -> dict[str, object]:  # noqa: ANN001
         "slowest_modules": sorted(((s.what, round(s.end - s.start, 4)) for s in modules), key=lambda m: -m[1])[:8],
         "first_instantiations_s": [round(s.end - s.start, 4) for s in instantiations[:8]],
         "median_instantiation_s": instantiations and sorted(s.end - s.start for s in instantiations)[len(instantiations) // 2],
-        "no_call_running_s": _idle(restored.spans),
+        "no_call_running_s": round(sum(length for _, length in _gaps(restored.spans)), 4),
+        "longest_gaps": [(round(start, 4), round(length, 4)) for start, length in sorted(_gaps(restored.spans), key=lambda g: -g[1])[:6]],
+        "first_spans": [(s.what, s.phase, round(s.start, 4), round(s.end, 4)) for s in sorted(restored.spans, key=lambda s: s.start)[:40]],
     }
 
 
-def _idle(spans) -> float:  # noqa: ANN001 - list[Span]
-    """Seconds between the first task's start and the last one's end with no task running."""
-    idle, reached = 0.0, None
+def _gaps(spans) -> list[tuple[float, float]]:  # noqa: ANN001 - list[Span]
+    """(start, seconds) of each stretch between the first task's start and the last one's end
+    with no task running."""
+    gaps, reached = [], None
     for span in sorted(spans, key=lambda s: s.start):
         if reached is not None and span.start > reached:
-            idle += span.start - reached
+            gaps.append((reached, span.start - reached))
         reached = span.end if reached is None else max(reached, span.end)
-    return round(idle, 4)
+    return gaps
 
 
 def _prewarm(nodes: int) -> dict[str, float]:
@@ -123,7 +128,13 @@ def _prewarm(nodes: int) -> dict[str, float]:
 
 
 def child(archive: str, variant: str) -> dict[str, object]:
+    import sys
+
     import foundry_alloc
+
+    if variant.startswith("gil-"):  # the same variant with the GIL handed over every 0.5 ms, not 5
+        sys.setswitchinterval(0.0005)
+        variant = variant.removeprefix("gil-")
 
     foundry_alloc.install()
     import torch
