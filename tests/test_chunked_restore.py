@@ -131,7 +131,7 @@ def test_a_failed_build_leaves_no_built_graph_behind(threads: int) -> None:
     summary = resources.release()
     built = [handle for kind, handle in resources.destroyed if kind == "built graphs"]
     assert sorted(built) == [1000 + n for n in range(8) if n != 5], "every graph that was built is destroyed once"
-    assert summary.executables == 7
+    assert summary.executables == sum(call.startswith("instantiate") for call in pipeline.calls)  # close() cancels the rest
 
 
 def test_release_destroys_graphs_built_but_not_instantiated() -> None:
