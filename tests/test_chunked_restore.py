@@ -130,7 +130,9 @@ def test_a_failed_build_leaves_no_built_graph_behind(threads: int) -> None:
     resources = pipeline._resources
     summary = resources.release()
     built = [handle for kind, handle in resources.destroyed if kind == "built graphs"]
-    assert sorted(built) == [1000 + n for n in range(8) if n != 5], "every graph that was built is destroyed once"
+    attempted = [int(call.split()[1]) for call in pipeline.calls if call.startswith("build")]
+    assert 5 in attempted
+    assert sorted(built) == sorted(1000 + n for n in attempted if n != 5), "every graph that was built is destroyed once"
     assert summary.executables == sum(call.startswith("instantiate") for call in pipeline.calls)  # close() cancels the rest
 
 
