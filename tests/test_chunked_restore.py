@@ -146,3 +146,31 @@ def test_release_destroys_graphs_built_but_not_instantiated() -> None:
     assert not resources.take_built_graph(8), "a worker must not instantiate what release() destroyed"
     resources.add_built_graph(9)  # a build an abandoned worker finished after the release
     assert resources.destroyed[-1] == ("built graphs", 9)
+
+
+def test_closing_stops_the_chunk_and_cancels_the_graphs_not_restored() -> None:
+    graphs = [_entry(str(n), 10) for n in range(6)]
+    entered, go = threading.Event(), threading.Event()
+
+    class Blocking(_RecordingPipeline):
+        def build(self, entry: SimpleNamespace, table: bytes | None = None) -> int:
+            if entry.key == "1":
+                entered.set()
+                go.wait(10)
+            return super().build(entry, table)
+
+    pipeline = Blocking(graphs, threads=1, chunk_nodes=1000)
+    pipeline.queue(graphs)
+    assert entered.wait(10)
+    closing = threading.Thread(target=pipeline.close)
+    closing.start()
+    futures = [pipeline.executable(entry) for entry in graphs]
+    while not futures[-1].cancelled():
+        closing.join(0.01)
+    go.set()
+    closing.join(10)
+    assert not closing.is_alive(), "close() must not wait for the rest of the chunk"
+    assert all(future.cancelled() for future in futures), "no graph was instantiated: all are cancelled"
+    assert pipeline.calls == ["module 0", "build 0", "build 1"], "the runner leaves at its next take"
+    summary = pipeline._resources.release()
+    assert summary.built_graphs == 2 and summary.executables == 0

@@ -3,10 +3,10 @@ variables and functions), then for each graph build, instantiate (and upload) it
 once, a graph only after the modules its kernels come from.
 
 Graphs are queued in chunks of at most `chunk_nodes` nodes, in the order asked (serving order):
-the chunk's modules, then all its builds, then all its instantiations. The driver serialises
-much of both kinds of call, and a build beside instantiations runs several times slower than
-alone (see DEFAULT_CHUNK_NODES); the chunk bounds the host memory held by built graphs that
-wait for their instantiation (about 3 kB a node).
+the chunk's modules, then all its builds, then all its instantiations (chunk.py). The driver
+serialises much of both kinds of call, and a build beside instantiations runs several times
+slower than alone (see DEFAULT_CHUNK_NODES); the chunk bounds the host memory held by built
+graphs that wait for their instantiation (about 3 kB a node).
 
 prefetch() also builds and instantiates, before the restore point, every graph whose nodes hold
 addresses only as values (kernels, events, child graphs): an executable does not care whether
@@ -15,15 +15,16 @@ memcpy nodes, so a graph holding them is built early only where they name the gr
 and prefetch mapped it; graphs with collective nodes wait for the restore point.
 
 Modules are queued before any graph that needs them, largest first: by prefetch(), all of them
-when the archive is opened (the engine's start leaves them time); by load(), each graph's just
+when the archive is opened (the engine's start leaves them time); by load(), each chunk's just
 before it, in serving order, so that the first graphs build while the modules of the later ones
 load (cold on an H100, three fresh processes each: 0.93 s for the 8B-shaped workload's 67
-graphs, against 1.02 s with every module first). load() queues the smallest batch's graph and
-its modules at open, so that they restore while LOAD claims the memory. The pool takes tasks in
-order, so a graph task that waits for a module always waits for one that is already running or
-done: the pool cannot deadlock. The driver calls release the GIL (cuda.bindings, and ctypes for
-the native builder), so the threads work in parallel, with at most `builders` graphs built at a
-time (builds slow the driver's instantiations down, see DEFAULT_BUILDERS). Every handle is
+graphs, against 1.02 s with every module first). They load on one thread of their own, one at
+a time: the driver serialises module loads, and on the H200 the 193 modules of the piecewise
+archive took 0.30 s on 8 threads against 0.10 s on one. load() queues the smallest batch's
+graphs and their modules at open, so that they restore while LOAD claims the memory. The pool
+takes tasks in order and the module thread waits for nothing, so the pool cannot deadlock. The
+driver calls release the GIL (cuda.bindings, and ctypes for the native builder), so the threads
+work in parallel, with at most `builders` graphs built at a time. Every handle is
 recorded in the load's resources (resources.py) the moment it exists, so that a failure
 anywhere leaves nothing behind once the load is released.
 """
@@ -49,6 +50,7 @@ from foundry_trace.archive.manifest import GraphEntry
 from foundry_trace.archive.node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, node_kinds
 from foundry_trace.driver import call
 from foundry_trace.errors import DriverCallError, RestoreError
+from foundry_trace.restore.chunk import Chunk, settle
 from foundry_trace.restore.modules import load_module
 from foundry_trace.restore.resources import LoadResources
 
@@ -57,10 +59,17 @@ from foundry_trace.restore.resources import LoadResources
 # 67 graphs on 8 threads, fresh processes, the median instantiation took 47-63 ms with 8 builds
 # at a time, 18-23 ms with 2 and 9-14 ms with 1; LOAD took 0.79 s on average (9 runs), 0.68 s (6)
 # and 0.71 s (9) (foundry_trace.bench.probes.cold_restore, variants builders-K-8).
-DEFAULT_BUILDERS = 2
+# Within chunks of small graphs (below), 4 builds at a time did better than 2 or 8 on the H200:
+# vLLM-shaped piecewise graphs (2,211 of 46 nodes), cold, fresh processes, 16,384-node chunks:
+# 1.13-1.16 s with 4, 1.25-1.38 s with 2, 1.17-1.33 s with 8 (cold_restore, chunk-C-K-N).
+DEFAULT_BUILDERS = 4
 
-# Nodes of the graphs built before their instantiations start (one chunk). PLACEHOLDER
-DEFAULT_CHUNK_NODES = 16384
+# Nodes of the graphs built before their instantiations start (one chunk). Small graphs gain
+# from it (the per-graph cost dominates, and builds beside instantiations slow them down); a
+# large graph gains nothing (the 8B-shaped decode step's 67 graphs of 1,525 nodes: 0.59-0.71 s
+# each built and instantiated in one task, 0.69-0.96 s in 16,384-node chunks, on the H200), so
+# a chunk holds a few graphs of that size at most.
+DEFAULT_CHUNK_NODES = 4096
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,9 @@ class Pipeline:
         self._started = started
         self._hooks = hooks or PipelineHooks()
         self._lock = threading.Lock()
+        self._spans_lock = threading.Lock()
+        self._threads = threads
+        self._chunks: list[Chunk] = []
         self._modules: dict[int, Future] = {}
         self._graphs: dict[str, Future] = {}  # executables
         self._uploads: dict[str, Future] = {}
@@ -200,23 +212,28 @@ class Pipeline:
 
     def queue(self, entries: Sequence[GraphEntry], tables: Mapping[str, bytes] | None = None) -> None:
         """Queues those of the graphs not queued yet, in this order, in chunks (see the module's
-        docstring). `tables`: node tables the caller has read already, by key."""
+        docstring), each chunk right after the modules it needs that are not queued yet.
+        `tables`: node tables the caller has read already, by key."""
         tables = tables or {}
         with self._lock:
             fresh = list({entry.key: entry for entry in entries if entry.key not in self._graphs}.values())
-            for chunk in chunks(fresh, self._chunk_nodes):
-                self._queue_modules_locked({m for entry in chunk for m in entry.modules})
-                if len(chunk) == 1:
-                    entry = chunk[0]
-                    self._graphs[entry.key] = self._pool.submit(self._restore_graph, entry, tables.get(entry.key))
-                    continue
-                built = [self._pool.submit(self._build_task, entry, tables.get(entry.key)) for entry in chunk]
-                for entry, graph in zip(chunk, built, strict=True):
-                    self._graphs[entry.key] = self._pool.submit(self._instantiate_task, entry, graph)
+            for entries_of_chunk in chunks(fresh, self._chunk_nodes):
+                chunk = Chunk(entries_of_chunk, tables)
+                self._queue_modules_locked({m for entry in chunk.entries for m in entry.modules})
+                for entry, future in zip(chunk.entries, chunk.executables, strict=True):
+                    self._graphs[entry.key] = future
+                self._chunks.append(chunk)
+                for _ in range(min(self._threads, len(chunk.entries))):
+                    self._pool.submit(self._run_chunk, chunk)
 
     def close(self, wait: bool = True) -> None:
-        """Cancels queued tasks and, with `wait`, waits for running ones (their handles are then
-        recorded). Without it, a task stuck in the driver is abandoned (LOAD's time-out)."""
+        """Stops the chunks and cancels queued tasks and, with `wait`, waits for running ones
+        (their handles are then recorded). Without it, a task stuck in the driver is abandoned
+        (LOAD's time-out). Graphs not restored by then are cancelled."""
+        with self._lock:
+            queued = list(self._chunks)
+        for chunk in queued:
+            chunk.stop()
         self._pool.shutdown(wait=wait, cancel_futures=True)
         self._module_pool.shutdown(wait=wait, cancel_futures=True)
 
@@ -227,7 +244,7 @@ class Pipeline:
             yield
         end = time.perf_counter()
         span = Span(what, phase, threading.current_thread().name, start - self._started, end - self._started)
-        with self._lock:
+        with self._spans_lock:  # not self._lock, which queue() holds while it queues
             self.spans.append(span)
 
     def _load_module(self, index: int) -> None:
@@ -261,21 +278,34 @@ class Pipeline:
             message = message.replace(found.group(0), f"kernel {self._manifest.functions[int(found.group(1))].name}")
         return message
 
-    def _restore_graph(self, entry: GraphEntry, table: bytes | None) -> int:
-        """A graph's build and instantiation in one task (a chunk of one graph)."""
-        graph = self._build_task(entry, table)
-        return self._instantiate_task(entry, graph)
+    def _run_chunk(self, chunk: Chunk) -> None:
+        """One runner of a chunk (chunk.py): builds while there are builds to take, then
+        instantiates while there are instantiations to take."""
+        while (index := chunk.take_build()) is not None:
+            entry = chunk.entries[index]
+            try:
+                chunk.built(index, self._build(entry, chunk.tables.get(entry.key)))
+            except BaseException as error:  # the graph's instantiation raises it
+                chunk.built(index, None, error)
+        while (index := chunk.take_instantiation()) is not None:
+            graph, error = chunk.wait_built(index)
+            if error is None:
+                try:
+                    settle(chunk.executables[index], self._instantiate(chunk.entries[index], graph))
+                    continue
+                except BaseException as failure:
+                    error = failure
+            settle(chunk.executables[index], error=error)
 
-    def _build_task(self, entry: GraphEntry, table: bytes | None) -> int:
+    def _build(self, entry: GraphEntry, table: bytes | None) -> int:
         for module in entry.modules:
-            self._modules[module].result()  # queued before this task: running or done; re-raises its failure
+            self._modules[module].result()  # queued before the graph; re-raises its failure
         with self._builders, self._hooks.around_build():
             graph = self.build(entry, table)
         self._resources.add_built_graph(graph)
         return graph
 
-    def _instantiate_task(self, entry: GraphEntry, built: Future | int) -> int:
-        graph = built.result() if isinstance(built, Future) else built  # a build queued before: running or done
+    def _instantiate(self, entry: GraphEntry, graph: int) -> int:
         if not self._resources.take_built_graph(graph):
             raise RestoreError(f"graph {entry.key!r}: the load was released while it was restoring")
         try:

@@ -132,6 +132,7 @@ def child(archive: str, variant: str) -> dict[str, object]:
 
     import foundry_alloc
 
+    name = variant
     if variant.startswith("gil-"):  # the same variant with the GIL handed over every 0.5 ms, not 5
         sys.setswitchinterval(0.0005)
         variant = variant.removeprefix("gil-")
@@ -149,7 +150,7 @@ def child(archive: str, variant: str) -> dict[str, object]:
         _, pointer = driver.cuMemAlloc(1 << 30)
         driver.cuMemFree(pointer)
     prewarm = _prewarm(int(variant.split("-")[1])) if variant.startswith("prewarm-") else None
-    head = {"variant": variant, "engine": engine.describe(), "engine_s": engine_s}
+    head = {"variant": name, "engine": engine.describe(), "engine_s": engine_s}
     if variant == "lazy-first":
         return {**head, **_lazy_first(archive)}
     if variant == "reinstantiate":
