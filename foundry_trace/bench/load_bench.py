@@ -413,7 +413,7 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         busy_s=loaded["busy"],
         threads=threads,
         spans=loaded["spans"],
-        cost_fit=fit_costs(workload, threads, _fit_point(loaded), attention=attention) if splits_steps(workload) else None,
+        cost_fit=None,
     )
     results = ResultsFile.of_this_run(
         what="load",
@@ -421,9 +421,14 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         workload_desc=f"{loaded['description']}; every graph restored vs warm-up + capture + instantiate, each side cold in a fresh process",
         device=loaded["device"], gpus=1, cuda=loaded["cuda"], torch=loaded["torch"], cases=[case],
     )
-    if output_dir is not None:
+    if output_dir is not None:  # written before the cost fit too, whose SAVEs take minutes: a run cut short keeps it
         written = results.write(output_dir)
         plot_timeline(results.model_dump(), written.with_suffix(".png"))
+    if splits_steps(workload):
+        fitted = case.model_copy(update={"cost_fit": fit_costs(workload, threads, _fit_point(loaded), attention=attention)})
+        results = results.model_copy(update={"cases": [fitted]})
+        if output_dir is not None:
+            results.write(output_dir)
     return results.model_dump()
 
 

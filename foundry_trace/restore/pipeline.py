@@ -59,16 +59,18 @@ from foundry_trace.restore.resources import LoadResources
 # 67 graphs on 8 threads, fresh processes, the median instantiation took 47-63 ms with 8 builds
 # at a time, 18-23 ms with 2 and 9-14 ms with 1; LOAD took 0.79 s on average (9 runs), 0.68 s (6)
 # and 0.71 s (9) (foundry_trace.bench.probes.cold_restore, variants builders-K-8).
-# Within chunks of small graphs (below), 4 builds at a time did better than 2 or 8 on the H200:
-# vLLM-shaped piecewise graphs (2,211 of 46 nodes), cold, fresh processes, 16,384-node chunks:
-# 1.13-1.16 s with 4, 1.25-1.38 s with 2, 1.17-1.33 s with 8 (cold_restore, chunk-C-K-N).
+# Within chunks of small graphs (below), 4 builds at a time did better than 2 or 8 on the H200
+# (vLLM-shaped piecewise graphs, 2,211 of 46 nodes, cold, fresh processes, 16,384-node chunks):
+# 1.13-1.16 s with 4 against 1.17-1.32 s with 8 in one call, 1.04-1.41 s with 4 against
+# 1.25-1.38 s with 2 in another (cold_restore, chunk-C-K-N; docs/measurements.md).
 DEFAULT_BUILDERS = 4
 
 # Nodes of the graphs built before their instantiations start (one chunk). Small graphs gain
 # from it (the per-graph cost dominates, and builds beside instantiations slow them down); a
-# large graph gains nothing (the 8B-shaped decode step's 67 graphs of 1,525 nodes: 0.59-0.71 s
-# each built and instantiated in one task, 0.69-0.96 s in 16,384-node chunks, on the H200), so
-# a chunk holds a few graphs of that size at most.
+# large graph gains nothing (the 8B-shaped decode step's 67 graphs of 1,525 nodes, on the H200:
+# 0.59-0.80 s each built and instantiated in one task, 0.67-0.96 s in 16,384-node chunks), so a
+# chunk holds a few graphs of that size at most (with these defaults the 67 graphs took 0.926 s,
+# against 0.915 s each in one task with 2 builds at a time: one run each, on a slower host).
 DEFAULT_CHUNK_NODES = 4096
 
 
