@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from foundry_alloc._native import compiled_library
@@ -20,6 +22,24 @@ OK, INVALID_TABLE, DRIVER_FAILURE, NO_DRIVER = range(4)
 
 _u64, _u32, _bytes = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_char_p
 _u64_array = ctypes.POINTER(ctypes.c_uint64)
+
+
+class _ChunkGraph(ctypes.Structure):
+    """csrc/chunk_restore.hpp's ChunkGraph."""
+
+    _fields_ = [("table", ctypes.c_void_p), ("table_size", _u64), ("payload", ctypes.c_void_p), ("payload_size", _u64)]
+
+
+class _ChunkOutcome(ctypes.Structure):
+    """csrc/chunk_restore.hpp's ChunkOutcome."""
+
+    _fields_ = [
+        ("executable", _u64), ("status", ctypes.c_int32), ("reserved", ctypes.c_uint32),
+        ("build_start", ctypes.c_double), ("build_end", ctypes.c_double),
+        ("instantiate_start", ctypes.c_double), ("instantiate_end", ctypes.c_double),
+        ("error", ctypes.c_char * ERROR_BYTES),
+    ]
+
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fr_table_check": (ctypes.c_int, [_bytes, _u64, _bytes, _u64, _u32, _u32, _u32, ctypes.c_char_p, _u64]),
     "fr_function_param_bytes": (ctypes.c_int, [_u64, _u64_array, ctypes.c_char_p, _u64]),
@@ -29,6 +49,11 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     ),
     "fr_graph_instantiate": (ctypes.c_int, [_u64, _u64, _u64_array, ctypes.c_char_p, _u64]),
     "fr_graph_upload": (ctypes.c_int, [_u64, _u64, ctypes.c_char_p, _u64]),
+    "fr_chunk_restore": (
+        ctypes.c_int,
+        [ctypes.POINTER(_ChunkGraph), _u32, _u64_array, _u64_array, _u32, _u64_array, _u32, _u64_array, _u32, _u64, _u32, _u32,
+         ctypes.POINTER(_ChunkOutcome), ctypes.c_char_p, _u64],
+    ),
     "fr_graph_destroy": (None, [_u64]),
     "fr_executable_destroy": (None, [_u64]),
 }
@@ -46,12 +71,15 @@ def library() -> ctypes.CDLL:
 
 
 def _raise(status: int, buffer: ctypes.Array, what: str) -> None:
-    message = buffer.value.decode(errors="replace")
+    raise _error(status, buffer.value.decode(errors="replace"), what)
+
+
+def _error(status: int, message: str, what: str) -> Exception:
     if status == INVALID_TABLE:
-        raise ArchiveFormatError(f"{what}: {message}: the archive is corrupted; save it again")
+        return ArchiveFormatError(f"{what}: {message}: the archive is corrupted; save it again")
     if status == NO_DRIVER:
-        raise RestoreError(f"{what}: {message}")
-    raise DriverCallError(f"{what}: {message}")
+        return RestoreError(f"{what}: {message}")
+    return DriverCallError(f"{what}: {message}")
 
 
 def check_table(table: bytes, payload: bytes, functions: int, events: int, collectives: int = 0, what: str = "archive") -> None:
@@ -121,6 +149,46 @@ def upload(executable: int, context: int, what: str) -> None:
     status = library().fr_graph_upload(executable, context, error, ERROR_BYTES)
     if status != OK:
         _raise(status, error, what)
+
+
+@dataclass(frozen=True)
+class GraphOutcome:
+    """What the native chunk runner made of one graph: its executable, or the error; the build's
+    and the instantiation's (start, end) in time.perf_counter() seconds (None where not run)."""
+
+    executable: int
+    error: Exception | None
+    build: tuple[float, float] | None
+    instantiate: tuple[float, float] | None
+
+
+def restore_chunk(
+    blobs: Sequence[tuple[bytes, bytes]], names: Sequence[str], handles: Handles, context: int, threads: int, builders: int
+) -> list[GraphOutcome]:
+    """Builds, then instantiates, the graphs of (table, payload) `blobs` on `threads` native
+    threads, at most `builders` builds at a time, in one call (the GIL released throughout).
+    `names` ("graph '8/03'") head each graph's error. Each built CUgraph is destroyed by the
+    call; the caller owns the executables."""
+    count = len(blobs)
+    graphs = (_ChunkGraph * max(1, count))()
+    for graph, (table, payload) in zip(graphs, blobs, strict=False):  # blobs stay alive: the call reads them
+        graph.table, graph.table_size = ctypes.cast(ctypes.c_char_p(table), ctypes.c_void_p), len(table)
+        graph.payload, graph.payload_size = ctypes.cast(ctypes.c_char_p(payload), ctypes.c_void_p), len(payload)
+    outcomes = (_ChunkOutcome * max(1, count))()
+    error = ctypes.create_string_buffer(ERROR_BYTES)
+    status = library().fr_chunk_restore(
+        graphs, count, handles.functions, handles.param_bytes, handles.function_count, handles.events, handles.event_count,
+        handles.collectives, handles.collective_count, context, threads, builders, outcomes, error, ERROR_BYTES,
+    )
+    if status != OK:
+        _raise(status, error, f"{count} graphs")
+    results = []
+    for outcome, name in zip(outcomes, names, strict=False):
+        built = (outcome.build_start, outcome.build_end) if outcome.build_start else None
+        instantiated = (outcome.instantiate_start, outcome.instantiate_end) if outcome.instantiate_start else None
+        failure = _error(outcome.status, outcome.error.decode(errors="replace"), name) if outcome.status != OK else None
+        results.append(GraphOutcome(outcome.executable, failure, built, instantiated))
+    return results
 
 
 def destroy_graph(graph: int) -> None:

@@ -54,7 +54,7 @@ class _RecordingPipeline(Pipeline):
         manifest = SimpleNamespace(functions=[], modules=[SimpleNamespace(size=1)], graphs=graphs)
         self.calls: list[str] = []
         self.fail = fail
-        self._record = threading.Lock()
+        self._calls_lock = threading.Lock()
         self._next = iter(range(1, 1 << 30))
         super().__init__(
             SimpleNamespace(manifest=manifest), _Resources(), threads=threads, builders=threads, chunk_nodes=chunk_nodes,
@@ -78,7 +78,7 @@ class _RecordingPipeline(Pipeline):
         return 2000 + graph - 1000
 
     def _log(self, what: str) -> None:
-        with self._record:
+        with self._calls_lock:
             self.calls.append(what)
 
 

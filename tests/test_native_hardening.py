@@ -35,7 +35,7 @@ from foundry_trace.archive.node_table import (
     decode,
     encode,
 )
-from foundry_trace.archive.records import ChildGraphNode, GraphBody, KernelNode, walk_nodes
+from foundry_trace.archive.records import ChildGraphNode, Edge, GraphBody, KernelNode, walk_nodes
 from foundry_trace.errors import ArchiveFormatError, DriverCallError
 
 from .conftest import SIM_BASE, SIM_GRANULARITY, SIM_SIZE
@@ -271,6 +271,14 @@ def test_the_pipeline_records_each_functions_parameter_size(stand_in: Path) -> N
     run_child(stand_in, "pipeline")
 
 
+def test_the_native_chunk_runner_restores_each_graph_or_names_its_failure(stand_in: Path) -> None:
+    run_child(stand_in, "native_chunk")
+
+
+def test_a_pipeline_with_native_chunks_restores_the_archive_and_records_its_spans(stand_in: Path) -> None:
+    run_child(stand_in, "pipeline_native")
+
+
 def test_builds_nest_up_to_the_cap(stand_in: Path) -> None:
     run_child(stand_in, "nesting")
 
@@ -404,6 +412,70 @@ def _child_pipeline() -> None:
             loading._load_module(module)
         assert list(loading._handles.param_bytes) == [32, 48]
         loading.close()
+
+
+def _child_native_chunk() -> None:
+    fake = _fake()
+    handles, context = _handles(fake), fake.fake_cuda_context()
+    good = encode(GraphBody(nodes=(_kernel(0, 32), _kernel(1, 48), _kernel(2, 24)), edges=(Edge(source=0, destination=1), Edge(source=1, destination=2))))
+    short = encode(GraphBody(nodes=(_kernel(1, 8),), edges=()))  # 8 bytes for 48 of parameters: refused
+    blobs = [(good.table, good.payload)] * 12
+    blobs[3] = (b"\x00" * 16, b"")  # not a table
+    blobs[7] = (short.table, short.payload)
+    names = [f"graph '{n}'" for n in range(12)]
+    for threads, builders in ((1, 1), (4, 2), (8, 8), (16, 3)):
+        outcomes = native.restore_chunk(blobs, names, handles, context, threads, builders)
+        assert len(outcomes) == 12
+        for number, outcome in enumerate(outcomes):
+            if number == 3:
+                assert isinstance(outcome.error, ArchiveFormatError) and "graph '3'" in str(outcome.error)
+                assert outcome.executable == 0 and outcome.instantiate is None
+            elif number == 7:
+                assert isinstance(outcome.error, DriverCallError) and "graph '7'" in str(outcome.error), outcome.error
+                assert "48 bytes of parameters" in str(outcome.error) and outcome.executable == 0
+            else:
+                assert outcome.error is None and outcome.executable != 0, outcome.error
+                (built, ended), (started, done) = outcome.build, outcome.instantiate
+                assert built <= ended <= started <= done
+        builds_ended = max(o.build[1] for o in outcomes)
+        assert all(o.instantiate is None or o.instantiate[0] >= builds_ended or threads > 1 for o in outcomes)
+        if threads == 1:  # one thread: every build, then every instantiation
+            assert min(o.instantiate[0] for o in outcomes if o.instantiate) >= builds_ended
+        assert len({o.executable for o in outcomes if o.executable}) == 10
+        assert fake.fake_cuda_live_graphs() == FUZZ_COLLECTIVES and fake.fake_cuda_live_nodes() == 0, "a built graph was left"
+        for outcome in outcomes:
+            native.destroy_executable(outcome.executable)
+    assert native.restore_chunk([], [], handles, context, 4, 2) == []
+
+
+def _child_pipeline_native() -> None:
+    from foundry_trace.archive.format import Archive
+    from foundry_trace.restore import pipeline
+    from foundry_trace.restore.resources import LoadResources
+
+    fake = _fake()
+    functions = _functions(fake)
+    pipeline.load_module = lambda archive, record, numbered, resources: {number: functions[number] for number, _ in numbered}
+
+    class NoContext(pipeline.Pipeline):
+        def _start_worker(self) -> None:  # the stand-in has no cuda.bindings context to make current
+            pass
+
+    with Archive(ROOT / "tests" / "data" / "micro.foundry") as archive:
+        resources = LoadResources(0)
+        loading = NoContext(
+            archive, resources, threads=4, builders=2, chunk_nodes=4096, context=fake.fake_cuda_context(), started=0.0,
+            native_chunks=True,
+        )
+        loading.queue(archive.manifest.graphs)
+        executables = [loading.executable(entry).result(30) for entry in archive.manifest.graphs]
+        loading.close()
+        assert all(executables) and len(set(executables)) == len(archive.manifest.graphs)
+        phases = [span.phase for span in loading.spans if span.worker == "native"]
+        assert phases.count("build") == phases.count("instantiate") == len(archive.manifest.graphs), phases
+        assert fake.fake_cuda_live_graphs() == 0
+        summary = resources.release()
+        assert summary.executables == len(archive.manifest.graphs) and summary.built_graphs == 0
 
 
 def _child_nesting() -> None:

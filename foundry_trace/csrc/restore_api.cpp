@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "chunk_restore.hpp"
 #include "graph_build.hpp"
 #include "graph_table.hpp"
 
@@ -94,6 +95,27 @@ FOUNDRY_EXPORT int fr_graph_instantiate(uint64_t graph, uint64_t context, uint64
                                  &message) != CUDA_SUCCESS)
     return report(kDriverFailure, message, error, error_size);
   *executable = reinterpret_cast<uint64_t>(created);
+  return kOk;
+}
+
+// Builds, then instantiates, `count` graphs on `threads` native threads, at most `builders`
+// builds at a time (chunk_restore.hpp); outcomes[i] says what became of graph i (its own
+// status and message). Returns kNoDriver (outcomes unwritten) where the driver is missing.
+FOUNDRY_EXPORT int fr_chunk_restore(const foundry::ChunkGraph* graphs, uint32_t count,
+                                    const uint64_t* functions, const uint64_t* param_bytes,
+                                    uint32_t function_count, const uint64_t* events,
+                                    uint32_t event_count, const uint64_t* collectives,
+                                    uint32_t collective_count, uint64_t context, uint32_t threads,
+                                    uint32_t builders, foundry::ChunkOutcome* outcomes, char* error,
+                                    uint64_t error_size) {
+  std::string message;
+  const foundry::GraphDriver* d = foundry::graph_driver(&message);
+  if (d == nullptr) return report(kNoDriver, message, error, error_size);
+  const foundry::ChunkHandles handles{functions,   param_bytes, function_count,
+                                      events,      event_count, collectives,
+                                      collective_count, reinterpret_cast<CUcontext>(context)};
+  foundry::restore_chunk(*d, graphs, count, handles, threads, builders, outcomes, kInvalidTable,
+                         kDriverFailure);
   return kOk;
 }
 

@@ -56,7 +56,8 @@ DEFAULT_THREADS = min(8, os.cpu_count() or 1)
 
 def prefetch(
     path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int = DEFAULT_BUILDERS, chunk_nodes: int = DEFAULT_CHUNK_NODES,
-    hooks: PipelineHooks | None = None, digest: str | None = None, trusted_keys: Iterable[str | Path] | None = None,
+    native_chunks: bool = False, hooks: PipelineHooks | None = None, digest: str | None = None,
+    trusted_keys: Iterable[str | Path] | None = None,
 ) -> Restored:
     """Starts the part of LOAD that needs no engine state, early: at process start, or while the
     engine loads its weights. Needs the Foundry allocator installed; no CUDA context yet (it
@@ -69,7 +70,7 @@ def prefetch(
 
     Args:
         path: the archive.
-        threads, builders, chunk_nodes, hooks, digest, trusted_keys: as for load().
+        threads, builders, chunk_nodes, native_chunks, hooks, digest, trusted_keys: as for load().
 
     Returns:
         A Restored with no graphs yet: pass it to load() at the restore point, which checks the
@@ -80,7 +81,7 @@ def prefetch(
         >>> engine = build_engine()                            # meanwhile, modules load
         >>> restored = foundry_trace.load(early)               # at the restore point
     """
-    schedule = _Schedule(threads, builders, chunk_nodes, hooks)
+    schedule = _Schedule(threads, builders, chunk_nodes, native_chunks, hooks)
     restored = _open(Path(path), schedule, None, TrustPolicy.from_environment().with_arguments(digest, trusted_keys))
     try:
         with annotate("load.prefetch"):
@@ -99,6 +100,7 @@ def load(
     threads: int = DEFAULT_THREADS,
     builders: int = DEFAULT_BUILDERS,
     chunk_nodes: int = DEFAULT_CHUNK_NODES,
+    native_chunks: bool = False,
     upload: bool = False,
     communicator: Communicator | None = None,
     timeout: float | None = None,
@@ -120,6 +122,9 @@ def load(
         chunk_nodes: graphs are built, then instantiated, in chunks of at most this many nodes
             (built graphs wait in host memory, about 3 kB a node); 0: each graph built and
             instantiated in one task.
+        native_chunks: restore each chunk in one call into the native runner, on `threads`
+            threads of its own, with no Python between its graphs (experimental: not yet
+            measured on a GPU; PipelineHooks do not reach inside it).
         upload: also copy each executable to the device before it counts as ready (otherwise
             its first launch does, as for a graph that torch captured).
         communicator: this rank's (e.g. foundry_trace.parallel.NcclCommunicator), for an
@@ -157,7 +162,7 @@ def load(
         restored = archive  # its trust was checked by prefetch()
     else:
         policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
-        restored = _open(Path(archive), _Schedule(threads, builders, chunk_nodes, hooks), communicator, policy)
+        restored = _open(Path(archive), _Schedule(threads, builders, chunk_nodes, native_chunks, hooks), communicator, policy)
     restored.begin_load(communicator)
     try:
         with annotate("load"):
@@ -212,6 +217,7 @@ class _Schedule(NamedTuple):
     threads: int
     builders: int
     chunk_nodes: int
+    native_chunks: bool
     hooks: PipelineHooks | None
 
 
@@ -239,7 +245,7 @@ def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, po
             resources.add_event(int(call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING)))
         pipeline = Pipeline(
             archive, resources, threads=schedule.threads, builders=schedule.builders, chunk_nodes=schedule.chunk_nodes,
-            context=context, started=started, hooks=schedule.hooks,
+            context=context, started=started, hooks=schedule.hooks, native_chunks=schedule.native_chunks,
         )
     except BaseException:
         resources.release()

@@ -6,7 +6,9 @@ Graphs are queued in chunks of at most `chunk_nodes` nodes, in the order asked (
 the chunk's modules, then all its builds, then all its instantiations (chunk.py). The driver
 serialises much of both kinds of call, and a build beside instantiations runs several times
 slower than alone (see DEFAULT_CHUNK_NODES); the chunk bounds the host memory held by built
-graphs that wait for their instantiation (about 3 kB a node).
+graphs that wait for their instantiation (about 3 kB a node). With `native_chunks`, a chunk is
+one call into the native runner (csrc/chunk_restore.cpp), which does the same on threads of its
+own without returning to Python between graphs.
 
 prefetch() also builds and instantiates, before the restore point, every graph whose nodes hold
 addresses only as values (kernels, events, child graphs): an executable does not care whether
@@ -108,7 +110,7 @@ class Pipeline:
 
     def __init__(
         self, archive: Archive, resources: LoadResources, *, threads: int, builders: int, chunk_nodes: int, context: int,
-        started: float, hooks: PipelineHooks | None = None,
+        started: float, hooks: PipelineHooks | None = None, native_chunks: bool = False,
     ) -> None:
         if threads < 1 or builders < 1:
             raise ValueError(f"threads={threads}, builders={builders}: a LOAD needs at least one of each")
@@ -135,6 +137,11 @@ class Pipeline:
             self._functions_of.setdefault(function.module, []).append(number)
         self._handles = native.Handles([0] * len(self._manifest.functions), resources.events)
         self._builders = threading.BoundedSemaphore(builders)
+        self._builder_count = builders
+        # With native_chunks, each chunk is one call into the native runner, on `threads` threads
+        # of its own: one chunk at a time.
+        self._native_chunks = native_chunks
+        self._chunk_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foundry-chunks", initializer=self._start_worker)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="foundry-load", initializer=self._start_worker)
         # Modules load on a thread of their own, one at a time (see the module's docstring).
         self._module_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foundry-modules", initializer=self._start_worker)
@@ -225,6 +232,9 @@ class Pipeline:
                 for entry, future in zip(chunk.entries, chunk.executables, strict=True):
                     self._graphs[entry.key] = future
                 self._chunks.append(chunk)
+                if self._native_chunks:
+                    self._chunk_pool.submit(self._run_chunk_natively, chunk)
+                    continue
                 for _ in range(min(self._threads, len(chunk.entries))):
                     self._pool.submit(self._run_chunk, chunk)
 
@@ -237,6 +247,7 @@ class Pipeline:
         for chunk in queued:
             chunk.stop()
         self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._chunk_pool.shutdown(wait=wait, cancel_futures=True)
         self._module_pool.shutdown(wait=wait, cancel_futures=True)
 
     @contextmanager
@@ -245,7 +256,9 @@ class Pipeline:
         with annotate(f"load.{phase} {what}"):
             yield
         end = time.perf_counter()
-        span = Span(what, phase, threading.current_thread().name, start - self._started, end - self._started)
+        self._record(Span(what, phase, threading.current_thread().name, start - self._started, end - self._started))
+
+    def _record(self, span: Span) -> None:
         with self._spans_lock:  # not self._lock, which queue() holds while it queues
             self.spans.append(span)
 
@@ -298,6 +311,35 @@ class Pipeline:
                 except BaseException as failure:
                     error = failure
             settle(chunk.executables[index], error=error)
+
+    def _run_chunk_natively(self, chunk: Chunk) -> None:
+        """A whole chunk in one call into the native runner (native.restore_chunk), once its
+        modules are loaded. PipelineHooks do not reach inside it."""
+        blobs, names, indices = [], [], []
+        for index, entry in enumerate(chunk.entries):
+            try:
+                for module in entry.modules:
+                    self._modules[module].result()
+                table = chunk.tables.get(entry.key)
+                blobs.append(self.archive.graph_blobs(entry) if table is None else (table, self.archive.blob(entry.payload)))
+            except BaseException as error:  # this graph fails; the others are restored
+                settle(chunk.executables[index], error=error)
+                continue
+            names.append(f"graph {entry.key!r}")
+            indices.append(index)
+        with annotate(f"load.chunk {len(blobs)} graphs"):
+            outcomes = native.restore_chunk(blobs, names, self._handles, self.context, self._threads, self._builder_count)
+        for index, outcome in zip(indices, outcomes, strict=True):
+            if outcome.executable:
+                self._resources.add_executable(outcome.executable)
+            key = chunk.entries[index].key
+            for phase, times in (("build", outcome.build), ("instantiate", outcome.instantiate)):
+                if times is not None:
+                    self._record(Span(f"graph {key}", phase, "native", times[0] - self._started, times[1] - self._started))
+            error = outcome.error
+            if isinstance(error, DriverCallError):
+                error = DriverCallError(self._name_function(str(error)))
+            settle(chunk.executables[index], outcome.executable, error)
 
     def _build(self, entry: GraphEntry, table: bytes | None) -> int:
         for module in entry.modules:

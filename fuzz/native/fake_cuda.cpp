@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <type_traits>
@@ -333,6 +334,24 @@ CUresult func_get_param_info(CUfunction function, size_t index, size_t* offset, 
 
 // `mine` as a lookup result, once its type is proven that of cuda.h's declaration (decltype
 // only: there is no libcuda to link against).
+// Entry points run one at a time, as if the driver held one lock (the native chunk runner calls
+// them from several threads; the state above is not thread-safe).
+std::recursive_mutex& fake_mutex() {
+  static std::recursive_mutex m;
+  return m;
+}
+
+template <class F, F f>
+struct Serialized;
+template <class R, class... A, R (*f)(A...)>
+struct Serialized<R (*)(A...), f> {
+  static R call(A... a) {
+    std::lock_guard<std::recursive_mutex> lock(fake_mutex());
+    return f(a...);
+  }
+};
+#define SERIALIZED(fn) (&Serialized<decltype(&fn), &fn>::call)
+
 template <class Theirs, class Mine>
 void* entry(Mine mine) {
   static_assert(std::is_same_v<Mine, Theirs>, "the stand-in's signature differs from cuda.h's");
@@ -342,21 +361,21 @@ void* entry(Mine mine) {
 void* lookup(const std::string& name) {
   if (state().hidden.count(name) != 0) return nullptr;
   const std::pair<const char*, void*> table[] = {
-      {"cuGetErrorName", entry<decltype(&::cuGetErrorName)>(&get_error_name)},
-      {"cuCtxSetCurrent", entry<decltype(&::cuCtxSetCurrent)>(&ctx_set_current)},
-      {"cuGraphCreate", entry<decltype(&::cuGraphCreate)>(&graph_create)},
-      {"cuGraphDestroy", entry<decltype(&::cuGraphDestroy)>(&graph_destroy)},
-      {"cuGraphAddNode", entry<decltype(&::cuGraphAddNode)>(&graph_add_node)},
+      {"cuGetErrorName", entry<decltype(&::cuGetErrorName)>(SERIALIZED(get_error_name))},
+      {"cuCtxSetCurrent", entry<decltype(&::cuCtxSetCurrent)>(SERIALIZED(ctx_set_current))},
+      {"cuGraphCreate", entry<decltype(&::cuGraphCreate)>(SERIALIZED(graph_create))},
+      {"cuGraphDestroy", entry<decltype(&::cuGraphDestroy)>(SERIALIZED(graph_destroy))},
+      {"cuGraphAddNode", entry<decltype(&::cuGraphAddNode)>(SERIALIZED(graph_add_node))},
       {"cuGraphKernelNodeSetAttribute",
-       entry<decltype(&::cuGraphKernelNodeSetAttribute)>(&kernel_node_set_attribute)},
+       entry<decltype(&::cuGraphKernelNodeSetAttribute)>(SERIALIZED(kernel_node_set_attribute))},
       {"cuGraphInstantiateWithFlags",
-       entry<decltype(&::cuGraphInstantiateWithFlags)>(&graph_instantiate)},
-      {"cuGraphUpload", entry<decltype(&::cuGraphUpload)>(&graph_upload)},
-      {"cuGraphExecDestroy", entry<decltype(&::cuGraphExecDestroy)>(&graph_exec_destroy)},
-      {"cuStreamCreate", entry<decltype(&::cuStreamCreate)>(&stream_create)},
-      {"cuStreamSynchronize", entry<decltype(&::cuStreamSynchronize)>(&stream_synchronize)},
-      {"cuStreamDestroy", entry<decltype(&::cuStreamDestroy)>(&stream_destroy)},
-      {"cuFuncGetParamInfo", entry<decltype(&::cuFuncGetParamInfo)>(&func_get_param_info)},
+       entry<decltype(&::cuGraphInstantiateWithFlags)>(SERIALIZED(graph_instantiate))},
+      {"cuGraphUpload", entry<decltype(&::cuGraphUpload)>(SERIALIZED(graph_upload))},
+      {"cuGraphExecDestroy", entry<decltype(&::cuGraphExecDestroy)>(SERIALIZED(graph_exec_destroy))},
+      {"cuStreamCreate", entry<decltype(&::cuStreamCreate)>(SERIALIZED(stream_create))},
+      {"cuStreamSynchronize", entry<decltype(&::cuStreamSynchronize)>(SERIALIZED(stream_synchronize))},
+      {"cuStreamDestroy", entry<decltype(&::cuStreamDestroy)>(SERIALIZED(stream_destroy))},
+      {"cuFuncGetParamInfo", entry<decltype(&::cuFuncGetParamInfo)>(SERIALIZED(func_get_param_info))},
   };
   for (const auto& [known, function] : table)
     if (name == known) return function;

@@ -20,6 +20,8 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
   chunk-C-K-N   LOAD on N threads, graphs built then instantiated in chunks of at most C nodes
                 (load(chunk_nodes=C); 0: each graph built and instantiated in one task), at most
                 K graphs built at a time
+  native-C-K-N  chunk-C-K-N, each chunk restored by the native runner in one call
+                (load(native_chunks=True): no Python, no GIL between its graphs)
   lock-instantiate-N  LOAD on N threads, one instantiation at a time
   one-call-N    LOAD on N threads, one build or instantiation at a time (the driver serialises
                 them cold anyway: does contending for its locks cost more than waiting for ours?)
@@ -161,7 +163,7 @@ def child(archive: str, variant: str) -> dict[str, object]:
         from foundry_trace.bench.load_bench import driver_alone
 
         return {**head, **driver_alone(archive, int(variant.split("-")[1]))}
-    threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-", "lock-", "builders-", "room-", "one-call-", "chunk-")) else (1 if variant.endswith("serial") else 8)
+    threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-", "lock-", "builders-", "room-", "one-call-", "chunk-", "native-")) else (1 if variant.endswith("serial") else 8)
     options: dict[str, object] = {}
     if variant.startswith("lock-instantiate-"):
         options["hooks"] = _one_instantiation_at_a_time()
@@ -169,8 +171,9 @@ def child(archive: str, variant: str) -> dict[str, object]:
         options["hooks"] = _one_driver_call_at_a_time()
     elif variant.startswith("builders-"):
         options["builders"] = int(variant.split("-")[1])
-    elif variant.startswith("chunk-"):
+    elif variant.startswith(("chunk-", "native-")):
         options["chunk_nodes"], options["builders"] = (int(part) for part in variant.split("-")[1:3])
+        options["native_chunks"] = variant.startswith("native-")
     elif variant.startswith("room-"):
         options["hooks"] = _builds_apart_from_instantiations()
     elif variant.startswith("prefault-"):

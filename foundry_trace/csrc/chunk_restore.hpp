@@ -1,0 +1,53 @@
+// A chunk of graphs restored by native threads in one call: all builds (at most `builders` at a
+// time), then all instantiations, without returning to Python between graphs. The Python
+// runner (restore/chunk.py) pays tens of microseconds of interpreter time per graph and waits
+// for the GIL between driver calls; this runner pays neither.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "graph_build.hpp"
+
+namespace foundry {
+
+constexpr uint32_t kChunkErrorBytes = 512;
+
+// One graph of a chunk: its node table and payload (checked by check_table() before the build).
+struct ChunkGraph {
+  const uint8_t* table;
+  uint64_t table_size;
+  const uint8_t* payload;
+  uint64_t payload_size;
+};
+
+// The handles every graph of the chunk is built with, and their counts (for check_table()).
+struct ChunkHandles {
+  const uint64_t* functions;
+  const uint64_t* param_bytes;
+  uint32_t function_count;
+  const uint64_t* events;
+  uint32_t event_count;
+  const uint64_t* collectives;
+  uint32_t collective_count;
+  CUcontext context;
+};
+
+// What became of one graph. Times are seconds of CLOCK_MONOTONIC (Python's time.perf_counter).
+struct ChunkOutcome {
+  uint64_t executable;  // the CUgraphExec; 0 where status is not 0
+  int32_t status;       // 0, or the API's status (invalid table, driver failure)
+  uint32_t reserved;
+  double build_start, build_end, instantiate_start, instantiate_end;
+  char error[kChunkErrorBytes];
+};
+
+// Restores `count` graphs on `threads` threads; each graph's built CUgraph is destroyed once
+// instantiated (or on failure). Every outcome is written; where fewer threads can be started,
+// fewer do the work (the calling thread always does).
+void restore_chunk(const GraphDriver& d, const ChunkGraph* graphs, uint32_t count,
+                   const ChunkHandles& handles, uint32_t threads, uint32_t builders,
+                   ChunkOutcome* outcomes, int invalid_table_status, int driver_failure_status);
+
+}  // namespace foundry
