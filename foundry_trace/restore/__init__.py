@@ -2,12 +2,13 @@
 
 from foundry_trace.archive.keys import key_order, serving_order
 from foundry_trace.restore.load import DEFAULT_THREADS, load, prefetch
-from foundry_trace.restore.pipeline import DEFAULT_BUILDERS, PipelineHooks, Span
+from foundry_trace.restore.pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, PipelineHooks, Span
 from foundry_trace.restore.resources import ReleaseSummary
 from foundry_trace.restore.restored import Restored, RestoredGraph
 
 __all__ = [
     "DEFAULT_BUILDERS",
+    "DEFAULT_CHUNK_NODES",
     "DEFAULT_THREADS",
     "PipelineHooks",
     "ReleaseSummary",

@@ -117,7 +117,8 @@ def load(
         mode: "eager" returns with every graph ready; "background" returns once memory is
             claimed and restores every graph meanwhile; "lazy" restores each graph at its first
             replay() or wait() (the smallest batch's starts at once).
-        threads: worker threads for modules and graphs (they release the GIL in the driver).
+        threads: worker threads for graphs (they release the GIL in the driver); modules load
+            on one more.
         builders: graphs built at the same time (DEFAULT_BUILDERS: more slow the driver down).
         chunk_nodes: graphs are built, then instantiated, in chunks of at most this many nodes
             (built graphs wait in host memory, about 3 kB a node); 0: each graph built and

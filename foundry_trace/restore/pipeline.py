@@ -327,8 +327,13 @@ class Pipeline:
                 continue
             names.append(f"graph {entry.key!r}")
             indices.append(index)
-        with annotate(f"load.chunk {len(blobs)} graphs"):
-            outcomes = native.restore_chunk(blobs, names, self._handles, self.context, self._threads, self._builder_count)
+        try:
+            with annotate(f"load.chunk {len(blobs)} graphs"):
+                outcomes = native.restore_chunk(blobs, names, self._handles, self.context, self._threads, self._builder_count)
+        except BaseException as error:  # no driver: every graph of the chunk fails with it
+            for index in indices:
+                settle(chunk.executables[index], error=error)
+            return
         for index, outcome in zip(indices, outcomes, strict=True):
             if outcome.executable:
                 self._resources.add_executable(outcome.executable)

@@ -1,7 +1,8 @@
 """Everything one LOAD makes that must be given back: modules, events, executables, collective
-graphs, built graphs not instantiated yet, and claimed memory. One owner, shared by the Restored object and its pipeline's worker
-threads, which record each handle here the moment it exists: so that a failure anywhere, in any
-mode, releases all of it and the process is as it was before LOAD.
+graphs, built graphs not instantiated yet, and claimed memory. One owner, shared by the Restored
+object and its pipeline's worker threads, which record each handle here the moment it exists:
+so that a failure anywhere, in any mode, releases all of it and the process is as it was before
+LOAD.
 """
 
 from __future__ import annotations
