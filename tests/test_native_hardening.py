@@ -279,6 +279,10 @@ def test_a_pipeline_with_native_chunks_restores_the_archive_and_records_its_span
     run_child(stand_in, "pipeline_native")
 
 
+def test_native_chunks_run_in_order_within_the_thread_budget(stand_in: Path) -> None:
+    run_child(stand_in, "native_chunks_in_order")
+
+
 def test_builds_nest_up_to_the_cap(stand_in: Path) -> None:
     run_child(stand_in, "nesting")
 
@@ -476,6 +480,46 @@ def _child_pipeline_native() -> None:
         assert fake.fake_cuda_live_graphs() == 0
         summary = resources.release()
         assert summary.executables == len(archive.manifest.graphs) and summary.built_graphs == 0
+
+
+def _child_native_chunks_in_order() -> None:
+    from types import SimpleNamespace
+
+    from foundry_trace.restore import pipeline
+    from foundry_trace.restore.resources import LoadResources
+
+    fake = _fake()
+    functions = _functions(fake)
+    pipeline.load_module = lambda archive, record, numbered, resources: {number: functions[number] for number, _ in numbered}
+    good = encode(GraphBody(nodes=(_kernel(0, 32), _kernel(1, 48), _kernel(2, 24)), edges=(Edge(source=0, destination=1),)))
+    graphs = [SimpleNamespace(key=str(n), nodes=3, modules=(0,), payload="p") for n in range(40)]
+    manifest = SimpleNamespace(
+        functions=[SimpleNamespace(module=0, name=f"k{n}") for n in range(len(functions))], modules=[SimpleNamespace(size=1)], graphs=graphs,
+    )
+    archive = SimpleNamespace(manifest=manifest, graph_blobs=lambda entry: (good.table, good.payload))
+
+    class NoContext(pipeline.Pipeline):
+        def _start_worker(self) -> None:  # the stand-in has no cuda.bindings context to make current
+            pass
+
+    for chunk_nodes in (12, 3):  # chunks of 4 graphs (one call at a time), or of 1 (4 calls side by side)
+        resources = LoadResources(0)
+        loading = NoContext(
+            archive, resources, threads=4, builders=2, chunk_nodes=chunk_nodes, context=fake.fake_cuda_context(), started=0.0,
+            native_chunks=True,
+        )
+        loading.queue(graphs)
+        executables = [loading.executable(entry).result(30) for entry in graphs]
+        loading.close()
+        assert all(executables) and len(set(executables)) == len(graphs)
+        builds = {span.what: span for span in loading.spans if span.phase == "build"}
+        if chunk_nodes == 12:
+            for first in range(0, 36, 4):  # a chunk's call ends before the next one's starts
+                assert max(builds[f"graph {n}"].end for n in range(first, first + 4)) <= min(
+                    builds[f"graph {n}"].start for n in range(first + 4, first + 8)
+                )
+        assert fake.fake_cuda_live_graphs() == 0
+        assert resources.release().executables == len(graphs)
 
 
 def _child_nesting() -> None:

@@ -63,6 +63,11 @@ class Chunk:
             self._changed.wait_for(lambda: index in self._built)
             return self._built[index]
 
+    @property
+    def stopped(self) -> bool:
+        with self._changed:
+            return self._stopped
+
     def stop(self) -> None:
         """Runners leave at their next take; executables not settled yet are cancelled."""
         with self._changed:

@@ -138,10 +138,15 @@ class Pipeline:
         self._handles = native.Handles([0] * len(self._manifest.functions), resources.events)
         self._builders = threading.BoundedSemaphore(builders)
         self._builder_count = builders
-        # With native_chunks, each chunk is one call into the native runner, on `threads` threads
-        # of its own: one chunk at a time.
+        # With native_chunks, each chunk is one call into the native runner on threads of its own,
+        # as many as it has graphs up to `threads`; calls run side by side while the native
+        # threads they use add up to `threads` at most.
         self._native_chunks = native_chunks
-        self._chunk_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foundry-chunks", initializer=self._start_worker)
+        self._native_free = threading.Condition()
+        self._native_threads_free = threads
+        self._native_tickets = 0  # one a chunk, in the order queued
+        self._native_turn = 0  # the ticket whose call starts next
+        self._chunk_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="foundry-chunks", initializer=self._start_worker)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="foundry-load", initializer=self._start_worker)
         # Modules load on a thread of their own, one at a time (see the module's docstring).
         self._module_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foundry-modules", initializer=self._start_worker)
@@ -233,7 +238,8 @@ class Pipeline:
                     self._graphs[entry.key] = future
                 self._chunks.append(chunk)
                 if self._native_chunks:
-                    self._chunk_pool.submit(self._run_chunk_natively, chunk)
+                    self._chunk_pool.submit(self._run_chunk_natively, chunk, self._native_tickets)
+                    self._native_tickets += 1
                     continue
                 for _ in range(min(self._threads, len(chunk.entries))):
                     self._pool.submit(self._run_chunk, chunk)
@@ -246,6 +252,8 @@ class Pipeline:
             queued = list(self._chunks)
         for chunk in queued:
             chunk.stop()
+        with self._native_free:
+            self._native_free.notify_all()  # native chunks waiting for their turn leave
         self._pool.shutdown(wait=wait, cancel_futures=True)
         self._chunk_pool.shutdown(wait=wait, cancel_futures=True)
         self._module_pool.shutdown(wait=wait, cancel_futures=True)
@@ -312,9 +320,10 @@ class Pipeline:
                     error = failure
             settle(chunk.executables[index], error=error)
 
-    def _run_chunk_natively(self, chunk: Chunk) -> None:
+    def _run_chunk_natively(self, chunk: Chunk, ticket: int) -> None:
         """A whole chunk in one call into the native runner (native.restore_chunk), once its
-        modules are loaded. PipelineHooks do not reach inside it."""
+        modules are loaded; calls start in the order the chunks were queued (`ticket`).
+        PipelineHooks do not reach inside it."""
         blobs, names, indices = [], [], []
         for index, entry in enumerate(chunk.entries):
             try:
@@ -327,13 +336,27 @@ class Pipeline:
                 continue
             names.append(f"graph {entry.key!r}")
             indices.append(index)
+        wanted = max(1, min(self._threads, len(blobs)))
+        with self._native_free:
+            self._native_free.wait_for(lambda: chunk.stopped or (self._native_turn == ticket and self._native_threads_free >= wanted))
+            if chunk.stopped:  # close(): chunks queued before this one may never run
+                return
+            self._native_turn += 1
+            self._native_threads_free -= wanted
+            self._native_free.notify_all()
         try:
+            if not blobs:
+                return
             with annotate(f"load.chunk {len(blobs)} graphs"):
-                outcomes = native.restore_chunk(blobs, names, self._handles, self.context, self._threads, self._builder_count)
+                outcomes = native.restore_chunk(blobs, names, self._handles, self.context, wanted, self._builder_count)
         except BaseException as error:  # no driver: every graph of the chunk fails with it
             for index in indices:
                 settle(chunk.executables[index], error=error)
             return
+        finally:
+            with self._native_free:
+                self._native_threads_free += wanted
+                self._native_free.notify_all()
         for index, outcome in zip(indices, outcomes, strict=True):
             if outcome.executable:
                 self._resources.add_executable(outcome.executable)
