@@ -452,19 +452,26 @@ def _child_native_chunk() -> None:
     assert native.restore_chunk([], [], handles, context, 4, 2) == []
 
 
-def _child_pipeline_native() -> None:
-    from foundry_trace.archive.format import Archive
+def _stand_in_pipeline(functions: list[int]) -> type:
+    """Pipeline for the stand-in driver: modules "load" as the stand-in's functions, and workers
+    make no context current (the stand-in has none for cuda.bindings)."""
     from foundry_trace.restore import pipeline
-    from foundry_trace.restore.resources import LoadResources
 
-    fake = _fake()
-    functions = _functions(fake)
     pipeline.load_module = lambda archive, record, numbered, resources: {number: functions[number] for number, _ in numbered}
 
     class NoContext(pipeline.Pipeline):
-        def _start_worker(self) -> None:  # the stand-in has no cuda.bindings context to make current
+        def _start_worker(self) -> None:
             pass
 
+    return NoContext
+
+
+def _child_pipeline_native() -> None:
+    from foundry_trace.archive.format import Archive
+    from foundry_trace.restore.resources import LoadResources
+
+    fake = _fake()
+    NoContext = _stand_in_pipeline(_functions(fake))  # noqa: N806 - a class
     with Archive(ROOT / "tests" / "data" / "micro.foundry") as archive:
         resources = LoadResources(0)
         loading = NoContext(
@@ -485,23 +492,17 @@ def _child_pipeline_native() -> None:
 def _child_native_chunks_in_order() -> None:
     from types import SimpleNamespace
 
-    from foundry_trace.restore import pipeline
     from foundry_trace.restore.resources import LoadResources
 
     fake = _fake()
     functions = _functions(fake)
-    pipeline.load_module = lambda archive, record, numbered, resources: {number: functions[number] for number, _ in numbered}
+    NoContext = _stand_in_pipeline(functions)  # noqa: N806 - a class
     good = encode(GraphBody(nodes=(_kernel(0, 32), _kernel(1, 48), _kernel(2, 24)), edges=(Edge(source=0, destination=1),)))
     graphs = [SimpleNamespace(key=str(n), nodes=3, modules=(0,), payload="p") for n in range(40)]
     manifest = SimpleNamespace(
         functions=[SimpleNamespace(module=0, name=f"k{n}") for n in range(len(functions))], modules=[SimpleNamespace(size=1)], graphs=graphs,
     )
     archive = SimpleNamespace(manifest=manifest, graph_blobs=lambda entry: (good.table, good.payload))
-
-    class NoContext(pipeline.Pipeline):
-        def _start_worker(self) -> None:  # the stand-in has no cuda.bindings context to make current
-            pass
-
     for chunk_nodes in (12, 3):  # chunks of 4 graphs (one call at a time), or of 1 (4 calls side by side)
         resources = LoadResources(0)
         loading = NoContext(
