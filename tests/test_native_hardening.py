@@ -400,16 +400,12 @@ def _child_argument_sizes() -> None:
 
 def _child_pipeline() -> None:
     from foundry_trace.archive.format import Archive
-    from foundry_trace.restore import pipeline
     from foundry_trace.restore.resources import LoadResources
 
     fake = _fake()
-    functions = _functions(fake)
-    pipeline.load_module = lambda archive, record, numbered, resources: {
-        number: functions[number] for number, _ in numbered
-    }
+    NoContext = _stand_in_pipeline(_functions(fake))  # noqa: N806 - a class
     with Archive(ROOT / "tests" / "data" / "micro.foundry") as archive:
-        loading = pipeline.Pipeline(
+        loading = NoContext(
             archive, LoadResources(0), threads=1, builders=1, chunk_nodes=0, context=fake.fake_cuda_context(), started=0.0
         )
         for module in range(len(archive.manifest.modules)):

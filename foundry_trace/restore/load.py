@@ -177,9 +177,10 @@ def load(
                 _bind_collectives(restored, communicator)
             if mode != "lazy":  # in serving order, each chunk right after the modules it still needs
                 with _phase(restored, "queue"):
-                    restored.pipeline.queue(serving_order(manifest.graphs))
+                    ordered = serving_order(manifest.graphs)
+                    restored.pipeline.queue(ordered)
                     if upload:
-                        for entry in serving_order(manifest.graphs):
+                        for entry in ordered:
                             restored.pipeline.graph(entry)  # queues its upload
             if mode == "eager":
                 with _phase(restored, "graphs"):

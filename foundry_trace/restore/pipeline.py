@@ -280,10 +280,7 @@ class Pipeline:
     def build(self, entry: GraphEntry, table: bytes | None = None) -> int:
         """Builds a graph's CUgraph (its modules must be loaded); the caller destroys it."""
         with self._span(f"graph {entry.key}", "build"):
-            if table is None:
-                table, payload = self.archive.graph_blobs(entry)
-            else:
-                payload = self.archive.blob(entry.payload)
+            table, payload = self._blobs(entry, table)
             try:
                 return native.build_graph(table, payload, self._handles, self.context, f"graph {entry.key!r}")
             except DriverCallError as error:
@@ -327,10 +324,8 @@ class Pipeline:
         blobs, names, indices = [], [], []
         for index, entry in enumerate(chunk.entries):
             try:
-                for module in entry.modules:
-                    self._modules[module].result()
-                table = chunk.tables.get(entry.key)
-                blobs.append(self.archive.graph_blobs(entry) if table is None else (table, self.archive.blob(entry.payload)))
+                self._wait_for_modules_of(entry)
+                blobs.append(self._blobs(entry, chunk.tables.get(entry.key)))
             except BaseException as error:  # this graph fails; the others are restored
                 settle(chunk.executables[index], error=error)
                 continue
@@ -369,9 +364,18 @@ class Pipeline:
                 error = DriverCallError(self._name_function(str(error)))
             settle(chunk.executables[index], outcome.executable, error)
 
-    def _build(self, entry: GraphEntry, table: bytes | None) -> int:
+    def _wait_for_modules_of(self, entry: GraphEntry) -> None:
         for module in entry.modules:
             self._modules[module].result()  # queued before the graph; re-raises its failure
+
+    def _blobs(self, entry: GraphEntry, table: bytes | None) -> tuple[bytes, bytes]:
+        """A graph's node table (read here unless the caller has it) and payload."""
+        if table is None:
+            return self.archive.graph_blobs(entry)
+        return table, self.archive.blob(entry.payload)
+
+    def _build(self, entry: GraphEntry, table: bytes | None) -> int:
+        self._wait_for_modules_of(entry)
         with self._builders, self._hooks.around_build():
             graph = self.build(entry, table)
         self._resources.add_built_graph(graph)
