@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foundry_trace.restore import resources as resources_module
-from foundry_trace.restore.pipeline import Pipeline, chunks
+from foundry_trace.restore.pipeline import Pipeline, PipelineHooks, chunks
 from foundry_trace.restore.resources import LoadResources
 
 
@@ -48,7 +48,8 @@ class _Resources(LoadResources):
 
 
 class _RecordingPipeline(Pipeline):
-    """A pipeline whose driver steps record their order; `fail` names a graph whose build fails."""
+    """A pipeline of Python workers whose driver steps record their order; `fail` names a graph
+    whose build fails."""
 
     def __init__(self, graphs: list[SimpleNamespace], *, threads: int, chunk_nodes: int, fail: str | None = None) -> None:
         manifest = SimpleNamespace(functions=[], modules=[SimpleNamespace(size=1)], graphs=graphs)
@@ -58,7 +59,7 @@ class _RecordingPipeline(Pipeline):
         self._next = iter(range(1, 1 << 30))
         super().__init__(
             SimpleNamespace(manifest=manifest), _Resources(), threads=threads, builders=threads, chunk_nodes=chunk_nodes,
-            context=0, started=0.0,
+            context=0, started=0.0, native_chunks=False,
         )
 
     def _start_worker(self) -> None:
@@ -174,3 +175,9 @@ def test_closing_stops_the_chunk_and_cancels_the_graphs_not_restored() -> None:
     assert pipeline.calls == ["module 0", "build 0", "build 1"], "the runner leaves at its next take"
     summary = pipeline._resources.release()
     assert summary.built_graphs == 2 and summary.executables == 0
+
+
+def test_hooks_with_the_native_runner_are_refused_before_any_thread_starts() -> None:
+    manifest = SimpleNamespace(functions=[], modules=[], graphs=[])
+    with pytest.raises(ValueError, match="native_chunks=False"):
+        Pipeline(SimpleNamespace(manifest=manifest), _Resources(), threads=2, builders=2, chunk_nodes=0, context=0, started=0.0, hooks=PipelineHooks())

@@ -56,7 +56,7 @@ DEFAULT_THREADS = min(8, os.cpu_count() or 1)
 
 def prefetch(
     path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int = DEFAULT_BUILDERS, chunk_nodes: int = DEFAULT_CHUNK_NODES,
-    native_chunks: bool = False, hooks: PipelineHooks | None = None, digest: str | None = None,
+    native_chunks: bool = True, hooks: PipelineHooks | None = None, digest: str | None = None,
     trusted_keys: Iterable[str | Path] | None = None,
 ) -> Restored:
     """Starts the part of LOAD that needs no engine state, early: at process start, or while the
@@ -100,7 +100,7 @@ def load(
     threads: int = DEFAULT_THREADS,
     builders: int = DEFAULT_BUILDERS,
     chunk_nodes: int = DEFAULT_CHUNK_NODES,
-    native_chunks: bool = False,
+    native_chunks: bool = True,
     upload: bool = False,
     communicator: Communicator | None = None,
     timeout: float | None = None,
@@ -124,15 +124,16 @@ def load(
             (built graphs wait in host memory, about 3 kB a node); 0: each graph built and
             instantiated in one task.
         native_chunks: restore each chunk in one call into the native runner, on `threads`
-            threads of its own, with no Python between its graphs (experimental: not yet
-            measured on a GPU; PipelineHooks do not reach inside it).
+            threads of its own, with no Python and no GIL between its graphs; False: Python
+            workers, one task a graph (slower with many small graphs; needed for `hooks`).
         upload: also copy each executable to the device before it counts as ready (otherwise
             its first launch does, as for a graph that torch captured).
         communicator: this rank's (e.g. foundry_trace.parallel.NcclCommunicator), for an
             archive of a tensor-parallel step; its rank count must be the archive's degree.
         timeout: seconds an eager load may take at most (None: no limit). Past it, everything
             the load made is released and RestoreTimeoutError names the graph it waited for.
-        hooks: for probes that study the pipeline's timing (PipelineHooks); None in serving.
+        hooks: for probes that study the pipeline's timing (PipelineHooks, with
+            native_chunks=False); None in serving.
         digest: "sha256:<hex>": restore only the archive with this digest (default:
             FOUNDRY_ARCHIVE_DIGEST where set). `foundry inspect` and SAVE print it.
         trusted_keys: public key files (or folders of *.pub): restore only archives signed by

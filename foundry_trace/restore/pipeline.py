@@ -110,12 +110,14 @@ class Pipeline:
 
     def __init__(
         self, archive: Archive, resources: LoadResources, *, threads: int, builders: int, chunk_nodes: int, context: int,
-        started: float, hooks: PipelineHooks | None = None, native_chunks: bool = False,
+        started: float, hooks: PipelineHooks | None = None, native_chunks: bool = True,
     ) -> None:
         if threads < 1 or builders < 1:
             raise ValueError(f"threads={threads}, builders={builders}: a LOAD needs at least one of each")
         if chunk_nodes < 0:
             raise ValueError(f"chunk_nodes={chunk_nodes}: give 0 (each graph built and instantiated in one task) or more")
+        if hooks is not None and native_chunks:
+            raise ValueError("PipelineHooks step into the Python workers: pass native_chunks=False with them")
         self.archive = archive
         self.context = context
         self.upload = False  # set at the restore point, before any graph is requested

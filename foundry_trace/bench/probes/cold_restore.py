@@ -17,11 +17,13 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
                 then the built graphs destroyed, timed (what LOAD's per-graph destroy costs)
   builders-K-N  LOAD on N threads, at most K graphs built at a time (load(builders=K); threads-N
                 keeps DEFAULT_BUILDERS): do builds slow the driver's instantiations down?
-  chunk-C-K-N   LOAD on N threads, graphs built then instantiated in chunks of at most C nodes
-                (load(chunk_nodes=C); 0: each graph built and instantiated in one task), at most
-                K graphs built at a time
-  native-C-K-N  chunk-C-K-N, each chunk restored by the native runner in one call
-                (load(native_chunks=True): no Python, no GIL between its graphs)
+  chunk-C-K-N   LOAD on N Python workers (load(native_chunks=False)), graphs built then
+                instantiated in chunks of at most C nodes (load(chunk_nodes=C); 0: each graph
+                built and instantiated in one task), at most K graphs built at a time
+  native-C-K-N  chunk-C-K-N, each chunk restored by the native runner in one call (load()'s
+                default: no Python, no GIL between its graphs)
+  (lock-instantiate-, one-call-, room- and prefault- step into the Python workers through
+  PipelineHooks, so they run with load(native_chunks=False).)
   lock-instantiate-N  LOAD on N threads, one instantiation at a time
   one-call-N    LOAD on N threads, one build or instantiation at a time (the driver serialises
                 them cold anyway: does contending for its locks cost more than waiting for ours?)
@@ -178,6 +180,8 @@ def child(archive: str, variant: str) -> dict[str, object]:
         options["hooks"] = _builds_apart_from_instantiations()
     elif variant.startswith("prefault-"):
         head["prefault_s"], options["hooks"] = _prefault_workers(archive, threads)
+    if "hooks" in options:
+        options["native_chunks"] = False  # hooks step into the Python workers
     load = _modules_first if variant.startswith("modules-first-") else _load
     restored, use = _timed(lambda: load(archive, threads, **options))
     result = {**head, **_report(restored, use["wall_s"]), "resources": use}
