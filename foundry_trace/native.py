@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +52,11 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fr_graph_upload": (ctypes.c_int, [_u64, _u64, ctypes.c_char_p, _u64]),
     "fr_chunk_restore": (
         ctypes.c_int,
-        [ctypes.POINTER(_ChunkGraph), _u32, _u64_array, _u64_array, _u32, _u64_array, _u32, _u64_array, _u32, _u64, _u32, _u32,
+        [ctypes.POINTER(_ChunkGraph), _u32, _u64_array, _u64_array, _u32, _u64_array, _u32, _u64_array, _u32, _u64, _u32, ctypes.c_void_p,
          ctypes.POINTER(_ChunkOutcome), ctypes.c_char_p, _u64],
     ),
+    "fr_build_gate_create": (ctypes.c_void_p, [_u32]),
+    "fr_build_gate_destroy": (None, [ctypes.c_void_p]),
     "fr_graph_destroy": (None, [_u64]),
     "fr_executable_destroy": (None, [_u64]),
 }
@@ -151,6 +154,21 @@ def upload(executable: int, context: int, what: str) -> None:
         _raise(status, error, what)
 
 
+class BuildGate:
+    """The cap on builds at once across the chunks of one LOAD that the native runner restores
+    side by side (csrc/chunk_restore.hpp). Freed once nothing refers to it: a chunk abandoned
+    in the driver keeps its pipeline, and so the gate, alive until its call returns."""
+
+    def __init__(self, builders: int) -> None:
+        if builders < 1:
+            raise ValueError(f"builders={builders}: a build gate lets at least one build through")
+        handle = library().fr_build_gate_create(builders)
+        if not handle:
+            raise MemoryError("no host memory for the native runner's build gate")
+        self.handle: int = handle
+        weakref.finalize(self, library().fr_build_gate_destroy, handle)
+
+
 @dataclass(frozen=True)
 class GraphOutcome:
     """What the native chunk runner made of one graph: its executable, or the error; the build's
@@ -163,10 +181,10 @@ class GraphOutcome:
 
 
 def restore_chunk(
-    blobs: Sequence[tuple[bytes, bytes]], names: Sequence[str], handles: Handles, context: int, threads: int, builders: int
+    blobs: Sequence[tuple[bytes, bytes]], names: Sequence[str], handles: Handles, context: int, threads: int, gate: BuildGate
 ) -> list[GraphOutcome]:
     """Builds, then instantiates, the graphs of (table, payload) `blobs` on `threads` native
-    threads, at most `builders` builds at a time, in one call (the GIL released throughout).
+    threads, each build through `gate`, in one call (the GIL released throughout).
     `names` ("graph '8/03'") head each graph's error. Each built CUgraph is destroyed by the
     call; the caller owns the executables."""
     count = len(blobs)
@@ -178,7 +196,7 @@ def restore_chunk(
     error = ctypes.create_string_buffer(ERROR_BYTES)
     status = library().fr_chunk_restore(
         graphs, count, handles.functions, handles.param_bytes, handles.function_count, handles.events, handles.event_count,
-        handles.collectives, handles.collective_count, context, threads, builders, outcomes, error, ERROR_BYTES,
+        handles.collectives, handles.collective_count, context, threads, gate.handle, outcomes, error, ERROR_BYTES,
     )
     if status != OK:
         _raise(status, error, f"{count} graphs")

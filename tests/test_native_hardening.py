@@ -275,6 +275,10 @@ def test_the_native_chunk_runner_restores_each_graph_or_names_its_failure(stand_
     run_child(stand_in, "native_chunk")
 
 
+def test_chunks_side_by_side_share_one_cap_on_builds(stand_in: Path) -> None:
+    run_child(stand_in, "build_gate")
+
+
 def test_a_pipeline_with_native_chunks_restores_the_archive_and_records_its_spans(stand_in: Path) -> None:
     run_child(stand_in, "pipeline_native")
 
@@ -424,7 +428,7 @@ def _child_native_chunk() -> None:
     blobs[7] = (short.table, short.payload)
     names = [f"graph '{n}'" for n in range(12)]
     for threads, builders in ((1, 1), (4, 2), (8, 8), (16, 3)):
-        outcomes = native.restore_chunk(blobs, names, handles, context, threads, builders)
+        outcomes = native.restore_chunk(blobs, names, handles, context, threads, native.BuildGate(builders))
         assert len(outcomes) == 12
         for number, outcome in enumerate(outcomes):
             if number == 3:
@@ -445,7 +449,30 @@ def _child_native_chunk() -> None:
         assert fake.fake_cuda_live_graphs() == FUZZ_COLLECTIVES and fake.fake_cuda_live_nodes() == 0, "a built graph was left"
         for outcome in outcomes:
             native.destroy_executable(outcome.executable)
-    assert native.restore_chunk([], [], handles, context, 4, 2) == []
+    assert native.restore_chunk([], [], handles, context, 4, native.BuildGate(2)) == []
+
+
+def _child_build_gate() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake = _fake()
+    handles, context = _handles(fake), fake.fake_cuda_context()
+    good = encode(GraphBody(nodes=tuple(_kernel(n % 3, (32, 48, 24)[n % 3]) for n in range(200)), edges=()))
+    blobs, names = [(good.table, good.payload)] * 16, [f"graph '{n}'" for n in range(16)]
+    gate = native.BuildGate(1)
+    with ThreadPoolExecutor(4) as pool:  # four chunks side by side, four threads each, one gate
+        calls = [pool.submit(native.restore_chunk, blobs, names, handles, context, 4, gate) for _ in range(4)]
+        outcomes = [outcome for call in calls for outcome in call.result(60)]
+    assert all(outcome.error is None for outcome in outcomes), [outcome.error for outcome in outcomes if outcome.error]
+    builds = sorted(outcome.build for outcome in outcomes)
+    assert all(end <= start for (_, end), (start, _) in zip(builds, builds[1:], strict=False)), "two builds ran at once"
+    for outcome in outcomes:
+        native.destroy_executable(outcome.executable)
+    try:
+        native.BuildGate(0)
+        raise AssertionError("a gate of 0 builders was made")
+    except ValueError as error:
+        assert "builders=0" in str(error)
 
 
 def _stand_in_pipeline(functions: list[int]) -> type:

@@ -34,8 +34,8 @@ void set_error(ChunkOutcome* outcome, int status, const std::string& message) {
 class ChunkRun {
  public:
   ChunkRun(const GraphDriver& d, const ChunkGraph* graphs, uint32_t count, const ChunkHandles& shared,
-           uint32_t builders, ChunkOutcome* outcomes, int invalid_table, int driver_failure)
-      : d_(d), graphs_(graphs), count_(count), shared_(shared), free_builders_(builders),
+           BuildGate& gate, ChunkOutcome* outcomes, int invalid_table, int driver_failure)
+      : d_(d), graphs_(graphs), count_(count), shared_(shared), gate_(gate),
         outcomes_(outcomes), built_(count, nullptr), done_(count, false),
         invalid_table_(invalid_table), driver_failure_(driver_failure) {}
 
@@ -54,11 +54,7 @@ class ChunkRun {
 
   void build(uint32_t i) {
     ChunkOutcome* outcome = &outcomes_[i];
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      changed_.wait(lock, [this] { return free_builders_ > 0; });
-      --free_builders_;
-    }
+    gate_.enter();
     outcome->build_start = now();
     const ChunkGraph& g = graphs_[i];
     const std::string problem = check_table(g.table, g.table_size, g.payload, g.payload_size,
@@ -78,8 +74,8 @@ class ChunkRun {
       }
     }
     outcome->build_end = now();
+    gate_.leave();
     std::lock_guard<std::mutex> lock(mutex_);
-    ++free_builders_;
     built_[i] = graph;
     done_[i] = true;
     changed_.notify_all();
@@ -112,7 +108,7 @@ class ChunkRun {
   const ChunkHandles& shared_;
   std::mutex mutex_;
   std::condition_variable changed_;
-  uint32_t free_builders_;
+  BuildGate& gate_;
   uint32_t next_build_ = 0;
   uint32_t next_instantiation_ = 0;
   ChunkOutcome* outcomes_;
@@ -124,12 +120,24 @@ class ChunkRun {
 
 }  // namespace
 
+void BuildGate::enter() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [this] { return free_ > 0; });
+  --free_;
+}
+
+void BuildGate::leave() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++free_;
+  changed_.notify_one();
+}
+
 void restore_chunk(const GraphDriver& d, const ChunkGraph* graphs, uint32_t count,
-                   const ChunkHandles& shared, uint32_t threads, uint32_t builders,
+                   const ChunkHandles& shared, uint32_t threads, BuildGate& gate,
                    ChunkOutcome* outcomes, int invalid_table_status, int driver_failure_status) {
   std::memset(outcomes, 0, sizeof(ChunkOutcome) * count);
-  ChunkRun run(d, graphs, count, shared, std::max<uint32_t>(builders, 1), outcomes,
-               invalid_table_status, driver_failure_status);
+  ChunkRun run(d, graphs, count, shared, gate, outcomes, invalid_table_status,
+               driver_failure_status);
   std::vector<std::thread> workers;
   const uint32_t wanted = std::max<uint32_t>(1, std::min(threads, count));
   for (uint32_t t = 1; t < wanted; ++t) {

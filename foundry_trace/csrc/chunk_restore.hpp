@@ -1,12 +1,14 @@
-// A chunk of graphs restored by native threads in one call: all builds (at most `builders` at a
-// time), then all instantiations, without returning to Python between graphs. The Python
+// A chunk of graphs restored by native threads in one call: all builds (at most a gate's cap at
+// a time, across the chunks of a LOAD), then all instantiations, without returning to Python between graphs. The Python
 // runner (restore/chunk.py) pays tens of microseconds of interpreter time per graph and waits
 // for the GIL between driver calls; this runner pays neither.
 #pragma once
 
 #include <cuda.h>
 
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 
 #include "graph_build.hpp"
 
@@ -43,11 +45,26 @@ struct ChunkOutcome {
   char error[kChunkErrorBytes];
 };
 
-// Restores `count` graphs on `threads` threads; each graph's built CUgraph is destroyed once
-// instantiated (or on failure). Every outcome is written; where fewer threads can be started,
-// fewer do the work (the calling thread always does).
+// The cap on builds running at once, shared by every chunk of one LOAD: chunks restored side by
+// side must not together run more builds than the cap, since a build beside instantiations
+// slows them down several times (restore/pipeline.py, DEFAULT_BUILDERS).
+class BuildGate {
+ public:
+  explicit BuildGate(uint32_t builders) : free_(builders > 0 ? builders : 1) {}
+  void enter();
+  void leave();
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  uint32_t free_;
+};
+
+// Restores `count` graphs on `threads` threads, each build through `gate`; each graph's built
+// CUgraph is destroyed once instantiated (or on failure). Every outcome is written; where fewer
+// threads can be started, fewer do the work (the calling thread always does).
 void restore_chunk(const GraphDriver& d, const ChunkGraph* graphs, uint32_t count,
-                   const ChunkHandles& handles, uint32_t threads, uint32_t builders,
+                   const ChunkHandles& handles, uint32_t threads, BuildGate& gate,
                    ChunkOutcome* outcomes, int invalid_table_status, int driver_failure_status);
 
 }  // namespace foundry

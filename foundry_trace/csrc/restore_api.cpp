@@ -3,6 +3,7 @@
 // Every function returns 0 on success, or a status below with a message in `error`.
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "chunk_restore.hpp"
@@ -98,23 +99,31 @@ FOUNDRY_EXPORT int fr_graph_instantiate(uint64_t graph, uint64_t context, uint64
   return kOk;
 }
 
-// Builds, then instantiates, `count` graphs on `threads` native threads, at most `builders`
-// builds at a time (chunk_restore.hpp); outcomes[i] says what became of graph i (its own
-// status and message). Returns kNoDriver (outcomes unwritten) where the driver is missing.
+// A build gate of `builders` (at least 1) for the chunks of one LOAD (chunk_restore.hpp); null
+// where memory ran out. Destroyed with fr_build_gate_destroy once no chunk uses it.
+FOUNDRY_EXPORT foundry::BuildGate* fr_build_gate_create(uint32_t builders) {
+  return new (std::nothrow) foundry::BuildGate(builders);
+}
+
+FOUNDRY_EXPORT void fr_build_gate_destroy(foundry::BuildGate* gate) { delete gate; }
+
+// Builds, then instantiates, `count` graphs on `threads` native threads, each build through
+// `gate` (chunk_restore.hpp); outcomes[i] says what became of graph i (its own status and
+// message). Returns kNoDriver (outcomes unwritten) where the driver is missing.
 FOUNDRY_EXPORT int fr_chunk_restore(const foundry::ChunkGraph* graphs, uint32_t count,
                                     const uint64_t* functions, const uint64_t* param_bytes,
                                     uint32_t function_count, const uint64_t* events,
                                     uint32_t event_count, const uint64_t* collectives,
                                     uint32_t collective_count, uint64_t context, uint32_t threads,
-                                    uint32_t builders, foundry::ChunkOutcome* outcomes, char* error,
-                                    uint64_t error_size) {
+                                    foundry::BuildGate* gate, foundry::ChunkOutcome* outcomes,
+                                    char* error, uint64_t error_size) {
   std::string message;
   const foundry::GraphDriver* d = foundry::graph_driver(&message);
   if (d == nullptr) return report(kNoDriver, message, error, error_size);
   const foundry::ChunkHandles handles{functions,   param_bytes, function_count,
                                       events,      event_count, collectives,
                                       collective_count, reinterpret_cast<CUcontext>(context)};
-  foundry::restore_chunk(*d, graphs, count, handles, threads, builders, outcomes, kInvalidTable,
+  foundry::restore_chunk(*d, graphs, count, handles, threads, *gate, outcomes, kInvalidTable,
                          kDriverFailure);
   return kOk;
 }

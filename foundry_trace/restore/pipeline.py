@@ -6,9 +6,11 @@ Graphs are queued in chunks of at most `chunk_nodes` nodes, in the order asked (
 the chunk's modules, then all its builds, then all its instantiations (chunk.py). The driver
 serialises much of both kinds of call, and a build beside instantiations runs several times
 slower than alone (see DEFAULT_CHUNK_NODES); the chunk bounds the host memory held by built
-graphs that wait for their instantiation (about 3 kB a node). With `native_chunks`, a chunk is
-one call into the native runner (csrc/chunk_restore.cpp), which does the same on threads of its
-own without returning to Python between graphs.
+graphs that wait for their instantiation (about 3 kB a node). By default (`native_chunks`) a
+chunk is one call into the native runner (csrc/chunk_restore.cpp), which does the same on threads
+of its own without returning to Python between graphs; chunks of large graphs run side by side,
+their builds through one gate of `builders`. With native_chunks=False, Python workers run them
+(PipelineHooks reach into those).
 
 prefetch() also builds and instantiates, before the restore point, every graph whose nodes hold
 addresses only as values (kernels, events, child graphs): an executable does not care whether
@@ -64,7 +66,10 @@ from foundry_trace.restore.resources import LoadResources
 # Within chunks of small graphs (below), 4 builds at a time did better than 2 or 8 on the H200
 # (vLLM-shaped piecewise graphs, 2,211 of 46 nodes, cold, fresh processes, 16,384-node chunks):
 # 1.13-1.16 s with 4 against 1.17-1.32 s with 8 in one call, 1.04-1.41 s with 4 against
-# 1.25-1.38 s with 2 in another (cold_restore, chunk-C-K-N; docs/measurements.md).
+# 1.25-1.38 s with 2 in another (cold_restore, chunk-C-K-N; docs/measurements.md). The cap
+# holds across chunks: the native runner without it (each call its own cap, four calls side by
+# side) took the 67 graphs in 0.883 s against 0.772 s on Python workers under one cap, its median
+# instantiation 65 ms against 43 ms (H200, one run each).
 DEFAULT_BUILDERS = 4
 
 # Nodes of the graphs built before their instantiations start (one chunk). Small graphs gain
@@ -73,6 +78,8 @@ DEFAULT_BUILDERS = 4
 # 0.59-0.80 s each built and instantiated in one task, 0.67-0.96 s in 16,384-node chunks), so a
 # chunk holds a few graphs of that size at most (with these defaults the 67 graphs took 0.926 s,
 # against 0.915 s each in one task with 2 builds at a time: one run each, on a slower host).
+# With the native runner, 4,096-node chunks restored the 2,211 piecewise graphs in 0.93-0.96 s,
+# 16,384-node ones in 1.00-1.04 s (H200, cold, two runs each; the driver alone 0.84-0.93 s).
 DEFAULT_CHUNK_NODES = 4096
 
 
@@ -139,7 +146,7 @@ class Pipeline:
             self._functions_of.setdefault(function.module, []).append(number)
         self._handles = native.Handles([0] * len(self._manifest.functions), resources.events)
         self._builders = threading.BoundedSemaphore(builders)
-        self._builder_count = builders
+        self._build_gate = native.BuildGate(builders) if native_chunks else None  # the same cap, natively
         # With native_chunks, each chunk is one call into the native runner on threads of its own,
         # as many as it has graphs up to `threads`; calls run side by side while the native
         # threads they use add up to `threads` at most.
@@ -345,7 +352,7 @@ class Pipeline:
             if not blobs:
                 return
             with annotate(f"load.chunk {len(blobs)} graphs"):
-                outcomes = native.restore_chunk(blobs, names, self._handles, self.context, wanted, self._builder_count)
+                outcomes = native.restore_chunk(blobs, names, self._handles, self.context, wanted, self._build_gate)
         except BaseException as error:  # no driver: every graph of the chunk fails with it
             for index in indices:
                 settle(chunk.executables[index], error=error)
