@@ -157,7 +157,8 @@ def upload(executable: int, context: int, what: str) -> None:
 class BuildGate:
     """The cap on builds at once across the chunks of one LOAD that the native runner restores
     side by side (csrc/chunk_restore.hpp). Freed once nothing refers to it: a chunk abandoned
-    in the driver keeps its pipeline, and so the gate, alive until its call returns."""
+    in the driver keeps its pipeline, and so the gate, alive until its call returns; never at
+    interpreter exit, where such a call may still be running."""
 
     def __init__(self, builders: int) -> None:
         if builders < 1:
@@ -166,7 +167,7 @@ class BuildGate:
         if not handle:
             raise MemoryError("no host memory for the native runner's build gate")
         self.handle: int = handle
-        weakref.finalize(self, library().fr_build_gate_destroy, handle)
+        weakref.finalize(self, library().fr_build_gate_destroy, handle).atexit = False
 
 
 @dataclass(frozen=True)
