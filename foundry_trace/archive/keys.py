@@ -36,7 +36,18 @@ def batch_of(key: str) -> int | None:
 
 
 def key_order(key: str) -> tuple:
-    """Sorts keys in serving order: batch sizes ascending, other groups by name, pieces naturally."""
+    """Sorts keys in serving order: batch sizes ascending, other groups by name, pieces naturally.
+    Keys of a batch and a numbered piece ("8/05", thousands of them in a piecewise archive) take
+    a short path, whose result is the general one's: LOAD sorts them on its own thread while the
+    module thread needs the GIL."""
+    group, _, piece = key.partition("/")
+    if group.isascii() and group.isdigit() and len(group) <= MAX_BATCH_DIGITS and piece.isascii() and (piece.isdigit() or not piece):
+        return (False, int(group), group, ((0, int(piece), ""),) if piece else ())
+    return general_key_order(key)
+
+
+def general_key_order(key: str) -> tuple:
+    """key_order() for any key (the natural order of a piece's numbers and words)."""
     batch = batch_of(key)
     piece = key.partition("/")[2]
     natural = tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in _NUMBER.split(piece) if part)
