@@ -31,7 +31,10 @@ def group_of(key: str) -> str:
 
 def batch_of(key: str) -> int | None:
     """The batch size a key's group names, or None where the group is no batch size."""
-    group = group_of(key)
+    return _batch_of_group(group_of(key))
+
+
+def _batch_of_group(group: str) -> int | None:
     return int(group) if group.isascii() and group.isdigit() and len(group) <= MAX_BATCH_DIGITS else None
 
 
@@ -41,8 +44,9 @@ def key_order(key: str) -> tuple:
     a short path, whose result is the general one's: LOAD sorts them on its own thread while the
     module thread needs the GIL."""
     group, _, piece = key.partition("/")
-    if group.isascii() and group.isdigit() and len(group) <= MAX_BATCH_DIGITS and piece.isascii() and (piece.isdigit() or not piece):
-        return (False, int(group), group, ((0, int(piece), ""),) if piece else ())
+    batch = _batch_of_group(group)
+    if batch is not None and piece.isascii() and (piece.isdigit() or not piece):
+        return (False, batch, group, ((0, int(piece), ""),) if piece else ())
     return general_key_order(key)
 
 

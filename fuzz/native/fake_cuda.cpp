@@ -332,8 +332,6 @@ CUresult func_get_param_info(CUfunction function, size_t index, size_t* offset, 
   return CUDA_SUCCESS;
 }
 
-// `mine` as a lookup result, once its type is proven that of cuda.h's declaration (decltype
-// only: there is no libcuda to link against).
 // Entry points run one at a time, as if the driver held one lock (the native chunk runner calls
 // them from several threads; the state above is not thread-safe).
 std::recursive_mutex& fake_mutex() {
@@ -352,6 +350,8 @@ struct Serialized<R (*)(A...), f> {
 };
 #define SERIALIZED(fn) (&Serialized<decltype(&fn), &fn>::call)
 
+// `mine` as a lookup result, once its type is proven that of cuda.h's declaration (decltype
+// only: there is no libcuda to link against).
 template <class Theirs, class Mine>
 void* entry(Mine mine) {
   static_assert(std::is_same_v<Mine, Theirs>, "the stand-in's signature differs from cuda.h's");
