@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +41,32 @@ class _ChunkOutcome(ctypes.Structure):
         ("error", ctypes.c_char * ERROR_BYTES),
     ]
 
+
+class _ModuleVariable(ctypes.Structure):
+    """csrc/module_load.hpp's ModuleVariable."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p), ("contents", ctypes.c_void_p), ("size", _u64), ("ranges", _u64_array), ("range_count", _u32),
+        ("reserved", _u32),
+    ]
+
+
+class _ModuleFunction(ctypes.Structure):
+    """csrc/module_load.hpp's ModuleFunction."""
+
+    _i32_array = ctypes.POINTER(ctypes.c_int32)
+    _fields_ = [("name", ctypes.c_char_p), ("attributes", _i32_array), ("values", _i32_array), ("attribute_count", _u32), ("reserved", _u32)]
+
+
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fr_table_check": (ctypes.c_int, [_bytes, _u64, _bytes, _u64, _u32, _u32, _u32, ctypes.c_char_p, _u64]),
     "fr_function_param_bytes": (ctypes.c_int, [_u64, _u64_array, ctypes.c_char_p, _u64]),
+    "fr_module_load": (
+        ctypes.c_int,
+        [_bytes, _u64, ctypes.POINTER(_ModuleVariable), _u32, ctypes.POINTER(_ModuleFunction), _u32, _u64_array, _u64_array, _u64_array,
+         ctypes.c_char_p, _u64],
+    ),
+    "fr_module_unload": (None, [_u64]),
     "fr_graph_build": (
         ctypes.c_int,
         [_bytes, _u64, _bytes, _u64, _u64_array, _u64_array, _u32, _u64_array, _u32, _u64_array, _u32, _u64, _u64_array, ctypes.c_char_p, _u64],
@@ -104,9 +127,66 @@ def function_param_bytes(handle: int) -> int:
     return size.value
 
 
+@dataclass(frozen=True)
+class StoredVariable:
+    """A module variable as LOAD writes it: its stored contents, of which the (start, end) byte
+    `ranges` are written (the rest the load fills in itself)."""
+
+    name: str
+    contents: bytes
+    ranges: Sequence[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class LoadedModule:
+    """A module fr_module_load loaded: its CUmodule, and for each function asked for, in order,
+    its CUfunction and parameter buffer size (0 where the driver cannot tell)."""
+
+    module: int
+    functions: list[int]
+    param_bytes: list[int]
+
+
+def load_module(
+    image: bytes, context: int, variables: Sequence[StoredVariable], functions: Sequence[tuple[str, Mapping[int, int]]], what: str
+) -> LoadedModule:
+    """Loads a module binary in `context`, writes its stored variables, and resolves each
+    (entry name, {CUfunction_attribute: value}) of `functions`, setting the attributes that
+    differ, in one call (the GIL released throughout). On failure nothing stays loaded, and the
+    error names `what`, the step, and the variable or kernel."""
+    keep = []  # the arrays the structures point into stay alive until the call returns
+    stored = (_ModuleVariable * max(1, len(variables)))()
+    for slot, variable in zip(stored, variables, strict=False):
+        ranges = (ctypes.c_uint64 * max(1, 2 * len(variable.ranges)))(*(bound for pair in variable.ranges for bound in pair))
+        keep.append(ranges)
+        slot.name, slot.size = variable.name.encode(), len(variable.contents)
+        slot.contents = ctypes.cast(ctypes.c_char_p(variable.contents), ctypes.c_void_p)
+        slot.ranges, slot.range_count = ranges, len(variable.ranges)
+    wanted = (_ModuleFunction * max(1, len(functions)))()
+    for slot, (name, attributes) in zip(wanted, functions, strict=False):
+        ids = (ctypes.c_int32 * max(1, len(attributes)))(*attributes.keys())
+        values = (ctypes.c_int32 * max(1, len(attributes)))(*(ctypes.c_int32(v).value for v in attributes.values()))
+        keep += [ids, values]
+        slot.name, slot.attributes, slot.values, slot.attribute_count = name.encode(), ids, values, len(attributes)
+    module = ctypes.c_uint64(0)
+    handles = (ctypes.c_uint64 * max(1, len(functions)))()
+    param_bytes = (ctypes.c_uint64 * max(1, len(functions)))()
+    error = ctypes.create_string_buffer(ERROR_BYTES)
+    status = library().fr_module_load(
+        image, context, stored, len(variables), wanted, len(functions), ctypes.byref(module), handles, param_bytes, error, ERROR_BYTES,
+    )
+    if status != OK:
+        _raise(status, error, what)
+    return LoadedModule(module.value, list(handles)[: len(functions)], list(param_bytes)[: len(functions)])
+
+
+def unload_module(module: int) -> None:
+    library().fr_module_unload(module)
+
+
 class Handles:
     """CUfunction, CUevent and collective CUgraph handles by archive index, as the C arrays each
-    build reads, and each function's parameter buffer size (function_param_bytes; 0 where
+    build reads, and each function's parameter buffer size (as load_module reads it; 0 where
     unknown), which the build checks every kernel node's arguments against."""
 
     def __init__(self, functions: list[int], events: list[int], collectives: list[int] = ()) -> None:  # type: ignore[assignment]

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +53,14 @@ def clean_environment(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
     env.update(overrides)
     return env
+
+
+@pytest.fixture(scope="session")
+def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the stand-in driver (tests/stand_in.py) as libcuda.so.1."""
+    from .stand_in import build_stand_in
+
+    return build_stand_in(tmp_path_factory.mktemp("fake-libcuda"))
 
 
 @pytest.fixture(scope="session")

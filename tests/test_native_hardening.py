@@ -10,11 +10,7 @@ libcuda.so.1 and loaded by a child process (the library resolves the driver once
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -38,6 +34,7 @@ from foundry_trace.archive.node_table import (
 from foundry_trace.archive.records import ChildGraphNode, Edge, GraphBody, KernelNode, walk_nodes
 from foundry_trace.errors import ArchiveFormatError, DriverCallError
 
+from . import stand_in as stand_in_driver
 from .conftest import SIM_BASE, SIM_GRANULARITY, SIM_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,54 +202,8 @@ def test_save_records_no_attribute_the_check_refuses_but_device_updatable_nodes(
 # --- 4 and 5: the build loop against the stand-in driver ---
 
 
-def _cuda_include() -> Path:
-    """Where cuda.h is, looked for as setup.py looks for it."""
-    nvcc = shutil.which("nvcc")
-    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda", "/opt/cuda"]
-    roots += [str(Path(nvcc).resolve().parent.parent)] if nvcc else []
-    for root in filter(None, roots):
-        if (Path(root) / "include" / "cuda.h").exists():
-            return Path(root) / "include"
-    raise RuntimeError("CUDA headers not found (cuda.h): set CUDA_HOME; the package build needs them too")
-
-
-@pytest.fixture(scope="module")
-def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory holding the stand-in driver as libcuda.so.1."""
-    directory = tmp_path_factory.mktemp("fake-libcuda")
-    compiler = os.environ.get("CXX", "c++")
-    subprocess.run(
-        [
-            compiler,
-            "-std=c++17",
-            "-O1",
-            "-fPIC",
-            "-shared",
-            "-Wl,-soname,libcuda.so.1",
-            f"-I{_cuda_include()}",
-            "-o",
-            str(directory / "libcuda.so.1"),
-            str(NATIVE_FUZZ / "fake_cuda.cpp"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return directory
-
-
 def run_child(stand_in: Path, scenario: str) -> str:
-    """Runs `_child_<scenario>()` of this module in a process whose libcuda is the stand-in."""
-    environment = dict(os.environ, LD_LIBRARY_PATH=f"{stand_in}:{os.environ.get('LD_LIBRARY_PATH', '')}")
-    result = subprocess.run(
-        [sys.executable, "-c", f"from tests.test_native_hardening import _child_{scenario}; _child_{scenario}()"],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result.stdout
+    return stand_in_driver.run_child(stand_in, "test_native_hardening", scenario)
 
 
 def test_function_param_bytes_is_the_end_of_the_last_parameter(stand_in: Path) -> None:
@@ -323,24 +274,7 @@ def split_fuzz_input(data: bytes) -> tuple[bytes, bytes]:
 
 
 def _fake() -> ctypes.CDLL:
-    fake = ctypes.CDLL("libcuda.so.1")
-    for name in (
-        "fake_cuda_function",
-        "fake_cuda_event",
-        "fake_cuda_context",
-        "fake_cuda_graph",
-        "fake_cuda_live_graphs",
-        "fake_cuda_live_nodes",
-        "fake_cuda_graph_nodes",
-    ):
-        getattr(fake, name).restype = ctypes.c_uint64
-    fake.fake_cuda_graph_nodes.argtypes = [ctypes.c_uint64]
-    fake.fake_cuda_function.argtypes = [
-        ctypes.POINTER(ctypes.c_uint64),
-        ctypes.POINTER(ctypes.c_uint64),
-        ctypes.c_uint64,
-    ]
-    return fake
+    return stand_in_driver.fake()
 
 
 def _functions(fake: ctypes.CDLL) -> list[int]:
@@ -407,15 +341,16 @@ def _child_pipeline() -> None:
     from foundry_trace.restore.resources import LoadResources
 
     fake = _fake()
-    NoContext = _stand_in_pipeline(_functions(fake))  # noqa: N806 - a class
     with Archive(ROOT / "tests" / "data" / "micro.foundry") as archive:
-        loading = NoContext(
-            archive, LoadResources(0), threads=1, builders=1, chunk_nodes=0, context=fake.fake_cuda_context(), started=0.0
-        )
+        NoContext = _stand_in_pipeline(fake, [f.name for f in archive.manifest.functions])  # noqa: N806 - a class
+        resources = LoadResources(0)
+        loading = NoContext(archive, resources, threads=1, builders=1, chunk_nodes=0, context=fake.fake_cuda_context(), started=0.0)
         for module in range(len(archive.manifest.modules)):
             loading._load_module(module)
-        assert list(loading._handles.param_bytes) == [32, 48]
+        assert list(loading._handles.param_bytes) == [32, 48] and all(loading._handles.functions)
         loading.close()
+        assert fake.fake_cuda_live_modules() == 2 and resources.release().modules == 2
+        assert fake.fake_cuda_live_modules() == 0
 
 
 def _child_native_chunk() -> None:
@@ -475,12 +410,14 @@ def _child_build_gate() -> None:
         assert "builders=0" in str(error)
 
 
-def _stand_in_pipeline(functions: list[int]) -> type:
-    """Pipeline for the stand-in driver: modules "load" as the stand-in's functions, and workers
-    make no context current (the stand-in has none for cuda.bindings)."""
+def _stand_in_pipeline(fake: ctypes.CDLL, kernels: list[str]) -> type:
+    """Pipeline for the stand-in driver, whose modules hold `kernels` (with the parameters of
+    FUZZ_PARAMETERS, in order); its workers make no context current (the stand-in has none for
+    cuda.bindings)."""
     from foundry_trace.restore import pipeline
 
-    pipeline.load_module = lambda archive, record, numbered, resources: {number: functions[number] for number, _ in numbered}
+    for name, parameters in zip(kernels, FUZZ_PARAMETERS, strict=False):
+        stand_in_driver.define_kernel(fake, name, parameters)
 
     class NoContext(pipeline.Pipeline):
         def _start_worker(self) -> None:
@@ -494,8 +431,8 @@ def _child_pipeline_native() -> None:
     from foundry_trace.restore.resources import LoadResources
 
     fake = _fake()
-    NoContext = _stand_in_pipeline(_functions(fake))  # noqa: N806 - a class
     with Archive(ROOT / "tests" / "data" / "micro.foundry") as archive:
+        NoContext = _stand_in_pipeline(fake, [f.name for f in archive.manifest.functions])  # noqa: N806 - a class
         resources = LoadResources(0)
         loading = NoContext(
             archive, resources, threads=4, builders=2, chunk_nodes=4096, context=fake.fake_cuda_context(), started=0.0,
@@ -510,6 +447,7 @@ def _child_pipeline_native() -> None:
         assert fake.fake_cuda_live_graphs() == 0
         summary = resources.release()
         assert summary.executables == len(archive.manifest.graphs) and summary.built_graphs == 0
+        assert summary.modules == len(archive.manifest.modules) and fake.fake_cuda_live_modules() == 0
 
 
 def _child_native_chunks_in_order() -> None:
@@ -518,14 +456,16 @@ def _child_native_chunks_in_order() -> None:
     from foundry_trace.restore.resources import LoadResources
 
     fake = _fake()
-    functions = _functions(fake)
-    NoContext = _stand_in_pipeline(functions)  # noqa: N806 - a class
+    kernels = [f"k{n}" for n in range(len(FUZZ_PARAMETERS))]
+    NoContext = _stand_in_pipeline(fake, kernels)  # noqa: N806 - a class
     good = encode(GraphBody(nodes=(_kernel(0, 32), _kernel(1, 48), _kernel(2, 24)), edges=(Edge(source=0, destination=1),)))
     graphs = [SimpleNamespace(key=str(n), nodes=3, modules=(0,), payload="p") for n in range(40)]
     manifest = SimpleNamespace(
-        functions=[SimpleNamespace(module=0, name=f"k{n}") for n in range(len(functions))], modules=[SimpleNamespace(size=1)], graphs=graphs,
+        functions=[SimpleNamespace(module=0, name=name, attributes={}) for name in kernels],
+        modules=[SimpleNamespace(size=1, digest="m", variables={}, relocated={})],
+        graphs=graphs,
     )
-    archive = SimpleNamespace(manifest=manifest, graph_blobs=lambda entry: (good.table, good.payload))
+    archive = SimpleNamespace(manifest=manifest, blob=lambda digest: b"image", graph_blobs=lambda entry: (good.table, good.payload))
     for chunk_nodes in (12, 3):  # chunks of 4 graphs (one call at a time), or of 1 (4 calls side by side)
         resources = LoadResources(0)
         loading = NoContext(

@@ -20,15 +20,6 @@ constexpr int kBaseAbi = 12000;
 // parameters than this is not answering the question.
 constexpr size_t kMaxParameters = 1 << 15;
 
-std::string describe(const GraphDriver& d, const char* call, CUresult result) {
-  const char* name = nullptr;
-  if (d.cuGetErrorName == nullptr || d.cuGetErrorName(result, &name) != CUDA_SUCCESS) name = "?";
-  char buffer[160];
-  std::snprintf(buffer, sizeof buffer, "%s failed with %s (%d)", call, name,
-                static_cast<int>(result));
-  return buffer;
-}
-
 class BodyBuilder {
  public:
   BodyBuilder(const GraphDriver& d, const BuildInputs& in, std::string* error)
@@ -188,14 +179,14 @@ class BodyBuilder {
   }
 
   CUresult fail(const char* call, CUresult r) {
-    *error_ = describe(d_, call, r);
+    *error_ = describe_failure(d_, call, r);
     return r;
   }
 
   // Names the node, so that a refusal can be traced to a kernel (the caller maps the function
   // index to its name).
   CUresult fail_at(const NodeEntry& n, const char* call, CUresult r) {
-    *error_ = describe(d_, call, r);
+    *error_ = describe_failure(d_, call, r);
     if (n.kind == kKernel) {
       char buffer[200];
       std::snprintf(buffer, sizeof buffer,
@@ -214,6 +205,15 @@ class BodyBuilder {
 };
 
 }  // namespace
+
+std::string describe_failure(const GraphDriver& d, const char* call, CUresult result) {
+  const char* name = nullptr;
+  if (d.cuGetErrorName == nullptr || d.cuGetErrorName(result, &name) != CUDA_SUCCESS) name = "?";
+  char buffer[160];
+  std::snprintf(buffer, sizeof buffer, "%s failed with %s (%d)", call, name,
+                static_cast<int>(result));
+  return buffer;
+}
 
 const GraphDriver* graph_driver(std::string* error) {
   static GraphDriver driver;
@@ -234,6 +234,13 @@ const GraphDriver* graph_driver(std::string* error) {
     entry_points.resolve("cuStreamCreate", &driver.cuStreamCreate, kBaseAbi);
     entry_points.resolve("cuStreamSynchronize", &driver.cuStreamSynchronize, kBaseAbi);
     entry_points.resolve("cuStreamDestroy", &driver.cuStreamDestroy, kBaseAbi);
+    entry_points.resolve("cuModuleLoadData", &driver.cuModuleLoadData, kBaseAbi);
+    entry_points.resolve("cuModuleUnload", &driver.cuModuleUnload, kBaseAbi);
+    entry_points.resolve("cuModuleGetGlobal", &driver.cuModuleGetGlobal, kBaseAbi);
+    entry_points.resolve("cuModuleGetFunction", &driver.cuModuleGetFunction, kBaseAbi);
+    entry_points.resolve("cuMemcpyHtoD", &driver.cuMemcpyHtoD, kBaseAbi);
+    entry_points.resolve("cuFuncGetAttribute", &driver.cuFuncGetAttribute, kBaseAbi);
+    entry_points.resolve("cuFuncSetAttribute", &driver.cuFuncSetAttribute, kBaseAbi);
     failure = entry_points.error();
     EntryPoints optional;  // a miss leaves the entry point null, which its caller handles
     optional.resolve("cuFuncGetParamInfo", &driver.cuFuncGetParamInfo, kParamInfoAbi);
@@ -253,7 +260,7 @@ CUresult function_param_bytes(const GraphDriver& d, CUfunction function, uint64_
     size_t offset = 0, size = 0;
     const CUresult r = d.cuFuncGetParamInfo(function, index, &offset, &size);
     if (r == CUDA_ERROR_INVALID_VALUE) return CUDA_SUCCESS;  // past the last parameter
-    if (r != CUDA_SUCCESS) return *error = describe(d, "cuFuncGetParamInfo", r), r;
+    if (r != CUDA_SUCCESS) return *error = describe_failure(d, "cuFuncGetParamInfo", r), r;
     *bytes = std::max<uint64_t>(*bytes, uint64_t{offset} + size);
   }
   *error = "cuFuncGetParamInfo reports more than " + std::to_string(kMaxParameters) +
@@ -265,7 +272,7 @@ CUresult build_graph(const GraphDriver& d, const BuildInputs& in, CUgraph* graph
                      std::string* error) {
   NvtxRange range("load.build_graph");
   CUresult r = d.cuCtxSetCurrent(in.context);  // worker threads start without one
-  if (r != CUDA_SUCCESS) return *error = describe(d, "cuCtxSetCurrent", r), r;
+  if (r != CUDA_SUCCESS) return *error = describe_failure(d, "cuCtxSetCurrent", r), r;
   return BodyBuilder(d, in, error).build(0, graph);
 }
 
@@ -273,9 +280,9 @@ CUresult instantiate_graph(const GraphDriver& d, CUgraph graph, CUcontext contex
                            CUgraphExec* executable, std::string* error) {
   NvtxRange range("load.instantiate_graph");
   CUresult r = d.cuCtxSetCurrent(context);
-  if (r != CUDA_SUCCESS) return *error = describe(d, "cuCtxSetCurrent", r), r;
+  if (r != CUDA_SUCCESS) return *error = describe_failure(d, "cuCtxSetCurrent", r), r;
   r = d.cuGraphInstantiate(executable, graph, 0);
-  if (r != CUDA_SUCCESS) return *error = describe(d, "cuGraphInstantiate", r), r;
+  if (r != CUDA_SUCCESS) return *error = describe_failure(d, "cuGraphInstantiate", r), r;
   return CUDA_SUCCESS;
 }
 
@@ -283,16 +290,16 @@ CUresult upload_graph(const GraphDriver& d, CUgraphExec executable, CUcontext co
                       std::string* error) {
   NvtxRange range("load.upload_graph");
   CUresult r = d.cuCtxSetCurrent(context);
-  if (r != CUDA_SUCCESS) return *error = describe(d, "cuCtxSetCurrent", r), r;
+  if (r != CUDA_SUCCESS) return *error = describe_failure(d, "cuCtxSetCurrent", r), r;
   CUstream stream = nullptr;
   r = d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING);
-  if (r != CUDA_SUCCESS) return *error = describe(d, "cuStreamCreate", r), r;
+  if (r != CUDA_SUCCESS) return *error = describe_failure(d, "cuStreamCreate", r), r;
   r = d.cuGraphUpload(executable, stream);
   if (r != CUDA_SUCCESS) {
-    *error = describe(d, "cuGraphUpload", r);
+    *error = describe_failure(d, "cuGraphUpload", r);
   } else {
     r = d.cuStreamSynchronize(stream);
-    if (r != CUDA_SUCCESS) *error = describe(d, "cuStreamSynchronize", r);
+    if (r != CUDA_SUCCESS) *error = describe_failure(d, "cuStreamSynchronize", r);
   }
   d.cuStreamDestroy(stream);
   return r;

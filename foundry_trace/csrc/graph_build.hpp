@@ -25,12 +25,22 @@ struct GraphDriver {
   FOUNDRY_DRIVER_FN(cuStreamCreate)
   FOUNDRY_DRIVER_FN(cuStreamSynchronize)
   FOUNDRY_DRIVER_FN(cuStreamDestroy)
+  FOUNDRY_DRIVER_FN(cuModuleLoadData)
+  FOUNDRY_DRIVER_FN(cuModuleUnload)
+  FOUNDRY_DRIVER_FN(cuModuleGetGlobal)
+  FOUNDRY_DRIVER_FN(cuModuleGetFunction)
+  FOUNDRY_DRIVER_FN(cuMemcpyHtoD)
+  FOUNDRY_DRIVER_FN(cuFuncGetAttribute)
+  FOUNDRY_DRIVER_FN(cuFuncSetAttribute)
   FOUNDRY_DRIVER_FN(cuFuncGetParamInfo)  // CUDA 12.4 on; null where the driver is older
 #undef FOUNDRY_DRIVER_FN
 };
 
-// The driver's graph entry points, resolved once; on failure *error says why.
+// The driver's graph and module entry points, resolved once; on failure *error says why.
 const GraphDriver* graph_driver(std::string* error);
+
+// "cuX failed with CUDA_ERROR_Y (n)", for the messages LOAD raises.
+std::string describe_failure(const GraphDriver& d, const char* call, CUresult result);
 
 struct BuildInputs {
   TableView table;

@@ -9,6 +9,7 @@
 #include "chunk_restore.hpp"
 #include "graph_build.hpp"
 #include "graph_table.hpp"
+#include "module_load.hpp"
 
 #define FOUNDRY_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -54,6 +55,40 @@ FOUNDRY_EXPORT int fr_function_param_bytes(uint64_t function, uint64_t* bytes, c
                                     &message) != CUDA_SUCCESS)
     return report(kDriverFailure, message, error, error_size);
   return kOk;
+}
+
+// Loads a module image in `context`, writes its stored variables and resolves its functions
+// (module_load.hpp): *module, and function_handles[i] and param_bytes[i] for functions[i]. On
+// failure nothing is left loaded.
+FOUNDRY_EXPORT int fr_module_load(const void* image, uint64_t context,
+                                  const foundry::ModuleVariable* variables, uint32_t variable_count,
+                                  const foundry::ModuleFunction* functions, uint32_t function_count,
+                                  uint64_t* module, uint64_t* function_handles,
+                                  uint64_t* param_bytes, char* error, uint64_t error_size) {
+  std::string message;
+  const foundry::GraphDriver* d = foundry::graph_driver(&message);
+  if (d == nullptr) return report(kNoDriver, message, error, error_size);
+  CUmodule loaded = nullptr;
+  switch (foundry::load_module(*d, static_cast<const uint8_t*>(image),
+                               reinterpret_cast<CUcontext>(context), variables, variable_count,
+                               functions, function_count, &loaded, function_handles, param_bytes,
+                               &message)) {
+    case foundry::ModuleLoadFailure::kNone:
+      *module = reinterpret_cast<uint64_t>(loaded);
+      return kOk;
+    case foundry::ModuleLoadFailure::kArchiveMismatch:
+      return report(kInvalidTable, message, error, error_size);
+    case foundry::ModuleLoadFailure::kDriver:
+      break;
+  }
+  return report(kDriverFailure, message, error, error_size);
+}
+
+// Unloads a module fr_module_load loaded.
+FOUNDRY_EXPORT void fr_module_unload(uint64_t module) {
+  std::string message;
+  const foundry::GraphDriver* d = foundry::graph_driver(&message);
+  if (d != nullptr && module != 0) d->cuModuleUnload(reinterpret_cast<CUmodule>(module));
 }
 
 // Validates the table, then builds its graph in `context`; *graph receives the CUgraph.

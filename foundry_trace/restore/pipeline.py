@@ -23,8 +23,8 @@ when the archive is opened (the engine's start leaves them time); by load(), eac
 before it, in serving order, so that the first graphs build while the modules of the later ones
 load (cold on an H100, three fresh processes each: 0.93 s for the 8B-shaped workload's 67
 graphs, against 1.02 s with every module first). They load on one thread of their own, one at
-a time: the driver serialises module loads, and on the H200 the 193 modules of the piecewise
-archive took 0.30 s on 8 threads against 0.10 s on one. load() queues the smallest batch's
+a time, each in one native call (modules.py): the driver serialises module loads, and on the
+H200 the 193 modules of the piecewise archive took 0.30 s on 8 threads against 0.10 s on one. load() queues the smallest batch's
 graphs and their modules at open, so that they restore while LOAD claims the memory. The pool
 takes tasks in order and the module thread waits for nothing, so the pool cannot deadlock. The
 driver calls release the GIL (cuda.bindings, and ctypes for the native builder), so the threads
@@ -282,9 +282,9 @@ class Pipeline:
     def _load_module(self, index: int) -> None:
         functions = [(number, self._manifest.functions[number]) for number in self._functions_of.get(index, ())]
         with self._span(f"module {index}", "module"):
-            for number, handle in load_module(self.archive, self._manifest.modules[index], functions, self._resources).items():
+            for number, (handle, param_bytes) in load_module(self.archive, index, functions, self.context, self._resources).items():
                 self._handles.functions[number] = handle
-                self._handles.param_bytes[number] = native.function_param_bytes(handle)  # checked at each build
+                self._handles.param_bytes[number] = param_bytes  # checked at each build
 
     def build(self, entry: GraphEntry, table: bytes | None = None) -> int:
         """Builds a graph's CUgraph (its modules must be loaded); the caller destroys it."""

@@ -134,7 +134,7 @@ class LoadResources:
         elif kind == "events":
             driver.cuEventDestroy(driver.CUevent(handle))
         else:
-            driver.cuModuleUnload(driver.CUmodule(handle))
+            native.unload_module(handle)
         _count(kind, -1)
 
     def add_claim(self, address: int, size: int, arena: str) -> None:

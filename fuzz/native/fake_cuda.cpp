@@ -1,6 +1,9 @@
 // A stand-in for libcuda.so.1, for the restore library's fuzz target (fuzz_restore.cpp) and the
-// CPU tests: the graph entry points that graph_build.cpp resolves through cuGetProcAddress_v2,
-// recorded in plain C++ structures. Where the real driver reads host memory, this one copies
+// CPU tests: the graph and module entry points that graph_build.cpp resolves through
+// cuGetProcAddress_v2, recorded in plain C++ structures. A module "loads" from any image that
+// does not start with "BAD", and then holds the kernels and variables fake_cuda_define_kernel()
+// and fake_cuda_define_variable() declared; its variables live in host memory, and a copy to the
+// device must land inside one of them. Where the real driver reads host memory, this one copies
 // every byte it would read (so AddressSanitizer sees an over-read by the build loop), and every
 // handle it is given must be one it handed out: anything else aborts with the reason, a bug of
 // the caller. It fails the way a driver does where the build loop has to clean up: an injected
@@ -33,11 +36,18 @@ constexpr uint32_t kLastAttribute = 18;  // the highest CUlaunchAttributeID driv
 
 struct FakeFunction {
   std::vector<std::pair<size_t, size_t>> params;  // (offset, size)
+  std::vector<std::pair<CUfunction_attribute, int>> attributes;  // those set; 0 otherwise
   size_t param_bytes() const {
     size_t end = 0;
     for (const auto& [offset, size] : params) end = std::max(end, offset + size);
     return end;
   }
+};
+
+// A module: its own copy of each declared kernel and variable.
+struct FakeModule {
+  std::vector<std::pair<std::string, FakeFunction*>> functions;
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> variables;
 };
 
 struct FakeGraph;
@@ -61,6 +71,9 @@ struct State {
   std::set<const void*> graphs;  // created by cuGraphCreate and not destroyed yet
   std::set<const void*> nodes;   // every node of every graph, copies included
   std::set<std::string> hidden;  // entry points cuGetProcAddress_v2 reports missing
+  std::set<const void*> modules;
+  std::vector<std::pair<std::string, FakeFunction>> kernels;    // what each module loads with
+  std::vector<std::pair<std::string, size_t>> variable_sizes;
   uint64_t calls = 0;            // calls that can fail, so far
   uint64_t fail_at = 0;          // the call that fails (0: none)
 };
@@ -201,6 +214,8 @@ CUresult get_error_name(CUresult error, const char** name) {
     case CUDA_SUCCESS: *name = "CUDA_SUCCESS"; return CUDA_SUCCESS;
     case CUDA_ERROR_INVALID_VALUE: *name = "CUDA_ERROR_INVALID_VALUE"; return CUDA_SUCCESS;
     case CUDA_ERROR_OUT_OF_MEMORY: *name = "CUDA_ERROR_OUT_OF_MEMORY"; return CUDA_SUCCESS;
+    case CUDA_ERROR_INVALID_IMAGE: *name = "CUDA_ERROR_INVALID_IMAGE"; return CUDA_SUCCESS;
+    case CUDA_ERROR_NOT_FOUND: *name = "CUDA_ERROR_NOT_FOUND"; return CUDA_SUCCESS;
     default: *name = nullptr; return CUDA_ERROR_INVALID_VALUE;
   }
 }
@@ -209,6 +224,9 @@ CUresult ctx_set_current(CUcontext context) {
   require(context == nullptr || state().contexts.count(context) != 0, "an unknown context");
   return CUDA_SUCCESS;
 }
+
+// Nothing runs on the stand-in's device: there is never work to wait for.
+CUresult ctx_synchronize() { return CUDA_SUCCESS; }
 
 CUgraph make_graph() {
   auto* created = new FakeGraph;
@@ -332,6 +350,99 @@ CUresult func_get_param_info(CUfunction function, size_t index, size_t* offset, 
   return CUDA_SUCCESS;
 }
 
+CUresult module_load_data(CUmodule* module, const void* image) {
+  require(image != nullptr, "cuModuleLoadData of no image");
+  if (injected_failure()) return CUDA_ERROR_OUT_OF_MEMORY;
+  if (std::memcmp(image, "BAD", 3) == 0) return CUDA_ERROR_INVALID_IMAGE;
+  auto* loaded = new FakeModule;
+  for (const auto& [name, kernel] : state().kernels) {
+    auto* function = new FakeFunction(kernel);
+    state().functions.insert(function);
+    loaded->functions.emplace_back(name, function);
+  }
+  for (const auto& [name, size] : state().variable_sizes)
+    loaded->variables.emplace_back(name, std::vector<uint8_t>(size, 0xEE));
+  state().modules.insert(loaded);
+  *module = reinterpret_cast<CUmodule>(loaded);
+  return CUDA_SUCCESS;
+}
+
+FakeModule* known_module(CUmodule module, const char* call) {
+  require(state().modules.count(module) != 0, call);
+  return reinterpret_cast<FakeModule*>(module);
+}
+
+CUresult module_unload(CUmodule module) {
+  FakeModule* fake = known_module(module, "cuModuleUnload of an unknown module");
+  for (const auto& [name, function] : fake->functions) {
+    state().functions.erase(function);
+    delete function;
+  }
+  state().modules.erase(fake);
+  delete fake;
+  return CUDA_SUCCESS;
+}
+
+CUresult module_get_function(CUfunction* function, CUmodule module, const char* name) {
+  FakeModule* fake = known_module(module, "cuModuleGetFunction in an unknown module");
+  if (injected_failure()) return CUDA_ERROR_OUT_OF_MEMORY;
+  for (const auto& [known, handle] : fake->functions) {
+    if (known == name) {
+      *function = reinterpret_cast<CUfunction>(handle);
+      return CUDA_SUCCESS;
+    }
+  }
+  return CUDA_ERROR_NOT_FOUND;
+}
+
+CUresult module_get_global(CUdeviceptr* address, size_t* bytes, CUmodule module, const char* name) {
+  FakeModule* fake = known_module(module, "cuModuleGetGlobal in an unknown module");
+  for (auto& [known, contents] : fake->variables) {
+    if (known == name) {
+      *address = reinterpret_cast<CUdeviceptr>(contents.data());
+      *bytes = contents.size();
+      return CUDA_SUCCESS;
+    }
+  }
+  return CUDA_ERROR_NOT_FOUND;
+}
+
+// Copies to a variable of a live module; anything else is a write to memory nobody owns.
+CUresult memcpy_htod(CUdeviceptr destination, const void* source, size_t size) {
+  if (injected_failure()) return CUDA_ERROR_OUT_OF_MEMORY;
+  for (const void* module : state().modules) {
+    for (auto& [name, contents] : static_cast<const FakeModule*>(module)->variables) {
+      const auto start = reinterpret_cast<CUdeviceptr>(contents.data());
+      if (destination >= start && destination + size <= start + contents.size()) {
+        const std::vector<uint8_t> bytes = read_host(source, size);
+        std::copy(bytes.begin(), bytes.end(), const_cast<uint8_t*>(contents.data()) + (destination - start));
+        return CUDA_SUCCESS;
+      }
+    }
+  }
+  misuse("cuMemcpyHtoD outside every module variable");
+}
+
+FakeFunction* known_function(CUfunction function, const char* call) {
+  require(state().functions.count(function) != 0, call);
+  return reinterpret_cast<FakeFunction*>(function);
+}
+
+CUresult func_get_attribute(int* value, CUfunction_attribute attribute, CUfunction function) {
+  const FakeFunction* fake = known_function(function, "cuFuncGetAttribute of an unknown function");
+  *value = 0;
+  for (const auto& [known, set] : fake->attributes)
+    if (known == attribute) *value = set;
+  return CUDA_SUCCESS;
+}
+
+CUresult func_set_attribute(CUfunction function, CUfunction_attribute attribute, int value) {
+  FakeFunction* fake = known_function(function, "cuFuncSetAttribute of an unknown function");
+  if (injected_failure()) return CUDA_ERROR_OUT_OF_MEMORY;
+  fake->attributes.emplace_back(attribute, value);
+  return CUDA_SUCCESS;
+}
+
 // Entry points run one at a time, as if the driver held one lock (the native chunk runner calls
 // them from several threads; the state above is not thread-safe).
 std::recursive_mutex& fake_mutex() {
@@ -363,6 +474,7 @@ void* lookup(const std::string& name) {
   const std::pair<const char*, void*> table[] = {
       {"cuGetErrorName", entry<decltype(&::cuGetErrorName)>(SERIALIZED(get_error_name))},
       {"cuCtxSetCurrent", entry<decltype(&::cuCtxSetCurrent)>(SERIALIZED(ctx_set_current))},
+      {"cuCtxSynchronize", entry<decltype(&::cuCtxSynchronize)>(SERIALIZED(ctx_synchronize))},
       {"cuGraphCreate", entry<decltype(&::cuGraphCreate)>(SERIALIZED(graph_create))},
       {"cuGraphDestroy", entry<decltype(&::cuGraphDestroy)>(SERIALIZED(graph_destroy))},
       {"cuGraphAddNode", entry<decltype(&::cuGraphAddNode)>(SERIALIZED(graph_add_node))},
@@ -376,6 +488,13 @@ void* lookup(const std::string& name) {
       {"cuStreamSynchronize", entry<decltype(&::cuStreamSynchronize)>(SERIALIZED(stream_synchronize))},
       {"cuStreamDestroy", entry<decltype(&::cuStreamDestroy)>(SERIALIZED(stream_destroy))},
       {"cuFuncGetParamInfo", entry<decltype(&::cuFuncGetParamInfo)>(SERIALIZED(func_get_param_info))},
+      {"cuModuleLoadData", entry<decltype(&::cuModuleLoadData)>(SERIALIZED(module_load_data))},
+      {"cuModuleUnload", entry<decltype(&::cuModuleUnload)>(SERIALIZED(module_unload))},
+      {"cuModuleGetFunction", entry<decltype(&::cuModuleGetFunction)>(SERIALIZED(module_get_function))},
+      {"cuModuleGetGlobal", entry<decltype(&::cuModuleGetGlobal)>(SERIALIZED(module_get_global))},
+      {"cuMemcpyHtoD", entry<decltype(&::cuMemcpyHtoD)>(SERIALIZED(memcpy_htod))},
+      {"cuFuncGetAttribute", entry<decltype(&::cuFuncGetAttribute)>(SERIALIZED(func_get_attribute))},
+      {"cuFuncSetAttribute", entry<decltype(&::cuFuncSetAttribute)>(SERIALIZED(func_set_attribute))},
   };
   for (const auto& [known, function] : table)
     if (name == known) return function;
@@ -388,8 +507,9 @@ void* lookup(const std::string& name) {
 FAKE_EXPORT CUresult cuGetProcAddress_v2(const char* symbol, void** function, int, cuuint64_t,
                                          CUdriverProcAddressQueryResult* status) {
   *function = lookup(symbol);
-  *status = *function != nullptr ? CU_GET_PROC_ADDRESS_SUCCESS
-                                 : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+  if (status != nullptr)  // optional, as for the driver (cuda.bindings passes none)
+    *status = *function != nullptr ? CU_GET_PROC_ADDRESS_SUCCESS
+                                   : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
   return *function != nullptr ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
 }
 
@@ -419,8 +539,9 @@ FAKE_EXPORT uint64_t fake_cuda_context() {
 // An empty graph, e.g. to stand for a collective's.
 FAKE_EXPORT uint64_t fake_cuda_graph() { return reinterpret_cast<uint64_t>(make_graph()); }
 
-// Makes the n-th call from now that can fail (graph creation, node addition, attribute setting)
-// fail with CUDA_ERROR_OUT_OF_MEMORY; 0: none.
+// Makes the n-th call from now that can fail (graph creation, node addition, node attribute,
+// module load, function lookup, function attribute, copy) fail with CUDA_ERROR_OUT_OF_MEMORY;
+// 0: none.
 FAKE_EXPORT void fake_cuda_fail_call(uint64_t n) {
   state().calls = 0;
   state().fail_at = n;
@@ -442,3 +563,39 @@ FAKE_EXPORT uint64_t fake_cuda_graph_nodes(uint64_t graph) {
 
 // Makes cuGetProcAddress_v2 report `name` missing (an older driver), before the caller resolves.
 FAKE_EXPORT void fake_cuda_hide(const char* name) { state().hidden.insert(name); }
+
+// What each module loaded from now on holds: a kernel of parameters at `offsets` with `sizes`,
+// and a variable of `size` bytes (0xEE each, until written).
+FAKE_EXPORT void fake_cuda_define_kernel(const char* name, const uint64_t* offsets,
+                                         const uint64_t* sizes, uint64_t count) {
+  FakeFunction kernel;
+  for (uint64_t i = 0; i < count; ++i) kernel.params.emplace_back(offsets[i], sizes[i]);
+  state().kernels.emplace_back(name, kernel);
+}
+
+FAKE_EXPORT void fake_cuda_define_variable(const char* name, uint64_t size) {
+  state().variable_sizes.emplace_back(name, size);
+}
+
+FAKE_EXPORT uint64_t fake_cuda_live_modules() { return state().modules.size(); }
+
+// Copies a variable of a live module into `out` (`size` bytes at most); returns its size.
+FAKE_EXPORT uint64_t fake_cuda_read_variable(uint64_t module, const char* name, uint8_t* out,
+                                             uint64_t size) {
+  const FakeModule* fake = known_module(reinterpret_cast<CUmodule>(module), "an unknown module");
+  for (const auto& [known, contents] : fake->variables) {
+    if (known == name) {
+      std::memcpy(out, contents.data(), std::min<uint64_t>(size, contents.size()));
+      return contents.size();
+    }
+  }
+  misuse("fake_cuda_read_variable of an unknown variable");
+}
+
+// The value of a function attribute as last set (0 where never set).
+FAKE_EXPORT int fake_cuda_function_attribute(uint64_t function, int attribute) {
+  int value = 0;
+  func_get_attribute(&value, static_cast<CUfunction_attribute>(attribute),
+                     reinterpret_cast<CUfunction>(function));
+  return value;
+}

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from cuda.bindings import driver
 
+from foundry_trace import native
 from foundry_trace.binary.compact import compact_cubin
 from foundry_trace.binary.cubin import module_symbols
 from foundry_trace.binary.trim import dropped_sections, trim_cubin
 from foundry_trace.driver import call, device_bytes
-from foundry_trace.restore.modules import write_variable
+from foundry_trace.restore.modules import stored_variable
 from foundry_trace.save import module_image
 from foundry_trace.save.module_image import stored_module
 
@@ -62,15 +63,15 @@ def _address(module: driver.CUmodule, name: str) -> int:
 
 def _case(live: driver.CUmodule, kept: list[str] = KEPT) -> dict[str, object]:
     stored = stored_module(CUBIN, live, kept, VARIABLES)
-    fresh = call(driver.cuModuleLoadData, stored.binary)
+    variables = [stored_variable(name, contents, stored.relocated.get(name, ()), "module") for name, contents in stored.variables.items()]
+    context = int(call(driver.cuCtxGetCurrent))
+    fresh = driver.CUmodule(native.load_module(stored.binary, context, variables, [], "the stored module").module)  # as LOAD does
     try:
-        for name, contents in stored.variables.items():
-            write_variable(fresh, name, contents, stored.relocated.get(name, ()))  # as LOAD does
         runs_the_same = all(_run(fresh, kernel) == _run(live, kernel) for kernel in kept)
         pointer, tag = struct.unpack("<Qi4x", _variable(fresh, "tagged"))
         own_pointer = pointer == _address(fresh, "target") + 4 != _address(live, "target") + 4
     finally:
-        call(driver.cuModuleUnload, fresh)
+        native.unload_module(int(fresh))
     return {
         "trimmed": stored.trimmed,
         "cut": _cut(stored.binary, kept),

@@ -1,0 +1,101 @@
+#include "module_load.hpp"
+
+#include "nvtx_range.hpp"
+
+namespace foundry {
+namespace {
+
+class ModuleLoader {
+ public:
+  ModuleLoader(const GraphDriver& d, CUmodule module, std::string* error)
+      : d_(d), module_(module), error_(error) {}
+
+  ModuleLoadFailure write(const ModuleVariable& v) {
+    CUdeviceptr address = 0;
+    size_t size = 0;
+    CUresult r = d_.cuModuleGetGlobal(&address, &size, module_, v.name);
+    if (r != CUDA_SUCCESS) return driver(r, "cuModuleGetGlobal", "module variable ", v.name);
+    if (size != v.size) {
+      *error_ = "module variable " + std::string(v.name) + " is " + std::to_string(size) +
+                " bytes, but the archive stores " + std::to_string(v.size) +
+                " bytes for it (the archive is from another build of the module)";
+      return ModuleLoadFailure::kArchiveMismatch;
+    }
+    for (uint32_t i = 0; i < v.range_count; ++i) {
+      const uint64_t start = v.ranges[2 * i], end = v.ranges[2 * i + 1];
+      if (start >= end || end > v.size) {
+        *error_ = "module variable " + std::string(v.name) + ": the byte range " +
+                  std::to_string(start) + "-" + std::to_string(end) + " to write lies outside its " +
+                  std::to_string(v.size) + " bytes";
+        return ModuleLoadFailure::kArchiveMismatch;
+      }
+      r = d_.cuMemcpyHtoD(address + start, v.contents + start, end - start);
+      if (r != CUDA_SUCCESS) return driver(r, "cuMemcpyHtoD", "module variable ", v.name);
+    }
+    return ModuleLoadFailure::kNone;
+  }
+
+  // Sets only the attributes whose value differs: some (the cluster dimensions) the driver
+  // refuses to set once the kernel's binary fixes them, even to the same value.
+  ModuleLoadFailure resolve(const ModuleFunction& f, uint64_t* handle, uint64_t* param_bytes) {
+    CUfunction function = nullptr;
+    CUresult r = d_.cuModuleGetFunction(&function, module_, f.name);
+    if (r != CUDA_SUCCESS) return driver(r, "cuModuleGetFunction", "kernel ", f.name);
+    for (uint32_t a = 0; a < f.attribute_count; ++a) {
+      const auto attribute = static_cast<CUfunction_attribute>(f.attributes[a]);
+      int current = 0;
+      r = d_.cuFuncGetAttribute(&current, attribute, function);
+      if (r != CUDA_SUCCESS) return driver(r, "cuFuncGetAttribute", "kernel ", f.name);
+      if (current == f.values[a]) continue;
+      r = d_.cuFuncSetAttribute(function, attribute, f.values[a]);
+      if (r != CUDA_SUCCESS) return driver(r, "cuFuncSetAttribute", "kernel ", f.name);
+    }
+    std::string message;
+    r = function_param_bytes(d_, function, param_bytes, &message);
+    if (r != CUDA_SUCCESS) {
+      *error_ = message + " for kernel " + f.name;
+      return ModuleLoadFailure::kDriver;
+    }
+    *handle = reinterpret_cast<uint64_t>(function);
+    return ModuleLoadFailure::kNone;
+  }
+
+ private:
+  ModuleLoadFailure driver(CUresult r, const char* call, const char* what, const char* name) {
+    *error_ = describe_failure(d_, call, r) + " for " + what + name;
+    return ModuleLoadFailure::kDriver;
+  }
+
+  const GraphDriver& d_;
+  CUmodule module_;
+  std::string* error_;
+};
+
+}  // namespace
+
+ModuleLoadFailure load_module(const GraphDriver& d, const uint8_t* image, CUcontext context,
+                              const ModuleVariable* variables, uint32_t variable_count,
+                              const ModuleFunction* functions, uint32_t function_count,
+                              CUmodule* module, uint64_t* function_handles, uint64_t* param_bytes,
+                              std::string* error) {
+  NvtxRange range("load.module");
+  CUresult r = d.cuCtxSetCurrent(context);
+  if (r != CUDA_SUCCESS) return *error = describe_failure(d, "cuCtxSetCurrent", r), ModuleLoadFailure::kDriver;
+  CUmodule loaded = nullptr;
+  r = d.cuModuleLoadData(&loaded, image);
+  if (r != CUDA_SUCCESS) return *error = describe_failure(d, "cuModuleLoadData", r), ModuleLoadFailure::kDriver;
+  ModuleLoader loader(d, loaded, error);
+  ModuleLoadFailure failure = ModuleLoadFailure::kNone;
+  for (uint32_t i = 0; i < variable_count && failure == ModuleLoadFailure::kNone; ++i)
+    failure = loader.write(variables[i]);
+  for (uint32_t i = 0; i < function_count && failure == ModuleLoadFailure::kNone; ++i)
+    failure = loader.resolve(functions[i], &function_handles[i], &param_bytes[i]);
+  if (failure != ModuleLoadFailure::kNone) {
+    d.cuModuleUnload(loaded);
+    return failure;
+  }
+  *module = loaded;
+  return ModuleLoadFailure::kNone;
+}
+
+}  // namespace foundry

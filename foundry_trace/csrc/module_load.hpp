@@ -1,0 +1,51 @@
+// Loading one recorded module in one call: its binary, its stored variables (written around the
+// words the load itself fills in), and the functions the graphs launch from it, with the
+// attributes SAVE recorded and their parameter sizes. One call rather than one per driver step,
+// because the module thread otherwise waits for the GIL after every step: beside LOAD's main
+// thread queueing 2,211 piecewise graphs in Python, one module's steps took 0.1 s that way
+// (each wait up to the interpreter's 5 ms switch interval).
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+#include <string>
+
+#include "graph_build.hpp"
+
+namespace foundry {
+
+// A stored variable: `size` bytes of contents, of which the (start, end) byte ranges in
+// `ranges` are written (the rest are words the load filled in with addresses in the module).
+struct ModuleVariable {
+  const char* name;  // NUL-terminated
+  const uint8_t* contents;
+  uint64_t size;  // must be the variable's size in the loaded module
+  const uint64_t* ranges;  // range_count (start, end) pairs within size
+  uint32_t range_count;
+  uint32_t reserved;
+};
+
+// A function the graphs launch: its entry name and the attributes to set on it.
+struct ModuleFunction {
+  const char* name;  // NUL-terminated
+  const int32_t* attributes;  // CUfunction_attribute values
+  const int32_t* values;
+  uint32_t attribute_count;
+  uint32_t reserved;
+};
+
+enum class ModuleLoadFailure { kNone, kArchiveMismatch, kDriver };
+
+// Loads `image` in `context`, writes `variables`, and resolves `functions` into
+// function_handles[i] (CUfunction) and param_bytes[i] (function_param_bytes). On failure the
+// module is unloaded again, so nothing is left behind, and *error says what failed and where:
+// kArchiveMismatch where the archive disagrees with the module (a variable's size), kDriver
+// where the driver refused a step.
+ModuleLoadFailure load_module(const GraphDriver& d, const uint8_t* image, CUcontext context,
+                              const ModuleVariable* variables, uint32_t variable_count,
+                              const ModuleFunction* functions, uint32_t function_count,
+                              CUmodule* module, uint64_t* function_handles, uint64_t* param_bytes,
+                              std::string* error);
+
+}  // namespace foundry
