@@ -25,10 +25,6 @@ _u64, _u32, _bytes = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_char_p
 _u64_array = ctypes.POINTER(ctypes.c_uint64)
 
 
-class _ChunkGraph(ctypes.Structure):
-    """csrc/chunk_restore.hpp's ChunkGraph."""
-
-    _fields_ = [("table", ctypes.c_void_p), ("table_size", _u64), ("payload", ctypes.c_void_p), ("payload_size", _u64)]
 
 
 class _ChunkOutcome(ctypes.Structure):
@@ -42,13 +38,30 @@ class _ChunkOutcome(ctypes.Structure):
     ]
 
 
+class _BlobRef(ctypes.Structure):
+    """csrc/blob_read.hpp's BlobRef."""
+
+    _fields_ = [
+        ("offset", _u64), ("stored", _u64), ("size", _u64), ("codec", _u32), ("reserved", _u32), ("digest", ctypes.c_uint8 * 32),
+    ]
+
+
+class _BlobSource(ctypes.Structure):
+    """csrc/blob_read.hpp's BlobSource: bytes in memory (data), or a blob to read (ref)."""
+
+    _fields_ = [("data", ctypes.c_void_p), ("size", _u64), ("ref", _BlobRef)]
+
+
 class _ModuleVariable(ctypes.Structure):
     """csrc/module_load.hpp's ModuleVariable."""
 
-    _fields_ = [
-        ("name", ctypes.c_char_p), ("contents", ctypes.c_void_p), ("size", _u64), ("ranges", _u64_array), ("range_count", _u32),
-        ("reserved", _u32),
-    ]
+    _fields_ = [("name", ctypes.c_char_p), ("contents", _BlobSource), ("ranges", _u64_array), ("range_count", _u32), ("reserved", _u32)]
+
+
+class _ChunkGraph(ctypes.Structure):
+    """csrc/chunk_restore.hpp's ChunkGraph."""
+
+    _fields_ = [("table", _BlobSource), ("payload", _BlobSource)]
 
 
 class _ModuleFunction(ctypes.Structure):
@@ -63,7 +76,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fr_function_param_bytes": (ctypes.c_int, [_u64, _u64_array, ctypes.c_char_p, _u64]),
     "fr_module_load": (
         ctypes.c_int,
-        [_bytes, _u64, ctypes.POINTER(_ModuleVariable), _u32, ctypes.POINTER(_ModuleFunction), _u32, _u64_array, _u64_array, _u64_array,
+        [ctypes.c_int, ctypes.POINTER(_BlobSource), _u64, ctypes.POINTER(_ModuleVariable), _u32, ctypes.POINTER(_ModuleFunction), _u32, _u64_array, _u64_array, _u64_array,
          ctypes.c_char_p, _u64],
     ),
     "fr_module_unload": (None, [_u64]),
@@ -75,10 +88,12 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fr_graph_upload": (ctypes.c_int, [_u64, _u64, ctypes.c_char_p, _u64]),
     "fr_chunk_restore": (
         ctypes.c_int,
-        [ctypes.POINTER(_ChunkGraph), _u32, _u64_array, _u64_array, _u32, _u64_array, _u32, _u64_array, _u32, _u64, _u32, ctypes.c_void_p,
+        [ctypes.c_int, ctypes.POINTER(_ChunkGraph), _u32, _u64_array, _u64_array, _u32, _u64_array, _u32, _u64_array, _u32, _u64, _u32, ctypes.c_void_p,
          ctypes.POINTER(_ChunkOutcome), ctypes.c_char_p, _u64],
     ),
     "fr_build_gate_create": (ctypes.c_void_p, [_u32]),
+    "fr_sha256": (None, [_bytes, _u64, ctypes.c_char_p]),
+    "fr_blob_read": (ctypes.c_int, [ctypes.c_int, ctypes.POINTER(_BlobRef), ctypes.c_char_p, _u64, ctypes.c_char_p, _u64]),
     "fr_build_gate_destroy": (None, [ctypes.c_void_p]),
     "fr_graph_destroy": (None, [_u64]),
     "fr_executable_destroy": (None, [_u64]),
@@ -127,13 +142,61 @@ def function_param_bytes(handle: int) -> int:
     return size.value
 
 
+CODECS = {"raw": 0, "zlib": 1}  # csrc/blob_read.hpp's kRaw, kZlib
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob of an archive file as the native readers read it (csrc/blob_read.hpp): where it
+    lies, its stored and decoded sizes, its codec ("raw" or "zlib"), and the SHA-256 (hex) it
+    must have once decoded."""
+
+    digest: str
+    offset: int
+    stored: int
+    size: int
+    codec: str
+
+
+Blob = bytes | StoredBlob  # in memory, or read (and checked) from the archive by the native call
+
+
+def _fill(slot: _BlobSource, blob: Blob) -> None:
+    if isinstance(blob, StoredBlob):
+        slot.ref.offset, slot.ref.stored, slot.ref.size = blob.offset, blob.stored, blob.size
+        slot.ref.codec = CODECS[blob.codec]
+        slot.ref.digest[:] = bytes.fromhex(blob.digest)
+    else:  # the caller keeps `blob` alive until the call returns
+        slot.data, slot.size = ctypes.cast(ctypes.c_char_p(blob), ctypes.c_void_p), len(blob)
+
+
+def sha256(data: bytes) -> bytes:
+    """SHA-256 as the native readers compute it."""
+    digest = ctypes.create_string_buffer(32)
+    library().fr_sha256(data, len(data), digest)
+    return digest.raw
+
+
+def read_blob(archive: int, blob: StoredBlob) -> bytes:
+    """Reads, decodes and checks one blob of the archive open as file descriptor `archive`, as
+    LOAD's native threads do; ArchiveFormatError names what is wrong with it."""
+    out = ctypes.create_string_buffer(max(1, blob.size))
+    source = _BlobSource()
+    _fill(source, blob)
+    error = ctypes.create_string_buffer(ERROR_BYTES)
+    status = library().fr_blob_read(archive, ctypes.byref(source.ref), out, blob.size, error, ERROR_BYTES)
+    if status != OK:
+        _raise(status, error, "the archive")
+    return out.raw[: blob.size]
+
+
 @dataclass(frozen=True)
 class StoredVariable:
     """A module variable as LOAD writes it: its stored contents, of which the (start, end) byte
     `ranges` are written (the rest the load fills in itself)."""
 
     name: str
-    contents: bytes
+    contents: Blob
     ranges: Sequence[tuple[int, int]]
 
 
@@ -148,19 +211,23 @@ class LoadedModule:
 
 
 def load_module(
-    image: bytes, context: int, variables: Sequence[StoredVariable], functions: Sequence[tuple[str, Mapping[int, int]]], what: str
+    archive: int, image: Blob, context: int, variables: Sequence[StoredVariable], functions: Sequence[tuple[str, Mapping[int, int]]],
+    what: str,
 ) -> LoadedModule:
     """Loads a module binary in `context`, writes its stored variables, and resolves each
     (entry name, {CUfunction_attribute: value}) of `functions`, setting the attributes that
-    differ, in one call (the GIL released throughout). On failure nothing stays loaded, and the
-    error names `what`, the step, and the variable or kernel."""
+    differ, in one call (the GIL released throughout); blobs not in memory are read from
+    `archive` (a file descriptor) and checked. On failure nothing stays loaded, and the error
+    names `what`, the step, and the blob, variable or kernel."""
     keep = []  # the arrays the structures point into stay alive until the call returns
+    source = _BlobSource()
+    _fill(source, image)
     stored = (_ModuleVariable * max(1, len(variables)))()
     for slot, variable in zip(stored, variables, strict=False):
         ranges = (ctypes.c_uint64 * max(1, 2 * len(variable.ranges)))(*(bound for pair in variable.ranges for bound in pair))
         keep.append(ranges)
-        slot.name, slot.size = variable.name.encode(), len(variable.contents)
-        slot.contents = ctypes.cast(ctypes.c_char_p(variable.contents), ctypes.c_void_p)
+        slot.name = variable.name.encode()
+        _fill(slot.contents, variable.contents)
         slot.ranges, slot.range_count = ranges, len(variable.ranges)
     wanted = (_ModuleFunction * max(1, len(functions)))()
     for slot, (name, attributes) in zip(wanted, functions, strict=False):
@@ -173,7 +240,7 @@ def load_module(
     param_bytes = (ctypes.c_uint64 * max(1, len(functions)))()
     error = ctypes.create_string_buffer(ERROR_BYTES)
     status = library().fr_module_load(
-        image, context, stored, len(variables), wanted, len(functions), ctypes.byref(module), handles, param_bytes, error, ERROR_BYTES,
+        archive, ctypes.byref(source), context, stored, len(variables), wanted, len(functions), ctypes.byref(module), handles, param_bytes, error, ERROR_BYTES,
     )
     if status != OK:
         _raise(status, error, what)
@@ -262,21 +329,23 @@ class GraphOutcome:
 
 
 def restore_chunk(
-    blobs: Sequence[tuple[bytes, bytes]], names: Sequence[str], handles: Handles, context: int, threads: int, gate: BuildGate
+    archive: int, blobs: Sequence[tuple[Blob, Blob]], names: Sequence[str], handles: Handles, context: int, threads: int,
+    gate: BuildGate,
 ) -> list[GraphOutcome]:
     """Builds, then instantiates, the graphs of (table, payload) `blobs` on `threads` native
-    threads, each build through `gate`, in one call (the GIL released throughout).
+    threads, each build through `gate`, in one call (the GIL released throughout); blobs not in
+    memory are read from `archive` (a file descriptor) and checked first, on those threads.
     `names` ("graph '8/03'") head each graph's error. Each built CUgraph is destroyed by the
     call; the caller owns the executables."""
     count = len(blobs)
     graphs = (_ChunkGraph * max(1, count))()
     for graph, (table, payload) in zip(graphs, blobs, strict=False):  # blobs stay alive: the call reads them
-        graph.table, graph.table_size = ctypes.cast(ctypes.c_char_p(table), ctypes.c_void_p), len(table)
-        graph.payload, graph.payload_size = ctypes.cast(ctypes.c_char_p(payload), ctypes.c_void_p), len(payload)
+        _fill(graph.table, table)
+        _fill(graph.payload, payload)
     outcomes = (_ChunkOutcome * max(1, count))()
     error = ctypes.create_string_buffer(ERROR_BYTES)
     status = library().fr_chunk_restore(
-        graphs, count, handles.functions, handles.param_bytes, handles.function_count, handles.events, handles.event_count,
+        archive, graphs, count, handles.functions, handles.param_bytes, handles.function_count, handles.events, handles.event_count,
         handles.collectives, handles.collective_count, context, threads, gate.handle, outcomes, error, ERROR_BYTES,
     )
     if status != OK:

@@ -363,7 +363,7 @@ def _child_native_chunk() -> None:
     blobs[7] = (short.table, short.payload)
     names = [f"graph '{n}'" for n in range(12)]
     for threads, builders in ((1, 1), (4, 2), (8, 8), (16, 3)):
-        outcomes = native.restore_chunk(blobs, names, handles, context, threads, native.BuildGate(builders))
+        outcomes = native.restore_chunk(-1, blobs, names, handles, context, threads, native.BuildGate(builders))
         assert len(outcomes) == 12
         for number, outcome in enumerate(outcomes):
             if number == 3:
@@ -384,7 +384,7 @@ def _child_native_chunk() -> None:
         assert fake.fake_cuda_live_graphs() == FUZZ_COLLECTIVES and fake.fake_cuda_live_nodes() == 0, "a built graph was left"
         for outcome in outcomes:
             native.destroy_executable(outcome.executable)
-    assert native.restore_chunk([], [], handles, context, 4, native.BuildGate(2)) == []
+    assert native.restore_chunk(-1, [], [], handles, context, 4, native.BuildGate(2)) == []
 
 
 def _child_build_gate() -> None:
@@ -396,7 +396,7 @@ def _child_build_gate() -> None:
     blobs, names = [(good.table, good.payload)] * 16, [f"graph '{n}'" for n in range(16)]
     gate = native.BuildGate(1)
     with ThreadPoolExecutor(4) as pool:  # four chunks side by side, four threads each, one gate
-        calls = [pool.submit(native.restore_chunk, blobs, names, handles, context, 4, gate) for _ in range(4)]
+        calls = [pool.submit(native.restore_chunk, -1, blobs, names, handles, context, 4, gate) for _ in range(4)]
         outcomes = [outcome for call in calls for outcome in call.result(60)]
     assert all(outcome.error is None for outcome in outcomes), [outcome.error for outcome in outcomes if outcome.error]
     builds = sorted(outcome.build for outcome in outcomes)
@@ -459,13 +459,14 @@ def _child_native_chunks_in_order() -> None:
     kernels = [f"k{n}" for n in range(len(FUZZ_PARAMETERS))]
     NoContext = _stand_in_pipeline(fake, kernels)  # noqa: N806 - a class
     good = encode(GraphBody(nodes=(_kernel(0, 32), _kernel(1, 48), _kernel(2, 24)), edges=(Edge(source=0, destination=1),)))
-    graphs = [SimpleNamespace(key=str(n), nodes=3, modules=(0,), payload="p") for n in range(40)]
+    graphs = [SimpleNamespace(key=str(n), nodes=3, modules=(0,), table="t", payload="p") for n in range(40)]
     manifest = SimpleNamespace(
         functions=[SimpleNamespace(module=0, name=name, attributes={}) for name in kernels],
         modules=[SimpleNamespace(size=1, digest="m", variables={}, relocated={})],
         graphs=graphs,
     )
-    archive = SimpleNamespace(manifest=manifest, blob=lambda digest: b"image", graph_blobs=lambda entry: (good.table, good.payload))
+    blobs = {"m": b"image", "t": good.table, "p": good.payload}  # blobs in memory stand for those of a file
+    archive = SimpleNamespace(manifest=manifest, locate=blobs.__getitem__, fileno=lambda: -1)
     for chunk_nodes in (12, 3):  # chunks of 4 graphs (one call at a time), or of 1 (4 calls side by side)
         resources = LoadResources(0)
         loading = NoContext(

@@ -47,7 +47,7 @@ from foundry_trace.archive.manifest import (
 from foundry_trace.archive.node_table import decode
 from foundry_trace.archive.records import GraphBody
 from foundry_trace.errors import ArchiveFormatError
-from foundry_trace.native import check_table
+from foundry_trace.native import StoredBlob, check_table
 
 MAGIC = b"FNDRYARC"
 HEADER = struct.Struct("<8sIIQQ32s")  # 64 bytes
@@ -228,6 +228,18 @@ class Archive:
         if len(data) != ref.size or hashlib.sha256(data).hexdigest() != digest:
             raise ArchiveFormatError(f"{self.path}: blob {digest[:12]} is corrupted (checksum mismatch)")
         return data
+
+    def locate(self, digest: str) -> StoredBlob:
+        """Where a blob lies in the file and what it must decode to, for readers that read and
+        check it themselves (LOAD's native threads, from fileno())."""
+        ref = self.manifest.blobs.get(digest)
+        if ref is None:
+            raise ArchiveFormatError(f"{self.path}: the manifest names blob {digest[:12]} but does not index it")
+        return StoredBlob(digest, ref.offset, ref.stored, ref.size, ref.codec)
+
+    def fileno(self) -> int:
+        """The file descriptor the archive is read through (-1 once closed)."""
+        return self._file
 
     def graph_blobs(self, entry: GraphEntry) -> tuple[bytes, bytes]:
         """A graph's node table and payload, checksums verified (the table is not validated here:

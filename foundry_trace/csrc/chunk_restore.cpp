@@ -33,9 +33,10 @@ void set_error(ChunkOutcome* outcome, int status, const std::string& message) {
 // been taken, so a thread waiting for a build waits for a thread that is running it.
 class ChunkRun {
  public:
-  ChunkRun(const GraphDriver& d, const ChunkGraph* graphs, uint32_t count, const ChunkHandles& shared,
-           BuildGate& gate, ChunkOutcome* outcomes, int invalid_table, int driver_failure)
-      : d_(d), graphs_(graphs), count_(count), shared_(shared), gate_(gate),
+  ChunkRun(const GraphDriver& d, int archive, const ChunkGraph* graphs, uint32_t count,
+           const ChunkHandles& shared, BuildGate& gate, ChunkOutcome* outcomes, int invalid_table,
+           int driver_failure)
+      : d_(d), archive_(archive), graphs_(graphs), count_(count), shared_(shared), gate_(gate),
         outcomes_(outcomes), built_(count, nullptr), done_(count, false),
         invalid_table_(invalid_table), driver_failure_(driver_failure) {}
 
@@ -52,21 +53,28 @@ class ChunkRun {
     return true;
   }
 
+  // Reads the graph's blobs (outside the gate: a read is no driver work), then builds it.
   void build(uint32_t i) {
     ChunkOutcome* outcome = &outcomes_[i];
+    const ChunkGraph& g = graphs_[i];
+    Blob table, payload;
+    std::string problem;
+    if (!read_blob(archive_, g.table, &table, &problem) ||
+        !read_blob(archive_, g.payload, &payload, &problem)) {
+      set_error(outcome, invalid_table_, problem);
+      return finish(i, nullptr);
+    }
     gate_.enter();
     outcome->build_start = now();
-    const ChunkGraph& g = graphs_[i];
-    const std::string problem = check_table(g.table, g.table_size, g.payload, g.payload_size,
-                                            shared_.function_count, shared_.event_count,
-                                            shared_.collective_count);
+    problem = check_table(table.data(), table.size(), payload.data(), payload.size(),
+                          shared_.function_count, shared_.event_count, shared_.collective_count);
     CUgraph graph = nullptr;
     if (!problem.empty()) {
       set_error(outcome, invalid_table_, problem);
     } else {
-      const BuildInputs in{TableView(g.table, g.payload), g.payload_size, shared_.functions,
-                           shared_.param_bytes, shared_.events, shared_.collectives,
-                           shared_.context};
+      const BuildInputs in{TableView(table.data(), payload.data()), payload.size(),
+                           shared_.functions, shared_.param_bytes, shared_.events,
+                           shared_.collectives, shared_.context};
       std::string message;
       if (build_graph(d_, in, &graph, &message) != CUDA_SUCCESS) {
         set_error(outcome, driver_failure_, message);
@@ -75,6 +83,10 @@ class ChunkRun {
     }
     outcome->build_end = now();
     gate_.leave();
+    finish(i, graph);
+  }
+
+  void finish(uint32_t i, CUgraph graph) {
     std::lock_guard<std::mutex> lock(mutex_);
     built_[i] = graph;
     done_[i] = true;
@@ -103,6 +115,7 @@ class ChunkRun {
   }
 
   const GraphDriver& d_;
+  const int archive_;
   const ChunkGraph* graphs_;
   const uint32_t count_;
   const ChunkHandles& shared_;
@@ -132,11 +145,11 @@ void BuildGate::leave() {
   changed_.notify_one();
 }
 
-void restore_chunk(const GraphDriver& d, const ChunkGraph* graphs, uint32_t count,
+void restore_chunk(const GraphDriver& d, int archive, const ChunkGraph* graphs, uint32_t count,
                    const ChunkHandles& shared, uint32_t threads, BuildGate& gate,
                    ChunkOutcome* outcomes, int invalid_table_status, int driver_failure_status) {
   std::memset(outcomes, 0, sizeof(ChunkOutcome) * count);
-  ChunkRun run(d, graphs, count, shared, gate, outcomes, invalid_table_status,
+  ChunkRun run(d, archive, graphs, count, shared, gate, outcomes, invalid_table_status,
                driver_failure_status);
   std::vector<std::thread> workers;
   const uint32_t wanted = std::max<uint32_t>(1, std::min(threads, count));

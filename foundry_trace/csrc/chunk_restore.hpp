@@ -10,18 +10,18 @@
 #include <cstdint>
 #include <mutex>
 
+#include "blob_read.hpp"
 #include "graph_build.hpp"
 
 namespace foundry {
 
 constexpr uint32_t kChunkErrorBytes = 512;
 
-// One graph of a chunk: its node table and payload (checked by check_table() before the build).
+// One graph of a chunk: its node table and payload, in memory or read from the archive (and
+// checked by check_table() before the build).
 struct ChunkGraph {
-  const uint8_t* table;
-  uint64_t table_size;
-  const uint8_t* payload;
-  uint64_t payload_size;
+  BlobSource table;
+  BlobSource payload;
 };
 
 // The handles every graph of the chunk is built with, and their counts (for check_table()).
@@ -60,10 +60,11 @@ class BuildGate {
   uint32_t free_;
 };
 
-// Restores `count` graphs on `threads` threads, each build through `gate`; each graph's built
-// CUgraph is destroyed once instantiated (or on failure). Every outcome is written; where fewer
-// threads can be started, fewer do the work (the calling thread always does).
-void restore_chunk(const GraphDriver& d, const ChunkGraph* graphs, uint32_t count,
+// Restores `count` graphs on `threads` threads, each build through `gate`, reading the blobs
+// not in memory from `archive` (a file descriptor) first; each graph's built CUgraph is
+// destroyed once instantiated (or on failure). Every outcome is written; where fewer threads can
+// be started, fewer do the work (the calling thread always does).
+void restore_chunk(const GraphDriver& d, int archive, const ChunkGraph* graphs, uint32_t count,
                    const ChunkHandles& handles, uint32_t threads, BuildGate& gate,
                    ChunkOutcome* outcomes, int invalid_table_status, int driver_failure_status);
 

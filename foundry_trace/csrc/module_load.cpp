@@ -7,29 +7,34 @@ namespace {
 
 class ModuleLoader {
  public:
-  ModuleLoader(const GraphDriver& d, CUmodule module, std::string* error)
-      : d_(d), module_(module), error_(error) {}
+  ModuleLoader(const GraphDriver& d, int archive, CUmodule module, std::string* error)
+      : d_(d), archive_(archive), module_(module), error_(error) {}
 
   ModuleLoadFailure write(const ModuleVariable& v) {
+    Blob contents;
+    if (!read_blob(archive_, v.contents, &contents, error_)) {
+      *error_ = "module variable " + std::string(v.name) + ": " + *error_;
+      return ModuleLoadFailure::kArchiveMismatch;
+    }
     CUdeviceptr address = 0;
     size_t size = 0;
     CUresult r = d_.cuModuleGetGlobal(&address, &size, module_, v.name);
     if (r != CUDA_SUCCESS) return driver(r, "cuModuleGetGlobal", "module variable ", v.name);
-    if (size != v.size) {
+    if (size != contents.size()) {
       *error_ = "module variable " + std::string(v.name) + " is " + std::to_string(size) +
-                " bytes, but the archive stores " + std::to_string(v.size) +
+                " bytes, but the archive stores " + std::to_string(contents.size()) +
                 " bytes for it (the archive is from another build of the module)";
       return ModuleLoadFailure::kArchiveMismatch;
     }
     for (uint32_t i = 0; i < v.range_count; ++i) {
       const uint64_t start = v.ranges[2 * i], end = v.ranges[2 * i + 1];
-      if (start >= end || end > v.size) {
+      if (start >= end || end > contents.size()) {
         *error_ = "module variable " + std::string(v.name) + ": the byte range " +
                   std::to_string(start) + "-" + std::to_string(end) + " to write lies outside its " +
-                  std::to_string(v.size) + " bytes";
+                  std::to_string(contents.size()) + " bytes";
         return ModuleLoadFailure::kArchiveMismatch;
       }
-      r = d_.cuMemcpyHtoD(address + start, v.contents + start, end - start);
+      r = d_.cuMemcpyHtoD(address + start, contents.data() + start, end - start);
       if (r != CUDA_SUCCESS) return driver(r, "cuMemcpyHtoD", "module variable ", v.name);
     }
     return ModuleLoadFailure::kNone;
@@ -67,24 +72,36 @@ class ModuleLoader {
   }
 
   const GraphDriver& d_;
+  const int archive_;
   CUmodule module_;
   std::string* error_;
 };
 
 }  // namespace
 
-ModuleLoadFailure load_module(const GraphDriver& d, const uint8_t* image, CUcontext context,
-                              const ModuleVariable* variables, uint32_t variable_count,
-                              const ModuleFunction* functions, uint32_t function_count,
-                              CUmodule* module, uint64_t* function_handles, uint64_t* param_bytes,
-                              std::string* error) {
-  NvtxRange range("load.module");
-  CUresult r = d.cuCtxSetCurrent(context);
-  if (r != CUDA_SUCCESS) return *error = describe_failure(d, "cuCtxSetCurrent", r), ModuleLoadFailure::kDriver;
+ModuleLoadFailure load_module(const GraphDriver& d, int archive, const BlobSource& image,
+                              CUcontext context, const ModuleVariable* variables,
+                              uint32_t variable_count, const ModuleFunction* functions,
+                              uint32_t function_count, CUmodule* module, uint64_t* function_handles,
+                              uint64_t* param_bytes, std::string* error) {
+  NvtxRange range("load.module_load");
   CUmodule loaded = nullptr;
-  r = d.cuModuleLoadData(&loaded, image);
-  if (r != CUDA_SUCCESS) return *error = describe_failure(d, "cuModuleLoadData", r), ModuleLoadFailure::kDriver;
-  ModuleLoader loader(d, loaded, error);
+  {
+    Blob binary;  // the driver keeps what it needs of it
+    if (!read_blob(archive, image, &binary, error)) return ModuleLoadFailure::kArchiveMismatch;
+    if (binary.size() == 0) return *error = "the module binary is empty", ModuleLoadFailure::kArchiveMismatch;
+    CUresult r = d.cuCtxSetCurrent(context);
+    if (r != CUDA_SUCCESS) {
+      *error = describe_failure(d, "cuCtxSetCurrent", r);
+      return ModuleLoadFailure::kDriver;
+    }
+    r = d.cuModuleLoadData(&loaded, binary.data());
+    if (r != CUDA_SUCCESS) {
+      *error = describe_failure(d, "cuModuleLoadData", r);
+      return ModuleLoadFailure::kDriver;
+    }
+  }
+  ModuleLoader loader(d, archive, loaded, error);
   ModuleLoadFailure failure = ModuleLoadFailure::kNone;
   for (uint32_t i = 0; i < variable_count && failure == ModuleLoadFailure::kNone; ++i)
     failure = loader.write(variables[i]);

@@ -11,17 +11,18 @@
 #include <cstdint>
 #include <string>
 
+#include "blob_read.hpp"
 #include "graph_build.hpp"
 
 namespace foundry {
 
-// A stored variable: `size` bytes of contents, of which the (start, end) byte ranges in
-// `ranges` are written (the rest are words the load filled in with addresses in the module).
+// A stored variable: its contents, which must be the variable's size in the loaded module, of
+// which the (start, end) byte ranges in `ranges` are written (the rest are words the load
+// filled in with addresses in the module).
 struct ModuleVariable {
   const char* name;  // NUL-terminated
-  const uint8_t* contents;
-  uint64_t size;  // must be the variable's size in the loaded module
-  const uint64_t* ranges;  // range_count (start, end) pairs within size
+  BlobSource contents;
+  const uint64_t* ranges;  // range_count (start, end) pairs
   uint32_t range_count;
   uint32_t reserved;
 };
@@ -38,11 +39,13 @@ struct ModuleFunction {
 enum class ModuleLoadFailure { kNone, kArchiveMismatch, kDriver };
 
 // Loads `image` in `context`, writes `variables`, and resolves `functions` into
-// function_handles[i] (CUfunction) and param_bytes[i] (function_param_bytes). On failure the
-// module is unloaded again, so nothing is left behind, and *error says what failed and where:
-// kArchiveMismatch where the archive disagrees with the module (a variable's size), kDriver
-// where the driver refused a step.
-ModuleLoadFailure load_module(const GraphDriver& d, const uint8_t* image, CUcontext context,
+// function_handles[i] (CUfunction) and param_bytes[i] (function_param_bytes); blobs not in
+// memory are read from `archive` (a file descriptor). On failure the module is unloaded again,
+// so nothing is left behind, and *error says what failed and where: kArchiveMismatch where the
+// archive is unreadable or disagrees with the module (a variable's size), kDriver where the
+// driver refused a step.
+ModuleLoadFailure load_module(const GraphDriver& d, int archive, const BlobSource& image,
+                              CUcontext context,
                               const ModuleVariable* variables, uint32_t variable_count,
                               const ModuleFunction* functions, uint32_t function_count,
                               CUmodule* module, uint64_t* function_handles, uint64_t* param_bytes,

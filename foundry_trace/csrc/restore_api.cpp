@@ -10,6 +10,7 @@
 #include "graph_build.hpp"
 #include "graph_table.hpp"
 #include "module_load.hpp"
+#include "sha256.hpp"
 
 #define FOUNDRY_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -58,9 +59,9 @@ FOUNDRY_EXPORT int fr_function_param_bytes(uint64_t function, uint64_t* bytes, c
 }
 
 // Loads a module image in `context`, writes its stored variables and resolves its functions
-// (module_load.hpp): *module, and function_handles[i] and param_bytes[i] for functions[i]. On
+// (module_load.hpp), reading the blobs not in memory from `archive` (a file descriptor): *module, and function_handles[i] and param_bytes[i] for functions[i]. On
 // failure nothing is left loaded.
-FOUNDRY_EXPORT int fr_module_load(const void* image, uint64_t context,
+FOUNDRY_EXPORT int fr_module_load(int archive, const foundry::BlobSource* image, uint64_t context,
                                   const foundry::ModuleVariable* variables, uint32_t variable_count,
                                   const foundry::ModuleFunction* functions, uint32_t function_count,
                                   uint64_t* module, uint64_t* function_handles,
@@ -69,8 +70,7 @@ FOUNDRY_EXPORT int fr_module_load(const void* image, uint64_t context,
   const foundry::GraphDriver* d = foundry::graph_driver(&message);
   if (d == nullptr) return report(kNoDriver, message, error, error_size);
   CUmodule loaded = nullptr;
-  switch (foundry::load_module(*d, static_cast<const uint8_t*>(image),
-                               reinterpret_cast<CUcontext>(context), variables, variable_count,
+  switch (foundry::load_module(*d, archive, *image, reinterpret_cast<CUcontext>(context), variables, variable_count,
                                functions, function_count, &loaded, function_handles, param_bytes,
                                &message)) {
     case foundry::ModuleLoadFailure::kNone:
@@ -143,9 +143,9 @@ FOUNDRY_EXPORT foundry::BuildGate* fr_build_gate_create(uint32_t builders) {
 FOUNDRY_EXPORT void fr_build_gate_destroy(foundry::BuildGate* gate) { delete gate; }
 
 // Builds, then instantiates, `count` graphs on `threads` native threads, each build through
-// `gate` (chunk_restore.hpp); outcomes[i] says what became of graph i (its own status and
+// `gate`, reading blobs not in memory from `archive` (chunk_restore.hpp); outcomes[i] says what became of graph i (its own status and
 // message). Returns kNoDriver (outcomes unwritten) where the driver is missing.
-FOUNDRY_EXPORT int fr_chunk_restore(const foundry::ChunkGraph* graphs, uint32_t count,
+FOUNDRY_EXPORT int fr_chunk_restore(int archive, const foundry::ChunkGraph* graphs, uint32_t count,
                                     const uint64_t* functions, const uint64_t* param_bytes,
                                     uint32_t function_count, const uint64_t* events,
                                     uint32_t event_count, const uint64_t* collectives,
@@ -158,7 +158,7 @@ FOUNDRY_EXPORT int fr_chunk_restore(const foundry::ChunkGraph* graphs, uint32_t 
   const foundry::ChunkHandles handles{functions,   param_bytes, function_count,
                                       events,      event_count, collectives,
                                       collective_count, reinterpret_cast<CUcontext>(context)};
-  foundry::restore_chunk(*d, graphs, count, handles, threads, *gate, outcomes, kInvalidTable,
+  foundry::restore_chunk(*d, archive, graphs, count, handles, threads, *gate, outcomes, kInvalidTable,
                          kDriverFailure);
   return kOk;
 }
@@ -179,6 +179,25 @@ FOUNDRY_EXPORT void fr_graph_destroy(uint64_t graph) {
   std::string message;
   const foundry::GraphDriver* d = foundry::graph_driver(&message);
   if (d != nullptr && graph != 0) d->cuGraphDestroy(reinterpret_cast<CUgraph>(graph));
+}
+
+// The SHA-256 of `size` bytes (the native readers' check), for the tests against hashlib.
+FOUNDRY_EXPORT void fr_sha256(const void* data, uint64_t size, uint8_t* digest) {
+  const foundry::Sha256Digest d = foundry::sha256(static_cast<const uint8_t*>(data), size);
+  std::memcpy(digest, d.data(), d.size());
+}
+
+// Reads one blob from `archive` into `out` (`size` bytes, the blob's decoded size) as LOAD's
+// native readers do, for the tests and the fuzz target of the reader.
+FOUNDRY_EXPORT int fr_blob_read(int archive, const foundry::BlobRef* ref, uint8_t* out,
+                                uint64_t size, char* error, uint64_t error_size) {
+  foundry::Blob blob;
+  std::string message;
+  if (!foundry::read_blob(archive, foundry::BlobSource{nullptr, 0, *ref}, &blob, &message))
+    return report(kInvalidTable, message, error, error_size);
+  if (blob.size() != size) return report(kInvalidTable, "the blob's size differs", error, error_size);
+  std::memcpy(out, blob.data(), size);
+  return kOk;
 }
 
 FOUNDRY_EXPORT void fr_executable_destroy(uint64_t executable) {

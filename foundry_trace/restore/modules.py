@@ -1,7 +1,8 @@
 """Loading one recorded module in a LOAD: its binary, its stored variables (written around the
 words the load itself fills in), and the functions the graphs launch from it, with the function
-attributes the SAVE process had set on them, in one native call (native.load_module): its steps
-do not wait for the GIL one by one while LOAD's main thread runs Python."""
+attributes the SAVE process had set on them, in one native call (native.load_module) that also
+reads and checks the blobs: the module thread needs the GIL once per module, not once per read
+or driver step, so LOAD's main thread (or the engine's) running Python does not stall it."""
 
 from __future__ import annotations
 
@@ -26,22 +27,23 @@ def load_module(
     record: ModuleRecord = archive.manifest.modules[index]
     what = f"module {index}"
     variables = [
-        stored_variable(name, archive.blob(digest), record.relocated.get(name, ()), what) for name, digest in record.variables.items()
+        stored_variable(name, archive.locate(digest), record.relocated.get(name, ()), what) for name, digest in record.variables.items()
     ]
     numbered = list(functions)
     wanted = [(f.name, {int(getattr(driver.CUfunction_attribute, a)): v for a, v in f.attributes.items()}) for _, f in numbered]
-    loaded = native.load_module(archive.blob(record.digest), context, variables, wanted, what)
+    loaded = native.load_module(archive.fileno(), archive.locate(record.digest), context, variables, wanted, what)
     resources.add_module(loaded.module)
     return {number: (handle, size) for (number, _), handle, size in zip(numbered, loaded.functions, loaded.param_bytes, strict=True)}
 
 
-def stored_variable(name: str, contents: bytes, relocated: Collection[int], what: str) -> native.StoredVariable:
+def stored_variable(name: str, contents: native.Blob, relocated: Collection[int], what: str) -> native.StoredVariable:
     """A stored variable as LOAD writes it: all but the words at `relocated`, which the load
     fills in. Those must lie within the contents, which the module's variable must match in
     size (checked as it is written)."""
-    if any(at + WORD > len(contents) for at in relocated):
+    size = contents.size if isinstance(contents, native.StoredBlob) else len(contents)
+    if any(at + WORD > size for at in relocated):
         raise ArchiveFormatError(
-            f"{what}: variable {name}: the archive stores {len(contents)} bytes for it, with load-filled words at {sorted(relocated)} "
+            f"{what}: variable {name}: the archive stores {size} bytes for it, with load-filled words at {sorted(relocated)} "
             "past them: the archive is corrupted; save it again"
         )
-    return native.StoredVariable(name, contents, written_ranges(len(contents), relocated))
+    return native.StoredVariable(name, contents, written_ranges(size, relocated))

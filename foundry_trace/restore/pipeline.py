@@ -334,7 +334,8 @@ class Pipeline:
         for index, entry in enumerate(chunk.entries):
             try:
                 self._wait_for_modules_of(entry)
-                blobs.append(self._blobs(entry, chunk.tables.get(entry.key)))
+                table = chunk.tables.get(entry.key)  # the native call reads the rest
+                blobs.append((table if table is not None else self.archive.locate(entry.table), self.archive.locate(entry.payload)))
             except BaseException as error:  # this graph fails; the others are restored
                 settle(chunk.executables[index], error=error)
                 continue
@@ -352,7 +353,7 @@ class Pipeline:
             if not blobs:
                 return
             with annotate(f"load.chunk {len(blobs)} graphs"):
-                outcomes = native.restore_chunk(blobs, names, self._handles, self.context, wanted, self._build_gate)
+                outcomes = native.restore_chunk(self.archive.fileno(), blobs, names, self._handles, self.context, wanted, self._build_gate)
         except BaseException as error:  # no driver: every graph of the chunk fails with it
             for index in indices:
                 settle(chunk.executables[index], error=error)

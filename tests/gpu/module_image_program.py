@@ -65,7 +65,7 @@ def _case(live: driver.CUmodule, kept: list[str] = KEPT) -> dict[str, object]:
     stored = stored_module(CUBIN, live, kept, VARIABLES)
     variables = [stored_variable(name, contents, stored.relocated.get(name, ()), "module") for name, contents in stored.variables.items()]
     context = int(call(driver.cuCtxGetCurrent))
-    fresh = driver.CUmodule(native.load_module(stored.binary, context, variables, [], "the stored module").module)  # as LOAD does
+    fresh = driver.CUmodule(native.load_module(-1, stored.binary, context, variables, [], "the stored module").module)  # as LOAD does
     try:
         runs_the_same = all(_run(fresh, kernel) == _run(live, kernel) for kernel in kept)
         pointer, tag = struct.unpack("<Qi4x", _variable(fresh, "tagged"))
