@@ -76,8 +76,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fr_function_param_bytes": (ctypes.c_int, [_u64, _u64_array, ctypes.c_char_p, _u64]),
     "fr_module_load": (
         ctypes.c_int,
-        [ctypes.c_int, ctypes.POINTER(_BlobSource), _u64, ctypes.POINTER(_ModuleVariable), _u32, ctypes.POINTER(_ModuleFunction), _u32, _u64_array, _u64_array, _u64_array,
-         ctypes.c_char_p, _u64],
+        [ctypes.c_int, ctypes.POINTER(_BlobSource), _u64, ctypes.POINTER(_ModuleVariable), _u32, ctypes.POINTER(_ModuleFunction), _u32,
+         _u64_array, _u64_array, _u64_array, ctypes.POINTER(ctypes.c_double), ctypes.c_char_p, _u64],
     ),
     "fr_module_unload": (None, [_u64]),
     "fr_graph_build": (
@@ -202,12 +202,14 @@ class StoredVariable:
 
 @dataclass(frozen=True)
 class LoadedModule:
-    """A module fr_module_load loaded: its CUmodule, and for each function asked for, in order,
-    its CUfunction and parameter buffer size (0 where the driver cannot tell)."""
+    """A module fr_module_load loaded: its CUmodule, for each function asked for, in order, its
+    CUfunction and parameter buffer size (0 where the driver cannot tell), and the (start, end)
+    of the call's work in time.perf_counter() seconds."""
 
     module: int
     functions: list[int]
     param_bytes: list[int]
+    times: tuple[float, float]
 
 
 def load_module(
@@ -238,13 +240,15 @@ def load_module(
     module = ctypes.c_uint64(0)
     handles = (ctypes.c_uint64 * max(1, len(functions)))()
     param_bytes = (ctypes.c_uint64 * max(1, len(functions)))()
+    times = (ctypes.c_double * 2)()
     error = ctypes.create_string_buffer(ERROR_BYTES)
     status = library().fr_module_load(
-        archive, ctypes.byref(source), context, stored, len(variables), wanted, len(functions), ctypes.byref(module), handles, param_bytes, error, ERROR_BYTES,
+        archive, ctypes.byref(source), context, stored, len(variables), wanted, len(functions), ctypes.byref(module), handles, param_bytes,
+        times, error, ERROR_BYTES,
     )
     if status != OK:
         _raise(status, error, what)
-    return LoadedModule(module.value, list(handles)[: len(functions)], list(param_bytes)[: len(functions)])
+    return LoadedModule(module.value, list(handles)[: len(functions)], list(param_bytes)[: len(functions)], (times[0], times[1]))
 
 
 def unload_module(module: int) -> None:

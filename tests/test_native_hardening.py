@@ -348,6 +348,7 @@ def _child_pipeline() -> None:
         for module in range(len(archive.manifest.modules)):
             loading._load_module(module)
         assert list(loading._handles.param_bytes) == [32, 48] and all(loading._handles.functions)
+        assert [(span.what, span.phase) for span in loading.spans] == [("module 0", "module"), ("module 1", "module")]
         loading.close()
         assert fake.fake_cuda_live_modules() == 2 and resources.release().modules == 2
         assert fake.fake_cuda_live_modules() == 0

@@ -6,6 +6,7 @@ that disagrees, any driver call failing) named and leaving no module loaded."""
 from __future__ import annotations
 
 import ctypes
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,7 @@ def _child_loads() -> None:
     loaded = _load(fake)
     assert loaded.module and len(set(loaded.functions)) == 2 and all(loaded.functions)
     assert loaded.param_bytes == [24, 16]
+    assert 0 < loaded.times[0] <= loaded.times[1] <= time.perf_counter()  # the clock of LOAD's spans
     out = ctypes.create_string_buffer(32)
     assert fake.fake_cuda_read_variable(loaded.module, b"table", out, 32) == 32
     assert out.raw == TABLE[:8] + b"\xee" * 8 + TABLE[16:], out.raw  # the load's word kept

@@ -1,7 +1,5 @@
 #include "chunk_restore.hpp"
 
-#include <time.h>
-
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
@@ -15,12 +13,6 @@
 
 namespace foundry {
 namespace {
-
-double now() {
-  timespec t{};
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
-}
 
 void set_error(ChunkOutcome* outcome, int status, const std::string& message) {
   outcome->status = status;

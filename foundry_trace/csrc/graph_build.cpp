@@ -1,5 +1,7 @@
 #include "graph_build.hpp"
 
+#include <time.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -205,6 +207,12 @@ class BodyBuilder {
 };
 
 }  // namespace
+
+double now() {
+  timespec t{};
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
+}
 
 std::string describe_failure(const GraphDriver& d, const char* call, CUresult result) {
   const char* name = nullptr;

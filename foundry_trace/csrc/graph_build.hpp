@@ -39,6 +39,9 @@ struct GraphDriver {
 // The driver's graph and module entry points, resolved once; on failure *error says why.
 const GraphDriver* graph_driver(std::string* error);
 
+// Seconds of CLOCK_MONOTONIC (Python's time.perf_counter), for the spans of LOAD's timeline.
+double now();
+
 // "cuX failed with CUDA_ERROR_Y (n)", for the messages LOAD raises.
 std::string describe_failure(const GraphDriver& d, const char* call, CUresult result);
 

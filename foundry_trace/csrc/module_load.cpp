@@ -77,19 +77,20 @@ class ModuleLoader {
   std::string* error_;
 };
 
-}  // namespace
-
-ModuleLoadFailure load_module(const GraphDriver& d, int archive, const BlobSource& image,
-                              CUcontext context, const ModuleVariable* variables,
-                              uint32_t variable_count, const ModuleFunction* functions,
-                              uint32_t function_count, CUmodule* module, uint64_t* function_handles,
-                              uint64_t* param_bytes, std::string* error) {
-  NvtxRange range("load.module_load");
+ModuleLoadFailure load_and_resolve(const GraphDriver& d, int archive, const BlobSource& image,
+                                   CUcontext context, const ModuleVariable* variables,
+                                   uint32_t variable_count, const ModuleFunction* functions,
+                                   uint32_t function_count, CUmodule* module,
+                                   uint64_t* function_handles, uint64_t* param_bytes,
+                                   std::string* error) {
   CUmodule loaded = nullptr;
   {
     Blob binary;  // the driver keeps what it needs of it
     if (!read_blob(archive, image, &binary, error)) return ModuleLoadFailure::kArchiveMismatch;
-    if (binary.size() == 0) return *error = "the module binary is empty", ModuleLoadFailure::kArchiveMismatch;
+    if (binary.size() == 0) {
+      *error = "the module binary is empty";
+      return ModuleLoadFailure::kArchiveMismatch;
+    }
     CUresult r = d.cuCtxSetCurrent(context);
     if (r != CUDA_SUCCESS) {
       *error = describe_failure(d, "cuCtxSetCurrent", r);
@@ -113,6 +114,22 @@ ModuleLoadFailure load_module(const GraphDriver& d, int archive, const BlobSourc
   }
   *module = loaded;
   return ModuleLoadFailure::kNone;
+}
+
+}  // namespace
+
+ModuleLoadFailure load_module(const GraphDriver& d, int archive, const BlobSource& image,
+                              CUcontext context, const ModuleVariable* variables,
+                              uint32_t variable_count, const ModuleFunction* functions,
+                              uint32_t function_count, CUmodule* module, uint64_t* function_handles,
+                              uint64_t* param_bytes, double times[2], std::string* error) {
+  NvtxRange range("load.module_load");
+  times[0] = now();
+  const ModuleLoadFailure failure =
+      load_and_resolve(d, archive, image, context, variables, variable_count, functions,
+                       function_count, module, function_handles, param_bytes, error);
+  times[1] = now();
+  return failure;
 }
 
 }  // namespace foundry

@@ -43,12 +43,12 @@ enum class ModuleLoadFailure { kNone, kArchiveMismatch, kDriver };
 // memory are read from `archive` (a file descriptor). On failure the module is unloaded again,
 // so nothing is left behind, and *error says what failed and where: kArchiveMismatch where the
 // archive is unreadable or disagrees with the module (a variable's size), kDriver where the
-// driver refused a step.
+// driver refused a step. times[] receives the start and end of the work (now(), for LOAD's
+// timeline).
 ModuleLoadFailure load_module(const GraphDriver& d, int archive, const BlobSource& image,
-                              CUcontext context,
-                              const ModuleVariable* variables, uint32_t variable_count,
-                              const ModuleFunction* functions, uint32_t function_count,
-                              CUmodule* module, uint64_t* function_handles, uint64_t* param_bytes,
-                              std::string* error);
+                              CUcontext context, const ModuleVariable* variables,
+                              uint32_t variable_count, const ModuleFunction* functions,
+                              uint32_t function_count, CUmodule* module, uint64_t* function_handles,
+                              uint64_t* param_bytes, double times[2], std::string* error);
 
 }  // namespace foundry

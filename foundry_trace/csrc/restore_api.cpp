@@ -59,20 +59,22 @@ FOUNDRY_EXPORT int fr_function_param_bytes(uint64_t function, uint64_t* bytes, c
 }
 
 // Loads a module image in `context`, writes its stored variables and resolves its functions
-// (module_load.hpp), reading the blobs not in memory from `archive` (a file descriptor): *module, and function_handles[i] and param_bytes[i] for functions[i]. On
-// failure nothing is left loaded.
+// (module_load.hpp), reading the blobs not in memory from `archive` (a file descriptor):
+// *module, and function_handles[i] and param_bytes[i] for functions[i]; times[0] and [1] the
+// start and end of the work. On failure nothing is left loaded.
 FOUNDRY_EXPORT int fr_module_load(int archive, const foundry::BlobSource* image, uint64_t context,
-                                  const foundry::ModuleVariable* variables, uint32_t variable_count,
-                                  const foundry::ModuleFunction* functions, uint32_t function_count,
-                                  uint64_t* module, uint64_t* function_handles,
-                                  uint64_t* param_bytes, char* error, uint64_t error_size) {
+                                  const foundry::ModuleVariable* variables,
+                                  uint32_t variable_count, const foundry::ModuleFunction* functions,
+                                  uint32_t function_count, uint64_t* module,
+                                  uint64_t* function_handles, uint64_t* param_bytes, double* times,
+                                  char* error, uint64_t error_size) {
   std::string message;
   const foundry::GraphDriver* d = foundry::graph_driver(&message);
   if (d == nullptr) return report(kNoDriver, message, error, error_size);
   CUmodule loaded = nullptr;
-  switch (foundry::load_module(*d, archive, *image, reinterpret_cast<CUcontext>(context), variables, variable_count,
-                               functions, function_count, &loaded, function_handles, param_bytes,
-                               &message)) {
+  switch (foundry::load_module(*d, archive, *image, reinterpret_cast<CUcontext>(context),
+                               variables, variable_count, functions, function_count, &loaded,
+                               function_handles, param_bytes, times, &message)) {
     case foundry::ModuleLoadFailure::kNone:
       *module = reinterpret_cast<uint64_t>(loaded);
       return kOk;

@@ -6,7 +6,7 @@ or driver step, so LOAD's main thread (or the engine's) running Python does not 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Sequence
 
 from cuda.bindings import driver
 
@@ -19,21 +19,20 @@ from foundry_trace.restore.resources import LoadResources
 
 
 def load_module(
-    archive: Archive, index: int, functions: Iterable[tuple[int, FunctionRecord]], context: int, resources: LoadResources
-) -> dict[int, tuple[int, int]]:
+    archive: Archive, index: int, functions: Sequence[FunctionRecord], context: int, resources: LoadResources
+) -> native.LoadedModule:
     """Loads module `index` of the archive (recorded in `resources` once loaded; on failure
-    nothing stays loaded) and returns, for each of `functions` (archive index -> record), its
-    CUfunction and parameter buffer size."""
+    nothing stays loaded) and resolves `functions`: their CUfunctions and parameter buffer
+    sizes, in that order."""
     record: ModuleRecord = archive.manifest.modules[index]
     what = f"module {index}"
     variables = [
         stored_variable(name, archive.locate(digest), record.relocated.get(name, ()), what) for name, digest in record.variables.items()
     ]
-    numbered = list(functions)
-    wanted = [(f.name, {int(getattr(driver.CUfunction_attribute, a)): v for a, v in f.attributes.items()}) for _, f in numbered]
+    wanted = [(f.name, {int(getattr(driver.CUfunction_attribute, a)): v for a, v in f.attributes.items()}) for f in functions]
     loaded = native.load_module(archive.fileno(), archive.locate(record.digest), context, variables, wanted, what)
     resources.add_module(loaded.module)
-    return {number: (handle, size) for (number, _), handle, size in zip(numbered, loaded.functions, loaded.param_bytes, strict=True)}
+    return loaded
 
 
 def stored_variable(name: str, contents: native.Blob, relocated: Collection[int], what: str) -> native.StoredVariable:

@@ -280,11 +280,14 @@ class Pipeline:
             self.spans.append(span)
 
     def _load_module(self, index: int) -> None:
-        functions = [(number, self._manifest.functions[number]) for number in self._functions_of.get(index, ())]
-        with self._span(f"module {index}", "module"):
-            for number, (handle, param_bytes) in load_module(self.archive, index, functions, self.context, self._resources).items():
-                self._handles.functions[number] = handle
-                self._handles.param_bytes[number] = param_bytes  # checked at each build
+        numbers = self._functions_of.get(index, [])
+        with annotate(f"load.module {index}"):
+            loaded = load_module(self.archive, index, [self._manifest.functions[n] for n in numbers], self.context, self._resources)
+        for number, handle, param_bytes in zip(numbers, loaded.functions, loaded.param_bytes, strict=True):
+            self._handles.functions[number] = handle
+            self._handles.param_bytes[number] = param_bytes  # checked at each build
+        start, end = loaded.times
+        self._record(Span(f"module {index}", "module", "modules", start - self._started, end - self._started))
 
     def build(self, entry: GraphEntry, table: bytes | None = None) -> int:
         """Builds a graph's CUgraph (its modules must be loaded); the caller destroys it."""
