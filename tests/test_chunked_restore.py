@@ -181,3 +181,21 @@ def test_hooks_with_the_native_runner_are_refused_before_any_thread_starts() -> 
     manifest = SimpleNamespace(functions=[], modules=[], graphs=[])
     with pytest.raises(ValueError, match="native_chunks=False"):
         Pipeline(SimpleNamespace(manifest=manifest), _Resources(), threads=2, builders=2, chunk_nodes=0, context=0, started=0.0, hooks=PipelineHooks())
+
+
+def test_load_defers_garbage_collection_and_restores_the_collectors_state() -> None:
+    import gc
+
+    from foundry_trace.restore.load import collection_deferred
+
+    for enabled in (True, False):
+        (gc.enable if enabled else gc.disable)()
+        try:
+            with collection_deferred():
+                assert not gc.isenabled()
+            assert gc.isenabled() == enabled
+            with pytest.raises(RuntimeError), collection_deferred():
+                raise RuntimeError("a failed load")
+            assert gc.isenabled() == enabled
+        finally:
+            gc.enable()

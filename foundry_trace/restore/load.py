@@ -17,11 +17,13 @@ threads (pipeline.py); then check the live layout (refuse with the difference), 
 recorded memory and write its contents, capture each recorded collective on the communicator
 (tensor-parallel archives), and queue every other graph in serving order, each after the modules
 it still needs (a lazy load: at its first replay). Any failure, in any mode and at any time,
-releases everything the load made and raises.
+releases everything the load made and raises. While load() and prefetch() run on the caller's
+thread, Python's cyclic garbage collector is off (collection_deferred).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -82,14 +84,15 @@ def prefetch(
         >>> restored = foundry_trace.load(early)               # at the restore point
     """
     schedule = _Schedule(threads, builders, chunk_nodes, native_chunks, hooks)
-    restored = _open(Path(path), schedule, None, TrustPolicy.from_environment().with_arguments(digest, trusted_keys))
-    try:
-        with annotate("load.prefetch"):
-            restored.pipeline.load_all_modules()  # long before the restore point: all at once
-            restored.pipeline.build_early(_claim_graph_memory(restored))
-    except BaseException:
-        restored.release()
-        raise
+    with collection_deferred():
+        restored = _open(Path(path), schedule, None, TrustPolicy.from_environment().with_arguments(digest, trusted_keys))
+        try:
+            with annotate("load.prefetch"):
+                restored.pipeline.load_all_modules()  # long before the restore point: all at once
+                restored.pipeline.build_early(_claim_graph_memory(restored))
+        except BaseException:
+            restored.release()
+            raise
     return restored
 
 
@@ -160,15 +163,25 @@ def load(
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout={timeout}: give a positive number of seconds, or None")
     deadline = None if timeout is None else time.monotonic() + timeout
-    if isinstance(archive, Restored):
-        restored = archive  # its trust was checked by prefetch()
-    else:
-        policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
-        restored = _open(Path(archive), _Schedule(threads, builders, chunk_nodes, native_chunks, hooks), communicator, policy)
-    restored.begin_load(communicator)
+    with collection_deferred():
+        if isinstance(archive, Restored):
+            restored = archive  # its trust was checked by prefetch()
+        else:
+            policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
+            restored = _open(Path(archive), _Schedule(threads, builders, chunk_nodes, native_chunks, hooks), communicator, policy)
+        restored.begin_load(communicator)
+        _restore(restored, isinstance(archive, Restored), mode, upload, communicator, deadline, timeout)
+    return restored
+
+
+def _restore(
+    restored: Restored, prefetched: bool, mode: Mode, upload: bool, communicator: Communicator | None, deadline: float | None,
+    timeout: float | None,
+) -> None:
+    """load() past the open: the first graphs, the claim, the queue, and (eager) the wait."""
     try:
         with annotate("load"):
-            if not isinstance(archive, Restored):
+            if not prefetched:
                 with _phase(restored, "first graphs"):
                     _start_first_graph(restored)
             manifest = restored.archive.manifest
@@ -189,7 +202,24 @@ def load(
     except BaseException:
         restored.release(wait=deadline is None or time.monotonic() < deadline)
         raise
-    return restored
+
+
+@contextmanager
+def collection_deferred() -> Iterator[None]:
+    """Python's cyclic garbage collector off while LOAD's own thread runs (automatic collection
+    is restored after, where it was on; nothing is collected meanwhile, only later). LOAD
+    allocates many objects while its background threads restore: that starts a full
+    collection, which in a serving process (800k objects) holds the GIL for 0.1 s, and every
+    thread that needs the GIL to hand the next module or chunk to the driver waits it out (on
+    the H200, one such pause in every cold LOAD of the 2,211 piecewise graphs, also with the
+    switch interval at 0.5 ms)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _wait_until(restored: Restored, deadline: float | None, timeout: float | None) -> None:
