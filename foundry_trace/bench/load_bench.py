@@ -448,7 +448,6 @@ def plot_timeline(results: dict[str, object], path: Path) -> Path | None:
     totals.barh(["Foundry restore", "native warm-up + capture"], [case["restore_s"], case["native_s"]], color=["#55a868", "#999999"])
     totals.set_xlabel("seconds")
     totals.set_title(f"{results['device']} / {results['workload']}: restore {case['speedup']:.1f}x faster than capture")
-    workers = sorted({s["worker"] for s in case["spans"]})
     start = 0.0
     for name, seconds in case["phases_s"].items():
         if name != "graphs":
@@ -458,7 +457,7 @@ def plot_timeline(results: dict[str, object], path: Path) -> Path | None:
         lanes.barh(span["worker"].replace("foundry-load_", "thread "), span["end"] - span["start"], left=span["start"], color=colors[span["phase"]])
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in [*colors.values(), "#dd8452"]]
     lanes.legend(handles, [*colors, "open + verify + memory"], loc="lower right", fontsize=8)
-    lanes.set_xlabel(f"seconds since LOAD began ({len(workers)} threads)")
+    lanes.set_xlabel(f"seconds since LOAD began (threads={case['threads']}; the native runner's threads share one lane)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
