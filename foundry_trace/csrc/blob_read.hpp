@@ -1,9 +1,9 @@
 // Reading a blob of an archive natively: pread from the archive's file, inflate where stored
 // with zlib (libz.so.1, opened at run time like libcuda), and check against the SHA-256 the
 // manifest names, all without the GIL. LOAD's background threads read thousands of blobs; in
-// Python each read, inflate and hash hands the GIL back and waits up to the 5 ms switch
-// interval to get it again whenever another thread runs Python (LOAD's own main thread, or the
-// serving engine's), which stalled module loads and builds for 0.1 s in LOAD of 2,211 graphs.
+// Python each read, inflate and hash hands the GIL over and waits up to the 5 ms switch
+// interval to get it back whenever another thread runs Python (LOAD's own thread, or the
+// serving engine's beside a background or prefetched LOAD).
 #pragma once
 
 #include <cstdint>

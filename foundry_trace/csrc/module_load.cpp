@@ -40,8 +40,8 @@ class ModuleLoader {
     return ModuleLoadFailure::kNone;
   }
 
-  // Sets only the attributes whose value differs: some (the cluster dimensions) the driver
-  // refuses to set once the kernel's binary fixes them, even to the same value.
+  // SAVE records every settable attribute, most at the value a fresh load has: only those that
+  // differ are set.
   ModuleLoadFailure resolve(const ModuleFunction& f, uint64_t* handle, uint64_t* param_bytes) {
     CUfunction function = nullptr;
     CUresult r = d_.cuModuleGetFunction(&function, module_, f.name);
