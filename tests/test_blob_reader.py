@@ -54,10 +54,19 @@ def test_a_damaged_blob_is_refused_by_both_readers(tmp_path: Path, blobs: list[t
     raw[at] ^= data.draw(st.integers(1, 255))
     path.write_bytes(bytes(raw))
     with Archive(path) as archive:
-        with pytest.raises(ArchiveFormatError):
-            archive.blob(victim.digest)
-        with pytest.raises(ArchiveFormatError, match=f"blob {victim.digest[:12]} (is corrupted|does not decompress)"):
-            native.read_blob(archive.fileno(), victim)
+        try:
+            expected = archive.blob(victim.digest)
+        except ArchiveFormatError:
+            expected = None
+        try:
+            got = native.read_blob(archive.fileno(), victim)
+        except ArchiveFormatError as error:
+            assert f"blob {victim.digest[:12]}" in str(error), str(error)
+            got = None
+    assert got == expected
+    # A changed byte is always refused, except in a compressed stream's padding bits, which
+    # change nothing decoded (the checksum then still holds).
+    assert got is None or (victim.codec == "zlib" and hashlib.sha256(got).hexdigest() == victim.digest)
 
 
 def test_a_closed_or_truncated_archive_is_refused_with_the_reason(tmp_path: Path) -> None:
