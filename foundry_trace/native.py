@@ -25,8 +25,6 @@ _u64, _u32, _bytes = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_char_p
 _u64_array = ctypes.POINTER(ctypes.c_uint64)
 
 
-
-
 class _ChunkOutcome(ctypes.Structure):
     """csrc/chunk_restore.hpp's ChunkOutcome."""
 

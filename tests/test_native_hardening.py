@@ -273,10 +273,6 @@ def split_fuzz_input(data: bytes) -> tuple[bytes, bytes]:
 # --- what the child processes run ---
 
 
-def _fake() -> ctypes.CDLL:
-    return stand_in_driver.fake()
-
-
 def _functions(fake: ctypes.CDLL) -> list[int]:
     handles = []
     for parameters in FUZZ_PARAMETERS:
@@ -299,12 +295,12 @@ def _handles(fake: ctypes.CDLL) -> native.Handles:
 
 
 def _child_param_bytes() -> None:
-    fake = _fake()
+    fake = stand_in_driver.fake()
     assert [native.function_param_bytes(f) for f in _functions(fake)] == [32, 48, 24, 0]
 
 
 def _child_param_bytes_unknown() -> None:
-    fake = _fake()
+    fake = stand_in_driver.fake()
     fake.fake_cuda_hide(b"cuFuncGetParamInfo")
     assert [native.function_param_bytes(f) for f in _functions(fake)] == [0, 0, 0, 0]
 
@@ -314,7 +310,7 @@ def _kernel(function: int, size: int) -> KernelNode:
 
 
 def _child_argument_sizes() -> None:
-    fake = _fake()
+    fake = stand_in_driver.fake()
     handles, context = _handles(fake), fake.fake_cuda_context()
     assert list(handles.param_bytes) == [32, 48, 24, 0]
     for size in (8, 47):  # shorter: the driver would read past it
@@ -340,7 +336,7 @@ def _child_pipeline() -> None:
     from foundry_trace.archive.format import Archive
     from foundry_trace.restore.resources import LoadResources
 
-    fake = _fake()
+    fake = stand_in_driver.fake()
     with Archive(ROOT / "tests" / "data" / "micro.foundry") as archive:
         NoContext = _stand_in_pipeline(fake, [f.name for f in archive.manifest.functions])  # noqa: N806 - a class
         resources = LoadResources(0)
@@ -355,7 +351,7 @@ def _child_pipeline() -> None:
 
 
 def _child_native_chunk() -> None:
-    fake = _fake()
+    fake = stand_in_driver.fake()
     handles, context = _handles(fake), fake.fake_cuda_context()
     good = encode(GraphBody(nodes=(_kernel(0, 32), _kernel(1, 48), _kernel(2, 24)), edges=(Edge(source=0, destination=1), Edge(source=1, destination=2))))
     short = encode(GraphBody(nodes=(_kernel(1, 8),), edges=()))  # 8 bytes for 48 of parameters: refused
@@ -391,7 +387,7 @@ def _child_native_chunk() -> None:
 def _child_build_gate() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    fake = _fake()
+    fake = stand_in_driver.fake()
     handles, context = _handles(fake), fake.fake_cuda_context()
     good = encode(GraphBody(nodes=tuple(_kernel(n % 3, (32, 48, 24)[n % 3]) for n in range(200)), edges=()))
     blobs, names = [(good.table, good.payload)] * 16, [f"graph '{n}'" for n in range(16)]
@@ -431,7 +427,7 @@ def _child_pipeline_native() -> None:
     from foundry_trace.archive.format import Archive
     from foundry_trace.restore.resources import LoadResources
 
-    fake = _fake()
+    fake = stand_in_driver.fake()
     with Archive(ROOT / "tests" / "data" / "micro.foundry") as archive:
         NoContext = _stand_in_pipeline(fake, [f.name for f in archive.manifest.functions])  # noqa: N806 - a class
         resources = LoadResources(0)
@@ -456,7 +452,7 @@ def _child_native_chunks_in_order() -> None:
 
     from foundry_trace.restore.resources import LoadResources
 
-    fake = _fake()
+    fake = stand_in_driver.fake()
     kernels = [f"k{n}" for n in range(len(FUZZ_PARAMETERS))]
     NoContext = _stand_in_pipeline(fake, kernels)  # noqa: N806 - a class
     good = encode(GraphBody(nodes=(_kernel(0, 32), _kernel(1, 48), _kernel(2, 24)), edges=(Edge(source=0, destination=1),)))
@@ -489,7 +485,7 @@ def _child_native_chunks_in_order() -> None:
 
 
 def _child_nesting() -> None:
-    fake = _fake()
+    fake = stand_in_driver.fake()
     handles, context = _handles(fake), fake.fake_cuda_context()
     graph = native.build_graph(nested_table(MAX_GRAPH_DEPTH), b"", handles, context, "deep")
     assert fake.fake_cuda_graph_nodes(graph) == MAX_GRAPH_DEPTH + 1
@@ -502,7 +498,7 @@ def _child_nesting() -> None:
 
 
 def _child_fuzz_inputs() -> None:
-    fake = _fake()
+    fake = stand_in_driver.fake()
     handles, context = _handles(fake), fake.fake_cuda_context()
     for path in FUZZ_INPUTS:
         table, payload = split_fuzz_input(path.read_bytes())

@@ -219,9 +219,7 @@ class Archive:
 
     def blob(self, digest: str) -> bytes:
         """The bytes of a blob, checked against its digest."""
-        ref = self.manifest.blobs.get(digest)
-        if ref is None:
-            raise ArchiveFormatError(f"{self.path}: the manifest names blob {digest[:12]} but does not index it")
+        ref = self.locate(digest)
         data = self._read(ref.offset, ref.stored)
         if ref.codec == "zlib":
             data = _inflate(data, ref.size, f"{self.path}: blob {digest[:12]}")
