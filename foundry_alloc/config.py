@@ -23,20 +23,29 @@ DEFAULT_SIZE = 4 * TiB
 SIZE_UNIT = 256 * MiB
 BASE_ALIGNMENT = 2 * MiB
 USER_SPACE_END = 1 << 47
+# The peer window of tensor-parallel ranks (foundry_trace.parallel): a range of its own, right
+# after the allocator's unless placed elsewhere, where rank r's buffer is mapped at
+# base + (r + 1) * stride in every process.
+DEFAULT_PEER_STRIDE = 1 * GiB
+PEER_SLOTS = 9  # the process's own buffer, then up to 8 ranks
 
 ENV_ENABLE = "FOUNDRY_ALLOC"
 ENV_BASE = "FOUNDRY_ALLOC_BASE"
 ENV_SIZE = "FOUNDRY_ALLOC_SIZE"
 ENV_VERBOSE = "FOUNDRY_ALLOC_VERBOSE"
+ENV_PEER_BASE = "FOUNDRY_ALLOC_PEER_BASE"
+ENV_PEER_STRIDE = "FOUNDRY_ALLOC_PEER_STRIDE"
 
 ENVIRONMENT_VARIABLES: dict[str, str] = {
     ENV_ENABLE: "1 installs the allocator when the program imports torch; 0 or unset leaves PyTorch's own.",
     ENV_BASE: f"start of the fixed range, hex or decimal (default {DEFAULT_BASE:#x}); same in SAVE and LOAD.",
     ENV_SIZE: "virtual bytes per device, e.g. 4T, 512G or a byte count (default 4T); a multiple of 256M.",
     ENV_VERBOSE: "1 prints one line to stderr when the allocator is installed.",
+    ENV_PEER_BASE: "start of the peer window of tensor-parallel ranks (default: where the range ends); same in SAVE and every rank.",
+    ENV_PEER_STRIDE: "bytes between two ranks' buffers in the peer window, e.g. 1G (default); a multiple of 2M.",
 }
 
-VARIABLE_OF_SETTING = {"base": ENV_BASE, "size": ENV_SIZE, "verbose": ENV_VERBOSE}
+VARIABLE_OF_SETTING = {"base": ENV_BASE, "size": ENV_SIZE, "verbose": ENV_VERBOSE, "peer_base": ENV_PEER_BASE, "peer_stride": ENV_PEER_STRIDE}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -80,13 +89,24 @@ class AllocatorConfig(BaseModel):
     base: Annotated[int, Field(ge=BASE_ALIGNMENT, lt=USER_SPACE_END)] = DEFAULT_BASE
     size: Annotated[int, Field(ge=SIZE_UNIT, lt=USER_SPACE_END)] = DEFAULT_SIZE
     verbose: bool = False
+    peer_base: Annotated[int, Field(ge=BASE_ALIGNMENT, lt=USER_SPACE_END)] | None = None  # None: base + size
+    peer_stride: Annotated[int, Field(ge=BASE_ALIGNMENT, lt=USER_SPACE_END)] = DEFAULT_PEER_STRIDE
 
-    @field_validator("base")
+    @field_validator("base", "peer_base", "peer_stride")
     @classmethod
-    def _base_aligned(cls, base: int) -> int:
-        if base % BASE_ALIGNMENT:
-            raise ValueError(f"base {base:#x} is not a multiple of 2 MiB (the mapping granularity)")
-        return base
+    def _aligned(cls, value: int | None, info) -> int | None:  # noqa: ANN001 - pydantic's ValidationInfo
+        if value is not None and value % BASE_ALIGNMENT:
+            raise ValueError(f"{info.field_name} {value:#x} is not a multiple of 2 MiB (the mapping granularity)")
+        return value
+
+    @property
+    def peer_window_base(self) -> int:
+        """Where the peer window starts: peer_base, or right after the allocator's range."""
+        return self.peer_base if self.peer_base is not None else self.base + self.size
+
+    @property
+    def peer_window_size(self) -> int:
+        return PEER_SLOTS * self.peer_stride
 
     @field_validator("size")
     @classmethod
@@ -109,6 +129,18 @@ class AllocatorConfig(BaseModel):
                 f"the range [{config.base:#x}, {config.base + config.size:#x}) ends past the 128 TiB of "
                 "user address space: lower the base or the size"
             )
+        window_base = config.peer_window_base
+        window_end = window_base + config.peer_window_size
+        if window_end > USER_SPACE_END:
+            raise ConfigError(
+                f"the peer window [{window_base:#x}, {window_end:#x}) ends past the 128 TiB of user address space: "
+                f"lower {ENV_PEER_BASE} or {ENV_PEER_STRIDE}"
+            )
+        if window_base < config.base + config.size and config.base < window_end:
+            raise ConfigError(
+                f"the peer window [{window_base:#x}, {window_end:#x}) overlaps the allocator's range "
+                f"[{config.base:#x}, {config.base + config.size:#x}): move {ENV_PEER_BASE} past the range"
+            )
         return config
 
     @classmethod
@@ -121,12 +153,14 @@ class AllocatorConfig(BaseModel):
 
 
 def environment_settings(environ: Mapping[str, str] | None = None) -> dict[str, object]:
-    """The settings that FOUNDRY_ALLOC_BASE, FOUNDRY_ALLOC_SIZE and FOUNDRY_ALLOC_VERBOSE give,
+    """The settings that FOUNDRY_ALLOC_BASE, _SIZE, _VERBOSE, _PEER_BASE and _PEER_STRIDE give,
     whether or not FOUNDRY_ALLOC is on (an explicit install() takes them too); ConfigError names
     the variable whose value is unusable."""
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
-    for name, key, parse in ((ENV_BASE, "base", parse_address), (ENV_SIZE, "size", parse_size)):
+    settings = ((ENV_BASE, "base", parse_address), (ENV_SIZE, "size", parse_size), (ENV_PEER_BASE, "peer_base", parse_address),
+                (ENV_PEER_STRIDE, "peer_stride", parse_size))
+    for name, key, parse in settings:
         if env.get(name, "").strip():
             try:
                 values[key] = parse(env[name])

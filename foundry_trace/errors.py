@@ -71,13 +71,24 @@ class TensorParallelError(FoundryTraceError):
     communicator, a collective the communicator cannot issue)."""
 
 
-class NcclError(FoundryTraceError):
+class CommunicatorError(FoundryTraceError):
+    """A communicator of tensor-parallel ranks failed: its setup, a peer, or a collective."""
+
+
+class NcclError(CommunicatorError):
     """The NCCL library cannot be loaded, or an NCCL call failed (or did not return in time)."""
 
 
-class StallError(NcclError):
-    """A blocking call (NCCL's init waiting for a peer, its destroy waiting for graphs) did not
-    return within its time limit; the message names the rank and the call."""
+class PeerError(CommunicatorError):
+    """The peer-memory communicator cannot be set up or used: its window (base, stride, buffer
+    size), a peer's buffer, or what a peer sent at the rendezvous; the message names the rank."""
+
+
+class StallError(NcclError, PeerError):
+    """A rank waited past its time limit: for a peer (the rendezvous, an agreement, a
+    collective's barrier on the device), or for a blocking call (NCCL's init waiting for a
+    peer, its destroy waiting for graphs); the message names the rank, the phase or call, and
+    which peer did not come."""
 
 
 class ChildProcessFailed(FoundryTraceError):

@@ -85,7 +85,10 @@ def test_invalid_environment_values_name_the_variable(env: dict[str, str], probl
 
 
 def test_every_variable_is_documented() -> None:
-    assert set(fa.ENVIRONMENT_VARIABLES) == {"FOUNDRY_ALLOC", "FOUNDRY_ALLOC_BASE", "FOUNDRY_ALLOC_SIZE", "FOUNDRY_ALLOC_VERBOSE"}
+    assert set(fa.ENVIRONMENT_VARIABLES) == {
+        "FOUNDRY_ALLOC", "FOUNDRY_ALLOC_BASE", "FOUNDRY_ALLOC_SIZE", "FOUNDRY_ALLOC_VERBOSE", "FOUNDRY_ALLOC_PEER_BASE",
+        "FOUNDRY_ALLOC_PEER_STRIDE",
+    }
 
 
 def test_messages_give_addresses_in_hex() -> None:

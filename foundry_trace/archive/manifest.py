@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from foundry_alloc import ARENA_NAME_PATTERN, MAX_ARENAS, Layout
-from foundry_trace.archive.records import U64, CollectiveSpec, Digest, FunctionRecord, MemorySegment, ModuleRecord
+from foundry_alloc.config import PEER_SLOTS
+from foundry_trace.archive.records import U64, CollectiveSpec, Digest, FunctionRecord, MemorySegment, ModuleRecord, PeerWindowRecord
 from foundry_trace.errors import ArchiveFormatError
 
 FORMAT_VERSION = 3  # 3: an optional signature block may follow the manifest (signing.py)
@@ -113,9 +114,11 @@ class Manifest(_Model):
     events: Annotated[int, Field(ge=0, le=MAX_EVENTS)]
     blobs: Annotated[dict[Digest, BlobRef], Field(max_length=MAX_BLOBS)]
     # Tensor parallelism: the ranks the graphs were captured for (one rank's step, SAVEd without
-    # a peer), and the collectives that LOAD binds to the live communicator.
+    # a peer), and either the collectives that LOAD binds to the live NCCL communicator, or the
+    # peer window whose all-reduce kernels the graphs hold (every rank restores them unchanged).
     tensor_parallel: Annotated[int, Field(ge=1, le=1024)] = 1
     collectives: Annotated[tuple[CollectiveSpec, ...], Field(max_length=MAX_COLLECTIVES)] = ()
+    peer_window: PeerWindowRecord | None = None
     # Free-form notes of the program that saved it (the bench names its workload and options, so
     # that `foundry verify` can rebuild the engine); never read by LOAD.
     metadata: Annotated[dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=4096)]], Field(max_length=64)] = {}
@@ -178,6 +181,14 @@ def _check_memory(manifest: Manifest, where: str) -> None:
     for address, size, what in ranges:
         if not base <= address <= address + size <= end:
             _fail(where, f"{what} (+{size:#x}) lies outside the allocator's range [{base:#x}, {end:#x})")
+    window = manifest.peer_window
+    if window is not None:
+        if manifest.collectives:
+            _fail(where, "the archive holds both NCCL collectives and peer all-reduces")
+        if window.base < end and base < window.base + PEER_SLOTS * window.stride:
+            _fail(where, f"the peer window at {window.base:#x} overlaps the allocator's range [{base:#x}, {end:#x})")
+        if window.buffer_bytes > window.stride or manifest.tensor_parallel > PEER_SLOTS - 1:
+            _fail(where, f"a peer window of {manifest.tensor_parallel} ranks with {window.buffer_bytes:#x}-byte buffers in {window.stride:#x}-byte slots")
     for segment in manifest.memory:
         if segment.contents and manifest.blobs[segment.contents].size > segment.size:
             _fail(where, f"memory segment at {segment.address:#x} is {segment.size:#x} bytes but its contents hold {manifest.blobs[segment.contents].size:#x}")

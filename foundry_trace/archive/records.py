@@ -105,6 +105,15 @@ class CollectiveSpec(_Record):
         return self.count * ELEMENT_BYTES[self.dtype]
 
 
+class PeerWindowRecord(_Record):
+    """The peer window a tensor-parallel archive's all-reduce kernels address (their arguments
+    hold its base; parallel/window.py): every rank's LOAD must map the same one."""
+
+    base: U64
+    stride: U64
+    buffer_bytes: U64
+
+
 class ChildGraphNode(_Record):
     kind: Literal["graph"] = "graph"
     graph: GraphBody

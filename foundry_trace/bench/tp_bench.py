@@ -153,6 +153,26 @@ def rank_environment(gpu: int, rank: int = 0, ranks: int = 1, port: int = 0) -> 
     return environment
 
 
+def peer_rank_environment(rank: int, ranks: int, socket_path: str) -> dict[str, str]:
+    """One rank of a peer-memory run: every GPU visible (a rank maps buffers that live on the
+    others; it picks GPU rank mod GPUs itself), torchrun's variables, the rendezvous socket."""
+    environment = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES" or v.strip()}
+    environment.update(RANK=str(rank), WORLD_SIZE=str(ranks), FOUNDRY_PEER_SOCKET=socket_path)
+    environment.setdefault("NCCL_NVLS_ENABLE", "0")
+    environment.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+    return environment
+
+
+def run_peer_ranks(module: str, arguments: list[str], degree: int, timeout: float = RANK_TIMEOUT_S) -> list[dict[str, object]]:
+    """`degree` ranks of `module` meeting over a fresh rendezvous socket, under one watchdog."""
+    with tempfile.TemporaryDirectory(prefix="foundry-peer-") as scratch:
+        path = os.path.join(scratch, "rendezvous.sock")
+        return run_ranks(
+            module, [arguments] * degree, [peer_rank_environment(rank, degree, path) for rank in range(degree)], timeout=timeout,
+            labels=[f"{arguments[0]} rank {rank} of {degree}" for rank in range(degree)],
+        )
+
+
 def run_degree(role: list[str], degree: int, timeout: float = RANK_TIMEOUT_S) -> list[dict[str, object]]:
     """The `degree` ranks of a role, one GPU each, under one watchdog: a rank that fails or
     stalls stops them all, and the error names it and its phase."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol, get_args
 
 from cuda.bindings import driver
 
-from foundry_trace.archive.records import CollectiveDtype, CollectiveSpec
+from foundry_trace.archive.records import CollectiveDtype, CollectiveSpec, PeerWindowRecord
 from foundry_trace.driver import call, current_context
 from foundry_trace.errors import TensorParallelError
 
@@ -139,18 +139,41 @@ def tensor_parallel_archive(directory: str | Path, ranks: int) -> Path:
     return path
 
 
-def check_communicator(degree: int, collectives: int, communicator: Communicator | None, path: str) -> None:
-    """Refuses an archive whose tensor-parallel degree this process cannot serve."""
+def check_communicator(
+    degree: int, collectives: int, communicator: Communicator | None, path: str, peer_window: PeerWindowRecord | None = None
+) -> None:
+    """Refuses an archive whose tensor-parallel degree, collectives or peer window this process
+    cannot serve: before LOAD claims any memory."""
+    kind = "PeerCommunicator" if peer_window is not None else "NcclCommunicator"
     if communicator is None:
         if degree > 1 or collectives:
             raise TensorParallelError(
-                f"{path} was saved for tensor parallelism {degree} ({collectives} collectives): pass "
-                "communicator= (e.g. foundry_trace.parallel.NcclCommunicator.from_environment()) to load()"
+                f"{path} was saved for tensor parallelism {degree} ({collectives or 'peer all-reduce'} collectives): pass "
+                f"communicator= (e.g. foundry_trace.parallel.{kind}.from_environment()) to load()"
             )
         return
+    window = getattr(communicator, "window_record", None)  # a PeerCommunicator's
+    if (peer_window is not None) != (window is not None) and (collectives or peer_window is not None):
+        raise TensorParallelError(
+            f"{path} was saved with {'peer all-reduces' if peer_window is not None else 'NCCL collectives'}, and the "
+            f"communicator given is a {type(communicator).__name__}: load it with a {kind}, or save it again with this one"
+        )
     if communicator.world_size != degree:
         raise TensorParallelError(
             f"{path} was saved for tensor parallelism {degree}, but the communicator has {communicator.world_size} "
             f"ranks: load the archive saved for {communicator.world_size} (foundry bench tp --degrees "
             f"{communicator.world_size} --archive DIR writes one) or run {degree} ranks"
         )
+    if peer_window is not None:
+        if window != peer_window:
+            raise TensorParallelError(
+                f"{path} was saved with the peer window at {peer_window.base:#x} (stride {peer_window.stride:#x}, buffers of "
+                f"{peer_window.buffer_bytes:#x} bytes), this communicator's is at {window.base:#x} (stride {window.stride:#x}, "
+                f"buffers of {window.buffer_bytes:#x} bytes): set FOUNDRY_ALLOC_PEER_BASE, FOUNDRY_ALLOC_PEER_STRIDE and "
+                "buffer_bytes as in the SAVE run"
+            )
+        if degree > 1 and not communicator.connected:
+            raise TensorParallelError(
+                f"{path} needs {degree} ranks' buffers, and this communicator has no peer mapped (SAVE's local one, or "
+                "closed): connect every rank with PeerCommunicator.from_environment()"
+            )

@@ -44,9 +44,10 @@ from foundry_trace.archive.node_table import node_kinds
 from foundry_trace.archive.records import MemorySegment
 from foundry_trace.archive.signing import TrustPolicy
 from foundry_trace.driver import call, current_context
-from foundry_trace.errors import LayoutMismatchError, RestoreError, RestoreTimeoutError
+from foundry_trace.errors import LayoutMismatchError, RestoreError, RestoreTimeoutError, TensorParallelError
 from foundry_trace.fingerprint import check_fingerprint, current_fingerprint
 from foundry_trace.parallel.collectives import Communicator, check_communicator
+from foundry_trace.parallel.peer import PeerCommunicator
 from foundry_trace.restore.outputs import coalesce, output_view
 from foundry_trace.restore.pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, Pipeline, PipelineHooks, builds_early
 from foundry_trace.restore.resources import LoadResources
@@ -131,8 +132,10 @@ def load(
             workers, one task a graph (slower with many small graphs; needed for `hooks`).
         upload: also copy each executable to the device before it counts as ready (otherwise
             its first launch does, as for a graph that torch captured).
-        communicator: this rank's (e.g. foundry_trace.parallel.NcclCommunicator), for an
-            archive of a tensor-parallel step; its rank count must be the archive's degree.
+        communicator: this rank's, for an archive of a tensor-parallel step; its rank count
+            must be the archive's degree. An archive SAVEd with a PeerCommunicator needs one
+            connected to every rank, on the same window: the ranks agree that they restore the
+            same archive before any memory is claimed, and (eager) that every rank finished.
         timeout: seconds an eager load may take at most (None: no limit). Past it, everything
             the load made is released and RestoreTimeoutError names the graph it waited for.
         hooks: for probes that study the pipeline's timing (PipelineHooks, with
@@ -185,7 +188,12 @@ def _restore(
                 with _phase(restored, "first graphs"):
                     _start_first_graph(restored)
             manifest = restored.archive.manifest
-            check_communicator(manifest.tensor_parallel, len(manifest.collectives), communicator, str(restored.archive.path))
+            path = str(restored.archive.path)
+            check_communicator(manifest.tensor_parallel, len(manifest.collectives), communicator, path, manifest.peer_window)
+            peers = communicator if manifest.peer_window is not None and manifest.tensor_parallel > 1 else None
+            if peers is not None:
+                with _phase(restored, "agree"):
+                    _agree_on_archive(peers, restored.archive.digest, path)
             _claim(restored, upload)
             if manifest.collectives:
                 _bind_collectives(restored, communicator)
@@ -199,6 +207,9 @@ def _restore(
             if mode == "eager":
                 with _phase(restored, "graphs"):
                     _wait_until(restored, deadline, timeout)
+                if peers is not None:  # a rank that died while restoring stops every rank here
+                    with _phase(restored, "agree"):
+                        peers.agree("the end of LOAD", b"")
     except BaseException:
         restored.release(wait=deadline is None or time.monotonic() < deadline)
         raise
@@ -379,6 +390,20 @@ def _bind_collectives(restored: Restored, communicator: Communicator) -> None:
             restored.resources.add_collective_graph(graph)
             graphs.append(graph)
         restored.pipeline.bind_collectives(graphs)
+
+
+def _agree_on_archive(communicator: PeerCommunicator, digest: str, path: str) -> None:
+    """Every rank restores the same archive (its graphs address every rank's buffers alike):
+    checked before any memory is claimed; a rank that left or does not come raises StallError
+    on every rank."""
+    digests = [d.decode(errors="replace") for d in communicator.agree("LOAD's archive", digest.encode())]
+    others = {rank: d for rank, d in enumerate(digests) if d != digest}
+    if others:
+        shown = ", ".join(f"rank {rank} sha256:{d[:16]}" for rank, d in sorted(others.items()))
+        raise TensorParallelError(
+            f"rank {communicator.rank} of {communicator.world_size} loads {path} (sha256:{digest[:16]}), but {shown}: "
+            "every rank must restore the same archive"
+        )
 
 
 class _StepRequest:

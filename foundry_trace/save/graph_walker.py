@@ -27,6 +27,7 @@ from foundry_trace.archive.records import (
     MemcpyNode,
     MemsetNode,
     Node,
+    PeerWindowRecord,
 )
 from foundry_trace.driver import (
     CU_LAUNCH_PARAM_BUFFER_POINTER,
@@ -39,6 +40,8 @@ from foundry_trace.driver import (
 )
 from foundry_trace.errors import TensorParallelError, UnsupportedNodeError
 from foundry_trace.parallel.collectives import marker_collective
+from foundry_trace.parallel.peer import PeerCommunicator
+from foundry_trace.parallel.peer_kernels import owner_of
 from foundry_trace.save.modules import FunctionTable
 
 NodeType = driver.CUgraphNodeType
@@ -64,6 +67,7 @@ class GraphWalker:
         self._default_attributes: dict[int, dict[int, bytes]] = {}
         self._collectives: dict[CollectiveSpec, int] = {}
         self.tensor_parallel: int | None = None  # the degree of the collectives seen, if any
+        self.peer_window: PeerWindowRecord | None = None  # the window of the peer all-reduces seen, if any
 
     @property
     def event_count(self) -> int:
@@ -159,13 +163,25 @@ class GraphWalker:
         return known
 
     def _collective(self, spec: CollectiveSpec, degree: int, where: str) -> CollectiveNode:
+        self._degree(degree, where)
+        if self.peer_window is not None:
+            raise TensorParallelError(f"{where}: an NCCL recorder's collective beside peer all-reduces: record with one communicator")
+        return CollectiveNode(collective=self._collectives.setdefault(spec, len(self._collectives)))
+
+    def _peer_all_reduce(self, communicator: PeerCommunicator, where: str) -> None:
+        """A kernel of a PeerCommunicator: a plain kernel node; the archive records its window."""
+        self._degree(communicator.world_size, where)
+        if self._collectives or self.peer_window not in (None, communicator.window_record):
+            raise TensorParallelError(f"{where}: all-reduces of two communicators in one recording: record with one communicator")
+        self.peer_window = communicator.window_record
+
+    def _degree(self, degree: int, where: str) -> None:
         if self.tensor_parallel not in (None, degree):
             raise TensorParallelError(
                 f"{where}: collectives of tensor parallelism {self.tensor_parallel} and {degree} in one recording: "
                 "record each degree into its own archive"
             )
         self.tensor_parallel = degree
-        return CollectiveNode(collective=self._collectives.setdefault(spec, len(self._collectives)))
 
     @property
     def collectives(self) -> tuple[CollectiveSpec, ...]:
@@ -178,6 +194,9 @@ class GraphWalker:
     def _kernel(self, node: driver.CUgraphNode, where: str) -> KernelNode:
         p = call(driver.cuGraphKernelNodeGetParams, node)
         function = int(p.func)
+        communicator = owner_of(function)
+        if isinstance(communicator, PeerCommunicator):
+            self._peer_all_reduce(communicator, where)
         arguments = self._arguments(function, int(p.kernelParams or 0), int(p.extra or 0), where)
         defaults = self._defaults(function, p)
         attributes = {}

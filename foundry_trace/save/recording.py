@@ -223,6 +223,7 @@ class Recording:
             blobs=writer.blobs,
             tensor_parallel=self._walker.tensor_parallel or 1,
             collectives=self._walker.collectives,
+            peer_window=self._walker.peer_window,
             metadata=self.metadata,
         )
 
