@@ -41,7 +41,7 @@ def compiled(major: int, minor: int) -> bytes:
     status, program = nvrtc.nvrtcCreateProgram(source, SOURCE.name.encode(), 0, [], [])
     _nvrtc_check(nvrtc, status, "nvrtcCreateProgram")
     try:
-        options = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17", b"-O3"]
+        options = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17"]
         (status,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
         if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             _, size = nvrtc.nvrtcGetProgramLogSize(program)
