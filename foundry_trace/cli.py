@@ -25,7 +25,7 @@ ATTENTION_HELP = (
 )
 DEFAULT_RESULTS_DIR = Path("bench/results")
 BENCH_OPTIONS = {
-    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention"), "fit": ("threads", "attention"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention"),
+    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention"), "fit": ("threads", "attention"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator"),
 }
 DEFAULT_WORKLOAD = "small"
 BENCH_EXTRA = "the benchmark harness needs the bench extra: pip install 'foundry[bench]' (rich, matplotlib)"
@@ -194,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
         "timeline); coverage: restore vs native capture, bit for bit, for transformers models, torch.compile, streams and "
         "fused attention; save: SAVE's archive size and contents; alloc: Foundry's allocator vs PyTorch's caching allocator "
         "(--backend host: the placement code alone, without a GPU); tp: tensor parallelism from one single-GPU SAVE per "
-        "degree, every rank restored vs captured natively (NCCL); soak: 1,000 failed loads of each kind, then a good one, "
+        "degree, every rank restored vs captured natively (NCCL, or the peer communicator); soak: 1,000 failed loads of each kind, then a good one, "
         "and the process unchanged; fit (piecewise workloads): restore and driver-alone time against graph and node counts, "
         "least squares over the workload SAVEd five ways.",
     )
@@ -208,6 +208,10 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
     bench.add_argument("--degrees", default="1,2", help="tp: tensor-parallel degrees to SAVE (each on one GPU) and run where GPUs allow")
     bench.add_argument("--layers", type=int, help="tp: layers of the model (default: the workload's)")
+    bench.add_argument(
+        "--communicator", choices=("nccl", "peer"), default="nccl",
+        help="tp: nccl (a GPU a rank; collectives bound at LOAD) or peer (all-reduce kernels over peer memory; ranks share GPUs where there are fewer)",
+    )
     bench.add_argument("--backend", choices=("cuda", "host"), default="cuda", help="alloc: cuda (default) or host, the placement code without a GPU")
     bench.set_defaults(run=_bench)
 

@@ -25,8 +25,10 @@ def summarize(path: str | Path) -> dict[str, object]:
                 kinds[node.kind] += 1
                 if isinstance(node, KernelNode):
                     launches[node.function] += 1
+                    if m.peer_window is not None and m.functions[node.function].name.startswith(PEER_KERNEL_PREFIX):
+                        collectives.append(peer_all_reduce_bytes(node))
                 elif isinstance(node, CollectiveNode):
-                    collectives.append(m.collectives[node.collective])
+                    collectives.append(m.collectives[node.collective].size_bytes)
             graphs.append(
                 {
                     "key": graph.key,
@@ -36,7 +38,7 @@ def summarize(path: str | Path) -> dict[str, object]:
                     "edges": graph.driver_edges,
                     "outputs": [o.name for o in graph.outputs],
                     "collectives": len(collectives),
-                    "collective_bytes": sum(c.size_bytes for c in collectives),
+                    "collective_bytes": sum(collectives),
                 }
             )
         module_bytes = sum(mod.size for mod in m.modules)
@@ -70,7 +72,16 @@ def summarize(path: str | Path) -> dict[str, object]:
             "events": m.events,
             "tensor_parallel": m.tensor_parallel,
             "distinct_collectives": len(m.collectives),
+            "peer_window": m.peer_window.model_dump() if m.peer_window is not None else None,
         }
+
+
+PEER_KERNEL_PREFIX = "foundry_peer_"  # parallel/peer_all_reduce.cu's kernels
+
+
+def peer_all_reduce_bytes(node: KernelNode) -> int:
+    """Bytes a peer all-reduce sums: its second argument counts 16-byte packs (data, packs, window)."""
+    return int.from_bytes(node.arguments[8:16], "little") * 16 if len(node.arguments) >= 16 else 0
 
 
 def _graph_lines(graphs: list[dict[str, object]], collectives: bool) -> list[str]:
@@ -114,7 +125,14 @@ def render(summary: dict[str, object], *, kernels: int = 20) -> str:
         f"({format_bytes(summary['carried_memory_bytes'])} of contents carried); {summary['events']} events",
     ]
     collective_nodes = sum(g["collectives"] for g in summary["graphs"])
-    if summary["tensor_parallel"] > 1 or collective_nodes:
+    window = summary["peer_window"]
+    if window is not None:
+        lines.append(
+            f"  tensor parallelism {summary['tensor_parallel']} (one rank's step, the same on every rank): {collective_nodes} peer "
+            f"all-reduce kernels over the peer window at {window['base']:#x} (stride {format_bytes(window['stride'])}, buffers of "
+            f"{format_bytes(window['buffer_bytes'])})"
+        )
+    elif summary["tensor_parallel"] > 1 or collective_nodes:
         lines.append(
             f"  tensor parallelism {summary['tensor_parallel']} (one rank's step): {collective_nodes} collective nodes, "
             f"{summary['distinct_collectives']} distinct all-reduces, bound to the live communicator at LOAD"

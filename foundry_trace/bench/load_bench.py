@@ -46,6 +46,7 @@ from foundry_trace.errors import WorkloadError
 from foundry_trace.restore import DEFAULT_THREADS
 
 if TYPE_CHECKING:
+    from foundry_trace.parallel.collectives import Communicator
     from foundry_trace.restore import Restored
 
 MODULE = "foundry_trace.bench.load_bench"
@@ -208,13 +209,14 @@ def _node_count(archive: str) -> int:
 
 
 @contextmanager
-def modules_loaded(archive: str) -> Iterator[Restored]:
+def modules_loaded(archive: str, communicator: Communicator | None = None) -> Iterator[Restored]:
     """A lazy LOAD of `archive` with every module loaded and no graph building: it claims the
     memory that the driver checks memset and memcpy nodes against when they are added, and the
-    graphs a lazy LOAD starts at open have finished (they would contend with what is timed)."""
+    graphs a lazy LOAD starts at open have finished (they would contend with what is timed).
+    `communicator`: a tensor-parallel rank's, for an archive of a degree above 1."""
     import foundry_trace
 
-    early = foundry_trace.load(archive, mode="lazy")
+    early = foundry_trace.load(archive, mode="lazy", communicator=communicator)
     try:
         early.pipeline.load_all_modules()
         early.pipeline.wait_for_modules()
@@ -249,14 +251,14 @@ def instantiate_scaling(archive: str, counts: tuple[int, ...]) -> dict[str, floa
                 native.destroy_graph(graph)
 
 
-def driver_alone(archive: str, threads: int) -> dict[str, object]:
+def driver_alone(archive: str, threads: int, communicator: Communicator | None = None) -> dict[str, object]:
     """The driver alone, cold, in this process (the engine built, nothing of the archive restored
     yet): with the modules loaded (untimed), every graph built and then instantiated on
     `threads` threads with nothing else running, straight from the node tables. What any restore
     of these graphs pays the driver, before opening an archive, loading modules or claiming memory."""
     from foundry_trace import native
 
-    with modules_loaded(archive) as early:
+    with modules_loaded(archive, communicator) as early:
         pipeline = early.pipeline
         with ThreadPoolExecutor(threads) as pool:
             begin = time.perf_counter()

@@ -1,11 +1,18 @@
 """`foundry bench tp`: tensor parallelism from a single-GPU SAVE.
 
 One offline run SAVEs one rank's step for each tensor-parallel degree, each in a fresh process on
-one GPU with no peer (collectives.RecordingCommunicator), into one archive directory
-(tp1.foundry, tp2.foundry, ...). Then, for each degree the machine has GPUs for, N rank
-processes (one GPU each, NCCL) capture natively, cold and timed; and N fresh rank processes
-restore the same archive, cold and timed, binding their live communicator, then capture natively
-in the same process and compare outputs bit for bit and replay latency, rank by rank.
+one GPU with no peer, into one archive directory (tp1.foundry, tp2.foundry, ...): with the NCCL
+communicator (`--communicator nccl`) its collectives are recorded as markers and bound to each
+rank's live communicator at LOAD; with the peer communicator (`--communicator peer`) they are
+plain kernels over the peer window, and every rank restores the archive unchanged.
+
+Then, for each degree: N rank processes capture natively, cold and timed; N fresh rank processes
+measure the driver alone on their graphs (built and instantiated cold, under the same placement
+and concurrency); and N fresh rank processes restore the same archive, cold and timed, then
+capture natively in the same process and compare outputs bit for bit (with that capture, and
+between ranks, whose logits are replicated) and replay latency. NCCL needs a GPU per rank; the
+peer communicator runs several ranks on a GPU where there are fewer GPUs than ranks (their
+contexts then take turns on the GPU, which the table and JSON say).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from foundry_trace.archive.keys import key_order
 from foundry_trace.bench.children import (
@@ -31,11 +39,41 @@ from foundry_trace.bench.children import (
 )
 from foundry_trace.parallel.collectives import archive_path
 
+if TYPE_CHECKING:
+    from foundry_trace.parallel.collectives import Communicator
+
 MODULE = "foundry_trace.bench.tp_bench"
 RANK_TIMEOUT_S = 480.0  # one rank's child, all phases: well inside a 10-minute device call
+COMMUNICATORS = ("nccl", "peer")
+MAX_PEER_RANKS = 8
+SHARED_LATENCY_SAMPLES = 7  # ranks sharing a GPU: each replay waits for every peer's time slice
 
 
-def child_save(workload: str, degree: int, archive: str, options: dict[str, object]) -> dict[str, object]:
+def _communicator(kind: str, *, local_degree: int | None = None) -> Communicator:
+    """This rank's communicator: NCCL's or the peer one from the environment; with
+    `local_degree`, the SAVE process's (no peer)."""
+    from foundry_trace.parallel.collectives import RecordingCommunicator
+    from foundry_trace.parallel.nccl import NcclCommunicator
+    from foundry_trace.parallel.peer import PeerCommunicator
+
+    if kind not in COMMUNICATORS:
+        raise ValueError(f"communicator {kind!r}: choose one of {', '.join(COMMUNICATORS)}")
+    if local_degree is not None:
+        return PeerCommunicator.local(local_degree) if kind == "peer" else RecordingCommunicator(local_degree)
+    if kind == "peer":
+        select_device()
+        return PeerCommunicator.from_environment(timeout=RANK_TIMEOUT_S / 4)
+    return NcclCommunicator.from_environment()
+
+
+def select_device() -> None:
+    """Rank r on GPU r mod GPUs (the peer communicator's ranks see every GPU)."""
+    import torch
+
+    torch.cuda.set_device(int(os.environ.get("RANK", "0")) % torch.cuda.device_count())
+
+
+def child_save(workload: str, degree: int, archive: str, kind: str, options: dict[str, object]) -> dict[str, object]:
     import foundry_alloc
 
     foundry_alloc.install()
@@ -43,11 +81,10 @@ def child_save(workload: str, degree: int, archive: str, options: dict[str, obje
     from foundry_trace.bench.capture import capture_steps
     from foundry_trace.bench.verify import record_references
     from foundry_trace.bench.workloads.registry import build_engine, workload_metadata
-    from foundry_trace.parallel.collectives import RecordingCommunicator
 
-    foundry_trace.start_tracing()
+    foundry_trace.start_tracing()  # before the peer kernels' module loads: SAVE records it
     foundry_alloc.reserve()
-    communicator = RecordingCommunicator(degree)
+    communicator = _communicator(kind, local_degree=degree)
     try:
         phase("engine")
         model = build_engine(workload, communicator=communicator, **options)
@@ -64,20 +101,21 @@ def child_save(workload: str, degree: int, archive: str, options: dict[str, obje
         del captured
     finally:
         communicator.close()
-    return {"archive_bytes": Path(archive).stat().st_size, "save_s": save_s, "collectives": len(communicator.specs), "description": model.describe()}
+    collectives = len(getattr(communicator, "specs", ()))
+    return {"archive_bytes": Path(archive).stat().st_size, "save_s": save_s, "collectives": collectives, "description": model.describe()}
 
 
-def child_native(workload: str, options: dict[str, object]) -> dict[str, object]:
-    """A rank without Foundry: NCCL, engine, then warm-up + capture + instantiate (timed). The
-    graphs are destroyed before the communicator closes: NCCL waits for them otherwise."""
+def child_native(workload: str, kind: str, options: dict[str, object]) -> dict[str, object]:
+    """A rank without Foundry: communicator, engine, then warm-up + capture + instantiate
+    (timed). The graphs are destroyed before the communicator closes: NCCL waits for them
+    otherwise, and the peer window they address is unmapped."""
     import torch
 
     from foundry_trace.bench.capture import capture_steps
     from foundry_trace.bench.workloads.registry import build_engine
-    from foundry_trace.parallel.nccl import NcclCommunicator
 
     phase("rendezvous")
-    with NcclCommunicator.from_environment() as communicator:
+    with _communicator(kind) as communicator:
         phase("engine")
         model = build_engine(workload, communicator=communicator, **options)
         note(f"rank {communicator.rank}: built {workload}")
@@ -90,6 +128,7 @@ def child_native(workload: str, options: dict[str, object]) -> dict[str, object]
         graphs = len(captured)
         note(f"rank {communicator.rank}: captured {graphs} graphs in {native_s:.1f} s")
         phase("close")
+        _check(communicator)
         del captured, model
         gc.collect()
         torch.cuda.synchronize()
@@ -97,24 +136,49 @@ def child_native(workload: str, options: dict[str, object]) -> dict[str, object]
     return {"rank": rank, "native_s": native_s, "graphs": graphs}
 
 
-def child_load(workload: str, directory: str, options: dict[str, object]) -> dict[str, object]:
-    """A rank with Foundry: NCCL, engine, restore (timed, cold), then the native capture here and
-    the comparison. Every rank replays the same graphs the same number of times (verify.py), so
-    collectives always meet their peers; graphs are released before the communicator closes."""
+def child_driver(workload: str, directory: str, kind: str, options: dict[str, object]) -> dict[str, object]:
+    """The driver alone on this rank's graphs, cold, beside the other ranks doing the same."""
+    import foundry_alloc
+
+    foundry_alloc.install()
+    import torch
+
+    from foundry_trace.bench.load_bench import driver_alone
+    from foundry_trace.bench.workloads.registry import build_engine
+    from foundry_trace.parallel.collectives import tensor_parallel_archive
+    from foundry_trace.restore import DEFAULT_THREADS
+
+    foundry_alloc.reserve()
+    phase("rendezvous")
+    with _communicator(kind) as communicator:
+        phase("engine")
+        engine = build_engine(workload, communicator=communicator, **options)  # kept alive: LOAD compares its memory with SAVE's
+        torch.cuda.synchronize()
+        phase("driver")
+        result = driver_alone(str(tensor_parallel_archive(directory, communicator.world_size)), DEFAULT_THREADS, communicator)
+        del engine
+        result["rank"] = communicator.rank
+    return result
+
+
+def child_load(workload: str, directory: str, kind: str, options: dict[str, object]) -> dict[str, object]:
+    """A rank with Foundry: communicator, engine, restore (timed, cold), then the native capture
+    here and the comparison. Every rank replays the same graphs the same number of times
+    (verify.py), so collectives always meet their peers; graphs are released before the
+    communicator closes."""
     import foundry_alloc
 
     foundry_alloc.install()
     import torch
 
     import foundry_trace
-    from foundry_trace.bench.verify import compare
+    from foundry_trace.bench.verify import LATENCY_BATCHES, compare
     from foundry_trace.bench.workloads.registry import build_engine
     from foundry_trace.parallel.collectives import tensor_parallel_archive
-    from foundry_trace.parallel.nccl import NcclCommunicator
 
     foundry_alloc.reserve()  # the fixed range first: NCCL reserves address space of its own
     phase("rendezvous")
-    with NcclCommunicator.from_environment() as communicator:
+    with _communicator(kind) as communicator:
         phase("engine")
         model = build_engine(workload, communicator=communicator, **options)
         torch.cuda.synchronize()
@@ -128,14 +192,24 @@ def child_load(workload: str, directory: str, options: dict[str, object]) -> dic
         note(f"rank {communicator.rank}: restored in {restore_s:.3f} s")
         with restored:
             phase("compare")
-            result = compare(model, restored, communicator=communicator)
+            shared = torch.cuda.device_count() < communicator.world_size
+            result = compare(model, restored, communicator=communicator, latency_samples=SHARED_LATENCY_SAMPLES if shared else LATENCY_BATCHES)
+            _check(communicator)
             note(f"rank {communicator.rank}: captured natively and compared")
             phase("close")
         gc.collect()
         torch.cuda.synchronize()
         result.update(rank=communicator.rank, restore_s=restore_s, phases=restored.phases, busy=restored.busy_seconds(),
-                      device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda)
+                      archive_digest=restored.archive.digest, device=torch.cuda.get_device_name(), torch=torch.__version__,
+                      cuda=torch.version.cuda)
     return result
+
+
+def _check(communicator: Communicator) -> None:
+    """Raises if a peer all-reduce stalled (the peer communicator's device-side error)."""
+    check = getattr(communicator, "synchronize", None)
+    if check is not None:
+        check()
 
 
 def free_port() -> int:
@@ -173,9 +247,12 @@ def run_peer_ranks(module: str, arguments: list[str], degree: int, timeout: floa
         )
 
 
-def run_degree(role: list[str], degree: int, timeout: float = RANK_TIMEOUT_S) -> list[dict[str, object]]:
-    """The `degree` ranks of a role, one GPU each, under one watchdog: a rank that fails or
-    stalls stops them all, and the error names it and its phase."""
+def run_degree(role: list[str], degree: int, kind: str = "nccl", timeout: float = RANK_TIMEOUT_S) -> list[dict[str, object]]:
+    """The `degree` ranks of a role under one watchdog: a rank that fails or stalls stops them
+    all, and the error names it and its phase. NCCL: one GPU a rank; peer: rank r on GPU r mod
+    GPUs, meeting over a fresh rendezvous socket."""
+    if kind == "peer":
+        return run_peer_ranks(MODULE, role, degree, timeout=timeout)
     port = free_port()
     return run_ranks(
         MODULE, [role] * degree, [rank_environment(rank, rank, degree, port) for rank in range(degree)], timeout=timeout,
@@ -183,12 +260,12 @@ def run_degree(role: list[str], degree: int, timeout: float = RANK_TIMEOUT_S) ->
     )
 
 
-def save_all(workload: str, degrees: list[int], directory: Path, **options: object) -> dict[int, dict[str, object]]:
+def save_all(workload: str, degrees: list[int], directory: Path, kind: str = "nccl", **options: object) -> dict[int, dict[str, object]]:
     """SAVE every degree on GPU 0, one fresh process each (no peer needed)."""
     directory.mkdir(parents=True, exist_ok=True)
     extra = option_arguments(options)
     return {
-        d: run_child(MODULE, ["save", workload, str(d), str(archive_path(directory, d)), *extra], rank_environment(0), timeout=RANK_TIMEOUT_S)
+        d: run_child(MODULE, ["save", workload, str(d), str(archive_path(directory, d)), kind, *extra], rank_environment(0), timeout=RANK_TIMEOUT_S)
         for d in degrees
     }
 
@@ -222,57 +299,73 @@ def disagreeing_graphs(inspected: dict[int, dict[str, object]]) -> list[str]:
 
 def run(
     workload: str, output_dir: Path | None, degrees: str = "1,2", archive: Path | None = None, layers: int | None = None,
-    attention: str | None = None,
+    attention: str | None = None, communicator: str = "nccl",
 ) -> dict[str, object]:
     """SAVE each degree of the comma list `degrees` into `archive` (a directory; default a
-    temporary one), then run the degrees that this machine has the GPUs for."""
+    temporary one), then run the degrees that this machine can: NCCL where it has a GPU a rank,
+    the peer communicator always (ranks share GPUs where there are fewer)."""
+    if communicator not in COMMUNICATORS:
+        raise ValueError(f"communicator {communicator!r}: choose one of {', '.join(COMMUNICATORS)}")
+    parsed = [int(d) for d in degrees.split(",")]
+    if communicator == "peer" and max(parsed) > MAX_PEER_RANKS:
+        raise ValueError(f"degrees {degrees}: the peer communicator serves at most {MAX_PEER_RANKS} ranks")
     if archive is None:
         with tempfile.TemporaryDirectory(prefix="foundry-tp-") as scratch:
-            return run(workload, output_dir, degrees, Path(scratch), layers, attention)
-    return _run_degrees(workload, [int(d) for d in degrees.split(",")], archive, output_dir, layers=layers, attention=attention)
+            return run(workload, output_dir, degrees, Path(scratch), layers, attention, communicator)
+    return _run_degrees(workload, parsed, archive, output_dir, communicator, layers=layers, attention=attention)
 
 
-def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir: Path | None, **options: object) -> dict[str, object]:
+def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir: Path | None, kind: str, **options: object) -> dict[str, object]:
     import torch
 
     from foundry_trace.bench.results import Case, ResultsFile
 
     gpus = torch.cuda.device_count()
-    saved = save_all(workload, degrees, directory, **options)
+    saved = save_all(workload, degrees, directory, kind, **options)
     inspected = inspect_archives(directory, degrees)
     extra = option_arguments(options)
-    cases, first, single_rank_restore_s = [], None, None
+    cases, first = [], None
     for degree in degrees:
         shown = {k: v for k, v in inspected[degree].items() if k != "per_graph"}
-        case = {"name": f"tp{degree}", "archive_bytes": saved[degree]["archive_bytes"], "save_s": saved[degree]["save_s"],
+        ranks_per_gpu = -(-degree // gpus) if kind == "peer" else 1
+        case = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree),
+                "ranks_per_gpu": ranks_per_gpu, "archive_bytes": saved[degree]["archive_bytes"], "save_s": saved[degree]["save_s"],
                 "collectives": saved[degree]["collectives"], **shown}
-        if degree > gpus:
-            cases.append(Case(**case, not_run=f"needs {degree} GPUs, this machine has {gpus}"))
+        if kind == "nccl" and degree > gpus:
+            cases.append(Case(**case, not_run=f"needs {degree} GPUs for NCCL, this machine has {gpus}"))
             continue
-        native = run_degree(["native", workload, *extra], degree)
-        loaded = run_degree(["load", workload, str(directory), *extra], degree)
+        native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
+        driver = _by_rank(run_degree(["driver", workload, str(directory), kind, *extra], degree, kind))
+        loaded = _by_rank(run_degree(["load", workload, str(directory), kind, *extra], degree, kind))
         first = first or loaded[0]
-        native_s = [n["native_s"] for n in sorted(native, key=lambda n: n["rank"])]
-        restore_s = [r["restore_s"] for r in sorted(loaded, key=lambda r: r["rank"])]
-        if degree == 1:
-            single_rank_restore_s = restore_s[0]
+        native_s = [n["native_s"] for n in native]
+        restore_s = [r["restore_s"] for r in loaded]
+        driver_s = [d["driver_cold_s"] for d in driver]
         deltas = {b: max((r["latency"][b]["delta_pct"] for r in loaded), key=abs) for b in loaded[0]["latency"]}
+        replicated = [b for b in loaded[0]["digests"] if len({r["digests"][b] for r in loaded}) == 1]
         cases.append(Case(
             **case, native_s=max(native_s), restore_s=max(restore_s),
-            speedup=min(n / r for n, r in zip(native_s, restore_s)),
-            native_s_by_rank=native_s, restore_s_by_rank=restore_s,
+            speedup=[n / r for n, r in zip(native_s, restore_s)],
+            native_s_by_rank=native_s, restore_s_by_rank=restore_s, driver_cold_s_by_rank=driver_s,
+            restore_over_driver_cold=[r / d for r, d in zip(restore_s, driver_s)],
             bitwise_equal=all(r["bitwise_equal"] for r in loaded),
+            ranks_bitwise_equal=[r["bitwise_equal"] for r in loaded],
             mismatched_by_rank=[r["mismatched"] for r in loaded],
+            ranks_agree=len(replicated) == len(loaded[0]["digests"]),
+            batches_differing_between_ranks=sorted(set(loaded[0]["digests"]) - set(replicated), key=int),
+            archive_digests=[r["archive_digest"] for r in loaded],
             nondeterministic_native=sorted({b for r in loaded for b in r["nondeterministic_native"]}),
             replay_delta_pct=deltas, replay_ms_by_rank=[r["latency"] for r in loaded],
             phases_s_by_rank=[r["phases"] for r in loaded],
-            restore_over_tp1=max(restore_s) / single_rank_restore_s if single_rank_restore_s and degree > 1 else None,
             graphs_restored=[r["graphs"] for r in loaded],
         ))
+    sharing = "" if kind == "nccl" else "; peer: rank r on GPU r mod GPUs, several ranks per GPU where there are fewer GPUs than ranks"
     results = ResultsFile.of_this_run(
-        what="tp", workload=f"{workload}-tp{'-'.join(str(d) for d in degrees)}" + (f"-{options['attention']}-attention" if options.get("attention") else ""),
+        what="tp",
+        workload=f"{workload}-tp{'-'.join(str(d) for d in degrees)}-{kind}" + (f"-{options['layers']}-layers" if options.get("layers") else "")
+        + (f"-{options['attention']}-attention" if options.get("attention") else ""),
         workload_desc=f"{saved[degrees[-1]]['description']}; one rank's step SAVEd per degree on one GPU with no peer; "
-        "each rank restores the same archive with its live NCCL communicator vs native warm-up + capture per rank, cold",
+        f"each rank restores the same archive with its live {kind} communicator vs native warm-up + capture per rank, cold{sharing}",
         device=first["device"] if first else torch.cuda.get_device_name(), gpus=gpus,
         cuda=torch.version.cuda, torch=torch.__version__,
         cases=cases, collectives_disagree=disagreeing_graphs(inspected),
@@ -282,48 +375,55 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
     return results.model_dump()
 
 
+def _by_rank(results: list[dict[str, object]]) -> list[dict[str, object]]:
+    return sorted(results, key=lambda r: r["rank"])
+
+
 def render(results: dict[str, object]) -> str:
     from rich.table import Table
 
     from foundry_trace.bench.results import table_text
 
     table = Table(title=f"{results['device']} x {results['gpus']} / {results['workload']}")
-    columns = ("degree", "graphs / nodes", "collective nodes (per graph)", "archive MiB", "native s (worst rank)",
-               "restore s (worst rank)", "speed-up", "restore / tp1", "bitwise", "replay delta %")
+    columns = ("degree (ranks/GPU)", "graphs / nodes", "collective nodes (per graph)", "archive MiB", "native s (worst rank)",
+               "restore s (worst rank)", "speed-up (least)", "restore / driver (worst)", "bitwise (ranks agree)", "replay delta %")
     for column in columns:
         table.add_column(column, justify="right")
     for c in results["cases"]:
         saved = [
-            f"{c['name']} (archive: {c['archive_degree']})", f"{c['graphs']} / {c['nodes']}",
+            f"{c['name']} ({c.get('ranks_per_gpu', 1)}/GPU)", f"{c['graphs']} / {c['nodes']}",
             f"{c['collective_nodes']} ({', '.join(map(str, c['collectives_per_graph']))})", f"{c['archive_bytes'] / 2**20:.1f}",
         ]
         if c.get("not_run"):
             table.add_row(*saved, c["not_run"], "", "", "", "", "")
             continue
         deltas = " ".join(f"b{b}:{d:+.2f}" for b, d in c["replay_delta_pct"].items())
-        ratio = f"{c['restore_over_tp1']:.2f}" if c.get("restore_over_tp1") else ""
-        table.add_row(*saved, f"{c['native_s']:.2f}", f"{c['restore_s']:.3f}", f"{c['speedup']:.1f}x", ratio, str(c["bitwise_equal"]), deltas)
+        table.add_row(
+            *saved, f"{c['native_s']:.2f}", f"{c['restore_s']:.3f}", f"{min(c['speedup']):.1f}x", f"{max(c['restore_over_driver_cold']):.2f}",
+            f"{c['bitwise_equal']} ({c['ranks_agree']})", deltas,
+        )
     disagree = results["collectives_disagree"]
     agreement = (
         "every graph holds the same collectives in every degree's archive" if not disagree
         else f"graphs whose collectives differ between degrees: {', '.join(disagree)}"
     )
-    return table_text(table, width=160) + agreement + "\n"
+    return table_text(table, width=170) + agreement + "\n"
 
 
 def _run(arguments: argparse.Namespace) -> dict[str, object]:
     options = parsed_options(arguments)
     if arguments.role == "save":
-        workload, degree, archive = arguments.rest
-        return child_save(workload, int(degree), archive, options)
+        workload, degree, archive, kind = arguments.rest
+        return child_save(workload, int(degree), archive, kind, options)
     if arguments.role == "native":
-        return child_native(arguments.rest[0], options)
-    return child_load(arguments.rest[0], arguments.rest[1], options)
+        return child_native(arguments.rest[0], arguments.rest[1], options)
+    child = child_driver if arguments.role == "driver" else child_load
+    return child(arguments.rest[0], arguments.rest[1], arguments.rest[2], options)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="a child process of `foundry bench tp` (one rank)")
-    parser.add_argument("role", choices=("save", "native", "load"))
+    parser.add_argument("role", choices=("save", "native", "driver", "load"))
     parser.add_argument("rest", nargs="*")
     add_option_flags(parser)
     return parser

@@ -36,6 +36,7 @@ INPUT_SEED = 1000
 REFERENCE_REPLAYS = 5
 LATENCY_ROUNDS = 3
 LATENCY_BATCH_MS = 20.0
+LATENCY_BATCHES = 21  # runs of back-to-back replays per measurement, of which the median counts
 
 
 def output_digest(tensor: torch.Tensor) -> str:
@@ -128,13 +129,13 @@ def agreed_count(count: int, communicator: Communicator | None, device: str = "c
     all-reduce, so each gets the same number whatever it measured by itself."""
     if communicator is None or communicator.world_size == 1:
         return count
-    total = torch.tensor([float(count)], device=device)
+    total = torch.tensor([float(count), 0.0, 0.0, 0.0], device=device)  # 16 bytes: what every communicator reduces
     communicator.all_reduce(total)
-    return max(1, math.ceil(total.item() / communicator.world_size))
+    return max(1, math.ceil(total[0].item() / communicator.world_size))
 
 
 def replay_latency_ms(
-    replay: Callable[[], None], batches: int = 21, batch_ms: float = LATENCY_BATCH_MS, communicator: Communicator | None = None
+    replay: Callable[[], None], batches: int = LATENCY_BATCHES, batch_ms: float = LATENCY_BATCH_MS, communicator: Communicator | None = None
 ) -> float:
     """Device time of one replay: the median over `batches` runs of back-to-back replays, timed
     with CUDA events. Back to back, the device never waits for the host, so the figure is the
@@ -162,11 +163,13 @@ def replay_latency_ms(
     return samples[len(samples) // 2]
 
 
-def latency_pair(native: Callable[[], None], restored: Callable[[], None], communicator: Communicator | None) -> dict[str, float]:
+def latency_pair(
+    native: Callable[[], None], restored: Callable[[], None], communicator: Communicator | None, batches: int = LATENCY_BATCHES
+) -> dict[str, float]:
     """Native and restored replay latency, medians over alternating rounds (a drift of clocks or
     temperature hits both alike), and the restored one's difference in per cent."""
     rounds = [
-        (replay_latency_ms(native, communicator=communicator), replay_latency_ms(restored, communicator=communicator))
+        (replay_latency_ms(native, batches, communicator=communicator), replay_latency_ms(restored, batches, communicator=communicator))
         for _ in range(LATENCY_ROUNDS)
     ]
     native_ms = sorted(n for n, _ in rounds)[LATENCY_ROUNDS // 2]
@@ -193,11 +196,15 @@ def compare(
     saved: dict[str, dict[str, object]] | None = None,
     latency_batches: tuple[int, ...] = (1, 64, 256),
     communicator: Communicator | None = None,
+    latency_samples: int = LATENCY_BATCHES,
 ) -> dict[str, object]:
     """Captures the restored graphs' batch sizes natively (timed) and compares outputs and replay
     latency (of the step, and for a step of several graphs, of its graphs alone too); with
     `saved` (saved_references() of the archive), also against SAVE's graphs. `communicator`: a
-    tensor-parallel rank's, through which the ranks agree on replay counts."""
+    tensor-parallel rank's, through which the ranks agree on replay counts. `latency_samples`:
+    runs per latency measurement (fewer where ranks share a GPU and a replay takes its peers'
+    time slices). The result holds the restored outputs' digests by batch, which ranks whose
+    output is replicated compare with each other."""
     sizes = restored_batches(restored)
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -209,10 +216,11 @@ def compare(
     latency = {}
     for batch in (b for b in latency_batches if b in native):
         restored_replay, _ = engine.restored_step(restored, batch)
-        latency[str(batch)] = latency_pair(native[batch].replay, restored_replay, communicator)
+        latency[str(batch)] = latency_pair(native[batch].replay, restored_replay, communicator, latency_samples)
         if len(native[batch].graphs) > 1:
             latency[str(batch)]["graphs_only"] = latency_pair(
-                launching_all([g.replay for g in native[batch].graphs]), launching_all([g.replay for g in restored.group(batch)]), communicator
+                launching_all([g.replay for g in native[batch].graphs]), launching_all([g.replay for g in restored.group(batch)]),
+                communicator, latency_samples,
             )
     result: dict[str, object] = {
         "native_s": native_s,
@@ -221,6 +229,7 @@ def compare(
         "bitwise_equal": not verdict["mismatched"],
         **verdict,
         "latency": latency,
+        "digests": digests,
     }
     if saved is not None:
         mismatched_saved, set_apart = split_nondeterministic(differing_from_saved(digests, saved), verdict["nondeterministic_native"])

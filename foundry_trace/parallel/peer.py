@@ -38,7 +38,7 @@ from foundry_trace.archive.records import CollectiveSpec, PeerWindowRecord
 from foundry_trace.driver import call, current_context
 from foundry_trace.errors import PeerError, StallError, TensorParallelError
 from foundry_trace.parallel.peer_kernels import Kernels, plan
-from foundry_trace.parallel.rendezvous import Rendezvous, RankInfo, close_fds
+from foundry_trace.parallel.rendezvous import RankInfo, Rendezvous, close_fds
 from foundry_trace.parallel.window import DATA_OFFSET, MAX_RANKS, PACK_BYTES, MappedWindow, WindowLayout
 
 if TYPE_CHECKING:

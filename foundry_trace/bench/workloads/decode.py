@@ -106,16 +106,19 @@ class DecodeEngine(OneGraphPerStep):
         self.attention = attention
         dtype = torch.bfloat16
         rank = communicator.rank if communicator is not None else 0
-        generator = torch.Generator(device=device).manual_seed(seed + 7919 * rank)  # each rank its own shard
+        # Replicated weights (embedding, LM head) alike on every rank, so that every rank's
+        # logits are the same; each rank its own shard of every layer.
+        replicated = torch.Generator(device=device).manual_seed(seed)
+        shard = torch.Generator(device=device).manual_seed(seed + 7919 * (rank + 1))
         h, kv = shape.hidden, shape.kv_heads * shape.head_dim
         q = shape.heads * shape.head_dim
 
-        def weight(*dims: int) -> torch.Tensor:
+        def weight(*dims: int, generator: torch.Generator = shard) -> torch.Tensor:
             scale = 1.0 / math.sqrt(dims[-1])
             return torch.randn(*dims, device=device, dtype=dtype, generator=generator) * scale
 
         with annotate("workload.weights"):
-            self.embedding = weight(shape.vocab, h)
+            self.embedding = weight(shape.vocab, h, generator=replicated)
             self.layers = [
                 {
                     "attn_norm": torch.ones(h, device=device, dtype=dtype),
@@ -128,7 +131,7 @@ class DecodeEngine(OneGraphPerStep):
                 for _ in range(shape.layers)
             ]
             self.final_norm = torch.ones(h, device=device, dtype=dtype)
-            self.lm_head = weight(shape.vocab, h)
+            self.lm_head = weight(shape.vocab, h, generator=replicated)
         with annotate("workload.kv_cache"):
             self.kv_cache = torch.zeros(
                 shape.layers, 2, shape.max_batch, shape.kv_heads, shape.context, shape.head_dim, device=device, dtype=dtype
