@@ -28,7 +28,7 @@ class Case(BaseModel):
     nodes: int | None = None
     native_s: float | None = None
     restore_s: float | None = None
-    speedup: float | None = None
+    speedup: float | list[float] | None = None  # tp: one a rank
     instantiate_floor_s: float | None = None
     first_graph_s: float | None = None
     bitwise_equal: bool | None = None

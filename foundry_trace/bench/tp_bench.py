@@ -46,7 +46,6 @@ MODULE = "foundry_trace.bench.tp_bench"
 RANK_TIMEOUT_S = 480.0  # one rank's child, all phases: well inside a 10-minute device call
 COMMUNICATORS = ("nccl", "peer")
 MAX_PEER_RANKS = 8
-SHARED_LATENCY_SAMPLES = 7  # ranks sharing a GPU: each replay waits for every peer's time slice
 
 
 def _communicator(kind: str, *, local_degree: int | None = None) -> Communicator:
@@ -172,7 +171,7 @@ def child_load(workload: str, directory: str, kind: str, options: dict[str, obje
     import torch
 
     import foundry_trace
-    from foundry_trace.bench.verify import LATENCY_BATCHES, compare
+    from foundry_trace.bench.verify import FULL, SHARED_GPU, compare
     from foundry_trace.bench.workloads.registry import build_engine
     from foundry_trace.parallel.collectives import tensor_parallel_archive
 
@@ -193,7 +192,7 @@ def child_load(workload: str, directory: str, kind: str, options: dict[str, obje
         with restored:
             phase("compare")
             shared = torch.cuda.device_count() < communicator.world_size
-            result = compare(model, restored, communicator=communicator, latency_samples=SHARED_LATENCY_SAMPLES if shared else LATENCY_BATCHES)
+            result = compare(model, restored, communicator=communicator, effort=SHARED_GPU if shared else FULL)
             _check(communicator)
             note(f"rank {communicator.rank}: captured natively and compared")
             phase("close")

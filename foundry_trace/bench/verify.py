@@ -19,6 +19,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +38,23 @@ REFERENCE_REPLAYS = 5
 LATENCY_ROUNDS = 3
 LATENCY_BATCH_MS = 20.0
 LATENCY_BATCHES = 21  # runs of back-to-back replays per measurement, of which the median counts
+
+
+@dataclass(frozen=True)
+class Effort:
+    """How many replays a comparison spends: the native capture's replays that check it is
+    deterministic, the alternating latency rounds, and the runs per latency measurement."""
+
+    reference_replays: int = REFERENCE_REPLAYS
+    latency_rounds: int = LATENCY_ROUNDS
+    latency_batches: int = LATENCY_BATCHES
+
+
+FULL = Effort()
+# Ranks sharing a GPU take turns on it: every collective waits for each peer's time slice, so a
+# replay lasts tens to hundreds of milliseconds and the full effort would take many minutes;
+# the turns are regular, so fewer runs give as steady a median.
+SHARED_GPU = Effort(reference_replays=2, latency_rounds=1, latency_batches=7)
 
 
 def output_digest(tensor: torch.Tensor) -> str:
@@ -164,16 +182,17 @@ def replay_latency_ms(
 
 
 def latency_pair(
-    native: Callable[[], None], restored: Callable[[], None], communicator: Communicator | None, batches: int = LATENCY_BATCHES
+    native: Callable[[], None], restored: Callable[[], None], communicator: Communicator | None, effort: Effort = FULL
 ) -> dict[str, float]:
     """Native and restored replay latency, medians over alternating rounds (a drift of clocks or
     temperature hits both alike), and the restored one's difference in per cent."""
+    batches = effort.latency_batches
     rounds = [
         (replay_latency_ms(native, batches, communicator=communicator), replay_latency_ms(restored, batches, communicator=communicator))
-        for _ in range(LATENCY_ROUNDS)
+        for _ in range(effort.latency_rounds)
     ]
-    native_ms = sorted(n for n, _ in rounds)[LATENCY_ROUNDS // 2]
-    restored_ms = sorted(r for _, r in rounds)[LATENCY_ROUNDS // 2]
+    native_ms = sorted(n for n, _ in rounds)[len(rounds) // 2]
+    restored_ms = sorted(r for _, r in rounds)[len(rounds) // 2]
     return {"native_ms": native_ms, "restored_ms": restored_ms, "delta_pct": 100 * (restored_ms / native_ms - 1)}
 
 
@@ -196,31 +215,30 @@ def compare(
     saved: dict[str, dict[str, object]] | None = None,
     latency_batches: tuple[int, ...] = (1, 64, 256),
     communicator: Communicator | None = None,
-    latency_samples: int = LATENCY_BATCHES,
+    effort: Effort = FULL,
 ) -> dict[str, object]:
     """Captures the restored graphs' batch sizes natively (timed) and compares outputs and replay
     latency (of the step, and for a step of several graphs, of its graphs alone too); with
     `saved` (saved_references() of the archive), also against SAVE's graphs. `communicator`: a
-    tensor-parallel rank's, through which the ranks agree on replay counts. `latency_samples`:
-    runs per latency measurement (fewer where ranks share a GPU and a replay takes its peers'
-    time slices). The result holds the restored outputs' digests by batch, which ranks whose
+    tensor-parallel rank's, through which the ranks agree on replay counts. `effort`: the
+    replays spent (SHARED_GPU where ranks share a GPU). The result holds the restored outputs' digests by batch, which ranks whose
     output is replicated compare with each other."""
     sizes = restored_batches(restored)
     torch.cuda.synchronize()
     start = time.perf_counter()
     native = capture_steps(engine, sizes)
     native_s = time.perf_counter() - start
-    here = reference_outputs(engine, native)
+    here = reference_outputs(engine, native, effort.reference_replays)
     digests = restored_digests(engine, restored)
     verdict = against_native(sizes, here, digests, saved)
     latency = {}
     for batch in (b for b in latency_batches if b in native):
         restored_replay, _ = engine.restored_step(restored, batch)
-        latency[str(batch)] = latency_pair(native[batch].replay, restored_replay, communicator, latency_samples)
+        latency[str(batch)] = latency_pair(native[batch].replay, restored_replay, communicator, effort)
         if len(native[batch].graphs) > 1:
             latency[str(batch)]["graphs_only"] = latency_pair(
                 launching_all([g.replay for g in native[batch].graphs]), launching_all([g.replay for g in restored.group(batch)]),
-                communicator, latency_samples,
+                communicator, effort,
             )
     result: dict[str, object] = {
         "native_s": native_s,
