@@ -83,9 +83,9 @@ def test_every_replay_count_is_the_same_on_every_rank() -> None:
 
         def all_reduce(self, tensor: torch.Tensor) -> None:
             with self.lock:
-                self.values.append(tensor.item())
+                self.values.append(tensor.clone())
             self.barrier.wait()
-            tensor.fill_(sum(self.values))
+            tensor.copy_(sum(self.values))
             self.barrier.wait()
 
     ranks, agreed = Ranks(), {}
