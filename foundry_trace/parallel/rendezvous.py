@@ -95,8 +95,12 @@ class Rendezvous:
         tag = phase.encode()[:64] + b"\0"
         if self.me.rank != 0:
             connection = self._connections[0]
-            _send(connection, _EXCHANGE, tag + payload)
-            kind, body = _receive(connection, deadline, lambda: self._what(f"{phase}: rank 0, which hosts the rendezvous,"), timeout)
+            host = lambda: self._what(f"{phase}: rank 0, which hosts the rendezvous,")  # noqa: E731
+            try:
+                _send(connection, _EXCHANGE, tag + payload)
+            except OSError:  # rank 0 closed: it may have said why before it did
+                deadline = min(deadline, time.monotonic() + 1.0)
+            kind, body = _receive(connection, deadline, host, timeout)
             if kind == _ABORT:
                 raise StallError(self._what(f"{phase}: rank 0 stopped every rank: {body.decode(errors='replace')}"))
             if kind != _RESULT:
@@ -133,8 +137,13 @@ class Rendezvous:
                 payloads[rank] = data
                 del waiting[rank]
         joined = b"".join(struct.pack("<I", len(payloads[r])) + payloads[r] for r in range(self.me.world))
-        for connection in self._connections.values():
-            _send(connection, _RESULT, joined)
+        for rank, connection in self._connections.items():
+            try:
+                _send(connection, _RESULT, joined)
+            except OSError:
+                reason = f"rank {rank} left after reaching {phase} (its connection closed)"
+                self.abort(reason)
+                raise StallError(self._what(reason)) from None
         return [payloads[r] for r in range(self.me.world)]
 
     def abort(self, reason: str) -> None:
@@ -283,7 +292,8 @@ def _send(connection: socket.socket, kind: bytes, payload: bytes, fds: list[int]
     data = _FRAME.pack(kind, len(payload)) + payload
     if fds:
         sent = socket.send_fds(connection, [data], fds)
-        connection.sendall(data[sent:])
+        if sent < len(data):  # a send of nothing to a peer that has closed would fail
+            connection.sendall(data[sent:])
     else:
         connection.sendall(data)
 
