@@ -15,7 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from foundry_alloc import ARENA_NAME_PATTERN, MAX_ARENAS, Layout
 from foundry_alloc.config import PEER_SLOTS
-from foundry_trace.archive.records import U64, CollectiveSpec, Digest, FunctionRecord, MemorySegment, ModuleRecord, PeerWindowRecord
+from foundry_trace.archive.records import (
+    U64,
+    CollectiveSpec,
+    Digest,
+    FunctionRecord,
+    MemorySegment,
+    ModuleRecord,
+    PeerWindowRecord,
+)
 from foundry_trace.errors import ArchiveFormatError
 
 FORMAT_VERSION = 3  # 3: an optional signature block may follow the manifest (signing.py)

@@ -27,6 +27,7 @@ import ctypes
 import os
 import struct
 import tempfile
+import weakref
 from typing import TYPE_CHECKING
 
 from cuda.bindings import driver
@@ -43,6 +44,8 @@ from foundry_trace.parallel.window import DATA_OFFSET, MAX_RANKS, PACK_BYTES, Ma
 
 if TYPE_CHECKING:
     import torch
+
+    from foundry_trace.restore.restored import Restored
 
 ENV_SOCKET = "FOUNDRY_PEER_SOCKET"
 DEFAULT_BUFFER_BYTES = 64 << 20  # two staging areas of about 32 MiB: a decode step's all-reduce at any batch
@@ -104,6 +107,7 @@ class PeerCommunicator:
         self._kernels: Kernels | None = None
         self._host_error = 0
         self._closed = False
+        self._loads: weakref.WeakSet[Restored] = weakref.WeakSet()
 
     def _what(self, phase: str) -> str:
         return f"rank {self.rank} of {self.world_size}: {phase}"
@@ -277,6 +281,10 @@ class PeerCommunicator:
         with annotate(f"peer.agree {phase}"):
             return self._rendezvous.exchange(phase, payload, self.timeout)
 
+    def hold(self, restored: Restored) -> None:
+        """LOAD registers a load whose graphs address the window: close() refuses while it lives."""
+        self._loads.add(restored)
+
     def collective_graph(self, spec: CollectiveSpec) -> int:
         raise TensorParallelError(
             "the peer communicator runs collectives as plain kernels inside the graphs: an archive with collective nodes was "
@@ -292,10 +300,17 @@ class PeerCommunicator:
         self.check()
 
     def close(self) -> None:
-        """Unmaps every buffer and frees the window, the kernels and the rendezvous. Release
-        every Restored that used the communicator first: its graphs address the window."""
+        """Unmaps every buffer and frees the window, the kernels and the rendezvous. Refuses
+        (PeerError) while a Restored loaded with it is not released: its graphs address the
+        window, and a replay after the unmap would fault."""
         if self._closed:
             return
+        live = [restored for restored in self._loads if not restored.released]
+        if live:
+            raise PeerError(
+                self._what(f"{len(live)} restored load(s) still replay graphs that address the peer window: release them first "
+                           "(restored.release()), or abort()")
+            )
         import torch
 
         torch.cuda.synchronize(self.device)

@@ -192,6 +192,7 @@ def _restore(
             check_communicator(manifest.tensor_parallel, len(manifest.collectives), communicator, path, manifest.peer_window)
             peers = communicator if manifest.peer_window is not None and manifest.tensor_parallel > 1 else None
             if peers is not None:
+                peers.hold(restored)
                 with _phase(restored, "agree"):
                     _agree_on_archive(peers, restored.archive.digest, path)
             _claim(restored, upload)

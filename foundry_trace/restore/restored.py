@@ -164,6 +164,11 @@ class Restored:
     def __exit__(self, *_: object) -> None:
         self.release()
 
+    @property
+    def released(self) -> bool:
+        """release() ran (itself, or after a failed load): no graph of this load runs any more."""
+        return self._released is not None
+
     def begin_load(self, communicator: object) -> None:
         """Marks a prefetched Restored as being loaded (by load()), with this rank's communicator;
         refuses a second load or one after release: loading again would claim the memory twice,
