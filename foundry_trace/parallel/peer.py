@@ -28,7 +28,7 @@ import os
 import struct
 import tempfile
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cuda.bindings import driver
 
@@ -45,8 +45,6 @@ from foundry_trace.parallel.window import DATA_OFFSET, MAX_RANKS, PACK_BYTES, Ma
 if TYPE_CHECKING:
     import torch
 
-    from foundry_trace.restore.restored import Restored
-
 ENV_SOCKET = "FOUNDRY_PEER_SOCKET"
 DEFAULT_BUFFER_BYTES = 64 << 20  # two staging areas of about 32 MiB: a decode step's all-reduce at any batch
 DEFAULT_TIMEOUT_S = 300.0  # the rendezvous and every agreement between ranks
@@ -58,6 +56,13 @@ _HEADER = struct.Struct("<QIIQQQQQII")
 _ERROR = struct.Struct("<IIIIQQ")  # ErrorRecord: error, peer, kind, phase, sequence, packs
 _KINDS = {1: "one-shot", 2: "two-shot"}
 _DTYPES = {1: ("bfloat16", 8), 2: ("float16", 8), 3: ("float32", 4)}
+
+
+class _Load(Protocol):
+    """What the communicator needs of a LOAD it holds (a Restored, from the layer above)."""
+
+    @property
+    def released(self) -> bool: ...
 
 
 def default_layout(buffer_bytes: int = DEFAULT_BUFFER_BYTES) -> WindowLayout:
@@ -107,7 +112,7 @@ class PeerCommunicator:
         self._kernels: Kernels | None = None
         self._host_error = 0
         self._closed = False
-        self._loads: weakref.WeakSet[Restored] = weakref.WeakSet()
+        self._loads: weakref.WeakSet[_Load] = weakref.WeakSet()
 
     def _what(self, phase: str) -> str:
         return f"rank {self.rank} of {self.world_size}: {phase}"
@@ -281,7 +286,7 @@ class PeerCommunicator:
         with annotate(f"peer.agree {phase}"):
             return self._rendezvous.exchange(phase, payload, self.timeout)
 
-    def hold(self, restored: Restored) -> None:
+    def hold(self, restored: _Load) -> None:
         """LOAD registers a load whose graphs address the window: close() refuses while it lives."""
         self._loads.add(restored)
 
