@@ -10,14 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from foundry_trace.archive.node_table import decode, encode
-from foundry_trace.archive.records import CollectiveNode, Edge, EmptyNode, GraphBody, walk_nodes
+from foundry_trace.archive.records import CollectiveNode, Edge, EmptyNode, GraphBody, PeerWindowRecord, walk_nodes
 from foundry_trace.archive.summary import render, summarize
 from foundry_trace.bench.workloads.decode import PRESETS, rank_shape
 from foundry_trace.errors import ArchiveFormatError, StallError, TensorParallelError
 from foundry_trace.parallel.collectives import check_communicator, tensor_parallel_archive
 from foundry_trace.parallel.time_limit import call_with_time_limit
 
-from .archive_samples import COLLECTIVES, archive_contents, write_archive
+from .archive_samples import COLLECTIVES, archive_contents, fixed_contents, write_archive
 
 
 class _Ranks:
@@ -54,6 +54,49 @@ def test_a_communicator_must_match_the_archive() -> None:
         check_communicator(2, 64, None, "a")
     with pytest.raises(TensorParallelError, match="pass communicator="):
         check_communicator(1, 3, None, "a")
+
+
+class _Peers(_Ranks):
+    def __init__(self, world_size: int, window: PeerWindowRecord, connected: bool = True) -> None:
+        super().__init__(world_size)
+        self.window_record, self.connected = window, connected
+
+
+WINDOW = PeerWindowRecord(base=0x240000000000, stride=1 << 30, buffer_bytes=64 << 20)
+
+
+def test_a_peer_archive_needs_a_connected_peer_communicator_on_its_window() -> None:
+    check_communicator(4, 0, _Peers(4, WINDOW), "a", WINDOW)
+    with pytest.raises(TensorParallelError, match=r"saved with peer all-reduces, and the communicator given is a _Ranks: load it with a PeerCommunicator"):
+        check_communicator(4, 0, _Ranks(4), "a", WINDOW)
+    with pytest.raises(TensorParallelError, match=r"PeerCommunicator.from_environment\(\)\) to load\(\)"):
+        check_communicator(4, 0, None, "a", WINDOW)
+    with pytest.raises(TensorParallelError, match="saved for tensor parallelism 4, but the communicator has 2 ranks"):
+        check_communicator(4, 0, _Peers(2, WINDOW), "a", WINDOW)
+    moved = WINDOW.model_copy(update={"base": 0x300000000000})
+    with pytest.raises(TensorParallelError, match="peer window at 0x240000000000 .* this communicator's is at 0x300000000000.*FOUNDRY_ALLOC_PEER_BASE"):
+        check_communicator(4, 0, _Peers(4, moved), "a", WINDOW)
+    with pytest.raises(TensorParallelError, match="has no peer mapped .*SAVE's local one"):
+        check_communicator(4, 0, _Peers(4, WINDOW, connected=False), "a", WINDOW)
+    with pytest.raises(TensorParallelError, match="saved with NCCL collectives, and the communicator given is a _Peers"):
+        check_communicator(2, 64, _Peers(2, WINDOW), "a")
+    check_communicator(1, 0, _Peers(1, WINDOW, connected=False), "a")  # a one-rank archive holds no all-reduce
+
+
+def test_a_manifest_whose_peer_window_overlaps_the_allocator_is_refused(tmp_path: Path) -> None:
+    from foundry_trace.archive.format import Archive
+
+    manifest, blobs = fixed_contents()
+    base = manifest.fingerprint.allocator_base
+    inside = manifest.model_copy(update={"tensor_parallel": 2, "collectives": (), "peer_window": WINDOW.model_copy(update={"base": base})})
+    with pytest.raises(ArchiveFormatError, match="peer window at .* overlaps the allocator's range"):
+        Archive(write_archive(tmp_path / "inside.foundry", inside, blobs))
+    both = manifest.model_copy(update={"tensor_parallel": 2, "peer_window": WINDOW, "collectives": COLLECTIVES})
+    with pytest.raises(ArchiveFormatError, match="both NCCL collectives and peer all-reduces"):
+        Archive(write_archive(tmp_path / "both.foundry", both, blobs))
+    fine = manifest.model_copy(update={"tensor_parallel": 2, "collectives": (), "peer_window": WINDOW})
+    with Archive(write_archive(tmp_path / "fine.foundry", fine, blobs)) as archive:
+        assert archive.manifest.peer_window == WINDOW
 
 
 def test_collective_nodes_round_trip_and_are_bounded() -> None:
