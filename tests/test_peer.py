@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import foundry_alloc as fa
@@ -224,3 +224,20 @@ def test_a_frame_longer_than_the_cap_costs_one_capped_read(path: str) -> None:
 
     result, _ = _in_threads(host, guest)
     assert isinstance(result, PeerError) and "announced" in str(result), result
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.binary(max_size=4096))
+def test_the_rendezvous_reader_on_random_bytes(data: bytes) -> None:
+    from fuzz.fuzz_rendezvous import one_input
+
+    one_input(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([b"XCHG", b"RSLT", b"ABRT", b"WLCM", b"????"]), st.binary(max_size=64), st.booleans())))
+def test_the_rendezvous_reader_on_frames_cut_or_lying_about_their_length(frames: list[tuple[bytes, bytes, bool]]) -> None:
+    from fuzz.fuzz_rendezvous import one_input
+
+    stream = b"".join(struct.pack("<4sI", kind, len(body) + (1 << 21 if lie else 0)) + body for kind, body, lie in frames)
+    one_input(_info(1, 2).pack() + stream)

@@ -26,6 +26,7 @@ MAGIC = b"FNDRYRV1"
 VERSION = 1
 _HELLO = struct.Struct("<8sIIIIQQQ16s")  # magic, version, rank, world, pid, base, stride, buffer bytes, device UUID
 _FRAME = struct.Struct("<4sI")  # kind, payload bytes
+HELLO_BYTES = _HELLO.size
 MAX_FRAME = 1 << 20
 MAX_PATH = 107  # sockaddr_un's sun_path, less its NUL
 _WELCOME, _EXCHANGE, _RESULT, _ABORT = b"WLCM", b"XCHG", b"RSLT", b"ABRT"
@@ -100,7 +101,7 @@ class Rendezvous:
                 _send(connection, _EXCHANGE, tag + payload)
             except OSError:  # rank 0 closed: it may have said why before it did
                 deadline = min(deadline, time.monotonic() + 1.0)
-            kind, body = _receive(connection, deadline, host, timeout)
+            kind, body = receive_frame(connection, deadline, host, timeout)
             if kind == _ABORT:
                 raise StallError(self._what(f"{phase}: rank 0 stopped every rank: {body.decode(errors='replace')}"))
             if kind != _RESULT:
@@ -120,7 +121,7 @@ class Rendezvous:
                 if connection not in ready:
                     continue
                 try:
-                    kind, body = _receive(connection, deadline, lambda r=rank: self._what(f"{phase}: rank {r}"), timeout)
+                    kind, body = receive_frame(connection, deadline, lambda r=rank: self._what(f"{phase}: rank {r}"), timeout)
                 except StallError:
                     reason = f"rank {rank} left during {phase} (its connection closed)"
                     self.abort(reason)
@@ -304,7 +305,8 @@ def _check_length(length: int, sender: str) -> int:
     return length
 
 
-def _receive(connection: socket.socket, deadline: float, sender, timeout: float) -> tuple[bytes, bytes]:  # noqa: ANN001 - a callable naming the sender
+def receive_frame(connection: socket.socket, deadline: float, sender, timeout: float) -> tuple[bytes, bytes]:  # noqa: ANN001 - a callable naming the sender
+    """One frame (kind, payload) within the deadline; its announced length is capped before any read."""
     kind, length = _FRAME.unpack(_receive_exact(connection, _FRAME.size, deadline, sender, timeout))
     return kind, _receive_exact(connection, _check_length(length, sender()), deadline, sender, timeout)
 
