@@ -40,6 +40,7 @@ from foundry_trace.driver import call, current_context
 from foundry_trace.errors import PeerError, StallError, TensorParallelError
 from foundry_trace.parallel.peer_kernels import Kernels, plan
 from foundry_trace.parallel.rendezvous import RankInfo, Rendezvous, close_fds
+from foundry_trace.parallel.time_limit import call_with_time_limit
 from foundry_trace.parallel.window import DATA_OFFSET, MAX_RANKS, PACK_BYTES, MappedWindow, WindowLayout
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class PeerCommunicator:
             try:
                 communicator._join(path)
             except BaseException:
-                communicator._teardown()
+                communicator._teardown(quietly=True)
                 raise
         return communicator
 
@@ -167,7 +168,7 @@ class PeerCommunicator:
                 window.map(handles[0], layout.base)
                 communicator._write_header()
             except BaseException:
-                communicator._teardown()
+                communicator._teardown(quietly=True)
                 raise
         return communicator
 
@@ -321,15 +322,17 @@ class PeerCommunicator:
         torch.cuda.synchronize(self.device)
         self._teardown()
 
-    def _teardown(self) -> None:
+    def _teardown(self, *, quietly: bool = False) -> None:
+        """Every step runs, whatever fails; the first failure is raised after, unless `quietly`
+        (on the way out of another failure, which must not be masked)."""
         self._closed = True
         failures = []
         for step in (self._unload, self.window.close, self._free_host_error, self._leave):
             try:
                 step()
-            except Exception as error:  # noqa: BLE001 - every step runs; the first failure is raised after
+            except Exception as error:  # noqa: BLE001 - handed on below
                 failures.append(error)
-        if failures:
+        if failures and not quietly:
             raise failures[0]
 
     def _unload(self) -> None:
@@ -349,10 +352,23 @@ class PeerCommunicator:
 
     def abort(self, reason: str) -> None:
         """Tells every peer this rank stops (they raise StallError at their next agreement),
-        then tears down without waiting for the device."""
+        waits for this rank's kernels no longer than the stall time-out (a barrier still
+        waiting ends by then), and tears down. Where the device does not finish in time, the
+        window stays mapped until the process exits, rather than unmapped under a kernel."""
+        if self._closed:
+            return
         if self._rendezvous is not None:
             self._rendezvous.abort(self._what(reason))
-        self._teardown()
+        import torch
+
+        try:
+            call_with_time_limit(self._what("abort: waiting for this rank's kernels"), lambda: torch.cuda.synchronize(self.device),
+                                 self.stall_timeout + 5)
+        except Exception:  # noqa: BLE001 - a stalled or failed device: leave the mappings to the process's exit
+            self._closed = True
+            self._leave()
+            return
+        self._teardown(quietly=True)
 
     def __enter__(self) -> PeerCommunicator:
         return self
