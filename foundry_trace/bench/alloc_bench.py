@@ -188,13 +188,13 @@ def run(workload: str, output_dir: Path | None, backend: str = "cuda", progress:
     from foundry_trace.bench.results import Case, ResultsFile
     from foundry_trace.bench.workloads.decode import preset
 
+    shape = preset(workload)
     measured: dict[str, dict] = {}
     for allocator in ("caching", "foundry"):
         if progress:
             print(f"foundry bench alloc: {allocator} allocator, workload {workload} ...", file=sys.stderr, flush=True)
         measured[allocator] = run_child(MODULE, ["--child", allocator, "--workload", workload])
     caching, foundry = measured["caching"], measured["foundry"]
-    shape = preset(workload)
     cost_ratio = {k: foundry["alloc_free_ns"][k] / caching["alloc_free_ns"][k] for k in caching["alloc_free_ns"]}
     case = Case(
         name=workload,
@@ -219,9 +219,7 @@ def run(workload: str, output_dir: Path | None, backend: str = "cuda", progress:
         cases=[case],
     )
     if output_dir is not None:
-        path = results.write(output_dir)
-        if progress:
-            print(f"foundry bench alloc: wrote {path}", file=sys.stderr)
+        results.write(output_dir)
     return results.model_dump()
 
 

@@ -26,8 +26,7 @@ from pathlib import Path
 
 from foundry_trace.bench.children import child_main, child_parser, option_arguments, parsed_options, run_child
 from foundry_trace.bench.roles import cold_load, run_role
-from foundry_trace.bench.workloads.registry import splits_steps
-from foundry_trace.errors import WorkloadError
+from foundry_trace.bench.workloads.registry import require_pieces
 from foundry_trace.restore import DEFAULT_THREADS
 
 MODULE = "foundry_trace.bench.fit_bench"
@@ -54,8 +53,7 @@ def measure_point(workload: str, threads: int, split_every: int, batch_sizes: tu
 def fit_costs(workload: str, threads: int, first: dict[str, object] | None = None, **options: object) -> dict[str, object]:
     """The fit over DESIGN's runs. `first`: the point of DESIGN[0] where the caller measured it
     already (the load bench's main restore: graphs, nodes, restore_s, driver_cold_s, batch_sizes)."""
-    if not splits_steps(workload):
-        raise WorkloadError(f"{workload} does not cut its steps into pieces: the fit needs a piecewise workload (piecewise, piecewise-compiled)")
+    require_pieces(workload)
     runs = []
     for split_every, nth in DESIGN:
         if first is not None and not runs:

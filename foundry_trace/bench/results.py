@@ -63,29 +63,44 @@ class ResultsFile(BaseModel):
         return cls(driver=driver_version(), commit=project_commit(), date=today(), command=command_line(), **fields)
 
     def file_name(self) -> str:
-        """<what>-<workload>-<device>-<yyyymmdd>.json, e.g. load-llama8b-67-h100-20261124.json."""
+        """<what>-<workload>-<backend>-<yyyymmdd>.json, e.g. load-llama8b-67-h100-20261124.json;
+        the backend is the GPU's family, `gpu` for another GPU, `host` for a run without one."""
         device = (self.device or "unknown").lower()
-        short = next((tag for tag in ("h200", "h100", "a100", "l40s", "b200") if tag in device), "gpu")
+        short = "host" if self.gpus == 0 else next((tag for tag in ("h200", "h100", "a100", "l40s", "b200") if tag in device), "gpu")
         return f"{self.what}-{self.workload}-{short}-{self.date.replace('-', '')}.json"
 
     def write(self, directory: str | Path) -> Path:
+        """Writes the file into `directory` and prints its path (stderr): a run says where its results went."""
         path = Path(directory) / self.file_name()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.model_dump_json(indent=2) + "\n")
+        print(f"foundry bench: results in {path.resolve()}", file=sys.stderr, flush=True)
         return path
 
 
 def project_commit() -> str | None:
-    """The project's commit: FOUNDRY_COMMIT where the tree was copied without .git, else git."""
-    if os.environ.get(ENV_COMMIT):
-        return os.environ[ENV_COMMIT]
+    """The project's commit: git's HEAD when run in a checkout of the project (the current
+    directory's, else the package's own), FOUNDRY_COMMIT where the tree was copied without .git,
+    else None."""
+    for place in (Path.cwd(), Path(__file__).parent):
+        commit = _checkout_commit(place)
+        if commit is not None:
+            return commit
+    return os.environ.get(ENV_COMMIT) or None
+
+
+def _checkout_commit(place: Path) -> str | None:
+    """HEAD of the git checkout holding `place`, if that checkout is this project's."""
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
+            ["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True, cwd=place, timeout=10
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    lines = result.stdout.split()
+    if result.returncode != 0 or len(lines) != 2 or not (Path(lines[0]) / "foundry_trace" / "__init__.py").is_file():
+        return None
+    return lines[1]
 
 
 def table_text(table: object, width: int) -> str:

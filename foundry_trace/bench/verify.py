@@ -271,12 +271,16 @@ def verify_archive(archive: Path | None, workload: str | None, threads: int, **o
     import tempfile
 
     from foundry_trace.archive.format import Archive
+    from foundry_trace.bench.hardware import require_gpu
     from foundry_trace.bench.roles import run_role
+    from foundry_trace.bench.workloads.registry import workload as known_workload
     from foundry_trace.bench.workloads.registry import workload_of
 
     given = {k: v for k, v in options.items() if v is not None}
     if archive is None:
         name = workload or "small"
+        known_workload(name)
+        require_gpu("`foundry verify`")
         with tempfile.TemporaryDirectory(prefix="foundry-verify-") as scratch:
             path = Path(scratch) / f"{name}.foundry"
             run_role("save", name, path, **given)
@@ -289,5 +293,7 @@ def verify_archive(archive: Path | None, workload: str | None, threads: int, **o
             "must rebuild that engine's state: pass --workload NAME"
         )
     name = workload or named[0]
+    known_workload(name)
     saved_options = named[1] if named is not None and named[0] == name else {}
+    require_gpu("`foundry verify`")
     return run_role("verify", name, archive, threads=threads, **{**saved_options, **given}), name
