@@ -195,7 +195,7 @@ class Archive:
             raise ArchiveFormatError(f"{self.path}: invalid manifest at {where}: {first['msg']}") from None
         if manifest.version != version:
             raise ArchiveFormatError(f"{self.path}: the header says format {version}, the manifest {manifest.version}: the file is corrupted")
-        check_manifest(manifest, str(self.path), blob_section_end=offset)
+        check_manifest(manifest, str(self.path), blob_section_start=HEADER.size, blob_section_end=offset)
         return manifest, offset + length
 
     def _read_signatures(self, manifest_end: int) -> tuple[Signature, ...]:

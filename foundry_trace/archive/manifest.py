@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from foundry_alloc import ARENA_NAME_PATTERN, MAX_ARENAS, Layout
+from foundry_alloc.arenas import ARENA_NAME_PATTERN, MAX_ARENAS
+from foundry_alloc.layout import Layout
 from foundry_trace.archive.records import U64, CollectiveSpec, Digest, FunctionRecord, MemorySegment, ModuleRecord
 from foundry_trace.errors import ArchiveFormatError
 
@@ -121,12 +122,13 @@ class Manifest(_Model):
     metadata: Annotated[dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=4096)]], Field(max_length=64)] = {}
 
 
-def check_manifest(manifest: Manifest, where: str, blob_section_end: int) -> None:
+def check_manifest(manifest: Manifest, where: str, blob_section_start: int, blob_section_end: int) -> None:
     """Every field against the others: indices inside their tables, every referenced blob
-    indexed and lying in the blob section, sizes consistent, memory inside the allocator's
+    indexed and lying in the blob section (the format's bounds: this module does not import
+    format.py, which imports it), sizes consistent, memory inside the allocator's
     range, arena names the allocator can give, outputs with as many strides as dimensions.
     Raises ArchiveFormatError naming the first fault."""
-    _check_blobs(manifest, where, blob_section_end)
+    _check_blobs(manifest, where, blob_section_start, blob_section_end)
     _check_indices(manifest, where)
     _check_memory(manifest, where)
     _check_outputs(manifest, where)
@@ -136,11 +138,9 @@ def _fail(where: str, problem: str) -> None:
     raise ArchiveFormatError(f"{where}: {problem}: the archive is corrupted or was not written by Foundry; save it again")
 
 
-def _check_blobs(manifest: Manifest, where: str, blob_section_end: int) -> None:
-    from foundry_trace.archive.format import HEADER
-
+def _check_blobs(manifest: Manifest, where: str, blob_section_start: int, blob_section_end: int) -> None:
     for digest, ref in manifest.blobs.items():
-        if ref.offset < HEADER.size or ref.offset + ref.stored > blob_section_end:
+        if ref.offset < blob_section_start or ref.offset + ref.stored > blob_section_end:
             _fail(where, f"blob {digest[:12]} lies at [{ref.offset:#x}, +{ref.stored:#x}), outside the blob section")
         if ref.codec == "raw" and ref.stored != ref.size:
             _fail(where, f"raw blob {digest[:12]} is stored in {ref.stored} bytes but declares {ref.size}")
