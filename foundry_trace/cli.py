@@ -15,7 +15,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from foundry_trace.bench.workloads.registry import ATTENTION_CHOICES, WORKLOADS, require_pieces, workload  # names only: imports no torch
+from foundry_trace.bench.workloads.registry import (  # names only: imports no torch
+    ATTENTION_CHOICES,
+    WORKLOADS,
+    require_pieces,
+    workload,
+)
 from foundry_trace.errors import WorkloadError
 from foundry_trace.restore import DEFAULT_THREADS
 

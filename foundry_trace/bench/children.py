@@ -21,7 +21,6 @@ compiled libraries).
 from __future__ import annotations
 
 import argparse
-import collections
 import faulthandler
 import json
 import os

@@ -55,11 +55,12 @@ def run(workload: str | None, output_dir: Path | None, threads: int = DEFAULT_TH
         ))
         print(f"coverage: {name} done ({len(cases)} of {len(names)})", file=sys.stderr, flush=True)
         results = ResultsFile.of_this_run(
+            loaded,
             what="coverage",
             # the cases this file holds: a run cut short is named by what it measured
             workload="-".join(n.replace("/", "-") for n in names[: len(cases)]) if workload else f"all-{len(cases)}-cases",
             workload_desc="each case: SAVE in a fresh process, restore in another and compare with a native capture there",
-            device=loaded["device"], gpus=1, cuda=loaded["cuda"], torch=loaded["torch"], cases=cases,
+            gpus=1, cases=cases,
         )
         if output_dir is not None:  # after every case: a run cut short keeps what it measured
             results.write(output_dir)

@@ -10,12 +10,14 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 ENV_COMMIT = "FOUNDRY_COMMIT"
+MEASURED_FIELDS = ("device", "torch", "cuda")  # read where the work ran: device_fields()
 
 
 class Case(BaseModel):
@@ -55,12 +57,14 @@ class ResultsFile(BaseModel):
     cases: list[Case]
 
     @classmethod
-    def of_this_run(cls, **fields: object) -> ResultsFile:
-        """A results file with the run's own facts filled in: the kernel driver, the project's
-        commit, today's date and the command line."""
+    def of_this_run(cls, measured: Mapping[str, object], **fields: object) -> ResultsFile:
+        """A results file with the environment of the run filled in, the same way for every
+        bench: device, torch and CUDA from `measured` (a child's result holding device_fields()),
+        and the kernel driver, the project's commit, today's date and the command line from here."""
         from foundry_trace.fingerprint import driver_version
 
-        return cls(driver=driver_version(), commit=project_commit(), date=today(), command=command_line(), **fields)
+        environment = {name: measured[name] for name in MEASURED_FIELDS}
+        return cls(driver=driver_version(), commit=project_commit(), date=today(), command=command_line(), **environment, **fields)
 
     def file_name(self) -> str:
         """<what>-<workload>-<backend>-<yyyymmdd>.json, e.g. load-llama8b-67-h100-20261124.json;
@@ -76,6 +80,17 @@ class ResultsFile(BaseModel):
         path.write_text(self.model_dump_json(indent=2) + "\n")
         print(f"foundry bench: results in {path.resolve()}", file=sys.stderr, flush=True)
         return path
+
+
+def device_fields() -> dict[str, str | None]:
+    """The environment fields a results file takes from the process that measured (call it
+    there, in the child): the GPU's name (the host's, without a GPU), torch's version and its CUDA's."""
+    import platform
+
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"host ({platform.processor() or platform.machine()})"
+    return {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda}
 
 
 def project_commit() -> str | None:

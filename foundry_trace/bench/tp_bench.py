@@ -29,6 +29,7 @@ from foundry_trace.bench.children import (
     run_child,
     run_ranks,
 )
+from foundry_trace.bench.results import device_fields
 from foundry_trace.parallel.collectives import archive_path
 
 MODULE = "foundry_trace.bench.tp_bench"
@@ -134,7 +135,7 @@ def child_load(workload: str, directory: str, options: dict[str, object]) -> dic
         gc.collect()
         torch.cuda.synchronize()
         result.update(rank=communicator.rank, restore_s=restore_s, phases=restored.phases, busy=restored.busy_seconds(),
-                      device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda)
+                      **device_fields())
     return result
 
 
@@ -250,11 +251,11 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
             graphs_restored=[r["graphs"] for r in loaded],
         ))
     results = ResultsFile.of_this_run(
+        first or device_fields(),
         what="tp", workload=f"{workload}-tp{'-'.join(str(d) for d in degrees)}" + (f"-{options['attention']}-attention" if options.get("attention") else ""),
         workload_desc=f"{saved[degrees[-1]]['description']}; one rank's step SAVEd per degree on one GPU with no peer; "
         "each rank restores the same archive with its live NCCL communicator vs native warm-up + capture per rank, cold",
-        device=first["device"] if first else torch.cuda.get_device_name(), gpus=gpus,
-        cuda=torch.version.cuda, torch=torch.__version__,
+        gpus=gpus,
         cases=cases, collectives_disagree=disagreeing_graphs(inspected),
     )
     if output_dir is not None:

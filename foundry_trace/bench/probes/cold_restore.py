@@ -27,7 +27,7 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
   lock-instantiate-N  LOAD on N threads, one instantiation at a time
   one-call-N    LOAD on N threads, one build or instantiation at a time (the driver serialises
                 them cold anyway: does contending for its locks cost more than waiting for ours?)
-  driver-N      the driver alone (load_bench.driver_alone): modules loaded untimed, every graph
+  driver-N      the driver alone (driver_alone.driver_alone): modules loaded untimed, every graph
                 built, then every graph instantiated, on N threads (the bench's reference, here
                 beside the variants, on the same machine)
   room-N        LOAD on N threads, builds and instantiations never at the same time (each in
@@ -162,7 +162,7 @@ def child(archive: str, variant: str) -> dict[str, object]:
     if variant == "maps":
         return {**head, **_maps(archive)}
     if variant.startswith("driver-"):
-        from foundry_trace.bench.load_bench import driver_alone
+        from foundry_trace.bench.driver_alone import driver_alone
 
         return {**head, **driver_alone(archive, int(variant.split("-")[1]))}
     threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-", "lock-", "builders-", "room-", "one-call-", "chunk-", "native-")) else (1 if variant.endswith("serial") else 8)
@@ -371,7 +371,7 @@ def _maps(archive: str) -> dict[str, object]:
 
 def _reinstantiate(archive: str) -> dict[str, object]:
     from foundry_trace import native
-    from foundry_trace.bench.load_bench import modules_loaded
+    from foundry_trace.bench.driver_alone import modules_loaded
 
     with modules_loaded(archive) as lazy:
         pipeline = lazy.pipeline
