@@ -10,15 +10,15 @@ Any archive that opened must go through this raising only the project's own erro
 from __future__ import annotations
 
 import foundry_alloc as fa
-from foundry_trace import native
+from foundry_trace import _native as native
+from foundry_trace.archive._node_table import node_kinds
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import serving_order
-from foundry_trace.archive.node_table import node_kinds
 from foundry_trace.archive.signing import TrustPolicy
 from foundry_trace.archive.summary import summarize
 from foundry_trace.errors import FoundryTraceError
 from foundry_trace.fingerprint import check_fingerprint
-from foundry_trace.restore.pipeline import builds_early
+from foundry_trace.restore._pipeline import builds_early
 
 PHYSICAL_LIMIT = 256 << 20  # the simulated device: large claims fail fast as out of memory
 

@@ -19,7 +19,7 @@ PACKAGES = ("foundry_alloc", "foundry_trace")
 LAYERS: list[tuple[str, ...]] = [
     ("foundry_alloc",),
     ("foundry_trace.errors",),
-    ("foundry_trace.driver", "foundry_trace.native"),
+    ("foundry_trace._driver", "foundry_trace._native"),
     ("foundry_trace.archive", "foundry_trace.binary"),
     ("foundry_trace.fingerprint",),
     ("foundry_trace.parallel",),
@@ -28,13 +28,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("foundry_trace.bench",),
     ("foundry_trace.cli",),
 ]
-MODULE_PARTS = {"foundry_trace", "foundry_trace.errors", "foundry_trace.driver", "foundry_trace.native", "foundry_trace.fingerprint",
+MODULE_PARTS = {"foundry_trace", "foundry_trace.errors", "foundry_trace._driver", "foundry_trace._native", "foundry_trace.fingerprint",
                 "foundry_trace.mode", "foundry_trace.cli", "foundry_alloc.pth"}
 # The start-up hook's own layer may import foundry_trace.mode, the module it activates.
 SAME_LAYER_ALLOWED = {("foundry_trace", "foundry_trace.mode"), ("foundry_alloc.pth", "foundry_trace.mode")}
 BELOW_THE_LINE = ("foundry_trace.archive", "foundry_trace.binary")  # no driver use, however indirect
 HARNESS = ("foundry_trace.bench", "foundry_trace.cli")
-DRIVER = ("cuda", "torch", "cupti", "foundry_trace.driver")  # the driver, or what calls it
+DRIVER = ("cuda", "torch", "cupti", "foundry_trace._driver")  # the driver, or what calls it
 
 
 @dataclass

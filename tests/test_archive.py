@@ -129,7 +129,7 @@ def test_decompression_is_bounded(sample: Path) -> None:
 
 @given(graph_bodies(functions=3, depth=2))
 def test_node_kinds_names_every_kind_a_table_holds(body) -> None:  # noqa: ANN001
-    from foundry_trace.archive.node_table import encode, node_kinds
+    from foundry_trace.archive._node_table import encode, node_kinds
     from fuzz.fuzz_node_table import body_kinds
 
     assert node_kinds(encode(body).table) == body_kinds(body)

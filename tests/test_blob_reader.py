@@ -12,7 +12,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from foundry_trace import native
+from foundry_trace import _native as native
 from foundry_trace.archive.format import Archive, ArchiveWriter
 from foundry_trace.errors import ArchiveFormatError
 

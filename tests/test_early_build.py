@@ -7,9 +7,9 @@ import hypothesis.strategies as st
 from hypothesis import given
 
 from foundry_alloc import Allocation, Layout
-from foundry_trace.archive.node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS
+from foundry_trace.archive._node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS
 from foundry_trace.archive.records import EmptyNode, GraphBody, MemcpyNode, MemorySegment, MemsetNode
-from foundry_trace.restore.pipeline import builds_early
+from foundry_trace.restore._pipeline import builds_early
 from foundry_trace.save.recording import ArenaFinder
 
 BASE = 0x7F0000000000

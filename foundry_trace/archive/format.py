@@ -35,6 +35,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from foundry_trace._native import StoredBlob, check_table
+from foundry_trace.archive._node_table import decode
 from foundry_trace.archive.manifest import (
     FORMAT_VERSION,
     MAX_MANIFEST_BYTES,
@@ -44,10 +46,8 @@ from foundry_trace.archive.manifest import (
     Manifest,
     check_manifest,
 )
-from foundry_trace.archive.node_table import decode
 from foundry_trace.archive.records import GraphBody
 from foundry_trace.errors import ArchiveFormatError
-from foundry_trace.native import StoredBlob, check_table
 
 MAGIC = b"FNDRYARC"
 HEADER = struct.Struct("<8sIIQQ32s")  # 64 bytes

@@ -44,7 +44,7 @@ def instantiate_scaling(archive: str, counts: tuple[int, ...]) -> dict[str, floa
     """Wall seconds to instantiate every graph of the archive on each number of threads, the
     graphs built beforehand and nothing else running: the least time in which any restore of
     these graphs can make them all executable on this driver, however it arranges its other work."""
-    from foundry_trace import native
+    from foundry_trace import _native as native
 
     with modules_loaded(archive) as early:
         pipeline = early.pipeline
@@ -69,7 +69,7 @@ def driver_alone(archive: str, threads: int) -> dict[str, object]:
     yet): with the modules loaded (untimed), every graph built and then instantiated on
     `threads` threads with nothing else running, straight from the node tables. What any restore
     of these graphs pays the driver, before opening an archive, loading modules or claiming memory."""
-    from foundry_trace import native
+    from foundry_trace import _native as native
 
     with modules_loaded(archive) as early:
         pipeline = early.pipeline

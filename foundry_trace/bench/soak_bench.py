@@ -42,7 +42,7 @@ def _state() -> dict[str, object]:
     import torch
 
     import foundry_alloc as fa
-    from foundry_trace.restore.resources import live_handles
+    from foundry_trace.restore._resources import live_handles
 
     gc.collect()
     torch.cuda.synchronize()

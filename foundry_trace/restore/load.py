@@ -37,19 +37,19 @@ from cuda.bindings import driver
 
 import foundry_alloc
 from foundry_alloc.profiling import annotate
+from foundry_trace._driver import call, current_context
+from foundry_trace.archive._node_table import node_kinds
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import group_of, serving_order
 from foundry_trace.archive.manifest import GraphEntry
-from foundry_trace.archive.node_table import node_kinds
 from foundry_trace.archive.records import MemorySegment
 from foundry_trace.archive.signing import TrustPolicy
-from foundry_trace.driver import call, current_context
 from foundry_trace.errors import LayoutMismatchError, RestoreError, RestoreTimeoutError
 from foundry_trace.fingerprint import check_fingerprint, current_fingerprint
 from foundry_trace.parallel.collectives import Communicator, check_communicator
-from foundry_trace.restore.outputs import coalesce, output_view
-from foundry_trace.restore.pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, Pipeline, PipelineHooks, builds_early
-from foundry_trace.restore.resources import LoadResources
+from foundry_trace.restore._outputs import coalesce, output_view
+from foundry_trace.restore._pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, Pipeline, PipelineHooks, builds_early
+from foundry_trace.restore._resources import LoadResources
 from foundry_trace.restore.restored import Restored, RestoredGraph
 
 Mode = Literal["eager", "background", "lazy"]

@@ -10,12 +10,12 @@ from concurrent.futures import Future
 
 from cuda.bindings import driver
 
+from foundry_trace._driver import SUCCESS, raise_failure
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import group_of
-from foundry_trace.driver import SUCCESS, raise_failure
 from foundry_trace.errors import FoundryTraceError, GraphReleasedError, RestoreError, RestoreTimeoutError
-from foundry_trace.restore.pipeline import Pipeline, Span
-from foundry_trace.restore.resources import LoadResources, ReleaseSummary
+from foundry_trace.restore._pipeline import Pipeline, Span
+from foundry_trace.restore._resources import LoadResources, ReleaseSummary
 
 
 class RestoredGraph:

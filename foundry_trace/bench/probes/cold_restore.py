@@ -336,7 +336,7 @@ def _grown(before: dict, after: dict) -> list[dict[str, object]]:  # noqa: ANN00
 
 def _maps(archive: str) -> dict[str, object]:
     import foundry_trace
-    from foundry_trace import native
+    from foundry_trace import _native as native
 
     settings = {}
     for name in ("enabled", "defrag"):
@@ -370,7 +370,7 @@ def _maps(archive: str) -> dict[str, object]:
 
 
 def _reinstantiate(archive: str) -> dict[str, object]:
-    from foundry_trace import native
+    from foundry_trace import _native as native
     from foundry_trace.bench.driver_alone import modules_loaded
 
     with modules_loaded(archive) as lazy:

@@ -10,12 +10,12 @@ from collections.abc import Collection, Sequence
 
 from cuda.bindings import driver
 
-from foundry_trace import native
+from foundry_trace import _native as native
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.records import FunctionRecord, ModuleRecord
 from foundry_trace.binary.variables import WORD, written_ranges
 from foundry_trace.errors import ArchiveFormatError
-from foundry_trace.restore.resources import LoadResources
+from foundry_trace.restore._resources import LoadResources
 
 
 def load_module(

@@ -47,16 +47,16 @@ from cuda.bindings import driver
 
 from foundry_alloc import GRAPH
 from foundry_alloc.profiling import annotate
-from foundry_trace import native
+from foundry_trace import _native as native
+from foundry_trace._driver import call
+from foundry_trace.archive._node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, node_kinds
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import serving_order
 from foundry_trace.archive.manifest import GraphEntry
-from foundry_trace.archive.node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, node_kinds
-from foundry_trace.driver import call
 from foundry_trace.errors import DriverCallError, RestoreError
-from foundry_trace.restore.chunk import Chunk, settle
-from foundry_trace.restore.modules import load_module
-from foundry_trace.restore.resources import LoadResources
+from foundry_trace.restore._chunk import Chunk, settle
+from foundry_trace.restore._modules import load_module
+from foundry_trace.restore._resources import LoadResources
 
 # Graphs LOAD builds at once. The driver serialises much of building and instantiating, and a
 # build on every thread slows each instantiation down: cold on an H100, the 8B-shaped workload's

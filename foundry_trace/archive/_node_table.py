@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from foundry_trace._native import check_table
 from foundry_trace.archive.records import (
     LAUNCH_ATTRIBUTE_BYTES,
     ChildGraphNode,
@@ -31,7 +32,6 @@ from foundry_trace.archive.records import (
     Node,
 )
 from foundry_trace.errors import ArchiveFormatError
-from foundry_trace.native import check_table
 
 MAGIC = b"FNDGRPH1"
 VERSION = 1
