@@ -38,10 +38,10 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from cuda.bindings import driver
 
@@ -56,6 +56,8 @@ from foundry_trace.archive.manifest import GraphEntry
 from foundry_trace.errors import DriverCallError, RestoreError
 from foundry_trace.restore._chunk import Chunk, settle
 from foundry_trace.restore._modules import load_module
+from foundry_trace.restore._probing import PipelineHooks
+from foundry_trace.restore._probing import current as current_probe
 from foundry_trace.restore._resources import LoadResources
 
 # Graphs LOAD builds at once. The driver serialises much of building and instantiating, and a
@@ -94,22 +96,6 @@ class Span:
     end: float
 
 
-def _nothing() -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class PipelineHooks:
-    """Where a probe may step into the pipeline's timing without changing it (the defaults do
-    nothing): `worker_started` runs first on each worker thread; `around_build` and
-    `around_instantiate` each give a context manager entered around every build or
-    instantiation (e.g. a lock, to ask whether the driver runs them better one at a time)."""
-
-    worker_started: Callable[[], None] = _nothing
-    around_build: Callable[[], AbstractContextManager] = field(default=nullcontext)
-    around_instantiate: Callable[[], AbstractContextManager] = field(default=nullcontext)
-
-
 class Pipeline:
     """The tasks of one LOAD on a pool of `threads` threads, at most `builders` graphs built at
     a time, graphs queued in chunks of at most `chunk_nodes` nodes; every handle goes to
@@ -117,8 +103,11 @@ class Pipeline:
 
     def __init__(
         self, archive: Archive, resources: LoadResources, *, threads: int, builders: int, chunk_nodes: int, context: int,
-        started: float, hooks: PipelineHooks | None = None, native_chunks: bool = True,
+        started: float, hooks: PipelineHooks | None = None, native_chunks: bool | None = None,
     ) -> None:
+        probe = current_probe()  # the harness's seam (_probing.py); its defaults change nothing
+        hooks = hooks if hooks is not None else probe.hooks
+        native_chunks = probe.native_chunks if native_chunks is None else native_chunks
         if threads < 1 or builders < 1:
             raise ValueError(f"threads={threads}, builders={builders}: a LOAD needs at least one of each")
         if chunk_nodes < 0:

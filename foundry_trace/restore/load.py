@@ -48,7 +48,7 @@ from foundry_trace.errors import LayoutMismatchError, RestoreError, RestoreTimeo
 from foundry_trace.fingerprint import check_fingerprint, current_fingerprint
 from foundry_trace.parallel.collectives import Communicator, check_communicator
 from foundry_trace.restore._outputs import coalesce, output_view
-from foundry_trace.restore._pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, Pipeline, PipelineHooks, builds_early
+from foundry_trace.restore._pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, Pipeline, builds_early
 from foundry_trace.restore._resources import LoadResources
 from foundry_trace.restore.restored import Restored, RestoredGraph
 
@@ -58,8 +58,7 @@ DEFAULT_THREADS = min(8, os.cpu_count() or 1)
 
 def prefetch(
     path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int = DEFAULT_BUILDERS, chunk_nodes: int = DEFAULT_CHUNK_NODES,
-    native_chunks: bool = True, hooks: PipelineHooks | None = None, digest: str | None = None,
-    trusted_keys: Iterable[str | Path] | None = None,
+    digest: str | None = None, trusted_keys: Iterable[str | Path] | None = None,
 ) -> Restored:
     """Starts the part of LOAD that needs no engine state, early: at process start, or while the
     engine loads its weights. Needs the Foundry allocator installed; no CUDA context yet (it
@@ -72,7 +71,7 @@ def prefetch(
 
     Args:
         path: the archive.
-        threads, builders, chunk_nodes, native_chunks, hooks, digest, trusted_keys: as for load().
+        threads, builders, chunk_nodes, digest, trusted_keys: as for load().
 
     Returns:
         A Restored with no graphs yet: pass it to load() at the restore point, which checks the
@@ -83,7 +82,7 @@ def prefetch(
         >>> engine = build_engine()                            # meanwhile, modules load
         >>> restored = foundry_trace.load(early)               # at the restore point
     """
-    schedule = _Schedule(threads, builders, chunk_nodes, native_chunks, hooks)
+    schedule = _Schedule(threads, builders, chunk_nodes)
     with collection_deferred():
         restored = _open(Path(path), schedule, None, TrustPolicy.from_environment().with_arguments(digest, trusted_keys))
         try:
@@ -103,11 +102,9 @@ def load(
     threads: int = DEFAULT_THREADS,
     builders: int = DEFAULT_BUILDERS,
     chunk_nodes: int = DEFAULT_CHUNK_NODES,
-    native_chunks: bool = True,
     upload: bool = False,
     communicator: Communicator | None = None,
     timeout: float | None = None,
-    hooks: PipelineHooks | None = None,
     digest: str | None = None,
     trusted_keys: Iterable[str | Path] | None = None,
 ) -> Restored:
@@ -125,18 +122,14 @@ def load(
         builders: graphs built at the same time (DEFAULT_BUILDERS: more slow the driver down).
         chunk_nodes: graphs are built, then instantiated, in chunks of at most this many nodes
             (built graphs wait in host memory, about 3 kB a node); 0: each graph built and
-            instantiated in one task.
-        native_chunks: restore each chunk in one call into the native runner, on `threads`
-            threads of its own, with no Python and no GIL between its graphs; False: Python
-            workers, one task a graph (slower with many small graphs; needed for `hooks`).
+            instantiated in one task. Each chunk is one call into the native runner, on
+            `threads` threads of its own, with no Python and no GIL between its graphs.
         upload: also copy each executable to the device before it counts as ready (otherwise
             its first launch does, as for a graph that torch captured).
         communicator: this rank's (e.g. foundry_trace.parallel.NcclCommunicator), for an
             archive of a tensor-parallel step; its rank count must be the archive's degree.
         timeout: seconds an eager load may take at most (None: no limit). Past it, everything
             the load made is released and RestoreTimeoutError names the graph it waited for.
-        hooks: for probes that study the pipeline's timing (PipelineHooks, with
-            native_chunks=False); None in serving.
         digest: "sha256:<hex>": restore only the archive with this digest (default:
             FOUNDRY_ARCHIVE_DIGEST where set). `foundry inspect` and SAVE print it.
         trusted_keys: public key files (or folders of *.pub): restore only archives signed by
@@ -168,7 +161,7 @@ def load(
             restored = archive  # its trust was checked by prefetch()
         else:
             policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
-            restored = _open(Path(archive), _Schedule(threads, builders, chunk_nodes, native_chunks, hooks), communicator, policy)
+            restored = _open(Path(archive), _Schedule(threads, builders, chunk_nodes), communicator, policy)
         restored.begin_load(communicator)
         _restore(restored, isinstance(archive, Restored), mode, upload, communicator, deadline, timeout)
     return restored
@@ -250,8 +243,6 @@ class _Schedule(NamedTuple):
     threads: int
     builders: int
     chunk_nodes: int
-    native_chunks: bool
-    hooks: PipelineHooks | None
 
 
 def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, policy: TrustPolicy) -> Restored:
@@ -278,7 +269,7 @@ def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, po
             resources.add_event(int(call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING)))
         pipeline = Pipeline(
             archive, resources, threads=schedule.threads, builders=schedule.builders, chunk_nodes=schedule.chunk_nodes,
-            context=context, started=started, hooks=schedule.hooks, native_chunks=schedule.native_chunks,
+            context=context, started=started,
         )
     except BaseException:
         resources.release()
