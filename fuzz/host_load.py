@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import foundry_alloc as fa
 from foundry_trace import _native as native
-from foundry_trace.archive._node_table import node_kinds
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import serving_order
 from foundry_trace.archive.signing import TrustPolicy
@@ -49,7 +48,7 @@ def run(archive: Archive) -> None:
                 archive.blob(segment.contents)
         for entry in serving_order(manifest.graphs):
             table, payload = archive.graph_blobs(entry)
-            builds_early(node_kinds(table), entry.copy_arenas, graph_memory_mapped=True)
+            builds_early(entry, graph_memory_mapped=True)
             native.check_table(table, payload, len(manifest.functions), manifest.events, len(manifest.collectives))
         for address in claimed:
             allocator.free(address)

@@ -79,6 +79,12 @@ class OutputReference(_Model):
     deterministic: bool
 
 
+# When LOAD may build a graph, decided at SAVE from its node kinds (_node_table.early_build):
+# "always" before the restore point (prefetch), "graph_memory" there once prefetch has mapped the
+# graph arena, "never" (only at the restore point). LOAD reads this, never the node table.
+EarlyBuild = Literal["always", "graph_memory", "never"]
+
+
 class GraphEntry(_Model):
     """One graph: its node table and payload blobs (node_table.py), its template (index into the
     manifest's topologies), the modules its kernels come from, and its declared outputs."""
@@ -97,6 +103,9 @@ class GraphEntry(_Model):
     # memory and the engine's layout), sorted; None where SAVE did not record them. prefetch()
     # builds the graph early when it names the graph arena only, which prefetch maps itself.
     copy_arenas: Annotated[tuple[Annotated[str, Field(max_length=31)], ...], Field(max_length=MAX_ARENAS + 1)] | None = None
+    # When LOAD may build it (EarlyBuild), decided at SAVE; None in archives saved before SAVE
+    # decided it: LOAD then builds the graph at the restore point only.
+    early: EarlyBuild | None = None
     references: Annotated[tuple[OutputReference, ...], Field(max_length=MAX_PER_GRAPH)] = ()
 
 

@@ -14,7 +14,7 @@ build waits for a runner that is running; stop() makes every runner leave at its
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 
 from foundry_trace.archive.manifest import GraphEntry
@@ -24,9 +24,8 @@ class Chunk:
     """Graphs built, then instantiated, by runners that take them in order; `executables` holds
     each graph's future executable (settled by the runner that instantiates it)."""
 
-    def __init__(self, entries: Sequence[GraphEntry], tables: Mapping[str, bytes]) -> None:
+    def __init__(self, entries: Sequence[GraphEntry]) -> None:
         self.entries = list(entries)
-        self.tables = {entry.key: tables[entry.key] for entry in self.entries if entry.key in tables}
         self.executables = [Future() for _ in self.entries]
         self._changed = threading.Condition()
         self._next_build = 0

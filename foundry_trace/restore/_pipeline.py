@@ -38,18 +38,16 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cuda.bindings import driver
 
-from foundry_alloc import GRAPH
 from foundry_alloc.profiling import annotate
 from foundry_trace import _native as native
 from foundry_trace._driver import call
-from foundry_trace.archive._node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, node_kinds
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import serving_order
 from foundry_trace.archive.manifest import GraphEntry
@@ -187,22 +185,10 @@ class Pipeline:
             future.result()
 
     def build_early(self, graph_memory_mapped: bool) -> None:
-        """Queues a task that queues every graph that needs no live state (see the module's
-        docstring); it reads the node tables on a worker, so prefetch() returns at once."""
-        self._pool.submit(self._queue_early_graphs, graph_memory_mapped)
-
-    def _queue_early_graphs(self, graph_memory_mapped: bool) -> None:
-        # Smallest batch first: a server's first requests come one or a few at a time, and a lazy
-        # LOAD's first replay would otherwise wait behind the largest graphs. A blob that fails
-        # its checksum stops the scan only: LOAD queues every graph at the restore point, and
-        # the graph's own task then raises the error.
-        early, tables = [], {}
-        for entry in serving_order(self._manifest.graphs):
-            table = self.archive.blob(entry.table)
-            if builds_early(node_kinds(table), entry.copy_arenas, graph_memory_mapped):
-                early.append(entry)
-                tables[entry.key] = table
-        self.queue(early, tables)
+        """Queues every graph that needs no live state (see the module's docstring), smallest
+        batch first: a server's first requests come one or a few at a time, and a lazy LOAD's
+        first replay would otherwise wait behind the largest graphs."""
+        self.queue([entry for entry in serving_order(self._manifest.graphs) if builds_early(entry, graph_memory_mapped)])
 
     def graph(self, entry: GraphEntry) -> Future:
         """The future of a graph ready to replay: its executable, then uploaded if LOAD asked."""
@@ -222,15 +208,13 @@ class Pipeline:
         with self._lock:
             return self._graphs[entry.key]
 
-    def queue(self, entries: Sequence[GraphEntry], tables: Mapping[str, bytes] | None = None) -> None:
+    def queue(self, entries: Sequence[GraphEntry]) -> None:
         """Queues those of the graphs not queued yet, in this order, in chunks (see the module's
-        docstring), each chunk right after the modules it needs that are not queued yet.
-        `tables`: node tables the caller has read already, by key."""
-        tables = tables or {}
+        docstring), each chunk right after the modules it needs that are not queued yet."""
         with self._lock:
             fresh = list({entry.key: entry for entry in entries if entry.key not in self._graphs}.values())
             for entries_of_chunk in chunks(fresh, self._chunk_nodes):
-                chunk = Chunk(entries_of_chunk, tables)
+                chunk = Chunk(entries_of_chunk)
                 self._queue_modules_locked({m for entry in chunk.entries for m in entry.modules})
                 for entry, future in zip(chunk.entries, chunk.executables, strict=True):
                     self._graphs[entry.key] = future
@@ -278,10 +262,10 @@ class Pipeline:
         start, end = loaded.times
         self._record(Span(f"module {index}", "module", "modules", start - self._started, end - self._started))
 
-    def build(self, entry: GraphEntry, table: bytes | None = None) -> int:
+    def build(self, entry: GraphEntry) -> int:
         """Builds a graph's CUgraph (its modules must be loaded); the caller destroys it."""
         with self._span(f"graph {entry.key}", "build"):
-            table, payload = self._blobs(entry, table)
+            table, payload = self.archive.graph_blobs(entry)
             try:
                 return native.build_graph(table, payload, self._handles, self.context, f"graph {entry.key!r}")
             except DriverCallError as error:
@@ -305,7 +289,7 @@ class Pipeline:
         while (index := chunk.take_build()) is not None:
             entry = chunk.entries[index]
             try:
-                chunk.built(index, self._build(entry, chunk.tables.get(entry.key)))
+                chunk.built(index, self._build(entry))
             except BaseException as error:  # the graph's instantiation raises it
                 chunk.built(index, None, error)
         while (index := chunk.take_instantiation()) is not None:
@@ -326,8 +310,7 @@ class Pipeline:
         for index, entry in enumerate(chunk.entries):
             try:
                 self._wait_for_modules_of(entry)
-                table = chunk.tables.get(entry.key)  # the native call reads the rest
-                blobs.append((table if table is not None else self.archive.locate(entry.table), self.archive.locate(entry.payload)))
+                blobs.append((self.archive.locate(entry.table), self.archive.locate(entry.payload)))  # read by the native call
             except BaseException as error:  # this graph fails; the others are restored
                 settle(chunk.executables[index], error=error)
                 continue
@@ -370,16 +353,10 @@ class Pipeline:
         for module in entry.modules:
             self._modules[module].result()  # queued before the graph; re-raises its failure
 
-    def _blobs(self, entry: GraphEntry, table: bytes | None) -> tuple[bytes, bytes]:
-        """A graph's node table (read here unless the caller has it) and payload."""
-        if table is None:
-            return self.archive.graph_blobs(entry)
-        return table, self.archive.blob(entry.payload)
-
-    def _build(self, entry: GraphEntry, table: bytes | None) -> int:
+    def _build(self, entry: GraphEntry) -> int:
         self._wait_for_modules_of(entry)
         with self._builders, self._hooks.around_build():
-            graph = self.build(entry, table)
+            graph = self.build(entry)
         self._resources.add_built_graph(graph)
         return graph
 
@@ -416,12 +393,9 @@ def chunks(entries: Sequence[GraphEntry], chunk_nodes: int) -> Iterator[list[Gra
         yield chunk
 
 
-def builds_early(kinds: frozenset[str], copy_arenas: tuple[str, ...] | None, graph_memory_mapped: bool) -> bool:
-    """Whether prefetch() builds a graph of these node kinds before the restore point: kernels,
-    events and child graphs always; memsets and memcpys where all name the graph arena and
-    prefetch mapped it; collectives never."""
-    if kinds <= BUILT_BEFORE_RESTORE_POINT:
-        return True
-    copies_mapped = graph_memory_mapped and copy_arenas is not None and set(copy_arenas) <= {GRAPH}
-    return copies_mapped and kinds <= BUILT_BEFORE_RESTORE_POINT | COPY_KINDS
+def builds_early(entry: GraphEntry, graph_memory_mapped: bool) -> bool:
+    """Whether LOAD builds the graph before the restore point, as SAVE decided (entry.early,
+    from its node kinds): "always", or "graph_memory" once the graph arena is mapped. An entry
+    of an archive saved before SAVE decided it (None) waits for the restore point."""
+    return entry.early == "always" or (graph_memory_mapped and entry.early == "graph_memory")
 

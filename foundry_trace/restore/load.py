@@ -38,7 +38,6 @@ from cuda.bindings import driver
 import foundry_alloc
 from foundry_alloc.profiling import annotate
 from foundry_trace._driver import call, current_context
-from foundry_trace.archive._node_table import node_kinds
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import group_of, serving_order
 from foundry_trace.archive.manifest import GraphEntry
@@ -291,14 +290,12 @@ def _start_first_graph(restored: Restored) -> None:
         return
     ordered = serving_order(manifest.graphs)
     first = [entry for entry in ordered if group_of(entry.key) == group_of(ordered[0].key)]
-    tables = {entry.key: restored.archive.blob(entry.table) for entry in first}
-    kinds = {entry.key: node_kinds(tables[entry.key]) for entry in first}
     for entry in first:
         restored.pipeline.load_modules_for(entry)
-    if not all(builds_early(kinds[e.key], e.copy_arenas, graph_memory_mapped=False) for e in first):
-        if not all(builds_early(kinds[e.key], e.copy_arenas, graph_memory_mapped=True) for e in first) or not _claim_graph_memory(restored):
+    if not all(builds_early(e, graph_memory_mapped=False) for e in first):
+        if not all(builds_early(e, graph_memory_mapped=True) for e in first) or not _claim_graph_memory(restored):
             return
-    restored.pipeline.queue(first, tables)
+    restored.pipeline.queue(first)
 
 
 def _claim_graph_memory(restored: Restored) -> bool:
