@@ -399,3 +399,22 @@ def builds_early(entry: GraphEntry, graph_memory_mapped: bool) -> bool:
     of an archive saved before SAVE decided it (None) waits for the restore point."""
     return entry.early == "always" or (graph_memory_mapped and entry.early == "graph_memory")
 
+
+class Step:
+    """The first use of any graph of a step (every piece of one batch size's step) queues the
+    whole step, in order, once; each graph then waits for its own. A lazy load thus restores
+    whole steps, and an eager wait over N pieces costs N calls into the pipeline, not N squared
+    (measured: 72,963 queue calls for vLLM's 2,211 piecewise graphs before this)."""
+
+    def __init__(self, pipeline: Pipeline, step: list[GraphEntry]) -> None:
+        self.pipeline = pipeline
+        self.step = step
+        self.queued = False  # a race only queues twice: Pipeline.graph() is idempotent
+
+    def request(self, entry: GraphEntry) -> Future:
+        if not self.queued:
+            self.queued = True
+            self.pipeline.queue(self.step)
+            for other in self.step:
+                self.pipeline.graph(other)  # its upload, where asked
+        return self.pipeline.graph(entry)

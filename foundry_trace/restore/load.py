@@ -27,9 +27,7 @@ import gc
 import os
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -47,7 +45,7 @@ from foundry_trace.errors import LayoutMismatchError, RestoreError, RestoreTimeo
 from foundry_trace.fingerprint import check_fingerprint, current_fingerprint
 from foundry_trace.parallel.collectives import Communicator, check_communicator
 from foundry_trace.restore._outputs import coalesce, output_view
-from foundry_trace.restore._pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, Pipeline, builds_early
+from foundry_trace.restore._pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, Pipeline, Step, builds_early
 from foundry_trace.restore._resources import LoadResources
 from foundry_trace.restore.restored import Restored, RestoredGraph
 
@@ -351,10 +349,10 @@ def _claim(restored: Restored, upload: bool) -> None:
         for entry in serving_order(manifest.graphs):  # wait() restores a lazy load's rest in this order
             groups.setdefault(group_of(entry.key), []).append(entry)
         for step in groups.values():
-            request = _StepRequest(pipeline, step)
+            request = Step(pipeline, step)
             for entry in step:
                 outputs = {o.name: output_view(o, owned) for o in entry.outputs}
-                restored.graphs[entry.key] = RestoredGraph(entry.key, outputs, partial(request, entry), restored.release, device=restored.device)
+                restored.graphs[entry.key] = RestoredGraph(entry, outputs, request, restored.release, device=restored.device)
 
 
 def _bind_collectives(restored: Restored, communicator: Communicator) -> None:
@@ -367,23 +365,3 @@ def _bind_collectives(restored: Restored, communicator: Communicator) -> None:
             restored.resources.add_collective_graph(graph)
             graphs.append(graph)
         restored.pipeline.bind_collectives(graphs)
-
-
-class _StepRequest:
-    """The first use of any graph of a step (every piece of one batch size's step) queues the
-    whole step, in order, once; each graph then waits for its own. A lazy load thus restores
-    whole steps, and an eager wait over N pieces costs N calls into the pipeline, not N squared
-    (measured: 72,963 queue calls for vLLM's 2,211 piecewise graphs before this)."""
-
-    def __init__(self, pipeline: Pipeline, step: list[GraphEntry]) -> None:
-        self.pipeline = pipeline
-        self.step = step
-        self.queued = False  # a race only queues twice: Pipeline.graph() is idempotent
-
-    def __call__(self, entry: GraphEntry) -> Future:
-        if not self.queued:
-            self.queued = True
-            self.pipeline.queue(self.step)
-            for other in self.step:
-                self.pipeline.graph(other)  # its upload, where asked
-        return self.pipeline.graph(entry)
