@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from foundry_trace import _native as native
-from foundry_trace.archive.format import Archive, ArchiveWriter
+from foundry_trace.archive.format import Archive, ArchiveWriter, StoredBlob
 from foundry_trace.errors import ArchiveFormatError
 
 from .archive_samples import fixed_contents, write_archive
@@ -92,11 +92,11 @@ def test_a_blob_declared_in_another_codec_or_size_is_refused(tmp_path: Path) -> 
         raw = next(archive.locate(d) for d in archive.manifest.blobs if archive.locate(d).codec == "raw")
         packed = next(archive.locate(d) for d in archive.manifest.blobs if archive.locate(d).codec == "zlib")
         cases = [
-            (native.StoredBlob(raw.digest, raw.offset, raw.stored, raw.size, "zlib"), "does not decompress"),
-            (native.StoredBlob(packed.digest, packed.offset, packed.stored, packed.size - 1, "zlib"), "does not decompress"),
-            (native.StoredBlob(packed.digest, packed.offset, packed.stored, packed.size + 1, "zlib"), "does not decompress"),
-            (native.StoredBlob(raw.digest, raw.offset, raw.stored - 1, raw.size - 1, "raw"), "is corrupted"),
-            (native.StoredBlob(raw.digest, raw.offset, raw.stored, raw.size + 1, "raw"), "stored and decoded sizes differ"),
+            (StoredBlob(raw.digest, raw.offset, raw.stored, raw.size, "zlib"), "does not decompress"),
+            (StoredBlob(packed.digest, packed.offset, packed.stored, packed.size - 1, "zlib"), "does not decompress"),
+            (StoredBlob(packed.digest, packed.offset, packed.stored, packed.size + 1, "zlib"), "does not decompress"),
+            (StoredBlob(raw.digest, raw.offset, raw.stored - 1, raw.size - 1, "raw"), "is corrupted"),
+            (StoredBlob(raw.digest, raw.offset, raw.stored, raw.size + 1, "raw"), "stored and decoded sizes differ"),
         ]
         for blob, message in cases:
             with pytest.raises(ArchiveFormatError, match=message):

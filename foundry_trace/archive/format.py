@@ -35,7 +35,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from foundry_trace._native import StoredBlob, check_table
+from foundry_trace._native import check_table
 from foundry_trace.archive._node_table import decode
 from foundry_trace.archive.manifest import (
     FORMAT_VERSION,
@@ -76,6 +76,19 @@ def signature_block(signatures: list[Signature]) -> bytes:
     return SIGNATURE_HEADER.pack(SIGNATURE_MAGIC, len(signatures), 0) + b"".join(
         SIGNATURE_ENTRY.pack(s.public_key, s.signature) for s in signatures
     )
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """Where a blob lies in an archive file and what it must decode to: its offset, stored and
+    decoded sizes, codec ("raw" or "zlib") and SHA-256 (hex). The native readers read and check
+    it there (csrc/blob_read.hpp); reading the archive itself needs no compiled library."""
+
+    digest: str
+    offset: int
+    stored: int
+    size: int
+    codec: str
 
 
 class ArchiveWriter:
