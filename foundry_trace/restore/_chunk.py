@@ -4,8 +4,8 @@ A chunk is run by one or more runner tasks on the pipeline's pool. Each runner t
 graph to build until none is left, then the next graph to instantiate (waiting for that graph's
 build, which a running runner has taken), until none is left. Graphs are taken in order, so a
 chunk's builds all start before its instantiations, and a chunk costs as many pool tasks as it
-has runners, not two per graph: queuing 2,211 graphs as 4,422 tasks held LOAD's own thread for
-0.11-0.17 s on the H200, during which no worker ran a driver call.
+has runners, not two per graph (queuing a task per build and per instantiation held LOAD's own
+thread while no worker ran a driver call: docs/measurements.md).
 
 Invariant: an instantiation is taken only once every build is taken, so whoever waits for a
 build waits for a runner that is running; stop() makes every runner leave at its next take.

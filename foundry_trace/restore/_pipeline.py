@@ -21,10 +21,8 @@ and prefetch mapped it; graphs with collective nodes wait for the restore point.
 Modules are queued before any graph that needs them, largest first: by prefetch(), all of them
 when the archive is opened (the engine's start leaves them time); by load(), each chunk's just
 before it, in serving order, so that the first graphs build while the modules of the later ones
-load (cold on an H100, three fresh processes each: 0.93 s for the 8B-shaped workload's 67
-graphs, against 1.02 s with every module first). They load on one thread of their own, one at
-a time, each in one native call (modules.py): the driver serialises module loads, and on the
-H200 the 193 modules of the piecewise archive took 0.30 s on 8 threads against 0.10 s on one. load() queues the smallest batch's
+load. They load on one thread of their own, one at a time, each in one native call
+(_modules.py): the driver serialises module loads. load() queues the smallest batch's
 graphs and their modules at open, so that they restore while LOAD claims the memory. The pool
 takes tasks in order and the module thread waits for nothing, so the pool cannot deadlock. The
 driver calls release the GIL (cuda.bindings, and ctypes for the native builder), so the threads
@@ -58,28 +56,13 @@ from foundry_trace.restore._probing import PipelineHooks
 from foundry_trace.restore._probing import current as current_probe
 from foundry_trace.restore._resources import LoadResources
 
-# Graphs LOAD builds at once. The driver serialises much of building and instantiating, and a
-# build on every thread slows each instantiation down: cold on an H100, the 8B-shaped workload's
-# 67 graphs on 8 threads, fresh processes, the median instantiation took 47-63 ms with 8 builds
-# at a time, 18-23 ms with 2 and 9-14 ms with 1; LOAD took 0.79 s on average (9 runs), 0.68 s (6)
-# and 0.71 s (9) (foundry_trace.bench.probes.cold_restore, variants builders-K-8).
-# Within chunks of small graphs (below), 4 builds at a time did better than 2 or 8 on the H200
-# (vLLM-shaped piecewise graphs, 2,211 of 46 nodes, cold, fresh processes, 16,384-node chunks):
-# 1.13-1.16 s with 4 against 1.17-1.32 s with 8 in one call, 1.04-1.41 s with 4 against
-# 1.25-1.38 s with 2 in another (cold_restore, chunk-C-K-N; docs/measurements.md). The cap
-# holds across chunks: the native runner without it (each call its own cap, four calls side by
-# side) took the 67 graphs in 0.883 s against 0.772 s on Python workers under one cap, its median
-# instantiation 65 ms against 43 ms (H200, one run each).
+# Graphs LOAD builds at once, across all its chunks (one gate): a build beside instantiations
+# slows them down, and the driver serialises much of both. Why 4: docs/measurements.md, "The
+# pipeline's defaults".
 DEFAULT_BUILDERS = 4
 
-# Nodes of the graphs built before their instantiations start (one chunk). Small graphs gain
-# from it (the per-graph cost dominates, and builds beside instantiations slow them down); a
-# large graph gains nothing (the 8B-shaped decode step's 67 graphs of 1,525 nodes, on the H200:
-# 0.59-0.80 s each built and instantiated in one task, 0.67-0.96 s in 16,384-node chunks), so a
-# chunk holds a few graphs of that size at most (with these defaults the 67 graphs took 0.926 s,
-# against 0.915 s each in one task with 2 builds at a time: one run each, on a slower host).
-# With the native runner, 4,096-node chunks restored the 2,211 piecewise graphs in 0.93-0.96 s,
-# 16,384-node ones in 1.00-1.04 s (H200, cold, two runs each; the driver alone 0.84-0.93 s).
+# Nodes of the graphs built before their instantiations start (one chunk): small graphs gain from
+# it, a large graph is a chunk of its own. Why 4,096: docs/measurements.md, "The pipeline's defaults".
 DEFAULT_CHUNK_NODES = 4096
 
 
@@ -403,8 +386,7 @@ def builds_early(entry: GraphEntry, graph_memory_mapped: bool) -> bool:
 class Step:
     """The first use of any graph of a step (every piece of one batch size's step) queues the
     whole step, in order, once; each graph then waits for its own. A lazy load thus restores
-    whole steps, and an eager wait over N pieces costs N calls into the pipeline, not N squared
-    (measured: 72,963 queue calls for vLLM's 2,211 piecewise graphs before this)."""
+    whole steps, and an eager wait over N pieces costs N calls into the pipeline, not N squared."""
 
     def __init__(self, pipeline: Pipeline, step: list[GraphEntry]) -> None:
         self.pipeline = pipeline
