@@ -91,7 +91,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
          ctypes.POINTER(_ChunkOutcome), ctypes.c_char_p, _u64],
     ),
     "fr_build_gate_create": (ctypes.c_void_p, [_u32]),
-    "fr_sha256": (None, [_bytes, _u64, ctypes.c_char_p]),
+    "fr_sha256": (None, [_bytes, _u64, ctypes.c_char_p, ctypes.c_int]),
     "fr_blob_read": (ctypes.c_int, [ctypes.c_int, ctypes.POINTER(_BlobRef), ctypes.c_char_p, _u64, ctypes.c_char_p, _u64]),
     "fr_build_gate_destroy": (None, [ctypes.c_void_p]),
     "fr_graph_destroy": (None, [_u64]),
@@ -168,10 +168,11 @@ def _fill(slot: _BlobSource, blob: Blob) -> None:
         slot.ref.digest[:] = bytes.fromhex(blob.digest)
 
 
-def sha256(data: bytes) -> bytes:
-    """SHA-256 as the native readers compute it."""
+def sha256(data: bytes, *, portable: bool = False) -> bytes:
+    """SHA-256 as the native readers compute it (libcrypto's where it loads); `portable`: the
+    native fallback for a process without libcrypto."""
     digest = ctypes.create_string_buffer(32)
-    library().fr_sha256(data, len(data), digest)
+    library().fr_sha256(data, len(data), digest, int(portable))
     return digest.raw
 
 
