@@ -6,7 +6,9 @@ state (the driver's first executables and modules cost more than later ones, and
 cold): a `native` child captures every graph with plain PyTorch (no Foundry in the process), a
 `driver` child (driver_alone.py) builds and instantiates the same graphs straight from the node tables with
 nothing else running (what the driver alone costs cold), and a `load` child (load_roles.py)
-restores every graph. The load child goes on with: a restore on one thread (its summed instantiation time is
+restores every graph. Driver-alone and cold-restore children alternate COLD_RUNS times (the
+later restores in fit_bench's `cold` child): the ratio of the two is their pairs' median, with
+min and max. The load child goes on with: a restore on one thread (its summed instantiation time is
 the driver's own floor), a lazy restore (time to the first launch),
 instantiation of prebuilt graphs on several threads (the least time any restore can take), a
 restore with prefetch() (modules loaded before the restore point), restores on several thread
@@ -20,11 +22,13 @@ Here the assembly of the results file; the table and the timeline are load_repor
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from pathlib import Path
 
 from foundry_trace.bench.children import option_arguments, run_child
 from foundry_trace.bench.driver_alone import MODULE as DRIVER_MODULE
+from foundry_trace.bench.fit_bench import MODULE as COLD_MODULE
 from foundry_trace.bench.fit_bench import fit_costs
 from foundry_trace.bench.load_report import plot_timeline, render
 from foundry_trace.bench.load_roles import MODULE
@@ -33,6 +37,7 @@ from foundry_trace.bench.workloads.registry import splits_steps
 from foundry_trace.restore import DEFAULT_THREADS
 
 __all__ = ["compared_case_fields", "render", "run", "run_children", "workload_label"]
+COLD_RUNS = 3  # cold restores and driver-alone runs, each side
 
 
 def _run_child(*arguments: str) -> dict[str, object]:
@@ -60,21 +65,41 @@ def run_children(
             task = progress.add_task(f"native {workload}: warm-up, capture and instantiate every graph, cold")
             native = run_role("native", workload, path, **options)
             progress.remove_task(task)
-            task = progress.add_task(f"driver alone {workload}: build and instantiate every graph, cold")
-            driver_alone = run_child(DRIVER_MODULE, ["driver", workload, str(path), str(threads), *extra])
-            progress.remove_task(task)
-            task = progress.add_task(f"LOAD {workload}: restore cold, then 1 thread, lazy, thread counts, native capture, compare")
-            loaded = _run_child("load", workload, str(path), str(threads), *extra)
-            progress.remove_task(task)
+            driver_runs, restore_runs = [], []
+            for run in range(COLD_RUNS):  # alternating, each in a fresh process: a drift hits both sides
+                task = progress.add_task(f"driver alone {workload} ({run + 1} of {COLD_RUNS}): build and instantiate every graph, cold")
+                driver_runs.append(run_child(DRIVER_MODULE, ["driver", workload, str(path), str(threads), *extra]))
+                progress.remove_task(task)
+                if run == 0:
+                    task = progress.add_task(f"LOAD {workload}: restore cold, then 1 thread, lazy, thread counts, native capture, compare")
+                    loaded = _run_child("load", workload, str(path), str(threads), *extra)
+                    restore_runs.append(loaded["restore_s"])
+                else:
+                    task = progress.add_task(f"LOAD {workload} ({run + 1} of {COLD_RUNS}): restore cold")
+                    restore_runs.append(run_child(COLD_MODULE, ["cold", workload, str(path), str(threads), *extra])["restore_s"])
+                progress.remove_task(task)
             progress.add_task(f"prefetch {workload}: prefetch at process start, engine built meanwhile, restore, compare")
             loaded["prefetched"] = _set_apart_nondeterministic(_run_child("prefetch", workload, str(path), str(threads), *extra), loaded["nondeterministic_native"])
             loaded["native_s"], loaded["native_engine_s"] = native["native_s"], native["engine_s"]
-            loaded["driver_alone"] = driver_alone
+            loaded["driver_alone"] = driver_runs[0]  # the pair of the LOAD child's cold restore
+            loaded["cold_runs"] = cold_ratios(restore_runs, [d["driver_cold_s"] for d in driver_runs])
         else:
             progress.add_task(f"LOAD {workload}: restore, native capture, compare")
             loaded = run_role("verify", workload, path, threads=threads, **options)
         saved.setdefault("archive_bytes", path.stat().st_size)
     return saved, loaded
+
+
+def cold_ratios(restore_s: list[float], driver_s: list[float]) -> dict[str, object]:
+    """Repeated cold runs, restore and driver alone alternating (run i of each side paired): the
+    runs, each side's median, and the ratio restore / driver alone of each pair, as its median,
+    min and max (one sample of each side is noise: 1.15 once where a warm restore took 0.63 s)."""
+    ratios = [r / d for r, d in zip(restore_s, driver_s, strict=True)]
+    return {
+        "restore_s": restore_s, "driver_cold_s": driver_s,
+        "restore_s_median": statistics.median(restore_s), "driver_cold_s_median": statistics.median(driver_s),
+        "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+    }
 
 
 def _set_apart_nondeterministic(prefetched: dict[str, object], nondeterministic: list[int]) -> dict[str, object]:
@@ -137,7 +162,10 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         instantiate_floor_s=loaded["instantiate_floor_s"],
         restore_over_floor=loaded["restore_s"] / loaded["instantiate_floor_s"],
         **loaded["driver_alone"],
-        restore_over_driver_cold=loaded["restore_s"] / loaded["driver_alone"]["driver_cold_s"],
+        restore_over_driver_cold=loaded["cold_runs"]["ratio_median"],
+        restore_over_driver_cold_min=loaded["cold_runs"]["ratio_min"],
+        restore_over_driver_cold_max=loaded["cold_runs"]["ratio_max"],
+        cold_runs=loaded["cold_runs"],
         speedup_bound_driver_cold=loaded["native_s"] / loaded["driver_alone"]["driver_cold_s"],
         serial_restore_s=loaded["serial_restore_s"],
         serial_busy_s=loaded["serial_busy"],
