@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from foundry_trace.bench.children import option_arguments, run_child
@@ -152,6 +153,7 @@ def compared_case_fields(saved: dict[str, object], loaded: dict[str, object]) ->
 def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, attention: str | None = None) -> dict[str, object]:
     from foundry_trace.bench.results import Case, ResultsFile
 
+    started = time.perf_counter()
     saved, loaded = run_children(workload, threads, attention=attention)
     case = Case(
         name=workload,
@@ -189,6 +191,7 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         threads=threads,
         spans=loaded["spans"],
         cost_fit=None,
+        bench_s=time.perf_counter() - started,  # the whole bench so far (SAVE to compare; the fit adds to it)
     )
     results = ResultsFile.of_this_run(
         loaded,
@@ -202,6 +205,7 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         plot_timeline(results.model_dump(), written.with_suffix(".png"))
     if splits_steps(workload):
         fitted = case.model_copy(update={"cost_fit": fit_costs(workload, threads, _fit_point(loaded), attention=attention)})
+        fitted.bench_s = time.perf_counter() - started
         results = results.model_copy(update={"cases": [fitted]})
         if output_dir is not None:
             results.write(output_dir)

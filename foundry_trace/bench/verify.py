@@ -19,6 +19,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -39,7 +40,8 @@ LATENCY_BATCH_MS = 20.0
 
 
 def output_digest(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+    """SHA-256 of the tensor's bytes, hashed from the host copy itself (no second copy)."""
+    return hashlib.sha256(tensor.detach().contiguous().view(torch.uint8).cpu().numpy()).hexdigest()
 
 
 def output_on_fixed_inputs(engine: Engine, batch: int, replay: Callable[[], None], output: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -89,18 +91,20 @@ def reference_outputs(engine: Engine, steps: dict[int, CapturedStep], replays: i
     """Per batch: the digest of the captured graph's output on fixed inputs, and whether
     `replays` more replays all give the same bits (a graph that does not is nondeterministic: it
     cannot be compared bit for bit, by Foundry or by anyone). The replays are compared on the
-    device; only the first output is hashed (hashing a 512 x 128k logits tensor on the host
-    six times per graph took minutes for 67 graphs)."""
-    references = {}
-    for batch, step in steps.items():
-        def again(s=step) -> torch.Tensor:  # noqa: ANN001
-            return output_on_fixed_inputs(engine, batch, s.replay, lambda: s.output)
+    device; only the first output is read back and hashed (hashing a 512 x 128k logits tensor on
+    the host six times per graph took minutes for 67 graphs), on a thread of its own while the
+    next batches replay (hashlib and the copy release the GIL)."""
+    deterministic, digests = {}, {}
+    with ThreadPoolExecutor(1, thread_name_prefix="foundry-digests") as hashing:
+        for batch, step in steps.items():
+            def again(s=step) -> torch.Tensor:  # noqa: ANN001
+                return output_on_fixed_inputs(engine, batch, s.replay, lambda: s.output)
 
-        first = again()
-        agreeing = [_same_bits(first, again()) for _ in range(replays)]  # always all of them: see the module's docstring
-        deterministic = all(agreeing)
-        references[str(batch)] = {"digest": output_digest(first), "deterministic": deterministic}
-    return references
+            first = again()
+            digests[str(batch)] = hashing.submit(output_digest, first)  # in stream order: after this replay
+            agreeing = [_same_bits(first, again()) for _ in range(replays)]  # always all of them: see the module's docstring
+            deterministic[str(batch)] = all(agreeing)
+        return {key: {"digest": digests[key].result(), "deterministic": deterministic[key]} for key in digests}
 
 
 def record_references(recording: Recording, engine: Engine, steps: dict[int, CapturedStep]) -> None:
