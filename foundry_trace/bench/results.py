@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 ENV_COMMIT = "FOUNDRY_COMMIT"
-MEASURED_FIELDS = ("device", "torch", "cuda")  # read where the work ran: device_fields()
+MEASURED_FIELDS = ("device", "torch", "cuda", "cupti")  # read where the work ran: device_fields()
 
 
 class Case(BaseModel):
@@ -51,6 +51,7 @@ class ResultsFile(BaseModel):
     driver: str | None
     cuda: str | None
     torch: str
+    cupti: str | None = None  # cupti-python's version (recorded since issue 33)
     commit: str | None
     date: str
     command: str
@@ -84,13 +85,19 @@ class ResultsFile(BaseModel):
 
 def device_fields() -> dict[str, str | None]:
     """The environment fields a results file takes from the process that measured (call it
-    there, in the child): the GPU's name (the host's, without a GPU), torch's version and its CUDA's."""
+    there, in the child): the GPU's name (the host's, without a GPU), torch's version, its CUDA's,
+    and cupti-python's (SAVE's tracer; None where it is not installed)."""
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"host ({platform.processor() or platform.machine()})"
-    return {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda}
+    try:
+        cupti = version("cupti-python")
+    except PackageNotFoundError:
+        cupti = None
+    return {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda, "cupti": cupti}
 
 
 def project_commit() -> str | None:
