@@ -15,12 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from foundry_trace.bench.workloads.registry import (  # names only: imports no torch
-    ATTENTION_CHOICES,
-    WORKLOADS,
-    require_pieces,
-    workload,
-)
+from foundry_trace.bench.workloads import registry
+from foundry_trace.bench.workloads.registry import ATTENTION_CHOICES, WORKLOADS  # names only: imports no torch
 from foundry_trace.errors import WorkloadError
 from foundry_trace.restore import DEFAULT_THREADS
 
@@ -124,11 +120,11 @@ def _bench(arguments: argparse.Namespace) -> int:
 
     module = importlib.import_module(f"foundry_trace.bench.{arguments.kind}_bench")
     options = {name: getattr(arguments, name) for name in BENCH_OPTIONS[arguments.kind]}
-    name = arguments.workload or (None if arguments.kind == "coverage" else DEFAULT_WORKLOAD)
-    _check_workload(arguments.kind, name, module)  # the arguments' errors before the hardware's
+    workload = arguments.workload or (None if arguments.kind == "coverage" else DEFAULT_WORKLOAD)
+    _check_workload(arguments.kind, workload, module)  # the arguments' errors before the hardware's
     if not (arguments.kind == "alloc" and arguments.backend == "host"):
         require_gpu(f"`foundry bench {arguments.kind}`")
-    results = module.run(name, None if arguments.no_write else arguments.output, **options)
+    results = module.run(workload, None if arguments.no_write else arguments.output, **options)
     print(json.dumps(results, indent=2) if arguments.json else module.render(results))
     return 0
 
@@ -138,11 +134,11 @@ def _check_workload(kind: str, name: str | None, module: object) -> None:
     if kind == "coverage":
         module.covered(name)
         return
-    chosen = workload(name)
+    chosen = registry.workload(name)
     if kind in ("alloc", "tp") and chosen.module != "decode":
         raise WorkloadError(f"foundry bench {kind} runs the Llama-style decode workloads (tiny, small, llama8b), not {name!r}")
     if kind == "fit":
-        require_pieces(name)
+        registry.require_pieces(name)
 
 
 def _verify(arguments: argparse.Namespace) -> int:
