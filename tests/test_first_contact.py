@@ -65,3 +65,17 @@ def test_the_commit_comes_from_a_checkout_of_the_project_else_foundry_commit_els
     assert results.project_commit() == "abc123"
     monkeypatch.delenv(results.ENV_COMMIT)
     assert results.project_commit() is None
+
+
+def test_a_probe_without_a_gpu_names_a_missing_archive_first_then_the_gpu(tmp_path: Path) -> None:
+    def probe(archive: Path) -> subprocess.CompletedProcess[str]:
+        environment = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+        return subprocess.run([sys.executable, "-m", "foundry_trace.bench.probes.cold_restore", str(archive)], capture_output=True,
+                              text=True, env=environment, cwd=tmp_path, timeout=300)
+
+    missing = probe(tmp_path / "absent.foundry")
+    assert missing.returncode == 1 and "no archive at" in missing.stderr and "GPU" not in missing.stderr
+    (tmp_path / "a.foundry").write_bytes(b"")
+    ran = probe(tmp_path / "a.foundry")
+    printed = ran.stderr.strip().splitlines()
+    assert ran.returncode == 1 and len(printed) == 1 and "GPU" in printed[0] and "Traceback" not in ran.stderr
