@@ -15,7 +15,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from foundry_trace.bench.workloads import registry
 from foundry_trace.bench.workloads.registry import ATTENTION_CHOICES, WORKLOADS  # names only: imports no torch
+from foundry_trace.errors import WorkloadError
 from foundry_trace.restore import DEFAULT_THREADS
 
 WORKLOAD_HELP = "; ".join(f"{name}: {w.summary}" for name, w in WORKLOADS.items())
@@ -114,12 +116,29 @@ def _verify_signature(arguments: argparse.Namespace) -> int:
 def _bench(arguments: argparse.Namespace) -> int:
     """Runs foundry_trace.bench.<kind>_bench: each has run(workload, output_dir, **options) and render()."""
     _require_bench_extra()
+    from foundry_trace.bench.hardware import require_gpu
+
     module = importlib.import_module(f"foundry_trace.bench.{arguments.kind}_bench")
     options = {name: getattr(arguments, name) for name in BENCH_OPTIONS[arguments.kind]}
     workload = arguments.workload or (None if arguments.kind == "coverage" else DEFAULT_WORKLOAD)
+    _check_workload(arguments.kind, workload, module)  # the arguments' errors before the hardware's
+    if not (arguments.kind == "alloc" and arguments.backend == "host"):
+        require_gpu(f"`foundry bench {arguments.kind}`")
     results = module.run(workload, None if arguments.no_write else arguments.output, **options)
     print(json.dumps(results, indent=2) if arguments.json else module.render(results))
     return 0
+
+
+def _check_workload(kind: str, name: str | None, module: object) -> None:
+    """Raises WorkloadError unless bench `kind` runs workload `name`."""
+    if kind == "coverage":
+        module.covered(name)
+        return
+    chosen = registry.workload(name)
+    if kind in ("alloc", "tp") and chosen.module != "decode":
+        raise WorkloadError(f"foundry bench {kind} runs the Llama-style decode workloads (tiny, small, llama8b), not {name!r}")
+    if kind == "fit":
+        registry.require_pieces(name)
 
 
 def _verify(arguments: argparse.Namespace) -> int:

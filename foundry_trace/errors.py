@@ -93,7 +93,13 @@ class StallError(NcclError, PeerError):
 
 class ChildProcessFailed(FoundryTraceError):
     """A benchmark's or probe's child process (or one rank of several) failed or stalled; the
-    message names it, the phase it was in and its last lines. Every other child was stopped."""
+    message names it, the phase it was in, its last line and the log file that holds its whole
+    output (its traceback there, not in the message). Every other child was stopped."""
+
+
+class NoGpuError(FoundryTraceError):
+    """A command that runs on a GPU was started where there is none (or torch is a CPU build);
+    checked before any child process starts, so the message is one line naming the fix."""
 
 
 class WorkloadError(FoundryTraceError, ValueError):

@@ -8,8 +8,8 @@ from pathlib import Path
 from cuda.bindings import driver
 
 import foundry_alloc
+from foundry_trace._driver import call
 from foundry_trace.archive.manifest import Fingerprint
-from foundry_trace.driver import call
 from foundry_trace.errors import FingerprintMismatchError
 
 # Fields LOAD compares before anything else (the layout is compared at the restore point, with a diff).

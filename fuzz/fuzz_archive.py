@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from foundry_trace import native
+from foundry_trace import _native as native
 from foundry_trace.archive.format import Archive
 from foundry_trace.errors import ArchiveFormatError
 from fuzz import run_atheris

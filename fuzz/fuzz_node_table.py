@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from foundry_trace.archive.node_table import decode, node_kinds
+from foundry_trace.archive._node_table import decode, node_kinds
 from foundry_trace.archive.records import GraphBody, walk_nodes
 from foundry_trace.errors import ArchiveFormatError
 from fuzz import run_atheris

@@ -10,15 +10,14 @@ Any archive that opened must go through this raising only the project's own erro
 from __future__ import annotations
 
 import foundry_alloc as fa
-from foundry_trace import native
+from foundry_trace import _native as native
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import serving_order
-from foundry_trace.archive.node_table import node_kinds
 from foundry_trace.archive.signing import TrustPolicy
 from foundry_trace.archive.summary import summarize
 from foundry_trace.errors import FoundryTraceError
 from foundry_trace.fingerprint import check_fingerprint
-from foundry_trace.restore.pipeline import builds_early
+from foundry_trace.restore._pipeline import builds_early
 
 PHYSICAL_LIMIT = 256 << 20  # the simulated device: large claims fail fast as out of memory
 
@@ -49,7 +48,7 @@ def run(archive: Archive) -> None:
                 archive.blob(segment.contents)
         for entry in serving_order(manifest.graphs):
             table, payload = archive.graph_blobs(entry)
-            builds_early(node_kinds(table), entry.copy_arenas, graph_memory_mapped=True)
+            builds_early(entry, graph_memory_mapped=True)
             native.check_table(table, payload, len(manifest.functions), manifest.events, len(manifest.collectives))
         for address in claimed:
             allocator.free(address)

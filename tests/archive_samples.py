@@ -7,9 +7,9 @@ import hashlib
 import hypothesis.strategies as st
 
 import foundry_alloc as fa
+from foundry_trace.archive._node_table import LAUNCH_ATTRIBUTES, encode
 from foundry_trace.archive.format import ArchiveWriter
 from foundry_trace.archive.manifest import Fingerprint, GraphEntry, Manifest, OutputTensor
-from foundry_trace.archive.node_table import LAUNCH_ATTRIBUTES, encode
 from foundry_trace.archive.records import (
     ChildGraphNode,
     CollectiveNode,

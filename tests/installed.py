@@ -8,9 +8,9 @@ do not apply). Used by the tests of what only a regular install has: the start-u
 from __future__ import annotations
 
 import shutil
+import site
 import subprocess
 import sys
-import sysconfig
 import venv
 from pathlib import Path
 
@@ -49,7 +49,9 @@ def install_fresh(directory: Path) -> tuple[Path, Path]:
     python = environment / "bin" / "python"
     purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   capture_output=True, text=True, check=True).stdout.strip())
-    (purelib / "dependencies-of-the-test.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # This environment's packages: its own site-packages, and the base's where it sees them (a
+    # venv made with --system-site-packages), without their .pth files.
+    (purelib / "dependencies-of-the-test.pth").write_text("".join(f"{path}\n" for path in site.getsitepackages()))
     installed = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", *map(str, wheels.glob("*.whl"))],
         capture_output=True, text=True, timeout=600,

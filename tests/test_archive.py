@@ -129,7 +129,24 @@ def test_decompression_is_bounded(sample: Path) -> None:
 
 @given(graph_bodies(functions=3, depth=2))
 def test_node_kinds_names_every_kind_a_table_holds(body) -> None:  # noqa: ANN001
-    from foundry_trace.archive.node_table import encode, node_kinds
+    from foundry_trace.archive._node_table import encode, node_kinds
     from fuzz.fuzz_node_table import body_kinds
 
     assert node_kinds(encode(body).table) == body_kinds(body)
+
+
+def test_an_archive_is_read_without_the_compiled_restore_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening, the manifest, every blob, their locations and the digest: the archive package
+    alone (decoding a node table is the native check's, and LOAD's)."""
+    from foundry_trace import _native
+
+    def absent() -> None:
+        raise AssertionError("the compiled restore library was asked for")
+
+    monkeypatch.setattr(_native, "library", absent)
+    manifest, blobs = fixed_contents()
+    path = write_archive(tmp_path / "a.foundry", manifest, blobs)
+    with Archive(path) as archive:
+        assert {hashlib.sha256(archive.blob(digest)).hexdigest() for digest in archive.manifest.blobs} == set(archive.manifest.blobs)
+        located = archive.locate(archive.manifest.graphs[0].table)
+        assert (located.digest, located.size) == (archive.manifest.graphs[0].table, archive.manifest.blobs[located.digest].size)

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from foundry_trace.restore import resources as resources_module
-from foundry_trace.restore.pipeline import Pipeline, PipelineHooks, chunks
-from foundry_trace.restore.resources import LoadResources
+from foundry_trace.restore import _resources as resources_module
+from foundry_trace.restore._pipeline import Pipeline, PipelineHooks, chunks
+from foundry_trace.restore._resources import LoadResources
 
 
 def _entry(key: str, nodes: int, modules: tuple[int, ...] = (0,)) -> SimpleNamespace:

@@ -1,15 +1,18 @@
 """What prefetch() may build before the restore point: SAVE records the arenas each graph's
-memsets and memcpys name (ArenaFinder), and builds_early decides from them and the node kinds."""
+memsets and memcpys name (ArenaFinder) and decides from them and the node kinds (early_build,
+stored in the graph's entry); LOAD reads that decision (builds_early), never a node table."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import hypothesis.strategies as st
 from hypothesis import given
 
 from foundry_alloc import Allocation, Layout
-from foundry_trace.archive.node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS
+from foundry_trace.archive._node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, early_build
 from foundry_trace.archive.records import EmptyNode, GraphBody, MemcpyNode, MemorySegment, MemsetNode
-from foundry_trace.restore.pipeline import builds_early
+from foundry_trace.restore._pipeline import builds_early
 from foundry_trace.save.recording import ArenaFinder
 
 BASE = 0x7F0000000000
@@ -64,14 +67,31 @@ KINDS = sorted(BUILT_BEFORE_RESTORE_POINT | COPY_KINDS | {"collective"})
 
 @given(
     st.frozensets(st.sampled_from(KINDS), min_size=1),
-    st.none() | st.lists(st.sampled_from(("engine", "graph", "unknown"))).map(lambda names: tuple(sorted(set(names)))),
+    st.lists(st.sampled_from(("engine", "graph", "unknown"))).map(lambda names: tuple(sorted(set(names)))),
     st.booleans(),
 )
-def test_prefetch_builds_early_only_what_needs_no_live_state(kinds: frozenset[str], copy_arenas, mapped: bool) -> None:  # noqa: ANN001
-    early = builds_early(kinds, copy_arenas, mapped)
+def test_prefetch_builds_early_only_what_needs_no_live_state(kinds: frozenset[str], copy_arenas: tuple[str, ...], mapped: bool) -> None:
+    decided = early_build(kinds, copy_arenas, "graph")  # at SAVE
+    early = builds_early(SimpleNamespace(early=decided), mapped)  # at LOAD
     if "collective" in kinds:
         assert not early  # needs the live communicator
     elif kinds <= BUILT_BEFORE_RESTORE_POINT:
         assert early  # addresses as plain values only
     else:  # memsets or memcpys: the driver checks their memory
-        assert early == (mapped and copy_arenas is not None and set(copy_arenas) <= {"graph"})
+        assert early == (mapped and set(copy_arenas) <= {"graph"})
+
+
+def test_a_graph_of_an_archive_saved_before_save_decided_waits_for_the_restore_point() -> None:
+    assert not builds_early(SimpleNamespace(early=None), graph_memory_mapped=True)
+
+
+def test_load_s_python_reads_no_node_table() -> None:
+    """The decision is SAVE's: no module of restore/ imports the node-table codec (the C++
+    builder alone reads the tables, and checks them)."""
+    from pathlib import Path
+
+    from .house import Tree
+
+    tree = Tree.read(Path(__file__).resolve().parents[1])
+    readers = [m for m, names in tree.imports.items() if m.startswith("foundry_trace.restore") and any("_node_table" in n for n in names)]
+    assert readers == []

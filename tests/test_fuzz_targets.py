@@ -87,7 +87,7 @@ def test_archive_reader_on_random_bytes(data: bytes) -> None:
 def test_node_table_reader_on_damaged_tables(data: st.DataObject) -> None:
     import struct
 
-    from foundry_trace.archive.node_table import encode
+    from foundry_trace.archive._node_table import encode
     from fuzz.fuzz_node_table import FUNCTIONS, one_input
 
     from .archive_samples import graph_bodies

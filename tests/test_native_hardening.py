@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import foundry_alloc as fa
-from foundry_trace import native
-from foundry_trace.archive import node_table
-from foundry_trace.archive.node_table import (
+from foundry_trace import _native as native
+from foundry_trace.archive import _node_table as node_table
+from foundry_trace.archive._node_table import (
     BODY,
     HEADER,
     LAUNCH_ATTRIBUTES,
@@ -334,7 +334,7 @@ def _child_argument_sizes() -> None:
 
 def _child_pipeline() -> None:
     from foundry_trace.archive.format import Archive
-    from foundry_trace.restore.resources import LoadResources
+    from foundry_trace.restore._resources import LoadResources
 
     fake = stand_in_driver.fake()
     with Archive(ROOT / "tests" / "data" / "micro.foundry") as archive:
@@ -411,7 +411,7 @@ def _stand_in_pipeline(fake: ctypes.CDLL, kernels: list[str]) -> type:
     """Pipeline for the stand-in driver, whose modules hold `kernels` (with the parameters of
     FUZZ_PARAMETERS, in order); its workers make no context current (the stand-in has none for
     cuda.bindings)."""
-    from foundry_trace.restore import pipeline
+    from foundry_trace.restore import _pipeline as pipeline
 
     for name, parameters in zip(kernels, FUZZ_PARAMETERS, strict=False):
         stand_in_driver.define_kernel(fake, name, parameters)
@@ -425,7 +425,7 @@ def _stand_in_pipeline(fake: ctypes.CDLL, kernels: list[str]) -> type:
 
 def _child_pipeline_native() -> None:
     from foundry_trace.archive.format import Archive
-    from foundry_trace.restore.resources import LoadResources
+    from foundry_trace.restore._resources import LoadResources
 
     fake = stand_in_driver.fake()
     with Archive(ROOT / "tests" / "data" / "micro.foundry") as archive:
@@ -450,7 +450,7 @@ def _child_pipeline_native() -> None:
 def _child_native_chunks_in_order() -> None:
     from types import SimpleNamespace
 
-    from foundry_trace.restore.resources import LoadResources
+    from foundry_trace.restore._resources import LoadResources
 
     fake = stand_in_driver.fake()
     kernels = [f"k{n}" for n in range(len(FUZZ_PARAMETERS))]

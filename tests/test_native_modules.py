@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from cuda.bindings import driver
 
-from foundry_trace import native
+from foundry_trace import _native as native
 from foundry_trace.errors import ArchiveFormatError, DriverCallError
-from foundry_trace.restore.modules import stored_variable
+from foundry_trace.restore._modules import stored_variable
 
 from . import stand_in as stand_in_driver
 

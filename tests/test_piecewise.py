@@ -58,19 +58,17 @@ def test_waiting_on_every_piece_queues_the_step_once_in_order(pieces: int) -> No
     """An eager load waits on each graph in turn: the first wait queues the step's pieces in
     order, as one chunk, and the rest only wait (2N graph calls into the pipeline, not N squared
     as measured on the H200 before: 72,963 calls for 2,211 graphs)."""
-    from functools import partial
     from types import SimpleNamespace
 
-    from foundry_trace.restore.load import _StepRequest
+    from foundry_trace.restore._pipeline import Step
 
     asked: list[str] = []
     queued: list[list[str]] = []
     pipeline = SimpleNamespace(graph=lambda entry: asked.append(entry.key) or entry.key, queue=lambda entries: queued.append([e.key for e in entries]))
     step = [SimpleNamespace(key=f"8/{piece}") for piece in range(pieces)]
-    request = _StepRequest(pipeline, step)
-    handles = [partial(request, entry) for entry in step]
+    request = Step(pipeline, step)
     for piece in reversed(range(pieces)):  # whichever piece is asked for first, the step starts at piece 0
-        assert handles[piece]() == f"8/{piece}"
+        assert request.request(step[piece]) == f"8/{piece}"
     assert queued == [[entry.key for entry in step]]
     assert asked[:pieces] == [entry.key for entry in step]
     assert len(asked) == 2 * pieces

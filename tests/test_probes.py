@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foundry_trace.bench.probes.cold_restore import _gaps
-from foundry_trace.restore.pipeline import Span
+from foundry_trace.restore._pipeline import Span
 
 intervals = st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 200)), min_size=1, max_size=30)
 

@@ -4,6 +4,7 @@ lazy graph first, and a refused launch is a DriverCallError that names the call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from types import SimpleNamespace
 
@@ -21,6 +22,14 @@ def _ready(handle: int) -> Future:
     return future
 
 
+ENTRY = SimpleNamespace(key="8")
+
+
+def _step(ready: Callable[[], Future]) -> SimpleNamespace:
+    """A step whose request for ENTRY gives what `ready` gives."""
+    return SimpleNamespace(request=lambda entry: ready() if entry is ENTRY else None)
+
+
 @pytest.fixture
 def launches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """Every cuGraphLaunch as (executable, stream); device d's current stream is 1000 + d."""
@@ -36,7 +45,7 @@ def launches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
 
 def test_a_graph_launches_on_the_current_stream_of_its_own_device(launches: list[tuple[int, int]]) -> None:
-    graph = RestoredGraph("8", {}, lambda: _ready(0x50), lambda **_: None, device=3)
+    graph = RestoredGraph(ENTRY, {}, _step(lambda: _ready(0x50)), lambda **_: None, device=3)
     graph.replay()
     graph.replay(stream=77)
     assert launches == [(0x50, 1003), (0x50, 77)]
@@ -44,7 +53,7 @@ def test_a_graph_launches_on_the_current_stream_of_its_own_device(launches: list
 
 def test_a_lazy_graph_is_restored_once_at_its_first_replay(launches: list[tuple[int, int]]) -> None:
     asked = []
-    graph = RestoredGraph("8", {}, lambda: asked.append(1) or _ready(0x60), lambda **_: None, device=0)
+    graph = RestoredGraph(ENTRY, {}, _step(lambda: asked.append(1) or _ready(0x60)), lambda **_: None, device=0)
     assert not graph.ready()
     for _ in range(3):
         graph.replay()
@@ -57,6 +66,6 @@ def test_a_refused_launch_names_the_call_and_the_error(monkeypatch: pytest.Monke
     monkeypatch.setattr(restored_module, "driver", SimpleNamespace(
         cuGraphLaunch=lambda executable, stream: (driver.CUresult.CUDA_ERROR_INVALID_VALUE,), CUstream=driver.CUstream,
         CUgraphExec=driver.CUgraphExec))
-    graph = RestoredGraph("8", {}, lambda: _ready(0x70), lambda **_: None, device=0)
+    graph = RestoredGraph(ENTRY, {}, _step(lambda: _ready(0x70)), lambda **_: None, device=0)
     with pytest.raises(DriverCallError, match="cuGraphLaunch failed with CUDA_ERROR_INVALID_VALUE"):
         graph.replay(stream=5)

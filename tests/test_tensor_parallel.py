@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from foundry_trace.archive.node_table import decode, encode
+from foundry_trace.archive._node_table import decode, encode
 from foundry_trace.archive.records import CollectiveNode, Edge, EmptyNode, GraphBody, PeerWindowRecord, walk_nodes
 from foundry_trace.archive.summary import render, summarize
 from foundry_trace.bench.workloads.decode import PRESETS, rank_shape

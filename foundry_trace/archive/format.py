@@ -35,6 +35,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from foundry_trace._native import check_table
+from foundry_trace.archive._node_table import decode
 from foundry_trace.archive.manifest import (
     FORMAT_VERSION,
     MAX_MANIFEST_BYTES,
@@ -44,10 +46,8 @@ from foundry_trace.archive.manifest import (
     Manifest,
     check_manifest,
 )
-from foundry_trace.archive.node_table import decode
 from foundry_trace.archive.records import GraphBody
 from foundry_trace.errors import ArchiveFormatError
-from foundry_trace.native import StoredBlob, check_table
 
 MAGIC = b"FNDRYARC"
 HEADER = struct.Struct("<8sIIQQ32s")  # 64 bytes
@@ -76,6 +76,19 @@ def signature_block(signatures: list[Signature]) -> bytes:
     return SIGNATURE_HEADER.pack(SIGNATURE_MAGIC, len(signatures), 0) + b"".join(
         SIGNATURE_ENTRY.pack(s.public_key, s.signature) for s in signatures
     )
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """Where a blob lies in an archive file and what it must decode to: its offset, stored and
+    decoded sizes, codec ("raw" or "zlib") and SHA-256 (hex). The native readers read and check
+    it there (csrc/blob_read.hpp); reading the archive itself needs no compiled library."""
+
+    digest: str
+    offset: int
+    stored: int
+    size: int
+    codec: str
 
 
 class ArchiveWriter:
@@ -195,7 +208,7 @@ class Archive:
             raise ArchiveFormatError(f"{self.path}: invalid manifest at {where}: {first['msg']}") from None
         if manifest.version != version:
             raise ArchiveFormatError(f"{self.path}: the header says format {version}, the manifest {manifest.version}: the file is corrupted")
-        check_manifest(manifest, str(self.path), blob_section_end=offset)
+        check_manifest(manifest, str(self.path), blob_section_start=HEADER.size, blob_section_end=offset)
         return manifest, offset + length
 
     def _read_signatures(self, manifest_end: int) -> tuple[Signature, ...]:

@@ -13,8 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from foundry_alloc import ARENA_NAME_PATTERN, MAX_ARENAS, Layout
+from foundry_alloc.arenas import ARENA_NAME_PATTERN, MAX_ARENAS
 from foundry_alloc.config import PEER_SLOTS
+from foundry_alloc.layout import Layout
 from foundry_trace.archive.records import (
     U64,
     CollectiveSpec,
@@ -87,6 +88,12 @@ class OutputReference(_Model):
     deterministic: bool
 
 
+# When LOAD may build a graph, decided at SAVE from its node kinds (_node_table.early_build):
+# "always" before the restore point (prefetch), "graph_memory" there once prefetch has mapped the
+# graph arena, "never" (only at the restore point). LOAD reads this, never the node table.
+EarlyBuild = Literal["always", "graph_memory", "never"]
+
+
 class GraphEntry(_Model):
     """One graph: its node table and payload blobs (node_table.py), its template (index into the
     manifest's topologies), the modules its kernels come from, and its declared outputs."""
@@ -105,6 +112,9 @@ class GraphEntry(_Model):
     # memory and the engine's layout), sorted; None where SAVE did not record them. prefetch()
     # builds the graph early when it names the graph arena only, which prefetch maps itself.
     copy_arenas: Annotated[tuple[Annotated[str, Field(max_length=31)], ...], Field(max_length=MAX_ARENAS + 1)] | None = None
+    # When LOAD may build it (EarlyBuild), decided at SAVE; None in archives saved before SAVE
+    # decided it: LOAD then builds the graph at the restore point only.
+    early: EarlyBuild | None = None
     references: Annotated[tuple[OutputReference, ...], Field(max_length=MAX_PER_GRAPH)] = ()
 
 
@@ -132,12 +142,13 @@ class Manifest(_Model):
     metadata: Annotated[dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=4096)]], Field(max_length=64)] = {}
 
 
-def check_manifest(manifest: Manifest, where: str, blob_section_end: int) -> None:
+def check_manifest(manifest: Manifest, where: str, blob_section_start: int, blob_section_end: int) -> None:
     """Every field against the others: indices inside their tables, every referenced blob
-    indexed and lying in the blob section, sizes consistent, memory inside the allocator's
+    indexed and lying in the blob section (the format's bounds: this module does not import
+    format.py, which imports it), sizes consistent, memory inside the allocator's
     range, arena names the allocator can give, outputs with as many strides as dimensions.
     Raises ArchiveFormatError naming the first fault."""
-    _check_blobs(manifest, where, blob_section_end)
+    _check_blobs(manifest, where, blob_section_start, blob_section_end)
     _check_indices(manifest, where)
     _check_memory(manifest, where)
     _check_outputs(manifest, where)
@@ -147,11 +158,9 @@ def _fail(where: str, problem: str) -> None:
     raise ArchiveFormatError(f"{where}: {problem}: the archive is corrupted or was not written by Foundry; save it again")
 
 
-def _check_blobs(manifest: Manifest, where: str, blob_section_end: int) -> None:
-    from foundry_trace.archive.format import HEADER
-
+def _check_blobs(manifest: Manifest, where: str, blob_section_start: int, blob_section_end: int) -> None:
     for digest, ref in manifest.blobs.items():
-        if ref.offset < HEADER.size or ref.offset + ref.stored > blob_section_end:
+        if ref.offset < blob_section_start or ref.offset + ref.stored > blob_section_end:
             _fail(where, f"blob {digest[:12]} lies at [{ref.offset:#x}, +{ref.stored:#x}), outside the blob section")
         if ref.codec == "raw" and ref.stored != ref.size:
             _fail(where, f"raw blob {digest[:12]} is stored in {ref.stored} bytes but declares {ref.size}")

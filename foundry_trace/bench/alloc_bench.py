@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from foundry_trace.bench.children import child_main, run_child
+from foundry_trace.bench.results import device_fields
 
 MODULE = "foundry_trace.bench.alloc_bench"
 HOST_SPACE = (0x200000000000, 8 << 30)  # base and size of the host backend's range
@@ -102,15 +103,13 @@ def host_child() -> dict[str, object]:
         for size in reversed(SEQUENCE[:30]):
             allocator.allocate(size)
         layout = allocator.layout()
-        return {"alloc_free_ns": costs, "fingerprint": layout.fingerprint(), "live_blocks": len(layout.allocations)}
+        return {"alloc_free_ns": costs, "fingerprint": layout.fingerprint(), "live_blocks": len(layout.allocations), **device_fields()}
     finally:
         allocator.close()
 
 
 def run_host(workload: str, output_dir: Path | None) -> dict[str, object]:
     """Two fresh processes on the host backend: the cost of placement, and its determinism."""
-    import platform
-
     from foundry_trace.bench.results import Case, ResultsFile
 
     first, second = (run_child(MODULE, ["--child", "host", "--workload", workload]) for _ in range(2))
@@ -120,11 +119,10 @@ def run_host(workload: str, output_dir: Path | None) -> dict[str, object]:
         fingerprints=[first["fingerprint"], second["fingerprint"]],
     )
     results = ResultsFile.of_this_run(
-        what="alloc", workload="host-placement",
-        workload_desc=f"the placement code on the host backend (no GPU): alloc+free over sizes {list(SIZE_MIX)}, then a fixed "
-        "request sequence whose layout is compared between two fresh processes",
-        device=f"host ({platform.processor() or platform.machine()}, simulated driver)", gpus=0, cuda=None,
-        torch=__import__("torch").__version__, cases=[case],
+        first, what="alloc", workload="host-placement",
+        workload_desc=f"the placement code on the host backend (no GPU, a simulated driver): alloc+free over sizes {list(SIZE_MIX)}, "
+        "then a fixed request sequence whose layout is compared between two fresh processes",
+        gpus=0, cases=[case],
     )
     if output_dir is not None:
         results.write(output_dir)
@@ -165,9 +163,7 @@ def child(allocator: str, workload: str) -> dict[str, object]:
         peak, held = torch.cuda.max_memory_reserved(), torch.cuda.memory_reserved()
     result = {
         "allocator": allocator,
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
+        **device_fields(),
         "graphs": len(graphs),
         "capture_s": capture_s,
         "peak_bytes": peak,
@@ -188,13 +184,13 @@ def run(workload: str, output_dir: Path | None, backend: str = "cuda", progress:
     from foundry_trace.bench.results import Case, ResultsFile
     from foundry_trace.bench.workloads.decode import preset
 
+    shape = preset(workload)
     measured: dict[str, dict] = {}
     for allocator in ("caching", "foundry"):
         if progress:
             print(f"foundry bench alloc: {allocator} allocator, workload {workload} ...", file=sys.stderr, flush=True)
         measured[allocator] = run_child(MODULE, ["--child", allocator, "--workload", workload])
     caching, foundry = measured["caching"], measured["foundry"]
-    shape = preset(workload)
     cost_ratio = {k: foundry["alloc_free_ns"][k] / caching["alloc_free_ns"][k] for k in caching["alloc_free_ns"]}
     case = Case(
         name=workload,
@@ -209,19 +205,15 @@ def run(workload: str, output_dir: Path | None, backend: str = "cuda", progress:
         replay_finite=caching["replay_finite"] and foundry["replay_finite"],
     )
     results = ResultsFile.of_this_run(
+        foundry,
         what="alloc",
         workload=f"{workload}-{len(shape.batch_sizes)}",
         workload_desc=f"{shape.describe()}, captured into one pool; alloc+free over sizes {list(SIZE_MIX)}",
-        device=foundry["device"],
         gpus=1,
-        cuda=foundry["cuda"],
-        torch=foundry["torch"],
         cases=[case],
     )
     if output_dir is not None:
-        path = results.write(output_dir)
-        if progress:
-            print(f"foundry bench alloc: wrote {path}", file=sys.stderr)
+        results.write(output_dir)
     return results.model_dump()
 
 

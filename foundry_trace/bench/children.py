@@ -7,7 +7,11 @@ Every child runs under a watchdog. The child itself: faulthandler dumps every th
 exits the process when its time-out passes (the process's exit frees its GPU memory, whatever
 NCCL or the driver was waiting for). The parent: it waits no longer than the same time-out plus
 a grace period, kills every rank when one fails or stalls, and raises ChildProcessFailed naming
-the rank, the phase it was in (the last progress line it wrote) and its last lines.
+the rank, the phase it was in (the last progress line it wrote), its last line and its log file.
+
+A child's stderr goes whole into its log file (CHILD_LOGS); the terminal gets its progress, not
+its tracebacks or stack dumps, which the error names by that file: a traceback is printed once,
+into the log, never twice.
 
 Children import the installed package whatever the current directory is: they start with
 Python's -P, which leaves the current directory off sys.path (a source tree there has no
@@ -17,25 +21,29 @@ compiled libraries).
 from __future__ import annotations
 
 import argparse
-import collections
 import faulthandler
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
 
 from foundry_trace.errors import ChildProcessFailed
 
 ENV_TIMEOUT = "FOUNDRY_CHILD_TIMEOUT"
 DEFAULT_TIMEOUT_S = 900.0
 GRACE_S = 15.0  # the parent's wait beyond a child's own time-out, for its stack dump
-ERROR_TAIL_LINES = 60
 PHASE_PREFIX = "phase: "
+CHILD_LOGS = Path(tempfile.gettempdir()) / "foundry-logs"
+# First lines of what goes to the log alone: a traceback, faulthandler's dump at a time-out or a crash.
+LOG_ONLY_FROM = ("Traceback (most recent call last):", "Timeout (", "Fatal Python error", "Thread 0x", "Current thread 0x")
 _STARTED = time.monotonic()
 
 
@@ -65,20 +73,32 @@ def child_main(run: Callable[[argparse.Namespace], dict[str, object]], parser: a
 class _Child:
     label: str
     process: subprocess.Popen
-    tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=ERROR_TAIL_LINES))
+    log: Path
+    last_line: str = ""
     output: list[str] = field(default_factory=list)
     phase: str = "start"
     readers: list[threading.Thread] = field(default_factory=list)
 
     def read(self) -> None:
-        def errors() -> None:
+        def errors(log: TextIO) -> None:
+            to_terminal = True
             for line in self.process.stderr:
-                self.tail.append(line)
+                log.write(line)
+                log.flush()
+                if line.strip():
+                    self.last_line = line.strip()
                 if line.startswith(PHASE_PREFIX):
                     self.phase = line[len(PHASE_PREFIX) :].strip()
-                sys.stderr.write(f"[{self.label}] {line}")
+                to_terminal = to_terminal and not line.startswith(LOG_ONLY_FROM)
+                if to_terminal:
+                    sys.stderr.write(f"[{self.label}] {line}")
+            log.close()
 
-        self.readers = [threading.Thread(target=errors, daemon=True), threading.Thread(target=lambda: self.output.extend(self.process.stdout), daemon=True)]
+        log = self.log.open("w")
+        self.readers = [
+            threading.Thread(target=errors, args=(log,), daemon=True),
+            threading.Thread(target=lambda: self.output.extend(self.process.stdout), daemon=True),
+        ]
         for reader in self.readers:
             reader.start()
 
@@ -87,8 +107,17 @@ class _Child:
             reader.join(timeout=GRACE_S)
         lines = "".join(self.output).strip().splitlines()
         if not lines:
-            raise ChildProcessFailed(f"{self.label} printed no result (last phase: {self.phase}); its last lines:\n{''.join(self.tail)}")
+            raise ChildProcessFailed(f"{self.label} printed no result (last phase: {self.phase}): {self.last_line}; its output: {self.log}")
         return json.loads(lines[-1])
+
+
+def _log_path(label: str) -> Path:
+    """A fresh log file for the child `label`, kept after the run (a failure names it)."""
+    CHILD_LOGS.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in label).strip("-")
+    handle, name = tempfile.mkstemp(prefix=f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log", dir=CHILD_LOGS)
+    os.close(handle)
+    return Path(name)
 
 
 def run_child(
@@ -96,7 +125,8 @@ def run_child(
     grace: float = GRACE_S, label: str | None = None,
 ) -> dict[str, object]:
     """Runs `python -P -m module arguments...` under the watchdog and returns the JSON of its
-    last output line. Its stderr passes through to ours as it comes, each line tagged."""
+    last output line. Its stderr goes to its log file, and its progress to ours as it comes, each
+    line tagged."""
     return run_ranks(module, [list(arguments)], [environment], timeout=timeout, grace=grace, labels=[label or _label(module, arguments)])[0]
 
 
@@ -119,7 +149,7 @@ def run_ranks(
             process = subprocess.Popen(
                 [sys.executable, "-P", "-m", module, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
             )
-            children.append(_Child(label, process))
+            children.append(_Child(label, process, _log_path(label)))
             children[-1].read()
         _wait_all(children, time.monotonic() + timeout + grace, timeout)
         return [child.result() for child in children]
@@ -140,13 +170,13 @@ def _wait_all(children: list[_Child], deadline: float, timeout: float) -> None:
                     reader.join(timeout=GRACE_S)
                 others = f"; {', '.join(c.label for c in running)} stopped too" if running else ""
                 raise ChildProcessFailed(
-                    f"{child.label} failed (exit {code}) in phase '{child.phase}'{others}; its last lines:\n{''.join(child.tail)}"
+                    f"{child.label} failed (exit {code}) in phase '{child.phase}': {child.last_line}{others}; its output: {child.log}"
                 )
         if running and time.monotonic() > deadline:
             stalled = ", ".join(f"{c.label} in phase '{c.phase}'" for c in running)
             _end(running)
-            tails = "\n".join(f"--- {c.label}:\n{''.join(c.tail)}" for c in running)
-            raise ChildProcessFailed(f"stalled past the time-out of {timeout:.0f} s: {stalled}; every child was stopped. Last lines:\n{tails}")
+            logs = ", ".join(str(c.log) for c in running)
+            raise ChildProcessFailed(f"stalled past the time-out of {timeout:.0f} s: {stalled}; every child was stopped; their output: {logs}")
         time.sleep(0.05)
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from foundry_trace.bench.load_bench import compared_case_fields, run_children, workload_label
+from foundry_trace.errors import WorkloadError
 from foundry_trace.restore.load import DEFAULT_THREADS
 
 # A vLLM-like list of capture sizes, shortened so that every model runs in one device call
@@ -27,14 +28,20 @@ COVERED: dict[str, dict[str, object]] = {
 }
 
 
+def covered(workload: str | None) -> list[str]:
+    """The COVERED names of `workload`, a comma list (None: all); WorkloadError names any other."""
+    names = workload.split(",") if workload else list(COVERED)
+    unknown = [n for n in names if n not in COVERED]
+    if unknown:
+        raise WorkloadError(f"coverage covers {', '.join(COVERED)}; not {', '.join(unknown)}")
+    return names
+
+
 def run(workload: str | None, output_dir: Path | None, threads: int = DEFAULT_THREADS) -> dict[str, object]:
     """`workload`: a comma list of COVERED names (default: all)."""
     from foundry_trace.bench.results import Case, ResultsFile
 
-    names = workload.split(",") if workload else list(COVERED)
-    unknown = [n for n in names if n not in COVERED]
-    if unknown:
-        raise ValueError(f"coverage covers {', '.join(COVERED)}; not {', '.join(unknown)}")
+    names = covered(workload)
     cases: list[Case] = []
     results: ResultsFile | None = None
     for name in names:
@@ -48,11 +55,12 @@ def run(workload: str | None, output_dir: Path | None, threads: int = DEFAULT_TH
         ))
         print(f"coverage: {name} done ({len(cases)} of {len(names)})", file=sys.stderr, flush=True)
         results = ResultsFile.of_this_run(
+            loaded,
             what="coverage",
             # the cases this file holds: a run cut short is named by what it measured
             workload="-".join(n.replace("/", "-") for n in names[: len(cases)]) if workload else f"all-{len(cases)}-cases",
             workload_desc="each case: SAVE in a fresh process, restore in another and compare with a native capture there",
-            device=loaded["device"], gpus=1, cuda=loaded["cuda"], torch=loaded["torch"], cases=cases,
+            gpus=1, cases=cases,
         )
         if output_dir is not None:  # after every case: a run cut short keeps what it measured
             results.write(output_dir)

@@ -11,10 +11,10 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from foundry_trace.archive._node_table import BODY, NODE
+from foundry_trace.archive._node_table import HEADER as TABLE_HEADER
 from foundry_trace.archive.format import HEADER, MAGIC
 from foundry_trace.archive.manifest import FORMAT_VERSION
-from foundry_trace.archive.node_table import BODY, NODE
-from foundry_trace.archive.node_table import HEADER as TABLE_HEADER
 
 
 def rewrite_manifest(path: Path, edit: Callable[[dict, int], bytes]) -> None:

@@ -7,7 +7,7 @@ that the graph and node counts vary apart: with piece counts alone, fewer graphs
 more nodes (attention then captured inside the pieces), and the fit could not tell the two
 terms apart. Each archive is restored cold in a fresh process (Foundry's whole LOAD: open,
 checks, memory, modules, graphs) and built and instantiated cold by the driver alone in another
-(its modules loaded untimed, load_bench.child_driver). Least squares then gives
+(its modules loaded untimed, driver_alone.child_driver). Least squares then gives
 
     seconds = fixed + graphs x per_graph + nodes x per_node
 
@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 from foundry_trace.bench.children import child_main, child_parser, option_arguments, parsed_options, run_child
+from foundry_trace.bench.driver_alone import MODULE as DRIVER_MODULE
+from foundry_trace.bench.results import device_fields
 from foundry_trace.bench.roles import cold_load, run_role
-from foundry_trace.bench.workloads.registry import splits_steps
-from foundry_trace.errors import WorkloadError
+from foundry_trace.bench.workloads.registry import require_pieces
 from foundry_trace.restore import DEFAULT_THREADS
 
 MODULE = "foundry_trace.bench.fit_bench"
-LOAD_MODULE = "foundry_trace.bench.load_bench"  # its driver child: run by name (load_bench imports this module)
 
 # (attention eager every k layers, every n-th batch size). The first is the workload as served.
 DESIGN = ((1, 1), (2, 1), (32, 1), (1, 4), (32, 4))
@@ -47,15 +47,14 @@ def measure_point(workload: str, threads: int, split_every: int, batch_sizes: tu
         run_role("save", workload, path, references=False, **variant)
         extra = option_arguments(variant)
         cold = run_child(MODULE, ["cold", workload, str(path), str(threads), *extra])
-        driver = run_child(LOAD_MODULE, ["driver", workload, str(path), str(threads), *extra])
+        driver = run_child(DRIVER_MODULE, ["driver", workload, str(path), str(threads), *extra])
     return {**cold, "driver_cold_s": driver["driver_cold_s"]}
 
 
 def fit_costs(workload: str, threads: int, first: dict[str, object] | None = None, **options: object) -> dict[str, object]:
     """The fit over DESIGN's runs. `first`: the point of DESIGN[0] where the caller measured it
     already (the load bench's main restore: graphs, nodes, restore_s, driver_cold_s, batch_sizes)."""
-    if not splits_steps(workload):
-        raise WorkloadError(f"{workload} does not cut its steps into pieces: the fit needs a piecewise workload (piecewise, piecewise-compiled)")
+    require_pieces(workload)
     runs = []
     for split_every, nth in DESIGN:
         if first is not None and not runs:
@@ -120,7 +119,7 @@ def child_cold(workload: str, archive: str, threads: int, options: dict[str, obj
     batch_sizes = restored_batches(restored)
     restored.release()
     del model
-    return {"graphs": graphs, "nodes": nodes, "restore_s": restore_s, "batch_sizes": batch_sizes}
+    return {"graphs": graphs, "nodes": nodes, "restore_s": restore_s, "batch_sizes": batch_sizes, **device_fields()}
 
 
 def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, attention: str | None = None) -> dict[str, object]:
@@ -133,16 +132,14 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
              restore_s=r["restore_s"], driver_cold_s=r["driver_cold_s"], restore_over_driver_cold=r["restore_s"] / r["driver_cold_s"])
         for r in result["runs"]
     ]
-    import torch
-
     results = ResultsFile.of_this_run(
+        result["runs"][-1],  # a fresh cold child's (the first run may be the caller's)
         what="load",
         workload=f"{workload}-cost-fit" + (f"-{attention}-attention" if attention else ""),
         workload_desc=f"{workload} SAVEd {len(DESIGN)} ways (attention eager every k layers, all or every 4th batch size), "
         "each restored cold and built + instantiated cold by the driver alone, in fresh processes; least squares of time "
         "against graph and node counts",
-        device=torch.cuda.get_device_name() if torch.cuda.is_available() else None, gpus=1, cuda=torch.version.cuda,
-        torch=torch.__version__, cases=cases, cost_fit=result, bench_s=time.perf_counter() - started,
+        gpus=1, cases=cases, cost_fit=result, bench_s=time.perf_counter() - started,
     )
     if output_dir is not None:
         results.write(output_dir)

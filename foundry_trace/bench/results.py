@@ -10,12 +10,14 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 ENV_COMMIT = "FOUNDRY_COMMIT"
+MEASURED_FIELDS = ("device", "torch", "cuda", "cupti")  # read where the work ran: device_fields()
 
 
 class Case(BaseModel):
@@ -49,43 +51,78 @@ class ResultsFile(BaseModel):
     driver: str | None
     cuda: str | None
     torch: str
+    cupti: str | None = None  # cupti-python's version (recorded since issue 33)
     commit: str | None
     date: str
     command: str
     cases: list[Case]
 
     @classmethod
-    def of_this_run(cls, **fields: object) -> ResultsFile:
-        """A results file with the run's own facts filled in: the kernel driver, the project's
-        commit, today's date and the command line."""
+    def of_this_run(cls, measured: Mapping[str, object], **fields: object) -> ResultsFile:
+        """A results file with the environment of the run filled in, the same way for every
+        bench: device, torch and CUDA from `measured` (a child's result holding device_fields()),
+        and the kernel driver, the project's commit, today's date and the command line from here."""
         from foundry_trace.fingerprint import driver_version
 
-        return cls(driver=driver_version(), commit=project_commit(), date=today(), command=command_line(), **fields)
+        environment = {name: measured[name] for name in MEASURED_FIELDS}
+        return cls(driver=driver_version(), commit=project_commit(), date=today(), command=command_line(), **environment, **fields)
 
     def file_name(self) -> str:
-        """<what>-<workload>-<device>-<yyyymmdd>.json, e.g. load-llama8b-67-h100-20261124.json."""
+        """<what>-<workload>-<backend>-<yyyymmdd>.json, e.g. load-llama8b-67-h100-20261124.json;
+        the backend is the GPU's family, `gpu` for another GPU, `host` for a run without one."""
         device = (self.device or "unknown").lower()
-        short = next((tag for tag in ("h200", "h100", "a100", "l40s", "b200") if tag in device), "gpu")
+        short = "host" if self.gpus == 0 else next((tag for tag in ("h200", "h100", "a100", "l40s", "b200") if tag in device), "gpu")
         return f"{self.what}-{self.workload}-{short}-{self.date.replace('-', '')}.json"
 
     def write(self, directory: str | Path) -> Path:
+        """Writes the file into `directory` and prints its path (stderr): a run says where its results went."""
         path = Path(directory) / self.file_name()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.model_dump_json(indent=2) + "\n")
+        print(f"foundry bench: results in {path.resolve()}", file=sys.stderr, flush=True)
         return path
 
 
+def device_fields() -> dict[str, str | None]:
+    """The environment fields a results file takes from the process that measured (call it
+    there, in the child): the GPU's name (the host's, without a GPU), torch's version, its CUDA's,
+    and cupti-python's (SAVE's tracer; None where it is not installed)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"host ({platform.processor() or platform.machine()})"
+    try:
+        cupti = version("cupti-python")
+    except PackageNotFoundError:
+        cupti = None
+    return {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda, "cupti": cupti}
+
+
 def project_commit() -> str | None:
-    """The project's commit: FOUNDRY_COMMIT where the tree was copied without .git, else git."""
-    if os.environ.get(ENV_COMMIT):
-        return os.environ[ENV_COMMIT]
+    """The project's commit: git's HEAD when run in a checkout of the project (the current
+    directory's, else the package's own), FOUNDRY_COMMIT where the tree was copied without .git,
+    else None."""
+    for place in (Path.cwd(), Path(__file__).parent):
+        commit = _checkout_commit(place)
+        if commit is not None:
+            return commit
+    return os.environ.get(ENV_COMMIT) or None
+
+
+def _checkout_commit(place: Path) -> str | None:
+    """HEAD of the git checkout holding `place`, if that checkout is this project's."""
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
+            ["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True, cwd=place, timeout=10
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    lines = result.stdout.split()
+    if result.returncode != 0 or len(lines) != 2 or not (Path(lines[0]) / "foundry_trace" / "__init__.py").is_file():
+        return None
+    return lines[1]
 
 
 def table_text(table: object, width: int) -> str:

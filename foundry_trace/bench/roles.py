@@ -27,6 +27,7 @@ from foundry_trace.bench.children import (
     phase,
     run_child,
 )
+from foundry_trace.bench.results import device_fields
 
 if TYPE_CHECKING:
     from foundry_trace.bench.workloads.registry import Engine
@@ -62,11 +63,10 @@ def save(workload: str, archive: str, options: dict[str, object], references: bo
         recording.metadata.update(workload_metadata(workload, options))
     save_s = time.perf_counter() - start - referenced_s
     note(f"captured and saved {len(captured)} graphs in {save_s:.1f} s (and their reference outputs in {referenced_s:.1f} s)")
-    import torch
 
     return {
         "archive_bytes": Path(archive).stat().st_size, "save_s": save_s, "graphs": len(captured), "description": model.describe(),
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        **device_fields(),
     }
 
 
@@ -117,7 +117,6 @@ def cold_load(
 
 
 def verify(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
-    import torch
 
     from foundry_trace.bench.verify import compare, saved_references
 
@@ -130,8 +129,7 @@ def verify(workload: str, archive: str, threads: int, options: dict[str, object]
     release = restored.release()
     result.update(
         restore_s=restore_s, compiled_graphs_at_restore=compiled, description=model.describe(), phases=restored.phases,
-        busy=restored.busy_seconds(), released=str(release), has_references=saved is not None,
-        device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
+        busy=restored.busy_seconds(), released=str(release), has_references=saved is not None, **device_fields(),
     )
     return result
 

@@ -45,13 +45,11 @@ def run(workload: str, output_dir: Path | None, archive: Path | None = None) -> 
         truncated_graphs=truncated,
     )
     results = ResultsFile.of_this_run(
+        saved,
         what="save",
         workload=f"{workload}-{saved['graphs']}",
         workload_desc=f"{saved['description']}; SAVE of every graph (warm-up + capture inside foundry_trace.record)",
-        device=saved["device"],
         gpus=1,
-        cuda=saved["cuda"],
-        torch=saved["torch"],
         cases=[case],
     )
     if output_dir is not None:

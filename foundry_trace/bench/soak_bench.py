@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from foundry_trace.bench.children import child_main, note, phase, run_child
+from foundry_trace.bench.results import device_fields
 from foundry_trace.bench.roles import run_role
 
 MODULE = "foundry_trace.bench.soak_bench"
@@ -41,7 +42,7 @@ def _state() -> dict[str, object]:
     import torch
 
     import foundry_alloc as fa
-    from foundry_trace.restore.resources import live_handles
+    from foundry_trace.restore._resources import live_handles
 
     gc.collect()
     torch.cuda.synchronize()
@@ -166,7 +167,7 @@ def child(workload: str, archive: str, iterations: int) -> dict[str, object]:
     return {
         "iterations": iterations, "warm_up": warm_up, "kinds": results, "before": before, "after": after,
         "unchanged": _unchanged(before, after), "good_load_equal_saved": not mismatched, "good_load_graphs": graphs,
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        **device_fields(),
     }
 
 
@@ -185,9 +186,10 @@ def run(workload: str, output_dir: Path | None, iterations: int = ITERATIONS) ->
         good_load_equal_saved=soaked["good_load_equal_saved"], host_memory_slack_bytes=HOST_MEMORY_SLACK,
     )
     results = ResultsFile.of_this_run(
+        soaked,
         what="soak", workload=f"{workload}-{iterations}x{len(soaked['kinds'])}",
         workload_desc=f"{saved['description']}; {iterations} failed loads of each of {len(soaked['kinds'])} kinds in one process, then one good load",
-        device=soaked["device"], gpus=1, cuda=soaked["cuda"], torch=soaked["torch"], cases=[case],
+        gpus=1, cases=[case],
     )
     if output_dir is not None:
         results.write(output_dir)

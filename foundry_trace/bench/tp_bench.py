@@ -37,6 +37,7 @@ from foundry_trace.bench.children import (
     run_child,
     run_ranks,
 )
+from foundry_trace.bench.results import device_fields
 from foundry_trace.parallel.collectives import archive_path
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def child_driver(workload: str, directory: str, kind: str, options: dict[str, ob
     foundry_alloc.install()
     import torch
 
-    from foundry_trace.bench.load_bench import driver_alone
+    from foundry_trace.bench.driver_alone import driver_alone
     from foundry_trace.bench.workloads.registry import build_engine
     from foundry_trace.parallel.collectives import tensor_parallel_archive
     from foundry_trace.restore import DEFAULT_THREADS
@@ -199,8 +200,7 @@ def child_load(workload: str, directory: str, kind: str, options: dict[str, obje
         gc.collect()
         torch.cuda.synchronize()
         result.update(rank=communicator.rank, restore_s=restore_s, phases=restored.phases, busy=restored.busy_seconds(),
-                      archive_digest=restored.archive.digest, device=torch.cuda.get_device_name(), torch=torch.__version__,
-                      cuda=torch.version.cuda)
+                      archive_digest=restored.archive.digest, **device_fields())
     return result
 
 
@@ -360,13 +360,13 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
         ))
     sharing = "" if kind == "nccl" else "; peer: rank r on GPU r mod GPUs, several ranks per GPU where there are fewer GPUs than ranks"
     results = ResultsFile.of_this_run(
+        first or device_fields(),
         what="tp",
         workload=f"{workload}-tp{'-'.join(str(d) for d in degrees)}-{kind}" + (f"-{options['layers']}-layers" if options.get("layers") else "")
         + (f"-{options['attention']}-attention" if options.get("attention") else ""),
         workload_desc=f"{saved[degrees[-1]]['description']}; one rank's step SAVEd per degree on one GPU with no peer; "
         f"each rank restores the same archive with its live {kind} communicator vs native warm-up + capture per rank, cold{sharing}",
-        device=first["device"] if first else torch.cuda.get_device_name(), gpus=gpus,
-        cuda=torch.version.cuda, torch=torch.__version__,
+        gpus=gpus,
         cases=cases, collectives_disagree=disagreeing_graphs(inspected),
     )
     if output_dir is not None:

@@ -19,6 +19,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,8 @@ SHARED_GPU = Effort(reference_replays=2, latency_rounds=1, latency_batches=7)
 
 
 def output_digest(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+    """SHA-256 of the tensor's bytes, hashed from the host copy itself (no second copy)."""
+    return hashlib.sha256(tensor.detach().contiguous().view(torch.uint8).cpu().numpy()).hexdigest()
 
 
 def output_on_fixed_inputs(engine: Engine, batch: int, replay: Callable[[], None], output: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -108,18 +110,20 @@ def reference_outputs(engine: Engine, steps: dict[int, CapturedStep], replays: i
     """Per batch: the digest of the captured graph's output on fixed inputs, and whether
     `replays` more replays all give the same bits (a graph that does not is nondeterministic: it
     cannot be compared bit for bit, by Foundry or by anyone). The replays are compared on the
-    device; only the first output is hashed (hashing a 512 x 128k logits tensor on the host
-    six times per graph took minutes for 67 graphs)."""
-    references = {}
-    for batch, step in steps.items():
-        def again(s=step) -> torch.Tensor:  # noqa: ANN001
-            return output_on_fixed_inputs(engine, batch, s.replay, lambda: s.output)
+    device; only the first output is read back and hashed (hashing a 512 x 128k logits tensor on
+    the host six times per graph took minutes for 67 graphs), on a thread of its own while the
+    next batches replay (hashlib and the copy release the GIL)."""
+    deterministic, digests = {}, {}
+    with ThreadPoolExecutor(1, thread_name_prefix="foundry-digests") as hashing:
+        for batch, step in steps.items():
+            def again(s=step) -> torch.Tensor:  # noqa: ANN001
+                return output_on_fixed_inputs(engine, batch, s.replay, lambda: s.output)
 
-        first = again()
-        agreeing = [_same_bits(first, again()) for _ in range(replays)]  # always all of them: see the module's docstring
-        deterministic = all(agreeing)
-        references[str(batch)] = {"digest": output_digest(first), "deterministic": deterministic}
-    return references
+            first = again()
+            digests[str(batch)] = hashing.submit(output_digest, first)  # in stream order: after this replay
+            agreeing = [_same_bits(first, again()) for _ in range(replays)]  # always all of them: see the module's docstring
+            deterministic[str(batch)] = all(agreeing)
+        return {key: {"digest": digests[key].result(), "deterministic": deterministic[key]} for key in digests}
 
 
 def record_references(recording: Recording, engine: Engine, steps: dict[int, CapturedStep]) -> None:
@@ -298,12 +302,16 @@ def verify_archive(archive: Path | None, workload: str | None, threads: int, **o
     import tempfile
 
     from foundry_trace.archive.format import Archive
+    from foundry_trace.bench.hardware import require_gpu
     from foundry_trace.bench.roles import run_role
+    from foundry_trace.bench.workloads.registry import workload as known_workload
     from foundry_trace.bench.workloads.registry import workload_of
 
     given = {k: v for k, v in options.items() if v is not None}
     if archive is None:
         name = workload or "small"
+        known_workload(name)
+        require_gpu("`foundry verify`")
         with tempfile.TemporaryDirectory(prefix="foundry-verify-") as scratch:
             path = Path(scratch) / f"{name}.foundry"
             run_role("save", name, path, **given)
@@ -316,5 +324,7 @@ def verify_archive(archive: Path | None, workload: str | None, threads: int, **o
             "must rebuild that engine's state: pass --workload NAME"
         )
     name = workload or named[0]
+    known_workload(name)
     saved_options = named[1] if named is not None and named[0] == name else {}
+    require_gpu("`foundry verify`")
     return run_role("verify", name, archive, threads=threads, **{**saved_options, **given}), name

@@ -58,10 +58,6 @@ def module_symbols(binary: bytes | memoryview) -> ModuleSymbols:
     raise CubinFormatError("not a cubin (ELF) or fatbin")
 
 
-def entry_names(binary: bytes | memoryview) -> frozenset[str]:
-    return module_symbols(binary).entries
-
-
 def elf_sections(view: bytes | memoryview) -> tuple[tuple, list[tuple]]:
     """The ELF header's fields and the raw section headers of a 64-bit little-endian ELF, the
     section table bounds-checked (what each section points at is the caller's to check)."""
@@ -135,10 +131,6 @@ def c_bytes(strings: bytes, offset: int) -> bytes:
     if end < 0:
         raise CubinFormatError("unterminated symbol name")
     return strings[offset:end]
-
-
-def _c_string(strings: bytes, offset: int) -> str:
-    return c_bytes(strings, offset).decode("utf-8", errors="replace")
 
 
 class Names:

@@ -183,9 +183,11 @@ FOUNDRY_EXPORT void fr_graph_destroy(uint64_t graph) {
   if (d != nullptr && graph != 0) d->cuGraphDestroy(reinterpret_cast<CUgraph>(graph));
 }
 
-// The SHA-256 of `size` bytes (the native readers' check), for the tests against hashlib.
-FOUNDRY_EXPORT void fr_sha256(const void* data, uint64_t size, uint8_t* digest) {
-  const foundry::Sha256Digest d = foundry::sha256(static_cast<const uint8_t*>(data), size);
+// The SHA-256 of `size` bytes (the native readers' check; `portable`: the fallback used where
+// libcrypto does not load), for the tests against hashlib.
+FOUNDRY_EXPORT void fr_sha256(const void* data, uint64_t size, uint8_t* digest, int portable) {
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  const foundry::Sha256Digest d = portable != 0 ? foundry::sha256_portable(bytes, size) : foundry::sha256(bytes, size);
   std::memcpy(digest, d.data(), d.size());
 }
 

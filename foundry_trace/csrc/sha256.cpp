@@ -1,6 +1,9 @@
 #include "sha256.hpp"
 
+#include <dlfcn.h>
+
 #include <cstring>
+#include <mutex>
 
 namespace foundry {
 namespace {
@@ -39,9 +42,34 @@ void compress(uint32_t state[8], const uint8_t block[64]) {
   state[4] += e, state[5] += f, state[6] += g, state[7] += h;
 }
 
+// OpenSSL's one-shot SHA256 (libcrypto 3 and 1.1 export it), or nullptr where none loads.
+using OneShot = unsigned char* (*)(const unsigned char* data, size_t size, unsigned char* digest);
+
+OneShot openssl_sha256() {
+  static OneShot function = nullptr;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    for (const char* name : {"libcrypto.so.3", "libcrypto.so.1.1"}) {
+      void* lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (lib == nullptr) continue;
+      function = reinterpret_cast<OneShot>(dlsym(lib, "SHA256"));
+      if (function != nullptr) return;
+    }
+  });
+  return function;
+}
+
 }  // namespace
 
 Sha256Digest sha256(const uint8_t* data, size_t size) {
+  const OneShot openssl = openssl_sha256();
+  if (openssl == nullptr) return sha256_portable(data, size);
+  Sha256Digest digest;
+  openssl(data, size, digest.data());
+  return digest;
+}
+
+Sha256Digest sha256_portable(const uint8_t* data, size_t size) {
   uint32_t state[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                        0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
   size_t whole = size - size % 64;

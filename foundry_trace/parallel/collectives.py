@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Protocol, get_args
 
 from cuda.bindings import driver
 
+from foundry_trace._driver import call, current_context
 from foundry_trace.archive.records import CollectiveDtype, CollectiveSpec, PeerWindowRecord
-from foundry_trace.driver import call, current_context
 from foundry_trace.errors import TensorParallelError
 
 if TYPE_CHECKING:

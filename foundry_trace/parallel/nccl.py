@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from cuda.bindings import driver
 
+from foundry_trace._driver import call, try_call
 from foundry_trace.archive.records import CollectiveSpec
-from foundry_trace.driver import call, try_call
 from foundry_trace.errors import NcclError, StallError
 from foundry_trace.parallel.time_limit import call_with_time_limit
 

@@ -35,8 +35,8 @@ from cuda.bindings import driver
 import foundry_alloc
 from foundry_alloc.config import environment_settings
 from foundry_alloc.profiling import annotate
+from foundry_trace._driver import call, current_context
 from foundry_trace.archive.records import CollectiveSpec, PeerWindowRecord
-from foundry_trace.driver import call, current_context
 from foundry_trace.errors import PeerError, StallError, TensorParallelError
 from foundry_trace.parallel.peer_kernels import Kernels, plan
 from foundry_trace.parallel.rendezvous import RankInfo, Rendezvous, close_fds

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from cuda.bindings import driver
 
+from foundry_trace._driver import call
 from foundry_trace.archive.records import ELEMENT_BYTES
-from foundry_trace.driver import call
 from foundry_trace.errors import PeerError
 from foundry_trace.parallel.window import PACK_BYTES
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from cuda.bindings import driver
 
-from foundry_trace.driver import call
+from foundry_trace._driver import call
 from foundry_trace.errors import PeerError
 
 MAX_RANKS = 8  # the kernels' flag arrays hold 8 ranks: tensor parallelism within one node

@@ -1,22 +1,12 @@
-"""LOAD: rebuild saved graphs in a fresh process (load(), prefetch()), and what they hand back."""
+"""LOAD: rebuild saved graphs in a fresh process (load(), prefetch()), and what they hand back.
 
-from foundry_trace.archive.keys import key_order, serving_order
+The public names are those of __all__; the modules whose names start with an underscore (the
+pipeline, its chunks, the resources a load holds, module loading, output views, the probes'
+seam) are internal and may change in any release."""
+
+from foundry_trace.restore._pipeline import Span
+from foundry_trace.restore._resources import ReleaseSummary
 from foundry_trace.restore.load import DEFAULT_THREADS, load, prefetch
-from foundry_trace.restore.pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, PipelineHooks, Span
-from foundry_trace.restore.resources import ReleaseSummary
 from foundry_trace.restore.restored import Restored, RestoredGraph
 
-__all__ = [
-    "DEFAULT_BUILDERS",
-    "DEFAULT_CHUNK_NODES",
-    "DEFAULT_THREADS",
-    "PipelineHooks",
-    "ReleaseSummary",
-    "Restored",
-    "RestoredGraph",
-    "Span",
-    "key_order",
-    "load",
-    "prefetch",
-    "serving_order",
-]
+__all__ = ["DEFAULT_THREADS", "ReleaseSummary", "Restored", "RestoredGraph", "Span", "load", "prefetch"]

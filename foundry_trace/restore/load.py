@@ -27,9 +27,7 @@ import gc
 import os
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -37,20 +35,19 @@ from cuda.bindings import driver
 
 import foundry_alloc
 from foundry_alloc.profiling import annotate
+from foundry_trace._driver import call, current_context
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import group_of, serving_order
 from foundry_trace.archive.manifest import GraphEntry
-from foundry_trace.archive.node_table import node_kinds
 from foundry_trace.archive.records import MemorySegment
 from foundry_trace.archive.signing import TrustPolicy
-from foundry_trace.driver import call, current_context
 from foundry_trace.errors import LayoutMismatchError, RestoreError, RestoreTimeoutError, TensorParallelError
 from foundry_trace.fingerprint import check_fingerprint, current_fingerprint
 from foundry_trace.parallel.collectives import Communicator, check_communicator
 from foundry_trace.parallel.peer import PeerCommunicator
-from foundry_trace.restore.outputs import coalesce, output_view
-from foundry_trace.restore.pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, Pipeline, PipelineHooks, builds_early
-from foundry_trace.restore.resources import LoadResources
+from foundry_trace.restore._outputs import coalesce, output_view
+from foundry_trace.restore._pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, Pipeline, Step, builds_early
+from foundry_trace.restore._resources import LoadResources
 from foundry_trace.restore.restored import Restored, RestoredGraph
 
 Mode = Literal["eager", "background", "lazy"]
@@ -59,8 +56,7 @@ DEFAULT_THREADS = min(8, os.cpu_count() or 1)
 
 def prefetch(
     path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int = DEFAULT_BUILDERS, chunk_nodes: int = DEFAULT_CHUNK_NODES,
-    native_chunks: bool = True, hooks: PipelineHooks | None = None, digest: str | None = None,
-    trusted_keys: Iterable[str | Path] | None = None,
+    digest: str | None = None, trusted_keys: Iterable[str | Path] | None = None,
 ) -> Restored:
     """Starts the part of LOAD that needs no engine state, early: at process start, or while the
     engine loads its weights. Needs the Foundry allocator installed; no CUDA context yet (it
@@ -73,7 +69,7 @@ def prefetch(
 
     Args:
         path: the archive.
-        threads, builders, chunk_nodes, native_chunks, hooks, digest, trusted_keys: as for load().
+        threads, builders, chunk_nodes, digest, trusted_keys: as for load().
 
     Returns:
         A Restored with no graphs yet: pass it to load() at the restore point, which checks the
@@ -84,7 +80,7 @@ def prefetch(
         >>> engine = build_engine()                            # meanwhile, modules load
         >>> restored = foundry_trace.load(early)               # at the restore point
     """
-    schedule = _Schedule(threads, builders, chunk_nodes, native_chunks, hooks)
+    schedule = _Schedule(threads, builders, chunk_nodes)
     with collection_deferred():
         restored = _open(Path(path), schedule, None, TrustPolicy.from_environment().with_arguments(digest, trusted_keys))
         try:
@@ -104,11 +100,9 @@ def load(
     threads: int = DEFAULT_THREADS,
     builders: int = DEFAULT_BUILDERS,
     chunk_nodes: int = DEFAULT_CHUNK_NODES,
-    native_chunks: bool = True,
     upload: bool = False,
     communicator: Communicator | None = None,
     timeout: float | None = None,
-    hooks: PipelineHooks | None = None,
     digest: str | None = None,
     trusted_keys: Iterable[str | Path] | None = None,
 ) -> Restored:
@@ -126,10 +120,8 @@ def load(
         builders: graphs built at the same time (DEFAULT_BUILDERS: more slow the driver down).
         chunk_nodes: graphs are built, then instantiated, in chunks of at most this many nodes
             (built graphs wait in host memory, about 3 kB a node); 0: each graph built and
-            instantiated in one task.
-        native_chunks: restore each chunk in one call into the native runner, on `threads`
-            threads of its own, with no Python and no GIL between its graphs; False: Python
-            workers, one task a graph (slower with many small graphs; needed for `hooks`).
+            instantiated in one task. Each chunk is one call into the native runner, on
+            `threads` threads of its own, with no Python and no GIL between its graphs.
         upload: also copy each executable to the device before it counts as ready (otherwise
             its first launch does, as for a graph that torch captured).
         communicator: this rank's, for an archive of a tensor-parallel step; its rank count
@@ -138,8 +130,6 @@ def load(
             same archive before any memory is claimed, and (eager) that every rank finished.
         timeout: seconds an eager load may take at most (None: no limit). Past it, everything
             the load made is released and RestoreTimeoutError names the graph it waited for.
-        hooks: for probes that study the pipeline's timing (PipelineHooks, with
-            native_chunks=False); None in serving.
         digest: "sha256:<hex>": restore only the archive with this digest (default:
             FOUNDRY_ARCHIVE_DIGEST where set). `foundry inspect` and SAVE print it.
         trusted_keys: public key files (or folders of *.pub): restore only archives signed by
@@ -171,7 +161,7 @@ def load(
             restored = archive  # its trust was checked by prefetch()
         else:
             policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
-            restored = _open(Path(archive), _Schedule(threads, builders, chunk_nodes, native_chunks, hooks), communicator, policy)
+            restored = _open(Path(archive), _Schedule(threads, builders, chunk_nodes), communicator, policy)
         restored.begin_load(communicator)
         _restore(restored, isinstance(archive, Restored), mode, upload, communicator, deadline, timeout)
     return restored
@@ -262,8 +252,6 @@ class _Schedule(NamedTuple):
     threads: int
     builders: int
     chunk_nodes: int
-    native_chunks: bool
-    hooks: PipelineHooks | None
 
 
 def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, policy: TrustPolicy) -> Restored:
@@ -290,7 +278,7 @@ def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, po
             resources.add_event(int(call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING)))
         pipeline = Pipeline(
             archive, resources, threads=schedule.threads, builders=schedule.builders, chunk_nodes=schedule.chunk_nodes,
-            context=context, started=started, hooks=schedule.hooks, native_chunks=schedule.native_chunks,
+            context=context, started=started,
         )
     except BaseException:
         resources.release()
@@ -312,14 +300,12 @@ def _start_first_graph(restored: Restored) -> None:
         return
     ordered = serving_order(manifest.graphs)
     first = [entry for entry in ordered if group_of(entry.key) == group_of(ordered[0].key)]
-    tables = {entry.key: restored.archive.blob(entry.table) for entry in first}
-    kinds = {entry.key: node_kinds(tables[entry.key]) for entry in first}
     for entry in first:
         restored.pipeline.load_modules_for(entry)
-    if not all(builds_early(kinds[e.key], e.copy_arenas, graph_memory_mapped=False) for e in first):
-        if not all(builds_early(kinds[e.key], e.copy_arenas, graph_memory_mapped=True) for e in first) or not _claim_graph_memory(restored):
+    if not all(builds_early(e, graph_memory_mapped=False) for e in first):
+        if not all(builds_early(e, graph_memory_mapped=True) for e in first) or not _claim_graph_memory(restored):
             return
-    restored.pipeline.queue(first, tables)
+    restored.pipeline.queue(first)
 
 
 def _claim_graph_memory(restored: Restored) -> bool:
@@ -375,10 +361,10 @@ def _claim(restored: Restored, upload: bool) -> None:
         for entry in serving_order(manifest.graphs):  # wait() restores a lazy load's rest in this order
             groups.setdefault(group_of(entry.key), []).append(entry)
         for step in groups.values():
-            request = _StepRequest(pipeline, step)
+            request = Step(pipeline, step)
             for entry in step:
                 outputs = {o.name: output_view(o, owned) for o in entry.outputs}
-                restored.graphs[entry.key] = RestoredGraph(entry.key, outputs, partial(request, entry), restored.release, device=restored.device)
+                restored.graphs[entry.key] = RestoredGraph(entry, outputs, request, restored.release, device=restored.device)
 
 
 def _bind_collectives(restored: Restored, communicator: Communicator) -> None:
@@ -405,23 +391,3 @@ def _agree_on_archive(communicator: PeerCommunicator, digest: str, path: str) ->
             f"rank {communicator.rank} of {communicator.world_size} loads {path} (sha256:{digest[:16]}), but {shown}: "
             "every rank must restore the same archive"
         )
-
-
-class _StepRequest:
-    """The first use of any graph of a step (every piece of one batch size's step) queues the
-    whole step, in order, once; each graph then waits for its own. A lazy load thus restores
-    whole steps, and an eager wait over N pieces costs N calls into the pipeline, not N squared
-    (measured: 72,963 queue calls for vLLM's 2,211 piecewise graphs before this)."""
-
-    def __init__(self, pipeline: Pipeline, step: list[GraphEntry]) -> None:
-        self.pipeline = pipeline
-        self.step = step
-        self.queued = False  # a race only queues twice: Pipeline.graph() is idempotent
-
-    def __call__(self, entry: GraphEntry) -> Future:
-        if not self.queued:
-            self.queued = True
-            self.pipeline.queue(self.step)
-            for other in self.step:
-                self.pipeline.graph(other)  # its upload, where asked
-        return self.pipeline.graph(entry)

@@ -6,16 +6,16 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 
 from cuda.bindings import driver
 
+from foundry_trace._driver import SUCCESS, raise_failure
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import group_of
-from foundry_trace.driver import SUCCESS, raise_failure
+from foundry_trace.archive.manifest import GraphEntry
 from foundry_trace.errors import FoundryTraceError, GraphReleasedError, RestoreError, RestoreTimeoutError
-from foundry_trace.restore.pipeline import Pipeline, Span
-from foundry_trace.restore.resources import LoadResources, ReleaseSummary
+from foundry_trace.restore._pipeline import Pipeline, Span, Step
+from foundry_trace.restore._resources import LoadResources, ReleaseSummary
 
 
 class RestoredGraph:
@@ -27,22 +27,19 @@ class RestoredGraph:
     released (the message says what was released): the process is as it was before LOAD."""
 
     def __init__(
-        self, key: str, outputs: dict[str, object], request: Callable[[], Future], fail: Callable[..., ReleaseSummary], *, device: int
+        self, entry: GraphEntry, outputs: dict[str, object], step: Step | None, fail: Callable[..., ReleaseSummary], *, device: int
     ) -> None:
-        self.key = key
+        self.key = entry.key
         self.outputs = outputs
         self.device = device
-        self._request = request
+        self._entry = entry
+        self._step = step  # whose first request queues the whole step; None once released
         self._fail = fail
         self._executable: driver.CUgraphExec | None = None  # made once: replay() is the hot path
 
     def _released(self) -> None:
         self._executable = None
-
-        def refuse() -> Future:
-            raise GraphReleasedError(f"graph {self.key!r} was released: load the archive again (or capture it natively)")
-
-        self._request = refuse
+        self._step = None
 
     def ready(self) -> bool:
         """True once the executable exists (always, after an eager load)."""
@@ -53,7 +50,10 @@ class RestoredGraph:
         `timeout`: seconds to wait at most (RestoreTimeoutError, the load released, after it)."""
         if self._executable is not None:
             return
-        future = self._request()
+        step = self._step
+        if step is None:
+            raise GraphReleasedError(f"graph {self.key!r} was released: load the archive again (or capture it natively)")
+        future = step.request(self._entry)
         try:
             handle = future.result(timeout=timeout)
         except TimeoutError:

@@ -12,7 +12,16 @@ import ctypes
 
 from cuda.bindings import driver
 
-from foundry_trace.archive.node_table import LAUNCH_ATTRIBUTES, MAX_GRAPH_DEPTH
+from foundry_trace._driver import (
+    CU_LAUNCH_PARAM_BUFFER_POINTER,
+    CU_LAUNCH_PARAM_BUFFER_SIZE,
+    CU_LAUNCH_PARAM_END,
+    call,
+    host_bytes,
+    host_pointers,
+    try_call,
+)
+from foundry_trace.archive._node_table import LAUNCH_ATTRIBUTES, MAX_GRAPH_DEPTH
 from foundry_trace.archive.records import (
     LAUNCH_ATTRIBUTE_BYTES,
     ChildGraphNode,
@@ -28,15 +37,6 @@ from foundry_trace.archive.records import (
     MemsetNode,
     Node,
     PeerWindowRecord,
-)
-from foundry_trace.driver import (
-    CU_LAUNCH_PARAM_BUFFER_POINTER,
-    CU_LAUNCH_PARAM_BUFFER_SIZE,
-    CU_LAUNCH_PARAM_END,
-    call,
-    host_bytes,
-    host_pointers,
-    try_call,
 )
 from foundry_trace.errors import TensorParallelError, UnsupportedNodeError
 from foundry_trace.parallel.collectives import marker_collective

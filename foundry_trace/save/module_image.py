@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from cuda.bindings import driver
 
 from foundry_alloc.profiling import annotate
+from foundry_trace._driver import call, device_bytes, try_call
 from foundry_trace.binary.compact import compact_cubin
 from foundry_trace.binary.cubin import ELF_MAGIC, module_symbols
 from foundry_trace.binary.trim import dropped_sections, trim_cubin
 from foundry_trace.binary.variables import load_dependent_words, without_words
-from foundry_trace.driver import call, device_bytes, try_call
 from foundry_trace.errors import CompactionDeclined, CubinFormatError, MissingBinaryError
 
 MAX_VARIABLE_BYTES = 64 << 20  # module globals larger than this are refused rather than carried

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 from cuda.bindings import driver
 
+from foundry_trace._driver import call, try_call
 from foundry_trace.archive.records import SETTABLE_FUNCTION_ATTRIBUTES, FunctionRecord, ModuleRecord
 from foundry_trace.binary.cubin import CubinFormatError, ModuleSymbols, loadable_images, module_symbols
-from foundry_trace.driver import call, try_call
 from foundry_trace.errors import MissingBinaryError
 from foundry_trace.save.module_image import stored_module
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import foundry_alloc
 from foundry_alloc.profiling import annotate
+from foundry_trace._driver import device_bytes
+from foundry_trace.archive._node_table import early_build, encode, node_kinds
 from foundry_trace.archive.format import ArchiveWriter
 from foundry_trace.archive.manifest import GraphEntry, Manifest, OutputReference, OutputTensor
-from foundry_trace.archive.node_table import encode
 from foundry_trace.archive.records import GraphBody, KernelNode, MemcpyNode, MemorySegment, MemsetNode, walk_nodes
-from foundry_trace.driver import device_bytes
 from foundry_trace.errors import TracerStateError
 from foundry_trace.fingerprint import current_fingerprint
 from foundry_trace.save.graph_walker import GraphWalker
@@ -207,6 +207,7 @@ class Recording:
                     driver_nodes=nodes,
                     driver_edges=edges,
                     copy_arenas=arena_of.copies(body),
+                    early=early_build(node_kinds(encoded.table), arena_of.copies(body), foundry_alloc.GRAPH),
                     references=tuple(self._references.get(key, ())),
                 )
             )

@@ -1,5 +1,5 @@
 """Writes the seed corpus of the native fuzz target (fuzz_restore.cpp) to fuzz/native/corpus/:
-real node tables, encoded by foundry_trace.archive.node_table.encode as SAVE encodes them, and
+real node tables, encoded by foundry_trace.archive._node_table.encode as SAVE encodes them, and
 the tables of tests/data/micro.foundry. Each file is a 4-byte table length, the table, then the
 payload (the input format of fuzz/fuzz_node_table.py too).
     python -m fuzz.native.make_corpus
@@ -12,8 +12,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from foundry_trace.archive._node_table import MAX_GRAPH_DEPTH, encode
 from foundry_trace.archive.format import Archive
-from foundry_trace.archive.node_table import MAX_GRAPH_DEPTH, encode
 from foundry_trace.archive.records import (
     ChildGraphNode,
     CollectiveNode,

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import foundry_alloc as fa
 import foundry_trace as ft
+from foundry_trace.archive.keys import key_order
 from foundry_trace.bench import damage
 from foundry_trace.bench.verify import saved_references
 from foundry_trace.bench.workloads.registry import build_engine
-from foundry_trace.restore import key_order
 
 from .save_program import save_tiny
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from cuda.bindings import driver
 
-from foundry_trace import native
+from foundry_trace import _native as native
+from foundry_trace._driver import call, device_bytes
 from foundry_trace.binary.compact import compact_cubin
 from foundry_trace.binary.cubin import module_symbols
 from foundry_trace.binary.trim import dropped_sections, trim_cubin
-from foundry_trace.driver import call, device_bytes
-from foundry_trace.restore.modules import stored_variable
+from foundry_trace.restore._modules import stored_variable
 from foundry_trace.save import module_image
 from foundry_trace.save.module_image import stored_module
 

@@ -17,17 +17,17 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
                 then the built graphs destroyed, timed (what LOAD's per-graph destroy costs)
   builders-K-N  LOAD on N threads, at most K graphs built at a time (load(builders=K); threads-N
                 keeps DEFAULT_BUILDERS): do builds slow the driver's instantiations down?
-  chunk-C-K-N   LOAD on N Python workers (load(native_chunks=False)), graphs built then
+  chunk-C-K-N   LOAD on N Python workers (probing(native_chunks=False), restore/_probing.py), graphs built then
                 instantiated in chunks of at most C nodes (load(chunk_nodes=C); 0: each graph
                 built and instantiated in one task), at most K graphs built at a time
   native-C-K-N  chunk-C-K-N, each chunk restored by the native runner in one call (load()'s
                 default: no Python, no GIL between its graphs)
   (lock-instantiate-, one-call-, room- and prefault- step into the Python workers through
-  PipelineHooks, so they run with load(native_chunks=False).)
+  PipelineHooks, so they run with probing(native_chunks=False).)
   lock-instantiate-N  LOAD on N threads, one instantiation at a time
   one-call-N    LOAD on N threads, one build or instantiation at a time (the driver serialises
                 them cold anyway: does contending for its locks cost more than waiting for ours?)
-  driver-N      the driver alone (load_bench.driver_alone): modules loaded untimed, every graph
+  driver-N      the driver alone (driver_alone.driver_alone): modules loaded untimed, every graph
                 built, then every graph instantiated, on N threads (the bench's reference, here
                 beside the variants, on the same machine)
   room-N        LOAD on N threads, builds and instantiations never at the same time (each in
@@ -58,6 +58,7 @@ import time
 from collections.abc import Callable
 
 from foundry_trace.bench.probes.variants import engine_of, probe_main
+from foundry_trace.restore._probing import probing
 
 MODULE = "foundry_trace.bench.probes.cold_restore"
 
@@ -162,7 +163,7 @@ def child(archive: str, variant: str) -> dict[str, object]:
     if variant == "maps":
         return {**head, **_maps(archive)}
     if variant.startswith("driver-"):
-        from foundry_trace.bench.load_bench import driver_alone
+        from foundry_trace.bench.driver_alone import driver_alone
 
         return {**head, **driver_alone(archive, int(variant.split("-")[1]))}
     threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-", "lock-", "builders-", "room-", "one-call-", "chunk-", "native-")) else (1 if variant.endswith("serial") else 8)
@@ -183,7 +184,9 @@ def child(archive: str, variant: str) -> dict[str, object]:
     if "hooks" in options:
         options["native_chunks"] = False  # hooks step into the Python workers
     load = _modules_first if variant.startswith("modules-first-") else _load
-    restored, use = _timed(lambda: load(archive, threads, **options))
+    seam = {k: options.pop(k) for k in ("hooks", "native_chunks") if k in options}
+    with probing(**seam):
+        restored, use = _timed(lambda: load(archive, threads, **options))
     result = {**head, **_report(restored, use["wall_s"]), "resources": use}
     if prewarm:
         result["prewarm"] = prewarm
@@ -198,7 +201,7 @@ def child(archive: str, variant: str) -> dict[str, object]:
 def _one_instantiation_at_a_time():  # noqa: ANN202 - PipelineHooks
     import threading
 
-    from foundry_trace import PipelineHooks
+    from foundry_trace.restore._probing import PipelineHooks
 
     lock = threading.Lock()
     return PipelineHooks(around_instantiate=lambda: lock)
@@ -207,7 +210,7 @@ def _one_instantiation_at_a_time():  # noqa: ANN202 - PipelineHooks
 def _one_driver_call_at_a_time():  # noqa: ANN202 - PipelineHooks
     import threading
 
-    from foundry_trace import PipelineHooks
+    from foundry_trace.restore._probing import PipelineHooks
 
     lock = threading.Lock()
     return PipelineHooks(around_build=lambda: lock, around_instantiate=lambda: lock)
@@ -218,7 +221,7 @@ def _builds_apart_from_instantiations():  # noqa: ANN202 - PipelineHooks
     import threading
     from contextlib import contextmanager
 
-    from foundry_trace import PipelineHooks
+    from foundry_trace.restore._probing import PipelineHooks
 
     changed = threading.Condition()
     inside = {"build": 0, "instantiate": 0}
@@ -246,8 +249,8 @@ def _prefault_workers(archive: str, threads: int):  # noqa: ANN202 - (list of se
     list that each worker's seconds of it will be appended to, and the hooks that do it."""
     import ctypes
 
-    from foundry_trace import PipelineHooks
     from foundry_trace.archive.format import Archive
+    from foundry_trace.restore._probing import PipelineHooks
 
     with Archive(archive) as opened:
         nodes = sum(entry.nodes for entry in opened.manifest.graphs)
@@ -296,7 +299,7 @@ def _lazy_first(archive: str) -> dict[str, object]:
     import torch
 
     import foundry_trace
-    from foundry_trace.restore import key_order
+    from foundry_trace.archive.keys import key_order
 
     def first_replay():  # noqa: ANN202 - Restored
         lazy = foundry_trace.load(archive, mode="lazy")
@@ -336,7 +339,7 @@ def _grown(before: dict, after: dict) -> list[dict[str, object]]:  # noqa: ANN00
 
 def _maps(archive: str) -> dict[str, object]:
     import foundry_trace
-    from foundry_trace import native
+    from foundry_trace import _native as native
 
     settings = {}
     for name in ("enabled", "defrag"):
@@ -370,8 +373,8 @@ def _maps(archive: str) -> dict[str, object]:
 
 
 def _reinstantiate(archive: str) -> dict[str, object]:
-    from foundry_trace import native
-    from foundry_trace.bench.load_bench import modules_loaded
+    from foundry_trace import _native as native
+    from foundry_trace.bench.driver_alone import modules_loaded
 
     with modules_loaded(archive) as lazy:
         pipeline = lazy.pipeline

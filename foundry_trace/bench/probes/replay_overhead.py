@@ -60,7 +60,7 @@ def _host_split(launches: list[Callable[[], None]], between: Callable[[int], Non
 def _restored_launches(restored, engine, batch: int, variant: str, stream: int) -> list[Callable[[], None]]:  # noqa: ANN001
     from cuda.bindings import driver
 
-    from foundry_trace import native
+    from foundry_trace import _native as native
 
     graphs = [restored[engine.key(batch, piece)] for piece in range(engine.pieces)]
     if variant == "uploaded":

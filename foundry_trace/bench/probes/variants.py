@@ -11,10 +11,12 @@ import argparse
 import json
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from foundry_trace.bench.children import child_main, run_child
-from foundry_trace.errors import ChildProcessFailed, WorkloadError
+from foundry_trace.bench.hardware import require_gpu
+from foundry_trace.errors import ChildProcessFailed, NoGpuError, WorkloadError
 
 if TYPE_CHECKING:
     from foundry_trace.bench.workloads.registry import Engine
@@ -67,4 +69,10 @@ def probe_main(module: str, child: Callable[[str, str], dict[str, object]], defa
     parser.add_argument("archive", help="the archive (from `foundry bench save --archive`)")
     parser.add_argument("variants", nargs="*", help=f"default: {' '.join(default_variants)}")
     arguments = parser.parse_args()
+    if not Path(arguments.archive).is_file():
+        raise SystemExit(f"{module}: no archive at {arguments.archive}: save one with `foundry bench save --archive PATH`")
+    try:
+        require_gpu(f"python -m {module}")
+    except NoGpuError as error:
+        raise SystemExit(str(error)) from None
     print_variants(module, arguments.archive, arguments.variants or list(default_variants), environments)

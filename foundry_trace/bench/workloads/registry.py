@@ -104,6 +104,12 @@ def splits_steps(name: str) -> bool:
     return workload(name).module == "piecewise"
 
 
+def require_pieces(name: str) -> None:
+    """Raises WorkloadError unless the workload cuts its steps into pieces (what the cost fit varies)."""
+    if not splits_steps(name):
+        raise WorkloadError(f"{name} does not cut its steps into pieces: the fit needs a piecewise workload (piecewise, piecewise-compiled)")
+
+
 def make_engine(name: str, **options: object) -> Engine:
     """The engine's state (weights, caches, static inputs), before its first step.
     Options: attention (ATTENTION_CHOICES), layers, batch_sizes, split_every (each engine takes what applies),

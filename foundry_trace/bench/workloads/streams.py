@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from cuda.bindings import driver
 
+from foundry_trace._driver import call
 from foundry_trace.bench.capture import OneGraphPerStep
-from foundry_trace.driver import call
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 MEMSET_VALUE = 0.5  # what the memset writes into every element of its buffer

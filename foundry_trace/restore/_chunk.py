@@ -4,8 +4,8 @@ A chunk is run by one or more runner tasks on the pipeline's pool. Each runner t
 graph to build until none is left, then the next graph to instantiate (waiting for that graph's
 build, which a running runner has taken), until none is left. Graphs are taken in order, so a
 chunk's builds all start before its instantiations, and a chunk costs as many pool tasks as it
-has runners, not two per graph: queuing 2,211 graphs as 4,422 tasks held LOAD's own thread for
-0.11-0.17 s on the H200, during which no worker ran a driver call.
+has runners, not two per graph (queuing a task per build and per instantiation held LOAD's own
+thread while no worker ran a driver call: docs/measurements.md).
 
 Invariant: an instantiation is taken only once every build is taken, so whoever waits for a
 build waits for a runner that is running; stop() makes every runner leave at its next take.
@@ -14,7 +14,7 @@ build waits for a runner that is running; stop() makes every runner leave at its
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 
 from foundry_trace.archive.manifest import GraphEntry
@@ -24,9 +24,8 @@ class Chunk:
     """Graphs built, then instantiated, by runners that take them in order; `executables` holds
     each graph's future executable (settled by the runner that instantiates it)."""
 
-    def __init__(self, entries: Sequence[GraphEntry], tables: Mapping[str, bytes]) -> None:
+    def __init__(self, entries: Sequence[GraphEntry]) -> None:
         self.entries = list(entries)
-        self.tables = {entry.key: tables[entry.key] for entry in self.entries if entry.key in tables}
         self.executables = [Future() for _ in self.entries]
         self._changed = threading.Condition()
         self._next_build = 0

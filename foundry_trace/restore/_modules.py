@@ -10,12 +10,12 @@ from collections.abc import Collection, Sequence
 
 from cuda.bindings import driver
 
-from foundry_trace import native
+from foundry_trace import _native as native
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.records import FunctionRecord, ModuleRecord
 from foundry_trace.binary.variables import WORD, written_ranges
 from foundry_trace.errors import ArchiveFormatError
-from foundry_trace.restore.resources import LoadResources
+from foundry_trace.restore._resources import LoadResources
 
 
 def load_module(
@@ -39,7 +39,7 @@ def stored_variable(name: str, contents: native.Blob, relocated: Collection[int]
     """A stored variable as LOAD writes it: all but the words at `relocated`, which the load
     fills in. Those must lie within the contents, which the module's variable must match in
     size (checked as it is written)."""
-    size = contents.size if isinstance(contents, native.StoredBlob) else len(contents)
+    size = len(contents) if isinstance(contents, bytes) else contents.size
     if any(at + WORD > size for at in relocated):
         raise ArchiveFormatError(
             f"{what}: variable {name}: the archive stores {size} bytes for it, with load-filled words at {sorted(relocated)} "

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from foundry_trace._native import check_table
+from foundry_trace.archive.manifest import EarlyBuild
 from foundry_trace.archive.records import (
     LAUNCH_ATTRIBUTE_BYTES,
     ChildGraphNode,
@@ -31,7 +33,6 @@ from foundry_trace.archive.records import (
     Node,
 )
 from foundry_trace.errors import ArchiveFormatError
-from foundry_trace.native import check_table
 
 MAGIC = b"FNDGRPH1"
 VERSION = 1
@@ -180,6 +181,18 @@ def node_kinds(table: bytes) -> frozenset[str]:
 # memory is mapped; a collective needs the live communicator, so those wait for the restore point.
 BUILT_BEFORE_RESTORE_POINT = frozenset({"kernel", "event_record", "event_wait", "empty", "graph"})
 COPY_KINDS = frozenset({"memset", "memcpy"})
+
+
+def early_build(kinds: frozenset[str], copy_arenas: tuple[str, ...], graph_arena: str) -> EarlyBuild:
+    """When LOAD may build a graph of these node kinds whose memsets and memcpys name
+    `copy_arenas` (decided at SAVE, stored in its entry): kernels, events and child graphs
+    always; memsets and memcpys that all name the graph arena once prefetch has mapped it;
+    collectives, and copies naming other memory, never before the restore point."""
+    if kinds <= BUILT_BEFORE_RESTORE_POINT:
+        return "always"
+    if set(copy_arenas) <= {graph_arena} and kinds <= BUILT_BEFORE_RESTORE_POINT | COPY_KINDS:
+        return "graph_memory"
+    return "never"
 
 
 def decode(table: bytes, payload: bytes, functions: int, events: int, collectives: int = 0) -> GraphBody:

@@ -15,7 +15,7 @@ from cuda.bindings import driver
 
 import foundry_alloc
 from foundry_alloc.units import format_bytes
-from foundry_trace import native
+from foundry_trace import _native as native
 from foundry_trace.parallel.collectives import Communicator
 
 

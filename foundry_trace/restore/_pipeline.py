@@ -21,10 +21,8 @@ and prefetch mapped it; graphs with collective nodes wait for the restore point.
 Modules are queued before any graph that needs them, largest first: by prefetch(), all of them
 when the archive is opened (the engine's start leaves them time); by load(), each chunk's just
 before it, in serving order, so that the first graphs build while the modules of the later ones
-load (cold on an H100, three fresh processes each: 0.93 s for the 8B-shaped workload's 67
-graphs, against 1.02 s with every module first). They load on one thread of their own, one at
-a time, each in one native call (modules.py): the driver serialises module loads, and on the
-H200 the 193 modules of the piecewise archive took 0.30 s on 8 threads against 0.10 s on one. load() queues the smallest batch's
+load. They load on one thread of their own, one at a time, each in one native call
+(_modules.py): the driver serialises module loads. load() queues the smallest batch's
 graphs and their modules at open, so that they restore while LOAD claims the memory. The pool
 takes tasks in order and the module thread waits for nothing, so the pool cannot deadlock. The
 driver calls release the GIL (cuda.bindings, and ctypes for the native builder), so the threads
@@ -38,48 +36,33 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from cuda.bindings import driver
 
-from foundry_alloc import GRAPH
 from foundry_alloc.profiling import annotate
-from foundry_trace import native
+from foundry_trace import _native as native
+from foundry_trace._driver import call
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import serving_order
 from foundry_trace.archive.manifest import GraphEntry
-from foundry_trace.archive.node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, node_kinds
-from foundry_trace.driver import call
 from foundry_trace.errors import DriverCallError, RestoreError
-from foundry_trace.restore.chunk import Chunk, settle
-from foundry_trace.restore.modules import load_module
-from foundry_trace.restore.resources import LoadResources
+from foundry_trace.restore._chunk import Chunk, settle
+from foundry_trace.restore._modules import load_module
+from foundry_trace.restore._probing import PipelineHooks
+from foundry_trace.restore._probing import current as current_probe
+from foundry_trace.restore._resources import LoadResources
 
-# Graphs LOAD builds at once. The driver serialises much of building and instantiating, and a
-# build on every thread slows each instantiation down: cold on an H100, the 8B-shaped workload's
-# 67 graphs on 8 threads, fresh processes, the median instantiation took 47-63 ms with 8 builds
-# at a time, 18-23 ms with 2 and 9-14 ms with 1; LOAD took 0.79 s on average (9 runs), 0.68 s (6)
-# and 0.71 s (9) (foundry_trace.bench.probes.cold_restore, variants builders-K-8).
-# Within chunks of small graphs (below), 4 builds at a time did better than 2 or 8 on the H200
-# (vLLM-shaped piecewise graphs, 2,211 of 46 nodes, cold, fresh processes, 16,384-node chunks):
-# 1.13-1.16 s with 4 against 1.17-1.32 s with 8 in one call, 1.04-1.41 s with 4 against
-# 1.25-1.38 s with 2 in another (cold_restore, chunk-C-K-N; docs/measurements.md). The cap
-# holds across chunks: the native runner without it (each call its own cap, four calls side by
-# side) took the 67 graphs in 0.883 s against 0.772 s on Python workers under one cap, its median
-# instantiation 65 ms against 43 ms (H200, one run each).
+# Graphs LOAD builds at once, across all its chunks (one gate): a build beside instantiations
+# slows them down, and the driver serialises much of both. Why 4: docs/measurements.md, "The
+# pipeline's defaults".
 DEFAULT_BUILDERS = 4
 
-# Nodes of the graphs built before their instantiations start (one chunk). Small graphs gain
-# from it (the per-graph cost dominates, and builds beside instantiations slow them down); a
-# large graph gains nothing (the 8B-shaped decode step's 67 graphs of 1,525 nodes, on the H200:
-# 0.59-0.80 s each built and instantiated in one task, 0.67-0.96 s in 16,384-node chunks), so a
-# chunk holds a few graphs of that size at most (with these defaults the 67 graphs took 0.926 s,
-# against 0.915 s each in one task with 2 builds at a time: one run each, on a slower host).
-# With the native runner, 4,096-node chunks restored the 2,211 piecewise graphs in 0.93-0.96 s,
-# 16,384-node ones in 1.00-1.04 s (H200, cold, two runs each; the driver alone 0.84-0.93 s).
+# Nodes of the graphs built before their instantiations start (one chunk): small graphs gain from
+# it, a large graph is a chunk of its own. Why 4,096: docs/measurements.md, "The pipeline's defaults".
 DEFAULT_CHUNK_NODES = 4096
 
 
@@ -94,22 +77,6 @@ class Span:
     end: float
 
 
-def _nothing() -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class PipelineHooks:
-    """Where a probe may step into the pipeline's timing without changing it (the defaults do
-    nothing): `worker_started` runs first on each worker thread; `around_build` and
-    `around_instantiate` each give a context manager entered around every build or
-    instantiation (e.g. a lock, to ask whether the driver runs them better one at a time)."""
-
-    worker_started: Callable[[], None] = _nothing
-    around_build: Callable[[], AbstractContextManager] = field(default=nullcontext)
-    around_instantiate: Callable[[], AbstractContextManager] = field(default=nullcontext)
-
-
 class Pipeline:
     """The tasks of one LOAD on a pool of `threads` threads, at most `builders` graphs built at
     a time, graphs queued in chunks of at most `chunk_nodes` nodes; every handle goes to
@@ -117,8 +84,11 @@ class Pipeline:
 
     def __init__(
         self, archive: Archive, resources: LoadResources, *, threads: int, builders: int, chunk_nodes: int, context: int,
-        started: float, hooks: PipelineHooks | None = None, native_chunks: bool = True,
+        started: float, hooks: PipelineHooks | None = None, native_chunks: bool | None = None,
     ) -> None:
+        probe = current_probe()  # the harness's seam (_probing.py); its defaults change nothing
+        hooks = hooks if hooks is not None else probe.hooks
+        native_chunks = probe.native_chunks if native_chunks is None else native_chunks
         if threads < 1 or builders < 1:
             raise ValueError(f"threads={threads}, builders={builders}: a LOAD needs at least one of each")
         if chunk_nodes < 0:
@@ -198,22 +168,10 @@ class Pipeline:
             future.result()
 
     def build_early(self, graph_memory_mapped: bool) -> None:
-        """Queues a task that queues every graph that needs no live state (see the module's
-        docstring); it reads the node tables on a worker, so prefetch() returns at once."""
-        self._pool.submit(self._queue_early_graphs, graph_memory_mapped)
-
-    def _queue_early_graphs(self, graph_memory_mapped: bool) -> None:
-        # Smallest batch first: a server's first requests come one or a few at a time, and a lazy
-        # LOAD's first replay would otherwise wait behind the largest graphs. A blob that fails
-        # its checksum stops the scan only: LOAD queues every graph at the restore point, and
-        # the graph's own task then raises the error.
-        early, tables = [], {}
-        for entry in serving_order(self._manifest.graphs):
-            table = self.archive.blob(entry.table)
-            if builds_early(node_kinds(table), entry.copy_arenas, graph_memory_mapped):
-                early.append(entry)
-                tables[entry.key] = table
-        self.queue(early, tables)
+        """Queues every graph that needs no live state (see the module's docstring), smallest
+        batch first: a server's first requests come one or a few at a time, and a lazy LOAD's
+        first replay would otherwise wait behind the largest graphs."""
+        self.queue([entry for entry in serving_order(self._manifest.graphs) if builds_early(entry, graph_memory_mapped)])
 
     def graph(self, entry: GraphEntry) -> Future:
         """The future of a graph ready to replay: its executable, then uploaded if LOAD asked."""
@@ -233,15 +191,13 @@ class Pipeline:
         with self._lock:
             return self._graphs[entry.key]
 
-    def queue(self, entries: Sequence[GraphEntry], tables: Mapping[str, bytes] | None = None) -> None:
+    def queue(self, entries: Sequence[GraphEntry]) -> None:
         """Queues those of the graphs not queued yet, in this order, in chunks (see the module's
-        docstring), each chunk right after the modules it needs that are not queued yet.
-        `tables`: node tables the caller has read already, by key."""
-        tables = tables or {}
+        docstring), each chunk right after the modules it needs that are not queued yet."""
         with self._lock:
             fresh = list({entry.key: entry for entry in entries if entry.key not in self._graphs}.values())
             for entries_of_chunk in chunks(fresh, self._chunk_nodes):
-                chunk = Chunk(entries_of_chunk, tables)
+                chunk = Chunk(entries_of_chunk)
                 self._queue_modules_locked({m for entry in chunk.entries for m in entry.modules})
                 for entry, future in zip(chunk.entries, chunk.executables, strict=True):
                     self._graphs[entry.key] = future
@@ -289,10 +245,10 @@ class Pipeline:
         start, end = loaded.times
         self._record(Span(f"module {index}", "module", "modules", start - self._started, end - self._started))
 
-    def build(self, entry: GraphEntry, table: bytes | None = None) -> int:
+    def build(self, entry: GraphEntry) -> int:
         """Builds a graph's CUgraph (its modules must be loaded); the caller destroys it."""
         with self._span(f"graph {entry.key}", "build"):
-            table, payload = self._blobs(entry, table)
+            table, payload = self.archive.graph_blobs(entry)
             try:
                 return native.build_graph(table, payload, self._handles, self.context, f"graph {entry.key!r}")
             except DriverCallError as error:
@@ -316,7 +272,7 @@ class Pipeline:
         while (index := chunk.take_build()) is not None:
             entry = chunk.entries[index]
             try:
-                chunk.built(index, self._build(entry, chunk.tables.get(entry.key)))
+                chunk.built(index, self._build(entry))
             except BaseException as error:  # the graph's instantiation raises it
                 chunk.built(index, None, error)
         while (index := chunk.take_instantiation()) is not None:
@@ -337,8 +293,7 @@ class Pipeline:
         for index, entry in enumerate(chunk.entries):
             try:
                 self._wait_for_modules_of(entry)
-                table = chunk.tables.get(entry.key)  # the native call reads the rest
-                blobs.append((table if table is not None else self.archive.locate(entry.table), self.archive.locate(entry.payload)))
+                blobs.append((self.archive.locate(entry.table), self.archive.locate(entry.payload)))  # read by the native call
             except BaseException as error:  # this graph fails; the others are restored
                 settle(chunk.executables[index], error=error)
                 continue
@@ -381,16 +336,10 @@ class Pipeline:
         for module in entry.modules:
             self._modules[module].result()  # queued before the graph; re-raises its failure
 
-    def _blobs(self, entry: GraphEntry, table: bytes | None) -> tuple[bytes, bytes]:
-        """A graph's node table (read here unless the caller has it) and payload."""
-        if table is None:
-            return self.archive.graph_blobs(entry)
-        return table, self.archive.blob(entry.payload)
-
-    def _build(self, entry: GraphEntry, table: bytes | None) -> int:
+    def _build(self, entry: GraphEntry) -> int:
         self._wait_for_modules_of(entry)
         with self._builders, self._hooks.around_build():
-            graph = self.build(entry, table)
+            graph = self.build(entry)
         self._resources.add_built_graph(graph)
         return graph
 
@@ -427,12 +376,27 @@ def chunks(entries: Sequence[GraphEntry], chunk_nodes: int) -> Iterator[list[Gra
         yield chunk
 
 
-def builds_early(kinds: frozenset[str], copy_arenas: tuple[str, ...] | None, graph_memory_mapped: bool) -> bool:
-    """Whether prefetch() builds a graph of these node kinds before the restore point: kernels,
-    events and child graphs always; memsets and memcpys where all name the graph arena and
-    prefetch mapped it; collectives never."""
-    if kinds <= BUILT_BEFORE_RESTORE_POINT:
-        return True
-    copies_mapped = graph_memory_mapped and copy_arenas is not None and set(copy_arenas) <= {GRAPH}
-    return copies_mapped and kinds <= BUILT_BEFORE_RESTORE_POINT | COPY_KINDS
+def builds_early(entry: GraphEntry, graph_memory_mapped: bool) -> bool:
+    """Whether LOAD builds the graph before the restore point, as SAVE decided (entry.early,
+    from its node kinds): "always", or "graph_memory" once the graph arena is mapped. An entry
+    of an archive saved before SAVE decided it (None) waits for the restore point."""
+    return entry.early == "always" or (graph_memory_mapped and entry.early == "graph_memory")
 
+
+class Step:
+    """The first use of any graph of a step (every piece of one batch size's step) queues the
+    whole step, in order, once; each graph then waits for its own. A lazy load thus restores
+    whole steps, and an eager wait over N pieces costs N calls into the pipeline, not N squared."""
+
+    def __init__(self, pipeline: Pipeline, step: list[GraphEntry]) -> None:
+        self.pipeline = pipeline
+        self.step = step
+        self.queued = False  # a race only queues twice: Pipeline.graph() is idempotent
+
+    def request(self, entry: GraphEntry) -> Future:
+        if not self.queued:
+            self.queued = True
+            self.pipeline.queue(self.step)
+            for other in self.step:
+                self.pipeline.graph(other)  # its upload, where asked
+        return self.pipeline.graph(entry)

@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from foundry_alloc._native import compiled_library
 from foundry_trace.errors import ArchiveFormatError, DriverCallError, RestoreError
@@ -90,7 +91,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
          ctypes.POINTER(_ChunkOutcome), ctypes.c_char_p, _u64],
     ),
     "fr_build_gate_create": (ctypes.c_void_p, [_u32]),
-    "fr_sha256": (None, [_bytes, _u64, ctypes.c_char_p]),
+    "fr_sha256": (None, [_bytes, _u64, ctypes.c_char_p, ctypes.c_int]),
     "fr_blob_read": (ctypes.c_int, [ctypes.c_int, ctypes.POINTER(_BlobRef), ctypes.c_char_p, _u64, ctypes.c_char_p, _u64]),
     "fr_build_gate_destroy": (None, [ctypes.c_void_p]),
     "fr_graph_destroy": (None, [_u64]),
@@ -143,11 +144,10 @@ def function_param_bytes(handle: int) -> int:
 CODECS = {"raw": 0, "zlib": 1}  # csrc/blob_read.hpp's kRaw, kZlib
 
 
-@dataclass(frozen=True)
-class StoredBlob:
+class BlobLocation(Protocol):
     """A blob of an archive file as the native readers read it (csrc/blob_read.hpp): where it
     lies, its stored and decoded sizes, its codec ("raw" or "zlib"), and the SHA-256 (hex) it
-    must have once decoded."""
+    must have once decoded. The archive's own locator (archive.format.StoredBlob) is one."""
 
     digest: str
     offset: int
@@ -156,26 +156,27 @@ class StoredBlob:
     codec: str
 
 
-Blob = bytes | StoredBlob  # in memory, or read (and checked) from the archive by the native call
+Blob = bytes | BlobLocation  # in memory, or read (and checked) from the archive by the native call
 
 
 def _fill(slot: _BlobSource, blob: Blob) -> None:
-    if isinstance(blob, StoredBlob):
+    if isinstance(blob, bytes):  # the caller keeps `blob` alive until the call returns
+        slot.data, slot.size = ctypes.cast(ctypes.c_char_p(blob), ctypes.c_void_p), len(blob)
+    else:
         slot.ref.offset, slot.ref.stored, slot.ref.size = blob.offset, blob.stored, blob.size
         slot.ref.codec = CODECS[blob.codec]
         slot.ref.digest[:] = bytes.fromhex(blob.digest)
-    else:  # the caller keeps `blob` alive until the call returns
-        slot.data, slot.size = ctypes.cast(ctypes.c_char_p(blob), ctypes.c_void_p), len(blob)
 
 
-def sha256(data: bytes) -> bytes:
-    """SHA-256 as the native readers compute it."""
+def sha256(data: bytes, *, portable: bool = False) -> bytes:
+    """SHA-256 as the native readers compute it (libcrypto's where it loads); `portable`: the
+    native fallback for a process without libcrypto."""
     digest = ctypes.create_string_buffer(32)
-    library().fr_sha256(data, len(data), digest)
+    library().fr_sha256(data, len(data), digest, int(portable))
     return digest.raw
 
 
-def read_blob(archive: int, blob: StoredBlob) -> bytes:
+def read_blob(archive: int, blob: BlobLocation) -> bytes:
     """Reads, decodes and checks one blob of the archive open as file descriptor `archive`, as
     LOAD's native threads do; ArchiveFormatError names what is wrong with it."""
     out = ctypes.create_string_buffer(max(1, blob.size))

@@ -1,0 +1,112 @@
+"""The driver alone, cold: every graph of an archive built and instantiated straight from its node
+tables with nothing else running, the modules loaded untimed. What any restore of these graphs
+pays the driver; `foundry bench load` and its cost fit divide Foundry's restore by it.
+
+    python -P -m foundry_trace.bench.driver_alone driver WORKLOAD ARCHIVE [THREADS] [--attention ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from foundry_trace.bench.children import child_main, child_parser, note, parsed_options
+
+if TYPE_CHECKING:
+    from foundry_trace.parallel.collectives import Communicator
+    from foundry_trace.restore import Restored
+
+MODULE = "foundry_trace.bench.driver_alone"
+
+
+@contextmanager
+def modules_loaded(archive: str, communicator: Communicator | None = None) -> Iterator[Restored]:
+    """A lazy LOAD of `archive` with every module loaded and no graph building: it claims the
+    memory that the driver checks memset and memcpy nodes against when they are added, and the
+    graphs a lazy LOAD starts at open have finished (they would contend with what is timed)."""
+    import foundry_trace
+
+    early = foundry_trace.load(archive, mode="lazy", communicator=communicator)
+    try:
+        early.pipeline.load_all_modules()
+        early.pipeline.wait_for_modules()
+        for key in early.pipeline.queued_graphs():
+            early.graphs[key].wait()
+        yield early
+    finally:
+        early.release()
+
+
+def instantiate_scaling(archive: str, counts: tuple[int, ...]) -> dict[str, float]:
+    """Wall seconds to instantiate every graph of the archive on each number of threads, the
+    graphs built beforehand and nothing else running: the least time in which any restore of
+    these graphs can make them all executable on this driver, however it arranges its other work."""
+    from foundry_trace import _native as native
+
+    with modules_loaded(archive) as early:
+        pipeline = early.pipeline
+        built = [pipeline.build(entry) for entry in early.archive.manifest.graphs]
+        try:
+            scaling = {}
+            for count in counts:
+                with ThreadPoolExecutor(count) as pool:
+                    start = time.perf_counter()
+                    executables = list(pool.map(lambda graph: pipeline.instantiate(graph, "probe"), built))
+                    scaling[str(count)] = time.perf_counter() - start
+                for executable in executables:
+                    native.destroy_executable(executable)
+            return scaling
+        finally:
+            for graph in built:
+                native.destroy_graph(graph)
+
+
+def driver_alone(archive: str, threads: int, communicator: Communicator | None = None) -> dict[str, object]:
+    """The driver alone, cold, in this process (the engine built, nothing of the archive restored
+    yet): with the modules loaded (untimed), every graph built and then instantiated on
+    `threads` threads with nothing else running, straight from the node tables. What any restore
+    of these graphs pays the driver, before opening an archive, loading modules or claiming memory."""
+    from foundry_trace import _native as native
+
+    with modules_loaded(archive, communicator) as early:
+        pipeline = early.pipeline
+        with ThreadPoolExecutor(threads) as pool:
+            begin = time.perf_counter()
+            built = list(pool.map(pipeline.build, early.archive.manifest.graphs))
+            built_at = time.perf_counter()
+            executables = list(pool.map(lambda graph: pipeline.instantiate(graph, "floor"), built))
+            done = time.perf_counter()
+        for executable in executables:
+            native.destroy_executable(executable)
+        for graph in built:
+            native.destroy_graph(graph)
+    note(f"driver alone: built in {built_at - begin:.3f} s, instantiated in {done - built_at:.3f} s")
+    return {"driver_build_s": built_at - begin, "driver_instantiate_s": done - built_at, "driver_cold_s": done - begin}
+
+
+def child_driver(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+    """driver_alone() in a fresh process, after building the workload's engine."""
+    import foundry_alloc
+
+    foundry_alloc.install()
+    import torch
+
+    from foundry_trace.bench.workloads.registry import build_engine
+
+    engine = build_engine(workload, **options)  # kept alive: LOAD compares its memory with SAVE's
+    torch.cuda.synchronize()
+    result = driver_alone(archive, threads)
+    del engine
+    return result
+
+
+def _run(arguments: argparse.Namespace) -> dict[str, object]:
+    return child_driver(arguments.workload, arguments.archive, arguments.threads, parsed_options(arguments))
+
+
+if __name__ == "__main__":
+    child_main(_run, child_parser("the driver-alone child of `foundry bench load` and `fit`", ("driver",)))
