@@ -108,9 +108,9 @@ def test_a_refused_claim_names_no_arena(sample: Path) -> None:
 
 
 def test_opening_a_hostile_manifest_is_cheap(tmp_path: Path) -> None:
-    """The largest manifest a reader inflates, made of the most objects the caps allow, opens (or
-    is refused) in well under the time and memory a real archive's start-up can spare; a
-    compressed manifest past the cap is refused before it is parsed."""
+    """A manifest of the most blobs the caps allow, in a small file, inflates past what a file of
+    its size may hold and is refused before it is parsed, as is a compressed manifest past the
+    cap (tests/test_archive_cost.py: every list)."""
     manifest, blobs = fixed_contents()
     path = write_archive(tmp_path / "big.foundry", manifest, blobs)
     fake = {f"{n:064x}": {"offset": 64, "stored": 0, "size": 0, "codec": "raw"} for n in range(MAX_BLOBS - len(blobs))}
@@ -143,10 +143,10 @@ print(json.dumps(results))
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert results["big"] == "opened", results
+    assert results["big"].startswith("refused") and "may inflate to" in results["big"], results
     assert results["bomb"].startswith("refused") and "larger than declared" in results["bomb"], results
-    assert results["big_s"] < 10 and results["bomb_s"] < 2, results
-    assert results["max_rss_mb"] < 1000, results
+    assert results["big_s"] < 2 and results["bomb_s"] < 2, results
+    assert results["max_rss_mb"] < 500, results
 
 
 def test_a_manifest_of_json_bomb_size_is_not_zlib_inflated_past_the_cap() -> None:

@@ -207,9 +207,11 @@ class Pipeline:
         # LOAD's first replay would otherwise wait behind the largest graphs. A blob that fails
         # its checksum stops the scan only: LOAD queues every graph at the restore point, and
         # the graph's own task then raises the error.
-        early, tables = [], {}
+        early, tables, read = [], {}, {}
         for entry in serving_order(self._manifest.graphs):
-            table = self.archive.blob(entry.table)
+            if entry.table not in read:  # graphs that share a table share its read
+                read[entry.table] = self.archive.blob(entry.table)
+            table = read[entry.table]
             if builds_early(node_kinds(table), entry.copy_arenas, graph_memory_mapped):
                 early.append(entry)
                 tables[entry.key] = table
