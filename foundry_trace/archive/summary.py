@@ -8,44 +8,65 @@ from pathlib import Path
 from foundry_alloc.units import format_bytes
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import group_of, key_order
-from foundry_trace.archive.records import CollectiveNode, KernelNode, operation_count, walk_nodes
-from foundry_trace.archive.signing import key_id
+from foundry_trace.archive.manifest import MAX_ARCHIVE_NODES
+from foundry_trace.archive.node_table import Census, census
+from foundry_trace.archive.signing import INVALID, UNVERIFIED, VERIFIED, signature_status
+from foundry_trace.errors import ArchiveFormatError
+from foundry_trace.native import check_table
 
 
-def summarize(path: str | Path) -> dict[str, object]:
+def summarize(path: str | Path, trusted_keys: tuple[bytes, ...] = ()) -> dict[str, object]:
+    """What the archive holds. Its cost follows the archive's size, never what it claims: each
+    distinct node table and payload is read and checked once (graphs that share them share the
+    work), a table is counted without being expanded (node_table.census), and the nodes all
+    graphs expand to are capped over the archive (MAX_ARCHIVE_NODES). Signatures are checked
+    against `trusted_keys` (raw Ed25519 keys): only those that verify are `signed_by`."""
     with Archive(path) as archive:
         m = archive.manifest
         kinds: Counter = Counter()
         launches: Counter = Counter()
+        censuses: dict[str, Census] = {}
+        read: dict[str, bytes] = {}
+        checked: set[tuple[str, str]] = set()
         graphs = []
         for graph in m.graphs:
-            body = archive.graph(graph)
-            collectives = []
-            for node in walk_nodes(body.nodes):
-                kinds[node.kind] += 1
-                if isinstance(node, KernelNode):
-                    launches[node.function] += 1
-                elif isinstance(node, CollectiveNode):
-                    collectives.append(m.collectives[node.collective])
+            if (graph.table, graph.payload) not in checked:
+                for digest in (graph.table, graph.payload):
+                    if digest not in read:
+                        read[digest] = archive.blob(digest)
+                check_table(read[graph.table], read[graph.payload], len(m.functions), m.events, len(m.collectives), f"{archive.path}: graph {graph.key!r}")
+                checked.add((graph.table, graph.payload))
+                if graph.table not in censuses:
+                    censuses[graph.table] = census(read[graph.table])
+            counted = censuses[graph.table]
+            kinds += counted.kinds
+            launches += counted.launches
+            if sum(kinds.values()) > MAX_ARCHIVE_NODES:
+                raise ArchiveFormatError(
+                    f"{archive.path}: its graphs expand to more than {MAX_ARCHIVE_NODES} nodes (child graphs counted once per "
+                    "use, as the driver copies them): the archive is corrupted or hostile; save it again"
+                )
             graphs.append(
                 {
                     "key": graph.key,
                     "template": graph.template,
-                    "nodes": operation_count(body.nodes),
+                    "nodes": counted.nodes,
                     "driver_nodes": graph.driver_nodes,
                     "edges": graph.driver_edges,
                     "outputs": [o.name for o in graph.outputs],
-                    "collectives": len(collectives),
-                    "collective_bytes": sum(c.size_bytes for c in collectives),
+                    "collectives": sum(counted.collectives.values()),
+                    "collective_bytes": sum(m.collectives[i].size_bytes * n for i, n in counted.collectives.items()),
                 }
             )
         module_bytes = sum(mod.size for mod in m.modules)
+        signatures = signature_status(archive, trusted_keys)
         return {
             "path": str(path),
             "archive_bytes": Path(path).stat().st_size,
             "format": archive.version,
             "digest": f"sha256:{archive.digest}",
-            "signed_by": [key_id(s.public_key) for s in archive.signatures],
+            "signed_by": [key for key, status in signatures if status == VERIFIED],
+            "signatures": [{"key": key, "status": status} for key, status in signatures],
             "fingerprint": m.fingerprint.model_dump(),
             "created": m.created,
             "graphs": graphs,
@@ -71,6 +92,26 @@ def summarize(path: str | Path) -> dict[str, object]:
             "tensor_parallel": m.tensor_parallel,
             "distinct_collectives": len(m.collectives),
         }
+
+
+def escaped(text: str) -> str:
+    """`text` from an archive, safe to print: every character that is not printable (terminal
+    escape sequences, other controls, bidirectional overrides) written as a Python escape, so
+    an archive cannot move the cursor, clear the screen or draw lines of its own."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _signature_line(summary: dict[str, object]) -> str:
+    """What is known of each signature block: only a block checked against a given key names
+    its signer as such."""
+    shown = {
+        VERIFIED: "signed by {} (verified)",
+        INVALID: "a signature naming trusted key {} DOES NOT VERIFY",
+        UNVERIFIED: "an unverified signature block naming key {}",
+    }
+    blocks = summary["signatures"]
+    line = "; ".join(shown[b["status"]].format(b["key"]) for b in blocks) or "not signed"
+    return line + (" (give --trusted-keys to check it)" if any(b["status"] == UNVERIFIED for b in blocks) else "")
 
 
 def _graph_lines(graphs: list[dict[str, object]], collectives: bool) -> list[str]:
@@ -99,10 +140,10 @@ def _graph_lines(graphs: list[dict[str, object]], collectives: bool) -> list[str
 
 
 def render(summary: dict[str, object], *, kernels: int = 20) -> str:
-    f = summary["fingerprint"]
+    f = {key: escaped(value) if isinstance(value, str) else value for key, value in summary["fingerprint"].items()}
     lines = [
-        f"{summary['path']}: {format_bytes(summary['archive_bytes'])}, format {summary['format']}, created {summary['created']}",
-        f"  digest {summary['digest']}, signed by {', '.join(summary['signed_by']) or 'nobody'}",
+        f"{summary['path']}: {format_bytes(summary['archive_bytes'])}, format {summary['format']}, created {escaped(summary['created'])}",
+        f"  digest {summary['digest']}, {_signature_line(summary)}",
         f"  for {f['gpu']} (sm {f['compute_capability']}), driver {f['driver']}, CUDA API {f['cuda_driver_api']}, "
         f"torch {f['torch']}, allocator {f['allocator_base']:#x} + {format_bytes(f['allocator_size'])}",
         f"  {len(summary['graphs'])} graphs in {summary['templates']} templates, {summary['nodes']} nodes: "
@@ -122,5 +163,5 @@ def render(summary: dict[str, object], *, kernels: int = 20) -> str:
     lines += _graph_lines(summary["graphs"], collective_nodes > 0)
     ranked = sorted(summary["kernels"], key=lambda k: -k["launches"])
     lines.append(f"  kernels by launches (top {min(kernels, len(ranked))} of {len(ranked)}):")
-    lines += [f"    {k['launches']:>7}  {k['name'][:110]}  [{k['module']}]" for k in ranked[:kernels]]
+    lines += [f"    {k['launches']:>7}  {escaped(k['name'][:110])}  [{k['module']}]" for k in ranked[:kernels]]
     return "\n".join(lines)

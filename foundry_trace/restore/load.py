@@ -44,7 +44,7 @@ from foundry_trace.archive.node_table import node_kinds
 from foundry_trace.archive.records import MemorySegment
 from foundry_trace.archive.signing import TrustPolicy
 from foundry_trace.driver import call, current_context
-from foundry_trace.errors import LayoutMismatchError, RestoreError, RestoreTimeoutError
+from foundry_trace.errors import LayoutMismatchError, RestoreError, RestoreTimeoutError, TrustSettingError
 from foundry_trace.fingerprint import check_fingerprint, current_fingerprint
 from foundry_trace.parallel.collectives import Communicator, check_communicator
 from foundry_trace.restore.outputs import coalesce, output_view
@@ -137,11 +137,14 @@ def load(
             the load made is released and RestoreTimeoutError names the graph it waited for.
         hooks: for probes that study the pipeline's timing (PipelineHooks, with
             native_chunks=False); None in serving.
-        digest: "sha256:<hex>": restore only the archive with this digest (default:
-            FOUNDRY_ARCHIVE_DIGEST where set). `foundry inspect` and SAVE print it.
-        trusted_keys: public key files (or folders of *.pub): restore only archives signed by
-            one of them (default: FOUNDRY_TRUSTED_KEYS where set). Checked, like the digest,
-            right after the manifest is read, before any byte of the archive reaches the driver.
+        digest: "sha256:<hex>": restore only the archive with this digest, as well as what
+            FOUNDRY_ARCHIVE_DIGEST pins (another digest there: TrustSettingError). `foundry
+            inspect` and SAVE print it.
+        trusted_keys: public key files (or folders of *.pub), added to FOUNDRY_TRUSTED_KEYS's:
+            restore only archives signed by one of them. Never empty ([] or "" is a
+            TrustSettingError; None adds none). Checked, like the digest, right after the
+            manifest is read, before any byte of the archive reaches the driver. For a
+            prefetch()'s result, both must ask for no more than its own check made.
 
     Returns:
         The Restored graphs by key: `restored[8].replay()`, `restored[8].outputs["logits"]`,
@@ -164,14 +167,32 @@ def load(
         raise ValueError(f"timeout={timeout}: give a positive number of seconds, or None")
     deadline = None if timeout is None else time.monotonic() + timeout
     with collection_deferred():
+        policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
         if isinstance(archive, Restored):
-            restored = archive  # its trust was checked by prefetch()
+            restored = archive
+            _check_prefetched(restored, policy)
         else:
-            policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
             restored = _open(Path(archive), _Schedule(threads, builders, chunk_nodes, native_chunks, hooks), communicator, policy)
         restored.begin_load(communicator)
         _restore(restored, isinstance(archive, Restored), mode, upload, communicator, deadline, timeout)
     return restored
+
+
+def _check_prefetched(restored: Restored, policy: TrustPolicy) -> None:
+    """A prefetch() loaded the archive's modules under the policy it was given: load() may ask
+    for no check that one did not make (the modules already reached the driver), and the check
+    it asks for is run again on the open archive. Refused: the prefetch is released."""
+    try:
+        if not restored.policy.covers(policy):
+            raise TrustSettingError(
+                f"load() asks for {policy.describe()}, but prefetch() checked {restored.policy.describe()} before loading "
+                f"{restored.archive.path}'s modules: give prefetch() the same digest= and trusted_keys= (or set "
+                "FOUNDRY_ARCHIVE_DIGEST / FOUNDRY_TRUSTED_KEYS before it runs)"
+            )
+        policy.check(restored.archive)
+    except BaseException:
+        restored.release()
+        raise
 
 
 def _restore(
@@ -284,7 +305,7 @@ def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, po
         resources.release()
         archive.close()
         raise
-    restored = Restored(archive, resources, pipeline)
+    restored = Restored(archive, resources, pipeline, policy)
     restored.phases.update(phases)
     return restored
 
@@ -300,7 +321,8 @@ def _start_first_graph(restored: Restored) -> None:
         return
     ordered = serving_order(manifest.graphs)
     first = [entry for entry in ordered if group_of(entry.key) == group_of(ordered[0].key)]
-    tables = {entry.key: restored.archive.blob(entry.table) for entry in first}
+    read = {digest: restored.archive.blob(digest) for digest in {entry.table for entry in first}}
+    tables = {entry.key: read[entry.table] for entry in first}
     kinds = {entry.key: node_kinds(tables[entry.key]) for entry in first}
     for entry in first:
         restored.pipeline.load_modules_for(entry)
