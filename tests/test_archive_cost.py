@@ -70,16 +70,20 @@ def shared_child_graphs(graphs: int) -> Edit:
 
 
 def one_zlib_payload_shared(graphs: int) -> Edit:
-    """A 256 MiB payload of zeros, 261 kB compressed, named by `graphs` graphs."""
+    """The first graph's payload padded with zeros to 256 MiB (a valid payload for its table),
+    261 kB compressed, named by `graphs` graphs."""
 
     def edit(manifest: dict, offset: int) -> bytes:
-        packer, digest, parts = zlib.compressobj(9), hashlib.sha256(), []
-        for _ in range(256):
-            digest.update(bytes(1 << 20))
-            parts.append(packer.compress(bytes(1 << 20)))
+        first = manifest["graphs"][0]
+        payload = next(blob for blob in fixed_contents()[1] if hashlib.sha256(blob).hexdigest() == first["payload"])
+        packer, digest = zlib.compressobj(9), hashlib.sha256(payload)
+        parts = [packer.compress(payload)]
+        for size in [1 << 20] * 255 + [(1 << 20) - len(payload)]:
+            digest.update(bytes(size))
+            parts.append(packer.compress(bytes(size)))
         stored = b"".join([*parts, packer.flush()])
-        table_digest = manifest["graphs"][0]["table"]
-        _graphs(manifest, graphs, table_digest, _blob(manifest, offset, stored, size=256 << 20, digest=digest.hexdigest()))
+        _graphs(manifest, graphs, first["table"], _blob(manifest, offset, stored, size=256 << 20, digest=digest.hexdigest()),
+                nodes=first["nodes"], edges=first["edges"])
         return stored
 
     return edit
