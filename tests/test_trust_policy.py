@@ -124,6 +124,10 @@ def test_load_of_a_prefetch_refuses_a_check_the_prefetch_did_not_make(sample: Pa
         early = _Prefetched(archive, TrustPolicy(digest="0" * 64))
         with pytest.raises(TrustSettingError, match="prefetch\\(\\) checked digest"):
             load(early, digest=archive.digest)
+        early = _Prefetched(archive, TrustPolicy())
+        with pytest.raises(TrustSettingError, match="names no key file"):
+            load(early, trusted_keys=[])
+        assert early.released, "a prefetch given a bad setting is released"
         checked = TrustPolicy(digest=archive.digest)
         assert checked.covers(TrustPolicy().with_arguments(archive.digest, None)) and checked.covers(TrustPolicy())
 

@@ -167,22 +167,24 @@ def load(
         raise ValueError(f"timeout={timeout}: give a positive number of seconds, or None")
     deadline = None if timeout is None else time.monotonic() + timeout
     with collection_deferred():
-        policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
         if isinstance(archive, Restored):
             restored = archive
-            _check_prefetched(restored, policy)
+            _check_prefetched(restored, digest, trusted_keys)
         else:
+            policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
             restored = _open(Path(archive), _Schedule(threads, builders, chunk_nodes, native_chunks, hooks), communicator, policy)
         restored.begin_load(communicator)
         _restore(restored, isinstance(archive, Restored), mode, upload, communicator, deadline, timeout)
     return restored
 
 
-def _check_prefetched(restored: Restored, policy: TrustPolicy) -> None:
+def _check_prefetched(restored: Restored, digest: str | None, trusted_keys: Iterable[str | Path] | None) -> None:
     """A prefetch() loaded the archive's modules under the policy it was given: load() may ask
     for no check that one did not make (the modules already reached the driver), and the check
-    it asks for is run again on the open archive. Refused: the prefetch is released."""
+    it asks for is run again on the open archive. Refused, or given a bad setting: the prefetch
+    is released, as after any failed load()."""
     try:
+        policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
         if not restored.policy.covers(policy):
             raise TrustSettingError(
                 f"load() asks for {policy.describe()}, but prefetch() checked {restored.policy.describe()} before loading "
