@@ -23,11 +23,12 @@ def summarize(path: str | Path, trusted_keys: tuple[bytes, ...] = ()) -> dict[st
     against `trusted_keys` (raw Ed25519 keys): only those that verify are `signed_by`."""
     with Archive(path) as archive:
         m = archive.manifest
-        kinds: Counter = Counter()
-        launches: Counter = Counter()
         censuses: dict[str, Census] = {}
+        collective_figures: dict[str, tuple[int, int]] = {}  # per table: collective nodes, bytes reduced
         read: dict[str, bytes] = {}
         checked: set[tuple[str, str]] = set()
+        uses: Counter = Counter()  # graphs per table
+        expanded = 0
         graphs = []
         for graph in m.graphs:
             if (graph.table, graph.payload) not in checked:
@@ -37,15 +38,19 @@ def summarize(path: str | Path, trusted_keys: tuple[bytes, ...] = ()) -> dict[st
                 check_table(read[graph.table], read[graph.payload], len(m.functions), m.events, len(m.collectives), f"{archive.path}: graph {graph.key!r}")
                 checked.add((graph.table, graph.payload))
                 if graph.table not in censuses:
-                    censuses[graph.table] = census(read[graph.table])
+                    counted = censuses[graph.table] = census(read[graph.table])
+                    collective_figures[graph.table] = (
+                        sum(counted.collectives.values()), sum(m.collectives[i].size_bytes * n for i, n in counted.collectives.items())
+                    )
             counted = censuses[graph.table]
-            kinds += counted.kinds
-            launches += counted.launches
-            if sum(kinds.values()) > MAX_ARCHIVE_NODES:
+            uses[graph.table] += 1
+            expanded += sum(counted.kinds.values())
+            if expanded > MAX_ARCHIVE_NODES:
                 raise ArchiveFormatError(
                     f"{archive.path}: its graphs expand to more than {MAX_ARCHIVE_NODES} nodes (child graphs counted once per "
                     "use, as the driver copies them): the archive is corrupted or hostile; save it again"
                 )
+            collectives, collective_bytes = collective_figures[graph.table]
             graphs.append(
                 {
                     "key": graph.key,
@@ -54,10 +59,17 @@ def summarize(path: str | Path, trusted_keys: tuple[bytes, ...] = ()) -> dict[st
                     "driver_nodes": graph.driver_nodes,
                     "edges": graph.driver_edges,
                     "outputs": [o.name for o in graph.outputs],
-                    "collectives": sum(counted.collectives.values()),
-                    "collective_bytes": sum(m.collectives[i].size_bytes * n for i, n in counted.collectives.items()),
+                    "collectives": collectives,
+                    "collective_bytes": collective_bytes,
                 }
             )
+        kinds: Counter = Counter()
+        launches: Counter = Counter()
+        for table, count in uses.items():  # once per distinct table: graphs that share one share this work
+            for kind, n in censuses[table].kinds.items():
+                kinds[kind] += n * count
+            for function, n in censuses[table].launches.items():
+                launches[function] += n * count
         module_bytes = sum(mod.size for mod in m.modules)
         signatures = signature_status(archive, trusted_keys)
         return {
