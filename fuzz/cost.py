@@ -5,8 +5,8 @@ process's peak memory more than its size allows, and records the slowest input i
 relative to its allowance, so a run reports how close it came.
 
 CPU time, not wall time: the fuzzer shares its cores, and waiting for a core is not the input's
-cost. Peak memory is the process's high-water mark (getrusage), read once per input: an input
-that raises it past the allowance fails, whatever ran before it.
+cost. Peak memory is the process's high-water mark (VmHWM), read once per input: an input that
+raises it past the allowance fails, whatever ran before it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +39,13 @@ def allowed_peak_bytes(size: int, baseline: int) -> int:
 
 
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10  # Linux reports KiB
+    """This process's own peak resident memory (VmHWM; getrusage's ru_maxrss would count the
+    parent's peak from before exec)."""
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1]) << 10  # in KiB
+    raise RuntimeError("/proc/self/status has no VmHWM: the cost oracle needs Linux")
 
 
 class _Slowest:

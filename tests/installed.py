@@ -49,7 +49,10 @@ def install_fresh(directory: Path) -> tuple[Path, Path]:
     python = environment / "bin" / "python"
     purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   capture_output=True, text=True, check=True).stdout.strip())
-    (purelib / "dependencies-of-the-test.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # The test's own dependencies: its environment's packages, and the system's where that
+    # environment sees them too (a venv made with --system-site-packages).
+    sites = [sysconfig.get_paths()["purelib"], *(entry for entry in sys.path if entry.endswith("site-packages"))]
+    (purelib / "dependencies-of-the-test.pth").write_text("".join(f"{site}\n" for site in dict.fromkeys(sites)))
     installed = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", *map(str, wheels.glob("*.whl"))],
         capture_output=True, text=True, timeout=600,

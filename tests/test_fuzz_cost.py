@@ -36,13 +36,14 @@ def test_an_input_past_its_memory_allowance_is_a_finding() -> None:
     """In a fresh process: the oracle compares with the peak before the first input, and this
     one's peak is whatever the suite reached."""
     program = """
-from fuzz.cost import MEMORY_BASE, CostBoundExceeded, bounded
+from fuzz.cost import MEMORY_BASE, CostBoundExceeded, _peak_rss_bytes, bounded
 def hungry(data):
     held = b"x" * (MEMORY_BASE + (128 << 20))  # written: every page resident
     del held
 target = bounded(hungry)
 try:
     target(b"x")
+    print("no finding; peak", _peak_rss_bytes() >> 20, "MB")
 except CostBoundExceeded as error:
     print(error)
 """
