@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from foundry_trace.archive.format import Archive
-from foundry_trace.archive.manifest import MAX_FUNCTIONS, manifest_allowance
+from foundry_trace.archive.manifest import MAX_BLOBS, MAX_FUNCTIONS, MAX_MANIFEST_BYTES, manifest_allowance
 from foundry_trace.archive.node_table import BODY, HEADER, KINDS, MAGIC, NODE, VERSION
 from foundry_trace.archive.signing import generate_key
 from foundry_trace.bench.damage import read_blob, read_manifest, rewrite_manifest
@@ -123,7 +123,19 @@ def largest_manifest_1_mb_allows(manifest: dict, offset: int) -> bytes:
     return padding
 
 
+def most_blobs(manifest: dict, _: int) -> bytes:
+    manifest["blobs"].update({f"{n:064x}": {"offset": 64, "stored": 0, "size": 0, "codec": "raw"} for n in range(MAX_BLOBS - len(manifest["blobs"]))})
+    return b""
+
+
+def manifest_past_64_mib(manifest: dict, _: int) -> bytes:
+    manifest["created"] = "x" * (MAX_MANIFEST_BYTES + 1)
+    return b""
+
+
 HOSTILE: dict[str, Edit] = {
+    "131,072 blobs": most_blobs,
+    "a manifest inflating past 64 MiB": manifest_past_64_mib,
     "the largest manifest a 1 MB archive may hold": largest_manifest_1_mb_allows,
     "2 graphs sharing child graphs": shared_child_graphs(2),
     "64 graphs sharing child graphs": shared_child_graphs(64),
