@@ -79,8 +79,8 @@ class HostCounters(ctypes.Structure):
         ("mapped_bytes", ctypes.c_uint64),
         ("map_calls", ctypes.c_uint64),
         ("reserved_ranges", ctypes.c_uint64),
-        ("orderings", ctypes.c_uint64),
-        ("synchronizations", ctypes.c_uint64),
+        ("orderings", ctypes.c_uint64),  # cross-stream orderings so far
+        ("orderings_kept", ctypes.c_uint64),  # of them, the most recent ones orderings() gives
     ]
 
 

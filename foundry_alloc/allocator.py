@@ -160,8 +160,9 @@ class NativeAllocator:
         return counters
 
     def orderings(self) -> list[tuple[int, int]]:
-        """(waiting stream, producing stream) for every cross-stream ordering inserted so far."""
-        count = self.simulation_counters().orderings
+        """(waiting stream, producing stream) of the cross-stream orderings inserted so far, the
+        most recent 4,096 at most (simulation_counters().orderings counts them all)."""
+        count = self.simulation_counters().orderings_kept
         pairs = (ctypes.c_void_p * (2 * max(count, 1)))()
         _native.check(self._lib.fa_host_orderings(self._handle, pairs, count))
         return [(pairs[2 * i] or 0, pairs[2 * i + 1] or 0) for i in range(count)]

@@ -145,28 +145,30 @@ class AllocatorConfig(BaseModel):
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> AllocatorConfig | None:
-        """The configuration FOUNDRY_ALLOC_* asks for, or None when FOUNDRY_ALLOC is off."""
+        """The configuration FOUNDRY_ALLOC_* asks for, or None when FOUNDRY_ALLOC is off (the
+        other variables are validated either way: ConfigError names a bad one)."""
         env = os.environ if environ is None else environ
+        settings = environment_settings(env)  # checked even when off: an explicit install() reads them
         if not parse_flag(ENV_ENABLE, env.get(ENV_ENABLE, "")):
             return None
-        return cls.create(**environment_settings(env))
+        return cls.create(**settings)
 
 
 def environment_settings(environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """The settings that FOUNDRY_ALLOC_BASE, _SIZE, _VERBOSE, _PEER_BASE and _PEER_STRIDE give,
     whether or not FOUNDRY_ALLOC is on (an explicit install() takes them too); ConfigError names
-    the variable whose value is unusable."""
+    the variable whose value is unusable, a set but blank one included (unset means default)."""
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
     settings = ((ENV_BASE, "base", parse_address), (ENV_SIZE, "size", parse_size), (ENV_PEER_BASE, "peer_base", parse_address),
                 (ENV_PEER_STRIDE, "peer_stride", parse_size))
     for name, key, parse in settings:
-        if env.get(name, "").strip():
+        if name in env:
             try:
                 values[key] = parse(env[name])
             except ValueError as error:
-                raise ConfigError(f"{name}: {error}") from None
-    if env.get(ENV_VERBOSE, "").strip():
+                raise ConfigError(f"{name}: {error}, or unset it for the default") from None
+    if ENV_VERBOSE in env:
         values["verbose"] = parse_flag(ENV_VERBOSE, env[ENV_VERBOSE])
     try:
         AllocatorConfig.create(**values)

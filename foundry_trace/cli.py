@@ -78,8 +78,10 @@ def _layout_diff(arguments: argparse.Namespace) -> int:
 
 def _inspect(arguments: argparse.Namespace) -> int:
     from foundry_trace.archive import summary
+    from foundry_trace.archive.signing import TrustPolicy
 
-    result = summary.summarize(arguments.archive)
+    keys = TrustPolicy.from_environment().with_arguments(None, arguments.trusted_keys).trusted_keys
+    result = summary.summarize(arguments.archive, keys)
     print(json.dumps(result, indent=2) if arguments.json else summary.render(result, kernels=arguments.kernels))
     return 0
 
@@ -188,6 +190,10 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("archive", type=Path)
     inspect.add_argument("--json", action="store_true", help="the full summary as JSON")
     inspect.add_argument("--kernels", type=int, default=20, help="kernels to list (by launches)")
+    inspect.add_argument(
+        "--trusted-keys", action="append",
+        help="check signatures against this public key file or folder of *.pub (repeatable; added to FOUNDRY_TRUSTED_KEYS)",
+    )
     inspect.set_defaults(run=_inspect)
 
     keygen = commands.add_parser("keygen", help="write a new Ed25519 key pair for signing archives (OUT and OUT.pub)")

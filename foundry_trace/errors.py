@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from foundry_alloc.errors import ConfigError
+
 
 class FoundryTraceError(Exception):
     """Base class of foundry_trace's errors."""
@@ -40,6 +42,13 @@ class UntrustedArchiveError(FoundryTraceError):
     """An archive this process's trust policy does not accept: not the pinned digest, unsigned
     or signed by no trusted key, or changed after it was signed. Refused before any of it
     reaches the driver."""
+
+
+class TrustSettingError(UntrustedArchiveError, ConfigError):
+    """A trust setting that names nothing or cannot be read: FOUNDRY_TRUSTED_KEYS or
+    FOUNDRY_ARCHIVE_DIGEST set blank or malformed, an empty key entry, load(trusted_keys=[]),
+    or load(early, ...) asking for a check its prefetch() did not make. A ConfigError too (as
+    every bad FOUNDRY_* setting): a blank security setting is an error, never "no check"."""
 
 
 class DriverCallError(FoundryTraceError):

@@ -53,11 +53,14 @@ class ModeSetting:
 
 
 def mode_from_environment(environ: Mapping[str, str] | None = None) -> ModeSetting:
-    """Validates FOUNDRY_MODE, FOUNDRY_ARCHIVE and the allocator's variables together; raises
-    ConfigError naming the variable and the fix (used at start-up and by `foundry env`)."""
+    """Validates FOUNDRY_MODE, FOUNDRY_ARCHIVE, the trust variables and the allocator's variables
+    together; raises ConfigError naming the variable and the fix (used at start-up and by
+    `foundry env`)."""
     from foundry_alloc import AllocatorConfig, ConfigError
+    from foundry_trace.archive.signing import TrustPolicy
 
     env = os.environ if environ is None else environ
+    TrustPolicy.from_environment(env)  # a blank or malformed trust variable fails at start-up, not at the first LOAD
     mode = env.get(ENV_MODE, "").strip().lower()
     archive = env.get(ENV_ARCHIVE, "").strip()
     if mode in OFF:

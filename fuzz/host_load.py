@@ -46,10 +46,13 @@ def run(archive: Archive) -> None:
                 continue
             if segment.contents:
                 archive.blob(segment.contents)
+        read: dict[str, bytes] = {}  # as LOAD: graphs that share a blob share its read
         for entry in serving_order(manifest.graphs):
-            table, payload = archive.graph_blobs(entry)
+            for digest in (entry.table, entry.payload):
+                if digest not in read:
+                    read[digest] = archive.blob(digest)
             builds_early(entry, graph_memory_mapped=True)
-            native.check_table(table, payload, len(manifest.functions), manifest.events, len(manifest.collectives))
+            native.check_table(read[entry.table], read[entry.payload], len(manifest.functions), manifest.events, len(manifest.collectives))
         for address in claimed:
             allocator.free(address)
         allocator.free(allocator.allocate(1 << 20))  # the allocator is whole: a claim that wrapped once broke this

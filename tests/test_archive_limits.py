@@ -5,8 +5,6 @@ ArchiveFormatError, and opening a hostile manifest stays cheap."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 
 import foundry_alloc as fa
 from foundry_trace.archive.format import Archive
-from foundry_trace.archive.manifest import MAX_BLOBS, MAX_MANIFEST_BYTES
+from foundry_trace.archive.manifest import MAX_MANIFEST_BYTES
 from foundry_trace.bench.damage import rewrite_manifest
 from foundry_trace.errors import ArchiveFormatError
 
@@ -105,48 +103,6 @@ def test_a_refused_claim_names_no_arena(sample: Path) -> None:
         assert fa.arena_names() == before
     finally:
         allocator.close()
-
-
-def test_opening_a_hostile_manifest_is_cheap(tmp_path: Path) -> None:
-    """The largest manifest a reader inflates, made of the most objects the caps allow, opens (or
-    is refused) in well under the time and memory a real archive's start-up can spare; a
-    compressed manifest past the cap is refused before it is parsed."""
-    manifest, blobs = fixed_contents()
-    path = write_archive(tmp_path / "big.foundry", manifest, blobs)
-    fake = {f"{n:064x}": {"offset": 64, "stored": 0, "size": 0, "codec": "raw"} for n in range(MAX_BLOBS - len(blobs))}
-    rewrite_manifest(path, lambda m, _: (m["blobs"].update(fake), b"")[1])
-    bomb = tmp_path / "bomb.foundry"
-    bomb.write_bytes(path.read_bytes())
-
-    def inflate_past_the_cap(manifest: dict, _: int) -> bytes:
-        manifest["created"] = "x" * (MAX_MANIFEST_BYTES + 1)
-        return b""
-
-    rewrite_manifest(bomb, inflate_past_the_cap)
-    assert bomb.stat().st_size < 1 << 20, "a small file"
-    program = f"""
-import resource, time, json
-from foundry_trace.archive.format import Archive
-from foundry_trace.errors import ArchiveFormatError
-results = {{}}
-for name in ("big", "bomb"):
-    start = time.perf_counter()
-    try:
-        Archive({str(tmp_path)!r} + "/" + name + ".foundry").close()
-        results[name] = "opened"
-    except ArchiveFormatError as error:
-        results[name] = "refused: " + str(error)[:200]
-    results[name + "_s"] = time.perf_counter() - start
-results["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps(results))
-"""
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert results["big"] == "opened", results
-    assert results["bomb"].startswith("refused") and "larger than declared" in results["bomb"], results
-    assert results["big_s"] < 10 and results["bomb_s"] < 2, results
-    assert results["max_rss_mb"] < 1000, results
 
 
 def test_a_manifest_of_json_bomb_size_is_not_zlib_inflated_past_the_cap() -> None:

@@ -142,10 +142,10 @@ def test_the_cli_signs_verifies_and_inspect_shows_digest_and_signers(sample: Pat
     assert main(["keygen", "--out", str(key)]) == 0
     assert main(["sign", str(sample), "--key", str(key)]) == 0
     assert main(["verify-signature", str(sample), "--trusted-keys", f"{key}.pub"]) == 0
-    assert main(["inspect", str(sample)]) == 0
+    assert main(["inspect", str(sample), "--trusted-keys", f"{key}.pub"]) == 0
     out = capsys.readouterr().out
     with Archive(sample) as archive:
-        assert f"digest sha256:{archive.digest}, signed by {key_id(load_public_key(Path(f'{key}.pub')))}" in out
+        assert f"digest sha256:{archive.digest}, signed by {key_id(load_public_key(Path(f'{key}.pub')))} (verified)" in out
     other = tmp_path / "other-cli.key"
     main(["keygen", "--out", str(other)])
     assert main(["verify-signature", str(sample), "--trusted-keys", f"{other}.pub"]) == 2

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 import foundry_alloc as fa
 
@@ -132,13 +134,44 @@ def test_no_ordering_after_a_stream_that_is_capturing(sim: fa.NativeAllocator) -
     assert sim.orderings() == []
 
 
-def test_streams_past_the_tracked_ones_synchronize(sim: fa.NativeAllocator) -> None:
+def test_streams_past_the_tracked_ones_are_ordered_by_handle(sim: fa.NativeAllocator) -> None:
+    """Streams past the 63rd share a slot: reuse after one of them used to synchronize the whole
+    device; it now waits for that stream alone."""
     for stream in range(1, 70):
         sim.free(allocate(sim, 4096, stream=stream))
     overflow_free = allocate(sim, 2 << 20, stream=100)
     sim.free(overflow_free)
     assert allocate(sim, 2 << 20, stream=1) == overflow_free
-    assert sim.simulation_counters().synchronizations >= 1
+    assert sim.orderings()[-1] == (1, 100)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(min_value=2, max_value=130), st.integers(min_value=1, max_value=4))
+def test_streams_taking_turns_wait_only_for_the_stream_that_used_the_memory(streams: int, blocks: int) -> None:
+    """With N streams taking turns, a freed block merged into a free range whose set of freeing
+    streams only grew, so every allocation waited for N - 1 streams (and from 64 streams
+    synchronized the device). Now each waits only for the streams whose frees it reuses: one."""
+    sim = fa.NativeAllocator.simulated(0x200000000000, 8 << 30)
+    try:
+        for turn in range(3 * streams):
+            stream = 1 + turn % streams
+            held = []
+            for _ in range(blocks):
+                before = sim.simulation_counters().orderings
+                held.append(sim.allocate(4096, stream=stream))
+                assert sim.simulation_counters().orderings - before <= 1, f"turn {turn}: waited for more than the last user"
+            for address in held:
+                sim.free(address)
+    finally:
+        sim.close()
+
+
+def test_the_host_backends_ordering_log_is_bounded(sim: fa.NativeAllocator) -> None:
+    for turn in range(10_000):
+        sim.free(allocate(sim, 4096, stream=1 + turn % 2))
+    counters = sim.simulation_counters()
+    assert counters.orderings == 9_999 and counters.orderings_kept == len(sim.orderings()) == 4096
+    assert sim.orderings()[-2:] == [(1, 2), (2, 1)]
 
 
 def test_concurrent_threads_get_disjoint_blocks(sim: fa.NativeAllocator) -> None:

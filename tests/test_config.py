@@ -59,7 +59,19 @@ def test_invalid_configurations_name_the_problem(values: dict[str, object], prob
 
 def test_environment_off_means_no_configuration() -> None:
     assert fa.AllocatorConfig.from_environment({}) is None
-    assert fa.AllocatorConfig.from_environment({"FOUNDRY_ALLOC": "0", "FOUNDRY_ALLOC_SIZE": "junk"}) is None
+    assert fa.AllocatorConfig.from_environment({"FOUNDRY_ALLOC": "0", "FOUNDRY_ALLOC_SIZE": "1T"}) is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("FOUNDRY_ALLOC_SIZE", "abc"), ("FOUNDRY_ALLOC_SIZE", " "), ("FOUNDRY_ALLOC_BASE", "0x1"), ("FOUNDRY_ALLOC_BASE", ""), ("FOUNDRY_ALLOC_VERBOSE", "maybe")],
+)
+@pytest.mark.parametrize("enabled", [{}, {"FOUNDRY_ALLOC": "0"}, {"FOUNDRY_ALLOC": "1"}])
+def test_a_bad_allocator_variable_is_an_error_whether_or_not_the_allocator_is_on(variable: str, value: str, enabled: dict[str, str]) -> None:
+    """install() reads these variables whatever FOUNDRY_ALLOC says, so a bad one is an error
+    then too (it used to pass unnoticed until an explicit install() met it)."""
+    with pytest.raises(fa.ConfigError, match=variable):
+        fa.AllocatorConfig.from_environment({**enabled, variable: value})
 
 
 def test_environment_configuration() -> None:

@@ -31,8 +31,6 @@ class Backend {
   // Makes later work on `waiter` wait for everything enqueued on `producer` so far.
   virtual Status order_after(int device, StreamHandle waiter, StreamHandle producer,
                              std::string* error) = 0;
-  // Waits for all work of the device (used only when a stream cannot be named precisely).
-  virtual Status synchronize(int device, std::string* error) = 0;
   // Free and total physical memory of the device, for out-of-memory messages.
   virtual void memory_info(int device, uint64_t* free_bytes, uint64_t* total_bytes) = 0;
 };

@@ -82,7 +82,6 @@ class CudaBackend : public Backend {
   bool is_capturing(StreamHandle stream) override;
   Status order_after(int device, StreamHandle waiter, StreamHandle producer,
                      std::string* error) override;
-  Status synchronize(int device, std::string* error) override;
   void memory_info(int device, uint64_t* free_bytes, uint64_t* total_bytes) override;
 
  private:
@@ -254,13 +253,6 @@ Status CudaBackend::order_after(int device, StreamHandle waiter, StreamHandle pr
   if (r != CUDA_SUCCESS) return *error = describe("cuEventRecord", r), kDriverError;
   r = d_.cuStreamWaitEvent(static_cast<CUstream>(waiter), h.ordering_event, 0);
   if (r != CUDA_SUCCESS) return *error = describe("cuStreamWaitEvent", r), kDriverError;
-  return kOk;
-}
-
-Status CudaBackend::synchronize(int device, std::string* error) {
-  ContextScope scope(d_, devices_[device].context);
-  CUresult r = d_.cuCtxSynchronize();
-  if (r != CUDA_SUCCESS) return *error = describe("cuCtxSynchronize", r), kDriverError;
   return kOk;
 }
 

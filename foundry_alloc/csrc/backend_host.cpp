@@ -71,13 +71,24 @@ void HostBackend::set_capturing(StreamHandle stream, bool capturing) {
 }
 
 Status HostBackend::order_after(int, StreamHandle waiter, StreamHandle producer, std::string*) {
-  orderings_.emplace_back(waiter, producer);
+  const std::pair<StreamHandle, StreamHandle> pair{waiter, producer};
+  if (orderings_.size() < kOrderingLog) {
+    orderings_.push_back(pair);
+  } else {
+    orderings_[ordering_count_ % kOrderingLog] = pair;
+  }
+  ++ordering_count_;
   return kOk;
 }
 
-Status HostBackend::synchronize(int, std::string*) {
-  ++synchronizations_;
-  return kOk;
+std::vector<std::pair<StreamHandle, StreamHandle>> HostBackend::recent_orderings() const {
+  if (orderings_.size() < kOrderingLog) return orderings_;
+  std::vector<std::pair<StreamHandle, StreamHandle>> recent;
+  recent.reserve(kOrderingLog);
+  for (uint64_t i = 0; i < kOrderingLog; ++i) {
+    recent.push_back(orderings_[(ordering_count_ + i) % kOrderingLog]);
+  }
+  return recent;
 }
 
 void HostBackend::memory_info(int, uint64_t* free_bytes, uint64_t* total_bytes) {

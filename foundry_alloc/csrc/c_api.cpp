@@ -30,8 +30,8 @@ struct fa_host_counters_t {
   uint64_t mapped_bytes;
   uint64_t map_calls;
   uint64_t reserved_ranges;
-  uint64_t orderings;
-  uint64_t synchronizations;
+  uint64_t orderings;       // order_after calls so far
+  uint64_t orderings_kept;  // of them, the most recent ones fa_host_orderings gives
 };
 
 namespace {
@@ -173,16 +173,17 @@ __attribute__((visibility("default"))) int fa_host_counters(fa_instance* instanc
                                                             fa_host_counters_t* out) {
   if (instance->host == nullptr) return fail(foundry::kInvalidArgument, "not a host instance");
   *out = fa_host_counters_t{instance->host->mapped_bytes(), instance->host->map_calls(),
-                          instance->host->reserved_ranges(), instance->host->orderings().size(),
-                          instance->host->synchronizations()};
+                          instance->host->reserved_ranges(), instance->host->ordering_count(),
+                          instance->host->recent_orderings().size()};
   return foundry::kOk;
 }
 
-// Copies the (waiter, producer) stream pairs of every ordering the host backend was asked for.
+// Copies the (waiter, producer) stream pairs of the orderings the host backend keeps (the most
+// recent ones), oldest first.
 __attribute__((visibility("default"))) int fa_host_orderings(fa_instance* instance, void** out,
                                                              uint64_t capacity) {
   if (instance->host == nullptr) return fail(foundry::kInvalidArgument, "not a host instance");
-  const auto& pairs = instance->host->orderings();
+  const auto pairs = instance->host->recent_orderings();
   for (uint64_t i = 0; i < pairs.size() && i < capacity; ++i) {
     out[2 * i] = pairs[i].first;
     out[2 * i + 1] = pairs[i].second;

@@ -119,9 +119,9 @@ int Space::stream_slot(StreamHandle stream) {
   int slot = kOverflowStream;
   if (streams_.size() < kOverflowStream) {
     slot = static_cast<int>(streams_.size());
-    streams_.push_back(StreamSlot{stream, 0, {}});
+    streams_.push_back(StreamSlot{0, {}});
   } else if (streams_.size() == kOverflowStream) {
-    streams_.push_back(StreamSlot{nullptr, 0, {}});  // shared by every stream past the 63rd
+    streams_.push_back(StreamSlot{0, {}});  // shared by every stream past the 63rd
   }
   stream_index_.emplace(stream, slot);
   return slot;
@@ -192,31 +192,66 @@ Status Space::ensure_mapped(int arena, uint64_t address, uint64_t size, bool cap
   return kOk;
 }
 
-uint64_t Space::foreign_streams(uint64_t freed_by, int slot) {
-  // Streams past the 63rd share one slot, so their own bit does not prove the same stream.
-  return slot == kOverflowStream ? freed_by : freed_by & ~(1ull << slot);
+void Space::add_pending(uint64_t address, PendingFree pending) {
+  // Merged with a neighbour freed by the same stream, so that a stream's own traffic keeps one
+  // entry per run of memory, however often it frees.
+  auto next = pending_.lower_bound(address);
+  if (next != pending_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second.size == address && prev->second.stream == pending.stream) {
+      address = prev->first;
+      pending.size += prev->second.size;
+      pending.epoch = std::max(pending.epoch, prev->second.epoch);
+      pending_.erase(prev);
+    }
+  }
+  if (next != pending_.end() && address + pending.size == next->first &&
+      next->second.stream == pending.stream) {
+    pending.size += next->second.size;
+    pending.epoch = std::max(pending.epoch, next->second.epoch);
+    pending_.erase(next);
+  }
+  pending_.emplace(address, pending);
 }
 
-Status Space::order_reuse(int slot, StreamHandle stream, uint64_t freed_by, std::string* error) {
+std::vector<Space::Taken> Space::take_pending(uint64_t address, uint64_t size) {
+  std::vector<Taken> taken;
+  const uint64_t end = address + size;
+  auto it = pending_.upper_bound(address);
+  if (it != pending_.begin() && std::prev(it)->first + std::prev(it)->second.size > address) --it;
+  while (it != pending_.end() && it->first < end) {
+    const uint64_t start = it->first;
+    const PendingFree range = it->second;
+    it = pending_.erase(it);
+    const uint64_t stop = start + range.size;
+    const uint64_t from = std::max(start, address), to = std::min(stop, end);
+    taken.push_back(Taken{from, PendingFree{to - from, range.stream, range.slot, range.epoch}});
+    if (start < from) pending_.emplace(start, PendingFree{from - start, range.stream, range.slot, range.epoch});
+    if (to < stop) pending_.emplace(to, PendingFree{stop - to, range.stream, range.slot, range.epoch});
+  }
+  return taken;
+}
+
+Status Space::order_reuse(int slot, StreamHandle stream, const std::vector<Taken>& taken,
+                          std::string* error) {
+  // Past the 63rd stream, slots are shared, so what one remembers would not be its own: those
+  // streams are ordered by handle each time, which costs one event record and wait, never a
+  // device synchronization.
   StreamSlot& waiter = streams_[slot];
-  const bool shared_waiter = slot == kOverflowStream;  // its seen epochs would not be its own
-  const uint64_t foreign = foreign_streams(freed_by, slot);
-  for (int producer_slot = 0; producer_slot < kMaxStreams; ++producer_slot) {
-    if (!((foreign >> producer_slot) & 1)) continue;
-    StreamSlot& producer = streams_[producer_slot];
-    if (!shared_waiter && waiter.seen_epoch[producer_slot] >= producer.free_epoch) continue;
-    Status status;
-    if (producer_slot == kOverflowStream) {
-      status = backend_->synchronize(device_, error);
-    } else if (backend_->is_capturing(producer.handle)) {
-      // Work cannot be ordered after a stream that is being captured; what it enqueued before the
-      // capture began was enqueued before the free, and the capture itself replays later.
-      continue;
-    } else {
-      status = backend_->order_after(device_, stream, producer.handle, error);
-    }
+  std::vector<StreamHandle> ordered;
+  for (const Taken& part : taken) {
+    const PendingFree& freed = part.pending;
+    if (freed.stream == stream) continue;  // the same stream runs in order
+    const bool remembered = slot != kOverflowStream && freed.slot != kOverflowStream;
+    if (remembered && waiter.seen_epoch[freed.slot] >= freed.epoch) continue;
+    if (std::find(ordered.begin(), ordered.end(), freed.stream) != ordered.end()) continue;
+    // Work cannot be ordered after a stream that is being captured; what it enqueued before the
+    // capture began was enqueued before the free, and the capture itself replays later.
+    if (backend_->is_capturing(freed.stream)) continue;
+    Status status = backend_->order_after(device_, stream, freed.stream, error);
     if (status != kOk) return status;
-    if (!shared_waiter) waiter.seen_epoch[producer_slot] = producer.free_epoch;
+    ordered.push_back(freed.stream);
+    if (remembered) waiter.seen_epoch[freed.slot] = streams_[freed.slot].free_epoch;
   }
   return kOk;
 }
@@ -243,21 +278,26 @@ Status Space::allocate(uint64_t size, int arena_index, StreamHandle stream, uint
   const bool capturing = arena_index == kArenaGraph;
   Status status = ensure_mapped(arena_index, placement.address, rounded, capturing, error);
   const int slot = stream_slot(stream);
-  if (status == kOk && !capturing && foreign_streams(placement.streams, slot) != 0) {
-    status = order_reuse(slot, stream, placement.streams, error);
+  std::vector<Taken> taken;
+  if (status == kOk && !capturing) {
+    taken = take_pending(placement.address, rounded);
+    status = order_reuse(slot, stream, taken, error);
   }
   if (status != kOk) {
-    heap.release(placement.address, rounded, placement.streams);
+    for (const Taken& part : taken) add_pending(part.address, part.pending);
+    heap.release(placement.address, rounded);
     return status;
   }
-  add_live(placement.address, rounded, size, arena_index, slot);
+  add_live(placement.address, rounded, size, arena_index, slot, stream);
   *address = placement.address;
   return kOk;
 }
 
-void Space::add_live(uint64_t address, uint64_t rounded, uint64_t requested, int arena, int slot) {
+void Space::add_live(uint64_t address, uint64_t rounded, uint64_t requested, int arena, int slot,
+                     StreamHandle stream) {
   ArenaCounters& c = arenas_[arena].counters;
-  live_.emplace(address, Live{rounded, requested, c.allocations, arena, static_cast<int32_t>(slot)});
+  live_.emplace(address,
+                Live{rounded, requested, c.allocations, arena, static_cast<int32_t>(slot), stream});
   c.allocations += 1;
   c.live_blocks += 1;
   c.live_bytes += rounded;
@@ -301,8 +341,7 @@ Status Space::claim(uint64_t address, uint64_t size, int arena_index, std::strin
   }
   Arena& arena = arenas_[arena_index];
   Heap& heap = heap_containing(arena, address);
-  uint64_t streams = 0;
-  if (!heap.claim(address, rounded, &streams)) {
+  if (!heap.claim(address, rounded)) {
     *error = "cannot claim " + hex_range(address, rounded) + " in arena '" +
              arena_name(arena_index) +
              "': it is not free there (the layout differs from the one recorded)";
@@ -310,10 +349,11 @@ Status Space::claim(uint64_t address, uint64_t size, int arena_index, std::strin
   }
   Status status = ensure_mapped(arena_index, address, rounded, false, error);
   if (status != kOk) {
-    heap.release(address, rounded, streams);
+    heap.release(address, rounded);
     return status;
   }
-  add_live(address, rounded, size, arena_index, kNoStream);
+  take_pending(address, rounded);  // claimed memory orders nothing (kNoStream), as before
+  add_live(address, rounded, size, arena_index, kNoStream, nullptr);
   return kOk;
 }
 
@@ -327,13 +367,12 @@ Status Space::release(uint64_t address, std::string* error) {
   const Live block = it->second;
   live_.erase(it);
   Arena& arena = arenas_[block.arena];
-  uint64_t freed_by = 0;
   if (block.arena != kArenaGraph && block.stream_slot != kNoStream) {
     // Remember which stream freed the range, so that reuse from another stream waits for it.
-    streams_[block.stream_slot].free_epoch += 1;
-    freed_by = 1ull << block.stream_slot;
+    const uint64_t epoch = ++streams_[block.stream_slot].free_epoch;
+    add_pending(address, PendingFree{block.size, block.stream, block.stream_slot, epoch});
   }
-  heap_containing(arena, address).release(address, block.size, freed_by);
+  heap_containing(arena, address).release(address, block.size);
   ArenaCounters& c = arena.counters;
   c.frees += 1;
   c.live_blocks -= 1;

@@ -21,7 +21,7 @@ constexpr int kArenaTransient = 2;  // warm-up and profiling traffic, by explici
 constexpr uint64_t kAlignment = 512;          // every block starts and ends on 512 bytes
 constexpr uint64_t kSmallBlockLimit = 1 << 20;  // blocks up to 1 MiB share the small zone
 constexpr int kSmallZoneFraction = 16;          // the small zone is 1/16 of an arena
-constexpr int kMaxStreams = 64;                 // streams tracked one by one; the last slot is shared
+constexpr int kMaxStreams = 64;  // streams whose orderings are remembered; the last slot is shared
 // A claimed block (LOAD's recorded memory) was allocated on no stream: its free orders nothing.
 // Its user, LOAD's release, synchronizes the device before it frees claimed memory.
 constexpr int kNoStream = -1;
@@ -100,6 +100,7 @@ class Space {
     uint64_t sequence;
     int32_t arena;
     int32_t stream_slot;
+    StreamHandle stream;
   };
   struct Extent {
     uint64_t size;
@@ -107,21 +108,38 @@ class Space {
     int arena;
   };
   struct StreamSlot {
-    StreamHandle handle;
     uint64_t free_epoch;                          // bumped by every free on this stream
     std::array<uint64_t, kMaxStreams> seen_epoch;  // others' epochs this stream is ordered after
   };
+  // Freed memory whose last user's work may still run: reuse from another stream is ordered
+  // after `stream` first. Kept per range, not per free range, so an allocation waits only for
+  // the streams that used the very bytes it gets (a free range merges neighbours freed by any
+  // number of streams); reuse takes the range out, as its new user's work now follows.
+  struct PendingFree {
+    uint64_t size;
+    StreamHandle stream;
+    int32_t slot;
+    uint64_t epoch;  // the stream's free_epoch when it freed the range
+  };
+  struct Taken {
+    uint64_t address;
+    PendingFree pending;
+  };
 
   // Records a block placed at `address` as live, with its counters and sequence number.
-  void add_live(uint64_t address, uint64_t rounded, uint64_t requested, int arena, int slot);
+  void add_live(uint64_t address, uint64_t rounded, uint64_t requested, int arena, int slot,
+                StreamHandle stream);
   std::string claim_range_problem(uint64_t address, uint64_t size, int arena_index,
                                   uint64_t* rounded) const;
   Heap& heap_for(Arena& arena, uint64_t size);
   Heap& heap_containing(Arena& arena, uint64_t address);
   Status ensure_mapped(int arena, uint64_t address, uint64_t size, bool capturing,
                        std::string* error);
-  static uint64_t foreign_streams(uint64_t freed_by, int slot);
-  Status order_reuse(int slot, StreamHandle stream, uint64_t freed_by, std::string* error);
+  void add_pending(uint64_t address, PendingFree pending);
+  // Takes [address, address + size) out of the pending ranges, returning the parts it held.
+  std::vector<Taken> take_pending(uint64_t address, uint64_t size);
+  Status order_reuse(int slot, StreamHandle stream, const std::vector<Taken>& taken,
+                     std::string* error);
   int stream_slot(StreamHandle stream);
   std::string out_of_memory_report(uint64_t size, int arena, const std::string& cause);
   uint64_t page_of(uint64_t address) const { return (address - base_) / granularity_; }
@@ -140,6 +158,7 @@ class Space {
   std::map<uint64_t, Extent> extents_;  // physical mappings by start address
   std::unordered_map<uint64_t, Live> live_;
   std::vector<StreamSlot> streams_;
+  std::map<uint64_t, PendingFree> pending_;  // by address, disjoint; no graph-arena memory
   std::unordered_map<StreamHandle, int> stream_index_;
   uint64_t mapped_bytes_ = 0;
   uint64_t peak_mapped_bytes_ = 0;

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import struct
+from collections import Counter
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -40,6 +41,7 @@ HEADER = struct.Struct("<8sIIQQ")
 BODY = struct.Struct("<IIII")
 NODE = struct.Struct("<BBHI3I3IIIQ")
 _NODE_HEAD = struct.Struct("<BBHI")  # kind, reserved, attribute count, index
+_NODE_KIND_AND_INDEX = struct.Struct("<B3xI40x")  # a whole node entry: its kind and index only
 EDGE = struct.Struct("<IIBBBx")
 MEMSET = struct.Struct("<QQIIQQ")
 MEMCPY = struct.Struct("<15Q")
@@ -202,6 +204,49 @@ def decode(table: bytes, payload: bytes, functions: int, events: int, collective
         return _decode(table, payload)
     except ValidationError as error:  # a value the check leaves to the driver, e.g. huge arguments
         raise ArchiveFormatError(f"archive: node table holds an invalid node: {error.errors()[0]['msg']}") from None
+
+
+@dataclass(frozen=True)
+class Census:
+    """What a table expands to, each child graph counted once per use (as the driver copies
+    it), computed without expanding: `nodes` that do work (child-graph nodes themselves not
+    counted, as operation_count), node `kinds` (child-graph nodes included, as walk_nodes
+    yields them), `launches` per function index and `collectives` per collective index."""
+
+    nodes: int
+    kinds: Counter
+    launches: Counter
+    collectives: Counter
+
+
+def census(table: bytes) -> Census:
+    """The census of a table the native check accepted. Each node entry is read once and each
+    body is weighed by how many times its graph is used (bodies name only later bodies), so the
+    cost follows the table's size, never what it expands to: a shared child graph is counted,
+    not walked."""
+    _magic, _version, body_count, node_count, _edge_count = HEADER.unpack_from(table, 0)
+    nodes_at = HEADER.size + body_count * BODY.size
+    entries = list(_NODE_KIND_AND_INDEX.iter_unpack(table[nodes_at : nodes_at + node_count * NODE.size]))
+    uses = [0] * body_count
+    uses[0] = 1
+    kinds: Counter = Counter()
+    launches: Counter = Counter()
+    collectives: Counter = Counter()
+    graph, kernel, collective = _KIND_CODE["graph"], _KIND_CODE["kernel"], _KIND_CODE["collective"]
+    for body in range(body_count):
+        first_node, count, _first_edge, _edges = BODY.unpack_from(table, HEADER.size + body * BODY.size)
+        weight = uses[body]
+        if weight == 0:
+            continue
+        for code, index in entries[first_node : first_node + count]:
+            kinds[KINDS[code]] += weight
+            if code == graph:
+                uses[index] += weight
+            elif code == kernel:
+                launches[index] += weight
+            elif code == collective:
+                collectives[index] += weight
+    return Census(nodes=sum(kinds.values()) - kinds["graph"], kinds=kinds, launches=launches, collectives=collectives)
 
 
 def _decode(table: bytes, payload: bytes) -> GraphBody:

@@ -45,6 +45,7 @@ from foundry_trace.archive.manifest import (
     GraphEntry,
     Manifest,
     check_manifest,
+    manifest_allowance,
 )
 from foundry_trace.archive.records import GraphBody
 from foundry_trace.errors import ArchiveFormatError
@@ -125,10 +126,14 @@ class ArchiveWriter:
     def finish(self, manifest: Manifest) -> Path:
         """Writes the manifest and header, then renames the file into place (never half-written).
         The archive's digest is then `self.digest`."""
-        payload = zlib.compress(manifest.model_dump_json().encode(), COMPRESSION_LEVEL)
-        if len(payload) > MAX_MANIFEST_BYTES:
-            raise ArchiveFormatError(f"the manifest would take {len(payload)} bytes, more than readers accept ({MAX_MANIFEST_BYTES})")
+        text = manifest.model_dump_json().encode()
+        payload = zlib.compress(text, COMPRESSION_LEVEL)
         offset = self._file.tell()
+        if len(text) > manifest_allowance(offset + len(payload)):
+            raise ArchiveFormatError(
+                f"the manifest would inflate to {len(text)} bytes, more than readers accept in an archive of "
+                f"{offset + len(payload)} bytes ({manifest_allowance(offset + len(payload))}): save fewer graphs per archive"
+            )
         self._file.write(payload)
         self._file.seek(0)
         self.digest = hashlib.sha256(payload).hexdigest()
@@ -199,7 +204,8 @@ class Archive:
         if hashlib.sha256(payload).digest() != checksum:
             raise ArchiveFormatError(f"{self.path}: the manifest's checksum does not match: the file is corrupted")
         self.version, self.digest = version, checksum.hex()
-        payload = _inflate(payload, MAX_MANIFEST_BYTES, f"{self.path}: the manifest")
+        allowance = manifest_allowance(size)
+        payload = _inflate(payload, allowance, f"{self.path}: the manifest (which may inflate to {allowance} bytes in a file of {size})")
         try:
             manifest = Manifest.model_validate_json(payload)
         except ValidationError as error:
@@ -263,12 +269,21 @@ class Archive:
         return decode(table, payload, len(self.manifest.functions), self.manifest.events, len(self.manifest.collectives))
 
     def verify(self) -> None:
-        """Checks every blob's checksum and every node table (references were checked at open)."""
+        """Checks every blob's checksum and every node table (references were checked at open).
+        Each blob is read and inflated once, and each distinct pair of table and payload checked
+        once, however many graphs share them: the cost follows the file, not its references."""
+        graph_blobs = {digest for entry in self.manifest.graphs for digest in (entry.table, entry.payload)}
+        kept = {}
         for digest in self.manifest.blobs:
-            self.blob(digest)
+            data = self.blob(digest)
+            if digest in graph_blobs:
+                kept[digest] = data
+        checked = set()
         for entry in self.manifest.graphs:
-            table, payload = self.graph_blobs(entry)
-            check_table(table, payload, len(self.manifest.functions), self.manifest.events, len(self.manifest.collectives), f"{self.path}: graph {entry.key!r}")
+            if (entry.table, entry.payload) not in checked:
+                checked.add((entry.table, entry.payload))
+                m = self.manifest
+                check_table(kept[entry.table], kept[entry.payload], len(m.functions), m.events, len(m.collectives), f"{self.path}: graph {entry.key!r}")
 
     def close(self) -> None:
         if self._file >= 0:

@@ -3,8 +3,9 @@ checks of every field against the others that a reader runs before anything uses
 
 Caps fit real archives with a wide margin (the 8B-shaped workload: 67 graphs, 173 modules, 244
 functions, about 500 blobs and a manifest of a few hundred kB; vLLM's piecewise capture: a few
-thousand graphs) and keep a hostile manifest from costing more than a fraction of a second and
-a few hundred MB to open.
+thousand graphs). The cost of reading one is bounded by the archive's size, never by what it
+claims (docs/security.md, "Cost bounds"): the manifest inflates to at most
+manifest_allowance(file size), every list is capped, and so are the nodes all graphs expand to.
 """
 
 from __future__ import annotations
@@ -29,14 +30,21 @@ from foundry_trace.errors import ArchiveFormatError
 
 FORMAT_VERSION = 3  # 3: an optional signature block may follow the manifest (signing.py)
 READABLE_VERSIONS = (2, 3)
-MAX_MANIFEST_BYTES = 64 << 20  # decompressed
+MAX_MANIFEST_BYTES = 64 << 20  # decompressed, whatever the archive's size
+MANIFEST_FLOOR = 1 << 20  # and at most this plus
+MANIFEST_PER_ARCHIVE_BYTE = 2  # this many bytes per byte of the archive file (real ones: under 1)
 MAX_RAW_BLOB_BYTES = 4 << 30  # a module binary, a node table or payload as stored
 MAX_ZLIB_BLOB_BYTES = 256 << 20  # memory contents once inflated (SAVE carries blocks of 1 MiB at most)
 MAX_ZLIB_RATIO = 1100  # zlib cannot inflate more than about 1032:1
+MAX_GRAPH_BLOB_RATIO = 32  # a compressed node table or payload: real ones compress 3-10x
 MAX_GRAPHS = 65536
 MAX_MODULES = 65536
-MAX_FUNCTIONS = 1 << 20
-MAX_SEGMENTS = 1 << 20
+MAX_FUNCTIONS = 1 << 16
+MAX_SEGMENTS = 1 << 16
+MAX_MODULES_PER_GRAPH = 1 << 12
+MAX_GRAPH_MODULE_REFS = 1 << 20  # module indices of all graphs together
+MAX_LAYOUT_ALLOCATIONS = 1 << 17  # the engine's blocks at the restore point
+MAX_ARCHIVE_NODES = 1 << 24  # what all graphs expand to, each child graph counted once per use
 MAX_BLOBS = 1 << 17
 MAX_EVENTS = 65536
 MAX_COLLECTIVES = 65536
@@ -102,7 +110,7 @@ class GraphEntry(_Model):
     template: Annotated[int, Field(ge=0)]
     table: Digest
     payload: Digest
-    modules: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(max_length=MAX_MODULES)]
+    modules: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(max_length=MAX_MODULES_PER_GRAPH)]
     outputs: Annotated[tuple[OutputTensor, ...], Field(max_length=MAX_PER_GRAPH)] = ()
     nodes: Annotated[int, Field(ge=0)]  # nodes that do work, child graphs flattened
     edges: Annotated[int, Field(ge=0)]
@@ -142,12 +150,19 @@ class Manifest(_Model):
     metadata: Annotated[dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=4096)]], Field(max_length=64)] = {}
 
 
+def manifest_allowance(archive_bytes: int) -> int:
+    """The most bytes the manifest of an archive file of `archive_bytes` may inflate to: parsing
+    costs time and memory in proportion (docs/security.md measures it)."""
+    return min(MAX_MANIFEST_BYTES, MANIFEST_FLOOR + MANIFEST_PER_ARCHIVE_BYTE * archive_bytes)
+
+
 def check_manifest(manifest: Manifest, where: str, blob_section_start: int, blob_section_end: int) -> None:
     """Every field against the others: indices inside their tables, every referenced blob
     indexed and lying in the blob section (the format's bounds: this module does not import
-    format.py, which imports it), sizes consistent, memory inside the allocator's
-    range, arena names the allocator can give, outputs with as many strides as dimensions.
-    Raises ArchiveFormatError naming the first fault."""
+    format.py, which imports it), sizes consistent, memory inside the allocator's range, arena
+    names the allocator can give, outputs with as many strides as dimensions, the totals over
+    lists capped. Raises ArchiveFormatError naming the first fault."""
+    _check_totals(manifest, where)
     _check_blobs(manifest, where, blob_section_start, blob_section_end)
     _check_indices(manifest, where)
     _check_memory(manifest, where)
@@ -156,6 +171,18 @@ def check_manifest(manifest: Manifest, where: str, blob_section_start: int, blob
 
 def _fail(where: str, problem: str) -> None:
     raise ArchiveFormatError(f"{where}: {problem}: the archive is corrupted or was not written by Foundry; save it again")
+
+
+def _check_totals(manifest: Manifest, where: str) -> None:
+    refs = sum(len(g.modules) for g in manifest.graphs)
+    if refs > MAX_GRAPH_MODULE_REFS:
+        _fail(where, f"its graphs name {refs} modules in all (at most {MAX_GRAPH_MODULE_REFS})")
+    blocks = len(manifest.restore_layout.allocations)
+    if blocks > MAX_LAYOUT_ALLOCATIONS:
+        _fail(where, f"its restore layout holds {blocks} blocks (at most {MAX_LAYOUT_ALLOCATIONS})")
+    nodes = sum(g.nodes for g in manifest.graphs)
+    if nodes > MAX_ARCHIVE_NODES:
+        _fail(where, f"its graphs declare {nodes} nodes in all (at most {MAX_ARCHIVE_NODES})")
 
 
 def _check_blobs(manifest: Manifest, where: str, blob_section_start: int, blob_section_end: int) -> None:
@@ -170,6 +197,10 @@ def _check_blobs(manifest: Manifest, where: str, blob_section_start: int, blob_s
     referenced |= {digest for m in manifest.modules for digest in m.variables.values()}
     referenced |= {s.contents for s in manifest.memory if s.contents}
     referenced |= {digest for g in manifest.graphs for digest in (g.table, g.payload)}
+    for digest in {d for g in manifest.graphs for d in (g.table, g.payload)} & manifest.blobs.keys():
+        ref = manifest.blobs[digest]
+        if ref.codec == "zlib" and ref.size > ref.stored * MAX_GRAPH_BLOB_RATIO:
+            _fail(where, f"node table or payload {digest[:12]} declares {ref.size} bytes from {ref.stored} (at most {MAX_GRAPH_BLOB_RATIO}:1)")
     missing = referenced - manifest.blobs.keys()
     if missing:
         _fail(where, f"{len(missing)} referenced blob(s) are not indexed, e.g. {min(missing)[:12]}")

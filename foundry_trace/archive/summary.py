@@ -6,48 +6,81 @@ from collections import Counter
 from pathlib import Path
 
 from foundry_alloc.units import format_bytes
+from foundry_trace._native import check_table
+from foundry_trace.archive._node_table import Census, census
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import group_of, key_order
-from foundry_trace.archive.records import CollectiveNode, KernelNode, operation_count, walk_nodes
-from foundry_trace.archive.signing import key_id
+from foundry_trace.archive.manifest import MAX_ARCHIVE_NODES, Manifest
+from foundry_trace.archive.signing import INVALID, UNVERIFIED, VERIFIED, signature_status
+from foundry_trace.errors import ArchiveFormatError
 
 
-def summarize(path: str | Path) -> dict[str, object]:
+def summarize(path: str | Path, trusted_keys: tuple[bytes, ...] = ()) -> dict[str, object]:
+    """What the archive holds. Its cost follows the archive's size, never what it claims: each
+    distinct node table and payload is read and checked once (graphs that share them share the
+    work), a table is counted without being expanded (node_table.census), and the nodes all
+    graphs expand to are capped over the archive (MAX_ARCHIVE_NODES). Signatures are checked
+    against `trusted_keys` (raw Ed25519 keys): only those that verify are `signed_by`."""
     with Archive(path) as archive:
         m = archive.manifest
-        kinds: Counter = Counter()
-        launches: Counter = Counter()
+        censuses: dict[str, Census] = {}
+        collective_figures: dict[str, tuple[int, int]] = {}  # per table: collective nodes, bytes reduced
+        read: dict[str, bytes] = {}
+        checked: set[tuple[str, str]] = set()
+        uses: Counter = Counter()  # graphs per table
+        expanded = 0
         graphs = []
         for graph in m.graphs:
-            body = archive.graph(graph)
-            collectives = []
-            for node in walk_nodes(body.nodes):
-                kinds[node.kind] += 1
-                if isinstance(node, KernelNode):
-                    launches[node.function] += 1
-                    if m.peer_window is not None and m.functions[node.function].name.startswith(PEER_KERNEL_PREFIX):
-                        collectives.append(peer_all_reduce_bytes(node))
-                elif isinstance(node, CollectiveNode):
-                    collectives.append(m.collectives[node.collective].size_bytes)
+            if (graph.table, graph.payload) not in checked:
+                for digest in (graph.table, graph.payload):
+                    if digest not in read:
+                        read[digest] = archive.blob(digest)
+                check_table(read[graph.table], read[graph.payload], len(m.functions), m.events, len(m.collectives), f"{archive.path}: graph {graph.key!r}")
+                checked.add((graph.table, graph.payload))
+                if graph.table not in censuses:
+                    counted = censuses[graph.table] = census(read[graph.table])
+                    peer = sum(n for i, n in counted.launches.items() if is_peer_all_reduce(m, i))
+                    collective_figures[graph.table] = (
+                        sum(counted.collectives.values()) + peer,
+                        sum(m.collectives[i].size_bytes * n for i, n in counted.collectives.items()),
+                    )
+            counted = censuses[graph.table]
+            uses[graph.table] += 1
+            expanded += sum(counted.kinds.values())
+            if expanded > MAX_ARCHIVE_NODES:
+                raise ArchiveFormatError(
+                    f"{archive.path}: its graphs expand to more than {MAX_ARCHIVE_NODES} nodes (child graphs counted once per "
+                    "use, as the driver copies them): the archive is corrupted or hostile; save it again"
+                )
+            collectives, collective_bytes = collective_figures[graph.table]
             graphs.append(
                 {
                     "key": graph.key,
                     "template": graph.template,
-                    "nodes": operation_count(body.nodes),
+                    "nodes": counted.nodes,
                     "driver_nodes": graph.driver_nodes,
                     "edges": graph.driver_edges,
                     "outputs": [o.name for o in graph.outputs],
-                    "collectives": len(collectives),
-                    "collective_bytes": sum(collectives),
+                    "collectives": collectives,
+                    "collective_bytes": collective_bytes,
                 }
             )
+        kinds: Counter = Counter()
+        launches: Counter = Counter()
+        for table, count in uses.items():  # once per distinct table: graphs that share one share this work
+            for kind, n in censuses[table].kinds.items():
+                kinds[kind] += n * count
+            for function, n in censuses[table].launches.items():
+                launches[function] += n * count
         module_bytes = sum(mod.size for mod in m.modules)
+        signatures = signature_status(archive, trusted_keys)
         return {
             "path": str(path),
             "archive_bytes": Path(path).stat().st_size,
             "format": archive.version,
             "digest": f"sha256:{archive.digest}",
-            "signed_by": [key_id(s.public_key) for s in archive.signatures],
+            "signed_by": [key for key, status in signatures if status == VERIFIED],
+            "signatures": [{"key": key, "status": status} for key, status in signatures],
             "fingerprint": m.fingerprint.model_dump(),
             "created": m.created,
             "graphs": graphs,
@@ -79,9 +112,29 @@ def summarize(path: str | Path) -> dict[str, object]:
 PEER_KERNEL_PREFIX = "foundry_peer_"  # parallel/peer_all_reduce.cu's kernels
 
 
-def peer_all_reduce_bytes(node: KernelNode) -> int:
-    """Bytes a peer all-reduce sums: its second argument counts 16-byte packs (data, packs, window)."""
-    return int.from_bytes(node.arguments[8:16], "little") * 16 if len(node.arguments) >= 16 else 0
+def is_peer_all_reduce(manifest: Manifest, function: int) -> bool:
+    """Whether a function of a peer-window archive is one of the peer all-reduce kernels."""
+    return manifest.peer_window is not None and manifest.functions[function].name.startswith(PEER_KERNEL_PREFIX)
+
+
+def escaped(text: str) -> str:
+    """`text` from an archive, safe to print: every character that is not printable (terminal
+    escape sequences, other controls, bidirectional overrides) written as a Python escape, so
+    an archive cannot move the cursor, clear the screen or draw lines of its own."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _signature_line(summary: dict[str, object]) -> str:
+    """What is known of each signature block: only a block checked against a given key names
+    its signer as such."""
+    shown = {
+        VERIFIED: "signed by {} (verified)",
+        INVALID: "a signature naming trusted key {} DOES NOT VERIFY",
+        UNVERIFIED: "an unverified signature block naming key {}",
+    }
+    blocks = summary["signatures"]
+    line = "; ".join(shown[b["status"]].format(b["key"]) for b in blocks) or "not signed"
+    return line + (" (give --trusted-keys to check it)" if any(b["status"] == UNVERIFIED for b in blocks) else "")
 
 
 def _graph_lines(graphs: list[dict[str, object]], collectives: bool) -> list[str]:
@@ -110,10 +163,10 @@ def _graph_lines(graphs: list[dict[str, object]], collectives: bool) -> list[str
 
 
 def render(summary: dict[str, object], *, kernels: int = 20) -> str:
-    f = summary["fingerprint"]
+    f = {key: escaped(value) if isinstance(value, str) else value for key, value in summary["fingerprint"].items()}
     lines = [
-        f"{summary['path']}: {format_bytes(summary['archive_bytes'])}, format {summary['format']}, created {summary['created']}",
-        f"  digest {summary['digest']}, signed by {', '.join(summary['signed_by']) or 'nobody'}",
+        f"{summary['path']}: {format_bytes(summary['archive_bytes'])}, format {summary['format']}, created {escaped(summary['created'])}",
+        f"  digest {summary['digest']}, {_signature_line(summary)}",
         f"  for {f['gpu']} (sm {f['compute_capability']}), driver {f['driver']}, CUDA API {f['cuda_driver_api']}, "
         f"torch {f['torch']}, allocator {f['allocator_base']:#x} + {format_bytes(f['allocator_size'])}",
         f"  {len(summary['graphs'])} graphs in {summary['templates']} templates, {summary['nodes']} nodes: "
@@ -140,5 +193,5 @@ def render(summary: dict[str, object], *, kernels: int = 20) -> str:
     lines += _graph_lines(summary["graphs"], collective_nodes > 0)
     ranked = sorted(summary["kernels"], key=lambda k: -k["launches"])
     lines.append(f"  kernels by launches (top {min(kernels, len(ranked))} of {len(ranked)}):")
-    lines += [f"    {k['launches']:>7}  {k['name'][:110]}  [{k['module']}]" for k in ranked[:kernels]]
+    lines += [f"    {k['launches']:>7}  {escaped(k['name'][:110])}  [{k['module']}]" for k in ranked[:kernels]]
     return "\n".join(lines)

@@ -23,7 +23,7 @@ def rewrite_manifest(path: Path, edit: Callable[[dict, int], bytes]) -> None:
     data = bytearray(path.read_bytes())
     manifest, offset = _stored_manifest(bytes(data))
     inserted = edit(manifest, offset)
-    payload = zlib.compress(json.dumps(manifest).encode())
+    payload = zlib.compress(json.dumps(manifest, separators=(",", ":")).encode())  # compact, as SAVE writes it
     data[offset:] = inserted + payload
     data[: HEADER.size] = HEADER.pack(MAGIC, FORMAT_VERSION, 0, offset + len(inserted), len(payload), hashlib.sha256(payload).digest())
     path.write_bytes(bytes(data))

@@ -41,7 +41,13 @@ from foundry_trace.archive.keys import group_of, serving_order
 from foundry_trace.archive.manifest import GraphEntry
 from foundry_trace.archive.records import MemorySegment
 from foundry_trace.archive.signing import TrustPolicy
-from foundry_trace.errors import LayoutMismatchError, RestoreError, RestoreTimeoutError, TensorParallelError
+from foundry_trace.errors import (
+    LayoutMismatchError,
+    RestoreError,
+    RestoreTimeoutError,
+    TensorParallelError,
+    TrustSettingError,
+)
 from foundry_trace.fingerprint import check_fingerprint, current_fingerprint
 from foundry_trace.parallel.collectives import Communicator, check_communicator
 from foundry_trace.parallel.peer import PeerCommunicator
@@ -130,11 +136,14 @@ def load(
             same archive before any memory is claimed, and (eager) that every rank finished.
         timeout: seconds an eager load may take at most (None: no limit). Past it, everything
             the load made is released and RestoreTimeoutError names the graph it waited for.
-        digest: "sha256:<hex>": restore only the archive with this digest (default:
-            FOUNDRY_ARCHIVE_DIGEST where set). `foundry inspect` and SAVE print it.
-        trusted_keys: public key files (or folders of *.pub): restore only archives signed by
-            one of them (default: FOUNDRY_TRUSTED_KEYS where set). Checked, like the digest,
-            right after the manifest is read, before any byte of the archive reaches the driver.
+        digest: "sha256:<hex>": restore only the archive with this digest, as well as what
+            FOUNDRY_ARCHIVE_DIGEST pins (another digest there: TrustSettingError). `foundry
+            inspect` and SAVE print it.
+        trusted_keys: public key files (or folders of *.pub), added to FOUNDRY_TRUSTED_KEYS's:
+            restore only archives signed by one of them. Never empty ([] or "" is a
+            TrustSettingError; None adds none). Checked, like the digest, right after the
+            manifest is read, before any byte of the archive reaches the driver. For a
+            prefetch()'s result, both must ask for no more than its own check made.
 
     Returns:
         The Restored graphs by key: `restored[8].replay()`, `restored[8].outputs["logits"]`,
@@ -158,13 +167,33 @@ def load(
     deadline = None if timeout is None else time.monotonic() + timeout
     with collection_deferred():
         if isinstance(archive, Restored):
-            restored = archive  # its trust was checked by prefetch()
+            restored = archive
+            _check_prefetched(restored, digest, trusted_keys)
         else:
             policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
             restored = _open(Path(archive), _Schedule(threads, builders, chunk_nodes), communicator, policy)
         restored.begin_load(communicator)
         _restore(restored, isinstance(archive, Restored), mode, upload, communicator, deadline, timeout)
     return restored
+
+
+def _check_prefetched(restored: Restored, digest: str | None, trusted_keys: Iterable[str | Path] | None) -> None:
+    """A prefetch() loaded the archive's modules under the policy it was given: load() may ask
+    for no check that one did not make (the modules already reached the driver), and the check
+    it asks for is run again on the open archive. Refused, or given a bad setting: the prefetch
+    is released, as after any failed load()."""
+    try:
+        policy = TrustPolicy.from_environment().with_arguments(digest, trusted_keys)
+        if not restored.policy.covers(policy):
+            raise TrustSettingError(
+                f"load() asks for {policy.describe()}, but prefetch() checked {restored.policy.describe()} before loading "
+                f"{restored.archive.path}'s modules: give prefetch() the same digest= and trusted_keys= (or set "
+                "FOUNDRY_ARCHIVE_DIGEST / FOUNDRY_TRUSTED_KEYS before it runs)"
+            )
+        policy.check(restored.archive)
+    except BaseException:
+        restored.release()
+        raise
 
 
 def _restore(
@@ -284,7 +313,7 @@ def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, po
         resources.release()
         archive.close()
         raise
-    restored = Restored(archive, resources, pipeline)
+    restored = Restored(archive, resources, pipeline, policy)
     restored.phases.update(phases)
     return restored
 

@@ -13,6 +13,7 @@ from foundry_trace._driver import SUCCESS, raise_failure
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import group_of
 from foundry_trace.archive.manifest import GraphEntry
+from foundry_trace.archive.signing import TrustPolicy
 from foundry_trace.errors import FoundryTraceError, GraphReleasedError, RestoreError, RestoreTimeoutError
 from foundry_trace.restore._pipeline import Pipeline, Span, Step
 from foundry_trace.restore._resources import LoadResources, ReleaseSummary
@@ -121,10 +122,13 @@ class Restored:
 
     `phases` holds the wall seconds of each step of LOAD, `spans` every module and graph task
     (for timelines); `archive` and `pipeline` are open while the load is, for tools that study
-    a restore (the benchmarks build graphs through pipeline.build to time the driver alone)."""
+    a restore (the benchmarks build graphs through pipeline.build to time the driver alone).
+    `policy` is the trust policy the archive was checked with when it was opened (load() of a
+    prefetch() refuses to ask for more than it)."""
 
-    def __init__(self, archive: Archive, resources: LoadResources, pipeline: Pipeline) -> None:
+    def __init__(self, archive: Archive, resources: LoadResources, pipeline: Pipeline, policy: TrustPolicy) -> None:
         self.archive = archive
+        self.policy = policy
         self.pipeline = pipeline
         self.graphs: dict[str, RestoredGraph] = {}
         self.phases: dict[str, float] = {}
