@@ -57,14 +57,14 @@ def test_a_host_run_prints_its_results_path_named_for_its_backend_with_the_commi
     assert json.loads(written.read_text())["commit"] == expected
 
 
-def test_the_commit_comes_from_a_checkout_of_the_project_else_foundry_commit_else_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_commit_is_foundry_commit_else_a_checkout_of_the_project_else_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert results._checkout_commit(tmp_path) is None  # not a checkout
     if shutil.which("git"):
         subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
         assert results._checkout_commit(tmp_path) is None  # a checkout, not of this project
-    monkeypatch.setattr(results, "_checkout_commit", lambda place: None)
     monkeypatch.setenv(results.ENV_COMMIT, "abc123")
-    assert results.project_commit() == "abc123"
+    assert results.project_commit() == "abc123", "a commit named explicitly wins over any checkout's HEAD"
+    monkeypatch.setattr(results, "_checkout_commit", lambda place: None)
     monkeypatch.delenv(results.ENV_COMMIT)
     assert results.project_commit() is None
 

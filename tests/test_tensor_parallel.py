@@ -208,3 +208,30 @@ def test_a_rank_whose_peers_never_join_the_rendezvous_is_aborted_and_named(monke
     with pytest.raises(StallError, match=r"rank 0 of 2: the rendezvous: only 1 ranks joined"):
         nccl.NcclCommunicator.from_environment(timeout=0.05)
     assert aborted == [0]
+
+
+def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """8 ranks that ran out of GPU memory on one H200 used to end the bench before it wrote
+    anything: the degrees that ran were lost with them."""
+    from foundry_trace.bench import tp_bench
+    from foundry_trace.errors import ChildProcessFailed
+
+    inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
+    rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "graphs": 1,
+            "device": "GPU", "torch": "t", "cuda": "c", "cupti": None}
+
+    def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+        if degree == 8:
+            raise ChildProcessFailed("load rank 1 of 8 failed (exit 1) in phase 'compare': torch.OutOfMemoryError\nmore lines")
+        return [{**rank, "rank": r} for r in range(degree)]
+
+    monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {d: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"} for d in (2, 8)})
+    monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
+    monkeypatch.setattr(tp_bench, "run_degree", ranks)
+    results = tp_bench._run_degrees("tiny", [2, 8], tmp_path, tmp_path, "peer")
+    two, eight = results["cases"]
+    assert two["ranks_bitwise_equal"] == [True, True] and two["restore_over_driver_cold"] == [1.0, 1.0] and two["ranks_agree"]
+    assert eight["failed"].startswith("load rank 1 of 8 failed") and "more lines" not in eight["failed"]
+    assert [p.name for p in tmp_path.glob("tp-*.json")], "the results file is written all the same"
+    assert "failed:" in tp_bench.render(results)

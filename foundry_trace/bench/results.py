@@ -101,14 +101,17 @@ def device_fields() -> dict[str, str | None]:
 
 
 def project_commit() -> str | None:
-    """The project's commit: git's HEAD when run in a checkout of the project (the current
-    directory's, else the package's own), FOUNDRY_COMMIT where the tree was copied without .git,
-    else None."""
+    """The project's commit: FOUNDRY_COMMIT where set (the caller knows which tree it copied: a
+    copy may carry a .git whose HEAD is another commit, as the GPU machine's did), else git's
+    HEAD when run in a checkout of the project (the current directory's, else the package's
+    own), else None."""
+    if os.environ.get(ENV_COMMIT, "").strip():
+        return os.environ[ENV_COMMIT].strip()
     for place in (Path.cwd(), Path(__file__).parent):
         commit = _checkout_commit(place)
         if commit is not None:
             return commit
-    return os.environ.get(ENV_COMMIT) or None
+    return None
 
 
 def _checkout_commit(place: Path) -> str | None:

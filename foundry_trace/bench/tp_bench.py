@@ -38,6 +38,7 @@ from foundry_trace.bench.children import (
     run_ranks,
 )
 from foundry_trace.bench.results import device_fields
+from foundry_trace.errors import ChildProcessFailed
 from foundry_trace.parallel.collectives import archive_path
 
 if TYPE_CHECKING:
@@ -326,16 +327,20 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
     cases, first = [], None
     for degree in degrees:
         shown = {k: v for k, v in inspected[degree].items() if k != "per_graph"}
-        ranks_per_gpu = -(-degree // gpus) if kind == "peer" else 1
+        ranks_per_gpu = -(-degree // max(gpus, 1)) if kind == "peer" else 1
         case = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree),
                 "ranks_per_gpu": ranks_per_gpu, "archive_bytes": saved[degree]["archive_bytes"], "save_s": saved[degree]["save_s"],
                 "collectives": saved[degree]["collectives"], **shown}
         if kind == "nccl" and degree > gpus:
             cases.append(Case(**case, not_run=f"needs {degree} GPUs for NCCL, this machine has {gpus}"))
             continue
-        native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
-        driver = _by_rank(run_degree(["driver", workload, str(directory), kind, *extra], degree, kind))
-        loaded = _by_rank(run_degree(["load", workload, str(directory), kind, *extra], degree, kind))
+        try:
+            native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
+            driver = _by_rank(run_degree(["driver", workload, str(directory), kind, *extra], degree, kind))
+            loaded = _by_rank(run_degree(["load", workload, str(directory), kind, *extra], degree, kind))
+        except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
+            cases.append(Case(**case, failed=str(error).splitlines()[0][:2000]))
+            continue
         first = first or loaded[0]
         native_s = [n["native_s"] for n in native]
         restore_s = [r["restore_s"] for r in loaded]
@@ -393,8 +398,8 @@ def render(results: dict[str, object]) -> str:
             f"{c['name']} ({c.get('ranks_per_gpu', 1)}/GPU)", f"{c['graphs']} / {c['nodes']}",
             f"{c['collective_nodes']} ({', '.join(map(str, c['collectives_per_graph']))})", f"{c['archive_bytes'] / 2**20:.1f}",
         ]
-        if c.get("not_run"):
-            table.add_row(*saved, c["not_run"], "", "", "", "", "")
+        if c.get("not_run") or c.get("failed"):
+            table.add_row(*saved, c.get("not_run") or f"failed: {c['failed'][:60]}", "", "", "", "", "")
             continue
         deltas = " ".join(f"b{b}:{d:+.2f}" for b, d in c["replay_delta_pct"].items())
         table.add_row(
