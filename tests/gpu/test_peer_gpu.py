@@ -7,10 +7,8 @@ killed mid-LOAD: its peer raises within the time-out and the GPU's memory is fre
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import pytest
 from foundry_trace.bench.children import ENV_TIMEOUT, run_child
 
 from ..conftest import clean_environment
+from .ranks import kill_rank_one_at_load
 
 pytestmark = pytest.mark.gpu
 MODULE = "foundry_trace.bench.tp_bench"
@@ -69,20 +68,10 @@ def test_a_rank_killed_mid_load_stops_its_peer_within_the_time_out(tmp_path: Pat
             [sys.executable, "-P", "-m", MODULE, "load", "tiny", str(tmp_path), "peer", *TINY], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, env=env,
         ))
-    try:
-        for line in processes[1].stderr:  # rank 1: until it enters LOAD
-            if line.startswith("phase: load"):
-                break
-        processes[1].send_signal(signal.SIGKILL)
-        start = time.monotonic()
-        _, errors = processes[0].communicate(timeout=timeout + 30)
-        assert time.monotonic() - start < 30, "rank 0 must see its peer leave at once, not at its time-out"
-        assert processes[0].returncode != 0, "rank 0 cannot have finished without its peer"
-        assert "StallError" in errors and "rank 1" in errors, errors[-3000:]
-    finally:
-        for process in processes:
-            process.kill()
-            process.wait()
+    elapsed, status, errors = kill_rank_one_at_load(processes, timeout + 30)
+    assert elapsed < 30, "rank 0 must see its peer leave at once, not at its time-out"
+    assert status != 0, "rank 0 cannot have finished without its peer"
+    assert "StallError" in errors and "rank 1" in errors, errors[-3000:]
     probe = "import json, torch; print(json.dumps(torch.cuda.mem_get_info(0)))"
     available, total = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=clean_environment(), timeout=120).stdout)
     assert total - available < 4 << 30, f"GPU memory still held after the ranks ended: {available} of {total} free"

@@ -8,7 +8,6 @@ killed mid-LOAD, after which its peer ends within the time-out and the GPUs are 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from foundry_trace.bench.children import ENV_TIMEOUT, run_child
 
 from ..conftest import clean_environment
+from .ranks import kill_rank_one_at_load
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def ranks(role: str, *arguments: str, options: list[str], timeout: float = 300) 
 @pytest.fixture(scope="module")
 def archives(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dict]]:
     directory = tmp_path_factory.mktemp("tp")
-    saved = {degree: child("save", "small", str(degree), str(directory / f"tp{degree}.foundry")) for degree in (1, 2, 4)}
+    saved = {degree: child("save", "small", str(degree), str(directory / f"tp{degree}.foundry"), "nccl") for degree in (1, 2, 4)}
     return directory, saved
 
 
@@ -52,7 +52,7 @@ def llama_archives(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tp1 and tp2 of llama8b shapes with 2 layers, from one offline run on one GPU."""
     directory = tmp_path_factory.mktemp("tp-llama")
     for degree in (1, 2):
-        child("save", "llama8b", str(degree), str(directory / f"tp{degree}.foundry"), options=LLAMA)
+        child("save", "llama8b", str(degree), str(directory / f"tp{degree}.foundry"), "nccl", options=LLAMA)
     return directory
 
 
@@ -84,7 +84,7 @@ def test_each_degrees_archive_inspects_as_its_degree_with_the_same_collectives(a
 
 def test_one_rank_binds_its_communicator_and_matches_a_native_capture(archives: tuple[Path, dict[int, dict]]) -> None:
     directory, _ = archives
-    result = child("load", "small", str(directory))
+    result = child("load", "small", str(directory), "nccl")
     assert "collectives" in result["phases"]
     assert result["graphs"] == 3
     assert result["bitwise_equal"], f"restored graphs differ from the native TP capture: {result['mismatched']}"
@@ -126,7 +126,7 @@ print("closed after release")
 @two_gpus
 def test_two_native_ranks_capture_and_close_under_a_time_out() -> None:
     start = time.monotonic()
-    results = ranks("native", "llama8b", options=LLAMA, timeout=240)
+    results = ranks("native", "llama8b", "nccl", options=LLAMA, timeout=240)
     assert sorted(r["rank"] for r in results) == [0, 1]
     assert all(r["graphs"] == 4 for r in results)
     assert time.monotonic() - start < 240
@@ -134,7 +134,7 @@ def test_two_native_ranks_capture_and_close_under_a_time_out() -> None:
 
 @two_gpus
 def test_two_ranks_restore_llama_shapes_and_match_native_tp_bit_for_bit(llama_archives: Path) -> None:
-    results = ranks("load", "llama8b", str(llama_archives), options=LLAMA, timeout=300)
+    results = ranks("load", "llama8b", str(llama_archives), "nccl", options=LLAMA, timeout=300)
     for result in results:
         assert result["graphs"] == 4
         assert not result["nondeterministic_native"], f"rank {result['rank']}: math attention must be deterministic"
@@ -153,23 +153,13 @@ def test_a_rank_killed_mid_load_ends_its_peer_within_the_time_out_and_frees_the_
         env = {**rank_environment(rank, rank, 2, port), **clean_environment(), ENV_TIMEOUT: str(timeout)}
         env.update(CUDA_VISIBLE_DEVICES=str(rank), RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         processes.append(subprocess.Popen(
-            [sys.executable, "-P", "-m", MODULE, "load", "llama8b", str(llama_archives), *LLAMA], stdout=subprocess.PIPE,
+            [sys.executable, "-P", "-m", MODULE, "load", "llama8b", str(llama_archives), "nccl", *LLAMA], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, env=env,
         ))
-    try:
-        for line in processes[1].stderr:  # rank 1: until it enters LOAD
-            if line.startswith("phase: load"):
-                break
-        processes[1].send_signal(signal.SIGKILL)
-        start = time.monotonic()
-        _, errors = processes[0].communicate(timeout=timeout + 30)
-        assert time.monotonic() - start < timeout + 30
-        assert processes[0].returncode != 0, "rank 0 cannot have finished without its peer"
-        assert "Timeout" in errors or "NcclError" in errors or "Stall" in errors, errors[-3000:]
-    finally:
-        for process in processes:
-            process.kill()
-            process.wait()
+    elapsed, status, errors = kill_rank_one_at_load(processes, timeout + 30)
+    assert elapsed < timeout + 30
+    assert status != 0, "rank 0 cannot have finished without its peer"
+    assert "Timeout" in errors or "NcclError" in errors or "Stall" in errors, errors[-3000:]
     probe = "import json, torch; print(json.dumps([torch.cuda.mem_get_info(d) for d in range(2)]))"
     free = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=clean_environment(), timeout=120).stdout)
     for available, total in free:
