@@ -62,7 +62,8 @@ def _env(_: argparse.Namespace) -> int:
     if config is None:
         print("\nallocator currently off (FOUNDRY_ALLOC and FOUNDRY_MODE are unset or off)")
     else:
-        print(f"\nallocator currently on: range {config.base:#x} + {config.size:#x} bytes per device")
+        print(f"\nallocator currently on: range {config.base:#x} + {config.size:#x} bytes per device; peer window of "
+              f"tensor-parallel ranks {config.peer_window_base:#x} + {config.peer_window_size:#x} ({config.peer_stride:#x} a slot)")
     return 0
 
 

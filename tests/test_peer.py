@@ -241,3 +241,16 @@ def test_the_rendezvous_reader_on_frames_cut_or_lying_about_their_length(frames:
 
     stream = b"".join(struct.pack("<4sI", kind, len(body) + (1 << 21 if lie else 0)) + body for kind, body, lie in frames)
     one_input(_info(1, 2).pack() + stream)
+
+
+def test_foundry_env_shows_the_peer_window_and_refuses_a_bad_one(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from foundry_trace.cli import main
+
+    monkeypatch.setenv("FOUNDRY_ALLOC", "1")
+    monkeypatch.setenv("FOUNDRY_ALLOC_PEER_BASE", "0x600000000000")
+    assert main(["env"]) == 0
+    assert "peer window of tensor-parallel ranks 0x600000000000 + 0x240000000 (0x40000000 a slot)" in capsys.readouterr().out
+    monkeypatch.delenv("FOUNDRY_ALLOC")
+    monkeypatch.setenv("FOUNDRY_ALLOC_PEER_STRIDE", "3M")
+    assert main(["env"]) == 2
+    assert "FOUNDRY_ALLOC_PEER_STRIDE" in capsys.readouterr().out
