@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 MODULE = "foundry_trace.bench.tp_bench"
 RANK_TIMEOUT_S = 480.0  # one rank's child, all phases: well inside a 10-minute device call
 COMMUNICATORS = ("nccl", "peer")
-MAX_PEER_RANKS = 8
 
 
 def _communicator(kind: str, *, local_degree: int | None = None) -> Communicator:
@@ -307,8 +306,10 @@ def run(
     if communicator not in COMMUNICATORS:
         raise ValueError(f"communicator {communicator!r}: choose one of {', '.join(COMMUNICATORS)}")
     parsed = [int(d) for d in degrees.split(",")]
-    if communicator == "peer" and max(parsed) > MAX_PEER_RANKS:
-        raise ValueError(f"degrees {degrees}: the peer communicator serves at most {MAX_PEER_RANKS} ranks")
+    from foundry_trace.parallel.window import MAX_RANKS
+
+    if communicator == "peer" and max(parsed) > MAX_RANKS:
+        raise ValueError(f"degrees {degrees}: the peer communicator serves at most {MAX_RANKS} ranks")
     if archive is None:
         with tempfile.TemporaryDirectory(prefix="foundry-tp-") as scratch:
             return run(workload, output_dir, degrees, Path(scratch), layers, attention, communicator)

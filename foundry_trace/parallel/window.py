@@ -21,14 +21,13 @@ from dataclasses import dataclass
 
 from cuda.bindings import driver
 
+from foundry_alloc.config import PEER_SLOTS
 from foundry_trace._driver import call
 from foundry_trace.errors import PeerError
 
-MAX_RANKS = 8  # the kernels' flag arrays hold 8 ranks: tensor parallelism within one node
-SLOTS = 1 + MAX_RANKS
-HEADER_BYTES = 4096
-FLAGS_OFFSET = 4096  # peer_all_reduce.cu: flags[2 phases][64 blocks][8 ranks] of 8 bytes
-DATA_OFFSET = 65536
+SLOTS = PEER_SLOTS  # the process's own buffer, then one a rank
+MAX_RANKS = SLOTS - 1  # peer_all_reduce.cu's flag arrays hold 8 ranks: tensor parallelism within one node
+DATA_OFFSET = 65536  # peer_all_reduce.cu: the header, then flags[2 phases][64 blocks][8 ranks], then staging
 PACK_BYTES = 16
 GRANULE = 2 << 20
 
@@ -72,9 +71,6 @@ class WindowLayout:
         if not 0 <= rank < MAX_RANKS:
             raise PeerError(f"rank {rank}: the peer window holds ranks 0..{MAX_RANKS - 1}")
         return self.base + (rank + 1) * self.stride
-
-    def overlaps(self, start: int, size: int) -> bool:
-        return start < self.base + self.size and self.base < start + size
 
 
 class MappedWindow:
