@@ -11,6 +11,7 @@ The CPU suite runs the same target under hypothesis (tests/test_peer.py).
 from __future__ import annotations
 
 import socket
+import struct
 import time
 
 from foundry_trace.errors import PeerError, StallError
@@ -18,6 +19,13 @@ from foundry_trace.parallel.rendezvous import HELLO_BYTES, RankInfo, receive_fra
 from fuzz import run_atheris
 
 MAX_INPUT = 1 << 16  # what one socket buffer holds: the sender never blocks
+
+
+def seed_stream() -> bytes:
+    """What rank 0 reads from a real peer: its description, then an agreement's frame."""
+    me = RankInfo(rank=1, world=2, pid=1, base=0x240000000000, stride=1 << 30, buffer_bytes=64 << 20, device_uuid=bytes(16))
+    payload = b"LOAD's archive\0" + b"0" * 64
+    return me.pack() + struct.pack("<4sI", b"XCHG", len(payload)) + payload
 
 
 def one_input(data: bytes) -> None:
