@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import foundry_alloc as fa
 from foundry_alloc.config import PEER_SLOTS
 from foundry_trace.errors import PeerError, StallError
-from foundry_trace.parallel.rendezvous import RankInfo, Rendezvous
+from foundry_trace.parallel.rendezvous import RankInfo, Rendezvous, _connect
 from foundry_trace.parallel.window import DATA_OFFSET, GRANULE, MAX_RANKS, PACK_BYTES, WindowLayout
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -139,16 +139,8 @@ def test_a_peer_that_never_comes_is_named_within_the_time_out(path: str) -> None
 
 
 def _connected(path: str) -> socket.socket:
-    """A connection to rank 0's socket, once it listens."""
-    for _ in range(500):
-        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            connection.connect(path)
-            return connection
-        except (FileNotFoundError, ConnectionRefusedError):
-            connection.close()
-            time.sleep(0.01)
-    raise AssertionError(f"nothing listens at {path}")
+    """A connection to rank 0's socket, once it listens (as a rank connects)."""
+    return _connect(path, _info(1, 2), time.monotonic() + 5, 5)
 
 
 def _garbage_peer(path: str, payload: bytes) -> Callable[[], None]:

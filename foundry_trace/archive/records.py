@@ -105,6 +105,9 @@ class CollectiveSpec(_Record):
         return self.count * ELEMENT_BYTES[self.dtype]
 
 
+PEER_KERNEL_PREFIX = "foundry_peer_"  # parallel/peer_all_reduce.cu's kernels: foundry_peer_<algorithm>_<dtype>
+
+
 class PeerWindowRecord(_Record):
     """The peer window a tensor-parallel archive's all-reduce kernels address (their arguments
     hold its base; parallel/window.py): every rank's LOAD must map the same one."""

@@ -11,6 +11,7 @@ from foundry_trace.archive._node_table import Census, census
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import group_of, key_order
 from foundry_trace.archive.manifest import MAX_ARCHIVE_NODES, Manifest
+from foundry_trace.archive.records import PEER_KERNEL_PREFIX
 from foundry_trace.archive.signing import INVALID, UNVERIFIED, VERIFIED, signature_status
 from foundry_trace.errors import ArchiveFormatError
 
@@ -107,9 +108,6 @@ def summarize(path: str | Path, trusted_keys: tuple[bytes, ...] = ()) -> dict[st
             "distinct_collectives": len(m.collectives),
             "peer_window": m.peer_window.model_dump() if m.peer_window is not None else None,
         }
-
-
-PEER_KERNEL_PREFIX = "foundry_peer_"  # parallel/peer_all_reduce.cu's kernels
 
 
 def is_peer_all_reduce(manifest: Manifest, function: int) -> bool:

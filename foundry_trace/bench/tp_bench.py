@@ -217,13 +217,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _multicast_off(environment: dict[str, str]) -> dict[str, str]:
+    """NVLink multicast stays off in every rank (NCCL's and PyTorch's symmetric memory)."""
+    environment.setdefault("NCCL_NVLS_ENABLE", "0")
+    environment.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+    return environment
+
+
 def rank_environment(gpu: int, rank: int = 0, ranks: int = 1, port: int = 0) -> dict[str, str]:
     """One rank's environment: its GPU alone, torchrun's variables, NVLink multicast off."""
     environment = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu), RANK=str(rank), WORLD_SIZE=str(ranks))
     environment.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    environment.setdefault("NCCL_NVLS_ENABLE", "0")
-    environment.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-    return environment
+    return _multicast_off(environment)
 
 
 def peer_rank_environment(rank: int, ranks: int, socket_path: str) -> dict[str, str]:
@@ -231,19 +236,21 @@ def peer_rank_environment(rank: int, ranks: int, socket_path: str) -> dict[str, 
     others; it picks GPU rank mod GPUs itself), torchrun's variables, the rendezvous socket."""
     environment = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES" or v.strip()}
     environment.update(RANK=str(rank), WORLD_SIZE=str(ranks), FOUNDRY_PEER_SOCKET=socket_path)
-    environment.setdefault("NCCL_NVLS_ENABLE", "0")
-    environment.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-    return environment
+    return _multicast_off(environment)
+
+
+def _run_ranks(module: str, arguments: list[str], environments: list[dict[str, str]], timeout: float) -> list[dict[str, object]]:
+    degree = len(environments)
+    return run_ranks(
+        module, [arguments] * degree, environments, timeout=timeout, labels=[f"{arguments[0]} rank {rank} of {degree}" for rank in range(degree)]
+    )
 
 
 def run_peer_ranks(module: str, arguments: list[str], degree: int, timeout: float = RANK_TIMEOUT_S) -> list[dict[str, object]]:
     """`degree` ranks of `module` meeting over a fresh rendezvous socket, under one watchdog."""
     with tempfile.TemporaryDirectory(prefix="foundry-peer-") as scratch:
         path = os.path.join(scratch, "rendezvous.sock")
-        return run_ranks(
-            module, [arguments] * degree, [peer_rank_environment(rank, degree, path) for rank in range(degree)], timeout=timeout,
-            labels=[f"{arguments[0]} rank {rank} of {degree}" for rank in range(degree)],
-        )
+        return _run_ranks(module, arguments, [peer_rank_environment(rank, degree, path) for rank in range(degree)], timeout)
 
 
 def run_degree(role: list[str], degree: int, kind: str = "nccl", timeout: float = RANK_TIMEOUT_S) -> list[dict[str, object]]:
@@ -253,10 +260,7 @@ def run_degree(role: list[str], degree: int, kind: str = "nccl", timeout: float 
     if kind == "peer":
         return run_peer_ranks(MODULE, role, degree, timeout=timeout)
     port = free_port()
-    return run_ranks(
-        MODULE, [role] * degree, [rank_environment(rank, rank, degree, port) for rank in range(degree)], timeout=timeout,
-        labels=[f"{role[0]} rank {rank} of {degree}" for rank in range(degree)],
-    )
+    return _run_ranks(MODULE, role, [rank_environment(rank, rank, degree, port) for rank in range(degree)], timeout)
 
 
 def save_all(workload: str, degrees: list[int], directory: Path, kind: str = "nccl", **options: object) -> dict[int, dict[str, object]]:

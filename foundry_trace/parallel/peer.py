@@ -36,7 +36,7 @@ import foundry_alloc
 from foundry_alloc.config import environment_settings
 from foundry_alloc.profiling import annotate
 from foundry_trace._driver import call, current_context
-from foundry_trace.archive.records import CollectiveSpec, PeerWindowRecord
+from foundry_trace.archive.records import ELEMENT_BYTES, CollectiveSpec, PeerWindowRecord
 from foundry_trace.errors import PeerError, StallError, TensorParallelError
 from foundry_trace.parallel.peer_kernels import Kernels, plan
 from foundry_trace.parallel.rendezvous import RankInfo, Rendezvous, close_fds
@@ -56,7 +56,7 @@ MAGIC = 0x3152454550444E46  # peer_all_reduce.cu: "FNDPEER1"
 _HEADER = struct.Struct("<QIIQQQQQII")
 _ERROR = struct.Struct("<IIIIQQ")  # ErrorRecord: error, peer, kind, phase, sequence, packs
 _KINDS = {1: "one-shot", 2: "two-shot"}
-_DTYPES = {1: ("bfloat16", 8), 2: ("float16", 8), 3: ("float32", 4)}
+_DTYPES = {1: "bfloat16", 2: "float16", 3: "float32"}  # peer_all_reduce.cu: Bf16::code, F16::code, F32::code
 
 
 class _Load(Protocol):
@@ -259,10 +259,11 @@ class PeerCommunicator:
             return
         error, peer, kind, phase, sequence, packs = _ERROR.unpack(ctypes.string_at(self._host_error, _ERROR.size))
         if error:
-            dtype, per_pack = _DTYPES.get(kind >> 8, ("?", 0))
+            dtype = _DTYPES.get(kind >> 8, "?")
+            elements = packs * PACK_BYTES // ELEMENT_BYTES[dtype] if dtype in ELEMENT_BYTES else "?"
             barrier = "first" if phase == 0 else "second"
             raise StallError(
-                self._what(f"the all-reduce ({_KINDS.get(kind & 0xFF, '?')}, {packs * per_pack} {dtype} elements), collective {sequence} "
+                self._what(f"the all-reduce ({_KINDS.get(kind & 0xFF, '?')}, {elements} {dtype} elements), collective {sequence} "
                            f"of this communicator, waited more than {self.stall_timeout:g} s for rank {peer} at its {barrier} barrier: "
                            "that rank stopped or runs other collectives; this communicator cannot be used any more: close it and "
                            "stop every rank")

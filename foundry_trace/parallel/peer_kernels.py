@@ -17,7 +17,7 @@ from pathlib import Path
 from cuda.bindings import driver
 
 from foundry_trace._driver import call
-from foundry_trace.archive.records import ELEMENT_BYTES
+from foundry_trace.archive.records import ELEMENT_BYTES, PEER_KERNEL_PREFIX
 from foundry_trace.errors import PeerError
 from foundry_trace.parallel.window import PACK_BYTES
 
@@ -94,7 +94,7 @@ class Kernels:
         try:
             for algorithm in ALGORITHMS:
                 for dtype in ELEMENT_BYTES:
-                    name = f"foundry_peer_{algorithm}_{dtype}"
+                    name = f"{PEER_KERNEL_PREFIX}{algorithm}_{dtype}"
                     function = call(driver.cuModuleGetFunction, self.module, name.encode())
                     self.functions[algorithm, dtype] = function
                     with _lock:

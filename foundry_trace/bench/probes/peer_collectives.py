@@ -13,7 +13,6 @@ of these, several on one GPU where there are fewer GPUs than ranks):
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 from foundry_trace.bench.children import child_main, note, phase
@@ -21,15 +20,6 @@ from foundry_trace.bench.children import child_main, note, phase
 SIZES = (8, 4096, 4096 * 8, 4096 * 64, 4096 * 256, 4096 * 512)  # elements: one pack to a batch of 512 rows of 4096
 DTYPES = ("bfloat16", "float16", "float32")
 STEP_ALL_REDUCES = 64  # a Llama-3-8B decode step: two per layer
-
-
-def select_device() -> int:
-    """Rank r on GPU r mod (GPUs visible): ranks share GPUs when there are fewer GPUs than ranks."""
-    import torch
-
-    device = int(os.environ.get("RANK", "0")) % torch.cuda.device_count()
-    torch.cuda.set_device(device)
-    return device
 
 
 def rank_input(rank: int, count: int, dtype: str, seed: int):  # noqa: ANN201 - a tensor
@@ -124,8 +114,10 @@ def _run(arguments: argparse.Namespace) -> dict[str, object]:
     import foundry_alloc
 
     foundry_alloc.install()
-    select_device()
+    from foundry_trace.bench.tp_bench import select_device
     from foundry_trace.parallel.peer import PeerCommunicator
+
+    select_device()
 
     phase("rendezvous")
     start = time.perf_counter()
