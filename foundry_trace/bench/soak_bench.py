@@ -75,7 +75,7 @@ def child(workload: str, archive: str, iterations: int) -> dict[str, object]:
     import torch
 
     import foundry_trace as ft
-    from foundry_trace.archive.signing import generate_key, sign_archive
+    from foundry_trace.archive import Archive, generate_key, sign_archive
     from foundry_trace.bench import damage
     from foundry_trace.bench.verify import differing_from_saved, restored_digests, saved_references
     from foundry_trace.bench.workloads.registry import build_engine
@@ -100,7 +100,7 @@ def child(workload: str, archive: str, iterations: int) -> dict[str, object]:
         manifest["graphs"][0]["nodes"] += 1
         return b""
 
-    with ft.Archive(signed) as opened:
+    with Archive(signed) as opened:
         block = signed.read_bytes()[opened.manifest_end :]
     damage.rewrite_manifest(tampered, change)
     tampered.write_bytes(tampered.read_bytes() + block)

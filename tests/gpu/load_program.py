@@ -25,6 +25,7 @@ from pathlib import Path
 
 import foundry_alloc as fa
 import foundry_trace as ft
+from foundry_trace.archive import Archive
 from foundry_trace.archive.keys import key_order
 from foundry_trace.bench import damage
 from foundry_trace.bench.verify import saved_references
@@ -34,7 +35,7 @@ from .save_program import save_tiny
 
 
 def saved_outputs(path: str) -> dict[str, dict[str, object]]:
-    with ft.Archive(path) as archive:
+    with Archive(path) as archive:
         return saved_references(archive.manifest)
 
 
@@ -71,7 +72,7 @@ def modes(path: str) -> dict[str, object]:
 
     model = build_engine("tiny")
     saved = saved_outputs(path)
-    with ft.Archive(path) as archive:
+    with Archive(path) as archive:
         graphs = archive.manifest.graphs
     result: dict[str, object] = {}
     for mode in ("background", "lazy"):
@@ -118,7 +119,7 @@ def save_streams(path: str) -> dict[str, object]:
 
 def prefetched_copies(path: str) -> dict[str, object]:
     fa.install()
-    with ft.Archive(path) as archive:
+    with Archive(path) as archive:
         graphs = len(archive.manifest.graphs)
         copy_arenas = sorted({arena for g in archive.manifest.graphs for arena in g.copy_arenas or ("unrecorded",)})
     early = ft.prefetch(path)
@@ -249,7 +250,7 @@ def trust(path: str) -> dict[str, object]:
     restored.release()
     tampered = folder / "tampered.foundry"
     shutil.copyfile(signed, tampered)
-    with ft.Archive(signed) as archive:
+    with Archive(signed) as archive:
         block = signed.read_bytes()[archive.manifest_end :]
 
     def change(manifest: dict, _: int) -> bytes:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import foundry_alloc as fa
 import foundry_trace as ft
+from foundry_trace.archive import Archive
 from foundry_trace.archive.records import operation_count
 from foundry_trace.bench.damage import compress_all
 from foundry_trace.bench.workloads.registry import build_engine
@@ -42,7 +43,7 @@ def save(path: str) -> dict[str, object]:
 
     save_tiny(path)
     summary = summarize(path)
-    with ft.Archive(path) as archive:
+    with Archive(path) as archive:
         archive.verify()
         walked = {g.key: (operation_count(archive.graph(g).nodes), g.driver_nodes) for g in archive.manifest.graphs}
     return {"summary": summary, "walked_vs_driver": walked}
