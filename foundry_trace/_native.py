@@ -70,14 +70,20 @@ class _ModuleFunction(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("attributes", _i32_array), ("values", _i32_array), ("attribute_count", _u32), ("reserved", _u32)]
 
 
+class _ModuleRequest(ctypes.Structure):
+    """csrc/module_load.hpp's ModuleRequest."""
+
+    _fields_ = [
+        ("image", _BlobSource), ("variables", ctypes.POINTER(_ModuleVariable)), ("functions", ctypes.POINTER(_ModuleFunction)),
+        ("function_handles", _u64_array), ("param_bytes", _u64_array), ("variable_count", _u32), ("function_count", _u32),
+        ("module", _u64), ("times", ctypes.c_double * 2),
+    ]
+
+
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fr_table_check": (ctypes.c_int, [_bytes, _u64, _bytes, _u64, _u32, _u32, _u32, ctypes.c_char_p, _u64]),
     "fr_function_param_bytes": (ctypes.c_int, [_u64, _u64_array, ctypes.c_char_p, _u64]),
-    "fr_module_load": (
-        ctypes.c_int,
-        [ctypes.c_int, ctypes.POINTER(_BlobSource), _u64, ctypes.POINTER(_ModuleVariable), _u32, ctypes.POINTER(_ModuleFunction), _u32,
-         _u64_array, _u64_array, _u64_array, ctypes.POINTER(ctypes.c_double), ctypes.c_char_p, _u64],
-    ),
+    "fr_modules_load": (ctypes.c_int, [ctypes.c_int, _u64, ctypes.POINTER(_ModuleRequest), _u32, ctypes.POINTER(_u32), ctypes.c_char_p, _u64]),
     "fr_module_unload": (None, [_u64]),
     "fr_graph_build": (
         ctypes.c_int,
@@ -201,9 +207,9 @@ class StoredVariable:
 
 @dataclass(frozen=True)
 class LoadedModule:
-    """A module fr_module_load loaded: its CUmodule, for each function asked for, in order, its
+    """A module fr_modules_load loaded: its CUmodule, for each function asked for, in order, its
     CUfunction and parameter buffer size (0 where the driver cannot tell), and the (start, end)
-    of the call's work in time.perf_counter() seconds."""
+    of its work in time.perf_counter() seconds."""
 
     module: int
     functions: list[int]
@@ -211,43 +217,79 @@ class LoadedModule:
     times: tuple[float, float]
 
 
+@dataclass(frozen=True)
+class ModuleRequest:
+    """A module to load: its binary, its stored variables, the (entry name, {CUfunction_attribute:
+    value}) of each function to resolve, and what errors call it."""
+
+    image: Blob
+    variables: Sequence[StoredVariable]
+    functions: Sequence[tuple[str, Mapping[int, int]]]
+    what: str
+
+
+@dataclass(frozen=True)
+class ModulesLoaded:
+    """What fr_modules_load did with a batch: the modules loaded, in order (the caller owns them),
+    and, where it stopped early, why the next one failed (it is not loaded)."""
+
+    loaded: list[LoadedModule]
+    failure: Exception | None
+
+
+def load_modules(archive: int, requests: Sequence[ModuleRequest], context: int) -> ModulesLoaded:
+    """Loads the modules in `context`, in order, in one call (the GIL released throughout): each
+    binary loaded, its stored variables written, its functions resolved with the attributes that
+    differ set; blobs not in memory are read from `archive` (a file descriptor) and checked. It
+    stops at the first failure, which names the module's `what`, the step, and the blob,
+    variable or kernel; that module is left unloaded, the ones before it loaded."""
+    keep: list[object] = []  # the arrays the structures point into stay alive until the call returns
+    slots = (_ModuleRequest * max(1, len(requests)))()
+    for slot, request in zip(slots, requests, strict=False):
+        _fill(slot.image, request.image)
+        variables = (_ModuleVariable * max(1, len(request.variables)))()
+        for stored, variable in zip(variables, request.variables, strict=False):
+            ranges = (ctypes.c_uint64 * max(1, 2 * len(variable.ranges)))(*(bound for pair in variable.ranges for bound in pair))
+            keep.append(ranges)
+            stored.name = variable.name.encode()
+            _fill(stored.contents, variable.contents)
+            stored.ranges, stored.range_count = ranges, len(variable.ranges)
+        wanted = (_ModuleFunction * max(1, len(request.functions)))()
+        for function, (name, attributes) in zip(wanted, request.functions, strict=False):
+            ids = (ctypes.c_int32 * max(1, len(attributes)))(*attributes.keys())
+            values = (ctypes.c_int32 * max(1, len(attributes)))(*(ctypes.c_int32(v).value for v in attributes.values()))
+            keep += [ids, values]
+            function.name, function.attributes, function.values, function.attribute_count = name.encode(), ids, values, len(attributes)
+        handles = (ctypes.c_uint64 * max(1, len(request.functions)))()
+        param_bytes = (ctypes.c_uint64 * max(1, len(request.functions)))()
+        keep += [variables, wanted, handles, param_bytes]
+        slot.variables, slot.variable_count = variables, len(request.variables)
+        slot.functions, slot.function_count = wanted, len(request.functions)
+        slot.function_handles, slot.param_bytes = handles, param_bytes
+    loaded = ctypes.c_uint32(0)
+    error = ctypes.create_string_buffer(ERROR_BYTES)
+    status = library().fr_modules_load(archive, context, slots, len(requests), ctypes.byref(loaded), error, ERROR_BYTES)
+    modules = [
+        LoadedModule(slot.module, list(slot.function_handles[: len(request.functions)]), list(slot.param_bytes[: len(request.functions)]),
+                     (slot.times[0], slot.times[1]))
+        for slot, request in zip(slots[: loaded.value], requests, strict=False)
+    ]
+    failure = None
+    if status != OK:
+        what = requests[loaded.value].what if loaded.value < len(requests) else "the modules"
+        failure = _error(status, error.value.decode(errors="replace"), what)
+    return ModulesLoaded(modules, failure)
+
+
 def load_module(
     archive: int, image: Blob, context: int, variables: Sequence[StoredVariable], functions: Sequence[tuple[str, Mapping[int, int]]],
     what: str,
 ) -> LoadedModule:
-    """Loads a module binary in `context`, writes its stored variables, and resolves each
-    (entry name, {CUfunction_attribute: value}) of `functions`, setting the attributes that
-    differ, in one call (the GIL released throughout); blobs not in memory are read from
-    `archive` (a file descriptor) and checked. On failure nothing stays loaded, and the error
-    names `what`, the step, and the blob, variable or kernel."""
-    keep = []  # the arrays the structures point into stay alive until the call returns
-    source = _BlobSource()
-    _fill(source, image)
-    stored = (_ModuleVariable * max(1, len(variables)))()
-    for slot, variable in zip(stored, variables, strict=False):
-        ranges = (ctypes.c_uint64 * max(1, 2 * len(variable.ranges)))(*(bound for pair in variable.ranges for bound in pair))
-        keep.append(ranges)
-        slot.name = variable.name.encode()
-        _fill(slot.contents, variable.contents)
-        slot.ranges, slot.range_count = ranges, len(variable.ranges)
-    wanted = (_ModuleFunction * max(1, len(functions)))()
-    for slot, (name, attributes) in zip(wanted, functions, strict=False):
-        ids = (ctypes.c_int32 * max(1, len(attributes)))(*attributes.keys())
-        values = (ctypes.c_int32 * max(1, len(attributes)))(*(ctypes.c_int32(v).value for v in attributes.values()))
-        keep += [ids, values]
-        slot.name, slot.attributes, slot.values, slot.attribute_count = name.encode(), ids, values, len(attributes)
-    module = ctypes.c_uint64(0)
-    handles = (ctypes.c_uint64 * max(1, len(functions)))()
-    param_bytes = (ctypes.c_uint64 * max(1, len(functions)))()
-    times = (ctypes.c_double * 2)()
-    error = ctypes.create_string_buffer(ERROR_BYTES)
-    status = library().fr_module_load(
-        archive, ctypes.byref(source), context, stored, len(variables), wanted, len(functions), ctypes.byref(module), handles, param_bytes,
-        times, error, ERROR_BYTES,
-    )
-    if status != OK:
-        _raise(status, error, what)
-    return LoadedModule(module.value, list(handles)[: len(functions)], list(param_bytes)[: len(functions)], (times[0], times[1]))
+    """load_modules() for one module, raising its failure (nothing stays loaded then)."""
+    batch = load_modules(archive, [ModuleRequest(image, variables, functions, what)], context)
+    if batch.failure is not None:
+        raise batch.failure
+    return batch.loaded[0]
 
 
 def unload_module(module: int) -> None:

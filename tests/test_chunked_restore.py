@@ -65,8 +65,10 @@ class _RecordingPipeline(Pipeline):
     def _start_worker(self) -> None:
         pass
 
-    def _load_module(self, index: int) -> None:
-        self._log(f"module {index}")
+    def _load_modules(self, indices: list[int]) -> tuple[int, BaseException | None]:
+        for index in indices:
+            self._log(f"module {index}")
+        return len(indices), None
 
     def build(self, entry: SimpleNamespace, table: bytes | None = None) -> int:
         self._log(f"build {entry.key}")

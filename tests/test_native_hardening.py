@@ -341,8 +341,7 @@ def _child_pipeline() -> None:
         NoContext = _stand_in_pipeline(fake, [f.name for f in archive.manifest.functions])  # noqa: N806 - a class
         resources = LoadResources(0)
         loading = NoContext(archive, resources, threads=1, builders=1, chunk_nodes=0, context=fake.fake_cuda_context(), started=0.0)
-        for module in range(len(archive.manifest.modules)):
-            loading._load_module(module)
+        assert loading._load_modules(list(range(len(archive.manifest.modules)))) == (2, None)
         assert list(loading._handles.param_bytes) == [32, 48] and all(loading._handles.functions)
         assert [(span.what, span.phase) for span in loading.spans] == [("module 0", "module"), ("module 1", "module")]
         loading.close()

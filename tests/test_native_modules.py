@@ -1,5 +1,5 @@
-"""Loading a module natively (native.load_module, csrc/module_load.cpp) against the stand-in
-driver: variables written around the load-filled words, attributes set only where they differ,
+"""Loading modules natively (native.load_modules, csrc/module_load.cpp) against the stand-in
+driver, one or a batch in a call: variables written around the load-filled words, attributes set only where they differ,
 parameter sizes read, and every failure (a refused image, a missing kernel or variable, a size
 that disagrees, any driver call failing) named and leaving no module loaded."""
 
@@ -40,6 +40,14 @@ def test_every_refusal_is_named_and_leaves_no_module(stand_in: Path) -> None:
 
 def test_a_failure_of_any_driver_call_leaves_no_module(stand_in: Path) -> None:
     run_child(stand_in, "injected_failures")
+
+
+def test_a_batch_stops_at_its_first_failure_keeping_the_modules_before_it(stand_in: Path) -> None:
+    run_child(stand_in, "batch")
+
+
+def test_the_pipelines_module_thread_settles_every_module_of_a_batch_around_a_failure(stand_in: Path) -> None:
+    run_child(stand_in, "pipeline_batch")
 
 
 def test_load_filled_words_past_the_stored_contents_are_refused_before_the_driver() -> None:
@@ -137,4 +145,69 @@ def _child_injected_failures() -> None:
         assert fake.fake_cuda_live_modules() == 0, failing
     fake.fake_cuda_fail_call(0)
     native.unload_module(_load(fake).module)
+    assert fake.fake_cuda_live_modules() == 0
+
+
+def _request(image: bytes, what: str) -> native.ModuleRequest:
+    return native.ModuleRequest(image, [native.StoredVariable("table", TABLE, [(0, 8), (16, 32)])], [("first", {})], what)
+
+
+def _child_batch() -> None:
+    fake = stand_in_driver.fake()
+    _define(fake)
+    context = fake.fake_cuda_context()
+    whole = native.load_modules(-1, [_request(b"image", f"module {n}") for n in range(3)], context)
+    assert whole.failure is None and len(whole.loaded) == 3 and len({m.module for m in whole.loaded}) == 3
+    assert all(m.functions[0] and m.param_bytes == [16] for m in whole.loaded)
+    assert [m.times[0] <= m.times[1] for m in whole.loaded] == [True] * 3
+    assert whole.loaded[0].times[1] <= whole.loaded[1].times[0], "loaded in order, one after another"
+    for module in whole.loaded:
+        native.unload_module(module.module)
+    stopped = native.load_modules(-1, [_request(b"image", "module 4"), _request(b"BAD image", "module 5"), _request(b"image", "module 6")], context)
+    assert len(stopped.loaded) == 1 and isinstance(stopped.failure, DriverCallError)
+    assert str(stopped.failure).startswith("module 5: cuModuleLoadData failed"), str(stopped.failure)
+    assert fake.fake_cuda_live_modules() == 1, "the module before the failure stays loaded, for its owner to record"
+    native.unload_module(stopped.loaded[0].module)
+    assert native.load_modules(-1, [], context) == native.ModulesLoaded([], None)
+
+
+def _child_pipeline_batch() -> None:
+    from types import SimpleNamespace
+
+    from foundry_trace.restore import _pipeline as pipeline
+    from foundry_trace.restore._resources import LoadResources
+
+    fake = stand_in_driver.fake()
+    _define(fake)
+    images = {0: b"image", 1: b"BAD image", 2: b"image", 3: b"image"}
+
+    class Batches(pipeline.Pipeline):
+        """Loads stand-in images; records the batches its module thread was handed."""
+
+        batches: list[list[int]] = []
+
+        def _start_worker(self) -> None:
+            pass
+
+        def _load_modules(self, indices: list[int]) -> tuple[int, BaseException | None]:
+            self.batches.append(list(indices))
+            batch = native.load_modules(-1, [_request(images[i], f"module {i}") for i in indices], self.context)
+            for loaded in batch.loaded:
+                self._resources.add_module(loaded.module)
+            return len(batch.loaded), batch.failure
+
+    modules = [SimpleNamespace(size=4 - n) for n in range(4)]  # largest first: 0, 1, 2, 3
+    graphs = [SimpleNamespace(modules=(0, 1)), SimpleNamespace(modules=(2, 3))]
+    manifest = SimpleNamespace(functions=[], modules=modules, graphs=graphs)
+    resources = LoadResources(0)
+    loading = Batches(SimpleNamespace(manifest=manifest), resources, threads=1, builders=1, chunk_nodes=0, context=fake.fake_cuda_context(),
+                      started=0.0, native_chunks=False)
+    loading.load_all_modules()
+    with pytest.raises(DriverCallError, match="module 1: cuModuleLoadData"):
+        loading.wait_for_modules()
+    outcomes = {index: future.exception(timeout=10) for index, future in loading._modules.items()}
+    assert [index for index, error in outcomes.items() if error is None] == [0, 2, 3], outcomes
+    assert Batches.batches == [[0, 1, 2, 3], [2, 3]], "one call for the batch, one for the modules behind the failure"
+    loading.close()
+    assert fake.fake_cuda_live_modules() == 3 and resources.release().modules == 3
     assert fake.fake_cuda_live_modules() == 0

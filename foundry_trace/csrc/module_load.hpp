@@ -1,9 +1,10 @@
-// Loading one recorded module in one call: its binary, its stored variables (written around the
-// words the load itself fills in), and the functions the graphs launch from it, with the
-// attributes SAVE recorded and their parameter sizes. One call rather than one per driver step
-// (about ten a function): from Python, each step hands the GIL over and waits up to the 5 ms
-// switch interval to get it back while another thread runs Python (on the CPU, a stand-in module
-// thread of 40 calls took 31 ms beside LOAD's queuing of 2,211 graphs, 11 ms without it).
+// Loading recorded modules: each one's binary, its stored variables (written around the words
+// the load itself fills in), and the functions the graphs launch from it, with the attributes
+// SAVE recorded and their parameter sizes. A batch of modules in one call rather than a call per
+// module or per driver step (about ten a function): from Python, each call hands the GIL over
+// and waits up to the 5 ms switch interval to get it back while another thread runs Python (on
+// the CPU, a stand-in module thread of 40 calls took 31 ms beside LOAD's queuing of 2,211
+// graphs, 11 ms without it).
 #pragma once
 
 #include <cuda.h>
@@ -34,6 +35,19 @@ struct ModuleFunction {
   const int32_t* values;
   uint32_t attribute_count;
   uint32_t reserved;
+};
+
+// One module of a batch (fr_modules_load): what load_module takes, and what it gives back.
+struct ModuleRequest {
+  BlobSource image;
+  const ModuleVariable* variables;
+  const ModuleFunction* functions;
+  uint64_t* function_handles;  // function_count of each, filled in
+  uint64_t* param_bytes;
+  uint32_t variable_count;
+  uint32_t function_count;
+  uint64_t module;  // the CUmodule, once loaded
+  double times[2];  // the start and end of its work
 };
 
 enum class ModuleLoadFailure { kNone, kArchiveMismatch, kDriver };

@@ -58,35 +58,40 @@ FOUNDRY_EXPORT int fr_function_param_bytes(uint64_t function, uint64_t* bytes, c
   return kOk;
 }
 
-// Loads a module image in `context`, writes its stored variables and resolves its functions
-// (module_load.hpp), reading the blobs not in memory from `archive` (a file descriptor):
-// *module, and function_handles[i] and param_bytes[i] for functions[i]; times[0] and [1] the
-// start and end of the work. On failure nothing is left loaded.
-FOUNDRY_EXPORT int fr_module_load(int archive, const foundry::BlobSource* image, uint64_t context,
-                                  const foundry::ModuleVariable* variables,
-                                  uint32_t variable_count, const foundry::ModuleFunction* functions,
-                                  uint32_t function_count, uint64_t* module,
-                                  uint64_t* function_handles, uint64_t* param_bytes, double* times,
-                                  char* error, uint64_t error_size) {
+// Loads the modules of `requests` in order in `context` (module_load.hpp: each image loaded,
+// its stored variables written, its functions resolved), reading the blobs not in memory from
+// `archive` (a file descriptor); *loaded: how many were loaded, each request's `module`,
+// function_handles, param_bytes and times filled in. At the first failure it stops: that
+// module is left unloaded, the ones before it stay loaded (the caller owns them), and `error`
+// says why.
+FOUNDRY_EXPORT int fr_modules_load(int archive, uint64_t context, foundry::ModuleRequest* requests,
+                                   uint32_t count, uint32_t* loaded, char* error,
+                                   uint64_t error_size) {
+  *loaded = 0;
   std::string message;
   const foundry::GraphDriver* d = foundry::graph_driver(&message);
   if (d == nullptr) return report(kNoDriver, message, error, error_size);
-  CUmodule loaded = nullptr;
-  switch (foundry::load_module(*d, archive, *image, reinterpret_cast<CUcontext>(context),
-                               variables, variable_count, functions, function_count, &loaded,
-                               function_handles, param_bytes, times, &message)) {
-    case foundry::ModuleLoadFailure::kNone:
-      *module = reinterpret_cast<uint64_t>(loaded);
-      return kOk;
-    case foundry::ModuleLoadFailure::kArchiveMismatch:
-      return report(kInvalidTable, message, error, error_size);
-    case foundry::ModuleLoadFailure::kDriver:
-      break;
+  for (uint32_t i = 0; i < count; ++i) {
+    foundry::ModuleRequest& r = requests[i];
+    CUmodule module = nullptr;
+    switch (foundry::load_module(*d, archive, r.image, reinterpret_cast<CUcontext>(context),
+                                 r.variables, r.variable_count, r.functions, r.function_count,
+                                 &module, r.function_handles, r.param_bytes, r.times,
+                                 &message)) {
+      case foundry::ModuleLoadFailure::kNone:
+        r.module = reinterpret_cast<uint64_t>(module);
+        *loaded = i + 1;
+        continue;
+      case foundry::ModuleLoadFailure::kArchiveMismatch:
+        return report(kInvalidTable, message, error, error_size);
+      case foundry::ModuleLoadFailure::kDriver:
+        return report(kDriverFailure, message, error, error_size);
+    }
   }
-  return report(kDriverFailure, message, error, error_size);
+  return kOk;
 }
 
-// Unloads a module fr_module_load loaded.
+// Unloads a module fr_modules_load loaded.
 FOUNDRY_EXPORT void fr_module_unload(uint64_t module) {
   std::string message;
   const foundry::GraphDriver* d = foundry::graph_driver(&message);

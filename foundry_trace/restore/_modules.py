@@ -1,12 +1,13 @@
-"""Loading one recorded module in a LOAD: its binary, its stored variables (written around the
-words the load itself fills in), and the functions the graphs launch from it, with the function
-attributes the SAVE process had set on them, in one native call (native.load_module) that also
-reads and checks the blobs: the module thread needs the GIL once per module, not once per read
-or driver step, so LOAD's main thread (or the engine's) running Python does not stall it."""
+"""Loading recorded modules in a LOAD: each one's binary, its stored variables (written around
+the words the load itself fills in), and the functions the graphs launch from it, with the
+function attributes the SAVE process had set on them. A batch of modules is one native call
+(native.load_modules) that also reads and checks the blobs: the module thread needs the GIL once
+per batch, not once per module, read or driver step, so LOAD's main thread (or the engine's)
+running Python does not stall it between modules."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from cuda.bindings import driver
 
@@ -18,21 +19,35 @@ from foundry_trace.errors import ArchiveFormatError
 from foundry_trace.restore._resources import LoadResources
 
 
-def load_module(
-    archive: Archive, index: int, functions: Sequence[FunctionRecord], context: int, resources: LoadResources
-) -> native.LoadedModule:
-    """Loads module `index` of the archive (recorded in `resources` once loaded; on failure
-    nothing stays loaded) and resolves `functions`: their CUfunctions and parameter buffer
-    sizes, in that order."""
+def load_modules(
+    archive: Archive, indices: Sequence[int], functions_of: Callable[[int], Sequence[FunctionRecord]], context: int,
+    resources: LoadResources,
+) -> native.ModulesLoaded:
+    """Loads modules `indices` of the archive in order, each recorded in `resources` once loaded,
+    and resolves `functions_of(index)` of each: their CUfunctions and parameter buffer sizes, in
+    that order. It stops at the first module that fails (left unloaded), and says why."""
+    requests: list[native.ModuleRequest] = []
+    refused: ArchiveFormatError | None = None
+    for index in indices:
+        try:
+            requests.append(_request(archive, index, functions_of(index)))
+        except ArchiveFormatError as error:  # the modules before it still load
+            refused = error
+            break
+    batch = native.load_modules(archive.fileno(), requests, context)
+    for loaded in batch.loaded:
+        resources.add_module(loaded.module)
+    return batch if batch.failure is not None or refused is None else native.ModulesLoaded(batch.loaded, refused)
+
+
+def _request(archive: Archive, index: int, functions: Sequence[FunctionRecord]) -> native.ModuleRequest:
     record: ModuleRecord = archive.manifest.modules[index]
     what = f"module {index}"
     variables = [
         stored_variable(name, archive.locate(digest), record.relocated.get(name, ()), what) for name, digest in record.variables.items()
     ]
     wanted = [(f.name, {int(getattr(driver.CUfunction_attribute, a)): v for a, v in f.attributes.items()}) for f in functions]
-    loaded = native.load_module(archive.fileno(), archive.locate(record.digest), context, variables, wanted, what)
-    resources.add_module(loaded.module)
-    return loaded
+    return native.ModuleRequest(archive.locate(record.digest), variables, wanted, what)
 
 
 def stored_variable(name: str, contents: native.Blob, relocated: Collection[int], what: str) -> native.StoredVariable:

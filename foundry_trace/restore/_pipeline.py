@@ -21,8 +21,11 @@ and prefetch mapped it; graphs with collective nodes wait for the restore point.
 Modules are queued before any graph that needs them, largest first: by prefetch(), all of them
 when the archive is opened (the engine's start leaves them time); by load(), each chunk's just
 before it, in serving order, so that the first graphs build while the modules of the later ones
-load. They load on one thread of their own, one at a time, each in one native call
-(_modules.py): the driver serialises module loads. load() queues the smallest batch's
+load. They load on one thread of their own, one at a time: the driver serialises module loads.
+The modules queued together (a chunk's, the first step's, or all of prefetch()'s) are one batch,
+loaded in one native call (_modules.py), so the module thread does not wait for the GIL between
+modules while LOAD's main thread runs Python; their graphs wait for the whole batch, as a chunk
+waits for all its modules anyway. load() queues the smallest batch's
 graphs and their modules at open, so that they restore while LOAD claims the memory. The pool
 takes tasks in order and the module thread waits for nothing, so the pool cannot deadlock. The
 driver calls release the GIL (cuda.bindings, and ctypes for the native builder), so the threads
@@ -49,9 +52,10 @@ from foundry_trace._driver import call
 from foundry_trace.archive.format import Archive
 from foundry_trace.archive.keys import serving_order
 from foundry_trace.archive.manifest import GraphEntry
+from foundry_trace.archive.records import FunctionRecord
 from foundry_trace.errors import DriverCallError, RestoreError
 from foundry_trace.restore._chunk import Chunk, settle
-from foundry_trace.restore._modules import load_module
+from foundry_trace.restore._modules import load_modules
 from foundry_trace.restore._probing import PipelineHooks
 from foundry_trace.restore._probing import current as current_probe
 from foundry_trace.restore._resources import LoadResources
@@ -127,7 +131,7 @@ class Pipeline:
         self._native_turn = 0  # the ticket whose call starts next
         self._chunk_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="foundry-chunks", initializer=self._start_worker)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="foundry-load", initializer=self._start_worker)
-        # Modules load on a thread of their own, one at a time (see the module's docstring).
+        # Modules load on a thread of their own, a batch at a time (see the module's docstring).
         self._module_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foundry-modules", initializer=self._start_worker)
 
     def _start_worker(self) -> None:
@@ -152,8 +156,12 @@ class Pipeline:
             self._queue_modules_locked(modules)
 
     def _queue_modules_locked(self, modules: set[int]) -> None:
-        for module in sorted(modules - self._modules.keys(), key=lambda m: -self._manifest.modules[m].size):
-            self._modules[module] = self._module_pool.submit(self._load_module, module)
+        fresh = sorted(modules - self._modules.keys(), key=lambda m: -self._manifest.modules[m].size)
+        if not fresh:
+            return
+        futures: list[Future] = [Future() for _ in fresh]
+        self._modules.update(zip(fresh, futures, strict=True))
+        self._module_pool.submit(self._settle_modules, fresh, futures)
 
     def bind_collectives(self, graphs: list[int]) -> None:
         """The collective graphs by archive index; set before any graph that holds a collective
@@ -215,8 +223,11 @@ class Pipeline:
         (LOAD's time-out). Graphs not restored by then are cancelled."""
         with self._lock:
             queued = list(self._chunks)
+            modules = list(self._modules.values())
         for chunk in queued:
             chunk.stop()
+        for future in modules:
+            future.cancel()  # those whose batch has not started; a started batch settles its own
         with self._native_free:
             self._native_free.notify_all()  # native chunks waiting for their turn leave
         self._pool.shutdown(wait=wait, cancel_futures=True)
@@ -235,15 +246,41 @@ class Pipeline:
         with self._spans_lock:  # not self._lock, which queue() holds while it queues
             self.spans.append(span)
 
-    def _load_module(self, index: int) -> None:
-        numbers = self._functions_of.get(index, [])
-        with annotate(f"load.module {index}"):
-            loaded = load_module(self.archive, index, [self._manifest.functions[n] for n in numbers], self.context, self._resources)
-        for number, handle, param_bytes in zip(numbers, loaded.functions, loaded.param_bytes, strict=True):
-            self._handles.functions[number] = handle
-            self._handles.param_bytes[number] = param_bytes  # checked at each build
-        start, end = loaded.times
-        self._record(Span(f"module {index}", "module", "modules", start - self._started, end - self._started))
+    def _settle_modules(self, indices: list[int], futures: list[Future]) -> None:
+        """The module thread's task for one batch: loads those of its modules not cancelled
+        (close()) and settles each one's future; after a failure the modules behind it load on,
+        so a lazy LOAD loses only the graphs of the failed module."""
+        pending = [(index, future) for index, future in zip(indices, futures, strict=True) if future.set_running_or_notify_cancel()]
+        try:
+            while pending:
+                loaded, failure = self._load_modules([index for index, _ in pending])
+                for _, future in pending[:loaded]:
+                    future.set_result(None)
+                if failure is None:
+                    return
+                pending[loaded][1].set_exception(failure)
+                pending = pending[loaded + 1 :]
+        except BaseException as error:  # no future may stay pending: graphs wait on them
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(error)
+            raise
+
+    def _load_modules(self, indices: list[int]) -> tuple[int, BaseException | None]:
+        """Loads the modules in order in one native call, until one fails: how many loaded, and
+        why the next did not."""
+        with annotate(f"load.modules {len(indices)}"):
+            batch = load_modules(self.archive, indices, self._functions_for, self.context, self._resources)
+        for index, loaded in zip(indices, batch.loaded, strict=False):
+            for number, handle, param_bytes in zip(self._functions_of.get(index, []), loaded.functions, loaded.param_bytes, strict=True):
+                self._handles.functions[number] = handle
+                self._handles.param_bytes[number] = param_bytes  # checked at each build
+            start, end = loaded.times
+            self._record(Span(f"module {index}", "module", "modules", start - self._started, end - self._started))
+        return len(batch.loaded), batch.failure
+
+    def _functions_for(self, index: int) -> list[FunctionRecord]:
+        return [self._manifest.functions[n] for n in self._functions_of.get(index, [])]
 
     def build(self, entry: GraphEntry) -> int:
         """Builds a graph's CUgraph (its modules must be loaded); the caller destroys it."""
