@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from foundry_trace.bench import e2e_bench
 from foundry_trace.bench.workloads import registry
 from foundry_trace.bench.workloads.registry import ATTENTION_CHOICES, WORKLOADS  # names only: imports no torch
 from foundry_trace.errors import WorkloadError
@@ -28,8 +29,10 @@ ATTENTION_HELP = (
 DEFAULT_RESULTS_DIR = Path("bench/results")
 BENCH_OPTIONS = {
     "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention"), "fit": ("threads", "attention"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator"),
+    "e2e": ("layers", "batches", "tokens", "repeats", "example", "eager"),
 }
 DEFAULT_WORKLOAD = "small"
+OWN_DEFAULT = ("coverage", "e2e")  # benches whose default workload is their own (every case; the example's model)
 BENCH_EXTRA = "the benchmark harness needs the bench extra: pip install 'foundry[bench]' (rich, matplotlib)"
 
 
@@ -123,8 +126,8 @@ def _bench(arguments: argparse.Namespace) -> int:
 
     module = importlib.import_module(f"foundry_trace.bench.{arguments.kind}_bench")
     options = {name: getattr(arguments, name) for name in BENCH_OPTIONS[arguments.kind]}
-    workload = arguments.workload or (None if arguments.kind == "coverage" else DEFAULT_WORKLOAD)
-    _check_workload(arguments.kind, workload, module)  # the arguments' errors before the hardware's
+    workload = arguments.workload or (None if arguments.kind in OWN_DEFAULT else DEFAULT_WORKLOAD)
+    _check_workload(arguments.kind, workload, module, options)  # the arguments' errors before the hardware's
     if not (arguments.kind == "alloc" and arguments.backend == "host"):
         require_gpu(f"`foundry bench {arguments.kind}`")
     results = module.run(workload, None if arguments.no_write else arguments.output, **options)
@@ -132,10 +135,13 @@ def _bench(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _check_workload(kind: str, name: str | None, module: object) -> None:
-    """Raises WorkloadError unless bench `kind` runs workload `name`."""
+def _check_workload(kind: str, name: str | None, module: object, options: dict[str, object]) -> None:
+    """Raises WorkloadError unless bench `kind` runs workload `name` with `options`."""
     if kind == "coverage":
         module.covered(name)
+        return
+    if kind == "e2e":  # the example's own models and checks
+        module.check_arguments(name, **{k: v for k, v in options.items() if k != "eager"})
         return
     chosen = registry.workload(name)
     if kind in ("alloc", "tp") and chosen.module != "decode":
@@ -171,6 +177,17 @@ def _require_bench_extra() -> None:
         import rich  # noqa: F401 - the harness's tables and progress
     except ImportError:
         raise SystemExit(f"foundry: {BENCH_EXTRA}") from None
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    """A comma list of positive batch sizes, in the order given, each once."""
+    try:
+        sizes = tuple(dict.fromkeys(int(size) for size in text.split(",")))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"a comma list of positive batch sizes, e.g. 1,8; not {text!r}")
+    return sizes
 
 
 def parser() -> argparse.ArgumentParser:
@@ -222,10 +239,15 @@ def parser() -> argparse.ArgumentParser:
         "(--backend host: the placement code alone, without a GPU); tp: tensor parallelism from one single-GPU SAVE per "
         "degree, every rank restored vs captured natively (NCCL, or the peer communicator); soak: 1,000 failed loads of each kind, then a good one, "
         "and the process unchanged; fit (piecewise workloads): restore and driver-alone time against graph and node counts, "
-        "least squares over the workload SAVEd five ways.",
+        "least squares over the workload SAVEd five ways; e2e: examples/generate.py end to end (greedy tokens, process start "
+        "to first token, graph phase, per-token latency), native graphs vs SAVE + LOAD, in fresh processes.",
     )
     bench.add_argument("kind", nargs="?", choices=tuple(BENCH_OPTIONS), default="load")
-    bench.add_argument("--workload", help=f"default small (coverage: every case it covers, or a comma list). {WORKLOAD_HELP}")
+    bench.add_argument(
+        "--workload",
+        help=f"default small (coverage: every case it covers, or a comma list; e2e: the example's model configs, a comma list, "
+        f"default llama-3-8b). {WORKLOAD_HELP}",
+    )
     bench.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON (and PNG)")
     bench.add_argument("--no-write", action="store_true", help="print only")
     bench.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
@@ -233,7 +255,14 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"load: restore threads (default {DEFAULT_THREADS})")
     bench.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
     bench.add_argument("--degrees", default="1,2", help="tp: tensor-parallel degrees to SAVE (each on one GPU) and run where GPUs allow")
-    bench.add_argument("--layers", type=int, help="tp: layers of the model (default: the workload's)")
+    bench.add_argument("--layers", type=int, help="tp, e2e: layers of the model (default: the workload's)")
+    bench.add_argument("--batches", type=_batch_sizes, default=e2e_bench.DEFAULT_BATCHES,
+                       help="e2e: batch sizes, a graph each, every one generated at (default 1,8)")
+    bench.add_argument("--tokens", type=int, default=e2e_bench.DEFAULT_TOKENS, help="e2e: greedy tokens per sequence (default %(default)s)")
+    bench.add_argument("--repeats", type=int, default=e2e_bench.DEFAULT_REPEATS,
+                       help="e2e: cold native and LOAD runs per batch size, medians reported (default %(default)s)")
+    bench.add_argument("--example", type=Path, help="e2e: the example program (default examples/generate.py of the checkout)")
+    bench.add_argument("--no-eager", dest="eager", action="store_false", help="e2e: skip the eager runs (tokens without graphs)")
     bench.add_argument(
         "--communicator", choices=("nccl", "peer"), default="nccl",
         help="tp: nccl (a GPU a rank; collectives bound at LOAD) or peer (all-reduce kernels over peer memory; ranks share GPUs where there are fewer)",

@@ -25,7 +25,7 @@ def foundry(*arguments: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[st
     return subprocess.run([sys.executable, "-m", "foundry_trace.cli", *arguments], capture_output=True, text=True, env=environment, cwd=cwd, timeout=300)
 
 
-@pytest.mark.parametrize("command", [("bench",), ("bench", "alloc"), ("bench", "soak"), ("verify",)])
+@pytest.mark.parametrize("command", [("bench",), ("bench", "alloc"), ("bench", "soak"), ("bench", "e2e"), ("verify",)])
 def test_a_gpu_command_without_a_gpu_prints_one_line_naming_the_fix(command: tuple[str, ...]) -> None:
     ran = foundry(*command)
     printed = (ran.stdout + ran.stderr).strip().splitlines()
@@ -40,6 +40,10 @@ def test_a_gpu_command_without_a_gpu_prints_one_line_naming_the_fix(command: tup
     (("bench", "fit"), "piecewise workload"),
     (("bench", "coverage", "--workload", "nope"), "not nope"),
     (("verify", "--workload", "nope"), "invalid choice: 'nope'"),
+    (("bench", "e2e", "--workload", "nope"), "invalid choice: 'nope'"),
+    (("bench", "e2e", "--tokens", "300"), "must fit --context 256"),
+    (("bench", "e2e", "--repeats", "0"), "--repeats must be at least 1"),
+    (("bench", "e2e", "--example", "missing.py"), "name the file with --example"),
 ])
 def test_an_argument_error_comes_before_the_missing_gpu(command: tuple[str, ...], named: str) -> None:
     ran = foundry(*command)

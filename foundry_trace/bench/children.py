@@ -140,19 +140,40 @@ def run_ranks(
     every other child is asked for its stacks and killed, and ChildProcessFailed names the rank
     that failed (or every one still running at the time-out) and its phase."""
     labels = list(labels or [f"rank {rank}" for rank in range(len(arguments))])
+    commands = [[sys.executable, "-P", "-m", module, *argv] for argv in arguments]
+    return [child.result() for child in _run_commands(commands, environments, labels, timeout, grace)]
+
+
+def run_program(
+    command: Sequence[str], *, label: str, timeout: float = DEFAULT_TIMEOUT_S, grace: float = GRACE_S,
+    environment: dict[str, str] | None = None,
+) -> str:
+    """Runs a program that is not a bench child (an example script, which users run as it is:
+    no watchdog of its own, no JSON line) under the parent's watchdog, its stderr in its log
+    file and its progress on ours, and returns its stdout. A failure or stall raises
+    ChildProcessFailed naming the log, as for a child."""
+    [child] = _run_commands([list(command)], [environment], [label], timeout, grace)
+    for reader in child.readers:
+        reader.join(timeout=GRACE_S)
+    return "".join(child.output)
+
+
+def _run_commands(
+    commands: Sequence[Sequence[str]], environments: Sequence[dict[str, str] | None], labels: Sequence[str], timeout: float,
+    grace: float,
+) -> list[_Child]:
+    """Starts every command at once and waits for all of them (run_ranks says how failures end them)."""
     children: list[_Child] = []
     try:
-        for label, argv, environment in zip(labels, arguments, environments):
+        for label, command, environment in zip(labels, commands, environments):
             env = dict(environment if environment is not None else os.environ)
             env[ENV_TIMEOUT] = str(timeout)
             env.setdefault("PYTHONUNBUFFERED", "1")
-            process = subprocess.Popen(
-                [sys.executable, "-P", "-m", module, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-            )
+            process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
             children.append(_Child(label, process, _log_path(label)))
             children[-1].read()
         _wait_all(children, time.monotonic() + timeout + grace, timeout)
-        return [child.result() for child in children]
+        return children
     finally:
         _end(children)
 

@@ -43,7 +43,7 @@ class Case(BaseModel):
 class ResultsFile(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    what: Literal["alloc", "save", "load", "coverage", "tp", "soak"]
+    what: Literal["alloc", "save", "load", "coverage", "tp", "soak", "e2e"]
     workload: str
     workload_desc: str
     device: str | None
