@@ -28,7 +28,7 @@ ATTENTION_HELP = (
 )
 DEFAULT_RESULTS_DIR = Path("bench/results")
 BENCH_OPTIONS = {
-    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention"), "fit": ("threads", "attention"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator"),
+    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint"), "fit": ("threads", "attention"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator"),
     "e2e": ("layers", "batches", "tokens", "repeats", "example", "eager"),
 }
 DEFAULT_WORKLOAD = "small"
@@ -128,6 +128,8 @@ def _bench(arguments: argparse.Namespace) -> int:
     options = {name: getattr(arguments, name) for name in BENCH_OPTIONS[arguments.kind]}
     workload = arguments.workload or (None if arguments.kind in OWN_DEFAULT else DEFAULT_WORKLOAD)
     _check_workload(arguments.kind, workload, module, options)  # the arguments' errors before the hardware's
+    if arguments.kind == "load" and arguments.checkpoint is not None:
+        registry.require_checkpoint_support(workload)
     if not (arguments.kind == "alloc" and arguments.backend == "host"):
         require_gpu(f"`foundry bench {arguments.kind}`")
     results = module.run(workload, None if arguments.no_write else arguments.output, **options)
@@ -255,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"load: restore threads (default {DEFAULT_THREADS})")
     bench.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
     bench.add_argument("--degrees", default="1,2", help="tp: tensor-parallel degrees to SAVE (each on one GPU) and run where GPUs allow")
-    bench.add_argument("--layers", type=int, help="tp, e2e: layers of the model (default: the workload's)")
+    bench.add_argument("--layers", type=int, help="tp, load, e2e: layers of the model (default: the workload's)")
     bench.add_argument("--batches", type=_batch_sizes, default=e2e_bench.DEFAULT_BATCHES,
                        help="e2e: batch sizes, a graph each, every one generated at (default 1,8)")
     bench.add_argument("--tokens", type=int, default=e2e_bench.DEFAULT_TOKENS, help="e2e: greedy tokens per sequence (default %(default)s)")
@@ -263,6 +265,12 @@ def parser() -> argparse.ArgumentParser:
                        help="e2e: cold native and LOAD runs per batch size, medians reported (default %(default)s)")
     bench.add_argument("--example", type=Path, help="e2e: the example program (default examples/generate.py of the checkout)")
     bench.add_argument("--no-eager", dest="eager", action="store_false", help="e2e: skip the eager runs (tokens without graphs)")
+    bench.add_argument(
+        "--checkpoint", type=Path,
+        help="load: the folder of the weights' safetensors checkpoint, written once and reused by later runs (transformers "
+        "workloads; default for qwen3-235b-rank: a temporary folder on local disk; where the disk is too small, a folder on "
+        "tmpfs, e.g. /dev/shm/qwen3-235b-rank)",
+    )
     bench.add_argument(
         "--communicator", choices=("nccl", "peer"), default="nccl",
         help="tp: nccl (a GPU a rank; collectives bound at LOAD) or peer (all-reduce kernels over peer memory; ranks share GPUs where there are fewer)",

@@ -24,7 +24,7 @@ def _module(tmp_path: Path, body: str, name: str = "child_module") -> dict[str, 
 
 
 def test_engine_options_survive_the_command_line() -> None:
-    options = {"attention": "math", "layers": 3, "batch_sizes": (1, 8, 64)}
+    options = {"attention": "math", "layers": 3, "batch_sizes": (1, 8, 64), "checkpoint": "/dev/shm/qwen3-235b-rank"}
     parser = argparse.ArgumentParser()
     add_option_flags(parser)
     assert parsed_options(parser.parse_args(option_arguments(options))) == options

@@ -18,23 +18,107 @@ def test_the_cold_ratio_is_the_median_of_alternating_pairs_with_min_and_max() ->
         load_bench.cold_ratios([1.0, 1.0], [1.0])  # every restore has its driver-alone pair
 
 
-def test_the_bench_runs_each_side_cold_three_times_alternating(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    order: list[str] = []
+def _fake_children(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:
+    """Every child the bench starts, as (role, its arguments), each answering with fixed figures."""
+    calls: list[tuple[str, list[str]]] = []
 
     def child(module: str, arguments: list[str]) -> dict[str, object]:
-        order.append(arguments[0])
-        return {"driver_cold_s": 1.0, "restore_s": 1.1, "nondeterministic_native": [], "mismatched": []}
+        role = "checkpoint" if module == load_bench.CHECKPOINT_MODULE else arguments[0]
+        calls.append((role, list(arguments)))
+        return {"driver_build_s": 0.4, "driver_instantiate_s": 0.6, "driver_cold_s": 1.0, "restore_s": 1.1, "nondeterministic_native": [],
+                "mismatched": [], "weights_load_s": 2.0, "ready_small_batches_s": 0.05, "ready_all_s": 1.2}
 
-    def role(name: str, workload: str, path: Path, **_: object) -> dict[str, object]:
-        order.append(name)
+    def role(name: str, workload: str, path: Path, **options: object) -> dict[str, object]:
+        calls.append((name, load_bench.option_arguments(options)))
         path.write_bytes(b"archive")
-        return {"native_s": 9.0, "engine_s": 1.0}
+        return {"native_s": 9.0, "engine_s": 1.0, "weights_load_s": 2.5}
 
     monkeypatch.setattr(load_bench, "run_child", child)
     monkeypatch.setattr(load_bench, "run_role", role)
+    return calls
+
+
+def test_the_bench_runs_each_side_cold_three_times_alternating(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_children(monkeypatch)
     _, loaded = load_bench.run_children("small", 8)
-    assert order == ["save", "native", "driver", "load", "driver", "cold", "driver", "cold", "prefetch"]
+    assert [role for role, _ in calls] == ["save", "native", "driver", "load", "driver", "cold", "driver", "cold", "prefetch", "background"]
     assert loaded["cold_runs"]["ratio_median"] == pytest.approx(1.1)
+    assert loaded["driver_alone"] == {"driver_build_s": 0.4, "driver_instantiate_s": 0.6, "driver_cold_s": 1.0}
+    assert loaded["checkpoint"] is None and not any("--checkpoint" in arguments for _, arguments in calls)
+
+
+def test_a_large_workload_writes_its_checkpoint_first_and_every_child_loads_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = _fake_children(monkeypatch)
+    folder = tmp_path / "weights"
+    _, loaded = load_bench.run_children("qwen3-235b-rank", 8, layers=4, checkpoint=folder)
+    assert calls[0] == ("checkpoint", ["qwen3-235b-rank", str(folder), "--layers", "4"])
+    assert [role for role, _ in calls[1:]] == ["save", "native", "driver", "load", "driver", "cold", "driver", "cold", "prefetch", "background"]
+    for _, arguments in calls[1:]:
+        assert arguments[arguments.index("--checkpoint") + 1] == str(folder) and arguments[arguments.index("--layers") + 1] == "4"
+    assert loaded["weights_load_s_by_child"] == {
+        "native": 2.5, "driver": [2.0, 2.0, 2.0], "load": 2.0, "cold": [2.0, 2.0], "prefetch": 2.0, "background": 2.0, "save": 2.5,
+    }
+
+
+def test_the_checkpoint_goes_where_asked_else_into_scratch_for_large_workloads_only(tmp_path: Path) -> None:
+    from foundry_trace.errors import WorkloadError
+
+    assert load_bench.checkpoint_folder("qwen3-235b-rank", None, tmp_path) == tmp_path / "checkpoint"
+    assert load_bench.checkpoint_folder("qwen3-235b-rank", "/dev/shm/q", tmp_path) == Path("/dev/shm/q")
+    assert load_bench.checkpoint_folder("hf-qwen3moe", None, tmp_path) is None
+    assert load_bench.checkpoint_folder("hf-qwen3moe", tmp_path / "w", tmp_path) == tmp_path / "w"
+    with pytest.raises(WorkloadError, match="workload 'small' draws its weights in place"):
+        load_bench.checkpoint_folder("small", tmp_path / "w", tmp_path)
+
+
+def test_results_files_name_the_layers_of_a_scaled_down_workload() -> None:
+    assert load_bench.workload_label("qwen3-235b-rank", 67, None) == "qwen3-235b-rank-67"
+    assert load_bench.workload_label("qwen3-235b-rank", 67, None, 4) == "qwen3-235b-rank-67-4-layers"
+    assert load_bench.workload_label("llama8b", 67, "math") == "llama8b-67-math-attention"
+
+
+def test_large_workloads_spend_fewer_checking_replays_and_others_the_full_effort() -> None:
+    from foundry_trace.bench.verify import FULL, effort_of
+
+    assert effort_of("qwen3-235b-rank").reference_replays == 2 < FULL.reference_replays
+    assert effort_of("qwen3-235b-rank").latency_batches == FULL.latency_batches
+    assert effort_of("hf-qwen3moe") == FULL
+
+
+def test_the_archive_counts_are_what_inspect_counts() -> None:
+    from foundry_trace.bench.load_roles import archive_counts
+
+    counts = archive_counts(Path(__file__).parent / "data" / "micro.foundry")
+    assert counts == {"nodes": 2, "kernel_nodes": 2, "nodes_by_kind": {"kernel": 2}, "kernel_functions": 2, "modules": 2, "templates": 1}
+
+
+class _Graph:
+    def __init__(self, ready_at: float, clock: list[float]) -> None:
+        self.ready_at, self.clock = ready_at, clock
+
+    def wait(self) -> None:
+        self.clock[0] = max(self.clock[0], self.ready_at)  # the wait returns when the graph is ready
+
+
+class _Restored:
+    """Graphs by batch, each ready at a given time on a fake clock, two pieces for batch 8."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.groups = {1: [_Graph(0.03, clock)], 2: [_Graph(0.02, clock)], 8: [_Graph(0.04, clock), _Graph(0.09, clock)], 16: [_Graph(0.5, clock)]}
+
+    def group(self, batch: int) -> list[_Graph]:
+        return self.groups[batch]
+
+
+def test_small_batches_are_ready_when_the_last_of_their_graphs_is() -> None:
+    from foundry_trace.bench.load_roles import ready_after, small_batches
+
+    assert small_batches([1, 2, 4, 8, 16, 24, 512]) == [1, 2, 4, 8]
+    clock = [0.0]
+    restored = _Restored(clock)
+    start = 0.01
+    assert ready_after(restored, [1, 2, 8], start, lambda: clock[0]) == pytest.approx(0.08)
+    assert ready_after(restored, [1, 2, 8, 16], start, lambda: clock[0]) == pytest.approx(0.49)
 
 
 def test_the_table_shows_the_repeated_cold_ratio() -> None:
@@ -50,3 +134,30 @@ def test_the_table_shows_the_repeated_cold_ratio() -> None:
                 restore_over_driver_cold_max=case["cold_runs"]["ratio_max"])
     table = render(results)
     assert "restore / driver alone cold: median of 3 pairs (min-max)" in table and "(1.013-1.053)" in table
+
+
+def test_the_table_shows_counts_weights_from_disk_and_serving_before_every_graph_is_ready() -> None:
+    import json
+
+    from foundry_trace.bench.load_report import render
+
+    results = json.loads((Path(__file__).parents[1] / "bench/results/load-llama8b-67-h200-20261201.json").read_text())
+    case = results["cases"][0]
+    background = {"returned_s": 0.021, "small_batches": [1, 2, 4, 8], "ready_small_batches_s": 0.064, "ready_all_s": 4.2,
+                  "weights_load_s": 9.5, "compared": 4, "mismatched": []}
+    case["cold_runs"] = load_bench.cold_ratios([0.80, 0.78, 0.83], [0.76, 0.77, 0.80])
+    case.update(
+        restore_over_driver_cold=1.0, restore_over_driver_cold_min=1.0, restore_over_driver_cold_max=1.0,
+        kernel_nodes=100781, nodes_by_kind={"kernel": 100781, "memset": 858}, kernel_functions=244, modules=173, templates=6,
+        weights_load_s=9.1, weights_load_s_by_child={"save": 9.9, "driver": [9.0, 9.2], "cold": [8.8]},
+        checkpoint={"path": "/dev/shm/q", "filesystem": "tmpfs", "bytes": 61_051_526_144, "tensors": 1037, "shards": 15,
+                    "write_s": None, "reused": True},
+        background_cold=background, ready_small_batches_s=0.064, ready_all_s=4.2, instantiate_only_s_by_threads=None, best_possible_speedup=None,
+    )
+    case["prefetch_cold"]["weights_load_s"] = 9.4
+    table = render(results)
+    assert f"67 / {case['nodes']:,} / 100,781" in table and "244 / 173 / 6" in table
+    assert "61.1 GB in 15 files on tmpfs, reused" in table and "9.10 s (8.80-9.90 s)" in table
+    assert "cold: returned after" in table and "0.021 s" in table and "batches up to 8 ready / all" in table and "0.064 / 4.200 s" in table
+    assert "batches 1, 2, 4, 8 bit-identical to SAVE's" in table and "True (differ: none)" in table
+    assert "not measured (a large workload)" in table and "weights loaded meanwhile" in table and "1.02 / 9.40 s" in table

@@ -224,7 +224,7 @@ def _label(module: str, arguments: Sequence[str]) -> str:
     return f"{module.rsplit('.', 1)[-1]} {arguments[0]}" if arguments else module.rsplit(".", 1)[-1]
 
 
-ENGINE_OPTIONS = ("attention", "layers", "batch_sizes", "split_every")
+ENGINE_OPTIONS = ("attention", "layers", "batch_sizes", "split_every", "checkpoint")
 
 
 def option_arguments(options: dict[str, object]) -> list[str]:
@@ -243,6 +243,7 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int)
     parser.add_argument("--batch-sizes", type=lambda text: tuple(int(b) for b in text.split(",")))
     parser.add_argument("--split-every", type=int)
+    parser.add_argument("--checkpoint", help="a folder of workloads/checkpoint.py: the engine loads its weights from it")
 
 
 def child_parser(description: str, roles: tuple[str, ...]) -> argparse.ArgumentParser:

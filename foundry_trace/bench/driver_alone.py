@@ -95,11 +95,12 @@ def child_driver(workload: str, archive: str, threads: int, options: dict[str, o
     foundry_alloc.install()
     import torch
 
-    from foundry_trace.bench.workloads.registry import build_engine
+    from foundry_trace.bench.workloads.registry import build_engine, weights_load_s
 
     engine = build_engine(workload, **options)  # kept alive: LOAD compares its memory with SAVE's
     torch.cuda.synchronize()
     result = driver_alone(archive, threads)
+    result["weights_load_s"] = weights_load_s(engine)
     del engine
     return result
 

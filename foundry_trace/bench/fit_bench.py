@@ -113,13 +113,15 @@ def least_squares(rows: list[tuple[float, ...]], values: list[float]) -> list[fl
 def child_cold(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
     """One cold restore, first thing after the engine is built (a fit's point)."""
     from foundry_trace.bench.verify import restored_batches
+    from foundry_trace.bench.workloads.registry import weights_load_s
 
     model, restored, restore_s = cold_load(workload, archive, threads, options)
     graphs, nodes = len(restored.graphs), sum(entry.nodes for entry in restored.archive.manifest.graphs)
     batch_sizes = restored_batches(restored)
     restored.release()
+    loaded_in = weights_load_s(model)
     del model
-    return {"graphs": graphs, "nodes": nodes, "restore_s": restore_s, "batch_sizes": batch_sizes, **device_fields()}
+    return {"graphs": graphs, "nodes": nodes, "restore_s": restore_s, "batch_sizes": batch_sizes, "weights_load_s": loaded_in, **device_fields()}
 
 
 def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, attention: str | None = None) -> dict[str, object]:

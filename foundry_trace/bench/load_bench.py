@@ -15,8 +15,15 @@ restore with prefetch() (modules loaded before the restore point), restores on s
 counts, a native capture in the same process, and the comparison bit for bit (against SAVE's
 references in the archive and against that capture) and of replay latency. `foundry verify` and
 the coverage bench run a shorter LOAD child (roles.py): one timed restore, then the native
-capture and the comparison. For a workload that cuts its steps into pieces, the bench ends with
-the cost fit of fit_bench.py (per graph and per node, Foundry against the driver alone).
+capture and the comparison. A `background` child then loads with mode="background" at its
+restore point (cold) and times how soon the batch sizes up to 8, and then all, can be replayed.
+For a workload that cuts its steps into pieces, the bench ends with the cost fit of fit_bench.py
+(per graph and per node, Foundry against the driver alone).
+
+A large workload (the Qwen3-235B rank) loads its weights from disk: a first child writes them
+as a safetensors checkpoint (workloads/checkpoint.py), once, and every other child builds its
+engine empty and loads them from there, as a serving engine does, so that prefetch() overlaps
+real reading; `--checkpoint DIR` does the same for any transformers workload and keeps the files.
 Here the assembly of the results file; the table and the timeline are load_report.py's.
 """
 
@@ -34,11 +41,14 @@ from foundry_trace.bench.fit_bench import fit_costs
 from foundry_trace.bench.load_report import plot_timeline, render
 from foundry_trace.bench.load_roles import MODULE
 from foundry_trace.bench.roles import run_role
-from foundry_trace.bench.workloads.registry import splits_steps
+from foundry_trace.bench.workloads.registry import require_checkpoint_support, splits_steps
+from foundry_trace.bench.workloads.registry import workload as registry_workload
 from foundry_trace.restore import DEFAULT_THREADS
 
-__all__ = ["compared_case_fields", "render", "run", "run_children", "workload_label"]
+__all__ = ["checkpoint_folder", "compared_case_fields", "render", "run", "run_children", "workload_label"]
 COLD_RUNS = 3  # cold restores and driver-alone runs, each side
+CHECKPOINT_MODULE = "foundry_trace.bench.workloads.checkpoint"
+DRIVER_FIELDS = ("driver_build_s", "driver_instantiate_s", "driver_cold_s")  # of the driver-alone child, into the case
 
 
 def _run_child(*arguments: str) -> dict[str, object]:
@@ -49,13 +59,22 @@ def run_children(
     workload: str, threads: int, archive: Path | None = None, *, full: bool = True, **options: object
 ) -> tuple[dict[str, object], dict[str, object]]:
     """SAVE (unless `archive` exists already) and LOAD in fresh processes, with progress shown.
-    `full`: the whole LOAD bench; otherwise one restore and the comparison (foundry verify)."""
+    `full`: the whole LOAD bench; otherwise one restore and the comparison (foundry verify).
+    A large workload's weights (or any transformers workload's, given checkpoint=DIR) are first
+    written as a checkpoint, once (an earlier run's in DIR is reused), and every child loads
+    them from it; without DIR it lives in the scratch folder, on local disk, for this run."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    extra = option_arguments(options)
     with tempfile.TemporaryDirectory() as scratch, Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True
     ) as progress:
+        folder = checkpoint_folder(workload, options.get("checkpoint"), Path(scratch))
+        written = None
+        if folder is not None:
+            task = progress.add_task(f"checkpoint {workload}: random weights as safetensors in {folder}, once")
+            written = run_child(CHECKPOINT_MODULE, [workload, str(folder), *option_arguments({"layers": options.get("layers")})])
+            progress.remove_task(task)
+            options = {**options, "checkpoint": str(folder)}
         path = archive or Path(scratch) / f"{workload}.foundry"
         saved: dict[str, object] = {}
         if archive is None or not archive.exists():
@@ -63,32 +82,63 @@ def run_children(
             saved = run_role("save", workload, path, **options)
             progress.remove_task(task)
         if full:
-            task = progress.add_task(f"native {workload}: warm-up, capture and instantiate every graph, cold")
-            native = run_role("native", workload, path, **options)
-            progress.remove_task(task)
-            driver_runs, restore_runs = [], []
-            for run in range(COLD_RUNS):  # alternating, each in a fresh process: a drift hits both sides
-                task = progress.add_task(f"driver alone {workload} ({run + 1} of {COLD_RUNS}): build and instantiate every graph, cold")
-                driver_runs.append(run_child(DRIVER_MODULE, ["driver", workload, str(path), str(threads), *extra]))
-                progress.remove_task(task)
-                if run == 0:
-                    task = progress.add_task(f"LOAD {workload}: restore cold, then 1 thread, lazy, thread counts, native capture, compare")
-                    loaded = _run_child("load", workload, str(path), str(threads), *extra)
-                    restore_runs.append(loaded["restore_s"])
-                else:
-                    task = progress.add_task(f"LOAD {workload} ({run + 1} of {COLD_RUNS}): restore cold")
-                    restore_runs.append(run_child(COLD_MODULE, ["cold", workload, str(path), str(threads), *extra])["restore_s"])
-                progress.remove_task(task)
-            progress.add_task(f"prefetch {workload}: prefetch at process start, engine built meanwhile, restore, compare")
-            loaded["prefetched"] = _set_apart_nondeterministic(_run_child("prefetch", workload, str(path), str(threads), *extra), loaded["nondeterministic_native"])
-            loaded["native_s"], loaded["native_engine_s"] = native["native_s"], native["engine_s"]
-            loaded["driver_alone"] = driver_runs[0]  # the pair of the LOAD child's cold restore
-            loaded["cold_runs"] = cold_ratios(restore_runs, [d["driver_cold_s"] for d in driver_runs])
+            loaded = _load_children(progress, workload, path, threads, options)
+            loaded["weights_load_s_by_child"]["save"] = saved.get("weights_load_s")
         else:
             progress.add_task(f"LOAD {workload}: restore, native capture, compare")
             loaded = run_role("verify", workload, path, threads=threads, **options)
+        loaded["checkpoint"] = written
         saved.setdefault("archive_bytes", path.stat().st_size)
     return saved, loaded
+
+
+def checkpoint_folder(workload: str, given: object, scratch: Path) -> Path | None:
+    """Where the bench's checkpoint goes: the folder given, else for a large workload one in the
+    scratch folder (local disk: where it is too small, give a folder on tmpfs, /dev/shm); None
+    where the workload draws its weights in place. A folder for a workload that cannot load
+    one is refused before any child runs."""
+    if given is not None:
+        require_checkpoint_support(workload)
+        return Path(str(given))
+    return scratch / "checkpoint" if registry_workload(workload).large else None
+
+
+def _load_children(progress: object, workload: str, path: Path, threads: int, options: dict[str, object]) -> dict[str, object]:
+    """The full bench's children after SAVE: native, driver alone and cold restores alternating,
+    prefetch, background; the LOAD child's result with the others' figures added."""
+    extra = option_arguments(options)
+    task = progress.add_task(f"native {workload}: warm-up, capture and instantiate every graph, cold")
+    native = run_role("native", workload, path, **options)
+    progress.remove_task(task)
+    driver_runs, restore_runs, cold_weights = [], [], []
+    for run in range(COLD_RUNS):  # alternating, each in a fresh process: a drift hits both sides
+        task = progress.add_task(f"driver alone {workload} ({run + 1} of {COLD_RUNS}): build and instantiate every graph, cold")
+        driver_runs.append(run_child(DRIVER_MODULE, ["driver", workload, str(path), str(threads), *extra]))
+        progress.remove_task(task)
+        if run == 0:
+            task = progress.add_task(f"LOAD {workload}: restore cold, then 1 thread, lazy, thread counts, native capture, compare")
+            loaded = _run_child("load", workload, str(path), str(threads), *extra)
+            restore_runs.append(loaded["restore_s"])
+        else:
+            task = progress.add_task(f"LOAD {workload} ({run + 1} of {COLD_RUNS}): restore cold")
+            cold = run_child(COLD_MODULE, ["cold", workload, str(path), str(threads), *extra])
+            restore_runs.append(cold["restore_s"])
+            cold_weights.append(cold.get("weights_load_s"))
+        progress.remove_task(task)
+    task = progress.add_task(f"prefetch {workload}: prefetch at process start, engine built meanwhile, restore, compare")
+    loaded["prefetched"] = _set_apart_nondeterministic(_run_child("prefetch", workload, str(path), str(threads), *extra), loaded["nondeterministic_native"])
+    progress.remove_task(task)
+    progress.add_task(f"background {workload}: load(mode='background'), until batches up to 8 and all are ready")
+    loaded["background"] = _run_child("background", workload, str(path), str(threads), *extra)
+    loaded["native_s"], loaded["native_engine_s"] = native["native_s"], native["engine_s"]
+    loaded["driver_alone"] = {k: driver_runs[0][k] for k in DRIVER_FIELDS}  # the pair of the LOAD child's cold restore
+    loaded["cold_runs"] = cold_ratios(restore_runs, [d["driver_cold_s"] for d in driver_runs])
+    loaded["weights_load_s_by_child"] = {
+        "native": native.get("weights_load_s"), "driver": [d.get("weights_load_s") for d in driver_runs],
+        "load": loaded.get("weights_load_s"), "cold": cold_weights, "prefetch": loaded["prefetched"].get("weights_load_s"),
+        "background": loaded["background"].get("weights_load_s"),
+    }
+    return loaded
 
 
 def cold_ratios(restore_s: list[float], driver_s: list[float]) -> dict[str, object]:
@@ -120,9 +170,26 @@ def _fit_point(loaded: dict[str, object]) -> dict[str, object]:
     }
 
 
-def workload_label(workload: str, graphs: int, attention: str | None) -> str:
-    """The workload as results files name it, e.g. llama8b-67 or llama8b-67-math-attention."""
-    return f"{workload}-{graphs}" + (f"-{attention}-attention" if attention else "")
+def workload_label(workload: str, graphs: int, attention: str | None, layers: int | None = None) -> str:
+    """The workload as results files name it, e.g. llama8b-67, llama8b-67-math-attention, or
+    qwen3-235b-rank-67-4-layers where --layers scaled it down."""
+    return f"{workload}-{graphs}" + (f"-{layers}-layers" if layers else "") + (f"-{attention}-attention" if attention else "")
+
+
+def readiness_fields(loaded: dict[str, object]) -> dict[str, object]:
+    """The Case fields of what the graphs hold (counts read from the archive), of the weights
+    loaded from disk (the LOAD child's, each child's, the checkpoint), and of serving before
+    every graph is ready (the background child's)."""
+    background = loaded["background"]
+    return dict(
+        **{k: loaded[k] for k in ("kernel_nodes", "nodes_by_kind", "kernel_functions", "modules", "templates")},
+        weights_load_s=loaded["weights_load_s"],
+        weights_load_s_by_child=loaded["weights_load_s_by_child"],
+        checkpoint=loaded["checkpoint"],
+        background_cold=background,
+        ready_small_batches_s=background["ready_small_batches_s"],
+        ready_all_s=background["ready_all_s"],
+    )
 
 
 def compared_case_fields(saved: dict[str, object], loaded: dict[str, object]) -> dict[str, object]:
@@ -150,15 +217,22 @@ def compared_case_fields(saved: dict[str, object], loaded: dict[str, object]) ->
     )
 
 
-def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, attention: str | None = None) -> dict[str, object]:
+def run(
+    workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, attention: str | None = None, layers: int | None = None,
+    checkpoint: Path | None = None,
+) -> dict[str, object]:
+    """The whole LOAD bench. `layers`: the model's decoder layers (default: the workload's);
+    `checkpoint`: the folder of the weights' checkpoint (kept, and reused by the next run)."""
     from foundry_trace.bench.results import Case, ResultsFile
 
     started = time.perf_counter()
-    saved, loaded = run_children(workload, threads, attention=attention)
+    saved, loaded = run_children(workload, threads, attention=attention, layers=layers, checkpoint=checkpoint)
+    instantiate_only = loaded["instantiate_only_s_by_threads"]  # None for a large workload: not measured
     case = Case(
         name=workload,
         **compared_case_fields(saved, loaded),
         nodes=loaded["nodes"],
+        **readiness_fields(loaded),
         native_warm_s=loaded["native_warm_s"],
         warm_restore_s=loaded["warm_restore_s"],
         instantiate_floor_s=loaded["instantiate_floor_s"],
@@ -179,7 +253,7 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         first_graph_prefetched_s=loaded["first_graph_prefetched_s"],
         restore_s_by_threads=loaded["threads_sweep_s"],
         instantiate_only_s_by_threads=loaded["instantiate_only_s_by_threads"],
-        best_possible_speedup=loaded["native_s"] / min(loaded["instantiate_only_s_by_threads"].values()),
+        best_possible_speedup=loaded["native_s"] / min(instantiate_only.values()) if instantiate_only else None,
         first_graph_s=loaded["first_graph_s"],
         first_graph_run_s=loaded["first_graph_run_s"],
         first_graph_key=loaded["first_graph_key"],
@@ -196,7 +270,7 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
     results = ResultsFile.of_this_run(
         loaded,
         what="load",
-        workload=workload_label(workload, loaded["graphs"], attention),
+        workload=workload_label(workload, loaded["graphs"], attention, layers),
         workload_desc=f"{loaded['description']}; every graph restored vs warm-up + capture + instantiate, each side cold in a fresh process",
         gpus=1, cases=[case],
     )
@@ -204,7 +278,7 @@ def run(workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, 
         written = results.write(output_dir)
         plot_timeline(results.model_dump(), written.with_suffix(".png"))
     if splits_steps(workload):
-        fitted = case.model_copy(update={"cost_fit": fit_costs(workload, threads, _fit_point(loaded), attention=attention)})
+        fitted = case.model_copy(update={"cost_fit": fit_costs(workload, threads, _fit_point(loaded), attention=attention, layers=layers)})
         fitted.bench_s = time.perf_counter() - started
         results = results.model_copy(update={"cases": [fitted]})
         if output_dir is not None:

@@ -39,11 +39,66 @@ def plot_timeline(results: dict[str, object], path: Path) -> Path | None:
     return path
 
 
+def _count_rows(c: dict[str, object]) -> list[tuple[str, str]]:
+    """What the graphs hold (results files before issue 35 have the node count alone)."""
+    if c.get("kernel_nodes") is None:
+        return [("graphs / nodes", f"{c['graphs']} / {c['nodes']:,}")]
+    return [
+        ("graphs / nodes / kernel nodes", f"{c['graphs']} / {c['nodes']:,} / {c['kernel_nodes']:,}"),
+        ("  kernel functions / modules / graph topologies", f"{c['kernel_functions']} / {c['modules']} / {c['templates']}"),
+    ]
+
+
+def _weights_rows(c: dict[str, object]) -> list[tuple[str, str]]:
+    """The weights loaded from a checkpoint on disk, where the workload's engine did."""
+    checkpoint = c.get("checkpoint")
+    if not checkpoint:
+        return []
+    written = "reused" if checkpoint["reused"] else f"written in {checkpoint['write_s']:.1f} s"
+    by_child = [v for v in _flattened(c["weights_load_s_by_child"]) if v is not None]
+    return [
+        ("weights: safetensors checkpoint", f"{checkpoint['bytes'] / 1e9:.1f} GB in {checkpoint['shards']} files on {checkpoint['filesystem']}, {written}"),
+        ("  loaded from it: LOAD child (every child, min-max)",
+         f"{c['weights_load_s']:.2f} s ({min(by_child):.2f}-{max(by_child):.2f} s)" if by_child else "not measured"),
+    ]
+
+
+def _flattened(by_child: dict[str, object]) -> list[float | None]:
+    """Each child's weights-load time, the repeated children's lists opened up."""
+    return [v for value in by_child.values() for v in (value if isinstance(value, list) else [value])]
+
+
+def _background_rows(c: dict[str, object]) -> list[tuple[str, str]]:
+    """Serving before every graph is ready: the background child's times from the restore point."""
+    b = c.get("background_cold")
+    if not b:
+        return []
+    small = ", ".join(str(batch) for batch in b["small_batches"])
+    return [
+        ("load(mode='background') cold: returned after", f"{b['returned_s']:.3f} s"),
+        ("  from the restore point: batches up to 8 ready / all", f"{b['ready_small_batches_s']:.3f} / {b['ready_all_s']:.3f} s"),
+        (f"  batches {small} bit-identical to SAVE's", f"{not b['mismatched']} (differ: {b['mismatched'] or 'none'})"),
+    ]
+
+
+def _instantiate_rows(c: dict[str, object]) -> list[tuple[str, str]]:
+    """Instantiation alone on several thread counts (not measured for large workloads)."""
+    if not c.get("instantiate_only_s_by_threads"):
+        return [("instantiation alone on several threads", "not measured (a large workload)")]
+    return [
+        *((f"instantiation alone on {n} threads (graphs prebuilt)", f"{v:.3f} s") for n, v in c["instantiate_only_s_by_threads"].items()),
+        ("speed-up bound: native / best instantiation alone", f"{c['best_possible_speedup']:.1f}x"),
+    ]
+
+
 def _prefetch_rows(c: dict[str, object]) -> list[tuple[str, str]]:
     p = c["prefetch_cold"]
+    weights = [("  restore point reached / weights loaded meanwhile", f"{p['engine_s']:.2f} / {p['weights_load_s']:.2f} s")
+               if p.get("weights_load_s") is not None else ("  restore point reached at", f"{p['engine_s']:.2f} s")]
     return [
-        ("prefetch() at process start (cold): restore at the restore point", f"{p['at_restore_point_s']:.3f} s ({c['speedup_with_prefetch_cold']:.1f}x)"),
+        ("prefetch() at start (cold): restore point to all ready", f"{p['at_restore_point_s']:.3f} s ({c['speedup_with_prefetch_cold']:.1f}x)"),
         ("  graphs ready before the restore point / prefetch work ended at", f"{p['ready_before_restore_point']} of {c['graphs']} / {p['prefetch_work_s']:.2f} s"),
+        *weights,
         ("  process start to ready: native / with prefetch", f"{c['native_engine_s'] + c['native_s']:.2f} / {p['engine_s'] + p['at_restore_point_s']:.2f} s"),
         ("  prefetched graphs bit-identical to SAVE's", f"{not p['mismatched']} ({p['compared']} compared, differ: {p['mismatched'] or 'none'}"
          + (f"; nondeterministic natively: {p['mismatched_nondeterministic']})" if p.get("mismatched_nondeterministic") else ")")),
@@ -67,6 +122,7 @@ def render(results: dict[str, object]) -> str:
     table.add_column("measure")
     table.add_column("value", justify="right")
     rows = [
+        *_count_rows(c),
         ("native warm-up + capture + instantiate (cold, plain PyTorch)", f"{c['native_s']:.3f} s"),
         (f"Foundry restore (cold, {c['threads']} threads)", f"{c['restore_s']:.3f} s"),
         ("speed-up", f"{c['speedup']:.1f}x"),
@@ -78,10 +134,11 @@ def render(results: dict[str, object]) -> str:
          f"{c['restore_over_driver_cold']:.3f} ({c['restore_over_driver_cold_min']:.3f}-{c['restore_over_driver_cold_max']:.3f})"),
         ("  cold restore / driver alone, medians", f"{c['cold_runs']['restore_s_median']:.3f} / {c['cold_runs']['driver_cold_s_median']:.3f} s"),
         ("speed-up bound: native / driver alone cold", f"{c['speedup_bound_driver_cold']:.1f}x"),
-        *((f"instantiation alone on {n} threads (graphs prebuilt)", f"{v:.3f} s") for n, v in c["instantiate_only_s_by_threads"].items()),
-        ("speed-up bound: native / best instantiation alone", f"{c['best_possible_speedup']:.1f}x"),
+        *_instantiate_rows(c),
         ("with prefetch() (warm): restore at the restore point", f"{c['restore_at_restore_point_s']:.3f} s ({c['speedup_with_prefetch']:.1f}x)"),
+        *_weights_rows(c),
         *_prefetch_rows(c),
+        *_background_rows(c),
         (f"first graph launched (lazy, key {c['first_graph_key']})", f"{c['first_graph_s'] * 1000:.1f} ms"),
         ("  and its run done", f"{c['first_graph_run_s'] * 1000:.1f} ms"),
         ("  its LOAD phases", ", ".join(f"{k} {v * 1000:.1f}" for k, v in c["first_graph_phases_s"].items()) + " ms"),

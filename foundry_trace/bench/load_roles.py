@@ -5,8 +5,12 @@
               several threads, restores with prefetch() and on several thread counts, a native
               capture in the same process, and the comparison bit for bit (against SAVE's
               references in the archive and that capture) and of replay latency
-    prefetch  prefetch() first thing, the engine built meanwhile, load at the restore point;
+    prefetch  prefetch() first thing, the engine built meanwhile (its weights loaded from disk,
+              for a checkpoint workload), load at the restore point: until every graph is ready;
               the graphs prefetch built checked against SAVE's outputs
+    background  load(mode="background") at the restore point, cold: the time until it returns,
+              until every batch size up to SMALL_BATCHES can be replayed, and until all can;
+              those small batches' outputs checked against SAVE's
 
     python -P -m foundry_trace.bench.load_roles ROLE WORKLOAD ARCHIVE [THREADS] [--attention ...]
 """
@@ -15,15 +19,24 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from foundry_trace.archive.keys import batch_of, key_order
 from foundry_trace.bench.children import child_main, child_parser, note, parsed_options, phase
 from foundry_trace.bench.driver_alone import instantiate_scaling
 from foundry_trace.bench.results import device_fields
-from foundry_trace.bench.roles import cold_load
+from foundry_trace.bench.roles import cold_load, engine_at_restore_point
 from foundry_trace.errors import WorkloadError
 
+if TYPE_CHECKING:
+    from foundry_trace.restore import Restored
+
 MODULE = "foundry_trace.bench.load_roles"
+SMALL_BATCHES = 8  # a server that starts before every graph is ready serves batches up to this size first
+SWEPT_THREADS = (2, 4, 16)  # restores timed on these thread counts too (and on the bench's own)
+INSTANTIATE_THREADS = (1, 2, 4, 8, 16)  # instantiation alone timed on these
 
 
 def _references(archive: str) -> dict[str, dict[str, object]]:
@@ -49,12 +62,12 @@ def child_prefetch(workload: str, archive: str, threads: int, options: dict[str,
 
     import foundry_trace
     from foundry_trace.bench.verify import differing_from_saved, restored_digests
-    from foundry_trace.bench.workloads.registry import build_engine
+    from foundry_trace.bench.workloads.registry import build_engine, weights_load_s
 
     began = time.perf_counter()
     phase("prefetch")
     early = foundry_trace.prefetch(archive, threads=threads)
-    model = build_engine(workload, **options)
+    model = build_engine(workload, **options)  # its weights from disk, for a checkpoint workload: prefetch overlaps the reading
     torch.cuda.synchronize()
     start = time.perf_counter()
     engine_s = start - began
@@ -69,6 +82,7 @@ def child_prefetch(workload: str, archive: str, threads: int, options: dict[str,
     restored.release()
     return {
         "engine_s": engine_s,
+        "weights_load_s": weights_load_s(model),
         "at_restore_point_s": at_restore_point_s,
         "ready_before_restore_point": sum(s.end <= engine_s for s in instantiated),
         "prefetch_work_s": max(s.end for s in restored.spans),
@@ -77,12 +91,58 @@ def child_prefetch(workload: str, archive: str, threads: int, options: dict[str,
     }
 
 
+def small_batches(batches: list[int], limit: int = SMALL_BATCHES) -> list[int]:
+    """The batch sizes a server starting before every graph is ready serves first: up to `limit`."""
+    return [batch for batch in batches if batch <= limit]
+
+
+def ready_after(restored: Restored, batches: list[int], start: float, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds from `start` (the restore point) until every graph of `batches`' steps is ready
+    to replay: each graph waited for in turn (a background load restores them meanwhile)."""
+    for batch in batches:
+        for graph in restored.group(batch):
+            graph.wait()
+    return clock() - start
+
+
+def child_background(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+    """A server that starts serving before every graph is ready: load(mode="background") at the
+    restore point (cold, the first LOAD of the process), then the time until the small batches'
+    steps can be replayed and until every step can. "Ready" is wait() returned: the executable
+    exists (its first replay uploads it). The small batches' outputs are then checked against
+    SAVE's (after the timing)."""
+    import foundry_trace
+    from foundry_trace.bench.verify import differing_from_saved, restored_batches, restored_digests
+    from foundry_trace.bench.workloads.registry import weights_load_s
+
+    model = engine_at_restore_point(workload, options)
+    phase("load")
+    start = time.perf_counter()
+    restored = foundry_trace.load(archive, threads=threads, mode="background")
+    returned_s = time.perf_counter() - start
+    batches = restored_batches(restored)
+    small = small_batches(batches)
+    ready_small_s = ready_after(restored, small, start)
+    ready_all_s = ready_after(restored, batches, start)
+    note(f"background LOAD: returned in {returned_s:.3f} s, batches up to {SMALL_BATCHES} ready at {ready_small_s:.3f} s, all at {ready_all_s:.3f} s")
+    saved = _references(archive)
+    mismatched = differing_from_saved(restored_digests(model, restored, small), saved)
+    restored.release()
+    return {
+        "returned_s": returned_s, "small_batches": small, "ready_small_batches_s": ready_small_s, "ready_all_s": ready_all_s,
+        "weights_load_s": weights_load_s(model), "compared": sum(saved[str(b)]["deterministic"] for b in small), "mismatched": mismatched,
+    }
+
+
 def child_load(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
     import torch
 
     import foundry_trace
-    from foundry_trace.bench.verify import compare, restored_batches
+    from foundry_trace.bench.verify import compare, effort_of, restored_batches
+    from foundry_trace.bench.workloads.registry import weights_load_s
+    from foundry_trace.bench.workloads.registry import workload as chosen
 
+    large = chosen(workload).large  # no thread sweeps: the whole bench must fit one 10-minute device call
     model, cold, restore_s = cold_load(workload, archive, threads, options)  # the first LOAD of this process: timed
     cold_report = {"phases": cold.phases, "busy": cold.busy_seconds(), "spans": [span.__dict__ for span in cold.spans]}
     cold.release()
@@ -106,14 +166,14 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     first_graph_phases, first_graph_spans = lazy.phases, [span.__dict__ for span in lazy.spans]
     lazy.release()
 
-    sweep = {}
-    for count in sorted({2, 4, 16, threads}):
+    sweep = None if large else {}
+    for count in () if large else sorted({*SWEPT_THREADS, threads}):
         start = time.perf_counter()
         foundry_trace.load(archive, threads=count).release()
         sweep[str(count)] = time.perf_counter() - start
 
     note("timed serial, lazy and thread-count restores")
-    instantiate_only = instantiate_scaling(archive, (1, 2, 4, 8, 16))
+    instantiate_only = None if large else instantiate_scaling(archive, INSTANTIATE_THREADS)
 
     # With prefetch(): modules load before the restore point (in a server, while weights load).
     early = foundry_trace.prefetch(archive, threads=threads)
@@ -138,11 +198,11 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     note("timed instantiation scaling and prefetched restores")
     phase("compare")
     saved = _references(archive)
-    result = compare(model, restored, saved)
+    result = compare(model, restored, saved, effort=effort_of(workload))
     note("captured natively and compared")
     result["native_warm_s"] = result.pop("native_s")  # this process's own native capture, after restores
     restored.release()
-    description = model.describe()
+    description, loaded_in = model.describe(), weights_load_s(model)
     del model
     from foundry_trace.bench.determinism import explain
 
@@ -151,7 +211,8 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     result.update(
         restore_s=restore_s,
         warm_restore_s=warm_restore_s,
-        nodes=_node_count(archive),
+        weights_load_s=loaded_in,
+        **archive_counts(archive),
         serial_restore_s=serial_s,
         serial_busy=serial_busy,
         at_restore_point_s=at_restore_point_s,
@@ -173,17 +234,28 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     return result
 
 
-def _node_count(archive: str) -> int:
-    from foundry_trace.archive.format import Archive
+def archive_counts(archive: str | Path) -> dict[str, object]:
+    """What the archive's graphs hold, as `foundry inspect` counts it (node tables read, child
+    graphs counted per use): the nodes that do work (the driver builds and instantiates each,
+    what the cost fit counts), every kind's count (kernels among them), the distinct kernel
+    functions and the modules they come from, and the graph topologies (templates)."""
+    from foundry_trace.archive import summary
 
-    with Archive(archive) as opened:
-        return sum(entry.nodes for entry in opened.manifest.graphs)
+    counted = summary.summarize(archive)
+    return {
+        "nodes": sum(graph["nodes"] for graph in counted["graphs"]),
+        "kernel_nodes": counted["nodes_by_kind"].get("kernel", 0),
+        "nodes_by_kind": counted["nodes_by_kind"],
+        "kernel_functions": len(counted["kernels"]),
+        "modules": len(counted["modules"]),
+        "templates": counted["templates"],
+    }
 
 
 def _run(arguments: argparse.Namespace) -> dict[str, object]:
-    child = {"load": child_load, "prefetch": child_prefetch}[arguments.role]
+    child = {"load": child_load, "prefetch": child_prefetch, "background": child_background}[arguments.role]
     return child(arguments.workload, arguments.archive, arguments.threads, parsed_options(arguments))
 
 
 if __name__ == "__main__":
-    child_main(_run, child_parser("a LOAD child of `foundry bench load`", ("load", "prefetch")))
+    child_main(_run, child_parser("a LOAD child of `foundry bench load`", ("load", "prefetch", "background")))

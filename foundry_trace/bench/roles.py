@@ -45,8 +45,8 @@ def save(workload: str, archive: str, options: dict[str, object], references: bo
     foundry_alloc.install()
     import foundry_trace
     from foundry_trace.bench.capture import capture_steps
-    from foundry_trace.bench.verify import record_references
-    from foundry_trace.bench.workloads.registry import build_engine, workload_metadata
+    from foundry_trace.bench.verify import effort_of, record_references
+    from foundry_trace.bench.workloads.registry import build_engine, weights_load_s, workload_metadata
 
     foundry_trace.start_tracing()
     phase("engine")
@@ -58,15 +58,15 @@ def save(workload: str, archive: str, options: dict[str, object], references: bo
         captured = capture_steps(model, recording=recording)
         captured_at = time.perf_counter()
         if references:
-            record_references(recording, model, captured)
+            record_references(recording, model, captured, effort_of(workload).reference_replays)
         referenced_s = time.perf_counter() - captured_at
         recording.metadata.update(workload_metadata(workload, options))
     save_s = time.perf_counter() - start - referenced_s
     note(f"captured and saved {len(captured)} graphs in {save_s:.1f} s (and their reference outputs in {referenced_s:.1f} s)")
 
     return {
-        "archive_bytes": Path(archive).stat().st_size, "save_s": save_s, "graphs": len(captured), "description": model.describe(),
-        **device_fields(),
+        "archive_bytes": Path(archive).stat().st_size, "save_s": save_s, "references_s": referenced_s if references else None,
+        "graphs": len(captured), "description": model.describe(), "weights_load_s": weights_load_s(model), **device_fields(),
     }
 
 
@@ -74,7 +74,7 @@ def native(workload: str, options: dict[str, object]) -> dict[str, object]:
     import torch
 
     from foundry_trace.bench.capture import capture_steps
-    from foundry_trace.bench.workloads.registry import build_engine
+    from foundry_trace.bench.workloads.registry import build_engine, weights_load_s
 
     began = time.perf_counter()
     phase("engine")
@@ -87,26 +87,35 @@ def native(workload: str, options: dict[str, object]) -> dict[str, object]:
     torch.cuda.synchronize()
     native_s = time.perf_counter() - start
     note(f"captured {len(captured)} graphs in {native_s:.1f} s")
-    return {"native_s": native_s, "engine_s": start - began, "graphs": len(captured)}
+    return {"native_s": native_s, "engine_s": start - began, "graphs": len(captured), "weights_load_s": weights_load_s(model)}
 
 
-def cold_load(
-    workload: str, archive: str, threads: int, options: dict[str, object]
-) -> tuple[Engine, Restored, float]:
-    """The first thing a LOAD child does: the allocator, the engine's state as SAVE built it, then
-    one restore (timed, cold: the first of the process)."""
+def engine_at_restore_point(workload: str, options: dict[str, object]) -> Engine:
+    """What a LOAD child does first: the allocator, then the engine's state as SAVE built it
+    (weights, caches, inputs, workspaces), synchronised: the process is at its restore point."""
     import foundry_alloc
 
     foundry_alloc.install()
     import torch
 
-    import foundry_trace
     from foundry_trace.bench.workloads.registry import build_engine
 
     phase("engine")
     model = build_engine(workload, **options)  # kept alive by the caller: LOAD compares its memory with SAVE's
     note(f"built {workload}")
     torch.cuda.synchronize()
+    return model
+
+
+def cold_load(
+    workload: str, archive: str, threads: int, options: dict[str, object]
+) -> tuple[Engine, Restored, float]:
+    """The engine at its restore point, then one restore (timed, cold: the first of the process)."""
+    import torch
+
+    import foundry_trace
+
+    model = engine_at_restore_point(workload, options)
     phase("load")
     start = time.perf_counter()
     restored = foundry_trace.load(archive, threads=threads)
@@ -118,17 +127,18 @@ def cold_load(
 
 def verify(workload: str, archive: str, threads: int, options: dict[str, object]) -> dict[str, object]:
 
-    from foundry_trace.bench.verify import compare, saved_references
+    from foundry_trace.bench.verify import compare, effort_of, saved_references
+    from foundry_trace.bench.workloads.registry import weights_load_s
 
     model, restored, restore_s = cold_load(workload, archive, threads, options)
     compiled = compiled_graphs()  # before the native capture: what the restore itself compiled
     phase("compare")
     saved = saved_references(restored.archive.manifest)
-    result = compare(model, restored, saved)
+    result = compare(model, restored, saved, effort=effort_of(workload))
     note(f"captured natively in {result['native_s']:.1f} s and compared")
     release = restored.release()
     result.update(
-        restore_s=restore_s, compiled_graphs_at_restore=compiled, description=model.describe(), phases=restored.phases,
+        restore_s=restore_s, weights_load_s=weights_load_s(model), compiled_graphs_at_restore=compiled, description=model.describe(), phases=restored.phases,
         busy=restored.busy_seconds(), released=str(release), has_references=saved is not None, **device_fields(),
     )
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from foundry_trace.errors import WorkloadError
@@ -58,6 +59,10 @@ class Workload:
     factory: str
     summary: str
     options: dict[str, object] = field(default_factory=dict)
+    # A whole model's shape (tens of GB of weights on one GPU): the load bench writes its weights
+    # once as a checkpoint that every child loads from disk, and spends fewer replays and no
+    # thread sweeps on it (load_bench.Effort), so that it runs within one 10-minute device call.
+    large: bool = False
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -74,6 +79,12 @@ WORKLOADS: dict[str, Workload] = {
         "transformers_models", "TransformersEngine",
         "transformers Qwen3MoeForCausalLM, Qwen3-30B-A3B config (24 of 48 layers on one H100), random weights",
         {"model": "qwen3moe"},
+    ),
+    "qwen3-235b-rank": Workload(
+        "transformers_models", "TransformersEngine",
+        "transformers Qwen3MoeForCausalLM as one rank of Qwen3-235B-A22B under EP8/TP8 (94 layers, 16 of 128 experts, top-8, "
+        "8 query heads, 1 KV head, 61 GB), weights loaded from a safetensors checkpoint",
+        {"model": "qwen3-235b-rank"}, large=True,
     ),
     "compiled": Workload(
         "compiled", "CompiledDecodeEngine", "the small decode step compiled by torch.compile (Inductor, Triton)"
@@ -104,6 +115,33 @@ def splits_steps(name: str) -> bool:
     return workload(name).module == "piecewise"
 
 
+def takes_checkpoint(name: str) -> bool:
+    """Whether the workload's engine can load its weights from a checkpoint (transformers models)."""
+    return workload(name).module == "transformers_models"
+
+
+def require_checkpoint_support(name: str) -> None:
+    """Raises WorkloadError unless the workload's engine can load its weights from a checkpoint."""
+    if not takes_checkpoint(name):
+        raise WorkloadError(f"checkpoint: workload {name!r} draws its weights in place; the transformers workloads load them from one")
+
+
+def weights_load_s(engine: Engine) -> float | None:
+    """Seconds the engine took to load its weights from disk; None for an engine that drew them
+    in place (every engine but a transformers model given a checkpoint)."""
+    return getattr(engine, "weights_load_s", None)
+
+
+def write_checkpoint(name: str, folder: Path, **options: object) -> dict[str, object]:
+    """Writes workload `name`'s random weights into `folder` as a checkpoint that its engine
+    loads with checkpoint=folder (reused where one of the same model is there); what the
+    results file says of it (workloads/checkpoint.py). Options: layers."""
+    chosen = workload(name)
+    require_checkpoint_support(name)
+    module = importlib.import_module(f"foundry_trace.bench.workloads.{chosen.module}")
+    return module.write_checkpoint(Path(folder), **chosen.options, **{k: v for k, v in options.items() if v is not None})
+
+
 def require_pieces(name: str) -> None:
     """Raises WorkloadError unless the workload cuts its steps into pieces (what the cost fit varies)."""
     if not splits_steps(name):
@@ -113,11 +151,14 @@ def require_pieces(name: str) -> None:
 def make_engine(name: str, **options: object) -> Engine:
     """The engine's state (weights, caches, static inputs), before its first step.
     Options: attention (ATTENTION_CHOICES), layers, batch_sizes, split_every (each engine takes what applies),
-    communicator (tensor parallelism, collectives.Communicator: the Llama-style workloads)."""
+    communicator (tensor parallelism, collectives.Communicator: the Llama-style workloads),
+    checkpoint (a folder of write_checkpoint(): the transformers workloads load their weights from it)."""
     chosen = workload(name)
     attention = options.get("attention", "default")
     if attention not in ATTENTION_CHOICES:
         raise WorkloadError(f"attention {attention!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
+    if options.get("checkpoint") is not None:
+        require_checkpoint_support(name)
     if options.get("communicator") is not None and chosen.module != "decode":
         raise WorkloadError(f"tensor parallelism: workload {name!r} has none; use tiny, small or llama8b")
     factory = getattr(importlib.import_module(f"foundry_trace.bench.workloads.{chosen.module}"), chosen.factory)

@@ -8,17 +8,25 @@ that the host sets before a step (a self-advancing counter would run off the end
 as graphs replay). The attention mask is passed ready-made (4D), so that transformers' mask code
 takes no data-dependent branch during capture; MoE experts run through grouped_mm, whose
 routing stays on the device.
+
+With `checkpoint=DIR` the weights come from disk instead, as a serving engine loads them: the
+model is built empty (transformers' no_init_weights) and every tensor is copied in from the
+safetensors files that write_checkpoint() wrote there (workloads/checkpoint.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from foundry_alloc.profiling import annotate
 from foundry_trace.bench.capture import OneGraphPerStep
+from foundry_trace.bench.workloads import checkpoint as checkpoints
+from foundry_trace.bench.workloads.checkpoint import TensorSpec
 from foundry_trace.bench.workloads.decode import VLLM_BATCH_SIZES
 
 
@@ -55,7 +63,57 @@ MODELS: dict[str, HFModel] = {
         layers=24,
         options={"experts_implementation": "grouped_mm"},
     ),
+    # Qwen3-235B-A22B (94 layers, 128 experts, 8 per token, 64 query and 4 KV heads) as ONE rank
+    # under expert parallelism 8 and attention tensor parallelism 8: 16 experts, top-8 routing
+    # among them; 8 query heads and the 4 KV heads' share, one (replicated); embedding and LM
+    # head whole. 30.5 B parameters, 61 GB in bf16.
+    "qwen3-235b-rank": HFModel(
+        "qwen3_moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+        dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, moe_intermediate_size=1536,
+             num_attention_heads=8, num_key_value_heads=1, head_dim=128, num_experts=16, num_experts_per_tok=8,
+             norm_topk_prob=True, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False),
+        layers=94,
+        options={"experts_implementation": "grouped_mm"},
+    ),
 }
+
+
+def model_config(spec: HFModel, layers: int | None = None) -> object:
+    """The transformers config of `spec` with `layers` decoder layers (default: the spec's)."""
+    family = importlib.import_module(f"transformers.models.{spec.module}")
+    return getattr(family, spec.config_class)(**spec.config, num_hidden_layers=layers or spec.layers)
+
+
+def instantiate(spec: HFModel, config: object, *, initialise: bool) -> torch.nn.Module:
+    """The model on torch's current device, in bf16 with SDPA attention. `initialise=False`
+    builds it empty (transformers' no_init_weights): its weights are about to be loaded, and
+    initialising 61 GB first is work an engine does not do. Buffers that are computed, not
+    loaded (the rotary frequencies), are computed either way."""
+    from transformers.initialization import no_init_weights
+
+    family = importlib.import_module(f"transformers.models.{spec.module}")
+    with contextlib.nullcontext() if initialise else no_init_weights():
+        return getattr(family, spec.model_class)._from_config(
+            config, dtype=torch.bfloat16, attn_implementation="sdpa", **spec.options
+        ).eval()
+
+
+def checkpoint_identity(name: str, config: object, seed: int, specs: list[TensorSpec]) -> str:
+    """What a checkpoint of model `name` must have been written for (checkpoint.identity)."""
+    described = {**MODELS[name].config, "num_hidden_layers": config.num_hidden_layers, "initializer_range": config.initializer_range}
+    return checkpoints.identity(name, described, seed, specs)
+
+
+def write_checkpoint(folder: Path, *, model: str, layers: int | None = None, seed: int = 0, device: str = "cuda") -> dict[str, object]:
+    """Writes model `model`'s random weights into `folder` as a safetensors checkpoint (reusing
+    one written there for the same model, layers and seed), drawn on `device`: the model is
+    built on the meta device only for its tensors' names and shapes."""
+    spec = MODELS[model]
+    config = model_config(spec, layers)
+    with torch.device("meta"):
+        specs = checkpoints.tensor_specs(instantiate(spec, config, initialise=False))
+    digest = checkpoint_identity(model, config, seed, specs)
+    return checkpoints.write(Path(folder), specs, digest, seed=seed, std=config.initializer_range, device=device)
 
 
 def _pooled_layer_class() -> type:
@@ -90,6 +148,7 @@ class TransformersEngine(OneGraphPerStep):
         batch_sizes: tuple[int, ...] | None = None,
         device: str = "cuda",
         seed: int = 0,
+        checkpoint: str | None = None,
     ) -> None:
         if attention == "flash":
             raise ValueError("attention 'flash': transformers models pass an attention mask, which flash attention "
@@ -99,14 +158,13 @@ class TransformersEngine(OneGraphPerStep):
         self.spec = spec = MODELS[model]
         self.name, self.attention = model, attention
         self.batch_sizes = tuple(batch_sizes or spec.batch_sizes)
-        family = importlib.import_module(f"transformers.models.{spec.module}")
-        config = getattr(family, spec.config_class)(**spec.config, num_hidden_layers=layers or spec.layers)
+        self.config = config = model_config(spec, layers)
         torch.manual_seed(seed)
         with annotate("workload.weights"), torch.device(device):
-            self.model = getattr(family, spec.model_class)._from_config(
-                config, dtype=torch.bfloat16, attn_implementation="sdpa", **spec.options
-            ).eval()
-        self.config = config
+            self.model = instantiate(spec, config, initialise=checkpoint is None)
+        self.checkpoint = checkpoint
+        # Seconds the weights took to load from the checkpoint; None where they were drawn in place.
+        self.weights_load_s = None if checkpoint is None else self._load_weights(Path(checkpoint), seed)
         max_batch, context = max(self.batch_sizes), spec.context
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         with annotate("workload.kv_cache"):
@@ -125,12 +183,20 @@ class TransformersEngine(OneGraphPerStep):
             for batch in self.batch_sizes
         }
 
+    def _load_weights(self, folder: Path, seed: int) -> float:
+        """Copies the checkpoint in `folder` into the empty model; the wall seconds it took."""
+        state = self.model.state_dict()
+        digest = checkpoint_identity(self.name, self.config, seed, checkpoints.tensor_specs(self.model))
+        with annotate("workload.weights_load"), torch.no_grad():
+            return checkpoints.load(state, folder, digest)
+
     def describe(self) -> str:
         c, spec = self.config, self.spec
         parameters = sum(p.numel() for p in self.model.parameters())
+        weights = "random weights" if self.checkpoint is None else f"random weights loaded from a safetensors checkpoint in {self.weights_load_s:.1f} s"
         return (
             f"transformers {spec.model_class} ({self.name} config, {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
-            f"{parameters / 1e9:.2f} B bf16 parameters, random weights), SDPA attention ({self.attention}), "
+            f"{parameters / 1e9:.2f} B bf16 parameters, {weights}), SDPA attention ({self.attention}), "
             f"shared static KV cache of {spec.context} tokens x batch {max(self.batch_sizes)}, {len(self.batch_sizes)} batch sizes"
         )
 
