@@ -28,7 +28,7 @@ class _Ranks:
 @given(st.sampled_from(sorted(PRESETS)), st.sampled_from([1, 2, 4, 8]))
 def test_a_rank_holds_its_share_and_head_size_is_kept(preset: str, ranks: int) -> None:
     shape = PRESETS[preset]
-    if any(getattr(shape, n) % ranks for n in ("heads", "kv_heads", "intermediate")):
+    if any(getattr(shape, n) % ranks for n in ("heads", "kv_heads", "intermediate", "vocab")):
         with pytest.raises(ValueError, match="does not divide"):
             rank_shape(shape, ranks)
         return
@@ -220,18 +220,21 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
             "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "graphs": 1,
             "device": "GPU", "torch": "t", "cuda": "c", "cupti": None}
+    share = 1024 // 2  # the tiny workload's vocabulary, in two ranks' shards
 
     def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
         if degree == 8:
             raise ChildProcessFailed("load rank 1 of 8 failed (exit 1) in phase 'compare': torch.OutOfMemoryError\nmore lines")
-        return [{**rank, "rank": r} for r in range(degree)]
+        return [{**rank, "rank": r, "logit_rows": [r * share, (r + 1) * share]} for r in range(degree)]
 
     monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {d: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"} for d in (2, 8)})
     monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
     monkeypatch.setattr(tp_bench, "run_degree", ranks)
+    monkeypatch.setattr(tp_bench, "free_memory", lambda: 80 << 30)
     results = tp_bench._run_degrees("tiny", [2, 8], tmp_path, tmp_path, "peer")
     two, eight = results["cases"]
-    assert two["ranks_bitwise_equal"] == [True, True] and two["restore_over_driver_cold"] == [1.0, 1.0] and two["ranks_agree"]
+    assert two["ranks_bitwise_equal"] == [True, True] and two["restore_over_driver_cold"] == [1.0, 1.0]
+    assert two["logits"] == "vocabulary-parallel" and two["logit_shards_cover_vocabulary"]
     assert eight["failed"].startswith("load rank 1 of 8 failed") and "more lines" not in eight["failed"]
     assert [p.name for p in tmp_path.glob("tp-*.json")], "the results file is written all the same"
     assert "failed:" in tp_bench.render(results)

@@ -9,10 +9,15 @@ plain kernels over the peer window, and every rank restores the archive unchange
 Then, for each degree: N rank processes capture natively, cold and timed; N fresh rank processes
 measure the driver alone on their graphs (built and instantiated cold, under the same placement
 and concurrency); and N fresh rank processes restore the same archive, cold and timed, then
-capture natively in the same process and compare outputs bit for bit (with that capture, and
-between ranks, whose logits are replicated) and replay latency. NCCL needs a GPU per rank; the
-peer communicator runs several ranks on a GPU where there are fewer GPUs than ranks (their
-contexts then take turns on the GPU, which the table and JSON say).
+capture natively in the same process, batch size by batch size, and compare outputs bit for bit
+and replay latency. With N > 1 ranks each rank's logits are its shard of the vocabulary
+(DecodeEngine's vocabulary-parallel head): every rank compares its shard with its native
+capture, and the shards must tile the vocabulary, so every logit is compared on one rank;
+where the logits are replicated (one rank), the ranks' outputs are compared with each other
+too. NCCL needs a GPU per rank; the peer communicator runs several ranks on a GPU where there
+are fewer GPUs than ranks (their contexts then take turns on the GPU, which the table and JSON
+say). Before a degree starts, its ranks' memory is computed (tp_memory.py) and a degree whose
+ranks would not fit the GPU's free memory is not run: the results name the --layers that would.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import gc
 import os
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +48,7 @@ from foundry_trace.errors import ChildProcessFailed
 from foundry_trace.parallel.collectives import archive_path
 
 if TYPE_CHECKING:
+    from foundry_trace.bench.workloads.decode import ModelShape
     from foundry_trace.parallel.collectives import Communicator
 
 MODULE = "foundry_trace.bench.tp_bench"
@@ -193,15 +200,26 @@ def child_load(workload: str, directory: str, kind: str, options: dict[str, obje
         with restored:
             phase("compare")
             shared = torch.cuda.device_count() < communicator.world_size
-            result = compare(model, restored, communicator=communicator, effort=SHARED_GPU if shared else FULL)
+            result = compare(
+                model, restored, communicator=communicator, effort=SHARED_GPU if shared else FULL, batch_by_batch=True
+            )
             _check(communicator)
             note(f"rank {communicator.rank}: captured natively and compared")
             phase("close")
         gc.collect()
         torch.cuda.synchronize()
+        rows = model.logit_rows
         result.update(rank=communicator.rank, restore_s=restore_s, phases=restored.phases, busy=restored.busy_seconds(),
-                      archive_digest=restored.archive.digest, **device_fields())
+                      archive_digest=restored.archive.digest, logit_rows=[rows.start, rows.stop], **device_fields())
     return result
+
+
+def child_memory() -> dict[str, object]:
+    """The free memory of every GPU, read in a child so that the parent makes no CUDA context
+    (one would take memory from the ranks on GPU 0)."""
+    import torch
+
+    return {"free_bytes": [torch.cuda.mem_get_info(gpu)[0] for gpu in range(torch.cuda.device_count())]}
 
 
 def _check(communicator: Communicator) -> None:
@@ -320,12 +338,57 @@ def run(
     return _run_degrees(workload, parsed, archive, output_dir, communicator, layers=layers, attention=attention)
 
 
+def free_memory() -> int:
+    """The least free memory of any GPU, in bytes (what one GPU's ranks share)."""
+    environment = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES" or v.strip()}
+    return min(run_child(MODULE, ["memory"], environment, timeout=120)["free_bytes"])
+
+
+def workload_shape(workload: str, options: dict[str, object]) -> ModelShape:
+    """The full model shape the bench's decode workload builds with these options."""
+    from foundry_trace.bench.workloads.decode import shape_of
+    from foundry_trace.bench.workloads.registry import workload as known_workload
+
+    layers, batch_sizes = options.get("layers"), options.get("batch_sizes")
+    return shape_of(str(known_workload(workload).options["preset"]), layers, batch_sizes)  # type: ignore[arg-type]
+
+
+def memory_plan(shape: ModelShape, degree: int, ranks_per_gpu: int, free_bytes: int) -> dict[str, object]:
+    """A degree's computed memory (tp_memory.py), printed for the log and kept in its case, and
+    why it is not run where its ranks would not fit `free_bytes`."""
+    from foundry_trace.bench.tp_memory import GIB, rank_memory, refusal
+
+    estimate = rank_memory(shape, degree)
+    print(f"tp{degree}: {ranks_per_gpu} ranks/GPU x {estimate.load_peak / GIB:.2f} GiB a rank (computed) = "
+          f"{ranks_per_gpu * estimate.load_peak / GIB:.1f} GiB of {free_bytes / GIB:.1f} GiB free", file=sys.stderr, flush=True)
+    return {"rank_gib_computed": {what.strip(): round(size / GIB, 3) for what, size in estimate.rows()},
+            "refused": refusal(shape, degree, ranks_per_gpu, free_bytes)}
+
+
+def logit_coverage(loaded: list[dict[str, object]], vocab: int) -> dict[str, object]:
+    """What the ranks' comparisons covered of the logits. Replicated (every rank all of the
+    vocabulary): the ranks' digests must agree batch by batch, as before. Vocabulary-parallel:
+    nothing is replicated to agree on; the ranks' rows must tile [0, vocab) in rank order, so
+    that each logit was compared, bit for bit with a native capture, on exactly one rank."""
+    rows = [tuple(r["logit_rows"]) for r in loaded]
+    if all(row == (0, vocab) for row in rows):
+        replicated = [b for b in loaded[0]["digests"] if len({r["digests"][b] for r in loaded}) == 1]
+        return {"logits": "replicated", "ranks_agree": len(replicated) == len(loaded[0]["digests"]),
+                "batches_differing_between_ranks": sorted(set(loaded[0]["digests"]) - set(replicated), key=int)}
+    starts, stops = [start for start, _ in rows], [stop for _, stop in rows]
+    tiled = starts[0] == 0 and stops[-1] == vocab and all(stop == start for stop, start in zip(stops, starts[1:]))
+    return {"logits": "vocabulary-parallel", "logit_rows_by_rank": [list(row) for row in rows], "logit_shards_cover_vocabulary": tiled,
+            "ranks_agree": None, "batches_differing_between_ranks": []}
+
+
 def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir: Path | None, kind: str, **options: object) -> dict[str, object]:
     import torch
 
     from foundry_trace.bench.results import Case, ResultsFile
 
     gpus = torch.cuda.device_count()
+    shape = workload_shape(workload, options)
+    free_bytes = free_memory()
     saved = save_all(workload, degrees, directory, kind, **options)
     inspected = inspect_archives(directory, degrees)
     extra = option_arguments(options)
@@ -339,6 +402,11 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
         if kind == "nccl" and degree > gpus:
             cases.append(Case(**case, not_run=f"needs {degree} GPUs for NCCL, this machine has {gpus}"))
             continue
+        plan = memory_plan(shape, degree, ranks_per_gpu, free_bytes)
+        case["rank_gib_computed"] = plan["rank_gib_computed"]
+        if plan["refused"]:
+            cases.append(Case(**case, not_run=plan["refused"]))
+            continue
         try:
             native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
             driver = _by_rank(run_degree(["driver", workload, str(directory), kind, *extra], degree, kind))
@@ -351,7 +419,6 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
         restore_s = [r["restore_s"] for r in loaded]
         driver_s = [d["driver_cold_s"] for d in driver]
         deltas = {b: max((r["latency"][b]["delta_pct"] for r in loaded), key=abs) for b in loaded[0]["latency"]}
-        replicated = [b for b in loaded[0]["digests"] if len({r["digests"][b] for r in loaded}) == 1]
         cases.append(Case(
             **case, native_s=max(native_s), restore_s=max(restore_s),
             speedup=[n / r for n, r in zip(native_s, restore_s)],
@@ -360,8 +427,7 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
             bitwise_equal=all(r["bitwise_equal"] for r in loaded),
             ranks_bitwise_equal=[r["bitwise_equal"] for r in loaded],
             mismatched_by_rank=[r["mismatched"] for r in loaded],
-            ranks_agree=len(replicated) == len(loaded[0]["digests"]),
-            batches_differing_between_ranks=sorted(set(loaded[0]["digests"]) - set(replicated), key=int),
+            **logit_coverage(loaded, shape.vocab),
             archive_digests=[r["archive_digest"] for r in loaded],
             nondeterministic_native=sorted({b for r in loaded for b in r["nondeterministic_native"]}),
             replay_delta_pct=deltas, replay_ms_by_rank=[r["latency"] for r in loaded],
@@ -395,7 +461,7 @@ def render(results: dict[str, object]) -> str:
 
     table = Table(title=f"{results['device']} x {results['gpus']} / {results['workload']}")
     columns = ("degree (ranks/GPU)", "graphs / nodes", "collective nodes (per graph)", "archive MiB", "native s (worst rank)",
-               "restore s (worst rank)", "speed-up (least)", "restore / driver (worst)", "bitwise (ranks agree)", "replay delta %")
+               "restore s (worst rank)", "speed-up (least)", "restore / driver (worst)", "bitwise (ranks agree / shards tile)", "replay delta %")
     for column in columns:
         table.add_column(column, justify="right")
     for c in results["cases"]:
@@ -409,7 +475,7 @@ def render(results: dict[str, object]) -> str:
         deltas = " ".join(f"b{b}:{d:+.2f}" for b, d in c["replay_delta_pct"].items())
         table.add_row(
             *saved, f"{c['native_s']:.2f}", f"{c['restore_s']:.3f}", f"{min(c['speedup']):.1f}x", f"{max(c['restore_over_driver_cold']):.2f}",
-            f"{c['bitwise_equal']} ({c['ranks_agree']})", deltas,
+            f"{c['bitwise_equal']} ({_agreement(c)})", deltas,
         )
     disagree = results["collectives_disagree"]
     agreement = (
@@ -419,11 +485,21 @@ def render(results: dict[str, object]) -> str:
     return table_text(table, width=170) + agreement + "\n"
 
 
+def _agreement(case: dict[str, object]) -> str:
+    """The table's word on what the ranks' outputs share: replicated logits agree, or the
+    vocabulary-parallel shards tile the vocabulary."""
+    if case.get("logits") == "vocabulary-parallel":
+        return f"shards tile the vocabulary: {case['logit_shards_cover_vocabulary']}"
+    return str(case["ranks_agree"])
+
+
 def _run(arguments: argparse.Namespace) -> dict[str, object]:
     options = parsed_options(arguments)
     if arguments.role == "save":
         workload, degree, archive, kind = arguments.rest
         return child_save(workload, int(degree), archive, kind, options)
+    if arguments.role == "memory":
+        return child_memory()
     if arguments.role == "native":
         return child_native(arguments.rest[0], arguments.rest[1], options)
     child = child_driver if arguments.role == "driver" else child_load
@@ -432,7 +508,7 @@ def _run(arguments: argparse.Namespace) -> dict[str, object]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="a child process of `foundry bench tp` (one rank)")
-    parser.add_argument("role", choices=("save", "native", "driver", "load"))
+    parser.add_argument("role", choices=("save", "native", "driver", "load", "memory"))
     parser.add_argument("rest", nargs="*")
     add_option_flags(parser)
     return parser

@@ -15,6 +15,7 @@ are agreed between the ranks through the communicator (agreed_count).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import time
@@ -233,30 +234,34 @@ def compare(
     latency_batches: tuple[int, ...] = (1, 64, 256),
     communicator: Communicator | None = None,
     effort: Effort = FULL,
+    batch_by_batch: bool = False,
 ) -> dict[str, object]:
     """Captures the restored graphs' batch sizes natively (timed) and compares outputs and replay
     latency (of the step, and for a step of several graphs, of its graphs alone too); with
     `saved` (saved_references() of the archive), also against SAVE's graphs. `communicator`: a
     tensor-parallel rank's, through which the ranks agree on replay counts. `effort`: the
     replays spent (SHARED_GPU where ranks share a GPU). The result holds the restored outputs' digests by batch, which ranks whose
-    output is replicated compare with each other."""
+    output is replicated compare with each other.
+
+    `batch_by_batch`: the native side is captured, compared and destroyed one batch size at a
+    time (largest first, as capture_steps orders them), so that beside the restored graphs'
+    pool this process holds one native step's memory, not a second whole pool: where several
+    ranks share a GPU, the second pool is what ran 8 ranks out of memory. Every batch is still
+    compared bit for bit with a native capture made here, with the same determinism replays, and
+    the latency batches alternate native and restored replays as before; native_s is then the
+    sum of the per-batch captures."""
     sizes = restored_batches(restored)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    native = capture_steps(engine, sizes)
-    native_s = time.perf_counter() - start
-    here = reference_outputs(engine, native, effort.reference_replays)
-    digests = restored_digests(engine, restored)
+    if batch_by_batch:
+        here, digests, latency, native_s = _compare_each_batch(engine, restored, sizes, latency_batches, communicator, effort)
+    else:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        native = capture_steps(engine, sizes)
+        native_s = time.perf_counter() - start
+        here = reference_outputs(engine, native, effort.reference_replays)
+        digests = restored_digests(engine, restored)
+        latency = {str(b): _latency(engine, restored, native[b], communicator, effort) for b in latency_batches if b in native}
     verdict = against_native(sizes, here, digests, saved)
-    latency = {}
-    for batch in (b for b in latency_batches if b in native):
-        restored_replay, _ = engine.restored_step(restored, batch)
-        latency[str(batch)] = latency_pair(native[batch].replay, restored_replay, communicator, effort)
-        if len(native[batch].graphs) > 1:
-            latency[str(batch)]["graphs_only"] = latency_pair(
-                launching_all([g.replay for g in native[batch].graphs]), launching_all([g.replay for g in restored.group(batch)]),
-                communicator, effort,
-            )
     result: dict[str, object] = {
         "native_s": native_s,
         "graphs": len(restored.graphs),
@@ -274,6 +279,49 @@ def compare(
             mismatched_saved_nondeterministic=set_apart,
         )
     return result
+
+
+def _latency(engine: Engine, restored: Restored, native: CapturedStep, communicator: Communicator | None, effort: Effort) -> dict[str, object]:
+    """Replay latency of one batch's native and restored step (and, for a step of several graphs,
+    of its graphs alone)."""
+    restored_replay, _ = engine.restored_step(restored, native.batch)
+    latency: dict[str, object] = dict(latency_pair(native.replay, restored_replay, communicator, effort))
+    if len(native.graphs) > 1:
+        latency["graphs_only"] = latency_pair(
+            launching_all([g.replay for g in native.graphs]), launching_all([g.replay for g in restored.group(native.batch)]),
+            communicator, effort,
+        )
+    return latency
+
+
+def _compare_each_batch(
+    engine: Engine, restored: Restored, sizes: list[int], latency_batches: tuple[int, ...], communicator: Communicator | None,
+    effort: Effort,
+) -> tuple[dict[str, dict[str, object]], dict[str, str], dict[str, object], float]:
+    """compare()'s batch_by_batch: per batch size, largest first, a native capture (timed), its
+    reference digest and determinism replays, the restored step's digest, the latency where
+    asked, then the native graphs destroyed and their memory handed back to the graph pool
+    before the next batch's capture. Every rank runs the same sequence (the module's rule)."""
+    here: dict[str, dict[str, object]] = {}
+    digests: dict[str, str] = {}
+    latency: dict[str, object] = {}
+    native_s = 0.0
+    for batch in sorted(sizes, reverse=True):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        native = capture_steps(engine, [batch])
+        native_s += time.perf_counter() - start
+        here.update(reference_outputs(engine, native, effort.reference_replays))
+        replay, output = engine.restored_step(restored, batch)
+        digests[str(batch)] = run_on_fixed_inputs(engine, batch, replay, lambda output=output: output)
+        if batch in latency_batches:
+            latency[str(batch)] = _latency(engine, restored, native[batch], communicator, effort)
+        torch.cuda.synchronize()  # nothing of this batch's native graphs may still run when they go
+        del native
+        gc.collect()
+    ordered = sorted(sizes)
+    return ({str(b): here[str(b)] for b in ordered}, {str(b): digests[str(b)] for b in ordered},
+            {str(b): latency[str(b)] for b in latency_batches if str(b) in latency}, native_s)
 
 
 def against_native(

@@ -6,8 +6,15 @@ vocabulary 128256); weights are random, which changes nothing for graphs and mem
 
 With a communicator of N ranks the step is one rank's share of tensor parallelism, as Megatron
 and vLLM split it: the QKV and gate/up projections by columns (heads and intermediate size / N),
-the output and down projections by rows, each followed by an all-reduce; embedding and LM head
-are replicated (vLLM shards the vocabulary as well; that changes the collectives, not the idea).
+the output and down projections by rows, each followed by an all-reduce. The embedding is
+replicated; the LM head is vocabulary-parallel, as vLLM's: rank r holds rows r * vocab / N to
+(r + 1) * vocab / N of the one head every rank would otherwise replicate, and its step returns
+the logits of those words only. That shard is what each graph keeps alive as its output: with a
+replicated head, every rank's graph pool held every batch size's float32 logits over the whole
+vocabulary (7.95 GiB at the 67 llama8b batch sizes), which kept 8 ranks off one GPU
+(docs/tensor-parallelism.md, "Memory per rank"). The shards are not gathered: no collective is
+added, and each rank's shard is compared with its own native capture, so every logit is
+compared on exactly one rank.
 """
 
 from __future__ import annotations
@@ -106,8 +113,9 @@ class DecodeEngine(OneGraphPerStep):
         self.attention = attention
         dtype = torch.bfloat16
         rank = communicator.rank if communicator is not None else 0
-        # Replicated weights (embedding, LM head) alike on every rank, so that every rank's
-        # logits are the same; each rank its own shard of every layer.
+        # The embedding and the whole LM head drawn alike on every rank (the head then cut to
+        # this rank's rows, so that the ranks' shards together are one head); each rank its own
+        # shard of every layer.
         replicated = torch.Generator(device=device).manual_seed(seed)
         shard = torch.Generator(device=device).manual_seed(seed + 7919 * (rank + 1))
         h, kv = shape.hidden, shape.kv_heads * shape.head_dim
@@ -131,7 +139,10 @@ class DecodeEngine(OneGraphPerStep):
                 for _ in range(shape.layers)
             ]
             self.final_norm = torch.ones(h, device=device, dtype=dtype)
-            self.lm_head = weight(shape.vocab, h, generator=replicated)
+            self.logit_rows = vocabulary_rows(shape.vocab, ranks, rank)  # the words this rank's logits are of
+            head = weight(shape.vocab, h, generator=replicated)
+            self.lm_head = head if ranks == 1 else head[self.logit_rows].clone()
+            del head
         with annotate("workload.kv_cache"):
             self.kv_cache = torch.zeros(
                 shape.layers, 2, shape.max_batch, shape.kv_heads, shape.context, shape.head_dim, device=device, dtype=dtype
@@ -174,7 +185,8 @@ class DecodeEngine(OneGraphPerStep):
         return tokens, positions
 
     def step(self, batch: int) -> torch.Tensor:
-        """One decode step for the first `batch` sequences; returns logits [batch, vocab] (float32)."""
+        """One decode step for the first `batch` sequences; returns logits [batch, vocab / N]
+        (float32): with N ranks, this rank's vocabulary rows (vocabulary_rows), all of them alone."""
         rotary, mask = self.rotary(batch), self.mask(batch)
         x = self.embed(batch)
         for index in range(self.shape.layers):
@@ -255,15 +267,26 @@ class DecodeEngine(OneGraphPerStep):
 
 def rank_shape(shape: ModelShape, ranks: int) -> ModelShape:
     """One rank's share of `shape` under tensor parallelism over `ranks` (heads, key/value heads and
-    intermediate size divided; hidden size and vocabulary whole)."""
+    intermediate size divided; hidden size and vocabulary whole: the embedding is replicated, and
+    the vocabulary-parallel LM head takes its rows with vocabulary_rows, so `ranks` must divide
+    the vocabulary too)."""
     if ranks == 1:
         return shape
-    for name in ("heads", "kv_heads", "intermediate"):
+    for name in ("heads", "kv_heads", "intermediate", "vocab"):
         if getattr(shape, name) % ranks:
             raise ValueError(f"tensor parallelism {ranks} does not divide {name} ({getattr(shape, name)}): choose a divisor")
     return dataclasses.replace(
         shape, heads=shape.heads // ranks, kv_heads=shape.kv_heads // ranks, intermediate=shape.intermediate // ranks,
     )
+
+
+def vocabulary_rows(vocab: int, ranks: int, rank: int) -> slice:
+    """The LM head's rows that rank `rank` of `ranks` holds, and the logits its step returns: one
+    contiguous N-th of the vocabulary (rank_shape has checked that `ranks` divides it)."""
+    if vocab % ranks or not 0 <= rank < ranks:
+        raise ValueError(f"rank {rank} of {ranks} over a vocabulary of {vocab}: the ranks must divide it and the rank be one of them")
+    share = vocab // ranks
+    return slice(rank * share, (rank + 1) * share)
 
 
 def shape_of(preset: str, layers: int | None = None, batch_sizes: tuple[int, ...] | None = None) -> ModelShape:
