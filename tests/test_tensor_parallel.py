@@ -238,3 +238,14 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     assert eight["failed"].startswith("load rank 1 of 8 failed") and "more lines" not in eight["failed"]
     assert [p.name for p in tmp_path.glob("tp-*.json")], "the results file is written all the same"
     assert "failed:" in tp_bench.render(results)
+
+
+def test_ranks_start_a_timed_phase_together_through_the_host_agreement_only() -> None:
+    from types import SimpleNamespace
+
+    from foundry_trace.bench.driver_alone import start_together
+
+    agreed: list[tuple[str, bytes]] = []
+    start_together(SimpleNamespace(agree=lambda phase, payload: agreed.append((phase, payload))), "load")
+    assert agreed == [("the start of load", b"")], "an empty payload: nothing but the arrival is exchanged"
+    start_together(SimpleNamespace(rank=0, world_size=2), "load")  # NCCL's: no host agreement, no GPU memory touched

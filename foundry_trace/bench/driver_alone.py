@@ -65,6 +65,18 @@ def instantiate_scaling(archive: str, counts: tuple[int, ...]) -> dict[str, floa
                 native.destroy_graph(graph)
 
 
+def start_together(communicator: Communicator, phase: str) -> None:
+    """Returns once every rank has reached it, where the communicator has a host-side
+    agreement (the peer communicator's rendezvous): each rank's timed `phase` then starts with
+    its peers', so that a rank whose engine was built first does not count, inside its own time,
+    the wait for the slowest rank at the phase's first collective or agreement. It touches no
+    GPU memory (the engine's layout must stay SAVE's). NCCL ranks, a GPU each, start when their
+    engine is ready."""
+    agree = getattr(communicator, "agree", None)
+    if agree is not None:
+        agree(f"the start of {phase}", b"")
+
+
 def driver_alone(archive: str, threads: int, communicator: Communicator | None = None) -> dict[str, object]:
     """The driver alone, cold, in this process (the engine built, nothing of the archive restored
     yet): with the modules loaded (untimed), every graph built and then instantiated on
@@ -74,6 +86,8 @@ def driver_alone(archive: str, threads: int, communicator: Communicator | None =
 
     with modules_loaded(archive, communicator) as early:
         pipeline = early.pipeline
+        if communicator is not None:  # ranks start building together, as LOAD's ranks start restoring
+            start_together(communicator, "driver alone")
         with ThreadPoolExecutor(threads) as pool:
             begin = time.perf_counter()
             built = list(pool.map(pipeline.build, early.archive.manifest.graphs))

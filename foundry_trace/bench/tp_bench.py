@@ -43,6 +43,7 @@ from foundry_trace.bench.children import (
     run_child,
     run_ranks,
 )
+from foundry_trace.bench.driver_alone import driver_alone, start_together
 from foundry_trace.bench.results import device_fields
 from foundry_trace.errors import ChildProcessFailed
 from foundry_trace.parallel.collectives import archive_path
@@ -128,6 +129,7 @@ def child_native(workload: str, kind: str, options: dict[str, object]) -> dict[s
         note(f"rank {communicator.rank}: built {workload}")
         torch.cuda.synchronize()
         phase("capture")
+        start_together(communicator, "capture")
         start = time.perf_counter()
         captured = capture_steps(model)
         torch.cuda.synchronize()
@@ -150,7 +152,6 @@ def child_driver(workload: str, directory: str, kind: str, options: dict[str, ob
     foundry_alloc.install()
     import torch
 
-    from foundry_trace.bench.driver_alone import driver_alone
     from foundry_trace.bench.workloads.registry import build_engine
     from foundry_trace.parallel.collectives import tensor_parallel_archive
     from foundry_trace.restore import DEFAULT_THREADS
@@ -190,6 +191,7 @@ def child_load(workload: str, directory: str, kind: str, options: dict[str, obje
         model = build_engine(workload, communicator=communicator, **options)
         torch.cuda.synchronize()
         phase("load")
+        start_together(communicator, "load")
         start = time.perf_counter()
         restored = foundry_trace.load(
             tensor_parallel_archive(directory, communicator.world_size), communicator=communicator, timeout=RANK_TIMEOUT_S / 2
