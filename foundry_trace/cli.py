@@ -28,7 +28,7 @@ ATTENTION_HELP = (
 )
 DEFAULT_RESULTS_DIR = Path("bench/results")
 BENCH_OPTIONS = {
-    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint"), "fit": ("threads", "attention"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator"),
+    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint", "budget_s"), "fit": ("threads", "attention", "budget_s"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator"),
     "e2e": ("layers", "batches", "tokens", "repeats", "example", "eager"),
 }
 DEFAULT_WORKLOAD = "small"
@@ -241,7 +241,7 @@ def parser() -> argparse.ArgumentParser:
         "(--backend host: the placement code alone, without a GPU); tp: tensor parallelism from one single-GPU SAVE per "
         "degree, every rank restored vs captured natively (NCCL, or the peer communicator); soak: 1,000 failed loads of each kind, then a good one, "
         "and the process unchanged; fit (piecewise workloads): restore and driver-alone time against graph and node counts, "
-        "least squares over the workload SAVEd five ways; e2e: examples/generate.py end to end (greedy tokens, process start "
+        "least squares over five archives of the workload (two of them subsets of the others); e2e: examples/generate.py end to end (greedy tokens, process start "
         "to first token, graph phase, per-token latency), native graphs vs SAVE + LOAD, in fresh processes.",
     )
     bench.add_argument("kind", nargs="?", choices=tuple(BENCH_OPTIONS), default="load")
@@ -258,6 +258,11 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
     bench.add_argument("--degrees", default="1,2", help="tp: tensor-parallel degrees to SAVE (each on one GPU) and run where GPUs allow")
     bench.add_argument("--layers", type=int, help="tp, load, e2e: layers of the model (default: the workload's)")
+    bench.add_argument(
+        "--budget-s", type=float,
+        help="load, fit: seconds the whole bench may take (default: no limit); each child gets what is left, and what does not "
+        "fit (later cold pairs, prefetch, background, the fit's points) is left out and named in the JSON (skipped_for_time)",
+    )
     bench.add_argument("--batches", type=_batch_sizes, default=e2e_bench.DEFAULT_BATCHES,
                        help="e2e: batch sizes, a graph each, every one generated at (default 1,8)")
     bench.add_argument("--tokens", type=int, default=e2e_bench.DEFAULT_TOKENS, help="e2e: greedy tokens per sequence (default %(default)s)")

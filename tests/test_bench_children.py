@@ -153,7 +153,7 @@ def test_a_save_child_is_told_to_skip_references_only_when_asked(monkeypatch: py
     from foundry_trace.bench import roles
 
     given: list[list[str]] = []
-    monkeypatch.setattr(roles, "run_child", lambda module, arguments: given.append(arguments) or {})
+    monkeypatch.setattr(roles, "run_child", lambda module, arguments, **_: given.append(arguments) or {})
     roles.run_role("save", "piecewise", Path("a.foundry"), split_every=8)
     roles.run_role("save", "piecewise", Path("b.foundry"), references=False, split_every=8)
     parser = roles._parser()

@@ -22,13 +22,13 @@ def _fake_children(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]
     """Every child the bench starts, as (role, its arguments), each answering with fixed figures."""
     calls: list[tuple[str, list[str]]] = []
 
-    def child(module: str, arguments: list[str]) -> dict[str, object]:
+    def child(module: str, arguments: list[str], **_: object) -> dict[str, object]:
         role = "checkpoint" if module == load_bench.CHECKPOINT_MODULE else arguments[0]
         calls.append((role, list(arguments)))
         return {"driver_build_s": 0.4, "driver_instantiate_s": 0.6, "driver_cold_s": 1.0, "restore_s": 1.1, "nondeterministic_native": [],
                 "mismatched": [], "weights_load_s": 2.0, "ready_small_batches_s": 0.05, "ready_all_s": 1.2}
 
-    def role(name: str, workload: str, path: Path, **options: object) -> dict[str, object]:
+    def role(name: str, workload: str, path: Path, timeout: float | None = None, **options: object) -> dict[str, object]:
         calls.append((name, load_bench.option_arguments(options)))
         path.write_bytes(b"archive")
         return {"native_s": 9.0, "engine_s": 1.0, "weights_load_s": 2.5}
@@ -161,3 +161,54 @@ def test_the_table_shows_counts_weights_from_disk_and_serving_before_every_graph
     assert "cold: returned after" in table and "0.021 s" in table and "batches up to 8 ready / all" in table and "0.064 / 4.200 s" in table
     assert "batches 1, 2, 4, 8 bit-identical to SAVE's" in table and "True (differ: none)" in table
     assert "not measured (a large workload)" in table and "weights loaded meanwhile" in table and "1.02 / 9.40 s" in table
+
+
+def test_a_bench_short_of_time_keeps_the_first_pair_and_names_what_it_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fake child takes 10 s; with 75 s for children, SAVE, native, the first pair (driver,
+    LOAD) and one more pair run, then the third pair's driver no longer fits, and neither do
+    prefetch nor background: the cold ratio is of the two pairs measured, the skipped phases
+    are named, and what they would have measured is None."""
+    from foundry_trace.bench.budget import RESERVE_S, Budget
+
+    clock = [0.0]
+    calls = _fake_children(monkeypatch)
+    fake_child, fake_role = load_bench.run_child, load_bench.run_role
+
+    def ticking(call):  # noqa: ANN001, ANN202
+        def run(*arguments, **options):  # noqa: ANN002, ANN003, ANN202
+            clock[0] += 10.0
+            return call(*arguments, **options)
+        return run
+
+    monkeypatch.setattr(load_bench, "run_child", ticking(fake_child))
+    monkeypatch.setattr(load_bench, "run_role", ticking(fake_role))
+    budget = Budget(RESERVE_S + 65.0, clock=lambda: clock[0])
+    _, loaded = load_bench.run_children("small", 8, budget=budget)
+    assert [role for role, _ in calls] == ["save", "native", "driver", "load", "driver", "cold"]
+    assert len(loaded["cold_runs"]["restore_s"]) == 2 and loaded["prefetched"] is None and loaded["background"] is None
+    assert [s["phase"] for s in budget.skipped] == ["driver 3", "prefetch", "background"]
+    assert loaded["weights_load_s_by_child"]["prefetch"] is None
+    assert load_bench.readiness_fields({**loaded, **{k: 0 for k in ("kernel_nodes", "nodes_by_kind", "kernel_functions", "modules", "templates")}})[
+        "ready_all_s"] is None
+    assert budget.children_s == {"save": 10.0, "native": 10.0, "driver 1": 10.0, "load": 10.0, "driver 2": 10.0, "cold 2": 10.0}
+
+
+def test_the_fit_expects_its_children_to_take_what_like_children_took() -> None:
+    children = {"save": 100.0, "native": 30.0, "driver 1": 9.0, "load": 140.0, "driver 2": 11.0, "cold 2": 10.0, "cold 3": 12.5}
+    assert load_bench.fit_expectations(children, 45.0) == {"save": 55.0, "cold": 12.5, "driver": 11.0}
+    assert load_bench.fit_expectations({"save": 20.0}, None) == {"save": 20.0}
+
+
+def test_the_table_names_the_budget_and_what_it_left_out() -> None:
+    import json
+
+    from foundry_trace.bench.load_report import render
+
+    results = json.loads((Path(__file__).parents[1] / "bench/results/load-llama8b-67-h200-20261201.json").read_text())
+    case = results["cases"][0]
+    case["cold_runs"] = load_bench.cold_ratios([0.80], [0.76])
+    case.update(restore_over_driver_cold=1.05, restore_over_driver_cold_min=1.05, restore_over_driver_cold_max=1.05, prefetch_cold=None,
+                budget_s=540.0, bench_s=512.3, skipped_for_time=[{"phase": "prefetch", "why": "not started: too little time left"}])
+    table = render(results)
+    assert "median of 1 pairs" in table and "not measured (left out for time)" in table
+    assert "540 / 512 s" in table and "left out for time: prefetch" in table

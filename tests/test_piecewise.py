@@ -4,6 +4,8 @@ the piece, and sort in serving order over batch sizes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given
@@ -102,35 +104,112 @@ def test_a_fit_the_points_do_not_determine_is_refused() -> None:
         least_squares([(1.0, 2.0, 80.0), (1.0, 4.0, 160.0), (1.0, 8.0, 320.0)], [1.0, 2.0, 3.0])  # nodes = 40 x graphs
 
 
-def test_the_fit_design_varies_graphs_and_nodes_apart_and_reuses_the_main_restore(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The design's runs (piece counts x batch-size subsets) give graph and node counts that are
-    not nearly proportional, so each term is determined; the load bench's own restore is the
-    first point, and the subsets are every n-th of its batch sizes."""
+SIZES = tuple(range(1, 68))
+PIECES_PER_STEP = {1: 33, 2: 17, 32: 2}
+NODES_PER_LAYER = {1: 40, 2: 46, 32: 51}  # attention captured inside bigger pieces: more nodes
+
+
+def _point(split_every: int, batch_sizes: list[int]) -> dict[str, object]:
+    """What a cold restore and the driver alone would measure of these graphs, at given costs."""
+    graphs, nodes = len(batch_sizes) * PIECES_PER_STEP[split_every], len(batch_sizes) * 32 * NODES_PER_LAYER[split_every]
+    return {"graphs": graphs, "nodes": nodes, "restore_s": 0.3 + graphs * 90e-6 + nodes * 6e-6,
+            "driver_cold_s": 0.1 + graphs * 60e-6 + nodes * 5e-6, "batch_sizes": list(batch_sizes)}
+
+
+def _fake_fit_children(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clock: list[float] | None = None) -> list[tuple]:
+    """The fit's children and subsets, faked: archives are files naming their split and batch
+    sizes; each child advances `clock` by 10 s. Returns what was asked, in order."""
+    import json
+
     from foundry_trace.bench import fit_bench
 
-    sizes = tuple(range(1, 68))
-    pieces_per_step = {1: 33, 2: 17, 32: 2}
-    nodes_per_layer = {1: 40, 2: 46, 32: 51}  # attention captured inside bigger pieces: more nodes
-    asked: list[tuple[int, tuple[int, ...] | None]] = []
+    asked: list[tuple] = []
 
-    def point(split_every: int, batch_sizes: tuple[int, ...] | None) -> dict[str, object]:
-        count = len(batch_sizes or sizes)
-        graphs, nodes = count * pieces_per_step[split_every], count * 32 * nodes_per_layer[split_every]
-        return {"graphs": graphs, "nodes": nodes, "restore_s": 0.3 + graphs * 90e-6 + nodes * 6e-6,
-                "driver_cold_s": 0.1 + graphs * 60e-6 + nodes * 5e-6, "batch_sizes": list(batch_sizes or sizes)}
+    def tick() -> None:
+        if clock is not None:
+            clock[0] += 10.0
 
-    def measure(workload: str, threads: int, split_every: int, batch_sizes: tuple[int, ...] | None, **options: object) -> dict[str, object]:
-        asked.append((split_every, batch_sizes))
-        return point(split_every, batch_sizes)
+    def role(name: str, workload: str, path: Path, references: bool = True, timeout: float = 0.0, **options: object) -> dict[str, object]:
+        asked.append(("save", options["split_every"], references))
+        tick()
+        path.write_text(json.dumps({"split_every": options["split_every"], "batch_sizes": list(SIZES)}))
+        return {}
 
-    monkeypatch.setattr(fit_bench, "measure_point", measure)
-    result = fit_bench.fit_costs("piecewise", 8, first=point(1, None))
-    assert [split for split, _ in asked] == [split for split, _ in fit_bench.DESIGN[1:]]
-    assert {batch_sizes for _, batch_sizes in asked} == {None, sizes[::4]}
+    def subset(source: Path, destination: Path, keep: object, what: str) -> dict[str, int]:
+        held = json.loads(source.read_text())
+        kept = [b for b in held["batch_sizes"] if keep(f"{b}/00")]
+        asked.append(("subset", held["split_every"], len(kept)))
+        destination.write_text(json.dumps({**held, "batch_sizes": kept}))
+        return {}
+
+    def child(module: str, arguments: list[str], timeout: float = 0.0) -> dict[str, object]:
+        held = json.loads(Path(arguments[2]).read_text())
+        asked.append((arguments[0], held["split_every"], len(held["batch_sizes"]), arguments[arguments.index("--split-every") + 1]))
+        tick()
+        return _point(held["split_every"], held["batch_sizes"])
+
+    monkeypatch.setattr(fit_bench, "run_role", role)
+    monkeypatch.setattr(fit_bench, "write_subset", subset)
+    monkeypatch.setattr(fit_bench, "run_child", child)
+    monkeypatch.setattr(fit_bench, "archive_batches", lambda path: json.loads(Path(path).read_text())["batch_sizes"])
+    return asked
+
+
+def test_the_fit_saves_each_piece_count_once_and_copies_the_batch_subsets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The design's runs (piece counts x batch-size subsets) give graph and node counts that are
+    not nearly proportional, so each term is determined; the load bench's own restore and archive
+    are the first point, the every-4th points are subsets copied from the archive of their piece
+    count (no SAVE), and only the other piece counts are SAVEd, without references."""
+    import json
+
+    from foundry_trace.bench import fit_bench
+
+    asked = _fake_fit_children(monkeypatch, tmp_path)
+    main = tmp_path / "main.foundry"
+    main.write_text(json.dumps({"split_every": 1, "batch_sizes": list(SIZES)}))
+    result = fit_bench.fit_costs("piecewise", 8, first={**_point(1, list(SIZES)), "archive": str(main)})
+    saves = [a for a in asked if a[0] == "save"]
+    assert saves == [("save", 32, False), ("save", 2, False)]
+    assert [a for a in asked if a[0] == "subset"] == [("subset", 1, 17), ("subset", 32, 17)]
+    for _, split, _, engine_split in (a for a in asked if a[0] in ("cold", "driver")):
+        assert engine_split == str(split)  # every child builds the engine of the SAVEd archive's options
+    assert [(r["split_every"], r["every_nth_batch"]) for r in result["runs"]] == list(fit_bench.DESIGN)
+    assert [r["graphs"] for r in result["runs"]] == [2211, 561, 134, 34, 1139]
+    assert result["runs"][0]["archive"] == fit_bench.FIRST and "copied" in result["runs"][1]["archive"]
     assert result["restore"]["per_graph_us"] == pytest.approx(90.0, rel=1e-6)
     assert result["driver_alone"]["per_node_us"] == pytest.approx(5.0, rel=1e-6)
     assert result["foundry_per_graph_over_driver"] == pytest.approx(1.5, rel=1e-6)
     assert max(map(abs, result["restore"]["residuals_ms"])) < 1e-6
+    assert result["skipped_for_time"] == []
+
+
+def test_a_fit_short_of_time_measures_the_most_telling_points_and_names_the_rest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With 70 s left (each child 10 s here), the subset of the main archive (two children), the
+    SAVE of 32-layer pieces and its subset (five) fit; the last point's SAVE does not, and is
+    named. Four points of a 2 x 2 design still determine the fit."""
+    import json
+
+    from foundry_trace.bench import budget as budget_module
+    from foundry_trace.bench import fit_bench
+
+    clock = [0.0]
+    asked = _fake_fit_children(monkeypatch, tmp_path, clock)
+    main = tmp_path / "main.foundry"
+    main.write_text(json.dumps({"split_every": 1, "batch_sizes": list(SIZES)}))
+    budget = budget_module.Budget(70.0 + budget_module.RESERVE_S, clock=lambda: clock[0])
+    result = fit_bench.fit_costs("piecewise", 8, first={**_point(1, list(SIZES)), "archive": str(main)}, budget=budget,
+                                 expected={"save": 10.0, "cold": 10.0, "driver": 10.0})
+    assert [(r["split_every"], r["every_nth_batch"]) for r in result["runs"]] == list(fit_bench.DESIGN[:4])
+    assert ("save", 2, False) not in asked
+    assert [s["phase"] for s in result["skipped_for_time"]] == ["fit split_every=2, every 1. batch size"]
+    assert result["restore"]["per_graph_us"] == pytest.approx(90.0, rel=1e-6)
+
+
+def test_a_fit_of_too_few_points_reports_no_terms_rather_than_failing() -> None:
+    from foundry_trace.bench.fit_bench import fitted
+
+    assert fitted([_point(1, list(SIZES)), _point(32, list(SIZES))]) == {"restore": None, "driver_alone": None, "foundry_per_graph_over_driver": None}
+    assert fitted([_point(1, list(SIZES)), _point(1, list(SIZES[::4])), _point(1, list(SIZES[::2]))])["restore"] is None  # nodes = graphs x 38.8
 
 
 def test_the_fit_refuses_a_workload_that_does_not_cut_its_steps() -> None:

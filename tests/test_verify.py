@@ -3,9 +3,11 @@ steps, and the determinism verdict over repeated replays."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from foundry_trace.bench.verify import output_digest, reference_outputs, split_nondeterministic
@@ -114,3 +116,43 @@ def test_a_native_difference_where_save_saw_nondeterminism_is_set_apart() -> Non
     assert verdict["nondeterministic_native"] == [24]
     assert verdict["nondeterministic_saved"] == [24, 144]
     assert against_native([1, 144], here, restored, None) == {"mismatched": [144], "nondeterministic_native": []}
+
+
+def test_digests_are_taken_while_the_next_output_is_made_one_waiting_at_most(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashing (restored_digests, reference_outputs): each digest is hashlib's of the output's
+    bytes, in the order submitted, and a submit returns only once the previous output is hashed,
+    so no more than two outputs are held whatever the hashing's speed."""
+    import time
+
+    import torch
+
+    from foundry_trace.bench import verify
+
+    events: list[tuple[str, int]] = []
+    real = verify.output_digest
+
+    def slow(tensor: torch.Tensor) -> str:
+        time.sleep(0.02)
+        events.append(("hashed", int(tensor[0])))
+        return real(tensor)
+
+    monkeypatch.setattr(verify, "output_digest", slow)
+    hashing = verify.Hashing()
+    outputs = {str(i): torch.full((4,), float(i)) for i in range(5)}
+    for key, output in outputs.items():
+        hashing.submit(key, output)
+        events.append(("submitted", int(key)))
+    digests = hashing.results()
+    assert list(digests) == list(outputs)
+    assert digests == {key: hashlib.sha256(output.numpy().tobytes()).hexdigest() for key, output in outputs.items()}
+    for i in range(1, 5):
+        assert events.index(("hashed", i - 1)) < events.index(("submitted", i))
+
+
+def test_piecewise_workloads_spend_two_checking_replays_and_the_full_latency_effort() -> None:
+    from foundry_trace.bench.verify import FULL, PIECEWISE, effort_of
+
+    assert effort_of("piecewise") == effort_of("piecewise-compiled") == PIECEWISE
+    assert PIECEWISE.reference_replays == 2 < FULL.reference_replays
+    assert (PIECEWISE.latency_rounds, PIECEWISE.latency_batches) == (FULL.latency_rounds, FULL.latency_batches)
+    assert effort_of("llama8b") == FULL

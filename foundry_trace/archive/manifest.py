@@ -87,9 +87,10 @@ class OutputTensor(_Model):
 
 class OutputReference(_Model):
     """What one declared output held after a replay on inputs its harness can reproduce (the
-    bench's workloads: seeded inputs, KV cache zeroed): its SHA-256, and whether five more
-    replays gave the same bits (a graph that does not is nondeterministic and cannot be compared
-    bit for bit by anyone). `foundry verify` compares a restore with these."""
+    bench's workloads: seeded inputs, KV cache zeroed): its SHA-256, and whether more replays
+    (the bench's: five, two for whole models and piecewise steps) gave the same bits (a graph
+    that does not is nondeterministic and cannot be compared bit for bit by anyone). `foundry
+    verify` compares a restore with these."""
 
     name: Annotated[str, Field(max_length=256)]
     digest: Digest

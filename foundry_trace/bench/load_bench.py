@@ -18,7 +18,14 @@ the coverage bench run a shorter LOAD child (roles.py): one timed restore, then 
 capture and the comparison. A `background` child then loads with mode="background" at its
 restore point (cold) and times how soon the batch sizes up to 8, and then all, can be replayed.
 For a workload that cuts its steps into pieces, the bench ends with the cost fit of fit_bench.py
-(per graph and per node, Foundry against the driver alone).
+(per graph and per node, Foundry against the driver alone), its first point the bench's own
+archive and restore.
+
+Under a time budget (`--budget-s`, budget.py; tools/gpu-check gives what is left of its call)
+every child gets what is left; the repeated cold pairs after the first, the prefetch and
+background children and the fit's points run only where they fit, and the results file says
+what was left out (`skipped_for_time`) and what each child took (`children_s`), its fields of
+what was not measured null.
 
 A large workload (the Qwen3-235B rank) loads its weights from disk: a first child writes them
 as a safetensors checkpoint (workloads/checkpoint.py), once, and every other child builds its
@@ -34,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from foundry_trace.bench.budget import Budget
 from foundry_trace.bench.children import option_arguments, run_child
 from foundry_trace.bench.driver_alone import MODULE as DRIVER_MODULE
 from foundry_trace.bench.fit_bench import MODULE as COLD_MODULE
@@ -51,20 +59,22 @@ CHECKPOINT_MODULE = "foundry_trace.bench.workloads.checkpoint"
 DRIVER_FIELDS = ("driver_build_s", "driver_instantiate_s", "driver_cold_s")  # of the driver-alone child, into the case
 
 
-def _run_child(*arguments: str) -> dict[str, object]:
-    return run_child(MODULE, list(arguments))
+def _run_child(*arguments: str, timeout: float) -> dict[str, object]:
+    return run_child(MODULE, list(arguments), timeout=timeout)
 
 
 def run_children(
-    workload: str, threads: int, archive: Path | None = None, *, full: bool = True, **options: object
+    workload: str, threads: int, archive: Path | None = None, *, full: bool = True, budget: Budget | None = None, **options: object
 ) -> tuple[dict[str, object], dict[str, object]]:
     """SAVE (unless `archive` exists already) and LOAD in fresh processes, with progress shown.
     `full`: the whole LOAD bench; otherwise one restore and the comparison (foundry verify).
     A large workload's weights (or any transformers workload's, given checkpoint=DIR) are first
     written as a checkpoint, once (an earlier run's in DIR is reused), and every child loads
-    them from it; without DIR it lives in the scratch folder, on local disk, for this run."""
+    them from it; without DIR it lives in the scratch folder, on local disk, for this run.
+    `budget`: what each child may take (budget.py; none: the default time-out)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    budget = budget if budget is not None else Budget()
     with tempfile.TemporaryDirectory() as scratch, Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True
     ) as progress:
@@ -72,21 +82,22 @@ def run_children(
         written = None
         if folder is not None:
             task = progress.add_task(f"checkpoint {workload}: random weights as safetensors in {folder}, once")
-            written = run_child(CHECKPOINT_MODULE, [workload, str(folder), *option_arguments({"layers": options.get("layers")})])
+            layers = option_arguments({"layers": options.get("layers")})
+            written = budget.run("checkpoint", lambda timeout: run_child(CHECKPOINT_MODULE, [workload, str(folder), *layers], timeout=timeout))
             progress.remove_task(task)
             options = {**options, "checkpoint": str(folder)}
         path = archive or Path(scratch) / f"{workload}.foundry"
         saved: dict[str, object] = {}
         if archive is None or not archive.exists():
             task = progress.add_task(f"SAVE {workload}: warm-up, capture and record every graph")
-            saved = run_role("save", workload, path, **options)
+            saved = budget.run("save", lambda timeout: run_role("save", workload, path, timeout=timeout, **options))
             progress.remove_task(task)
         if full:
-            loaded = _load_children(progress, workload, path, threads, options)
+            loaded = _load_children(progress, workload, path, threads, options, budget)
             loaded["weights_load_s_by_child"]["save"] = saved.get("weights_load_s")
         else:
             progress.add_task(f"LOAD {workload}: restore, native capture, compare")
-            loaded = run_role("verify", workload, path, threads=threads, **options)
+            loaded = budget.run("verify", lambda timeout: run_role("verify", workload, path, threads=threads, timeout=timeout, **options))
         loaded["checkpoint"] = written
         saved.setdefault("archive_bytes", path.stat().st_size)
     return saved, loaded
@@ -103,42 +114,65 @@ def checkpoint_folder(workload: str, given: object, scratch: Path) -> Path | Non
     return scratch / "checkpoint" if registry_workload(workload).large else None
 
 
-def _load_children(progress: object, workload: str, path: Path, threads: int, options: dict[str, object]) -> dict[str, object]:
+def _load_children(
+    progress: object, workload: str, path: Path, threads: int, options: dict[str, object], budget: Budget
+) -> dict[str, object]:
     """The full bench's children after SAVE: native, driver alone and cold restores alternating,
-    prefetch, background; the LOAD child's result with the others' figures added."""
+    prefetch, background; the LOAD child's result with the others' figures added. The first
+    pair and the LOAD child always run; the later pairs, prefetch and background where the budget
+    leaves time for them (a pair cut short is left out whole: a ratio needs both sides)."""
     extra = option_arguments(options)
+    arguments = [workload, str(path), str(threads), *extra]
     task = progress.add_task(f"native {workload}: warm-up, capture and instantiate every graph, cold")
-    native = run_role("native", workload, path, **options)
+    native = budget.run("native", lambda timeout: run_role("native", workload, path, timeout=timeout, **options))
     progress.remove_task(task)
     driver_runs, restore_runs, cold_weights = [], [], []
     for run in range(COLD_RUNS):  # alternating, each in a fresh process: a drift hits both sides
         task = progress.add_task(f"driver alone {workload} ({run + 1} of {COLD_RUNS}): build and instantiate every graph, cold")
-        driver_runs.append(run_child(DRIVER_MODULE, ["driver", workload, str(path), str(threads), *extra]))
-        progress.remove_task(task)
         if run == 0:
+            driver = budget.run("driver 1", lambda timeout: run_child(DRIVER_MODULE, ["driver", *arguments], timeout=timeout))
+            progress.remove_task(task)
             task = progress.add_task(f"LOAD {workload}: restore cold, then 1 thread, lazy, thread counts, native capture, compare")
-            loaded = _run_child("load", workload, str(path), str(threads), *extra)
+            loaded = budget.run("load", lambda timeout: _run_child("load", *arguments, timeout=timeout))
             restore_runs.append(loaded["restore_s"])
+            driver_runs.append(driver)
         else:
+            expected = budget.children_s.get("driver 1")
+            driver = budget.run_optional(
+                f"driver {run + 1}", lambda timeout: run_child(DRIVER_MODULE, ["driver", *arguments], timeout=timeout), expected)
+            progress.remove_task(task)
             task = progress.add_task(f"LOAD {workload} ({run + 1} of {COLD_RUNS}): restore cold")
-            cold = run_child(COLD_MODULE, ["cold", workload, str(path), str(threads), *extra])
-            restore_runs.append(cold["restore_s"])
-            cold_weights.append(cold.get("weights_load_s"))
+            cold = None if driver is None else budget.run_optional(
+                f"cold {run + 1}", lambda timeout: run_child(COLD_MODULE, ["cold", *arguments], timeout=timeout), expected)
+            if cold is not None:
+                driver_runs.append(driver)
+                restore_runs.append(cold["restore_s"])
+                cold_weights.append(cold.get("weights_load_s"))
         progress.remove_task(task)
+    # Prefetch and background are fresh processes that build the engine and restore, as the
+    # driver-alone child does, and then compare: its time is the least they can take.
+    least = budget.children_s.get("driver 1")
     task = progress.add_task(f"prefetch {workload}: prefetch at process start, engine built meanwhile, restore, compare")
-    loaded["prefetched"] = _set_apart_nondeterministic(_run_child("prefetch", workload, str(path), str(threads), *extra), loaded["nondeterministic_native"])
+    prefetched = budget.run_optional("prefetch", lambda timeout: _run_child("prefetch", *arguments, timeout=timeout), least)
+    loaded["prefetched"] = None if prefetched is None else _set_apart_nondeterministic(prefetched, loaded["nondeterministic_native"])
     progress.remove_task(task)
-    progress.add_task(f"background {workload}: load(mode='background'), until batches up to 8 and all are ready")
-    loaded["background"] = _run_child("background", workload, str(path), str(threads), *extra)
+    task = progress.add_task(f"background {workload}: load(mode='background'), until batches up to 8 and all are ready")
+    loaded["background"] = budget.run_optional("background", lambda timeout: _run_child("background", *arguments, timeout=timeout), least)
+    progress.remove_task(task)
     loaded["native_s"], loaded["native_engine_s"] = native["native_s"], native["engine_s"]
     loaded["driver_alone"] = {k: driver_runs[0][k] for k in DRIVER_FIELDS}  # the pair of the LOAD child's cold restore
     loaded["cold_runs"] = cold_ratios(restore_runs, [d["driver_cold_s"] for d in driver_runs])
     loaded["weights_load_s_by_child"] = {
         "native": native.get("weights_load_s"), "driver": [d.get("weights_load_s") for d in driver_runs],
-        "load": loaded.get("weights_load_s"), "cold": cold_weights, "prefetch": loaded["prefetched"].get("weights_load_s"),
-        "background": loaded["background"].get("weights_load_s"),
+        "load": loaded.get("weights_load_s"), "cold": cold_weights, "prefetch": _get(loaded["prefetched"], "weights_load_s"),
+        "background": _get(loaded["background"], "weights_load_s"),
     }
     return loaded
+
+
+def _get(result: dict[str, object] | None, key: str) -> object:
+    """A child's figure, None where the child did not run."""
+    return None if result is None else result.get(key)
 
 
 def cold_ratios(restore_s: list[float], driver_s: list[float]) -> dict[str, object]:
@@ -162,12 +196,27 @@ def _set_apart_nondeterministic(prefetched: dict[str, object], nondeterministic:
     return {**prefetched, "mismatched": mismatched, "mismatched_nondeterministic": set_apart}
 
 
-def _fit_point(loaded: dict[str, object]) -> dict[str, object]:
-    """The LOAD child's cold restore as the cost fit's first point (fit_bench.DESIGN[0])."""
+def _fit_point(loaded: dict[str, object], archive: Path) -> dict[str, object]:
+    """The LOAD child's cold restore as the cost fit's first point (fit_bench.DESIGN[0]), with its
+    archive, whose graphs the fit's subsets copy."""
     return {
-        "graphs": loaded["graphs"], "nodes": loaded["nodes"], "restore_s": loaded["restore_s"],
-        "driver_cold_s": loaded["driver_alone"]["driver_cold_s"], "batch_sizes": loaded["batch_sizes"],
+        "graphs": loaded["graphs"], "nodes": loaded["nodes"], "restore_s": loaded["restore_s"], "phases": loaded["phases"],
+        "driver_cold_s": loaded["driver_alone"]["driver_cold_s"], "batch_sizes": loaded["batch_sizes"], "archive": str(archive),
     }
+
+
+def fit_expectations(children_s: dict[str, float], references_s: float | None) -> dict[str, float]:
+    """What the fit's children are expected to take, from this run's like children: a SAVE
+    without references (the bench's SAVE less its references' time), the longest cold restore
+    child (the LOAD child does much more: not one of them) and the longest driver-alone child."""
+    expected: dict[str, float] = {}
+    if "save" in children_s:
+        expected["save"] = max(0.0, children_s["save"] - (references_s or 0.0))
+    for kind in ("cold", "driver"):
+        seen = [seconds for phase, seconds in children_s.items() if phase.split(" ")[0] == kind]
+        if seen:
+            expected[kind] = max(seen)
+    return expected
 
 
 def workload_label(workload: str, graphs: int, attention: str | None, layers: int | None = None) -> str:
@@ -180,15 +229,15 @@ def readiness_fields(loaded: dict[str, object]) -> dict[str, object]:
     """The Case fields of what the graphs hold (counts read from the archive), of the weights
     loaded from disk (the LOAD child's, each child's, the checkpoint), and of serving before
     every graph is ready (the background child's)."""
-    background = loaded["background"]
+    background = loaded["background"]  # None where the budget left the child out
     return dict(
         **{k: loaded[k] for k in ("kernel_nodes", "nodes_by_kind", "kernel_functions", "modules", "templates")},
         weights_load_s=loaded["weights_load_s"],
         weights_load_s_by_child=loaded["weights_load_s_by_child"],
         checkpoint=loaded["checkpoint"],
         background_cold=background,
-        ready_small_batches_s=background["ready_small_batches_s"],
-        ready_all_s=background["ready_all_s"],
+        ready_small_batches_s=_get(background, "ready_small_batches_s"),
+        ready_all_s=_get(background, "ready_all_s"),
     )
 
 
@@ -219,68 +268,75 @@ def compared_case_fields(saved: dict[str, object], loaded: dict[str, object]) ->
 
 def run(
     workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, attention: str | None = None, layers: int | None = None,
-    checkpoint: Path | None = None,
+    checkpoint: Path | None = None, budget_s: float | None = None,
 ) -> dict[str, object]:
     """The whole LOAD bench. `layers`: the model's decoder layers (default: the workload's);
-    `checkpoint`: the folder of the weights' checkpoint (kept, and reused by the next run)."""
+    `checkpoint`: the folder of the weights' checkpoint (kept, and reused by the next run);
+    `budget_s`: the seconds the whole bench may take, cost fit included (budget.py)."""
     from foundry_trace.bench.results import Case, ResultsFile
 
     started = time.perf_counter()
-    saved, loaded = run_children(workload, threads, attention=attention, layers=layers, checkpoint=checkpoint)
-    instantiate_only = loaded["instantiate_only_s_by_threads"]  # None for a large workload: not measured
-    case = Case(
-        name=workload,
-        **compared_case_fields(saved, loaded),
-        nodes=loaded["nodes"],
-        **readiness_fields(loaded),
-        native_warm_s=loaded["native_warm_s"],
-        warm_restore_s=loaded["warm_restore_s"],
-        instantiate_floor_s=loaded["instantiate_floor_s"],
-        restore_over_floor=loaded["restore_s"] / loaded["instantiate_floor_s"],
-        **loaded["driver_alone"],
-        restore_over_driver_cold=loaded["cold_runs"]["ratio_median"],
-        restore_over_driver_cold_min=loaded["cold_runs"]["ratio_min"],
-        restore_over_driver_cold_max=loaded["cold_runs"]["ratio_max"],
-        cold_runs=loaded["cold_runs"],
-        speedup_bound_driver_cold=loaded["native_s"] / loaded["driver_alone"]["driver_cold_s"],
-        serial_restore_s=loaded["serial_restore_s"],
-        serial_busy_s=loaded["serial_busy"],
-        restore_at_restore_point_s=loaded["at_restore_point_s"],
-        speedup_with_prefetch=loaded["native_s"] / loaded["at_restore_point_s"],
-        native_engine_s=loaded["native_engine_s"],
-        prefetch_cold=loaded["prefetched"],
-        speedup_with_prefetch_cold=loaded["native_s"] / loaded["prefetched"]["at_restore_point_s"],
-        first_graph_prefetched_s=loaded["first_graph_prefetched_s"],
-        restore_s_by_threads=loaded["threads_sweep_s"],
-        instantiate_only_s_by_threads=loaded["instantiate_only_s_by_threads"],
-        best_possible_speedup=loaded["native_s"] / min(instantiate_only.values()) if instantiate_only else None,
-        first_graph_s=loaded["first_graph_s"],
-        first_graph_run_s=loaded["first_graph_run_s"],
-        first_graph_key=loaded["first_graph_key"],
-        first_step_graphs=loaded["first_step_graphs"],
-        first_graph_phases_s=loaded["first_graph_phases"],
-        first_graph_spans=loaded["first_graph_spans"],
-        nondeterminism=loaded["nondeterminism"],
-        busy_s=loaded["busy"],
-        threads=threads,
-        spans=loaded["spans"],
-        cost_fit=None,
-        bench_s=time.perf_counter() - started,  # the whole bench so far (SAVE to compare; the fit adds to it)
-    )
-    results = ResultsFile.of_this_run(
-        loaded,
-        what="load",
-        workload=workload_label(workload, loaded["graphs"], attention, layers),
-        workload_desc=f"{loaded['description']}; every graph restored vs warm-up + capture + instantiate, each side cold in a fresh process",
-        gpus=1, cases=[case],
-    )
-    if output_dir is not None:  # written before the cost fit too, whose SAVEs take minutes: a run cut short keeps it
-        written = results.write(output_dir)
-        plot_timeline(results.model_dump(), written.with_suffix(".png"))
-    if splits_steps(workload):
-        fitted = case.model_copy(update={"cost_fit": fit_costs(workload, threads, _fit_point(loaded), attention=attention, layers=layers)})
-        fitted.bench_s = time.perf_counter() - started
-        results = results.model_copy(update={"cases": [fitted]})
-        if output_dir is not None:
-            results.write(output_dir)
+    budget = Budget(budget_s)
+    with tempfile.TemporaryDirectory(prefix="foundry-load-") as kept:  # the archive, kept for the fit's subsets
+        archive = Path(kept) / f"{workload}.foundry"
+        saved, loaded = run_children(workload, threads, archive, budget=budget, attention=attention, layers=layers, checkpoint=checkpoint)
+        instantiate_only = loaded["instantiate_only_s_by_threads"]  # None for a large workload: not measured
+        prefetched = loaded["prefetched"]  # None where the budget left the child out
+        case = Case(
+            name=workload,
+            **compared_case_fields(saved, loaded),
+            nodes=loaded["nodes"],
+            **readiness_fields(loaded),
+            native_warm_s=loaded["native_warm_s"],
+            warm_restore_s=loaded["warm_restore_s"],
+            instantiate_floor_s=loaded["instantiate_floor_s"],
+            restore_over_floor=loaded["restore_s"] / loaded["instantiate_floor_s"],
+            **loaded["driver_alone"],
+            restore_over_driver_cold=loaded["cold_runs"]["ratio_median"],
+            restore_over_driver_cold_min=loaded["cold_runs"]["ratio_min"],
+            restore_over_driver_cold_max=loaded["cold_runs"]["ratio_max"],
+            cold_runs=loaded["cold_runs"],
+            speedup_bound_driver_cold=loaded["native_s"] / loaded["driver_alone"]["driver_cold_s"],
+            serial_restore_s=loaded["serial_restore_s"],
+            serial_busy_s=loaded["serial_busy"],
+            restore_at_restore_point_s=loaded["at_restore_point_s"],
+            speedup_with_prefetch=loaded["native_s"] / loaded["at_restore_point_s"],
+            native_engine_s=loaded["native_engine_s"],
+            prefetch_cold=prefetched,
+            speedup_with_prefetch_cold=loaded["native_s"] / prefetched["at_restore_point_s"] if prefetched else None,
+            first_graph_prefetched_s=loaded["first_graph_prefetched_s"],
+            restore_s_by_threads=loaded["threads_sweep_s"],
+            instantiate_only_s_by_threads=loaded["instantiate_only_s_by_threads"],
+            best_possible_speedup=loaded["native_s"] / min(instantiate_only.values()) if instantiate_only else None,
+            first_graph_s=loaded["first_graph_s"],
+            first_graph_run_s=loaded["first_graph_run_s"],
+            first_graph_key=loaded["first_graph_key"],
+            first_step_graphs=loaded["first_step_graphs"],
+            first_graph_phases_s=loaded["first_graph_phases"],
+            first_graph_spans=loaded["first_graph_spans"],
+            nondeterminism=loaded["nondeterminism"],
+            busy_s=loaded["busy"],
+            threads=threads,
+            spans=loaded["spans"],
+            cost_fit=None,
+            bench_s=time.perf_counter() - started,  # the whole bench so far (SAVE to compare; the fit adds to it)
+            **budget.record(),
+        )
+        results = ResultsFile.of_this_run(
+            loaded,
+            what="load",
+            workload=workload_label(workload, loaded["graphs"], attention, layers),
+            workload_desc=f"{loaded['description']}; every graph restored vs warm-up + capture + instantiate, each side cold in a fresh process",
+            gpus=1, cases=[case],
+        )
+        if output_dir is not None:  # written before the cost fit too: a run cut short keeps it
+            written = results.write(output_dir)
+            plot_timeline(results.model_dump(), written.with_suffix(".png"))
+        if splits_steps(workload):
+            expected = fit_expectations(budget.children_s, saved.get("references_s"))
+            cost_fit = fit_costs(workload, threads, _fit_point(loaded, archive), budget=budget, expected=expected, attention=attention, layers=layers)
+            fitted = case.model_copy(update={"cost_fit": cost_fit, "bench_s": time.perf_counter() - started, **budget.record()})
+            results = results.model_copy(update={"cases": [fitted]})
+            if output_dir is not None:
+                results.write(output_dir)
     return results.model_dump()

@@ -93,6 +93,8 @@ def _instantiate_rows(c: dict[str, object]) -> list[tuple[str, str]]:
 
 def _prefetch_rows(c: dict[str, object]) -> list[tuple[str, str]]:
     p = c["prefetch_cold"]
+    if p is None:
+        return [("prefetch() at start (cold)", "not measured (left out for time)")]
     weights = [("  restore point reached / weights loaded meanwhile", f"{p['engine_s']:.2f} / {p['weights_load_s']:.2f} s")
                if p.get("weights_load_s") is not None else ("  restore point reached at", f"{p['engine_s']:.2f} s")]
     return [
@@ -102,6 +104,17 @@ def _prefetch_rows(c: dict[str, object]) -> list[tuple[str, str]]:
         ("  process start to ready: native / with prefetch", f"{c['native_engine_s'] + c['native_s']:.2f} / {p['engine_s'] + p['at_restore_point_s']:.2f} s"),
         ("  prefetched graphs bit-identical to SAVE's", f"{not p['mismatched']} ({p['compared']} compared, differ: {p['mismatched'] or 'none'}"
          + (f"; nondeterministic natively: {p['mismatched_nondeterministic']})" if p.get("mismatched_nondeterministic") else ")")),
+    ]
+
+
+def _budget_rows(c: dict[str, object]) -> list[tuple[str, str]]:
+    """The time budget (results files before it have none) and what it left out."""
+    if c.get("budget_s") is None:
+        return []
+    skipped = c.get("skipped_for_time") or []
+    return [
+        ("time budget / whole bench", f"{c['budget_s']:.0f} / {c['bench_s']:.0f} s"),
+        *((f"  left out for time: {s['phase']}", str(s["why"])[:60]) for s in skipped),
     ]
 
 
@@ -159,6 +172,7 @@ def render(results: dict[str, object]) -> str:
           for b, v in c["replay_ms"].items() if (g := v.get("graphs_only"))),
         *((f"cost fit, {side}: per graph / per node / fixed", f"{f['per_graph_us']:.1f} us / {f['per_node_us']:.2f} us / {f['fixed_s']:.3f} s")
           for side, f in ((side, (c.get("cost_fit") or {}).get(side)) for side in ("restore", "driver_alone")) if f),
+        *_budget_rows(c),
     ]
     for row in rows:
         table.add_row(*row)

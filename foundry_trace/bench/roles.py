@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from foundry_trace.bench.children import (
+    DEFAULT_TIMEOUT_S,
     child_main,
     child_parser,
     note,
@@ -152,14 +153,16 @@ def compiled_graphs() -> int:
 
 
 def run_role(
-    role: str, workload: str, archive: Path, *, threads: int | None = None, references: bool = True, **options: object
+    role: str, workload: str, archive: Path, *, threads: int | None = None, references: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
+    **options: object,
 ) -> dict[str, object]:
-    """Runs one of this module's roles in a fresh process (the watchdog's time-out applies).
-    `references=False`: a SAVE without reference outputs (see save())."""
+    """Runs one of this module's roles in a fresh process (the watchdog's `timeout` applies: a
+    bench with a time budget gives what is left of it). `references=False`: a SAVE without
+    reference outputs (see save())."""
     arguments = [role, workload, str(archive), *([str(threads)] if threads is not None else []), *option_arguments(options)]
     if not references:
         arguments.append("--no-references")
-    return run_child(MODULE, arguments)
+    return run_child(MODULE, arguments, timeout=timeout)
 
 
 def _run(arguments: argparse.Namespace) -> dict[str, object]:

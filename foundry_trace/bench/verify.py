@@ -20,7 +20,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,13 +63,24 @@ SHARED_GPU = Effort(reference_replays=2, latency_rounds=1, latency_batches=7)
 # first still show a graph nondeterministic where any replay differs; every graph's output is
 # still compared bit for bit. Latency keeps its full effort: the 1 % replay target needs it.
 WHOLE_MODEL = Effort(reference_replays=2)
+# A piecewise step (vLLM's shape) replays its pieces with an eager attention launched from the
+# host between each two, so a step replays for as long as a whole model's, most of it that eager
+# attention, and the 67 steps' checking replays took most of SAVE's time and of the LOAD child's
+# comparison (docs/measurements.md). The same two replays after the first suffice. Fewer checking
+# replays can only err one way: a nondeterministic graph taken as deterministic is compared bit
+# for bit and shows as a mismatch; none can hide one.
+PIECEWISE = Effort(reference_replays=2)
 
 
 def effort_of(workload: str) -> Effort:
-    """The replays the bench spends on `workload`'s graphs: WHOLE_MODEL for large workloads."""
+    """The replays the bench spends on `workload`'s graphs: WHOLE_MODEL for large workloads,
+    PIECEWISE for workloads that cut their steps into pieces, FULL for the others."""
+    from foundry_trace.bench.workloads.registry import splits_steps
     from foundry_trace.bench.workloads.registry import workload as chosen
 
-    return WHOLE_MODEL if chosen(workload).large else FULL
+    if chosen(workload).large:
+        return WHOLE_MODEL
+    return PIECEWISE if splits_steps(workload) else FULL
 
 
 def output_digest(tensor: torch.Tensor) -> str:
@@ -94,14 +105,42 @@ def restored_batches(restored: Restored) -> list[int]:
     return sorted({batch for batch in map(batch_of, restored.graphs) if batch is not None})
 
 
+class Hashing:
+    """Digests taken on a thread of their own while the caller replays the next batches (hashlib
+    and the copy to the host release the GIL): the logits of a pass over the 67 batch sizes are
+    gigabytes, seconds of hashing that would otherwise add to the seconds of replays. At most
+    one output waits for its digest while the next is made, so the copies held stay at two
+    whatever the hashing's speed."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="foundry-digests")
+        self._digests: dict[str, Future] = {}
+        self._last: Future | None = None
+
+    def submit(self, key: str, output: torch.Tensor) -> None:
+        """Hashes `output` (a copy the caller no longer writes), in stream order: after the work
+        queued so far; first waits for the previous output's digest."""
+        if self._last is not None:
+            self._last.result()
+        self._last = self._digests[key] = self._pool.submit(output_digest, output)
+
+    def results(self) -> dict[str, str]:
+        """Every digest, by key, in the order submitted (waits for the last ones)."""
+        try:
+            return {key: future.result() for key, future in self._digests.items()}
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def restored_digests(engine: Engine, restored: Restored, batches: list[int] | None = None) -> dict[str, str]:
     """The digest of each restored step's output on its batch's fixed inputs (lazy graphs
-    restore at their replay here); of `batches` only, where given."""
-    digests = {}
+    restore at their replay here); of `batches` only, where given. Each output is hashed while
+    the next batch replays (Hashing)."""
+    hashing = Hashing()
     for batch in restored_batches(restored) if batches is None else batches:
         replay, output = engine.restored_step(restored, batch)
-        digests[str(batch)] = run_on_fixed_inputs(engine, batch, replay, lambda output=output: output)
-    return digests
+        hashing.submit(str(batch), output_on_fixed_inputs(engine, batch, replay, lambda output=output: output))
+    return hashing.results()
 
 
 def differing_from_saved(digests: dict[str, str], saved: dict[str, dict[str, object]]) -> list[int]:
@@ -127,17 +166,18 @@ def reference_outputs(engine: Engine, steps: dict[int, CapturedStep], replays: i
     device; only the first output is read back and hashed (hashing a 512 x 128k logits tensor on
     the host six times per graph took minutes for 67 graphs), on a thread of its own while the
     next batches replay (hashlib and the copy release the GIL)."""
-    deterministic, digests = {}, {}
-    with ThreadPoolExecutor(1, thread_name_prefix="foundry-digests") as hashing:
-        for batch, step in steps.items():
-            def again(s=step) -> torch.Tensor:  # noqa: ANN001
-                return output_on_fixed_inputs(engine, batch, s.replay, lambda: s.output)
+    deterministic = {}
+    hashing = Hashing()
+    for batch, step in steps.items():
+        def again(s=step) -> torch.Tensor:  # noqa: ANN001
+            return output_on_fixed_inputs(engine, batch, s.replay, lambda: s.output)
 
-            first = again()
-            digests[str(batch)] = hashing.submit(output_digest, first)  # in stream order: after this replay
-            agreeing = [_same_bits(first, again()) for _ in range(replays)]  # always all of them: see the module's docstring
-            deterministic[str(batch)] = all(agreeing)
-        return {key: {"digest": digests[key].result(), "deterministic": deterministic[key]} for key in digests}
+        first = again()
+        hashing.submit(str(batch), first)  # in stream order: after this replay
+        agreeing = [_same_bits(first, again()) for _ in range(replays)]  # always all of them: see the module's docstring
+        deterministic[str(batch)] = all(agreeing)
+    digests = hashing.results()
+    return {key: {"digest": digests[key], "deterministic": deterministic[key]} for key in digests}
 
 
 def record_references(recording: Recording, engine: Engine, steps: dict[int, CapturedStep], replays: int = REFERENCE_REPLAYS) -> None:
