@@ -296,6 +296,12 @@ class Pipeline:
         with self._hooks.around_instantiate():
             return native.instantiate(graph, self.context, what)
 
+    def function_handle(self, index: int) -> int:
+        """The CUfunction of the archive's function `index` (0 until its module is loaded): for
+        tools that set a kernel node of an executable themselves (probes/exec_update.py sets the
+        nodes of one graph's executable to another graph's parameters)."""
+        return int(self._handles.functions[index])
+
     def _name_function(self, message: str) -> str:
         """Adds the kernel's name to a refusal that names a function index."""
         found = re.search(r"kernel function (\d+)", message)

@@ -53,32 +53,15 @@ PipelineHooks around builds, instantiations and worker start), never by patching
 
 from __future__ import annotations
 
-import resource
 import time
-from collections.abc import Callable
 
-from foundry_trace.bench.probes.variants import engine_of, probe_main
+from foundry_trace.bench.probes.variants import engine_of, probe_main, timed
 from foundry_trace.restore._probing import probing
 
 MODULE = "foundry_trace.bench.probes.cold_restore"
 
 VARIANTS = ("threads-8", "serial", "threads-4", "threads-16", "pregrow-mem", "prewarm-20000", "thp-serial", "eager-serial", "lazy-first", "reinstantiate")
 ENVIRONMENTS = {"thp-serial": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "eager-serial": {"CUDA_MODULE_LOADING": "EAGER"}}
-
-
-def _timed(work: Callable[[], object]) -> tuple[object, dict[str, float]]:
-    """work()'s result, and its wall seconds and the process's resource use meanwhile."""
-    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    result = work()
-    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-    return result, {
-        "wall_s": round(wall, 4),
-        "user_s": round(after.ru_utime - before.ru_utime, 4),
-        "system_s": round(after.ru_stime - before.ru_stime, 4),
-        "minor_faults": after.ru_minflt - before.ru_minflt,
-        "voluntary_switches": after.ru_nvcsw - before.ru_nvcsw,
-        "involuntary_switches": after.ru_nivcsw - before.ru_nivcsw,
-    }
 
 
 def _report(restored, restore_s: float) -> dict[str, object]:  # noqa: ANN001
@@ -186,13 +169,13 @@ def child(archive: str, variant: str) -> dict[str, object]:
     load = _modules_first if variant.startswith("modules-first-") else _load
     seam = {k: options.pop(k) for k in ("hooks", "native_chunks") if k in options}
     with probing(**seam):
-        restored, use = _timed(lambda: load(archive, threads, **options))
+        restored, use = timed(lambda: load(archive, threads, **options))
     result = {**head, **_report(restored, use["wall_s"]), "resources": use}
     if prewarm:
         result["prewarm"] = prewarm
     restored.release()
     if variant.endswith("serial"):
-        warm, use = _timed(lambda: _load(archive, 1))
+        warm, use = timed(lambda: _load(archive, 1))
         result["warm"] = {**_report(warm, use["wall_s"]), "resources": use}
         warm.release()
     return result
@@ -307,7 +290,7 @@ def _lazy_first(archive: str) -> dict[str, object]:
         torch.cuda.synchronize()
         return lazy
 
-    lazy, use = _timed(first_replay)
+    lazy, use = timed(first_replay)
     spans = [{"what": s.what, "phase": s.phase, "start": round(s.start, 4), "end": round(s.end, 4)} for s in lazy.spans]
     lazy.release()
     return {"resources": use, "phases": lazy.phases, "spans": spans}
@@ -378,20 +361,20 @@ def _reinstantiate(archive: str) -> dict[str, object]:
 
     with modules_loaded(archive) as lazy:
         pipeline = lazy.pipeline
-        built, use = _timed(lambda: [pipeline.build(entry) for entry in lazy.archive.manifest.graphs])
+        built, use = timed(lambda: [pipeline.build(entry) for entry in lazy.archive.manifest.graphs])
         rounds = {"build": use}
 
         def instantiate_all() -> list[int]:
             return [pipeline.instantiate(graph, "probe") for graph in built]
 
-        first, rounds["cold"] = _timed(instantiate_all)
+        first, rounds["cold"] = timed(instantiate_all)
         for executable in first:
             native.destroy_executable(executable)
-        second, rounds["after_destroying"] = _timed(instantiate_all)
-        third, rounds["beside_others"] = _timed(instantiate_all)
+        second, rounds["after_destroying"] = timed(instantiate_all)
+        third, rounds["beside_others"] = timed(instantiate_all)
         for executable in second + third:
             native.destroy_executable(executable)
-        _, rounds["destroy_graphs"] = _timed(lambda: [native.destroy_graph(graph) for graph in built])
+        _, rounds["destroy_graphs"] = timed(lambda: [native.destroy_graph(graph) for graph in built])
     return {"rounds": rounds}
 
 

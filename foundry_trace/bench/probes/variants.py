@@ -2,7 +2,7 @@
 driver's first-use costs) through the bench's one child runner (its watchdog included), with
 the environment variables the variant names; its JSON line, or its error, is printed as it comes.
 
-    python -m foundry_trace.bench.probes.<probe> ARGUMENT [VARIANT ...]
+    python -m foundry_trace.bench.probes.<probe> ARGUMENT [VARIANT ...] [--rounds N]
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +40,22 @@ def engine_of(archive: str, workloads: tuple[str, ...] | None = None) -> tuple[s
     return name, options, build_engine(name, **options)
 
 
+def timed(work: Callable[[], object]) -> tuple[object, dict[str, float]]:
+    """work()'s result, and its wall seconds and the process's resource use meanwhile (CPU
+    time, page faults, context switches: what tells driver work from waiting or fresh memory)."""
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    result = work()
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return result, {
+        "wall_s": round(wall, 4),
+        "user_s": round(after.ru_utime - before.ru_utime, 4),
+        "system_s": round(after.ru_stime - before.ru_stime, 4),
+        "minor_faults": after.ru_minflt - before.ru_minflt,
+        "voluntary_switches": after.ru_nvcsw - before.ru_nvcsw,
+        "involuntary_switches": after.ru_nivcsw - before.ru_nivcsw,
+    }
+
+
 def print_variants(module: str, argument: str, variants: list[str], environments: Mapping[str, Mapping[str, str]] | None = None) -> None:
     """`environments`: extra environment variables of a variant's process, by variant."""
     for variant in variants:
@@ -58,8 +76,12 @@ def child_entry(child: Callable[[str, str], dict[str, object]]) -> None:
 
 
 def probe_main(module: str, child: Callable[[str, str], dict[str, object]], default_variants: tuple[str, ...],
-               environments: Mapping[str, Mapping[str, str]] | None = None) -> None:
-    """A probe's command line: `ARCHIVE [VARIANT ...]` runs each variant in a child of its own."""
+               environments: Mapping[str, Mapping[str, str]] | None = None,
+               prologue: Callable[[str], dict[str, object]] | None = None) -> None:
+    """A probe's command line: `ARCHIVE [VARIANT ...] [--rounds N]` runs each variant in a child
+    of its own, the list N times over (alternating, so that a drift of clocks hits every
+    variant alike). `prologue`: what the probe reads of the archive without a GPU, printed as
+    the first line (before the GPU is required)."""
     import sys
 
     if sys.argv[1:2] == ["child"]:
@@ -68,11 +90,16 @@ def probe_main(module: str, child: Callable[[str, str], dict[str, object]], defa
     parser = argparse.ArgumentParser(prog=f"python -m {module}")
     parser.add_argument("archive", help="the archive (from `foundry bench save --archive`)")
     parser.add_argument("variants", nargs="*", help=f"default: {' '.join(default_variants)}")
+    parser.add_argument("--rounds", type=int, default=1, help="run the variants this many times over, alternating")
     arguments = parser.parse_args()
     if not Path(arguments.archive).is_file():
         raise SystemExit(f"{module}: no archive at {arguments.archive}: save one with `foundry bench save --archive PATH`")
+    if arguments.rounds < 1:
+        raise SystemExit(f"{module}: --rounds {arguments.rounds}: give 1 or more")
+    if prologue is not None:
+        print(json.dumps(prologue(arguments.archive)), flush=True)
     try:
         require_gpu(f"python -m {module}")
     except NoGpuError as error:
         raise SystemExit(str(error)) from None
-    print_variants(module, arguments.archive, arguments.variants or list(default_variants), environments)
+    print_variants(module, arguments.archive, list(arguments.variants or default_variants) * arguments.rounds, environments)
