@@ -51,9 +51,10 @@ class _RecordingPipeline(Pipeline):
     """A pipeline of Python workers whose driver steps record their order; `fail` names a graph
     whose build fails."""
 
-    def __init__(self, graphs: list[SimpleNamespace], *, threads: int, chunk_nodes: int, fail: str | None = None) -> None:
-        manifest = SimpleNamespace(functions=[], modules=[SimpleNamespace(size=1)], graphs=graphs)
+    def __init__(self, graphs: list[SimpleNamespace], *, threads: int, chunk_nodes: int, fail: str | None = None, modules: int = 1) -> None:
+        manifest = SimpleNamespace(functions=[], modules=[SimpleNamespace(size=1)] * modules, graphs=graphs)
         self.calls: list[str] = []
+        self.batches: list[list[int]] = []
         self.fail = fail
         self._calls_lock = threading.Lock()
         self._next = iter(range(1, 1 << 30))
@@ -66,6 +67,7 @@ class _RecordingPipeline(Pipeline):
         pass
 
     def _load_modules(self, indices: list[int]) -> tuple[int, BaseException | None]:
+        self.batches.append(list(indices))
         for index in indices:
             self._log(f"module {index}")
         return len(indices), None
@@ -201,3 +203,14 @@ def test_load_defers_garbage_collection_and_restores_the_collectors_state() -> N
             assert gc.isenabled() == enabled
         finally:
             gc.enable()
+
+
+def test_modules_queued_together_load_as_one_batch_and_none_twice() -> None:
+    graphs = [_entry("1", 10, (0, 1)), _entry("2", 10, (1, 2)), _entry("4", 10, (3,))]
+    pipeline = _RecordingPipeline(graphs, threads=2, chunk_nodes=100, modules=4)
+    pipeline.load_modules_for(graphs[:2])  # the first step's graphs: one batch, one native call
+    pipeline.queue(graphs)  # one chunk: only the module not queued yet
+    for future in [pipeline.executable(entry) for entry in graphs]:
+        future.result(timeout=10)
+    pipeline.close()
+    assert pipeline.batches == [[0, 1, 2], [3]], pipeline.batches

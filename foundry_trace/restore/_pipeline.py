@@ -147,9 +147,9 @@ class Pipeline:
         """Queues every module the graphs use, largest first."""
         self._queue_modules({m for entry in self._manifest.graphs for m in entry.modules})
 
-    def load_modules_for(self, entry: GraphEntry) -> None:
-        """Queues the modules one graph needs."""
-        self._queue_modules(set(entry.modules))
+    def load_modules_for(self, entries: Sequence[GraphEntry]) -> None:
+        """Queues the modules these graphs need, as one batch (one native call)."""
+        self._queue_modules({m for entry in entries for m in entry.modules})
 
     def _queue_modules(self, modules: set[int]) -> None:
         with self._lock:

@@ -329,8 +329,7 @@ def _start_first_graph(restored: Restored) -> None:
         return
     ordered = serving_order(manifest.graphs)
     first = [entry for entry in ordered if group_of(entry.key) == group_of(ordered[0].key)]
-    for entry in first:
-        restored.pipeline.load_modules_for(entry)
+    restored.pipeline.load_modules_for(first)
     if not all(builds_early(e, graph_memory_mapped=False) for e in first):
         if not all(builds_early(e, graph_memory_mapped=True) for e in first) or not _claim_graph_memory(restored):
             return
