@@ -165,6 +165,8 @@ def test_the_bench_checks_its_arguments_with_the_examples_own_parser() -> None:
         e2e_bench.check_arguments(None, tokens=500)
     with pytest.raises(WorkloadError, match="--repeats must be at least 1"):
         e2e_bench.check_arguments(None, repeats=0)
+    with pytest.raises(WorkloadError, match=r"the example's models \(llama-3-8b, small\), not 'nope'"):
+        e2e_bench.check_arguments("small,nope")
 
 
 def test_each_mode_runs_the_example_with_its_own_flags_and_no_foundry_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

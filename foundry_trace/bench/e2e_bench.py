@@ -87,7 +87,11 @@ def check_arguments(
     if not batches:
         raise WorkloadError("--batches names no batch size")
     path = find_example(example)
-    parse = _example_module(path).parse_arguments
+    module = _example_module(path)
+    unknown = [model for model in models_of(workload) if model is not None and model not in module.CONFIGS]
+    if unknown:
+        raise WorkloadError(f"foundry bench e2e runs the example's models ({', '.join(module.CONFIGS)}), not {', '.join(map(repr, unknown))}")
+    parse = module.parse_arguments
     for model in models_of(workload):
         argv = [*model_flags(model, layers, batches, tokens), "--batch", str(batches[0])]
         try:
