@@ -40,7 +40,7 @@ def test_a_gpu_command_without_a_gpu_prints_one_line_naming_the_fix(command: tup
     (("bench", "fit"), "piecewise workload"),
     (("bench", "coverage", "--workload", "nope"), "not nope"),
     (("verify", "--workload", "nope"), "invalid choice: 'nope'"),
-    (("bench", "e2e", "--workload", "nope"), "invalid choice: 'nope'"),
+    (("bench", "e2e", "--workload", "nope"), "the example's models (llama-3-8b, small), not 'nope'"),
     (("bench", "e2e", "--tokens", "300"), "must fit --context 256"),
     (("bench", "e2e", "--repeats", "0"), "--repeats must be at least 1"),
     (("bench", "e2e", "--example", "missing.py"), "name the file with --example"),
