@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from foundry_trace.archive.format import Archive
-from foundry_trace.bench.archive_subset import SUBSET_OF, blobs_needed, keys_of_batches, write_subset
+from foundry_trace.archive.manifest import referenced_blobs
+from foundry_trace.bench.archive_subset import SUBSET_OF, keys_of_batches, write_subset
 from foundry_trace.errors import WorkloadError
 
 from .archive_samples import archive_contents, write_archive
@@ -33,7 +34,7 @@ def test_a_subset_holds_exactly_the_kept_graphs_byte_for_byte_in_a_valid_archive
         assert counts == {"graphs": len(kept), "nodes": sum(g.nodes for g in kept)}
         for entry in kept:
             assert part.graph_blobs(entry) == whole.graph_blobs(entry) and part.graph(entry) == whole.graph(entry)
-        assert set(part.manifest.blobs) == blobs_needed(part.manifest)  # nothing more than it names
+        assert set(part.manifest.blobs) == referenced_blobs(part.manifest)  # nothing more than it names
         for name in ("modules", "functions", "templates", "memory", "events", "fingerprint", "restore_layout"):
             assert getattr(part.manifest, name) == getattr(whole.manifest, name)
         assert part.manifest.metadata[SUBSET_OF].startswith(f"sha256:{whole.digest}: {len(kept)} of its {len(whole.manifest.graphs)} graphs")

@@ -186,6 +186,16 @@ def _check_totals(manifest: Manifest, where: str) -> None:
         _fail(where, f"its graphs declare {nodes} nodes in all (at most {MAX_ARCHIVE_NODES})")
 
 
+def referenced_blobs(manifest: Manifest) -> set[str]:
+    """Every blob the manifest references: module binaries and their stored variables, memory
+    contents, and each graph's node table and payload (each must be indexed)."""
+    referenced = {m.digest for m in manifest.modules}
+    referenced |= {digest for m in manifest.modules for digest in m.variables.values()}
+    referenced |= {s.contents for s in manifest.memory if s.contents}
+    referenced |= {digest for g in manifest.graphs for digest in (g.table, g.payload)}
+    return referenced
+
+
 def _check_blobs(manifest: Manifest, where: str, blob_section_start: int, blob_section_end: int) -> None:
     for digest, ref in manifest.blobs.items():
         if ref.offset < blob_section_start or ref.offset + ref.stored > blob_section_end:
@@ -194,10 +204,7 @@ def _check_blobs(manifest: Manifest, where: str, blob_section_start: int, blob_s
             _fail(where, f"raw blob {digest[:12]} is stored in {ref.stored} bytes but declares {ref.size}")
         if ref.codec == "zlib" and (ref.size > MAX_ZLIB_BLOB_BYTES or ref.size > ref.stored * MAX_ZLIB_RATIO):
             _fail(where, f"compressed blob {digest[:12]} declares {ref.size} bytes from {ref.stored} (more than zlib can inflate, or than {MAX_ZLIB_BLOB_BYTES})")
-    referenced = {m.digest for m in manifest.modules}
-    referenced |= {digest for m in manifest.modules for digest in m.variables.values()}
-    referenced |= {s.contents for s in manifest.memory if s.contents}
-    referenced |= {digest for g in manifest.graphs for digest in (g.table, g.payload)}
+    referenced = referenced_blobs(manifest)
     for digest in {d for g in manifest.graphs for d in (g.table, g.payload)} & manifest.blobs.keys():
         ref = manifest.blobs[digest]
         if ref.codec == "zlib" and ref.size > ref.stored * MAX_GRAPH_BLOB_RATIO:

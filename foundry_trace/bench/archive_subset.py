@@ -19,20 +19,10 @@ from pathlib import Path
 
 from foundry_trace.archive.format import Archive, ArchiveWriter
 from foundry_trace.archive.keys import batch_of
-from foundry_trace.archive.manifest import Manifest
+from foundry_trace.archive.manifest import referenced_blobs
 from foundry_trace.errors import WorkloadError
 
 SUBSET_OF = "foundry.bench.subset_of"  # metadata: the source archive's digest and what was kept
-
-
-def blobs_needed(manifest: Manifest) -> set[str]:
-    """Every blob a manifest references: modules and their stored variables, memory contents, and
-    each graph's node table and payload (what check_manifest requires to be indexed)."""
-    needed = {module.digest for module in manifest.modules}
-    needed |= {digest for module in manifest.modules for digest in module.variables.values()}
-    needed |= {segment.contents for segment in manifest.memory if segment.contents}
-    needed |= {digest for graph in manifest.graphs for digest in (graph.table, graph.payload)}
-    return needed
 
 
 def write_subset(source: Path, destination: Path, keep: Callable[[str], bool], what: str) -> dict[str, int]:
@@ -48,7 +38,7 @@ def write_subset(source: Path, destination: Path, keep: Callable[[str], bool], w
         kept = manifest.model_copy(update={"graphs": graphs})
         writer = ArchiveWriter(destination)
         try:
-            for digest in sorted(blobs_needed(kept)):
+            for digest in sorted(referenced_blobs(kept)):
                 writer.add_blob(archive.blob(digest), digest, compress=manifest.blobs[digest].codec == "zlib")
             note = f"sha256:{archive.digest}: {len(graphs)} of its {len(manifest.graphs)} graphs ({what})"
             writer.finish(kept.model_copy(update={"blobs": writer.blobs, "metadata": {**manifest.metadata, SUBSET_OF: note[:4096]}}))
