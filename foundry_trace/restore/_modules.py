@@ -37,7 +37,7 @@ def load_modules(
     batch = native.load_modules(archive.fileno(), requests, context)
     for loaded in batch.loaded:
         resources.add_module(loaded.module)
-    return batch if batch.failure is not None or refused is None else native.ModulesLoaded(batch.loaded, refused)
+    return native.ModulesLoaded(batch.loaded, batch.failure or refused)  # the native failure comes first in order
 
 
 def _request(archive: Archive, index: int, functions: Sequence[FunctionRecord]) -> native.ModuleRequest:
