@@ -281,24 +281,13 @@ def load_modules(archive: int, requests: Sequence[ModuleRequest], context: int) 
     return ModulesLoaded(modules, failure)
 
 
-def load_module(
-    archive: int, image: Blob, context: int, variables: Sequence[StoredVariable], functions: Sequence[tuple[str, Mapping[int, int]]],
-    what: str,
-) -> LoadedModule:
-    """load_modules() for one module, raising its failure (nothing stays loaded then)."""
-    batch = load_modules(archive, [ModuleRequest(image, variables, functions, what)], context)
-    if batch.failure is not None:
-        raise batch.failure
-    return batch.loaded[0]
-
-
 def unload_module(module: int) -> None:
     library().fr_module_unload(module)
 
 
 class Handles:
     """CUfunction, CUevent and collective CUgraph handles by archive index, as the C arrays each
-    build reads, and each function's parameter buffer size (as load_module reads it; 0 where
+    build reads, and each function's parameter buffer size (as load_modules reads it; 0 where
     unknown), which the build checks every kernel node's arguments against."""
 
     def __init__(self, functions: list[int], events: list[int], collectives: list[int] = ()) -> None:  # type: ignore[assignment]

@@ -71,7 +71,10 @@ def _define(fake: ctypes.CDLL) -> None:
 def _load(fake: ctypes.CDLL, *, image: bytes = b"image", variables: list | None = None, functions: list | None = None) -> native.LoadedModule:
     variables = [native.StoredVariable("table", TABLE, [(0, 8), (16, 32)])] if variables is None else variables
     functions = [("second", {MAX_SHARED: 65536, CARVEOUT: 50}), ("first", {})] if functions is None else functions
-    return native.load_module(-1, image, fake.fake_cuda_context(), variables, functions, "module 7")
+    batch = native.load_modules(-1, [native.ModuleRequest(image, variables, functions, "module 7")], fake.fake_cuda_context())
+    if batch.failure is not None:
+        raise batch.failure
+    return batch.loaded[0]
 
 
 def _child_loads() -> None:

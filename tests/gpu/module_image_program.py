@@ -65,7 +65,10 @@ def _case(live: driver.CUmodule, kept: list[str] = KEPT) -> dict[str, object]:
     stored = stored_module(CUBIN, live, kept, VARIABLES)
     variables = [stored_variable(name, contents, stored.relocated.get(name, ()), "module") for name, contents in stored.variables.items()]
     context = int(call(driver.cuCtxGetCurrent))
-    fresh = driver.CUmodule(native.load_module(-1, stored.binary, context, variables, [], "the stored module").module)  # as LOAD does
+    batch = native.load_modules(-1, [native.ModuleRequest(stored.binary, variables, [], "the stored module")], context)  # as LOAD does
+    if batch.failure is not None:
+        raise batch.failure
+    fresh = driver.CUmodule(batch.loaded[0].module)
     try:
         runs_the_same = all(_run(fresh, kernel) == _run(live, kernel) for kernel in kept)
         pointer, tag = struct.unpack("<Qi4x", _variable(fresh, "tagged"))
