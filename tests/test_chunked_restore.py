@@ -7,6 +7,7 @@ what they were asked (the real ones are covered by the GPU tests)."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures.thread import BrokenThreadPool
 from types import SimpleNamespace
 
 import pytest
@@ -214,3 +215,47 @@ def test_modules_queued_together_load_as_one_batch_and_none_twice() -> None:
         future.result(timeout=10)
     pipeline.close()
     assert pipeline.batches == [[0, 1, 2], [3]], pipeline.batches
+
+
+
+def test_a_module_batch_queued_while_close_runs_is_settled_and_none_after_it() -> None:
+    graphs = [_entry("1", 10, (0,)), _entry("2", 10, (1,)), _entry("3", 10, (2,))]
+    busy, go = threading.Event(), threading.Event()
+
+    class Busy(_RecordingPipeline):
+        def _load_modules(self, indices: list[int]) -> tuple[int, BaseException | None]:
+            busy.set()
+            go.wait(10)
+            return super()._load_modules(indices)
+
+    pipeline = Busy(graphs, threads=1, chunk_nodes=100, modules=3)
+    pipeline.load_modules_for(graphs[:1])
+    assert busy.wait(10)
+
+    class QueueingMeanwhile(threading.Condition):
+        def __enter__(self) -> bool:  # close() has taken its snapshot: a lazy graph's first use queues now
+            pipeline.load_modules_for(graphs[1:2])
+            return super().__enter__()
+
+    pipeline._native_free = QueueingMeanwhile()
+    pipeline.close(wait=False)  # its pool's shutdown cancels the batch of module 1 before it runs
+    go.set()
+    pipeline._module_pool.shutdown()
+    assert pipeline._modules[0].done() and pipeline._modules[1].cancelled(), "a graph waiting on module 1 would wait for ever"
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pipeline.load_modules_for(graphs[2:])
+    assert 2 not in pipeline._modules, "a batch the closed pool refused is not recorded for graphs to wait on"
+
+
+def test_a_module_batch_whose_thread_cannot_start_fails_its_modules() -> None:
+    graphs = [_entry("1", 10, (0, 1))]
+
+    class NoModuleThread(_RecordingPipeline):
+        def _start_worker(self) -> None:
+            raise RuntimeError("the context cannot be made current")
+
+    pipeline = NoModuleThread(graphs, threads=1, chunk_nodes=100, modules=2)
+    pipeline.load_modules_for(graphs)
+    for module in (0, 1):
+        assert isinstance(pipeline._modules[module].exception(timeout=10), BrokenThreadPool)
+    pipeline.close()

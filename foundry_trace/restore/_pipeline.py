@@ -36,12 +36,13 @@ anywhere leaves nothing behind once the load is released.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from cuda.bindings import driver
@@ -160,8 +161,9 @@ class Pipeline:
         if not fresh:
             return
         futures: list[Future] = [Future() for _ in fresh]
+        task = self._module_pool.submit(self._settle_modules, fresh, futures)  # refused after close(): nothing recorded
+        task.add_done_callback(functools.partial(_settle_unrun, futures))
         self._modules.update(zip(fresh, futures, strict=True))
-        self._module_pool.submit(self._settle_modules, fresh, futures)
 
     def bind_collectives(self, graphs: list[int]) -> None:
         """The collective graphs by archive index; set before any graph that holds a collective
@@ -402,6 +404,21 @@ class Pipeline:
         with self._span(f"graph {entry.key}", "upload"):
             native.upload(handle, self.context, f"graph {entry.key!r}")
         return handle
+
+
+def _settle_unrun(futures: list[Future], task: Future) -> None:
+    """Settles the modules of a batch whose task never ran, which graphs would otherwise wait
+    on for ever: cancelled where the module pool's shutdown cancelled it (a batch queued while
+    close() ran), failed with the pool's error where the module thread could not start."""
+    if task.cancelled():
+        for future in futures:
+            future.cancel()
+        return
+    error = task.exception()
+    if error is not None:  # where _settle_modules ran and raised, it settled them all itself
+        for future in futures:
+            with suppress(InvalidStateError):
+                future.set_exception(error)
 
 
 def chunks(entries: Sequence[GraphEntry], chunk_nodes: int) -> Iterator[list[GraphEntry]]:
