@@ -50,6 +50,10 @@ def test_the_pipelines_module_thread_settles_every_module_of_a_batch_around_a_fa
     run_child(stand_in, "pipeline_batch")
 
 
+def test_a_module_the_archive_refuses_before_the_driver_fails_alone_and_after_the_ones_before_it(stand_in: Path) -> None:
+    run_child(stand_in, "archive_batch")
+
+
 def test_load_filled_words_past_the_stored_contents_are_refused_before_the_driver() -> None:
     with pytest.raises(ArchiveFormatError, match=r"module 3: variable table: the archive stores 16 bytes for it, with load-filled words at \[16\]"):
         stored_variable("table", bytes(16), [16], "module 3")
@@ -214,3 +218,43 @@ def _child_pipeline_batch() -> None:
     loading.close()
     assert fake.fake_cuda_live_modules() == 3 and resources.release().modules == 3
     assert fake.fake_cuda_live_modules() == 0
+
+
+def _child_archive_batch() -> None:
+    from types import SimpleNamespace
+
+    from foundry_trace.restore import _pipeline as pipeline
+    from foundry_trace.restore._modules import load_modules
+    from foundry_trace.restore._resources import LoadResources
+
+    fake = stand_in_driver.fake()
+    _define(fake)
+    blobs = {"good": b"image", "bad": b"BAD image", "table": TABLE}
+
+    def module(image: str, relocated: tuple[int, ...], size: int) -> SimpleNamespace:
+        return SimpleNamespace(digest=image, size=size, variables={"table": "table"}, relocated={"table": relocated})
+
+    # Module 1 the driver refuses; module 2 the archive (a load-filled word past its variable).
+    modules = [module("good", (8,), 4), module("bad", (8,), 3), module("good", (32,), 2), module("good", (8,), 1)]
+    manifest = SimpleNamespace(functions=[], modules=modules, graphs=[SimpleNamespace(modules=(0, 1, 2, 3))])
+    archive = SimpleNamespace(manifest=manifest, locate=blobs.__getitem__, fileno=lambda: -1)
+    resources = LoadResources(0)
+    context = fake.fake_cuda_context()
+    first = load_modules(archive, [0, 1, 2, 3], lambda index: [], context, resources)
+    assert len(first.loaded) == 1 and isinstance(first.failure, DriverCallError), first.failure
+    assert str(first.failure).startswith("module 1: "), "the first failure in order, not the archive's refusal behind it"
+    behind = load_modules(archive, [2, 3], lambda index: [], context, resources)
+    assert behind.loaded == [] and isinstance(behind.failure, ArchiveFormatError) and "module 2: variable table" in str(behind.failure)
+    assert fake.fake_cuda_live_modules() == 1 and resources.release().modules == 1 and fake.fake_cuda_live_modules() == 0
+
+    class NoContext(pipeline.Pipeline):
+        def _start_worker(self) -> None:
+            pass
+
+    resources = LoadResources(0)
+    loading = NoContext(archive, resources, threads=1, builders=1, chunk_nodes=0, context=context, started=0.0, native_chunks=False)
+    loading.load_all_modules()
+    outcomes = {index: future.exception(timeout=10) for index, future in loading._modules.items()}
+    loading.close()
+    assert [type(error).__name__ for error in outcomes.values()] == ["NoneType", "DriverCallError", "ArchiveFormatError", "NoneType"], outcomes
+    assert fake.fake_cuda_live_modules() == 2 and resources.release().modules == 2
