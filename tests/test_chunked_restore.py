@@ -218,6 +218,15 @@ def test_modules_queued_together_load_as_one_batch_and_none_twice() -> None:
 
 
 
+def test_all_modules_load_the_first_steps_batch_first_so_its_graphs_wait_for_those_only() -> None:
+    graphs = [_entry("8", 10, (0, 2)), _entry("1", 10, (1, 2)), _entry("2", 10, (3,))]
+    pipeline = _RecordingPipeline(graphs, threads=1, chunk_nodes=100, modules=4)
+    pipeline.load_all_modules()  # prefetch(): batch 1's graph is the first step
+    pipeline.wait_for_modules()
+    pipeline.close()
+    assert pipeline.batches == [[1, 2], [0, 3]], pipeline.batches
+
+
 def test_a_module_batch_queued_while_close_runs_is_settled_and_none_after_it() -> None:
     graphs = [_entry("1", 10, (0,)), _entry("2", 10, (1,)), _entry("3", 10, (2,))]
     busy, go = threading.Event(), threading.Event()

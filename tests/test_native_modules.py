@@ -204,7 +204,7 @@ def _child_pipeline_batch() -> None:
             return len(batch.loaded), batch.failure
 
     modules = [SimpleNamespace(size=4 - n) for n in range(4)]  # largest first: 0, 1, 2, 3
-    graphs = [SimpleNamespace(modules=(0, 1)), SimpleNamespace(modules=(2, 3))]
+    graphs = [SimpleNamespace(key="1", modules=(0, 1, 2)), SimpleNamespace(key="2", modules=(3,))]
     manifest = SimpleNamespace(functions=[], modules=modules, graphs=graphs)
     resources = LoadResources(0)
     loading = Batches(SimpleNamespace(manifest=manifest), resources, threads=1, builders=1, chunk_nodes=0, context=fake.fake_cuda_context(),
@@ -214,7 +214,7 @@ def _child_pipeline_batch() -> None:
         loading.wait_for_modules()
     outcomes = {index: future.exception(timeout=10) for index, future in loading._modules.items()}
     assert [index for index, error in outcomes.items() if error is None] == [0, 2, 3], outcomes
-    assert Batches.batches == [[0, 1, 2, 3], [2, 3]], "one call for the batch, one for the modules behind the failure"
+    assert Batches.batches == [[0, 1, 2], [2], [3]], "the first step's batch, the module behind its failure, then the rest's batch"
     loading.close()
     assert fake.fake_cuda_live_modules() == 3 and resources.release().modules == 3
     assert fake.fake_cuda_live_modules() == 0
@@ -236,7 +236,7 @@ def _child_archive_batch() -> None:
 
     # Module 1 the driver refuses; module 2 the archive (a load-filled word past its variable).
     modules = [module("good", (8,), 4), module("bad", (8,), 3), module("good", (32,), 2), module("good", (8,), 1)]
-    manifest = SimpleNamespace(functions=[], modules=modules, graphs=[SimpleNamespace(modules=(0, 1, 2, 3))])
+    manifest = SimpleNamespace(functions=[], modules=modules, graphs=[SimpleNamespace(key="1", modules=(0, 1, 2, 3))])
     archive = SimpleNamespace(manifest=manifest, locate=blobs.__getitem__, fileno=lambda: -1)
     resources = LoadResources(0)
     context = fake.fake_cuda_context()

@@ -5,13 +5,14 @@ the piece, and sort in serving order over batch sizes."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from foundry_trace.archive.keys import batch_of, general_key_order, group_of, key_order
+from foundry_trace.archive.keys import batch_of, first_step, general_key_order, group_of, key_order
 from foundry_trace.bench.workloads.decode import DecodeEngine, shape_of
 from foundry_trace.bench.workloads.piecewise import PiecewiseEngine
 
@@ -42,6 +43,14 @@ def test_keys_name_batch_and_piece_and_sort_by_batch_size_first() -> None:
     assert ordered[: engine.pieces] == [engine.key(1, p) for p in range(engine.pieces)]
     assert [batch_of(k) for k in ordered] == sorted(batch_of(k) for k in keys)
     assert sorted(["8/10", "8/9", "8/100"], key=key_order) == ["8/9", "8/10", "8/100"]
+
+
+@given(st.lists(st.sampled_from(["1/00", "1/01", "2/00", "8", "64", "prefill"]), unique=True))
+def test_the_first_step_is_every_piece_of_the_first_group_in_serving_order(keys: list[str]) -> None:
+    entries = [SimpleNamespace(key=key) for key in keys]
+    first = [entry.key for entry in first_step(entries)]
+    ordered = sorted(keys, key=key_order)
+    assert first == [key for key in ordered if group_of(key) == group_of(ordered[0])] if keys else first == []
 
 
 @given(

@@ -61,3 +61,10 @@ def general_key_order(key: str) -> tuple:
 def serving_order(items: Iterable[K]) -> list[K]:
     """`items` (graph entries) in serving order of their keys."""
     return sorted(items, key=lambda item: key_order(item.key))
+
+
+def first_step(items: Iterable[K]) -> list[K]:
+    """The entries of the step a server replays first (the first group in serving order: the
+    smallest batch's graph, or all the pieces of that step), in serving order; [] for none."""
+    ordered = serving_order(items)
+    return [item for item in ordered if group_of(item.key) == group_of(ordered[0].key)] if ordered else []

@@ -19,10 +19,11 @@ memcpy nodes, so a graph holding them is built early only where they name the gr
 and prefetch mapped it; graphs with collective nodes wait for the restore point.
 
 Modules are queued before any graph that needs them, largest first: by prefetch(), all of them
-when the archive is opened (the engine's start leaves them time); by load(), each chunk's just
+when the archive is opened (the engine's start leaves them time), the first step's as a batch
+ahead of the others so that its graphs need not wait for every module; by load(), each chunk's just
 before it, in serving order, so that the first graphs build while the modules of the later ones
 load. They load on one thread of their own, one at a time: the driver serialises module loads.
-The modules queued together (a chunk's, the first step's, or all of prefetch()'s) are one batch,
+The modules queued together (a chunk's, the first step's, or the rest of prefetch()'s) are one batch,
 loaded in one native call (_modules.py), so the module thread does not wait for the GIL between
 modules while LOAD's main thread runs Python; their graphs wait for the whole batch, as a chunk
 waits for all its modules anyway. load() queues the smallest batch's
@@ -51,7 +52,7 @@ from foundry_alloc.profiling import annotate
 from foundry_trace import _native as native
 from foundry_trace._driver import call
 from foundry_trace.archive.format import Archive
-from foundry_trace.archive.keys import serving_order
+from foundry_trace.archive.keys import first_step, serving_order
 from foundry_trace.archive.manifest import GraphEntry
 from foundry_trace.archive.records import FunctionRecord
 from foundry_trace.errors import DriverCallError, RestoreError
@@ -145,7 +146,9 @@ class Pipeline:
             return list(self._graphs)
 
     def load_all_modules(self) -> None:
-        """Queues every module the graphs use, largest first."""
+        """Queues every module the graphs use: the first step's as a batch of their own (its
+        graphs wait for those only, not for every module), then the others, largest first."""
+        self.load_modules_for(first_step(self._manifest.graphs))
         self._queue_modules({m for entry in self._manifest.graphs for m in entry.modules})
 
     def load_modules_for(self, entries: Sequence[GraphEntry]) -> None:

@@ -37,7 +37,7 @@ import foundry_alloc
 from foundry_alloc.profiling import annotate
 from foundry_trace._driver import call, current_context
 from foundry_trace.archive.format import Archive
-from foundry_trace.archive.keys import group_of, serving_order
+from foundry_trace.archive.keys import first_step, group_of, serving_order
 from foundry_trace.archive.manifest import GraphEntry
 from foundry_trace.archive.records import MemorySegment
 from foundry_trace.archive.signing import TrustPolicy
@@ -324,11 +324,9 @@ def _start_first_graph(restored: Restored) -> None:
     while LOAD checks the layout and claims the memory. As for prefetch(), only where they need
     no live state; where their memsets or memcpys name the graph arena alone, that arena is
     claimed first."""
-    manifest = restored.archive.manifest
-    if not manifest.graphs:
+    first = first_step(restored.archive.manifest.graphs)
+    if not first:
         return
-    ordered = serving_order(manifest.graphs)
-    first = [entry for entry in ordered if group_of(entry.key) == group_of(ordered[0].key)]
     restored.pipeline.load_modules_for(first)
     if not all(builds_early(e, graph_memory_mapped=False) for e in first):
         if not all(builds_early(e, graph_memory_mapped=True) for e in first) or not _claim_graph_memory(restored):
