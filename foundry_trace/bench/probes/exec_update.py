@@ -51,7 +51,7 @@ import functools
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -508,14 +508,25 @@ def make_step(maker: Maker, batch: int, keys: list[str], class_of: dict[str, Top
 
 def step_digests(engine: Engine, restored: Restored, step: Step) -> dict[str, str]:
     """The step's output digest on fixed inputs through each kind's executables (verify.py's
-    digests), for the instantiated kind and each kind that updated any of its graphs."""
+    digests), for the instantiated kind and each kind that updated any of its graphs. Every
+    kind's executables write the same output tensors, so each kind's run starts with them
+    poisoned: an executable that leaves an output unwritten (an update that kept its source's
+    output address) shows the poison, not the bits of the kind before it."""
     from foundry_trace.bench.verify import restored_digests
 
-    return {
-        kind: restored_digests(engine, Executables(by_key, restored), [step.batch])[str(step.batch)]
-        for kind, by_key in step.made.items()
-        if kind == "instantiated" or step.updated[kind]
-    }
+    digests = {}
+    for kind, by_key in step.made.items():
+        if kind == "instantiated" or step.updated[kind]:
+            poison_outputs(restored, by_key)
+            digests[kind] = restored_digests(engine, Executables(by_key, restored), [step.batch])[str(step.batch)]
+    return digests
+
+
+def poison_outputs(restored: Restored, keys: Iterable[str]) -> None:
+    """Fills every output of the graphs `keys` with NaN (-1 where not floating point)."""
+    for key in keys:
+        for output in restored.graphs[key].outputs.values():
+            output.fill_(float("nan") if output.is_floating_point() else -1)
 
 
 def bitwise(digests: dict[int, dict[str, str]], saved: dict[str, dict[str, object]] | None) -> dict[str, object]:
