@@ -367,3 +367,8 @@ def test_an_executable_that_writes_nothing_is_not_taken_for_the_one_before_it(mo
     assert set(digests) == {"instantiated", "graph-update"}
     assert digests["graph-update"] != digests["instantiated"]
 
+
+def test_a_kind_that_updated_no_graph_has_no_bitwise_verdict() -> None:
+    report = exec_update.bitwise({1: {"instantiated": "a"}, 2: {"instantiated": "b"}}, None)
+    assert report["graph-update"] == {"batches": 0, "differ_from_instantiated": [], "bitwise_equal": None}
+    assert report["instantiated"]["bitwise_equal"] is True

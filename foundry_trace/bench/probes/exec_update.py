@@ -531,7 +531,8 @@ def poison_outputs(restored: Restored, keys: Iterable[str]) -> None:
 
 def bitwise(digests: dict[int, dict[str, str]], saved: dict[str, dict[str, object]] | None) -> dict[str, object]:
     """Each kind's outputs against the instantiated executables' and SAVE's references: the
-    batches that differ (SAVE's nondeterministic batches set apart, as verify.py does)."""
+    batches that differ (SAVE's nondeterministic batches set apart, as verify.py does), and
+    `bitwise_equal`, None for a kind that updated no graph (no batch of it compared)."""
     from foundry_trace.bench.verify import differing_from_saved
 
     report: dict[str, object] = {}
@@ -542,7 +543,7 @@ def bitwise(digests: dict[int, dict[str, str]], saved: dict[str, dict[str, objec
         if saved is not None:
             entry["differ_from_saved"] = differing_from_saved(of_kind, saved)
             entry["nondeterministic_saved"] = sorted(int(b) for b in of_kind if not saved[b]["deterministic"])
-        entry["bitwise_equal"] = not against_instantiated and not entry.get("differ_from_saved")
+        entry["bitwise_equal"] = (not against_instantiated and not entry.get("differ_from_saved")) if of_kind else None
         report[kind] = entry
     return report
 
