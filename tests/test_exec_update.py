@@ -372,3 +372,8 @@ def test_a_kind_that_updated_no_graph_has_no_bitwise_verdict() -> None:
     report = exec_update.bitwise({1: {"instantiated": "a"}, 2: {"instantiated": "b"}}, None)
     assert report["graph-update"] == {"batches": 0, "differ_from_instantiated": [], "bitwise_equal": None}
     assert report["instantiated"]["bitwise_equal"] is True
+
+
+def test_the_default_runs_replay_before_the_cold_rounds() -> None:
+    """A device call cut short by its time limit keeps what decides adoption (outputs, latency)."""
+    assert exec_update.VARIANTS[0] == "replay" and exec_update.VARIANTS.count("cold-instantiate") == exec_update.COLD_ROUNDS

@@ -38,7 +38,9 @@ executables replay like:
                 its class and back.
 
 Every line carries the device fields of the process that measured (results.device_fields).
-The default runs the four cold strategies three rounds, alternating, then replay:
+The default runs replay first (what decides adoption: outputs bit-identical, replay within 1 %;
+a call cut short by its time limit keeps it), then the four cold strategies three rounds,
+alternating:
 
   python -m foundry_trace.bench.roles save WORKLOAD A.foundry [--layers N]
   python -m foundry_trace.bench.probes.exec_update A.foundry [VARIANT ...] [--rounds N]
@@ -91,7 +93,7 @@ MODULE = "foundry_trace.bench.probes.exec_update"
 
 STRATEGIES = ("instantiate", "graph-update", "node-update", "shared")
 COLD_ROUNDS = 3
-VARIANTS = (*(f"cold-{strategy}" for strategy in STRATEGIES),) * COLD_ROUNDS + ("replay",)
+VARIANTS = ("replay", *tuple(f"cold-{strategy}" for strategy in STRATEGIES) * COLD_ROUNDS)
 LATENCY_BATCHES = (1, 64, 256)
 UPDATED_KINDS = ("graph-update", "node-update", "self-update")  # each against "instantiated"
 SWITCHES = 5  # round trips timed per switched graph
