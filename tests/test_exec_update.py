@@ -311,3 +311,69 @@ def test_bitwise_names_the_batches_an_updated_kind_changes() -> None:
     assert report["node-update"]["bitwise_equal"] is True and report["node-update"]["batches"] == 1
     assert report["self-update"]["nondeterministic_saved"] == [4] and report["self-update"]["bitwise_equal"] is True
     assert report["instantiated"]["differ_from_saved"] == []
+
+
+class _Output:
+    """Stands in for a restored graph: its output tensor (on the CPU), shared by every kind's executable."""
+
+    def __init__(self, size: int) -> None:
+        import torch
+
+        self.outputs = {"logits": torch.zeros(size, dtype=torch.bfloat16)}
+
+
+class _Launches:
+    """Stands in for exec_update.Executables: executable 1 writes the step's right output, executable 2
+    (an update that left the output node pointing elsewhere) writes nothing."""
+
+    def __init__(self, executables: dict[str, int], restored: object) -> None:
+        self.executables, self.restored = executables, restored
+
+    def __getitem__(self, key: object) -> object:
+        output = self.restored.graphs[str(key)].outputs["logits"]
+        executable = self.executables[str(key)]
+
+        class Launch:
+            outputs = {"logits": output}
+
+            @staticmethod
+            def replay() -> None:
+                if executable == 1:
+                    output.fill_(3.0)
+
+        return Launch
+
+
+class _Engine:
+    def prepare(self, batch: int, seed: int) -> None:
+        pass
+
+    def restored_step(self, restored: object, batch: int) -> tuple[object, object]:
+        graph = restored[batch]
+        return graph.replay, graph.outputs["logits"]
+
+
+def test_an_executable_that_writes_nothing_is_not_taken_for_the_one_before_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every kind's executables write the same output tensor: an update that leaves the output
+    unwritten must not show the instantiated executable's bits as its own."""
+
+    class Restored:
+        graphs = {"4": _Output(8)}
+
+    monkeypatch.setattr(exec_update, "Executables", _Launches)
+    step = exec_update.Step(4, {"instantiated": {"4": 1}, "graph-update": {"4": 2}, "node-update": {"4": 1}, "self-update": {"4": 1}},
+                            Counter({"graph-update": 1}), {})
+    digests = exec_update.step_digests(_Engine(), Restored(), step)
+    assert set(digests) == {"instantiated", "graph-update"}
+    assert digests["graph-update"] != digests["instantiated"]
+
+
+def test_a_kind_that_updated_no_graph_has_no_bitwise_verdict() -> None:
+    report = exec_update.bitwise({1: {"instantiated": "a"}, 2: {"instantiated": "b"}}, None)
+    assert report["graph-update"] == {"batches": 0, "differ_from_instantiated": [], "bitwise_equal": None}
+    assert report["instantiated"]["bitwise_equal"] is True
+
+
+def test_the_default_runs_replay_before_the_cold_rounds() -> None:
+    """A device call cut short by its time limit keeps what decides adoption (outputs, latency)."""
+    assert exec_update.VARIANTS[0] == "replay" and exec_update.VARIANTS.count("cold-instantiate") == exec_update.COLD_ROUNDS

@@ -212,3 +212,28 @@ def test_the_table_names_the_budget_and_what_it_left_out() -> None:
     table = render(results)
     assert "median of 1 pairs" in table and "not measured (left out for time)" in table
     assert "540 / 512 s" in table and "left out for time: prefetch" in table
+
+
+def test_a_later_pair_starts_only_where_both_its_children_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fake child takes 10 s; after the first pair 15 s are left: a driver-alone run whose cold
+    restore could not follow would be thrown away (a ratio needs both sides), so neither later
+    pair starts, and the prefetch child, which fits, runs instead."""
+    from foundry_trace.bench.budget import RESERVE_S, Budget
+
+    clock = [0.0]
+    calls = _fake_children(monkeypatch)
+    fake_child, fake_role = load_bench.run_child, load_bench.run_role
+
+    def ticking(call):  # noqa: ANN001, ANN202
+        def run(*arguments, **options):  # noqa: ANN002, ANN003, ANN202
+            clock[0] += 10.0
+            return call(*arguments, **options)
+        return run
+
+    monkeypatch.setattr(load_bench, "run_child", ticking(fake_child))
+    monkeypatch.setattr(load_bench, "run_role", ticking(fake_role))
+    budget = Budget(RESERVE_S + 55.0, clock=lambda: clock[0])
+    _, loaded = load_bench.run_children("small", 8, budget=budget)
+    assert [role for role, _ in calls] == ["save", "native", "driver", "load", "prefetch"]
+    assert [s["phase"] for s in budget.skipped] == ["driver 2", "driver 3", "background"]
+    assert budget.skipped[0]["expected_s"] == 20.0 and len(loaded["cold_runs"]["restore_s"]) == 1

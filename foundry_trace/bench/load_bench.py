@@ -120,7 +120,8 @@ def _load_children(
     """The full bench's children after SAVE: native, driver alone and cold restores alternating,
     prefetch, background; the LOAD child's result with the others' figures added. The first
     pair and the LOAD child always run; the later pairs, prefetch and background where the budget
-    leaves time for them (a pair cut short is left out whole: a ratio needs both sides)."""
+    leaves time for them (a later pair starts only where both its children fit, and one cut
+    short is left out whole: a ratio needs both sides)."""
     extra = option_arguments(options)
     arguments = [workload, str(path), str(threads), *extra]
     task = progress.add_task(f"native {workload}: warm-up, capture and instantiate every graph, cold")
@@ -138,8 +139,9 @@ def _load_children(
             driver_runs.append(driver)
         else:
             expected = budget.children_s.get("driver 1")
+            pair = None if expected is None else 2 * expected  # the driver's run is thrown away where its cold restore cannot follow
             driver = budget.run_optional(
-                f"driver {run + 1}", lambda timeout: run_child(DRIVER_MODULE, ["driver", *arguments], timeout=timeout), expected)
+                f"driver {run + 1}", lambda timeout: run_child(DRIVER_MODULE, ["driver", *arguments], timeout=timeout), pair)
             progress.remove_task(task)
             task = progress.add_task(f"LOAD {workload} ({run + 1} of {COLD_RUNS}): restore cold")
             cold = None if driver is None else budget.run_optional(

@@ -38,7 +38,9 @@ executables replay like:
                 its class and back.
 
 Every line carries the device fields of the process that measured (results.device_fields).
-The default runs the four cold strategies three rounds, alternating, then replay:
+The default runs replay first (what decides adoption: outputs bit-identical, replay within 1 %;
+a call cut short by its time limit keeps it), then the four cold strategies three rounds,
+alternating:
 
   python -m foundry_trace.bench.roles save WORKLOAD A.foundry [--layers N]
   python -m foundry_trace.bench.probes.exec_update A.foundry [VARIANT ...] [--rounds N]
@@ -51,7 +53,7 @@ import functools
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -91,7 +93,7 @@ MODULE = "foundry_trace.bench.probes.exec_update"
 
 STRATEGIES = ("instantiate", "graph-update", "node-update", "shared")
 COLD_ROUNDS = 3
-VARIANTS = (*(f"cold-{strategy}" for strategy in STRATEGIES),) * COLD_ROUNDS + ("replay",)
+VARIANTS = ("replay", *tuple(f"cold-{strategy}" for strategy in STRATEGIES) * COLD_ROUNDS)
 LATENCY_BATCHES = (1, 64, 256)
 UPDATED_KINDS = ("graph-update", "node-update", "self-update")  # each against "instantiated"
 SWITCHES = 5  # round trips timed per switched graph
@@ -508,19 +510,31 @@ def make_step(maker: Maker, batch: int, keys: list[str], class_of: dict[str, Top
 
 def step_digests(engine: Engine, restored: Restored, step: Step) -> dict[str, str]:
     """The step's output digest on fixed inputs through each kind's executables (verify.py's
-    digests), for the instantiated kind and each kind that updated any of its graphs."""
+    digests), for the instantiated kind and each kind that updated any of its graphs. Every
+    kind's executables write the same output tensors, so each kind's run starts with them
+    poisoned: an executable that leaves an output unwritten (an update that kept its source's
+    output address) shows the poison, not the bits of the kind before it."""
     from foundry_trace.bench.verify import restored_digests
 
-    return {
-        kind: restored_digests(engine, Executables(by_key, restored), [step.batch])[str(step.batch)]
-        for kind, by_key in step.made.items()
-        if kind == "instantiated" or step.updated[kind]
-    }
+    digests = {}
+    for kind, by_key in step.made.items():
+        if kind == "instantiated" or step.updated[kind]:
+            poison_outputs(restored, by_key)
+            digests[kind] = restored_digests(engine, Executables(by_key, restored), [step.batch])[str(step.batch)]
+    return digests
+
+
+def poison_outputs(restored: Restored, keys: Iterable[str]) -> None:
+    """Fills every output of the graphs `keys` with NaN (-1 where not floating point)."""
+    for key in keys:
+        for output in restored.graphs[key].outputs.values():
+            output.fill_(float("nan") if output.is_floating_point() else -1)
 
 
 def bitwise(digests: dict[int, dict[str, str]], saved: dict[str, dict[str, object]] | None) -> dict[str, object]:
     """Each kind's outputs against the instantiated executables' and SAVE's references: the
-    batches that differ (SAVE's nondeterministic batches set apart, as verify.py does)."""
+    batches that differ (SAVE's nondeterministic batches set apart, as verify.py does), and
+    `bitwise_equal`, None for a kind that updated no graph (no batch of it compared)."""
     from foundry_trace.bench.verify import differing_from_saved
 
     report: dict[str, object] = {}
@@ -531,7 +545,7 @@ def bitwise(digests: dict[int, dict[str, str]], saved: dict[str, dict[str, objec
         if saved is not None:
             entry["differ_from_saved"] = differing_from_saved(of_kind, saved)
             entry["nondeterministic_saved"] = sorted(int(b) for b in of_kind if not saved[b]["deterministic"])
-        entry["bitwise_equal"] = not against_instantiated and not entry.get("differ_from_saved")
+        entry["bitwise_equal"] = (not against_instantiated and not entry.get("differ_from_saved")) if of_kind else None
         report[kind] = entry
     return report
 
