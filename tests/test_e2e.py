@@ -100,6 +100,17 @@ def test_the_decode_step_replays_as_a_capture_of_it_does(example: ModuleType) ->
             assert example.generate(decoder, traced[batch], prompt, 10)[0] == eager, batch
 
 
+def test_load_refuses_an_archive_of_other_batch_sizes(example: ModuleType) -> None:
+    """SAVE at --batch-sizes 1,8, LOAD at 2,8: the buffers have 8 rows in both, so the layout
+    check passes; the example must name the difference rather than fail on a missing key."""
+    from types import SimpleNamespace
+
+    restored = {key: SimpleNamespace(replay=lambda: None, outputs={"logits": key}) for key in ("1", "8")}
+    assert sorted(example.restored_steps(restored, (1, 8))) == [1, 8]
+    with pytest.raises(SystemExit, match="holds graphs for batch sizes 1,8, not --batch-sizes 2,8"):
+        example.restored_steps(restored, (2, 8))
+
+
 def test_the_prompt_and_the_weights_are_the_same_in_every_process(example: ModuleType) -> None:
     import torch
 
