@@ -21,7 +21,8 @@ What SAVE and LOAD ask of a program (README.md, docs/save.md, docs/load.md):
 - the engine's state before the restore point (weights, KV cache, static inputs, the first eager
   step that creates cuBLAS's workspace) built alike in both runs: none of it may depend on
   --batch, --tokens or --prompt-tokens, while the model, --layers, --batch-sizes and --context
-  must match SAVE's (LOAD refuses another layout, printing the difference);
+  must match SAVE's (LOAD refuses another layout, printing the difference, and this program
+  other batch sizes);
 - SAVE: start_tracing() before the model's first kernel, the capture inside record();
   LOAD: prefetch() first thing (modules load and graphs build while the weights are made), and
   load() at the restore point, instead of warming up and capturing.
@@ -225,10 +226,16 @@ def capture(decoder: StaticDecoder, batch_sizes: tuple[int, ...], recording: obj
     return steps
 
 
-def restored_steps(restored: object) -> dict[int, Step]:
+def restored_steps(restored: object, batch_sizes: tuple[int, ...]) -> dict[int, Step]:
     """The restored graphs as steps: each replays on torch's current stream and writes the
-    logits where SAVE's graph did (`outputs` holds a view of them)."""
-    return {int(key): _replayer(restored[key].replay, restored[key].outputs["logits"]) for key in restored}
+    logits where SAVE's graph did (`outputs` holds a view of them). Exits naming both lists
+    unless the archive's graphs are those of `batch_sizes`: the layout check sees only the
+    largest batch size (the buffers' rows)."""
+    steps = {int(key): _replayer(restored[key].replay, restored[key].outputs["logits"]) for key in restored}
+    if sorted(steps) != list(batch_sizes):
+        raise SystemExit(f"the archive holds graphs for batch sizes {_text(tuple(sorted(steps)))}, not --batch-sizes "
+                         f"{_text(batch_sizes)}: LOAD with SAVE's --batch-sizes")
+    return steps
 
 
 def generate(decoder: StaticDecoder, step: Step, prompt: torch.Tensor, tokens: int) -> tuple[list[list[int]], float, float | None]:
@@ -285,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 steps = capture(decoder, arguments.batch_sizes, recording)
         else:
             restored = foundry_trace.load(early)  # checks the layout, claims the memory, restores what prefetch left
-            steps = restored_steps(restored)
+            steps = restored_steps(restored, arguments.batch_sizes)
         torch.cuda.synchronize()
         graph_phase_s = time.perf_counter() - restore_point
         prompt = prompt_tokens(arguments.batch, arguments.prompt_tokens, model.config.vocab_size, arguments.seed, "cuda")

@@ -78,6 +78,39 @@ def test_static_cache_decoding_gives_transformers_greedy_tokens(example: ModuleT
     assert first_token_s > 0 and per_token_ms > 0
 
 
+def test_the_decode_step_replays_as_a_capture_of_it_does(example: ModuleType) -> None:
+    """A graph replays the kernels of its capture with the arguments they had then. Here each
+    batch size's step is traced once before the prompt, as capture() captures it (make_fx: every
+    Python value of the step baked into the trace, its buffers the decoder's own), then the
+    traces replace the step: the tokens stay eager's, so the step reads nothing but the inputs
+    the host sets on the device between replays (no host-side position or counter)."""
+    import functools
+
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with torch.inference_mode():
+        model = example.build_model("small", None, 2, 0, device="cpu", dtype=torch.float32)
+        decoder = example.StaticDecoder(model, (1, 3), context=40)
+        decoder.step(1)
+        traced = {batch: make_fx(functools.partial(decoder.step, batch))() for batch in (3, 1)}
+        for batch in (1, 3):
+            prompt = example.prompt_tokens(batch, 8, model.config.vocab_size, 0, "cpu")
+            eager = example.generate(decoder, functools.partial(decoder.step, batch), prompt, 10)[0]
+            assert example.generate(decoder, traced[batch], prompt, 10)[0] == eager, batch
+
+
+def test_load_refuses_an_archive_of_other_batch_sizes(example: ModuleType) -> None:
+    """SAVE at --batch-sizes 1,8, LOAD at 2,8: the buffers have 8 rows in both, so the layout
+    check passes; the example must name the difference rather than fail on a missing key."""
+    from types import SimpleNamespace
+
+    restored = {key: SimpleNamespace(replay=lambda: None, outputs={"logits": key}) for key in ("1", "8")}
+    assert sorted(example.restored_steps(restored, (1, 8))) == [1, 8]
+    with pytest.raises(SystemExit, match="holds graphs for batch sizes 1,8, not --batch-sizes 2,8"):
+        example.restored_steps(restored, (2, 8))
+
+
 def test_the_prompt_and_the_weights_are_the_same_in_every_process(example: ModuleType) -> None:
     import torch
 

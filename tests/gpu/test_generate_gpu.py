@@ -1,6 +1,7 @@
 """examples/generate.py on a real GPU at a small size, each mode a fresh process as a user runs it:
 native graphs, SAVE, LOAD (prefetch at process start) and eager give the same greedy tokens; then
-`foundry bench e2e` on the same small model writes its case per batch size."""
+`foundry bench e2e` on the same small model (its five graph runs; eager is checked above) writes
+its case per batch size."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "generate.py"
 SMALL = ["--config", "small", "--layers", "2", "--batch-sizes", "1,4", "--tokens", "24"]
+RUN_TIMEOUT_S = 180  # a hung run fails its test, leaving the rest of the GPU suite the device call's time
 
 
 def generate(folder: Path, *flags: str) -> dict[str, object]:
     output = folder / f"run-{len(list(folder.glob('run-*.json')))}.json"
     run = subprocess.run([sys.executable, str(EXAMPLE), *SMALL, *flags, "--output", str(output)], cwd=folder,
-                         capture_output=True, text=True, env=clean_environment(), timeout=600)
+                         capture_output=True, text=True, env=clean_environment(), timeout=RUN_TIMEOUT_S)
     assert run.returncode == 0, run.stderr[-5000:]
     assert "first token" in run.stdout and "per token" in run.stdout, run.stdout
     return json.loads(output.read_text())
@@ -64,13 +66,13 @@ def test_every_mode_reports_its_timings(runs: dict[str, dict[int, dict[str, obje
 def test_the_e2e_bench_writes_a_case_per_batch_size(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "foundry_trace.cli", "bench", "e2e", "--workload", "small", "--layers", "2", "--batches", "1,4",
-         "--tokens", "12", "--repeats", "1", "--output", str(tmp_path), "--json"],
-        cwd=ROOT, capture_output=True, text=True, env=clean_environment(), timeout=900,
+         "--tokens", "12", "--repeats", "1", "--no-eager", "--output", str(tmp_path), "--json"],
+        cwd=ROOT, capture_output=True, text=True, env=clean_environment(), timeout=3 * RUN_TIMEOUT_S,
     )
     assert run.returncode == 0, run.stderr[-5000:]
     [written] = tmp_path.glob("e2e-small-2-layers-*.json")
     results = json.loads(written.read_text())
     assert results["what"] == "e2e" and results["device"] and [c["name"] for c in results["cases"]] == ["small-b1", "small-b4"]
     for case in results["cases"]:
-        assert case["tokens"] == 12 and case["tokens_equal"] is True and case["tokens_equal_eager"] is True, case
+        assert case["tokens"] == 12 and case["tokens_equal"] is True and case["tokens_equal_eager"] is None, case
         assert case["graph_phase_speedup"] > 0 and case["per_token_ms_foundry"] > 0, case
