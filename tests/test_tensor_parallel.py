@@ -240,6 +240,38 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     assert "failed:" in tp_bench.render(results)
 
 
+def test_a_degree_whose_save_fails_is_recorded_and_the_others_still_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every degree is SAVEd before any runs: one SAVE that failed used to end the bench before
+    any degree ran."""
+    from foundry_trace.bench import tp_bench
+    from foundry_trace.errors import ChildProcessFailed
+
+    def save(module: str, arguments: list[str], environment: object, timeout: float) -> dict[str, object]:
+        if arguments[2] == "8":
+            raise ChildProcessFailed("tp_bench save failed (exit 1) in phase 'save': PeerError\nmore lines")
+        return {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"}
+
+    inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
+    rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "graphs": 1,
+            "device": "GPU", "torch": "t", "cuda": "c", "cupti": None}
+    run: list[int] = []
+
+    def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+        run.append(degree)
+        return [{**rank, "rank": r, "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
+
+    monkeypatch.setattr(tp_bench, "run_child", save)
+    monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
+    monkeypatch.setattr(tp_bench, "run_degree", ranks)
+    monkeypatch.setattr(tp_bench, "free_memory", lambda: 80 << 30)
+    results = tp_bench._run_degrees("tiny", [8, 2], tmp_path, tmp_path, "peer")
+    eight, two = results["cases"]
+    assert eight["failed"] == "SAVE: tp_bench save failed (exit 1) in phase 'save': PeerError" and eight["degree"] == 8
+    assert set(run) == {2} and two["ranks_bitwise_equal"] == [True, True]
+    assert "failed: SAVE" in tp_bench.render(results)
+
+
 def test_ranks_start_a_timed_phase_together_through_the_host_agreement_only() -> None:
     from types import SimpleNamespace
 

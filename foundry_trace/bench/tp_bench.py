@@ -284,13 +284,25 @@ def run_degree(role: list[str], degree: int, kind: str = "nccl", timeout: float 
 
 
 def save_all(workload: str, degrees: list[int], directory: Path, kind: str = "nccl", **options: object) -> dict[int, dict[str, object]]:
-    """SAVE every degree on GPU 0, one fresh process each (no peer needed)."""
+    """SAVE every degree on GPU 0, one fresh process each (no peer needed). A degree whose SAVE
+    fails is {"failed": why} (the first line of the error, which names the child's log): the
+    other degrees still run."""
     directory.mkdir(parents=True, exist_ok=True)
     extra = option_arguments(options)
-    return {
-        d: run_child(MODULE, ["save", workload, str(d), str(archive_path(directory, d)), kind, *extra], rank_environment(0), timeout=RANK_TIMEOUT_S)
-        for d in degrees
-    }
+    saved = {}
+    for d in degrees:
+        try:
+            saved[d] = run_child(
+                MODULE, ["save", workload, str(d), str(archive_path(directory, d)), kind, *extra], rank_environment(0), timeout=RANK_TIMEOUT_S
+            )
+        except ChildProcessFailed as error:
+            saved[d] = {"failed": f"SAVE: {_first_line(error)}"}
+    return saved
+
+
+def _first_line(error: ChildProcessFailed) -> str:
+    """What a case keeps of a failure: its first line (the child, its phase and its log)."""
+    return str(error).splitlines()[0][:2000]
 
 
 def inspect_archives(directory: Path, degrees: list[int]) -> dict[int, dict[str, object]]:
@@ -392,12 +404,16 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
     shape = workload_shape(workload, options)
     free_bytes = free_memory()
     saved = save_all(workload, degrees, directory, kind, **options)
-    inspected = inspect_archives(directory, degrees)
+    inspected = inspect_archives(directory, [d for d in degrees if "failed" not in saved[d]])
     extra = option_arguments(options)
     cases, first = [], None
     for degree in degrees:
-        shown = {k: v for k, v in inspected[degree].items() if k != "per_graph"}
         ranks_per_gpu = -(-degree // max(gpus, 1)) if kind == "peer" else 1
+        if "failed" in saved[degree]:
+            cases.append(Case(name=f"tp{degree}-{kind}", communicator=kind, degree=degree, gpus=min(gpus, degree), ranks_per_gpu=ranks_per_gpu,
+                              failed=saved[degree]["failed"]))
+            continue
+        shown = {k: v for k, v in inspected[degree].items() if k != "per_graph"}
         case = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree),
                 "ranks_per_gpu": ranks_per_gpu, "archive_bytes": saved[degree]["archive_bytes"], "save_s": saved[degree]["save_s"],
                 "collectives": saved[degree]["collectives"], **shown}
@@ -414,7 +430,7 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
             driver = _by_rank(run_degree(["driver", workload, str(directory), kind, *extra], degree, kind))
             loaded = _by_rank(run_degree(["load", workload, str(directory), kind, *extra], degree, kind))
         except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
-            cases.append(Case(**case, failed=str(error).splitlines()[0][:2000]))
+            cases.append(Case(**case, failed=_first_line(error)))
             continue
         first = first or loaded[0]
         native_s = [n["native_s"] for n in native]
@@ -436,13 +452,14 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
             phases_s_by_rank=[r["phases"] for r in loaded],
             graphs_restored=[r["graphs"] for r in loaded],
         ))
+    described = [s["description"] for s in saved.values() if "description" in s]  # the last degree SAVEd describes the run
     sharing = "" if kind == "nccl" else "; peer: rank r on GPU r mod GPUs, several ranks per GPU where there are fewer GPUs than ranks"
     results = ResultsFile.of_this_run(
         first or device_fields(),
         what="tp",
         workload=f"{workload}-tp{'-'.join(str(d) for d in degrees)}-{kind}" + (f"-{options['layers']}-layers" if options.get("layers") else "")
         + (f"-{options['attention']}-attention" if options.get("attention") else ""),
-        workload_desc=f"{saved[degrees[-1]]['description']}; one rank's step SAVEd per degree on one GPU with no peer; "
+        workload_desc=f"{described[-1] if described else workload}; one rank's step SAVEd per degree on one GPU with no peer; "
         f"each rank restores the same archive with its live {kind} communicator vs native warm-up + capture per rank, cold{sharing}",
         gpus=gpus,
         cases=cases, collectives_disagree=disagreeing_graphs(inspected),
@@ -467,6 +484,9 @@ def render(results: dict[str, object]) -> str:
     for column in columns:
         table.add_column(column, justify="right")
     for c in results["cases"]:
+        if c.get("archive_bytes") is None:  # its SAVE failed: no archive to describe
+            table.add_row(f"{c['name']} ({c.get('ranks_per_gpu', 1)}/GPU)", "", "", "", f"failed: {c['failed'][:60]}", "", "", "", "", "")
+            continue
         saved = [
             f"{c['name']} ({c.get('ranks_per_gpu', 1)}/GPU)", f"{c['graphs']} / {c['nodes']}",
             f"{c['collective_nodes']} ({', '.join(map(str, c['collectives_per_graph']))})", f"{c['archive_bytes'] / 2**20:.1f}",
