@@ -210,6 +210,9 @@ def test_a_rank_whose_peers_never_join_the_rendezvous_is_aborted_and_named(monke
     assert aborted == [0]
 
 
+_DEVICE = {"device": "GPU", "torch": "t", "cuda": "c", "cupti": None}
+
+
 def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """8 ranks that ran out of GPU memory on one H200 used to end the bench before it wrote
     anything: the degrees that ran were lost with them."""
@@ -230,7 +233,7 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {d: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"} for d in (2, 8)})
     monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
     monkeypatch.setattr(tp_bench, "run_degree", ranks)
-    monkeypatch.setattr(tp_bench, "free_memory", lambda: 80 << 30)
+    monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
     results = tp_bench._run_degrees("tiny", [2, 8], tmp_path, tmp_path, "peer")
     two, eight = results["cases"]
     assert two["ranks_bitwise_equal"] == [True, True] and two["restore_over_driver_cold"] == [1.0, 1.0]
@@ -238,6 +241,64 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     assert eight["failed"].startswith("load rank 1 of 8 failed") and "more lines" not in eight["failed"]
     assert [p.name for p in tmp_path.glob("tp-*.json")], "the results file is written all the same"
     assert "failed:" in tp_bench.render(results)
+
+
+def test_a_degree_whose_save_fails_is_recorded_and_the_others_still_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every degree is SAVEd before any runs: one SAVE that failed used to end the bench before
+    any degree ran."""
+    from foundry_trace.bench import tp_bench
+    from foundry_trace.errors import ChildProcessFailed
+
+    def save(module: str, arguments: list[str], environment: object, timeout: float) -> dict[str, object]:
+        if arguments[2] == "8":
+            raise ChildProcessFailed("tp_bench save failed (exit 1) in phase 'save': PeerError\nmore lines")
+        return {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"}
+
+    inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
+    rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "graphs": 1,
+            "device": "GPU", "torch": "t", "cuda": "c", "cupti": None}
+    run: list[int] = []
+
+    def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+        run.append(degree)
+        return [{**rank, "rank": r, "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
+
+    monkeypatch.setattr(tp_bench, "run_child", save)
+    monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
+    monkeypatch.setattr(tp_bench, "run_degree", ranks)
+    monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
+    results = tp_bench._run_degrees("tiny", [8, 2], tmp_path, tmp_path, "peer")
+    eight, two = results["cases"]
+    assert eight["failed"] == "SAVE: tp_bench save failed (exit 1) in phase 'save': PeerError" and eight["degree"] == 8
+    assert set(run) == {2} and two["ranks_bitwise_equal"] == [True, True]
+    assert "failed: SAVE" in tp_bench.render(results)
+
+
+def test_the_results_file_is_written_after_each_degree_so_a_run_cut_short_keeps_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The device call's time-out ends the bench wherever it is: the degrees it finished are on disk."""
+    import json
+
+    from foundry_trace.bench import tp_bench
+
+    inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
+    rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "graphs": 1}
+
+    def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+        if degree == 8:
+            raise KeyboardInterrupt  # what the step's time-out leaves of the bench
+        return [{**rank, "rank": r, "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
+
+    monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {d: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"} for d in (2, 8)})
+    monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
+    monkeypatch.setattr(tp_bench, "run_degree", ranks)
+    monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
+    with pytest.raises(KeyboardInterrupt):
+        tp_bench._run_degrees("tiny", [2, 8], tmp_path, tmp_path, "peer")
+    [written] = tmp_path.glob("tp-*.json")
+    results = json.loads(written.read_text())
+    assert [c["name"] for c in results["cases"]] == ["tp2-peer"] and results["device"] == "GPU"
 
 
 def test_ranks_start_a_timed_phase_together_through_the_host_agreement_only() -> None:

@@ -44,7 +44,7 @@ from foundry_trace.bench.children import (
     run_ranks,
 )
 from foundry_trace.bench.driver_alone import driver_alone, start_together
-from foundry_trace.bench.results import device_fields
+from foundry_trace.bench.results import Case, ResultsFile, device_fields
 from foundry_trace.errors import ChildProcessFailed
 from foundry_trace.parallel.collectives import archive_path
 
@@ -217,11 +217,11 @@ def child_load(workload: str, directory: str, kind: str, options: dict[str, obje
 
 
 def child_memory() -> dict[str, object]:
-    """The free memory of every GPU, read in a child so that the parent makes no CUDA context
-    (one would take memory from the ranks on GPU 0)."""
+    """The free memory of every GPU, and the device's fields for the results file, read in a
+    child so that the parent makes no CUDA context (one would take memory from the ranks on GPU 0)."""
     import torch
 
-    return {"free_bytes": [torch.cuda.mem_get_info(gpu)[0] for gpu in range(torch.cuda.device_count())]}
+    return {"free_bytes": [torch.cuda.mem_get_info(gpu)[0] for gpu in range(torch.cuda.device_count())], **device_fields()}
 
 
 def _check(communicator: Communicator) -> None:
@@ -284,13 +284,25 @@ def run_degree(role: list[str], degree: int, kind: str = "nccl", timeout: float 
 
 
 def save_all(workload: str, degrees: list[int], directory: Path, kind: str = "nccl", **options: object) -> dict[int, dict[str, object]]:
-    """SAVE every degree on GPU 0, one fresh process each (no peer needed)."""
+    """SAVE every degree on GPU 0, one fresh process each (no peer needed). A degree whose SAVE
+    fails is {"failed": why} (the first line of the error, which names the child's log): the
+    other degrees still run."""
     directory.mkdir(parents=True, exist_ok=True)
     extra = option_arguments(options)
-    return {
-        d: run_child(MODULE, ["save", workload, str(d), str(archive_path(directory, d)), kind, *extra], rank_environment(0), timeout=RANK_TIMEOUT_S)
-        for d in degrees
-    }
+    saved = {}
+    for d in degrees:
+        try:
+            saved[d] = run_child(
+                MODULE, ["save", workload, str(d), str(archive_path(directory, d)), kind, *extra], rank_environment(0), timeout=RANK_TIMEOUT_S
+            )
+        except ChildProcessFailed as error:
+            saved[d] = {"failed": f"SAVE: {_first_line(error)}"}
+    return saved
+
+
+def _first_line(error: ChildProcessFailed) -> str:
+    """What a case keeps of a failure: its first line (the child, its phase and its log)."""
+    return str(error).splitlines()[0][:2000]
 
 
 def inspect_archives(directory: Path, degrees: list[int]) -> dict[int, dict[str, object]]:
@@ -340,10 +352,12 @@ def run(
     return _run_degrees(workload, parsed, archive, output_dir, communicator, layers=layers, attention=attention)
 
 
-def free_memory() -> int:
-    """The least free memory of any GPU, in bytes (what one GPU's ranks share)."""
+def free_memory() -> tuple[int, dict[str, object]]:
+    """The least free memory of any GPU, in bytes (what one GPU's ranks share), and the
+    device's fields (device_fields())."""
     environment = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES" or v.strip()}
-    return min(run_child(MODULE, ["memory"], environment, timeout=120)["free_bytes"])
+    measured = run_child(MODULE, ["memory"], environment, timeout=120)
+    return min(measured.pop("free_bytes")), measured
 
 
 def workload_shape(workload: str, options: dict[str, object]) -> ModelShape:
@@ -386,70 +400,81 @@ def logit_coverage(loaded: list[dict[str, object]], vocab: int) -> dict[str, obj
 def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir: Path | None, kind: str, **options: object) -> dict[str, object]:
     import torch
 
-    from foundry_trace.bench.results import Case, ResultsFile
-
     gpus = torch.cuda.device_count()
     shape = workload_shape(workload, options)
-    free_bytes = free_memory()
+    free_bytes, device = free_memory()
     saved = save_all(workload, degrees, directory, kind, **options)
-    inspected = inspect_archives(directory, degrees)
+    inspected = inspect_archives(directory, [d for d in degrees if "failed" not in saved[d]])
     extra = option_arguments(options)
-    cases, first = [], None
-    for degree in degrees:
-        shown = {k: v for k, v in inspected[degree].items() if k != "per_graph"}
-        ranks_per_gpu = -(-degree // max(gpus, 1)) if kind == "peer" else 1
-        case = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree),
-                "ranks_per_gpu": ranks_per_gpu, "archive_bytes": saved[degree]["archive_bytes"], "save_s": saved[degree]["save_s"],
-                "collectives": saved[degree]["collectives"], **shown}
-        if kind == "nccl" and degree > gpus:
-            cases.append(Case(**case, not_run=f"needs {degree} GPUs for NCCL, this machine has {gpus}"))
-            continue
-        plan = memory_plan(shape, degree, ranks_per_gpu, free_bytes)
-        case["rank_gib_computed"] = plan["rank_gib_computed"]
-        if plan["refused"]:
-            cases.append(Case(**case, not_run=plan["refused"]))
-            continue
-        try:
-            native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
-            driver = _by_rank(run_degree(["driver", workload, str(directory), kind, *extra], degree, kind))
-            loaded = _by_rank(run_degree(["load", workload, str(directory), kind, *extra], degree, kind))
-        except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
-            cases.append(Case(**case, failed=str(error).splitlines()[0][:2000]))
-            continue
-        first = first or loaded[0]
-        native_s = [n["native_s"] for n in native]
-        restore_s = [r["restore_s"] for r in loaded]
-        driver_s = [d["driver_cold_s"] for d in driver]
-        deltas = {b: max((r["latency"][b]["delta_pct"] for r in loaded), key=abs) for b in loaded[0]["latency"]}
-        cases.append(Case(
-            **case, native_s=max(native_s), restore_s=max(restore_s),
-            speedup=[n / r for n, r in zip(native_s, restore_s)],
-            native_s_by_rank=native_s, restore_s_by_rank=restore_s, driver_cold_s_by_rank=driver_s,
-            restore_over_driver_cold=[r / d for r, d in zip(restore_s, driver_s)],
-            bitwise_equal=all(r["bitwise_equal"] for r in loaded),
-            ranks_bitwise_equal=[r["bitwise_equal"] for r in loaded],
-            mismatched_by_rank=[r["mismatched"] for r in loaded],
-            **logit_coverage(loaded, shape.vocab),
-            archive_digests=[r["archive_digest"] for r in loaded],
-            nondeterministic_native=sorted({b for r in loaded for b in r["nondeterministic_native"]}),
-            replay_delta_pct=deltas, replay_ms_by_rank=[r["latency"] for r in loaded],
-            phases_s_by_rank=[r["phases"] for r in loaded],
-            graphs_restored=[r["graphs"] for r in loaded],
-        ))
+    described = [s["description"] for s in saved.values() if "description" in s]  # the last degree SAVEd describes the run
     sharing = "" if kind == "nccl" else "; peer: rank r on GPU r mod GPUs, several ranks per GPU where there are fewer GPUs than ranks"
-    results = ResultsFile.of_this_run(
-        first or device_fields(),
-        what="tp",
-        workload=f"{workload}-tp{'-'.join(str(d) for d in degrees)}-{kind}" + (f"-{options['layers']}-layers" if options.get("layers") else "")
-        + (f"-{options['attention']}-attention" if options.get("attention") else ""),
-        workload_desc=f"{saved[degrees[-1]]['description']}; one rank's step SAVEd per degree on one GPU with no peer; "
-        f"each rank restores the same archive with its live {kind} communicator vs native warm-up + capture per rank, cold{sharing}",
-        gpus=gpus,
-        cases=cases, collectives_disagree=disagreeing_graphs(inspected),
-    )
-    if output_dir is not None:
-        results.write(output_dir)
+    cases: list[Case] = []
+
+    def so_far() -> ResultsFile:
+        """The results file of the degrees run so far (written after each: a run cut short keeps them)."""
+        return ResultsFile.of_this_run(
+            device,
+            what="tp",
+            workload=f"{workload}-tp{'-'.join(str(d) for d in degrees)}-{kind}" + (f"-{options['layers']}-layers" if options.get("layers") else "")
+            + (f"-{options['attention']}-attention" if options.get("attention") else ""),
+            workload_desc=f"{described[-1] if described else workload}; one rank's step SAVEd per degree on one GPU with no peer; "
+            f"each rank restores the same archive with its live {kind} communicator vs native warm-up + capture per rank, cold{sharing}",
+            gpus=gpus,
+            cases=cases, collectives_disagree=disagreeing_graphs(inspected),
+        )
+
+    for degree in degrees:
+        cases.append(_degree_case(workload, degree, directory, kind, extra, gpus, shape, free_bytes, saved[degree], inspected.get(degree)))
+        results = so_far()
+        if output_dir is not None:
+            results.write(output_dir)
     return results.model_dump()
+
+
+def _degree_case(
+    workload: str, degree: int, directory: Path, kind: str, extra: list[str], gpus: int, shape: ModelShape, free_bytes: int,
+    saved: dict[str, object], inspected: dict[str, object] | None,
+) -> Case:
+    """One degree's case: its ranks' figures, or why it failed or was not run."""
+    ranks_per_gpu = -(-degree // max(gpus, 1)) if kind == "peer" else 1
+    if "failed" in saved:
+        return Case(name=f"tp{degree}-{kind}", communicator=kind, degree=degree, gpus=min(gpus, degree), ranks_per_gpu=ranks_per_gpu,
+                    failed=saved["failed"])
+    shown = {k: v for k, v in inspected.items() if k != "per_graph"}
+    case = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree),
+            "ranks_per_gpu": ranks_per_gpu, "archive_bytes": saved["archive_bytes"], "save_s": saved["save_s"],
+            "collectives": saved["collectives"], **shown}
+    if kind == "nccl" and degree > gpus:
+        return Case(**case, not_run=f"needs {degree} GPUs for NCCL, this machine has {gpus}")
+    plan = memory_plan(shape, degree, ranks_per_gpu, free_bytes)
+    case["rank_gib_computed"] = plan["rank_gib_computed"]
+    if plan["refused"]:
+        return Case(**case, not_run=plan["refused"])
+    try:
+        native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
+        driver = _by_rank(run_degree(["driver", workload, str(directory), kind, *extra], degree, kind))
+        loaded = _by_rank(run_degree(["load", workload, str(directory), kind, *extra], degree, kind))
+    except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
+        return Case(**case, failed=_first_line(error))
+    native_s = [n["native_s"] for n in native]
+    restore_s = [r["restore_s"] for r in loaded]
+    driver_s = [d["driver_cold_s"] for d in driver]
+    deltas = {b: max((r["latency"][b]["delta_pct"] for r in loaded), key=abs) for b in loaded[0]["latency"]}
+    return Case(
+        **case, native_s=max(native_s), restore_s=max(restore_s),
+        speedup=[n / r for n, r in zip(native_s, restore_s)],
+        native_s_by_rank=native_s, restore_s_by_rank=restore_s, driver_cold_s_by_rank=driver_s,
+        restore_over_driver_cold=[r / d for r, d in zip(restore_s, driver_s)],
+        bitwise_equal=all(r["bitwise_equal"] for r in loaded),
+        ranks_bitwise_equal=[r["bitwise_equal"] for r in loaded],
+        mismatched_by_rank=[r["mismatched"] for r in loaded],
+        **logit_coverage(loaded, shape.vocab),
+        archive_digests=[r["archive_digest"] for r in loaded],
+        nondeterministic_native=sorted({b for r in loaded for b in r["nondeterministic_native"]}),
+        replay_delta_pct=deltas, replay_ms_by_rank=[r["latency"] for r in loaded],
+        phases_s_by_rank=[r["phases"] for r in loaded],
+        graphs_restored=[r["graphs"] for r in loaded],
+    )
 
 
 def _by_rank(results: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -467,6 +492,9 @@ def render(results: dict[str, object]) -> str:
     for column in columns:
         table.add_column(column, justify="right")
     for c in results["cases"]:
+        if c.get("archive_bytes") is None:  # its SAVE failed: no archive to describe
+            table.add_row(f"{c['name']} ({c.get('ranks_per_gpu', 1)}/GPU)", "", "", "", f"failed: {c['failed'][:60]}", "", "", "", "", "")
+            continue
         saved = [
             f"{c['name']} ({c.get('ranks_per_gpu', 1)}/GPU)", f"{c['graphs']} / {c['nodes']}",
             f"{c['collective_nodes']} ({', '.join(map(str, c['collectives_per_graph']))})", f"{c['archive_bytes'] / 2**20:.1f}",
