@@ -29,7 +29,7 @@ ATTENTION_HELP = (
 DEFAULT_RESULTS_DIR = Path("bench/results")
 BENCH_OPTIONS = {
     "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint", "budget_s"), "fit": ("threads", "attention", "budget_s"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator"),
-    "e2e": ("layers", "batches", "tokens", "repeats", "example", "eager"),
+    "e2e": ("layers", "batches", "tokens", "repeats", "example", "eager", "budget_s"),
 }
 DEFAULT_WORKLOAD = "small"
 OWN_DEFAULT = ("coverage", "e2e")  # benches whose default workload is their own (every case; the example's model)
@@ -260,8 +260,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--layers", type=int, help="tp, load, e2e: layers of the model (default: the workload's)")
     bench.add_argument(
         "--budget-s", type=float,
-        help="load, fit: seconds the whole bench may take (default: no limit); each child gets what is left, and what does not "
-        "fit (later cold pairs, prefetch, background, the fit's points) is left out and named in the JSON (skipped_for_time)",
+        help="load, fit, e2e: seconds the whole bench may take (default: no limit); each child gets what is left, and what does "
+        "not fit (later cold pairs, prefetch, background, the fit's points, e2e's later repeats and eager runs) is left out and "
+        "named in the JSON (skipped_for_time)",
     )
     bench.add_argument("--batches", type=_batch_sizes, default=e2e_bench.DEFAULT_BATCHES,
                        help="e2e: batch sizes, a graph each, every one generated at (default 1,8)")

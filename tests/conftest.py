@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,6 +54,20 @@ def clean_environment(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
     env.update(overrides)
     return env
+
+
+def run_process_tree(command: list[str], *, timeout: float, **options: object) -> subprocess.CompletedProcess:
+    """subprocess.run(capture_output=True, text=True) for a program that starts processes of its
+    own (a bench): past `timeout` its whole process group is killed, so no grandchild outlives the
+    test holding GPU memory that the next tests need; then TimeoutExpired is raised."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **options)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from types import ModuleType
 import pytest
 
 from foundry_trace.bench import e2e_bench
+from foundry_trace.bench.budget import RESERVE_S, Budget
 from foundry_trace.bench.children import run_program
 from foundry_trace.bench.results import Case, ResultsFile
 from foundry_trace.errors import ChildProcessFailed, WorkloadError
@@ -198,6 +199,8 @@ def test_the_bench_checks_its_arguments_with_the_examples_own_parser() -> None:
         e2e_bench.check_arguments(None, tokens=500)
     with pytest.raises(WorkloadError, match="--repeats must be at least 1"):
         e2e_bench.check_arguments(None, repeats=0)
+    with pytest.raises(WorkloadError, match="--budget-s 0: give a positive number of seconds"):
+        e2e_bench.check_arguments(None, budget_s=0)
     with pytest.raises(WorkloadError, match=r"the example's models \(llama-3-8b, small\), not 'nope'"):
         e2e_bench.check_arguments("small,nope")
 
@@ -220,7 +223,8 @@ def test_each_mode_runs_the_example_with_its_own_flags_and_no_foundry_environmen
     """))
     monkeypatch.setenv("FOUNDRY_ALLOC", "1")
     monkeypatch.setenv("FOUNDRY_MODE", "save")
-    runs, archive_bytes = e2e_bench.run_model(stand_in, "small", layers=2, batches=(1, 8), tokens=2, repeats=2, eager=True)
+    runs, archive_bytes = e2e_bench.run_model(stand_in, "small", layers=2, batches=(1, 8), tokens=2, repeats=2, eager=True,
+                                              budget=Budget())
     assert [(r["mode"], r["batch"]) for r in runs] == [
         ("save", 1), ("native", 1), ("load", 1), ("native", 8), ("load", 8), ("native", 1), ("load", 1), ("native", 8), ("load", 8),
         ("eager", 1), ("eager", 8),
@@ -229,6 +233,30 @@ def test_each_mode_runs_the_example_with_its_own_flags_and_no_foundry_environmen
     assert runs[0]["argv"][:6] == ["--batch-sizes", "1,8", "--tokens", "2", "--config", "small"] and "--layers" in runs[0]["argv"]
     case = e2e_bench.e2e_case("small", 8, runs, archive_bytes)
     assert case["tokens_equal"] is True and case["graph_phase_speedup"] == 4.0 and len(case["runs"]["native"]) == 2
+
+
+def test_under_a_budget_the_first_pairs_run_and_what_does_not_fit_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run takes 10 s of a fake clock; 65 s besides the reserve: SAVE and each batch size's
+    first native and LOAD runs, then one eager run fit; the second repeat's pairs (20 s each)
+    and the last eager run do not, and are named."""
+    now = [0.0]
+    timeouts: list[float] = []
+
+    def run_example(example: Path, flags: object, mode: str, batch: int, scratch: Path, label: str, timeout: float) -> dict[str, object]:
+        if mode == "save":
+            (scratch / "e2e.foundry").write_bytes(b"x")
+        timeouts.append(timeout)
+        now[0] += 10.0
+        return {"mode": mode, "batch": batch}
+
+    monkeypatch.setattr(e2e_bench, "run_example", run_example)
+    budget = Budget(RESERVE_S + 65.0, clock=lambda: now[0])
+    runs, _ = e2e_bench.run_model(Path("generate.py"), "small", layers=2, batches=(1, 8), tokens=2, repeats=2, eager=True, budget=budget)
+    assert [(r["mode"], r["batch"]) for r in runs] == [("save", 1), ("native", 1), ("load", 1), ("native", 8), ("load", 8), ("eager", 1)]
+    assert timeouts[0] == 65.0 and timeouts[-1] == 15.0, "each run's time-out is what is left"
+    assert [s["phase"] for s in budget.record()["skipped_for_time"]] == [
+        "small native b1 (2 of 2) and small load b1 (2 of 2)", "small native b8 (2 of 2) and small load b8 (2 of 2)", "small eager b8",
+    ]
 
 
 def test_a_program_run_returns_its_output_and_a_failed_one_names_its_log(tmp_path: Path) -> None:

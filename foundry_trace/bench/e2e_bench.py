@@ -29,7 +29,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from foundry_trace.bench.children import run_program
+from foundry_trace.bench.budget import Budget
+from foundry_trace.bench.children import DEFAULT_TIMEOUT_S, run_program
 from foundry_trace.errors import WorkloadError
 
 EXAMPLE = Path("examples") / "generate.py"
@@ -78,10 +79,12 @@ def models_of(workload: str | None) -> list[str | None]:
 
 def check_arguments(
     workload: str | None, *, layers: int | None = None, batches: Sequence[int] = DEFAULT_BATCHES, tokens: int = DEFAULT_TOKENS,
-    repeats: int = DEFAULT_REPEATS, example: Path | None = None,
+    repeats: int = DEFAULT_REPEATS, example: Path | None = None, budget_s: float | None = None,
 ) -> Path:
     """Raises WorkloadError for anything the bench or the example would refuse, before any GPU is
     asked for; returns the example's path."""
+    if budget_s is not None and budget_s <= 0:
+        raise WorkloadError(f"--budget-s {budget_s}: give a positive number of seconds, or leave it out for no limit")
     if repeats < 1:
         raise WorkloadError(f"--repeats must be at least 1, not {repeats}")
     if not batches:
@@ -101,8 +104,11 @@ def check_arguments(
     return path
 
 
-def run_example(example: Path, flags: Sequence[str], mode: str, batch: int, scratch: Path, label: str) -> dict[str, object]:
-    """One run of the example in a fresh process; its report (the JSON of --output)."""
+def run_example(
+    example: Path, flags: Sequence[str], mode: str, batch: int, scratch: Path, label: str, timeout: float = DEFAULT_TIMEOUT_S
+) -> dict[str, object]:
+    """One run of the example in a fresh process, stopped after `timeout` seconds; its report
+    (the JSON of --output)."""
     output = scratch / f"{label.replace(' ', '-')}.json"
     command = [sys.executable, "-P", str(example), *flags, "--batch", str(batch), "--output", str(output)]
     if mode in ("save", "load"):
@@ -111,27 +117,42 @@ def run_example(example: Path, flags: Sequence[str], mode: str, batch: int, scra
         command.append("--eager")
     environment = {k: v for k, v in os.environ.items() if k not in UNSET}
     print(f"foundry bench e2e: {label}", file=sys.stderr, flush=True)
-    run_program(command, label=label, environment=environment)
+    run_program(command, label=label, environment=environment, timeout=timeout)
     return json.loads(output.read_text())
 
 
 def run_model(
-    example: Path, model: str | None, *, layers: int | None, batches: Sequence[int], tokens: int, repeats: int, eager: bool
+    example: Path, model: str | None, *, layers: int | None, batches: Sequence[int], tokens: int, repeats: int, eager: bool,
+    budget: Budget,
 ) -> tuple[list[dict[str, object]], int]:
     """Every run of one model (SAVE, then native and LOAD alternating, then eager), and the
-    archive's size."""
+    archive's size. SAVE and each batch size's first native and LOAD runs are required; a later
+    pair starts only where the budget has room for both (as long as the longest pair so far), an
+    eager run where it has room for the longest native run; what did not fit is in the budget's
+    record."""
     flags = model_flags(model, layers, batches, tokens)
     name = model or "default"
+
+    def timed(mode: str, batch: int, label: str) -> dict[str, object]:
+        return budget.run(label, lambda timeout: run_example(example, flags, mode, batch, scratch, label, timeout))
+
     with tempfile.TemporaryDirectory(prefix="foundry-e2e-") as folder:
         scratch = Path(folder)
-        reports = [run_example(example, flags, "save", batches[0], scratch, f"{name} save b{batches[0]}")]
+        reports = [timed("save", batches[0], f"{name} save b{batches[0]}")]
         archive_bytes = (scratch / "e2e.foundry").stat().st_size
+        pairs_s: list[float] = []
         for repeat in range(repeats):
             for batch in batches:
-                for mode in ("native", "load"):
-                    reports.append(run_example(example, flags, mode, batch, scratch, f"{name} {mode} b{batch} ({repeat + 1} of {repeats})"))
+                labels = [f"{name} {mode} b{batch} ({repeat + 1} of {repeats})" for mode in ("native", "load")]
+                if repeat and not budget.allows(" and ".join(labels), max(pairs_s)):
+                    continue
+                reports += [timed(mode, batch, label) for mode, label in zip(("native", "load"), labels, strict=True)]
+                pairs_s.append(sum(budget.children_s[label] for label in labels))
+        natives_s = [seconds for label, seconds in budget.children_s.items() if label.startswith(f"{name} native ")]
         for batch in batches if eager else ():
-            reports.append(run_example(example, flags, "eager", batch, scratch, f"{name} eager b{batch}"))
+            label = f"{name} eager b{batch}"
+            if budget.allows(label, max(natives_s)):
+                reports.append(timed("eager", batch, label))
     return reports, archive_bytes
 
 
@@ -194,15 +215,21 @@ def workload_label(workload: str | None, layers: int | None, reports: Sequence[M
 def run(
     workload: str | None, output_dir: Path | None, *, layers: int | None = None, batches: Sequence[int] = DEFAULT_BATCHES,
     tokens: int = DEFAULT_TOKENS, repeats: int = DEFAULT_REPEATS, example: Path | None = None, eager: bool = True,
+    budget_s: float | None = None,
 ) -> dict[str, object]:
-    """`workload`: a comma list of the example's named configs (None: its default)."""
+    """`workload`: a comma list of the example's named configs (None: its default). `budget_s`:
+    the seconds the whole bench may take (budget.py): each run's time-out is what is left, and
+    the optional runs that do not fit are left out and named in the results (skipped_for_time)."""
     from foundry_trace.bench.results import Case, ResultsFile
 
-    path = check_arguments(workload, layers=layers, batches=batches, tokens=tokens, repeats=repeats, example=example)
+    path = check_arguments(workload, layers=layers, batches=batches, tokens=tokens, repeats=repeats, example=example, budget_s=budget_s)
+    budget = Budget(budget_s)
     started = time.perf_counter()
     cases, reports = [], []
     for model in models_of(workload):
-        runs, archive_bytes = run_model(path, model, layers=layers, batches=batches, tokens=tokens, repeats=repeats, eager=eager)
+        runs, archive_bytes = run_model(
+            path, model, layers=layers, batches=batches, tokens=tokens, repeats=repeats, eager=eager, budget=budget
+        )
         reports += runs
         cases += [Case(**e2e_case(str(runs[0]["model"]), batch, runs, archive_bytes)) for batch in batches]
     environment = json.loads(run_program([sys.executable, "-P", "-c", ENVIRONMENT_PROBE], label="environment").strip().splitlines()[-1])
@@ -213,7 +240,7 @@ def run(
         workload_desc=f"{EXAMPLE}: {tokens} greedy tokens at batch {', '.join(map(str, batches))}, a graph per batch size; "
         f"native graphs vs SAVE once + LOAD (prefetch at process start), {repeats} cold run(s) each in fresh processes, "
         f"medians{'; eager once per batch' if eager else ''}",
-        gpus=1, cases=cases, bench_s=time.perf_counter() - started,
+        gpus=1, cases=cases, bench_s=time.perf_counter() - started, **budget.record(),
     )
     if output_dir is not None:
         results.write(output_dir)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import clean_environment
+from ..conftest import clean_environment, run_process_tree
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,10 +64,10 @@ def test_every_mode_reports_its_timings(runs: dict[str, dict[int, dict[str, obje
 
 
 def test_the_e2e_bench_writes_a_case_per_batch_size(tmp_path: Path) -> None:
-    run = subprocess.run(
+    run = run_process_tree(
         [sys.executable, "-m", "foundry_trace.cli", "bench", "e2e", "--workload", "small", "--layers", "2", "--batches", "1,4",
          "--tokens", "12", "--repeats", "1", "--no-eager", "--output", str(tmp_path), "--json"],
-        cwd=ROOT, capture_output=True, text=True, env=clean_environment(), timeout=3 * RUN_TIMEOUT_S,
+        cwd=ROOT, env=clean_environment(), timeout=3 * RUN_TIMEOUT_S,
     )
     assert run.returncode == 0, run.stderr[-5000:]
     [written] = tmp_path.glob("e2e-small-2-layers-*.json")
