@@ -221,7 +221,7 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
     rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
-            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "graphs": 1,
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "busy": {}, "timeline": {}, "graphs": 1,
             "device": "GPU", "torch": "t", "cuda": "c", "cupti": None}
     share = 1024 // 2  # the tiny workload's vocabulary, in two ranks' shards
 
@@ -256,7 +256,7 @@ def test_a_degree_whose_save_fails_is_recorded_and_the_others_still_run(monkeypa
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
     rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
-            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "graphs": 1,
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "busy": {}, "timeline": {}, "graphs": 1,
             "device": "GPU", "torch": "t", "cuda": "c", "cupti": None}
     run: list[int] = []
 
@@ -283,7 +283,7 @@ def test_the_results_file_is_written_after_each_degree_so_a_run_cut_short_keeps_
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
     rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
-            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "graphs": 1}
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "busy": {}, "timeline": {}, "graphs": 1}
 
     def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
         if degree == 8:
@@ -310,3 +310,14 @@ def test_ranks_start_a_timed_phase_together_through_the_host_agreement_only() ->
     start_together(SimpleNamespace(agree=lambda phase, payload: agreed.append((phase, payload))), "load")
     assert agreed == [("the start of load", b"")], "an empty payload: nothing but the arrival is exchanged"
     start_together(SimpleNamespace(rank=0, world_size=2), "load")  # NCCL's: no host agreement, no GPU memory touched
+
+
+def test_the_timeline_says_when_modules_ended_and_builds_started() -> None:
+    from foundry_trace import Span
+    from foundry_trace.bench import tp_bench
+
+    spans = [Span("module 1", "module", "modules", 0.01, 0.03), Span("module 2", "module", "modules", 0.03, 0.05),
+             Span("graph 1", "build", "native", 0.04, 0.06), Span("graph 2", "build", "native", 0.07, 0.09),
+             Span("graph 1", "instantiate", "native", 0.06, 0.08)]
+    assert tp_bench.timeline(spans) == {"modules_done_s": 0.05, "first_build_s": 0.04, "last_build_s": 0.07}
+    assert tp_bench.timeline([]) == {"modules_done_s": None, "first_build_s": None, "last_build_s": None}

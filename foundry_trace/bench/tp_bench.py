@@ -29,6 +29,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,7 @@ from foundry_trace.errors import ChildProcessFailed
 from foundry_trace.parallel.collectives import archive_path
 
 if TYPE_CHECKING:
+    from foundry_trace import Span
     from foundry_trace.bench.workloads.decode import ModelShape
     from foundry_trace.parallel.collectives import Communicator
 
@@ -212,8 +214,19 @@ def child_load(workload: str, directory: str, kind: str, options: dict[str, obje
         torch.cuda.synchronize()
         rows = model.logit_rows
         result.update(rank=communicator.rank, restore_s=restore_s, phases=restored.phases, busy=restored.busy_seconds(),
+                      timeline=timeline(restored.spans),
                       archive_digest=restored.archive.digest, logit_rows=[rows.start, rows.stop], **device_fields())
     return result
+
+
+def timeline(spans: Sequence[Span]) -> dict[str, float | None]:
+    """When, from LOAD's start, the restore's module loads ended and its first and last builds
+    started: how long the graphs waited for their modules, which the driver alone (modules
+    loaded untimed) does not pay."""
+    modules = [span.end for span in spans if span.phase == "module"]
+    builds = [span.start for span in spans if span.phase == "build"]
+    return {"modules_done_s": max(modules, default=None), "first_build_s": min(builds, default=None),
+            "last_build_s": max(builds, default=None)}
 
 
 def child_memory() -> dict[str, object]:
@@ -473,6 +486,8 @@ def _degree_case(
         nondeterministic_native=sorted({b for r in loaded for b in r["nondeterministic_native"]}),
         replay_delta_pct=deltas, replay_ms_by_rank=[r["latency"] for r in loaded],
         phases_s_by_rank=[r["phases"] for r in loaded],
+        busy_s_by_rank=[r["busy"] for r in loaded],
+        timeline_s_by_rank=[r["timeline"] for r in loaded],
         graphs_restored=[r["graphs"] for r in loaded],
     )
 
