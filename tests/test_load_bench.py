@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from foundry_trace.bench import load_bench
+from foundry_trace.bench.budget import RESERVE_S, Budget
 
 
 def test_the_cold_ratio_is_the_median_of_alternating_pairs_with_min_and_max() -> None:
@@ -36,6 +37,22 @@ def _fake_children(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]
     monkeypatch.setattr(load_bench, "run_child", child)
     monkeypatch.setattr(load_bench, "run_role", role)
     return calls
+
+
+def _ticking_children(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[str, list[str]]], list[float]]:
+    """_fake_children, each child taking 10 s of the fake clock returned (clock[0])."""
+    clock = [0.0]
+    calls = _fake_children(monkeypatch)
+
+    def ticking(call):  # noqa: ANN001, ANN202
+        def run(*arguments, **options):  # noqa: ANN002, ANN003, ANN202
+            clock[0] += 10.0
+            return call(*arguments, **options)
+        return run
+
+    monkeypatch.setattr(load_bench, "run_child", ticking(load_bench.run_child))
+    monkeypatch.setattr(load_bench, "run_role", ticking(load_bench.run_role))
+    return calls, clock
 
 
 def test_the_bench_runs_each_side_cold_three_times_alternating(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,20 +185,7 @@ def test_a_bench_short_of_time_keeps_the_first_pair_and_names_what_it_left_out(m
     LOAD) and one more pair run, then the third pair's driver no longer fits, and neither do
     prefetch nor background: the cold ratio is of the two pairs measured, the skipped phases
     are named, and what they would have measured is None."""
-    from foundry_trace.bench.budget import RESERVE_S, Budget
-
-    clock = [0.0]
-    calls = _fake_children(monkeypatch)
-    fake_child, fake_role = load_bench.run_child, load_bench.run_role
-
-    def ticking(call):  # noqa: ANN001, ANN202
-        def run(*arguments, **options):  # noqa: ANN002, ANN003, ANN202
-            clock[0] += 10.0
-            return call(*arguments, **options)
-        return run
-
-    monkeypatch.setattr(load_bench, "run_child", ticking(fake_child))
-    monkeypatch.setattr(load_bench, "run_role", ticking(fake_role))
+    calls, clock = _ticking_children(monkeypatch)
     budget = Budget(RESERVE_S + 65.0, clock=lambda: clock[0])
     _, loaded = load_bench.run_children("small", 8, budget=budget)
     assert [role for role, _ in calls] == ["save", "native", "driver", "load", "driver", "cold"]
@@ -218,20 +222,7 @@ def test_a_later_pair_starts_only_where_both_its_children_fit(monkeypatch: pytes
     """Each fake child takes 10 s; after the first pair 15 s are left: a driver-alone run whose cold
     restore could not follow would be thrown away (a ratio needs both sides), so neither later
     pair starts, and the prefetch child, which fits, runs instead."""
-    from foundry_trace.bench.budget import RESERVE_S, Budget
-
-    clock = [0.0]
-    calls = _fake_children(monkeypatch)
-    fake_child, fake_role = load_bench.run_child, load_bench.run_role
-
-    def ticking(call):  # noqa: ANN001, ANN202
-        def run(*arguments, **options):  # noqa: ANN002, ANN003, ANN202
-            clock[0] += 10.0
-            return call(*arguments, **options)
-        return run
-
-    monkeypatch.setattr(load_bench, "run_child", ticking(fake_child))
-    monkeypatch.setattr(load_bench, "run_role", ticking(fake_role))
+    calls, clock = _ticking_children(monkeypatch)
     budget = Budget(RESERVE_S + 55.0, clock=lambda: clock[0])
     _, loaded = load_bench.run_children("small", 8, budget=budget)
     assert [role for role, _ in calls] == ["save", "native", "driver", "load", "prefetch"]
