@@ -109,6 +109,18 @@ def test_the_archive_counts_are_what_inspect_counts() -> None:
     assert counts == {"nodes": 2, "kernel_nodes": 2, "nodes_by_kind": {"kernel": 2}, "kernel_functions": 2, "modules": 2, "templates": 1}
 
 
+def test_the_first_steps_modules_are_listed_largest_first_with_what_they_hold() -> None:
+    from foundry_trace.archive.format import Archive
+    from foundry_trace.bench.load_roles import first_step_modules
+
+    with Archive(Path(__file__).parent / "data" / "micro.foundry") as archive:
+        manifest = archive.manifest
+        listed = first_step_modules(manifest)
+    assert [m["module"] for m in listed] == sorted(manifest.graphs[0].modules, key=lambda m: -manifest.modules[m].size)
+    assert [m["stored_bytes"] for m in listed] == sorted((manifest.modules[m].size for m in manifest.graphs[0].modules), reverse=True)
+    assert sum(m["functions"] for m in listed) == len(manifest.functions) == 2 and all(m["trimmed"] in (True, False) for m in listed)
+
+
 class _Graph:
     def __init__(self, ready_at: float, clock: list[float]) -> None:
         self.ready_at, self.clock = ready_at, clock

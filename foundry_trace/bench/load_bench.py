@@ -316,6 +316,7 @@ def run(
             first_step_graphs=loaded["first_step_graphs"],
             first_graph_phases_s=loaded["first_graph_phases"],
             first_graph_spans=loaded["first_graph_spans"],
+            first_graph_modules=loaded.get("first_graph_modules"),
             nondeterminism=loaded["nondeterminism"],
             busy_s=loaded["busy"],
             threads=threads,

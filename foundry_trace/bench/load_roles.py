@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from foundry_trace.archive.keys import batch_of, key_order
+from foundry_trace.archive.keys import batch_of, first_step, key_order
 from foundry_trace.bench.children import child_main, child_parser, note, parsed_options, phase
 from foundry_trace.bench.driver_alone import instantiate_scaling
 from foundry_trace.bench.results import device_fields
@@ -31,6 +32,7 @@ from foundry_trace.bench.roles import cold_load, engine_at_restore_point
 from foundry_trace.errors import WorkloadError
 
 if TYPE_CHECKING:
+    from foundry_trace.archive.manifest import Manifest
     from foundry_trace.restore import Restored
 
 MODULE = "foundry_trace.bench.load_roles"
@@ -164,6 +166,7 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     torch.cuda.synchronize()
     first_graph_run_s = time.perf_counter() - start
     first_graph_phases, first_graph_spans = lazy.phases, [span.__dict__ for span in lazy.spans]
+    first_graph_modules = first_step_modules(lazy.archive.manifest)
     lazy.release()
 
     sweep = None if large else {}
@@ -228,10 +231,24 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
         batch_sizes=batch_sizes,
         first_graph_phases=first_graph_phases,
         first_graph_spans=first_graph_spans,
+        first_graph_modules=first_graph_modules,
         description=description,
         **device_fields(),
     )
     return result
+
+
+def first_step_modules(manifest: Manifest) -> list[dict[str, object]]:
+    """The modules the first step's graphs load before they build, as stored (what each costs
+    the first lazy graph: its spans name them `module N`), largest first as LOAD loads them."""
+    used = {m for entry in first_step(manifest.graphs) for m in entry.modules}
+    functions = Counter(function.module for function in manifest.functions)
+    return [
+        {"module": m, "stored_bytes": manifest.modules[m].size, "loaded_bytes": manifest.modules[m].loaded_size,
+         "entries": manifest.modules[m].entries, "trimmed": manifest.modules[m].trimmed, "functions": functions[m],
+         "variables": len(manifest.modules[m].variables)}
+        for m in sorted(used, key=lambda m: -manifest.modules[m].size)
+    ]
 
 
 def archive_counts(archive: str | Path) -> dict[str, object]:
