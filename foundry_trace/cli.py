@@ -28,7 +28,7 @@ ATTENTION_HELP = (
 )
 DEFAULT_RESULTS_DIR = Path("bench/results")
 BENCH_OPTIONS = {
-    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint", "budget_s"), "fit": ("threads", "attention", "budget_s"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator"),
+    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint", "budget_s"), "fit": ("threads", "attention", "budget_s"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator", "threads"),
     "e2e": ("layers", "batches", "tokens", "repeats", "example", "eager", "budget_s"),
 }
 DEFAULT_WORKLOAD = "small"
@@ -126,6 +126,8 @@ def _bench(arguments: argparse.Namespace) -> int:
 
     module = importlib.import_module(f"foundry_trace.bench.{arguments.kind}_bench")
     options = {name: getattr(arguments, name) for name in BENCH_OPTIONS[arguments.kind]}
+    if options.get("threads", 0) is None:  # not given: the bench's own default
+        del options["threads"]
     workload = arguments.workload or (None if arguments.kind in OWN_DEFAULT else DEFAULT_WORKLOAD)
     _check_workload(arguments.kind, workload, module, options)  # the arguments' errors before the hardware's
     if arguments.kind == "load" and arguments.checkpoint is not None:
@@ -254,7 +256,11 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-write", action="store_true", help="print only")
     bench.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
     bench.add_argument("--archive", type=Path, help="save: keep the archive here; tp: the archive directory (default: temporary)")
-    bench.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=f"load: restore threads (default {DEFAULT_THREADS})")
+    bench.add_argument(
+        "--threads", type=int,
+        help=f"load, fit, coverage: restore threads (default {DEFAULT_THREADS}); tp: each rank's (default: the machine's cores "
+        f"shared among its ranks, at most {DEFAULT_THREADS})",
+    )
     bench.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
     bench.add_argument("--degrees", default="1,2", help="tp: tensor-parallel degrees to SAVE (each on one GPU) and run where GPUs allow")
     bench.add_argument("--layers", type=int, help="tp, load, e2e: layers of the model (default: the workload's)")

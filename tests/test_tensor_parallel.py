@@ -218,6 +218,7 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     anything: the degrees that ran were lost with them."""
     from foundry_trace.bench import tp_bench
     from foundry_trace.errors import ChildProcessFailed
+    from foundry_trace.restore import DEFAULT_THREADS
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
     rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
@@ -226,6 +227,8 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     share = 1024 // 2  # the tiny workload's vocabulary, in two ranks' shards
 
     def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+        if role[0] in ("driver", "load"):
+            assert role[1:5] == ["tiny", str(tmp_path), "peer", str(min(DEFAULT_THREADS, 16 // degree))], role
         if degree == 8:
             raise ChildProcessFailed("load rank 1 of 8 failed (exit 1) in phase 'compare': torch.OutOfMemoryError\nmore lines")
         return [{**rank, "rank": r, "logit_rows": [r * share, (r + 1) * share]} for r in range(degree)]
@@ -234,9 +237,11 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
     monkeypatch.setattr(tp_bench, "run_degree", ranks)
     monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
+    monkeypatch.setattr(tp_bench.os, "cpu_count", lambda: 16)
     results = tp_bench._run_degrees("tiny", [2, 8], tmp_path, tmp_path, "peer")
     two, eight = results["cases"]
     assert two["ranks_bitwise_equal"] == [True, True] and two["restore_over_driver_cold"] == [1.0, 1.0]
+    assert two["threads"] == min(DEFAULT_THREADS, 8) and eight["threads"] == min(DEFAULT_THREADS, 2), "16 cores shared among the ranks"
     assert two["logits"] == "vocabulary-parallel" and two["logit_shards_cover_vocabulary"]
     assert eight["failed"].startswith("load rank 1 of 8 failed") and "more lines" not in eight["failed"]
     assert [p.name for p in tmp_path.glob("tp-*.json")], "the results file is written all the same"
@@ -321,3 +326,14 @@ def test_the_timeline_says_when_modules_ended_and_builds_started() -> None:
              Span("graph 1", "instantiate", "native", 0.06, 0.08)]
     assert tp_bench.timeline(spans) == {"modules_done_s": 0.05, "first_build_s": 0.04, "last_build_s": 0.07}
     assert tp_bench.timeline([]) == {"modules_done_s": None, "first_build_s": None, "last_build_s": None}
+
+
+def test_ranks_share_the_machines_cores_for_their_restore_threads() -> None:
+    from foundry_trace.bench import tp_bench
+    from foundry_trace.restore import DEFAULT_THREADS
+
+    assert tp_bench.rank_threads(1, cpus=64) == DEFAULT_THREADS
+    assert [tp_bench.rank_threads(ranks, cpus=16) for ranks in (2, 4, 8)] == [min(8, DEFAULT_THREADS), min(4, DEFAULT_THREADS), 2]
+    assert tp_bench.rank_threads(8, cpus=2) == 1, "at least one"
+    with pytest.raises(ValueError, match="at least one thread"):
+        tp_bench.run("tiny", None, degrees="2", communicator="peer", threads=0)

@@ -147,8 +147,9 @@ def child_native(workload: str, kind: str, options: dict[str, object]) -> dict[s
     return {"rank": rank, "native_s": native_s, "graphs": graphs}
 
 
-def child_driver(workload: str, directory: str, kind: str, options: dict[str, object]) -> dict[str, object]:
-    """The driver alone on this rank's graphs, cold, beside the other ranks doing the same."""
+def child_driver(workload: str, directory: str, kind: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+    """The driver alone on this rank's graphs, cold, on `threads` threads, beside the other ranks
+    doing the same."""
     import foundry_alloc
 
     foundry_alloc.install()
@@ -156,8 +157,6 @@ def child_driver(workload: str, directory: str, kind: str, options: dict[str, ob
 
     from foundry_trace.bench.workloads.registry import build_engine
     from foundry_trace.parallel.collectives import tensor_parallel_archive
-    from foundry_trace.restore import DEFAULT_THREADS
-
     foundry_alloc.reserve()
     phase("rendezvous")
     with _communicator(kind) as communicator:
@@ -165,14 +164,14 @@ def child_driver(workload: str, directory: str, kind: str, options: dict[str, ob
         engine = build_engine(workload, communicator=communicator, **options)  # kept alive: LOAD compares its memory with SAVE's
         torch.cuda.synchronize()
         phase("driver")
-        result = driver_alone(str(tensor_parallel_archive(directory, communicator.world_size)), DEFAULT_THREADS, communicator)
+        result = driver_alone(str(tensor_parallel_archive(directory, communicator.world_size)), threads, communicator)
         del engine
         result["rank"] = communicator.rank
     return result
 
 
-def child_load(workload: str, directory: str, kind: str, options: dict[str, object]) -> dict[str, object]:
-    """A rank with Foundry: communicator, engine, restore (timed, cold), then the native capture
+def child_load(workload: str, directory: str, kind: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+    """A rank with Foundry: communicator, engine, restore (timed, cold, on `threads` threads), then the native capture
     here and the comparison. Every rank replays the same graphs the same number of times
     (verify.py), so collectives always meet their peers; graphs are released before the
     communicator closes."""
@@ -196,7 +195,8 @@ def child_load(workload: str, directory: str, kind: str, options: dict[str, obje
         start_together(communicator, "load")
         start = time.perf_counter()
         restored = foundry_trace.load(
-            tensor_parallel_archive(directory, communicator.world_size), communicator=communicator, timeout=RANK_TIMEOUT_S / 2
+            tensor_parallel_archive(directory, communicator.world_size), communicator=communicator, threads=threads,
+            timeout=RANK_TIMEOUT_S / 2,
         )
         torch.cuda.synchronize()
         restore_s = time.perf_counter() - start
@@ -347,11 +347,12 @@ def disagreeing_graphs(inspected: dict[int, dict[str, object]]) -> list[str]:
 
 def run(
     workload: str, output_dir: Path | None, degrees: str = "1,2", archive: Path | None = None, layers: int | None = None,
-    attention: str | None = None, communicator: str = "nccl",
+    attention: str | None = None, communicator: str = "nccl", threads: int | None = None,
 ) -> dict[str, object]:
     """SAVE each degree of the comma list `degrees` into `archive` (a directory; default a
     temporary one), then run the degrees that this machine can: NCCL where it has a GPU a rank,
-    the peer communicator always (ranks share GPUs where there are fewer)."""
+    the peer communicator always (ranks share GPUs where there are fewer). `threads`: each
+    rank's restore and driver-alone threads (default rank_threads())."""
     if communicator not in COMMUNICATORS:
         raise ValueError(f"communicator {communicator!r}: choose one of {', '.join(COMMUNICATORS)}")
     parsed = [int(d) for d in degrees.split(",")]
@@ -359,10 +360,22 @@ def run(
 
     if communicator == "peer" and max(parsed) > MAX_RANKS:
         raise ValueError(f"degrees {degrees}: the peer communicator serves at most {MAX_RANKS} ranks")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads={threads}: give each rank at least one thread")
     if archive is None:
         with tempfile.TemporaryDirectory(prefix="foundry-tp-") as scratch:
-            return run(workload, output_dir, degrees, Path(scratch), layers, attention, communicator)
-    return _run_degrees(workload, parsed, archive, output_dir, communicator, layers=layers, attention=attention)
+            return run(workload, output_dir, degrees, Path(scratch), layers, attention, communicator, threads)
+    return _run_degrees(workload, parsed, archive, output_dir, communicator, threads, layers=layers, attention=attention)
+
+
+def rank_threads(ranks_here: int, cpus: int | None = None) -> int:
+    """Each rank's restore threads where `ranks_here` ranks share this machine's `cpus` cores
+    (default: all of them): an equal share, at least one, at most LOAD's default. A LOAD worker
+    that waits for a core delays its rank's graphs, and more threads than cores only slow the
+    rank's module thread, which every graph waits for; the driver alone gets the same."""
+    from foundry_trace.restore import DEFAULT_THREADS
+
+    return max(1, min(DEFAULT_THREADS, (cpus or os.cpu_count() or 1) // ranks_here))
 
 
 def free_memory() -> tuple[int, dict[str, object]]:
@@ -410,7 +423,9 @@ def logit_coverage(loaded: list[dict[str, object]], vocab: int) -> dict[str, obj
             "ranks_agree": None, "batches_differing_between_ranks": []}
 
 
-def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir: Path | None, kind: str, **options: object) -> dict[str, object]:
+def _run_degrees(
+    workload: str, degrees: list[int], directory: Path, output_dir: Path | None, kind: str, threads: int | None = None, **options: object
+) -> dict[str, object]:
     import torch
 
     gpus = torch.cuda.device_count()
@@ -437,7 +452,8 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
         )
 
     for degree in degrees:
-        cases.append(_degree_case(workload, degree, directory, kind, extra, gpus, shape, free_bytes, saved[degree], inspected.get(degree)))
+        cases.append(_degree_case(workload, degree, directory, kind, extra, gpus, shape, free_bytes, saved[degree], inspected.get(degree),
+                                  threads or rank_threads(degree)))
         results = so_far()
         if output_dir is not None:
             results.write(output_dir)
@@ -446,9 +462,10 @@ def _run_degrees(workload: str, degrees: list[int], directory: Path, output_dir:
 
 def _degree_case(
     workload: str, degree: int, directory: Path, kind: str, extra: list[str], gpus: int, shape: ModelShape, free_bytes: int,
-    saved: dict[str, object], inspected: dict[str, object] | None,
+    saved: dict[str, object], inspected: dict[str, object] | None, threads: int,
 ) -> Case:
-    """One degree's case: its ranks' figures, or why it failed or was not run."""
+    """One degree's case: its ranks' figures (each rank on `threads` threads), or why it failed
+    or was not run."""
     ranks_per_gpu = -(-degree // max(gpus, 1)) if kind == "peer" else 1
     if "failed" in saved:
         return Case(name=f"tp{degree}-{kind}", communicator=kind, degree=degree, gpus=min(gpus, degree), ranks_per_gpu=ranks_per_gpu,
@@ -456,7 +473,7 @@ def _degree_case(
     shown = {k: v for k, v in inspected.items() if k != "per_graph"}
     case = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree),
             "ranks_per_gpu": ranks_per_gpu, "archive_bytes": saved["archive_bytes"], "save_s": saved["save_s"],
-            "collectives": saved["collectives"], **shown}
+            "collectives": saved["collectives"], "threads": threads, **shown}
     if kind == "nccl" and degree > gpus:
         return Case(**case, not_run=f"needs {degree} GPUs for NCCL, this machine has {gpus}")
     plan = memory_plan(shape, degree, ranks_per_gpu, free_bytes)
@@ -465,8 +482,8 @@ def _degree_case(
         return Case(**case, not_run=plan["refused"])
     try:
         native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
-        driver = _by_rank(run_degree(["driver", workload, str(directory), kind, *extra], degree, kind))
-        loaded = _by_rank(run_degree(["load", workload, str(directory), kind, *extra], degree, kind))
+        driver = _by_rank(run_degree(["driver", workload, str(directory), kind, str(threads), *extra], degree, kind))
+        loaded = _by_rank(run_degree(["load", workload, str(directory), kind, str(threads), *extra], degree, kind))
     except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
         return Case(**case, failed=_first_line(error))
     native_s = [n["native_s"] for n in native]
@@ -511,8 +528,9 @@ def render(results: dict[str, object]) -> str:
         if c.get("archive_bytes") is None:  # its SAVE failed: no archive to describe
             table.add_row(f"{c['name']} ({c.get('ranks_per_gpu', 1)}/GPU)", "", "", "", f"failed: {c['failed'][:60]}", "", "", "", "", "")
             continue
+        threads = f", {c['threads']} threads" if c.get("threads") else ""
         saved = [
-            f"{c['name']} ({c.get('ranks_per_gpu', 1)}/GPU)", f"{c['graphs']} / {c['nodes']}",
+            f"{c['name']} ({c.get('ranks_per_gpu', 1)}/GPU{threads})", f"{c['graphs']} / {c['nodes']}",
             f"{c['collective_nodes']} ({', '.join(map(str, c['collectives_per_graph']))})", f"{c['archive_bytes'] / 2**20:.1f}",
         ]
         if c.get("not_run") or c.get("failed"):
@@ -549,7 +567,8 @@ def _run(arguments: argparse.Namespace) -> dict[str, object]:
     if arguments.role == "native":
         return child_native(arguments.rest[0], arguments.rest[1], options)
     child = child_driver if arguments.role == "driver" else child_load
-    return child(arguments.rest[0], arguments.rest[1], arguments.rest[2], options)
+    workload, directory, kind, threads = arguments.rest
+    return child(workload, directory, kind, int(threads), options)
 
 
 def _parser() -> argparse.ArgumentParser:
