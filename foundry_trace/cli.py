@@ -28,7 +28,7 @@ ATTENTION_HELP = (
 )
 DEFAULT_RESULTS_DIR = Path("bench/results")
 BENCH_OPTIONS = {
-    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint", "budget_s"), "fit": ("threads", "attention", "budget_s"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator", "threads"),
+    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint", "budget_s"), "fit": ("threads", "attention", "budget_s"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator", "threads", "compare"),
     "e2e": ("layers", "batches", "tokens", "repeats", "example", "eager", "budget_s"),
 }
 DEFAULT_WORKLOAD = "small"
@@ -262,6 +262,11 @@ def parser() -> argparse.ArgumentParser:
         f"shared among its ranks, at most {DEFAULT_THREADS})",
     )
     bench.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
+    bench.add_argument(
+        "--compare", choices=("all", "latency"), default="all",
+        help="tp: the LOAD ranks compare every batch size bit for bit with a native capture (all), or only the latency batch "
+        "sizes 1, 64 and 256 (latency: many ranks sharing one GPU at full size, whose replays wait for every peer's time slice)",
+    )
     bench.add_argument("--degrees", default="1,2", help="tp: tensor-parallel degrees to SAVE (each on one GPU) and run where GPUs allow")
     bench.add_argument("--layers", type=int, help="tp, load, e2e: layers of the model (default: the workload's)")
     bench.add_argument(

@@ -229,6 +229,8 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
         if role[0] in ("driver", "load"):
             assert role[1:5] == ["tiny", str(tmp_path), "peer", str(min(DEFAULT_THREADS, 16 // degree))], role
+        if role[0] == "load":
+            assert role[5] == "all", "every batch size compared unless asked otherwise"
         if degree == 8:
             raise ChildProcessFailed("load rank 1 of 8 failed (exit 1) in phase 'compare': torch.OutOfMemoryError\nmore lines")
         return [{**rank, "rank": r, "logit_rows": [r * share, (r + 1) * share]} for r in range(degree)]
@@ -337,3 +339,5 @@ def test_ranks_share_the_machines_cores_for_their_restore_threads() -> None:
     assert tp_bench.rank_threads(8, cpus=2) == 1, "at least one"
     with pytest.raises(ValueError, match="at least one thread"):
         tp_bench.run("tiny", None, degrees="2", communicator="peer", threads=0)
+    with pytest.raises(ValueError, match="compare 'some': choose one of all, latency"):
+        tp_bench.run("tiny", None, degrees="2", communicator="peer", compare="some")

@@ -156,3 +156,22 @@ def test_piecewise_workloads_spend_two_checking_replays_and_the_full_latency_eff
     assert PIECEWISE.reference_replays == 2 < FULL.reference_replays
     assert (PIECEWISE.latency_rounds, PIECEWISE.latency_batches) == (FULL.latency_rounds, FULL.latency_batches)
     assert effort_of("llama8b") == FULL
+
+
+def test_a_comparison_of_some_batch_sizes_names_them_and_compares_those_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench tp --compare latency: 8 ranks on one GPU at full size compare the latency batch
+    sizes only; the result says which, and a full comparison says none were left out."""
+    from foundry_trace.bench import verify
+
+    seen: list[list[int]] = []
+
+    def each_batch(engine, restored, sizes, latency_batches, communicator, effort):  # noqa: ANN001, ANN202
+        seen.append(list(sizes))
+        return {str(b): {"digest": "d", "deterministic": True} for b in sizes}, {str(b): "d" for b in sizes}, {}, 0.0
+
+    monkeypatch.setattr(verify, "restored_batches", lambda restored: [1, 2, 64, 256])
+    monkeypatch.setattr(verify, "_compare_each_batch", each_batch)
+    some = verify.compare(None, SimpleNamespace(graphs={}), batch_by_batch=True, only=(1, 64, 256, 512))
+    assert seen[-1] == [1, 64, 256] and some["compared_batches"] == [1, 64, 256] and some["bitwise_equal"] and some["steps"] == 3
+    every = verify.compare(None, SimpleNamespace(graphs={}), batch_by_batch=True)
+    assert seen[-1] == [1, 2, 64, 256] and every["compared_batches"] is None

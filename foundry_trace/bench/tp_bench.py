@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 MODULE = "foundry_trace.bench.tp_bench"
 RANK_TIMEOUT_S = 480.0  # one rank's child, all phases: well inside a 10-minute device call
 COMMUNICATORS = ("nccl", "peer")
+COMPARED = ("all", "latency")  # what the LOAD ranks compare bit for bit: every batch size, or the latency ones
 
 
 def _communicator(kind: str, *, local_degree: int | None = None) -> Communicator:
@@ -170,7 +171,9 @@ def child_driver(workload: str, directory: str, kind: str, threads: int, options
     return result
 
 
-def child_load(workload: str, directory: str, kind: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+def child_load(
+    workload: str, directory: str, kind: str, threads: int, compared: str, options: dict[str, object]
+) -> dict[str, object]:
     """A rank with Foundry: communicator, engine, restore (timed, cold, on `threads` threads), then the native capture
     here and the comparison. Every rank replays the same graphs the same number of times
     (verify.py), so collectives always meet their peers; graphs are released before the
@@ -181,7 +184,7 @@ def child_load(workload: str, directory: str, kind: str, threads: int, options: 
     import torch
 
     import foundry_trace
-    from foundry_trace.bench.verify import FULL, SHARED_GPU, compare
+    from foundry_trace.bench.verify import FULL, LATENCY_STEPS, SHARED_GPU, compare
     from foundry_trace.bench.workloads.registry import build_engine
     from foundry_trace.parallel.collectives import tensor_parallel_archive
 
@@ -205,7 +208,8 @@ def child_load(workload: str, directory: str, kind: str, threads: int, options: 
             phase("compare")
             shared = torch.cuda.device_count() < communicator.world_size
             result = compare(
-                model, restored, communicator=communicator, effort=SHARED_GPU if shared else FULL, batch_by_batch=True
+                model, restored, communicator=communicator, effort=SHARED_GPU if shared else FULL, batch_by_batch=True,
+                only=None if compared == "all" else LATENCY_STEPS,
             )
             _check(communicator)
             note(f"rank {communicator.rank}: captured natively and compared")
@@ -347,12 +351,16 @@ def disagreeing_graphs(inspected: dict[int, dict[str, object]]) -> list[str]:
 
 def run(
     workload: str, output_dir: Path | None, degrees: str = "1,2", archive: Path | None = None, layers: int | None = None,
-    attention: str | None = None, communicator: str = "nccl", threads: int | None = None,
+    attention: str | None = None, communicator: str = "nccl", threads: int | None = None, compare: str = "all",
 ) -> dict[str, object]:
     """SAVE each degree of the comma list `degrees` into `archive` (a directory; default a
     temporary one), then run the degrees that this machine can: NCCL where it has a GPU a rank,
     the peer communicator always (ranks share GPUs where there are fewer). `threads`: each
-    rank's restore and driver-alone threads (default rank_threads())."""
+    rank's restore and driver-alone threads (default rank_threads()). `compare`: "all" compares
+    every batch size bit for bit with a native capture in the LOAD ranks; "latency" only the
+    latency batch sizes (verify.LATENCY_STEPS), for many ranks sharing a GPU at full size, where every
+    collective waits for each peer's time slice and all 67 captures and replays outlast a device
+    call; the case's `compared_batches` says which."""
     if communicator not in COMMUNICATORS:
         raise ValueError(f"communicator {communicator!r}: choose one of {', '.join(COMMUNICATORS)}")
     parsed = [int(d) for d in degrees.split(",")]
@@ -362,10 +370,12 @@ def run(
         raise ValueError(f"degrees {degrees}: the peer communicator serves at most {MAX_RANKS} ranks")
     if threads is not None and threads < 1:
         raise ValueError(f"threads={threads}: give each rank at least one thread")
+    if compare not in COMPARED:
+        raise ValueError(f"compare {compare!r}: choose one of {', '.join(COMPARED)}")
     if archive is None:
         with tempfile.TemporaryDirectory(prefix="foundry-tp-") as scratch:
-            return run(workload, output_dir, degrees, Path(scratch), layers, attention, communicator, threads)
-    return _run_degrees(workload, parsed, archive, output_dir, communicator, threads, layers=layers, attention=attention)
+            return run(workload, output_dir, degrees, Path(scratch), layers, attention, communicator, threads, compare)
+    return _run_degrees(workload, parsed, archive, output_dir, communicator, threads, compare, layers=layers, attention=attention)
 
 
 def rank_threads(ranks_here: int, cpus: int | None = None) -> int:
@@ -424,9 +434,12 @@ def logit_coverage(loaded: list[dict[str, object]], vocab: int) -> dict[str, obj
 
 
 def _run_degrees(
-    workload: str, degrees: list[int], directory: Path, output_dir: Path | None, kind: str, threads: int | None = None, **options: object
+    workload: str, degrees: list[int], directory: Path, output_dir: Path | None, kind: str, threads: int | None = None,
+    compare: str = "all", **options: object,
 ) -> dict[str, object]:
     import torch
+
+    from foundry_trace.bench.verify import LATENCY_STEPS
 
     gpus = torch.cuda.device_count()
     shape = workload_shape(workload, options)
@@ -444,16 +457,17 @@ def _run_degrees(
             device,
             what="tp",
             workload=f"{workload}-tp{'-'.join(str(d) for d in degrees)}-{kind}" + (f"-{options['layers']}-layers" if options.get("layers") else "")
-            + (f"-{options['attention']}-attention" if options.get("attention") else ""),
+            + (f"-{options['attention']}-attention" if options.get("attention") else "") + ("" if compare == "all" else f"-compare-{compare}"),
             workload_desc=f"{described[-1] if described else workload}; one rank's step SAVEd per degree on one GPU with no peer; "
-            f"each rank restores the same archive with its live {kind} communicator vs native warm-up + capture per rank, cold{sharing}",
+            f"each rank restores the same archive with its live {kind} communicator vs native warm-up + capture per rank, cold{sharing}"
+            + ("" if compare == "all" else f"; bit for bit at batch sizes {', '.join(map(str, LATENCY_STEPS))} only"),
             gpus=gpus,
             cases=cases, collectives_disagree=disagreeing_graphs(inspected),
         )
 
     for degree in degrees:
         cases.append(_degree_case(workload, degree, directory, kind, extra, gpus, shape, free_bytes, saved[degree], inspected.get(degree),
-                                  threads or rank_threads(degree)))
+                                  threads or rank_threads(degree), compare))
         results = so_far()
         if output_dir is not None:
             results.write(output_dir)
@@ -462,7 +476,7 @@ def _run_degrees(
 
 def _degree_case(
     workload: str, degree: int, directory: Path, kind: str, extra: list[str], gpus: int, shape: ModelShape, free_bytes: int,
-    saved: dict[str, object], inspected: dict[str, object] | None, threads: int,
+    saved: dict[str, object], inspected: dict[str, object] | None, threads: int, compare: str = "all",
 ) -> Case:
     """One degree's case: its ranks' figures (each rank on `threads` threads), or why it failed
     or was not run."""
@@ -483,7 +497,7 @@ def _degree_case(
     try:
         native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
         driver = _by_rank(run_degree(["driver", workload, str(directory), kind, str(threads), *extra], degree, kind))
-        loaded = _by_rank(run_degree(["load", workload, str(directory), kind, str(threads), *extra], degree, kind))
+        loaded = _by_rank(run_degree(["load", workload, str(directory), kind, str(threads), compare, *extra], degree, kind))
     except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
         return Case(**case, failed=_first_line(error))
     native_s = [n["native_s"] for n in native]
@@ -497,6 +511,7 @@ def _degree_case(
         driver_modules_s_by_rank=[d.get("driver_modules_s") for d in driver],
         restore_over_driver_cold=[r / d for r, d in zip(restore_s, driver_s)],
         bitwise_equal=all(r["bitwise_equal"] for r in loaded),
+        compared_batches=loaded[0].get("compared_batches"),
         ranks_bitwise_equal=[r["bitwise_equal"] for r in loaded],
         mismatched_by_rank=[r["mismatched"] for r in loaded],
         **logit_coverage(loaded, shape.vocab),
@@ -539,7 +554,7 @@ def render(results: dict[str, object]) -> str:
         deltas = " ".join(f"b{b}:{d:+.2f}" for b, d in c["replay_delta_pct"].items())
         table.add_row(
             *saved, f"{c['native_s']:.2f}", f"{c['restore_s']:.3f}", f"{min(c['speedup']):.1f}x", f"{max(c['restore_over_driver_cold']):.2f}",
-            f"{c['bitwise_equal']} ({_agreement(c)})", deltas,
+            f"{c['bitwise_equal']} ({_agreement(c)}{_compared(c)})", deltas,
         )
     disagree = results["collectives_disagree"]
     agreement = (
@@ -547,6 +562,12 @@ def render(results: dict[str, object]) -> str:
         else f"graphs whose collectives differ between degrees: {', '.join(disagree)}"
     )
     return table_text(table, width=170) + agreement + "\n"
+
+
+def _compared(case: dict[str, object]) -> str:
+    """The table's note where the ranks compared some batch sizes only."""
+    compared = case.get("compared_batches")
+    return "" if compared is None else f"; batches {', '.join(map(str, compared))} only"
 
 
 def _agreement(case: dict[str, object]) -> str:
@@ -566,9 +587,11 @@ def _run(arguments: argparse.Namespace) -> dict[str, object]:
         return child_memory()
     if arguments.role == "native":
         return child_native(arguments.rest[0], arguments.rest[1], options)
-    child = child_driver if arguments.role == "driver" else child_load
-    workload, directory, kind, threads = arguments.rest
-    return child(workload, directory, kind, int(threads), options)
+    if arguments.role == "driver":
+        workload, directory, kind, threads = arguments.rest
+        return child_driver(workload, directory, kind, int(threads), options)
+    workload, directory, kind, threads, compared = arguments.rest
+    return child_load(workload, directory, kind, int(threads), compared, options)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ import gc
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ REFERENCE_REPLAYS = 5
 LATENCY_ROUNDS = 3
 LATENCY_BATCH_MS = 20.0
 LATENCY_BATCHES = 21  # runs of back-to-back replays per measurement, of which the median counts
+LATENCY_STEPS = (1, 64, 256)  # the batch sizes whose replay latency the benches compare, native against restored
 
 
 @dataclass(frozen=True)
@@ -271,10 +272,11 @@ def compare(
     engine: Engine,
     restored: Restored,
     saved: dict[str, dict[str, object]] | None = None,
-    latency_batches: tuple[int, ...] = (1, 64, 256),
+    latency_batches: tuple[int, ...] = LATENCY_STEPS,
     communicator: Communicator | None = None,
     effort: Effort = FULL,
     batch_by_batch: bool = False,
+    only: Sequence[int] | None = None,
 ) -> dict[str, object]:
     """Captures the restored graphs' batch sizes natively (timed) and compares outputs and replay
     latency (of the step, and for a step of several graphs, of its graphs alone too); with
@@ -289,8 +291,11 @@ def compare(
     ranks share a GPU, the second pool is what ran 8 ranks out of memory. Every batch is still
     compared bit for bit with a native capture made here, with the same determinism replays, and
     the latency batches alternate native and restored replays as before; native_s is then the
-    sum of the per-batch captures."""
-    sizes = restored_batches(restored)
+    sum of the per-batch captures.
+
+    `only`: compare these batch sizes alone (those the restore holds); the result's
+    `compared_batches` names them. None: every batch size (`compared_batches` None)."""
+    sizes = [b for b in restored_batches(restored) if only is None or b in only]
     if batch_by_batch:
         here, digests, latency, native_s = _compare_each_batch(engine, restored, sizes, latency_batches, communicator, effort)
     else:
@@ -306,6 +311,7 @@ def compare(
         "native_s": native_s,
         "graphs": len(restored.graphs),
         "steps": len(sizes),
+        "compared_batches": None if only is None else sizes,
         "bitwise_equal": not verdict["mismatched"],
         **verdict,
         "latency": latency,
