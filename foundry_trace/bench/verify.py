@@ -39,6 +39,7 @@ INPUT_SEED = 1000
 REFERENCE_REPLAYS = 5
 LATENCY_ROUNDS = 3
 LATENCY_BATCH_MS = 20.0
+LATENCY_WARMUPS = 4  # replays before a latency measurement, untimed
 LATENCY_BATCHES = 21  # runs of back-to-back replays per measurement, of which the median counts
 LATENCY_STEPS = (1, 64, 256)  # the batch sizes whose replay latency the benches compare, native against restored
 
@@ -46,18 +47,21 @@ LATENCY_STEPS = (1, 64, 256)  # the batch sizes whose replay latency the benches
 @dataclass(frozen=True)
 class Effort:
     """How many replays a comparison spends: the native capture's replays that check it is
-    deterministic, the alternating latency rounds, and the runs per latency measurement."""
+    deterministic, the alternating latency rounds, the runs per latency measurement, and the
+    untimed replays before each measurement."""
 
     reference_replays: int = REFERENCE_REPLAYS
     latency_rounds: int = LATENCY_ROUNDS
     latency_batches: int = LATENCY_BATCHES
+    latency_warmups: int = LATENCY_WARMUPS
 
 
 FULL = Effort()
 # Ranks sharing a GPU take turns on it: every collective waits for each peer's time slice, so a
 # replay lasts tens to hundreds of milliseconds and the full effort would take many minutes;
-# the turns are regular, so fewer runs give as steady a median.
-SHARED_GPU = Effort(reference_replays=2, latency_rounds=1, latency_batches=7)
+# the turns are regular, so fewer runs give as steady a median, after one untimed replay (the
+# first replay already uploaded the graph; more warm it no further).
+SHARED_GPU = Effort(reference_replays=2, latency_rounds=1, latency_batches=7, latency_warmups=1)
 # A whole model on one GPU (the registry's `large` workloads): a replay of a large batch takes
 # tens of ms, and five checking replays of each of 67 graphs took 36 s of SAVE's time for the
 # Qwen3-235B rank (issue 35), again in the LOAD child's native capture. Two replays after the
@@ -212,14 +216,15 @@ def agreed_count(count: int, communicator: Communicator | None, device: str = "c
 
 
 def replay_latency_ms(
-    replay: Callable[[], None], batches: int = LATENCY_BATCHES, batch_ms: float = LATENCY_BATCH_MS, communicator: Communicator | None = None
+    replay: Callable[[], None], batches: int = LATENCY_BATCHES, batch_ms: float = LATENCY_BATCH_MS, communicator: Communicator | None = None,
+    warmups: int = LATENCY_WARMUPS,
 ) -> float:
     """Device time of one replay: the median over `batches` runs of back-to-back replays, timed
     with CUDA events. Back to back, the device never waits for the host, so the figure is the
     graph's own, not the launch call's (a few microseconds of Python, which a single event-timed
     replay of a short graph would count). A run holds as many replays as fill about `batch_ms`
     (2 to 20): a 60 ms graph needs no 20 to hide its launch, and 20 of it would take minutes."""
-    for _ in range(4):
+    for _ in range(warmups):
         replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -247,7 +252,8 @@ def latency_pair(
     temperature hits both alike), and the restored one's difference in per cent."""
     batches = effort.latency_batches
     rounds = [
-        (replay_latency_ms(native, batches, communicator=communicator), replay_latency_ms(restored, batches, communicator=communicator))
+        (replay_latency_ms(native, batches, communicator=communicator, warmups=effort.latency_warmups),
+         replay_latency_ms(restored, batches, communicator=communicator, warmups=effort.latency_warmups))
         for _ in range(effort.latency_rounds)
     ]
     native_ms = sorted(n for n, _ in rounds)[len(rounds) // 2]
