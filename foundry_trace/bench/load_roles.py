@@ -201,7 +201,7 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
     note("timed instantiation scaling and prefetched restores")
     phase("compare")
     saved = _references(archive)
-    result = compare(model, restored, saved, effort=effort_of(workload))
+    result = compare(model, restored, saved, effort=effort_of(workload), batch_by_batch=large)  # large: one native pool less
     note("captured natively and compared")
     result["native_warm_s"] = result.pop("native_s")  # this process's own native capture, after restores
     restored.release()

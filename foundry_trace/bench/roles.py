@@ -130,12 +130,13 @@ def verify(workload: str, archive: str, threads: int, options: dict[str, object]
 
     from foundry_trace.bench.verify import compare, effort_of, saved_references
     from foundry_trace.bench.workloads.registry import weights_load_s
+    from foundry_trace.bench.workloads.registry import workload as chosen
 
     model, restored, restore_s = cold_load(workload, archive, threads, options)
     compiled = compiled_graphs()  # before the native capture: what the restore itself compiled
     phase("compare")
     saved = saved_references(restored.archive.manifest)
-    result = compare(model, restored, saved, effort=effort_of(workload))
+    result = compare(model, restored, saved, effort=effort_of(workload), batch_by_batch=chosen(workload).large)
     note(f"captured natively in {result['native_s']:.1f} s and compared")
     release = restored.release()
     result.update(

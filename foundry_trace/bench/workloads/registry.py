@@ -61,7 +61,10 @@ class Workload:
     options: dict[str, object] = field(default_factory=dict)
     # A whole model's shape (tens of GB of weights on one GPU): the load bench writes its weights
     # once as a checkpoint that every child loads from disk, and spends fewer replays and no
-    # thread sweeps on it (load_bench.Effort), so that it runs within one 10-minute device call.
+    # thread sweeps on it (verify.WHOLE_MODEL), so that it runs within one 10-minute device call;
+    # its comparisons capture natively one batch size at a time (verify.compare's batch_by_batch),
+    # so that beside the restored graphs' pool they hold one step's, not a second pool (on an H100,
+    # the few GiB between fitting and not).
     large: bool = False
 
 
