@@ -228,9 +228,9 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
 
     def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
         if role[0] in ("driver", "load"):
-            assert role[1:5] == ["tiny", str(tmp_path), "peer", str(min(DEFAULT_THREADS, 16 // degree))], role
-        if role[0] == "load":
-            assert role[5] == "all", "every batch size compared unless asked otherwise"
+            parsed = tp_bench._parser().parse_args(role)
+            assert parsed.rest == ["tiny", str(tmp_path), "peer"] and parsed.threads == min(DEFAULT_THREADS, 16 // degree), role
+            assert parsed.compare == "all", "every batch size compared unless asked otherwise"
         if degree == 8:
             raise ChildProcessFailed("load rank 1 of 8 failed (exit 1) in phase 'compare': torch.OutOfMemoryError\nmore lines")
         return [{**rank, "rank": r, "logit_rows": [r * share, (r + 1) * share]} for r in range(degree)]

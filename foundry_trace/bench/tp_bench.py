@@ -496,8 +496,9 @@ def _degree_case(
         return Case(**case, not_run=plan["refused"])
     try:
         native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
-        driver = _by_rank(run_degree(["driver", workload, str(directory), kind, str(threads), *extra], degree, kind))
-        loaded = _by_rank(run_degree(["load", workload, str(directory), kind, str(threads), compare, *extra], degree, kind))
+        driver = _by_rank(run_degree(["driver", workload, str(directory), kind, *extra, "--threads", str(threads)], degree, kind))
+        loaded = _by_rank(run_degree(["load", workload, str(directory), kind, *extra, "--threads", str(threads), "--compare", compare],
+                                     degree, kind))
     except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
         return Case(**case, failed=_first_line(error))
     native_s = [n["native_s"] for n in native]
@@ -587,17 +588,20 @@ def _run(arguments: argparse.Namespace) -> dict[str, object]:
         return child_memory()
     if arguments.role == "native":
         return child_native(arguments.rest[0], arguments.rest[1], options)
+    workload, directory, kind = arguments.rest
     if arguments.role == "driver":
-        workload, directory, kind, threads = arguments.rest
-        return child_driver(workload, directory, kind, int(threads), options)
-    workload, directory, kind, threads, compared = arguments.rest
-    return child_load(workload, directory, kind, int(threads), compared, options)
+        return child_driver(workload, directory, kind, arguments.threads, options)
+    return child_load(workload, directory, kind, arguments.threads, arguments.compare, options)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="a child process of `foundry bench tp` (one rank)")
     parser.add_argument("role", choices=("save", "native", "driver", "load", "memory"))
+    from foundry_trace.restore import DEFAULT_THREADS
+
     parser.add_argument("rest", nargs="*")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="driver, load: this rank's restore threads")
+    parser.add_argument("--compare", choices=COMPARED, default="all", help="load: the batch sizes compared bit for bit (run()'s compare)")
     add_option_flags(parser)
     return parser
 
