@@ -257,7 +257,7 @@ def load_modules(archive: int, requests: Sequence[ModuleRequest], context: int) 
         wanted = (_ModuleFunction * max(1, len(request.functions)))()
         for function, (name, attributes) in zip(wanted, request.functions, strict=False):
             ids = (ctypes.c_int32 * max(1, len(attributes)))(*attributes.keys())
-            values = (ctypes.c_int32 * max(1, len(attributes)))(*(ctypes.c_int32(v).value for v in attributes.values()))
+            values = (ctypes.c_int32 * max(1, len(attributes)))(*attributes.values())  # wrapped to 32 bits as c_int32(v) wraps
             keep += [ids, values]
             function.name, function.attributes, function.values, function.attribute_count = name.encode(), ids, values, len(attributes)
         handles = (ctypes.c_uint64 * max(1, len(request.functions)))()
