@@ -158,6 +158,7 @@ def child_driver(workload: str, directory: str, kind: str, threads: int, options
 
     from foundry_trace.bench.workloads.registry import build_engine
     from foundry_trace.parallel.collectives import tensor_parallel_archive
+
     foundry_alloc.reserve()
     phase("rendezvous")
     with _communicator(kind) as communicator:
@@ -174,10 +175,10 @@ def child_driver(workload: str, directory: str, kind: str, threads: int, options
 def child_load(
     workload: str, directory: str, kind: str, threads: int, compared: str, options: dict[str, object]
 ) -> dict[str, object]:
-    """A rank with Foundry: communicator, engine, restore (timed, cold, on `threads` threads), then the native capture
-    here and the comparison. Every rank replays the same graphs the same number of times
-    (verify.py), so collectives always meet their peers; graphs are released before the
-    communicator closes."""
+    """A rank with Foundry: communicator, engine, restore (timed, cold, on `threads` threads),
+    then the native capture here and the comparison (of `compared`: run()'s compare). Every rank
+    replays the same graphs the same number of times (verify.py), so collectives always meet
+    their peers; graphs are released before the communicator closes."""
     import foundry_alloc
 
     foundry_alloc.install()
