@@ -321,13 +321,13 @@ def test_ranks_start_a_timed_phase_together_through_the_host_agreement_only() ->
 
 def test_the_timeline_says_when_modules_ended_and_builds_started() -> None:
     from foundry_trace import Span
-    from foundry_trace.bench import tp_bench
+    from foundry_trace.bench.driver_alone import timeline
 
     spans = [Span("module 1", "module", "modules", 0.01, 0.03), Span("module 2", "module", "modules", 0.03, 0.05),
              Span("graph 1", "build", "native", 0.04, 0.06), Span("graph 2", "build", "native", 0.07, 0.09),
              Span("graph 1", "instantiate", "native", 0.06, 0.08)]
-    assert tp_bench.timeline(spans) == {"modules_done_s": 0.05, "first_build_s": 0.04, "last_build_s": 0.07}
-    assert tp_bench.timeline([]) == {"modules_done_s": None, "first_build_s": None, "last_build_s": None}
+    assert timeline(spans) == {"modules_done_s": 0.05, "first_build_s": 0.04, "last_build_s": 0.07}
+    assert timeline([]) == {"modules_done_s": None, "first_build_s": None, "last_build_s": None}
 
 
 def test_ranks_share_the_machines_cores_for_their_restore_threads() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -18,7 +18,7 @@ from foundry_trace.bench.children import child_main, child_parser, note, parsed_
 
 if TYPE_CHECKING:
     from foundry_trace.parallel.collectives import Communicator
-    from foundry_trace.restore import Restored
+    from foundry_trace.restore import Restored, Span
 
 MODULE = "foundry_trace.bench.driver_alone"
 
@@ -75,6 +75,16 @@ def start_together(communicator: Communicator, phase: str) -> None:
     agree = getattr(communicator, "agree", None)
     if agree is not None:
         agree(f"the start of {phase}", b"")
+
+
+def timeline(spans: Sequence[Span]) -> dict[str, float | None]:
+    """When, from LOAD's start, a restore's module loads ended and its first and last builds
+    started: how long the graphs waited for their modules, which the driver alone (modules
+    loaded untimed) does not pay."""
+    modules = [span.end for span in spans if span.phase == "module"]
+    builds = [span.start for span in spans if span.phase == "build"]
+    return {"modules_done_s": max(modules, default=None), "first_build_s": min(builds, default=None),
+            "last_build_s": max(builds, default=None)}
 
 
 def driver_alone(archive: str, threads: int, communicator: Communicator | None = None) -> dict[str, object]:

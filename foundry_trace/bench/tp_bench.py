@@ -29,7 +29,6 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,13 +43,12 @@ from foundry_trace.bench.children import (
     run_child,
     run_ranks,
 )
-from foundry_trace.bench.driver_alone import driver_alone, start_together
+from foundry_trace.bench.driver_alone import driver_alone, start_together, timeline
 from foundry_trace.bench.results import Case, ResultsFile, device_fields
 from foundry_trace.errors import ChildProcessFailed
 from foundry_trace.parallel.collectives import archive_path
 
 if TYPE_CHECKING:
-    from foundry_trace import Span
     from foundry_trace.bench.workloads.decode import ModelShape
     from foundry_trace.parallel.collectives import Communicator
 
@@ -222,16 +220,6 @@ def child_load(
                       timeline=timeline(restored.spans),
                       archive_digest=restored.archive.digest, logit_rows=[rows.start, rows.stop], **device_fields())
     return result
-
-
-def timeline(spans: Sequence[Span]) -> dict[str, float | None]:
-    """When, from LOAD's start, the restore's module loads ended and its first and last builds
-    started: how long the graphs waited for their modules, which the driver alone (modules
-    loaded untimed) does not pay."""
-    modules = [span.end for span in spans if span.phase == "module"]
-    builds = [span.start for span in spans if span.phase == "build"]
-    return {"modules_done_s": max(modules, default=None), "first_build_s": min(builds, default=None),
-            "last_build_s": max(builds, default=None)}
 
 
 def child_memory() -> dict[str, object]:

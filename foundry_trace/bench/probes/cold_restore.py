@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import time
 
+from foundry_trace.bench.driver_alone import timeline
 from foundry_trace.bench.probes.variants import engine_of, probe_main, timed
 from foundry_trace.restore._probing import probing
 
@@ -67,13 +68,13 @@ ENVIRONMENTS = {"thp-serial": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "eag
 def _report(restored, restore_s: float) -> dict[str, object]:  # noqa: ANN001
     modules = [s for s in restored.spans if s.phase == "module"]
     instantiations = sorted((s for s in restored.spans if s.phase == "instantiate"), key=lambda s: s.start)
-    graphs_start = min((s.start for s in restored.spans if s.phase == "build"), default=None)
+    marks = timeline(restored.spans)
     return {
         "restore_s": restore_s,
         "phases": restored.phases,
         "busy": restored.busy_seconds(),
-        "modules_done_s": max((s.end for s in modules), default=None),
-        "first_build_s": graphs_start,
+        "modules_done_s": marks["modules_done_s"],
+        "first_build_s": marks["first_build_s"],
         "slowest_modules": sorted(((s.what, round(s.end - s.start, 4)) for s in modules), key=lambda m: -m[1])[:8],
         "first_instantiations_s": [round(s.end - s.start, 4) for s in instantiations[:8]],
         "median_instantiation_s": instantiations and sorted(s.end - s.start for s in instantiations)[len(instantiations) // 2],
