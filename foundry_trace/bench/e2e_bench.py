@@ -30,7 +30,7 @@ from pathlib import Path
 from types import ModuleType
 
 from foundry_trace.bench.budget import Budget
-from foundry_trace.bench.children import DEFAULT_TIMEOUT_S, run_program
+from foundry_trace.bench.children import run_program
 from foundry_trace.errors import WorkloadError
 
 EXAMPLE = Path("examples") / "generate.py"
@@ -104,9 +104,7 @@ def check_arguments(
     return path
 
 
-def run_example(
-    example: Path, flags: Sequence[str], mode: str, batch: int, scratch: Path, label: str, timeout: float = DEFAULT_TIMEOUT_S
-) -> dict[str, object]:
+def run_example(example: Path, flags: Sequence[str], mode: str, batch: int, scratch: Path, label: str, timeout: float) -> dict[str, object]:
     """One run of the example in a fresh process, stopped after `timeout` seconds; its report
     (the JSON of --output)."""
     output = scratch / f"{label.replace(' ', '-')}.json"
