@@ -465,7 +465,7 @@ def _run_degrees(
 
 def _degree_case(
     workload: str, degree: int, directory: Path, kind: str, extra: list[str], gpus: int, shape: ModelShape, free_bytes: int,
-    saved: dict[str, object], inspected: dict[str, object] | None, threads: int, compare: str = "all",
+    saved: dict[str, object], inspected: dict[str, object] | None, threads: int, compare: str,
 ) -> Case:
     """One degree's case: its ranks' figures (each rank on `threads` threads), or why it failed
     or was not run."""
