@@ -147,8 +147,11 @@ def _check_workload(kind: str, name: str | None, module: object, options: dict[s
     if kind == "e2e":  # the example's own models and checks
         module.check_arguments(name, **{k: v for k, v in options.items() if k != "eager"})
         return
+    if kind == "tp":  # degrees, communicator and workload together
+        module.check_arguments(name, **{k: v for k, v in options.items() if k not in ("archive", "attention")})
+        return
     chosen = registry.workload(name)
-    if kind in ("alloc", "tp") and chosen.module != "decode":
+    if kind == "alloc" and chosen.module != "decode":
         raise WorkloadError(f"foundry bench {kind} runs the Llama-style decode workloads (tiny, small, llama8b), not {name!r}")
     if kind == "fit":
         registry.require_pieces(name)

@@ -44,6 +44,11 @@ def test_a_gpu_command_without_a_gpu_prints_one_line_naming_the_fix(command: tup
     (("bench", "e2e", "--tokens", "300"), "must fit --context 256"),
     (("bench", "e2e", "--repeats", "0"), "--repeats must be at least 1"),
     (("bench", "e2e", "--example", "missing.py"), "name the file with --example"),
+    (("bench", "tp", "--communicator", "peer", "--degrees", "3"), "tensor parallelism 3 does not divide heads"),
+    (("bench", "tp", "--workload", "small", "--degrees", "2,8"), "tensor parallelism 8 does not divide kv_heads"),
+    (("bench", "tp", "--degrees", "2,x"), "a comma list of positive tensor-parallel degrees"),
+    (("bench", "tp", "--communicator", "peer", "--degrees", "16"), "serves at most 8 ranks"),
+    (("bench", "tp", "--workload", "piecewise"), "decode workloads"),
 ])
 def test_an_argument_error_comes_before_the_missing_gpu(command: tuple[str, ...], named: str) -> None:
     ran = foundry(*command)

@@ -45,7 +45,7 @@ from foundry_trace.bench.children import (
 )
 from foundry_trace.bench.driver_alone import driver_alone, start_together, timeline
 from foundry_trace.bench.results import Case, ResultsFile, device_fields
-from foundry_trace.errors import ChildProcessFailed
+from foundry_trace.errors import ChildProcessFailed, WorkloadError
 from foundry_trace.parallel.collectives import archive_path
 
 if TYPE_CHECKING:
@@ -338,6 +338,42 @@ def disagreeing_graphs(inspected: dict[int, dict[str, object]]) -> list[str]:
     return sorted((k for k in keys if len({g.get(k) for g in graphs}) > 1), key=key_order)
 
 
+def check_arguments(
+    workload: str, *, degrees: str, layers: int | None = None, communicator: str = "nccl", threads: int | None = None, compare: str = "all"
+) -> list[int]:
+    """The degrees of the comma list `degrees`, once each, in order; raises WorkloadError where the
+    arguments cannot run (before any process or GPU is asked for): a degree that is not a
+    positive number, that the peer communicator cannot serve, or that does not divide the
+    workload's heads, key/value heads, intermediate size and vocabulary."""
+    from foundry_trace.bench.workloads.decode import rank_shape
+    from foundry_trace.bench.workloads.registry import workload as known_workload
+    from foundry_trace.parallel.window import MAX_RANKS
+
+    if known_workload(workload).module != "decode":
+        raise WorkloadError(f"foundry bench tp runs the Llama-style decode workloads (tiny, small, llama8b), not {workload!r}")
+    if communicator not in COMMUNICATORS:
+        raise WorkloadError(f"communicator {communicator!r}: choose one of {', '.join(COMMUNICATORS)}")
+    if threads is not None and threads < 1:
+        raise WorkloadError(f"threads={threads}: give each rank at least one thread")
+    if compare not in COMPARED:
+        raise WorkloadError(f"compare {compare!r}: choose one of {', '.join(COMPARED)}")
+    try:
+        parsed = list(dict.fromkeys(int(d) for d in degrees.split(",")))
+    except ValueError:
+        parsed = []
+    if not parsed or min(parsed) < 1:
+        raise WorkloadError(f"degrees {degrees!r}: a comma list of positive tensor-parallel degrees, e.g. 1,2")
+    if communicator == "peer" and max(parsed) > MAX_RANKS:
+        raise WorkloadError(f"degrees {degrees}: the peer communicator serves at most {MAX_RANKS} ranks")
+    shape = workload_shape(workload, {"layers": layers})
+    for degree in parsed:
+        try:
+            rank_shape(shape, degree)
+        except ValueError as error:
+            raise WorkloadError(f"degree {degree} of workload {workload!r}: {error}") from None
+    return parsed
+
+
 def run(
     workload: str, output_dir: Path | None, degrees: str = "1,2", archive: Path | None = None, layers: int | None = None,
     attention: str | None = None, communicator: str = "nccl", threads: int | None = None, compare: str = "all",
@@ -350,17 +386,7 @@ def run(
     latency batch sizes (verify.LATENCY_STEPS), for many ranks sharing a GPU at full size, where every
     collective waits for each peer's time slice and all 67 captures and replays outlast a device
     call; the case's `compared_batches` says which."""
-    if communicator not in COMMUNICATORS:
-        raise ValueError(f"communicator {communicator!r}: choose one of {', '.join(COMMUNICATORS)}")
-    parsed = [int(d) for d in degrees.split(",")]
-    from foundry_trace.parallel.window import MAX_RANKS
-
-    if communicator == "peer" and max(parsed) > MAX_RANKS:
-        raise ValueError(f"degrees {degrees}: the peer communicator serves at most {MAX_RANKS} ranks")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads={threads}: give each rank at least one thread")
-    if compare not in COMPARED:
-        raise ValueError(f"compare {compare!r}: choose one of {', '.join(COMPARED)}")
+    parsed = check_arguments(workload, degrees=degrees, layers=layers, communicator=communicator, threads=threads, compare=compare)
     if archive is None:
         with tempfile.TemporaryDirectory(prefix="foundry-tp-") as scratch:
             return run(workload, output_dir, degrees, Path(scratch), layers, attention, communicator, threads, compare)
