@@ -18,7 +18,6 @@ from pathlib import Path
 from foundry_trace.bench import e2e_bench
 from foundry_trace.bench.workloads import registry
 from foundry_trace.bench.workloads.registry import ATTENTION_CHOICES, WORKLOADS  # names only: imports no torch
-from foundry_trace.errors import WorkloadError
 from foundry_trace.restore import DEFAULT_THREADS
 
 WORKLOAD_HELP = "; ".join(f"{name}: {w.summary}" for name, w in WORKLOADS.items())
@@ -150,9 +149,9 @@ def _check_workload(kind: str, name: str | None, module: object, options: dict[s
     if kind == "tp":  # degrees, communicator and workload together
         module.check_arguments(name, **{k: v for k, v in options.items() if k not in ("archive", "attention")})
         return
-    chosen = registry.workload(name)
-    if kind == "alloc" and chosen.module != "decode":
-        raise WorkloadError(f"foundry bench {kind} runs the Llama-style decode workloads (tiny, small, llama8b), not {name!r}")
+    registry.workload(name)  # known
+    if kind == "alloc":
+        registry.require_decode(name, kind)
     if kind == "fit":
         registry.require_pieces(name)
 

@@ -346,11 +346,10 @@ def check_arguments(
     positive number, that the peer communicator cannot serve, or that does not divide the
     workload's heads, key/value heads, intermediate size and vocabulary."""
     from foundry_trace.bench.workloads.decode import rank_shape
-    from foundry_trace.bench.workloads.registry import workload as known_workload
+    from foundry_trace.bench.workloads.registry import require_decode
     from foundry_trace.parallel.window import MAX_RANKS
 
-    if known_workload(workload).module != "decode":
-        raise WorkloadError(f"foundry bench tp runs the Llama-style decode workloads (tiny, small, llama8b), not {workload!r}")
+    require_decode(workload, "tp")
     if communicator not in COMMUNICATORS:
         raise WorkloadError(f"communicator {communicator!r}: choose one of {', '.join(COMMUNICATORS)}")
     if threads is not None and threads < 1:
@@ -496,13 +495,12 @@ def _degree_case(
     """One degree's case: its ranks' figures (each rank on `threads` threads), or why it failed
     or was not run."""
     ranks_per_gpu = -(-degree // max(gpus, 1)) if kind == "peer" else 1
+    placed = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree), "ranks_per_gpu": ranks_per_gpu}
     if "failed" in saved:
-        return Case(name=f"tp{degree}-{kind}", communicator=kind, degree=degree, gpus=min(gpus, degree), ranks_per_gpu=ranks_per_gpu,
-                    failed=saved["failed"])
+        return Case(**placed, failed=saved["failed"])
     shown = {k: v for k, v in inspected.items() if k != "per_graph"}
-    case = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree),
-            "ranks_per_gpu": ranks_per_gpu, "archive_bytes": saved["archive_bytes"], "save_s": saved["save_s"],
-            "collectives": saved["collectives"], "threads": threads, **shown}
+    case = {**placed, "archive_bytes": saved["archive_bytes"], "save_s": saved["save_s"], "collectives": saved["collectives"],
+            "threads": threads, **shown}
     if kind == "nccl" and degree > gpus:
         return Case(**case, not_run=f"needs {degree} GPUs for NCCL, this machine has {gpus}")
     plan = memory_plan(shape, degree, ranks_per_gpu, free_bytes)

@@ -145,6 +145,13 @@ def write_checkpoint(name: str, folder: Path, **options: object) -> dict[str, ob
     return module.write_checkpoint(Path(folder), **chosen.options, **{k: v for k, v in options.items() if v is not None})
 
 
+def require_decode(name: str, bench: str) -> None:
+    """Raises WorkloadError unless the workload is a Llama-style decode engine (what `foundry
+    bench <bench>` builds shapes and ranks of)."""
+    if workload(name).module != "decode":
+        raise WorkloadError(f"foundry bench {bench} runs the Llama-style decode workloads (tiny, small, llama8b), not {name!r}")
+
+
 def require_pieces(name: str) -> None:
     """Raises WorkloadError unless the workload cuts its steps into pieces (what the cost fit varies)."""
     if not splits_steps(name):
