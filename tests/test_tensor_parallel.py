@@ -221,7 +221,8 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     from foundry_trace.restore import DEFAULT_THREADS
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
-    rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
+    rank = {"native_s": 2.0, "driver_build_s": 0.05, "driver_instantiate_s": 0.15, "driver_cold_s": 0.2, "restore_s": 0.2,
+            "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
             "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "busy": {}, "timeline": {}, "graphs": 1,
             "device": "GPU", "torch": "t", "cuda": "c", "cupti": None}
     share = 1024 // 2  # the tiny workload's vocabulary, in two ranks' shards
@@ -243,6 +244,7 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     results = tp_bench._run_degrees("tiny", [2, 8], tmp_path, tmp_path, "peer")
     two, eight = results["cases"]
     assert two["ranks_bitwise_equal"] == [True, True] and two["restore_over_driver_cold"] == [1.0, 1.0]
+    assert two["driver_build_s_by_rank"] == [0.05, 0.05] and two["driver_instantiate_s_by_rank"] == [0.15, 0.15]
     assert two["threads"] == min(DEFAULT_THREADS, 8) and eight["threads"] == min(DEFAULT_THREADS, 2), "16 cores shared among the ranks"
     assert two["logits"] == "vocabulary-parallel" and two["logit_shards_cover_vocabulary"]
     assert eight["failed"].startswith("load rank 1 of 8 failed") and "more lines" not in eight["failed"]

@@ -522,6 +522,8 @@ def _degree_case(
         **case, native_s=max(native_s), restore_s=max(restore_s),
         speedup=[n / r for n, r in zip(native_s, restore_s)],
         native_s_by_rank=native_s, restore_s_by_rank=restore_s, driver_cold_s_by_rank=driver_s,
+        driver_build_s_by_rank=[d.get("driver_build_s") for d in driver],
+        driver_instantiate_s_by_rank=[d.get("driver_instantiate_s") for d in driver],
         driver_modules_s_by_rank=[d.get("driver_modules_s") for d in driver],
         restore_over_driver_cold=[r / d for r, d in zip(restore_s, driver_s)],
         bitwise_equal=all(r["bitwise_equal"] for r in loaded),
