@@ -177,3 +177,16 @@ def test_a_claimed_block_of_a_fresh_allocator_frees_cleanly() -> None:
         allocator.free(allocator.allocate(4096))
     finally:
         allocator.close()
+
+
+def test_the_blob_fuzz_target_bounds_compressed_blobs_as_the_manifest_check_does() -> None:
+    """fuzz/native/fuzz_blob_read.cpp feeds the reader only what check_manifest accepts; its copy
+    of the ratio (C++ cannot import it) must follow the manifest's, or it fuzzes the wrong inputs."""
+    import re
+    from pathlib import Path
+
+    from foundry_trace.archive.manifest import MAX_ZLIB_RATIO
+
+    source = (Path(__file__).parent.parent / "fuzz" / "native" / "fuzz_blob_read.cpp").read_text()
+    [ratio] = re.findall(r"constexpr uint64_t kZlibRatio = (\d+);", source)
+    assert int(ratio) == MAX_ZLIB_RATIO
