@@ -27,7 +27,7 @@ ATTENTION_HELP = (
 )
 DEFAULT_RESULTS_DIR = Path("bench/results")
 BENCH_OPTIONS = {
-    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint", "budget_s"), "fit": ("threads", "attention", "budget_s"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator", "threads", "compare"),
+    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint", "budget_s"), "fit": ("threads", "attention", "budget_s"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator", "threads", "compare", "repeats"),
     "e2e": ("layers", "batches", "tokens", "repeats", "example", "eager", "budget_s"),
 }
 DEFAULT_WORKLOAD = "small"
@@ -281,7 +281,8 @@ def parser() -> argparse.ArgumentParser:
                        help="e2e: batch sizes, a graph each, every one generated at (default 1,8)")
     bench.add_argument("--tokens", type=int, default=e2e_bench.DEFAULT_TOKENS, help="e2e: greedy tokens per sequence (default %(default)s)")
     bench.add_argument("--repeats", type=int, default=e2e_bench.DEFAULT_REPEATS,
-                       help="e2e: cold native and LOAD runs per batch size, medians reported (default %(default)s)")
+                       help="e2e: cold native and LOAD runs per batch size; tp: cold pairs of driver-alone and restoring ranks "
+                       "per degree, alternating; medians reported (default %(default)s)")
     bench.add_argument("--example", type=Path, help="e2e: the example program (default examples/generate.py of the checkout)")
     bench.add_argument("--no-eager", dest="eager", action="store_false", help="e2e: skip the eager runs (tokens without graphs)")
     bench.add_argument(

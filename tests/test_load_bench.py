@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from foundry_trace.bench import load_bench
+from foundry_trace.bench import driver_alone, load_bench
 from foundry_trace.bench.budget import RESERVE_S, Budget
 
 
 def test_the_cold_ratio_is_the_median_of_alternating_pairs_with_min_and_max() -> None:
-    runs = load_bench.cold_ratios([0.90, 1.00, 0.80], [0.80, 1.00, 1.00])
+    runs = driver_alone.cold_ratios([0.90, 1.00, 0.80], [0.80, 1.00, 1.00])
     assert (runs["ratio_median"], runs["ratio_min"], runs["ratio_max"]) == (1.0, 0.8, 1.125)
     assert (runs["restore_s_median"], runs["driver_cold_s_median"]) == (0.9, 1.0)
     with pytest.raises(ValueError):
-        load_bench.cold_ratios([1.0, 1.0], [1.0])  # every restore has its driver-alone pair
+        driver_alone.cold_ratios([1.0, 1.0], [1.0])  # every restore has its driver-alone pair
 
 
 def _fake_children(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:
@@ -158,7 +158,7 @@ def test_the_table_shows_the_repeated_cold_ratio() -> None:
 
     results = json.loads((Path(__file__).parents[1] / "bench/results/load-llama8b-67-h200-20261201.json").read_text())
     case = results["cases"][0]
-    case["cold_runs"] = load_bench.cold_ratios([0.80, 0.78, 0.83], [0.76, 0.77, 0.80])
+    case["cold_runs"] = driver_alone.cold_ratios([0.80, 0.78, 0.83], [0.76, 0.77, 0.80])
     case.update(restore_over_driver_cold=case["cold_runs"]["ratio_median"], restore_over_driver_cold_min=case["cold_runs"]["ratio_min"],
                 restore_over_driver_cold_max=case["cold_runs"]["ratio_max"])
     table = render(results)
@@ -174,7 +174,7 @@ def test_the_table_shows_counts_weights_from_disk_and_serving_before_every_graph
     case = results["cases"][0]
     background = {"returned_s": 0.021, "small_batches": [1, 2, 4, 8], "ready_small_batches_s": 0.064, "ready_all_s": 4.2,
                   "weights_load_s": 9.5, "compared": 4, "mismatched": []}
-    case["cold_runs"] = load_bench.cold_ratios([0.80, 0.78, 0.83], [0.76, 0.77, 0.80])
+    case["cold_runs"] = driver_alone.cold_ratios([0.80, 0.78, 0.83], [0.76, 0.77, 0.80])
     case.update(
         restore_over_driver_cold=1.0, restore_over_driver_cold_min=1.0, restore_over_driver_cold_max=1.0,
         kernel_nodes=100781, nodes_by_kind={"kernel": 100781, "memset": 858}, kernel_functions=244, modules=173, templates=6,
@@ -222,7 +222,7 @@ def test_the_table_names_the_budget_and_what_it_left_out() -> None:
 
     results = json.loads((Path(__file__).parents[1] / "bench/results/load-llama8b-67-h200-20261201.json").read_text())
     case = results["cases"][0]
-    case["cold_runs"] = load_bench.cold_ratios([0.80], [0.76])
+    case["cold_runs"] = driver_alone.cold_ratios([0.80], [0.76])
     case.update(restore_over_driver_cold=1.05, restore_over_driver_cold_min=1.05, restore_over_driver_cold_max=1.05, prefetch_cold=None,
                 budget_s=540.0, bench_s=512.3, skipped_for_time=[{"phase": "prefetch", "why": "not started: too little time left"}])
     table = render(results)

@@ -8,6 +8,7 @@ pays the driver; `foundry bench load` and its cost fit divide Foundry's restore 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -85,6 +86,18 @@ def timeline(spans: Sequence[Span]) -> dict[str, float | None]:
     builds = [span.start for span in spans if span.phase == "build"]
     return {"modules_done_s": max(modules, default=None), "first_build_s": min(builds, default=None),
             "last_build_s": max(builds, default=None)}
+
+
+def cold_ratios(restore_s: list[float], driver_s: list[float]) -> dict[str, object]:
+    """Repeated cold runs, restore and driver alone alternating (run i of each side paired): the
+    runs, each side's median, and the ratio restore / driver alone of each pair, as its median,
+    min and max (one sample of each side is noise: 1.15 once where a warm restore took 0.63 s)."""
+    ratios = [r / d for r, d in zip(restore_s, driver_s, strict=True)]
+    return {
+        "restore_s": restore_s, "driver_cold_s": driver_s,
+        "restore_s_median": statistics.median(restore_s), "driver_cold_s_median": statistics.median(driver_s),
+        "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+    }
 
 
 def driver_alone(archive: str, threads: int, communicator: Communicator | None = None) -> dict[str, object]:

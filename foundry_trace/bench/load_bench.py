@@ -36,7 +36,6 @@ Here the assembly of the results file; the table and the timeline are load_repor
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from pathlib import Path
 from foundry_trace.bench.budget import Budget
 from foundry_trace.bench.children import option_arguments, run_child
 from foundry_trace.bench.driver_alone import MODULE as DRIVER_MODULE
+from foundry_trace.bench.driver_alone import cold_ratios
 from foundry_trace.bench.fit_bench import MODULE as COLD_MODULE
 from foundry_trace.bench.fit_bench import fit_costs
 from foundry_trace.bench.load_report import plot_timeline, render
@@ -175,18 +175,6 @@ def _load_children(
 def _get(result: dict[str, object] | None, key: str) -> object:
     """A child's figure, None where the child did not run."""
     return None if result is None else result.get(key)
-
-
-def cold_ratios(restore_s: list[float], driver_s: list[float]) -> dict[str, object]:
-    """Repeated cold runs, restore and driver alone alternating (run i of each side paired): the
-    runs, each side's median, and the ratio restore / driver alone of each pair, as its median,
-    min and max (one sample of each side is noise: 1.15 once where a warm restore took 0.63 s)."""
-    ratios = [r / d for r, d in zip(restore_s, driver_s, strict=True)]
-    return {
-        "restore_s": restore_s, "driver_cold_s": driver_s,
-        "restore_s_median": statistics.median(restore_s), "driver_cold_s_median": statistics.median(driver_s),
-        "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-    }
 
 
 def _set_apart_nondeterministic(prefetched: dict[str, object], nondeterministic: list[int]) -> dict[str, object]:

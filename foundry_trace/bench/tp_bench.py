@@ -6,11 +6,12 @@ communicator (`--communicator nccl`) its collectives are recorded as markers and
 rank's live communicator at LOAD; with the peer communicator (`--communicator peer`) they are
 plain kernels over the peer window, and every rank restores the archive unchanged.
 
-Then, for each degree: N rank processes capture natively, cold and timed; N fresh rank processes
-measure the driver alone on their graphs (built and instantiated cold, under the same placement
-and concurrency); and N fresh rank processes restore the same archive, cold and timed, then
-capture natively in the same process, batch size by batch size, and compare outputs bit for bit
-and replay latency. With N > 1 ranks each rank's logits are its shard of the vocabulary
+Then, for each degree: N rank processes capture natively, cold and timed; then, `repeats` times
+alternating, N fresh rank processes measure the driver alone on their graphs (built and
+instantiated cold, under the same placement and concurrency) and N fresh rank processes restore
+the same archive, cold and timed (a rank's ratio is the median of its pairs: one cold sample of
+each side is noise). The last restoring ranks then capture natively in the same process, batch
+size by batch size, and compare outputs bit for bit and replay latency. With N > 1 ranks each rank's logits are its shard of the vocabulary
 (DecodeEngine's vocabulary-parallel head): every rank compares its shard with its native
 capture, and the shards must tile the vocabulary, so every logit is compared on one rank;
 where the logits are replicated (one rank), the ranks' outputs are compared with each other
@@ -26,6 +27,7 @@ import argparse
 import gc
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -43,7 +45,7 @@ from foundry_trace.bench.children import (
     run_child,
     run_ranks,
 )
-from foundry_trace.bench.driver_alone import driver_alone, start_together, timeline
+from foundry_trace.bench.driver_alone import cold_ratios, driver_alone, start_together, timeline
 from foundry_trace.bench.results import Case, ResultsFile, device_fields
 from foundry_trace.errors import ChildProcessFailed, WorkloadError
 from foundry_trace.parallel.collectives import archive_path
@@ -53,9 +55,11 @@ if TYPE_CHECKING:
     from foundry_trace.parallel.collectives import Communicator
 
 MODULE = "foundry_trace.bench.tp_bench"
+DEFAULT_REPEATS = 3  # cold pairs of driver-alone and restoring ranks per degree, as the LOAD bench's
 RANK_TIMEOUT_S = 480.0  # one rank's child, all phases: well inside a 10-minute device call
 COMMUNICATORS = ("nccl", "peer")
 COMPARED = ("all", "latency")  # what the LOAD ranks compare bit for bit: every batch size, or the latency ones
+UNCOMPARED = "none"  # a LOAD rank's --compare in the cold pairs before the comparing one: the restore timed alone
 
 
 def _communicator(kind: str, *, local_degree: int | None = None) -> Communicator:
@@ -174,7 +178,8 @@ def child_load(
     workload: str, directory: str, kind: str, threads: int, compared: str, options: dict[str, object]
 ) -> dict[str, object]:
     """A rank with Foundry: communicator, engine, restore (timed, cold, on `threads` threads),
-    then the native capture here and the comparison (of `compared`: run()'s compare). Every rank
+    then the native capture here and the comparison (of `compared`: run()'s compare; UNCOMPARED:
+    none, the graphs released once restored). Every rank
     replays the same graphs the same number of times (verify.py), so collectives always meet
     their peers; graphs are released before the communicator closes."""
     import foundry_alloc
@@ -204,14 +209,16 @@ def child_load(
         restore_s = time.perf_counter() - start
         note(f"rank {communicator.rank}: restored in {restore_s:.3f} s")
         with restored:
-            phase("compare")
-            shared = torch.cuda.device_count() < communicator.world_size
-            result = compare(
-                model, restored, communicator=communicator, effort=SHARED_GPU if shared else FULL, batch_by_batch=True,
-                only=None if compared == "all" else LATENCY_STEPS,
-            )
-            _check(communicator)
-            note(f"rank {communicator.rank}: captured natively and compared")
+            result: dict[str, object] = {}
+            if compared != UNCOMPARED:
+                phase("compare")
+                shared = torch.cuda.device_count() < communicator.world_size
+                result = compare(
+                    model, restored, communicator=communicator, effort=SHARED_GPU if shared else FULL, batch_by_batch=True,
+                    only=None if compared == "all" else LATENCY_STEPS,
+                )
+                _check(communicator)
+                note(f"rank {communicator.rank}: captured natively and compared")
             phase("close")
         gc.collect()
         torch.cuda.synchronize()
@@ -339,12 +346,13 @@ def disagreeing_graphs(inspected: dict[int, dict[str, object]]) -> list[str]:
 
 
 def check_arguments(
-    workload: str, *, degrees: str, layers: int | None = None, communicator: str = "nccl", threads: int | None = None, compare: str = "all"
+    workload: str, *, degrees: str, layers: int | None = None, communicator: str = "nccl", threads: int | None = None, compare: str = "all",
+    repeats: int = DEFAULT_REPEATS,
 ) -> list[int]:
     """The degrees of the comma list `degrees`, once each, in order; raises WorkloadError where the
     arguments cannot run (before any process or GPU is asked for): a degree that is not a
     positive number, that the peer communicator cannot serve, or that does not divide the
-    workload's heads, key/value heads, intermediate size and vocabulary."""
+    workload's heads, key/value heads, intermediate size and vocabulary; fewer than one cold pair."""
     from foundry_trace.bench.workloads.decode import rank_shape
     from foundry_trace.bench.workloads.registry import require_decode
     from foundry_trace.parallel.window import MAX_RANKS
@@ -356,6 +364,8 @@ def check_arguments(
         raise WorkloadError(f"threads={threads}: give each rank at least one thread")
     if compare not in COMPARED:
         raise WorkloadError(f"compare {compare!r}: choose one of {', '.join(COMPARED)}")
+    if repeats < 1:
+        raise WorkloadError(f"repeats={repeats}: give at least one cold pair of driver-alone and restoring ranks")
     try:
         parsed = list(dict.fromkeys(int(d) for d in degrees.split(",")))
     except ValueError:
@@ -376,6 +386,7 @@ def check_arguments(
 def run(
     workload: str, output_dir: Path | None, degrees: str = "1,2", archive: Path | None = None, layers: int | None = None,
     attention: str | None = None, communicator: str = "nccl", threads: int | None = None, compare: str = "all",
+    repeats: int = DEFAULT_REPEATS,
 ) -> dict[str, object]:
     """SAVE each degree of the comma list `degrees` into `archive` (a directory; default a
     temporary one), then run the degrees that this machine can: NCCL where it has a GPU a rank,
@@ -384,12 +395,15 @@ def run(
     every batch size bit for bit with a native capture in the LOAD ranks; "latency" only the
     latency batch sizes (verify.LATENCY_STEPS), for many ranks sharing a GPU at full size, where every
     collective waits for each peer's time slice and all 67 captures and replays outlast a device
-    call; the case's `compared_batches` says which."""
-    parsed = check_arguments(workload, degrees=degrees, layers=layers, communicator=communicator, threads=threads, compare=compare)
+    call; the case's `compared_batches` says which. `repeats`: cold pairs of driver-alone and
+    restoring ranks per degree (each rank's ratio their median)."""
+    parsed = check_arguments(
+        workload, degrees=degrees, layers=layers, communicator=communicator, threads=threads, compare=compare, repeats=repeats
+    )
     if archive is None:
         with tempfile.TemporaryDirectory(prefix="foundry-tp-") as scratch:
-            return run(workload, output_dir, degrees, Path(scratch), layers, attention, communicator, threads, compare)
-    return _run_degrees(workload, parsed, archive, output_dir, communicator, threads, compare, layers=layers, attention=attention)
+            return run(workload, output_dir, degrees, Path(scratch), layers, attention, communicator, threads, compare, repeats)
+    return _run_degrees(workload, parsed, archive, output_dir, communicator, threads, compare, repeats, layers=layers, attention=attention)
 
 
 def rank_threads(ranks_here: int, cpus: int | None = None) -> int:
@@ -449,7 +463,7 @@ def logit_coverage(loaded: list[dict[str, object]], vocab: int) -> dict[str, obj
 
 def _run_degrees(
     workload: str, degrees: list[int], directory: Path, output_dir: Path | None, kind: str, threads: int | None = None,
-    compare: str = "all", **options: object,
+    compare: str = "all", repeats: int = DEFAULT_REPEATS, **options: object,
 ) -> dict[str, object]:
     import torch
 
@@ -473,7 +487,8 @@ def _run_degrees(
             workload=f"{workload}-tp{'-'.join(str(d) for d in degrees)}-{kind}" + (f"-{options['layers']}-layers" if options.get("layers") else "")
             + (f"-{options['attention']}-attention" if options.get("attention") else "") + ("" if compare == "all" else f"-compare-{compare}"),
             workload_desc=f"{described[-1] if described else workload}; one rank's step SAVEd per degree on one GPU with no peer; "
-            f"each rank restores the same archive with its live {kind} communicator vs native warm-up + capture per rank, cold{sharing}"
+            f"each rank restores the same archive with its live {kind} communicator vs native warm-up + capture per rank, cold; "
+            f"restore / driver alone: each rank's median of {repeats} cold pair(s){sharing}"
             + ("" if compare == "all" else f"; bit for bit at batch sizes {', '.join(map(str, LATENCY_STEPS))} only"),
             gpus=gpus,
             cases=cases, collectives_disagree=disagreeing_graphs(inspected),
@@ -481,7 +496,7 @@ def _run_degrees(
 
     for degree in degrees:
         cases.append(_degree_case(workload, degree, directory, kind, extra, gpus, shape, free_bytes, saved[degree], inspected.get(degree),
-                                  threads or rank_threads(degree), compare))
+                                  threads or rank_threads(degree), compare, repeats))
         results = so_far()
         if output_dir is not None:
             results.write(output_dir)
@@ -490,42 +505,51 @@ def _run_degrees(
 
 def _degree_case(
     workload: str, degree: int, directory: Path, kind: str, extra: list[str], gpus: int, shape: ModelShape, free_bytes: int,
-    saved: dict[str, object], inspected: dict[str, object] | None, threads: int, compare: str,
+    saved: dict[str, object], inspected: dict[str, object] | None, threads: int, compare: str, repeats: int = DEFAULT_REPEATS,
 ) -> Case:
-    """One degree's case: its ranks' figures (each rank on `threads` threads), or why it failed
-    or was not run."""
+    """One degree's case: its ranks' figures (each rank on `threads` threads; the restore and the
+    driver alone as each rank's medians of `repeats` cold pairs, the last restore the comparing
+    one), or why it failed or was not run."""
     ranks_per_gpu = -(-degree // max(gpus, 1)) if kind == "peer" else 1
     placed = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree), "ranks_per_gpu": ranks_per_gpu}
     if "failed" in saved:
         return Case(**placed, failed=saved["failed"])
     shown = {k: v for k, v in inspected.items() if k != "per_graph"}
     case = {**placed, "archive_bytes": saved["archive_bytes"], "save_s": saved["save_s"], "collectives": saved["collectives"],
-            "threads": threads, **shown}
+            "threads": threads, "cold_pairs": repeats, **shown}
     if kind == "nccl" and degree > gpus:
         return Case(**case, not_run=f"needs {degree} GPUs for NCCL, this machine has {gpus}")
     plan = memory_plan(shape, degree, ranks_per_gpu, free_bytes)
     case["rank_gib_computed"] = plan["rank_gib_computed"]
     if plan["refused"]:
         return Case(**case, not_run=plan["refused"])
+    timed = [workload, str(directory), kind, *extra, "--threads", str(threads)]
+    drivers: list[list[dict[str, object]]] = []
+    restores: list[list[dict[str, object]]] = []
     try:
         native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
-        driver = _by_rank(run_degree(["driver", workload, str(directory), kind, *extra, "--threads", str(threads)], degree, kind))
-        loaded = _by_rank(run_degree(["load", workload, str(directory), kind, *extra, "--threads", str(threads), "--compare", compare],
-                                     degree, kind))
+        for pair in range(repeats):  # alternating, so that a drift of the machine falls on both sides
+            drivers.append(_by_rank(run_degree(["driver", *timed], degree, kind)))
+            restores.append(_by_rank(run_degree(["load", *timed, "--compare", compare if pair == repeats - 1 else UNCOMPARED], degree, kind)))
     except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
         return Case(**case, failed=_first_line(error))
+    loaded = restores[-1]
+    cold = [cold_ratios([runs[r]["restore_s"] for runs in restores], [runs[r]["driver_cold_s"] for runs in drivers]) for r in range(degree)]
     native_s = [n["native_s"] for n in native]
-    restore_s = [r["restore_s"] for r in loaded]
-    driver_s = [d["driver_cold_s"] for d in driver]
+    restore_s = [c["restore_s_median"] for c in cold]
+    driver_s = [c["driver_cold_s_median"] for c in cold]
     deltas = {b: max((r["latency"][b]["delta_pct"] for r in loaded), key=abs) for b in loaded[0]["latency"]}
     return Case(
         **case, native_s=max(native_s), restore_s=max(restore_s),
         speedup=[n / r for n, r in zip(native_s, restore_s)],
         native_s_by_rank=native_s, restore_s_by_rank=restore_s, driver_cold_s_by_rank=driver_s,
-        driver_build_s_by_rank=[d.get("driver_build_s") for d in driver],
-        driver_instantiate_s_by_rank=[d.get("driver_instantiate_s") for d in driver],
-        driver_modules_s_by_rank=[d.get("driver_modules_s") for d in driver],
-        restore_over_driver_cold=[r / d for r, d in zip(restore_s, driver_s)],
+        driver_build_s_by_rank=[_median(drivers, r, "driver_build_s") for r in range(degree)],
+        driver_instantiate_s_by_rank=[_median(drivers, r, "driver_instantiate_s") for r in range(degree)],
+        driver_modules_s_by_rank=[_median(drivers, r, "driver_modules_s") for r in range(degree)],
+        restore_over_driver_cold=[c["ratio_median"] for c in cold],
+        restore_over_driver_cold_min=[c["ratio_min"] for c in cold],
+        restore_over_driver_cold_max=[c["ratio_max"] for c in cold],
+        cold_runs_by_rank=cold,
         bitwise_equal=all(r["bitwise_equal"] for r in loaded),
         compared_batches=loaded[0].get("compared_batches"),
         ranks_bitwise_equal=[r["bitwise_equal"] for r in loaded],
@@ -545,6 +569,12 @@ def _by_rank(results: list[dict[str, object]]) -> list[dict[str, object]]:
     return sorted(results, key=lambda r: r["rank"])
 
 
+def _median(runs: list[list[dict[str, object]]], rank: int, key: str) -> float | None:
+    """A rank's median of one figure over its runs (None where no run recorded it)."""
+    values = [run[rank][key] for run in runs if run[rank].get(key) is not None]
+    return statistics.median(values) if values else None
+
+
 def render(results: dict[str, object]) -> str:
     from rich.table import Table
 
@@ -552,7 +582,7 @@ def render(results: dict[str, object]) -> str:
 
     table = Table(title=f"{results['device']} x {results['gpus']} / {results['workload']}")
     columns = ("degree (ranks/GPU)", "graphs / nodes", "collective nodes (per graph)", "archive MiB", "native s (worst rank)",
-               "restore s (worst rank)", "speed-up (least)", "restore / driver (worst)", "bitwise (ranks agree / shards tile)", "replay delta %")
+               "restore s (worst rank's median)", "speed-up (least)", "restore / driver (worst rank's median, its range)", "bitwise (ranks agree / shards tile)", "replay delta %")
     for column in columns:
         table.add_column(column, justify="right")
     for c in results["cases"]:
@@ -569,7 +599,7 @@ def render(results: dict[str, object]) -> str:
             continue
         deltas = " ".join(f"b{b}:{d:+.2f}" for b, d in c["replay_delta_pct"].items())
         table.add_row(
-            *saved, f"{c['native_s']:.2f}", f"{c['restore_s']:.3f}", f"{min(c['speedup']):.1f}x", f"{max(c['restore_over_driver_cold']):.2f}",
+            *saved, f"{c['native_s']:.2f}", f"{c['restore_s']:.3f}", f"{min(c['speedup']):.1f}x", _worst_ratio(c),
             f"{c['bitwise_equal']} ({_agreement(c)}{_compared(c)})", deltas,
         )
     disagree = results["collectives_disagree"]
@@ -578,6 +608,15 @@ def render(results: dict[str, object]) -> str:
         else f"graphs whose collectives differ between degrees: {', '.join(disagree)}"
     )
     return table_text(table, width=170) + agreement + "\n"
+
+
+def _worst_ratio(case: dict[str, object]) -> str:
+    """The worst rank's median restore / driver alone, with that rank's range over its cold pairs."""
+    ratios = case["restore_over_driver_cold"]
+    worst = ratios.index(max(ratios))
+    lows, highs = case.get("restore_over_driver_cold_min"), case.get("restore_over_driver_cold_max")
+    spread = f" ({lows[worst]:.2f}-{highs[worst]:.2f})" if lows and highs else ""
+    return f"{ratios[worst]:.2f}{spread}"
 
 
 def _compared(case: dict[str, object]) -> str:
@@ -616,7 +655,8 @@ def _parser() -> argparse.ArgumentParser:
 
     parser.add_argument("rest", nargs="*")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="driver, load: this rank's restore threads")
-    parser.add_argument("--compare", choices=COMPARED, default="all", help="load: the batch sizes compared bit for bit (run()'s compare)")
+    parser.add_argument("--compare", choices=(*COMPARED, UNCOMPARED), default="all",
+                        help="load: the batch sizes compared bit for bit (run()'s compare; none: the restore timed alone)")
     add_option_flags(parser)
     return parser
 
