@@ -11,13 +11,13 @@ alternating, N fresh rank processes measure the driver alone on their graphs (bu
 instantiated cold, under the same placement and concurrency) and N fresh rank processes restore
 the same archive, cold and timed (a rank's ratio is the median of its pairs: one cold sample of
 each side is noise). The last restoring ranks then capture natively in the same process, batch
-size by batch size, and compare outputs bit for bit and replay latency. With N > 1 ranks each rank's logits are its shard of the vocabulary
-(DecodeEngine's vocabulary-parallel head): every rank compares its shard with its native
-capture, and the shards must tile the vocabulary, so every logit is compared on one rank;
-where the logits are replicated (one rank), the ranks' outputs are compared with each other
-too. NCCL needs a GPU per rank; the peer communicator runs several ranks on a GPU where there
-are fewer GPUs than ranks (their contexts then take turns on the GPU, which the table and JSON
-say). Before a degree starts, its ranks' memory is computed (tp_memory.py) and a degree whose
+size by batch size, and compare outputs bit for bit and replay latency. With N > 1 ranks each
+rank's logits are its shard of the vocabulary (DecodeEngine's vocabulary-parallel head): every
+rank compares its shard with its native capture, and the shards must tile the vocabulary, so
+every logit is compared on one rank; where the logits are replicated (one rank), the ranks'
+outputs are compared with each other too. NCCL needs a GPU per rank; the peer communicator runs
+several ranks on a GPU where there are fewer GPUs than ranks (their contexts then take turns on
+the GPU, which the table and JSON say). Before a degree starts, its ranks' memory is computed (tp_memory.py) and a degree whose
 ranks would not fit the GPU's free memory is not run: the results name the --layers that would.
 """
 
@@ -179,9 +179,9 @@ def child_load(
 ) -> dict[str, object]:
     """A rank with Foundry: communicator, engine, restore (timed, cold, on `threads` threads),
     then the native capture here and the comparison (of `compared`: run()'s compare; UNCOMPARED:
-    none, the graphs released once restored). Every rank
-    replays the same graphs the same number of times (verify.py), so collectives always meet
-    their peers; graphs are released before the communicator closes."""
+    none, the graphs released once restored). Every rank replays the same graphs the same number
+    of times (verify.py), so collectives always meet their peers; graphs are released before the
+    communicator closes."""
     import foundry_alloc
 
     foundry_alloc.install()
