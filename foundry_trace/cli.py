@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from foundry_trace.bench import e2e_bench
+from foundry_trace.bench import e2e_bench, tp_bench
 from foundry_trace.bench.workloads import registry
 from foundry_trace.bench.workloads.registry import ATTENTION_CHOICES, WORKLOADS  # names only: imports no torch
 from foundry_trace.restore import DEFAULT_THREADS
@@ -125,8 +125,9 @@ def _bench(arguments: argparse.Namespace) -> int:
 
     module = importlib.import_module(f"foundry_trace.bench.{arguments.kind}_bench")
     options = {name: getattr(arguments, name) for name in BENCH_OPTIONS[arguments.kind]}
-    if options.get("threads", 0) is None:  # not given: the bench's own default
-        del options["threads"]
+    for name in ("threads", "repeats"):
+        if options.get(name, 0) is None:  # not given: the bench's own default
+            del options[name]
     workload = arguments.workload or (None if arguments.kind in OWN_DEFAULT else DEFAULT_WORKLOAD)
     _check_workload(arguments.kind, workload, module, options)  # the arguments' errors before the hardware's
     if arguments.kind == "load" and arguments.checkpoint is not None:
@@ -280,9 +281,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--batches", type=_batch_sizes, default=e2e_bench.DEFAULT_BATCHES,
                        help="e2e: batch sizes, a graph each, every one generated at (default 1,8)")
     bench.add_argument("--tokens", type=int, default=e2e_bench.DEFAULT_TOKENS, help="e2e: greedy tokens per sequence (default %(default)s)")
-    bench.add_argument("--repeats", type=int, default=e2e_bench.DEFAULT_REPEATS,
-                       help="e2e: cold native and LOAD runs per batch size; tp: cold pairs of driver-alone and restoring ranks "
-                       "per degree, alternating; medians reported (default %(default)s)")
+    bench.add_argument("--repeats", type=int,
+                       help=f"e2e: cold native and LOAD runs per batch size (default {e2e_bench.DEFAULT_REPEATS}); tp: cold pairs of "
+                       f"driver-alone and restoring ranks per degree, alternating (default {tp_bench.DEFAULT_REPEATS}); medians reported")
     bench.add_argument("--example", type=Path, help="e2e: the example program (default examples/generate.py of the checkout)")
     bench.add_argument("--no-eager", dest="eager", action="store_false", help="e2e: skip the eager runs (tokens without graphs)")
     bench.add_argument(

@@ -17,8 +17,9 @@ rank compares its shard with its native capture, and the shards must tile the vo
 every logit is compared on one rank; where the logits are replicated (one rank), the ranks'
 outputs are compared with each other too. NCCL needs a GPU per rank; the peer communicator runs
 several ranks on a GPU where there are fewer GPUs than ranks (their contexts then take turns on
-the GPU, which the table and JSON say). Before a degree starts, its ranks' memory is computed (tp_memory.py) and a degree whose
-ranks would not fit the GPU's free memory is not run: the results name the --layers that would.
+the GPU, which the table and JSON say). Before a degree starts, its ranks' memory is computed
+(tp_memory.py) and a degree whose ranks would not fit the GPU's free memory is not run: the
+results name the --layers that would.
 """
 
 from __future__ import annotations
