@@ -27,7 +27,7 @@ ATTENTION_HELP = (
 )
 DEFAULT_RESULTS_DIR = Path("bench/results")
 BENCH_OPTIONS = {
-    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint", "budget_s"), "fit": ("threads", "attention", "budget_s"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator", "threads", "compare", "repeats"),
+    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint", "budget_s"), "fit": ("threads", "attention", "budget_s"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator", "threads", "compare", "repeats", "builders"),
     "e2e": ("layers", "batches", "tokens", "repeats", "example", "eager", "budget_s"),
 }
 DEFAULT_WORKLOAD = "small"
@@ -125,7 +125,7 @@ def _bench(arguments: argparse.Namespace) -> int:
 
     module = importlib.import_module(f"foundry_trace.bench.{arguments.kind}_bench")
     options = {name: getattr(arguments, name) for name in BENCH_OPTIONS[arguments.kind]}
-    for name in ("threads", "repeats"):
+    for name in ("threads", "repeats", "builders"):
         if options.get(name, 0) is None:  # not given: the bench's own default
             del options[name]
     workload = arguments.workload or (None if arguments.kind in OWN_DEFAULT else DEFAULT_WORKLOAD)
@@ -264,6 +264,7 @@ def parser() -> argparse.ArgumentParser:
         help=f"load, fit, coverage: restore threads (default {DEFAULT_THREADS}); tp: each rank's (default: the machine's cores "
         f"shared among its ranks, at most {DEFAULT_THREADS})",
     )
+    bench.add_argument("--builders", type=int, help="tp: each LOAD rank's cap on graphs built at a time (default LOAD's own)")
     bench.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
     bench.add_argument(
         "--compare", choices=("all", "latency"), default="all",

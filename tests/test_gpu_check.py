@@ -98,6 +98,7 @@ def test_environment_knobs_reach_the_commands() -> None:
         LAYERS="8",
         CHECKPOINT="/dev/shm/c",
         TP_COMPARE="latency",
+        TP_BUILDERS="2",
         E2E_REPEATS="5",
         E2E_LAYERS="4",
     )
@@ -108,6 +109,7 @@ def test_environment_knobs_reach_the_commands() -> None:
         tp[tp.index("--degrees") + 1] == "8"
         and tp[tp.index("--layers") + 1] == "32"
         and tp[tp.index("--compare") + 1] == "latency"
+        and tp[tp.index("--builders") + 1] == "2"
     )
     e2e = commands["e2e"]
     assert e2e[e2e.index("--repeats") + 1] == "5" and e2e[e2e.index("--layers") + 1] == "4"

@@ -25,17 +25,19 @@ TP_CHILDREN = ("child_save", "child_native", "child_driver", "child_load", "chil
         (["save", "llama8b", "1", "/a/tp1.foundry", "nccl", *LLAMA],
          ("child_save", ("llama8b", 1, "/a/tp1.foundry", "nccl", {"attention": "math", "layers": 2, "batch_sizes": (1, 8, 64, 256)}))),
         (["load", "small", "/a", "nccl", *OPTIONS],
-         ("child_load", ("small", "/a", "nccl", DEFAULT_THREADS, "all", {"layers": 2, "batch_sizes": (1, 8, 64)}))),
+         ("child_load", ("small", "/a", "nccl", DEFAULT_THREADS, "all", {"layers": 2, "batch_sizes": (1, 8, 64)}, None))),
         (["native", "llama8b", "nccl", *LLAMA],
          ("child_native", ("llama8b", "nccl", {"attention": "math", "layers": 2, "batch_sizes": (1, 8, 64, 256)}))),
         (["load", "llama8b", "/a", "nccl", *LLAMA],
-         ("child_load", ("llama8b", "/a", "nccl", DEFAULT_THREADS, "all", {"attention": "math", "layers": 2, "batch_sizes": (1, 8, 64, 256)}))),
+         ("child_load", ("llama8b", "/a", "nccl", DEFAULT_THREADS, "all", {"attention": "math", "layers": 2, "batch_sizes": (1, 8, 64, 256)}, None))),
         # tests/gpu/test_peer_gpu.py: the SAVE of two ranks' archive, each rank of the killed LOAD
         (["save", "tiny", "2", "/a/tp2.foundry", "peer", *TINY], ("child_save", ("tiny", 2, "/a/tp2.foundry", "peer", {"batch_sizes": (1, 8)}))),
-        (["load", "tiny", "/a", "peer", *TINY], ("child_load", ("tiny", "/a", "peer", DEFAULT_THREADS, "all", {"batch_sizes": (1, 8)}))),
+        (["load", "tiny", "/a", "peer", *TINY], ("child_load", ("tiny", "/a", "peer", DEFAULT_THREADS, "all", {"batch_sizes": (1, 8)}, None))),
         # the bench's own (tp_bench._degree_case, free_memory)
         (["driver", "tiny", "/a", "peer", "--layers", "2", "--threads", "4"], ("child_driver", ("tiny", "/a", "peer", 4, {"layers": 2}))),
-        (["load", "tiny", "/a", "peer", "--threads", "4", "--compare", "latency"], ("child_load", ("tiny", "/a", "peer", 4, "latency", {}))),
+        (["load", "tiny", "/a", "peer", "--threads", "4", "--compare", "latency"], ("child_load", ("tiny", "/a", "peer", 4, "latency", {}, None))),
+        (["load", "tiny", "/a", "peer", "--threads", "4", "--builders", "2", "--compare", "none"],
+         ("child_load", ("tiny", "/a", "peer", 4, "none", {}, 2))),
         (["memory"], ("child_memory", ())),
     ],
 )

@@ -3,6 +3,7 @@ collective nodes in the node table."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import pytest
@@ -319,6 +320,43 @@ def test_the_results_file_is_written_after_each_degree_so_a_run_cut_short_keeps_
     [written] = tmp_path.glob("tp-*.json")
     results = json.loads(written.read_text())
     assert [c["name"] for c in results["cases"]] == ["tp2-peer"] and results["device"] == "GPU"
+
+
+def test_the_slowest_ranks_of_each_pair_are_compared_and_builders_reach_the_load_ranks_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An eager peer LOAD ends when every rank has finished, so every rank's restore lasts as long
+    as the slowest's, while each driver-alone rank ends on its own: 4 ranks on one H100 restored
+    in 1.088 s each where their drivers alone took 0.80-0.82 s."""
+    from foundry_trace.bench import tp_bench
+
+    inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
+    rank = {"native_s": 2.0, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "busy": {}, "timeline": {}, "graphs": 1}
+    pairs = iter([(0.30, [0.20, 0.25]), (0.40, [0.20, 0.20]), (0.33, [0.30, 0.22])])  # each rank's restore ends with the slowest
+    roles: list[list[str]] = []
+
+    def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+        roles.append(role)
+        if role[0] == "driver":
+            restore, drivers = next(pairs)
+            ranks.restore = restore
+            return [{**rank, "rank": r, "driver_cold_s": drivers[r]} for r in range(degree)]
+        restore = getattr(ranks, "restore", 0.2)
+        return [{**rank, "rank": r, "restore_s": restore, "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
+
+    monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {2: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"}})
+    monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
+    monkeypatch.setattr(tp_bench, "run_degree", ranks)
+    monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
+    [two] = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", builders=2)["cases"]
+    assert [r[-2:] for r in roles if r[0] == "load"][-1] == ["--compare", "all"]
+    assert all(("--builders" in r) == (r[0] == "load") and (r[0] != "load" or r[r.index("--builders") + 1] == "2") for r in roles[1:])
+    assert two["builders"] == 2
+    assert two["slowest_ranks_cold"]["driver_cold_s"] == [0.25, 0.20, 0.30]
+    assert two["restore_over_slowest_driver_cold"] == pytest.approx(statistics.median([0.30 / 0.25, 0.40 / 0.20, 0.33 / 0.30]))
+    assert two["restore_over_driver_cold"][0] == pytest.approx(statistics.median([0.30 / 0.20, 0.40 / 0.20, 0.33 / 0.30]))
+    assert tp_bench._worst_ratio(two).endswith("; slowest ranks 1.20")
 
 
 def test_ranks_start_a_timed_phase_together_through_the_host_agreement_only() -> None:

@@ -176,9 +176,10 @@ def child_driver(workload: str, directory: str, kind: str, threads: int, options
 
 
 def child_load(
-    workload: str, directory: str, kind: str, threads: int, compared: str, options: dict[str, object]
+    workload: str, directory: str, kind: str, threads: int, compared: str, options: dict[str, object], builders: int | None = None
 ) -> dict[str, object]:
-    """A rank with Foundry: communicator, engine, restore (timed, cold, on `threads` threads),
+    """A rank with Foundry: communicator, engine, restore (timed, cold, on `threads` threads, at
+    most `builders` graphs built at a time: None, LOAD's default),
     then the native capture here and the comparison (of `compared`: run()'s compare; UNCOMPARED:
     none, the graphs released once restored). Every rank replays the same graphs the same number
     of times (verify.py), so collectives always meet their peers; graphs are released before the
@@ -204,7 +205,7 @@ def child_load(
         start = time.perf_counter()
         restored = foundry_trace.load(
             tensor_parallel_archive(directory, communicator.world_size), communicator=communicator, threads=threads,
-            timeout=RANK_TIMEOUT_S / 2,
+            timeout=RANK_TIMEOUT_S / 2, **({} if builders is None else {"builders": builders}),
         )
         torch.cuda.synchronize()
         restore_s = time.perf_counter() - start
@@ -348,7 +349,7 @@ def disagreeing_graphs(inspected: dict[int, dict[str, object]]) -> list[str]:
 
 def check_arguments(
     workload: str, *, degrees: str, layers: int | None = None, communicator: str = "nccl", threads: int | None = None, compare: str = "all",
-    repeats: int = DEFAULT_REPEATS,
+    repeats: int = DEFAULT_REPEATS, builders: int | None = None,
 ) -> list[int]:
     """The degrees of the comma list `degrees`, once each, in order; raises WorkloadError where the
     arguments cannot run (before any process or GPU is asked for): a degree that is not a
@@ -363,6 +364,8 @@ def check_arguments(
         raise WorkloadError(f"communicator {communicator!r}: choose one of {', '.join(COMMUNICATORS)}")
     if threads is not None and threads < 1:
         raise WorkloadError(f"threads={threads}: give each rank at least one thread")
+    if builders is not None and builders < 1:
+        raise WorkloadError(f"builders={builders}: let each rank build at least one graph at a time")
     if compare not in COMPARED:
         raise WorkloadError(f"compare {compare!r}: choose one of {', '.join(COMPARED)}")
     if repeats < 1:
@@ -387,7 +390,7 @@ def check_arguments(
 def run(
     workload: str, output_dir: Path | None, degrees: str = "1,2", archive: Path | None = None, layers: int | None = None,
     attention: str | None = None, communicator: str = "nccl", threads: int | None = None, compare: str = "all",
-    repeats: int = DEFAULT_REPEATS,
+    repeats: int = DEFAULT_REPEATS, builders: int | None = None,
 ) -> dict[str, object]:
     """SAVE each degree of the comma list `degrees` into `archive` (a directory; default a
     temporary one), then run the degrees that this machine can: NCCL where it has a GPU a rank,
@@ -397,14 +400,19 @@ def run(
     latency batch sizes (verify.LATENCY_STEPS), for many ranks sharing a GPU at full size, where every
     collective waits for each peer's time slice and all 67 captures and replays outlast a device
     call; the case's `compared_batches` says which. `repeats`: cold pairs of driver-alone and
-    restoring ranks per degree (each rank's ratio their median)."""
+    restoring ranks per degree (each rank's ratio their median). `builders`: the LOAD ranks'
+    cap on graphs built at a time (default LOAD's own; the driver alone builds on every thread,
+    then instantiates on every thread)."""
     parsed = check_arguments(
-        workload, degrees=degrees, layers=layers, communicator=communicator, threads=threads, compare=compare, repeats=repeats
+        workload, degrees=degrees, layers=layers, communicator=communicator, threads=threads, compare=compare, repeats=repeats,
+        builders=builders,
     )
     if archive is None:
         with tempfile.TemporaryDirectory(prefix="foundry-tp-") as scratch:
-            return run(workload, output_dir, degrees, Path(scratch), layers, attention, communicator, threads, compare, repeats)
-    return _run_degrees(workload, parsed, archive, output_dir, communicator, threads, compare, repeats, layers=layers, attention=attention)
+            return run(workload, output_dir, degrees, Path(scratch), layers, attention, communicator, threads, compare, repeats, builders)
+    return _run_degrees(
+        workload, parsed, archive, output_dir, communicator, threads, compare, repeats, builders, layers=layers, attention=attention
+    )
 
 
 def rank_threads(ranks_here: int, cpus: int | None = None) -> int:
@@ -464,7 +472,7 @@ def logit_coverage(loaded: list[dict[str, object]], vocab: int) -> dict[str, obj
 
 def _run_degrees(
     workload: str, degrees: list[int], directory: Path, output_dir: Path | None, kind: str, threads: int | None = None,
-    compare: str = "all", repeats: int = DEFAULT_REPEATS, **options: object,
+    compare: str = "all", repeats: int = DEFAULT_REPEATS, builders: int | None = None, **options: object,
 ) -> dict[str, object]:
     import torch
 
@@ -497,7 +505,7 @@ def _run_degrees(
 
     for degree in degrees:
         cases.append(_degree_case(workload, degree, directory, kind, extra, gpus, shape, free_bytes, saved[degree], inspected.get(degree),
-                                  threads or rank_threads(degree), compare, repeats))
+                                  threads or rank_threads(degree), compare, repeats, builders))
         results = so_far()
         if output_dir is not None:
             results.write(output_dir)
@@ -507,17 +515,26 @@ def _run_degrees(
 def _degree_case(
     workload: str, degree: int, directory: Path, kind: str, extra: list[str], gpus: int, shape: ModelShape, free_bytes: int,
     saved: dict[str, object], inspected: dict[str, object] | None, threads: int, compare: str, repeats: int = DEFAULT_REPEATS,
+    builders: int | None = None,
 ) -> Case:
     """One degree's case: its ranks' figures (each rank on `threads` threads; the restore and the
     driver alone as each rank's medians of `repeats` cold pairs, the last restore the comparing
-    one), or why it failed or was not run."""
+    one), or why it failed or was not run.
+
+    An eager LOAD over the peer communicator ends when every rank has finished (the ranks agree
+    on it), so each rank's restore lasts as long as the slowest rank's, while each driver-alone
+    rank, started together with its peers, ends on its own. Beside each rank's ratio, the case
+    therefore holds the ratio of the pairs' slowest ranks (`slowest_ranks_cold`: per pair, the
+    slowest restore over the slowest driver alone)."""
+    from foundry_trace.restore import DEFAULT_BUILDERS
+
     ranks_per_gpu = -(-degree // max(gpus, 1)) if kind == "peer" else 1
     placed = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree), "ranks_per_gpu": ranks_per_gpu}
     if "failed" in saved:
         return Case(**placed, failed=saved["failed"])
     shown = {k: v for k, v in inspected.items() if k != "per_graph"}
     case = {**placed, "archive_bytes": saved["archive_bytes"], "save_s": saved["save_s"], "collectives": saved["collectives"],
-            "threads": threads, "cold_pairs": repeats, **shown}
+            "threads": threads, "builders": builders or DEFAULT_BUILDERS, "cold_pairs": repeats, **shown}
     if kind == "nccl" and degree > gpus:
         return Case(**case, not_run=f"needs {degree} GPUs for NCCL, this machine has {gpus}")
     plan = memory_plan(shape, degree, ranks_per_gpu, free_bytes)
@@ -525,17 +542,20 @@ def _degree_case(
     if plan["refused"]:
         return Case(**case, not_run=plan["refused"])
     timed = [workload, str(directory), kind, *extra, "--threads", str(threads)]
+    loading = [] if builders is None else ["--builders", str(builders)]
     drivers: list[list[dict[str, object]]] = []
     restores: list[list[dict[str, object]]] = []
     try:
         native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
         for pair in range(repeats):  # alternating, so that a drift of the machine falls on both sides
             drivers.append(_by_rank(run_degree(["driver", *timed], degree, kind)))
-            restores.append(_by_rank(run_degree(["load", *timed, "--compare", compare if pair == repeats - 1 else UNCOMPARED], degree, kind)))
+            compared = compare if pair == repeats - 1 else UNCOMPARED
+            restores.append(_by_rank(run_degree(["load", *timed, *loading, "--compare", compared], degree, kind)))
     except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
         return Case(**case, failed=_first_line(error))
     loaded = restores[-1]
     cold = [cold_ratios([runs[r]["restore_s"] for runs in restores], [runs[r]["driver_cold_s"] for runs in drivers]) for r in range(degree)]
+    slowest = cold_ratios([max(r["restore_s"] for r in runs) for runs in restores], [max(r["driver_cold_s"] for r in runs) for runs in drivers])
     native_s = [n["native_s"] for n in native]
     restore_s = [c["restore_s_median"] for c in cold]
     driver_s = [c["driver_cold_s_median"] for c in cold]
@@ -551,6 +571,7 @@ def _degree_case(
         restore_over_driver_cold_min=[c["ratio_min"] for c in cold],
         restore_over_driver_cold_max=[c["ratio_max"] for c in cold],
         cold_runs_by_rank=cold,
+        restore_over_slowest_driver_cold=slowest["ratio_median"], slowest_ranks_cold=slowest,
         bitwise_equal=all(r["bitwise_equal"] for r in loaded),
         compared_batches=loaded[0].get("compared_batches"),
         ranks_bitwise_equal=[r["bitwise_equal"] for r in loaded],
@@ -583,7 +604,7 @@ def render(results: dict[str, object]) -> str:
 
     table = Table(title=f"{results['device']} x {results['gpus']} / {results['workload']}")
     columns = ("degree (ranks/GPU)", "graphs / nodes", "collective nodes (per graph)", "archive MiB", "native s (worst rank)",
-               "restore s (worst rank's median)", "speed-up (least)", "restore / driver (worst rank's median, its range)", "bitwise (ranks agree / shards tile)", "replay delta %")
+               "restore s (worst rank's median)", "speed-up (least)", "restore / driver (worst rank's median, its range; slowest ranks')", "bitwise (ranks agree / shards tile)", "replay delta %")
     for column in columns:
         table.add_column(column, justify="right")
     for c in results["cases"]:
@@ -612,12 +633,15 @@ def render(results: dict[str, object]) -> str:
 
 
 def _worst_ratio(case: dict[str, object]) -> str:
-    """The worst rank's median restore / driver alone, with that rank's range over its cold pairs."""
+    """The worst rank's median restore / driver alone, with that rank's range over its cold pairs,
+    and the slowest ranks' median ratio where recorded."""
     ratios = case["restore_over_driver_cold"]
     worst = ratios.index(max(ratios))
     lows, highs = case.get("restore_over_driver_cold_min"), case.get("restore_over_driver_cold_max")
     spread = f" ({lows[worst]:.2f}-{highs[worst]:.2f})" if lows and highs else ""
-    return f"{ratios[worst]:.2f}{spread}"
+    slowest = case.get("slowest_ranks_cold")
+    last = f"; slowest ranks {slowest['ratio_median']:.2f}" if slowest else ""
+    return f"{ratios[worst]:.2f}{spread}{last}"
 
 
 def _compared(case: dict[str, object]) -> str:
@@ -646,7 +670,7 @@ def _run(arguments: argparse.Namespace) -> dict[str, object]:
     workload, directory, kind = arguments.rest
     if arguments.role == "driver":
         return child_driver(workload, directory, kind, arguments.threads, options)
-    return child_load(workload, directory, kind, arguments.threads, arguments.compare, options)
+    return child_load(workload, directory, kind, arguments.threads, arguments.compare, options, arguments.builders)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -656,6 +680,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser.add_argument("rest", nargs="*")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="driver, load: this rank's restore threads")
+    parser.add_argument("--builders", type=int, help="load: this rank's cap on graphs built at a time (default LOAD's)")
     parser.add_argument("--compare", choices=(*COMPARED, UNCOMPARED), default="all",
                         help="load: the batch sizes compared bit for bit (run()'s compare; none: the restore timed alone)")
     add_option_flags(parser)

@@ -6,7 +6,7 @@ seam) are internal and may change in any release."""
 
 from foundry_trace.restore._pipeline import Span
 from foundry_trace.restore._resources import ReleaseSummary
-from foundry_trace.restore.load import DEFAULT_THREADS, load, prefetch
+from foundry_trace.restore.load import DEFAULT_BUILDERS, DEFAULT_THREADS, load, prefetch
 from foundry_trace.restore.restored import Restored, RestoredGraph
 
-__all__ = ["DEFAULT_THREADS", "ReleaseSummary", "Restored", "RestoredGraph", "Span", "load", "prefetch"]
+__all__ = ["DEFAULT_BUILDERS", "DEFAULT_THREADS", "ReleaseSummary", "Restored", "RestoredGraph", "Span", "load", "prefetch"]
