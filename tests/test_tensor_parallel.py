@@ -335,15 +335,14 @@ def test_the_slowest_ranks_of_each_pair_are_compared_and_builders_reach_the_load
             "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "busy": {}, "timeline": {}, "graphs": 1}
     pairs = iter([(0.30, [0.20, 0.25]), (0.40, [0.20, 0.20]), (0.33, [0.30, 0.22])])  # each rank's restore ends with the slowest
     roles: list[list[str]] = []
+    restore = [0.2]  # the restore of the pair whose driver-alone ranks ran last
 
     def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
         roles.append(role)
         if role[0] == "driver":
-            restore, drivers = next(pairs)
-            ranks.restore = restore
+            restore[0], drivers = next(pairs)
             return [{**rank, "rank": r, "driver_cold_s": drivers[r]} for r in range(degree)]
-        restore = getattr(ranks, "restore", 0.2)
-        return [{**rank, "rank": r, "restore_s": restore, "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
+        return [{**rank, "rank": r, "restore_s": restore[0], "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
 
     monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {2: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"}})
     monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
