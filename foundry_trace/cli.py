@@ -264,7 +264,10 @@ def parser() -> argparse.ArgumentParser:
         help=f"load, fit, coverage: restore threads (default {DEFAULT_THREADS}); tp: each rank's (default: the machine's cores "
         f"shared among its ranks, at most {DEFAULT_THREADS})",
     )
-    bench.add_argument("--builders", type=int, help="tp: each LOAD rank's cap on graphs built at a time (default LOAD's own)")
+    bench.add_argument(
+        "--builders", help="tp: each LOAD rank's cap on graphs built at a time (default LOAD's own), or a comma list of caps restored "
+        "side by side in every cold pair, the first the case's (e.g. 2,1)",
+    )
     bench.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
     bench.add_argument(
         "--compare", choices=("all", "latency"), default="all",

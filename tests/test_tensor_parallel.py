@@ -14,7 +14,7 @@ from foundry_trace.archive._node_table import decode, encode
 from foundry_trace.archive.records import CollectiveNode, Edge, EmptyNode, GraphBody, PeerWindowRecord, walk_nodes
 from foundry_trace.archive.summary import render, summarize
 from foundry_trace.bench.workloads.decode import PRESETS, rank_shape
-from foundry_trace.errors import ArchiveFormatError, StallError, TensorParallelError
+from foundry_trace.errors import ArchiveFormatError, StallError, TensorParallelError, WorkloadError
 from foundry_trace.parallel.collectives import check_communicator, tensor_parallel_archive
 from foundry_trace.parallel.time_limit import call_with_time_limit
 
@@ -348,7 +348,7 @@ def test_the_slowest_ranks_of_each_pair_are_compared_and_builders_reach_the_load
     monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
     monkeypatch.setattr(tp_bench, "run_degree", ranks)
     monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
-    [two] = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", builders=2)["cases"]
+    [two] = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", builders=[2])["cases"]
     assert [r[-2:] for r in roles if r[0] == "load"][-1] == ["--compare", "all"]
     assert all(("--builders" in r) == (r[0] == "load") and (r[0] != "load" or r[r.index("--builders") + 1] == "2") for r in roles[1:])
     assert two["builders"] == 2
@@ -356,6 +356,49 @@ def test_the_slowest_ranks_of_each_pair_are_compared_and_builders_reach_the_load
     assert two["restore_over_slowest_driver_cold"] == pytest.approx(statistics.median([0.30 / 0.25, 0.40 / 0.20, 0.33 / 0.30]))
     assert two["restore_over_driver_cold"][0] == pytest.approx(statistics.median([0.30 / 0.20, 0.40 / 0.20, 0.33 / 0.30]))
     assert tp_bench._worst_ratio(two).endswith("; slowest ranks 1.20")
+    assert "builders_sweep" not in two
+
+
+def test_a_builders_sweep_restores_every_cap_in_every_pair_and_the_first_compares(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each pair restores once per cap against the same drivers alone; the case's own figures are
+    the first cap's, whose last restore is the comparing one."""
+    from foundry_trace.bench import tp_bench
+
+    inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
+    rank = {"native_s": 2.0, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "busy": {}, "timeline": {}, "graphs": 1}
+    restore_by_cap = {"4": 0.5, "1": 0.3}
+    roles: list[list[str]] = []
+
+    def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+        roles.append(role)
+        if role[0] != "load":
+            return [{**rank, "rank": r, "driver_cold_s": 0.25} for r in range(degree)]
+        cap = role[role.index("--builders") + 1]
+        return [{**rank, "rank": r, "restore_s": restore_by_cap[cap], "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
+
+    monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {2: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"}})
+    monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
+    monkeypatch.setattr(tp_bench, "run_degree", ranks)
+    monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
+    results = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", repeats=2, builders=tp_bench.builder_caps("1,4"))
+    [case] = results["cases"]
+    loads = [(r[r.index("--builders") + 1], r[-1]) for r in roles if r[0] == "load"]
+    assert loads == [("4", "none"), ("1", "none"), ("4", "none"), ("1", "all")]
+    assert case["builders"] == 1 and case["restore_over_driver_cold"] == [pytest.approx(1.2)] * 2
+    assert case["builders_sweep"]["4"]["restore_over_slowest_driver_cold"] == pytest.approx(2.0)
+    assert case["builders_sweep"]["1"]["restore_s_by_rank"] == [0.3, 0.3]
+    assert results["workload"].endswith("-builders-1-4")
+
+
+@pytest.mark.parametrize("given", ["0", "2,0", "x", "", "2,,1"])
+def test_builders_must_be_positive_numbers(given: str) -> None:
+    from foundry_trace.bench import tp_bench
+
+    with pytest.raises(WorkloadError, match=f"builders={given}: let each rank build"):
+        tp_bench.builder_caps(given)
 
 
 def test_ranks_start_a_timed_phase_together_through_the_host_agreement_only() -> None:

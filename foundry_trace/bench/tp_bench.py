@@ -349,12 +349,13 @@ def disagreeing_graphs(inspected: dict[int, dict[str, object]]) -> list[str]:
 
 def check_arguments(
     workload: str, *, degrees: str, layers: int | None = None, communicator: str = "nccl", threads: int | None = None, compare: str = "all",
-    repeats: int = DEFAULT_REPEATS, builders: int | None = None,
+    repeats: int = DEFAULT_REPEATS, builders: str | int | None = None,
 ) -> list[int]:
     """The degrees of the comma list `degrees`, once each, in order; raises WorkloadError where the
     arguments cannot run (before any process or GPU is asked for): a degree that is not a
     positive number, that the peer communicator cannot serve, or that does not divide the
-    workload's heads, key/value heads, intermediate size and vocabulary; fewer than one cold pair."""
+    workload's heads, key/value heads, intermediate size and vocabulary; fewer than one cold pair;
+    `builders` not a comma list of positive numbers (builder_caps())."""
     from foundry_trace.bench.workloads.decode import rank_shape
     from foundry_trace.bench.workloads.registry import require_decode
     from foundry_trace.parallel.window import MAX_RANKS
@@ -364,8 +365,7 @@ def check_arguments(
         raise WorkloadError(f"communicator {communicator!r}: choose one of {', '.join(COMMUNICATORS)}")
     if threads is not None and threads < 1:
         raise WorkloadError(f"threads={threads}: give each rank at least one thread")
-    if builders is not None and builders < 1:
-        raise WorkloadError(f"builders={builders}: let each rank build at least one graph at a time")
+    builder_caps(builders)
     if compare not in COMPARED:
         raise WorkloadError(f"compare {compare!r}: choose one of {', '.join(COMPARED)}")
     if repeats < 1:
@@ -390,7 +390,7 @@ def check_arguments(
 def run(
     workload: str, output_dir: Path | None, degrees: str = "1,2", archive: Path | None = None, layers: int | None = None,
     attention: str | None = None, communicator: str = "nccl", threads: int | None = None, compare: str = "all",
-    repeats: int = DEFAULT_REPEATS, builders: int | None = None,
+    repeats: int = DEFAULT_REPEATS, builders: str | int | None = None,
 ) -> dict[str, object]:
     """SAVE each degree of the comma list `degrees` into `archive` (a directory; default a
     temporary one), then run the degrees that this machine can: NCCL where it has a GPU a rank,
@@ -402,7 +402,8 @@ def run(
     call; the case's `compared_batches` says which. `repeats`: cold pairs of driver-alone and
     restoring ranks per degree (each rank's ratio their median). `builders`: the LOAD ranks'
     cap on graphs built at a time (default LOAD's own; the driver alone builds on every thread,
-    then instantiates on every thread)."""
+    then instantiates on every thread), or a comma list of caps compared side by side
+    (builder_caps())."""
     parsed = check_arguments(
         workload, degrees=degrees, layers=layers, communicator=communicator, threads=threads, compare=compare, repeats=repeats,
         builders=builders,
@@ -411,8 +412,25 @@ def run(
         with tempfile.TemporaryDirectory(prefix="foundry-tp-") as scratch:
             return run(workload, output_dir, degrees, Path(scratch), layers, attention, communicator, threads, compare, repeats, builders)
     return _run_degrees(
-        workload, parsed, archive, output_dir, communicator, threads, compare, repeats, builders, layers=layers, attention=attention
+        workload, parsed, archive, output_dir, communicator, threads, compare, repeats, builder_caps(builders), layers=layers,
+        attention=attention,
     )
+
+
+def builder_caps(builders: str | int | None) -> list[int] | None:
+    """The LOAD ranks' caps on graphs built at a time, from --builders: one number, or a comma
+    list whose first is the case's (its ranks compare) and whose others are each restored cold
+    beside it in every pair, for the case's `builders_sweep`; None: LOAD's own default. Raises
+    WorkloadError for anything else."""
+    if builders is None:
+        return None
+    try:
+        caps = list(dict.fromkeys(int(b) for b in str(builders).split(",")))
+    except ValueError:
+        caps = []
+    if not caps or min(caps) < 1:
+        raise WorkloadError(f"builders={builders}: let each rank build at least one graph at a time (a number, or a comma list such as 2,1)")
+    return caps
 
 
 def rank_threads(ranks_here: int, cpus: int | None = None) -> int:
@@ -472,7 +490,7 @@ def logit_coverage(loaded: list[dict[str, object]], vocab: int) -> dict[str, obj
 
 def _run_degrees(
     workload: str, degrees: list[int], directory: Path, output_dir: Path | None, kind: str, threads: int | None = None,
-    compare: str = "all", repeats: int = DEFAULT_REPEATS, builders: int | None = None, **options: object,
+    compare: str = "all", repeats: int = DEFAULT_REPEATS, builders: list[int] | None = None, **options: object,
 ) -> dict[str, object]:
     import torch
 
@@ -494,7 +512,8 @@ def _run_degrees(
             device,
             what="tp",
             workload=f"{workload}-tp{'-'.join(str(d) for d in degrees)}-{kind}" + (f"-{options['layers']}-layers" if options.get("layers") else "")
-            + (f"-{options['attention']}-attention" if options.get("attention") else "") + ("" if compare == "all" else f"-compare-{compare}"),
+            + (f"-{options['attention']}-attention" if options.get("attention") else "") + ("" if compare == "all" else f"-compare-{compare}")
+            + (f"-builders-{'-'.join(map(str, builders))}" if builders and len(builders) > 1 else ""),
             workload_desc=f"{described[-1] if described else workload}; one rank's step SAVEd per degree on one GPU with no peer; "
             f"each rank restores the same archive with its live {kind} communicator vs native warm-up + capture per rank, cold; "
             f"restore / driver alone: each rank's median of {repeats} cold pair(s){sharing}"
@@ -515,7 +534,7 @@ def _run_degrees(
 def _degree_case(
     workload: str, degree: int, directory: Path, kind: str, extra: list[str], gpus: int, shape: ModelShape, free_bytes: int,
     saved: dict[str, object], inspected: dict[str, object] | None, threads: int, compare: str, repeats: int = DEFAULT_REPEATS,
-    builders: int | None = None,
+    builders: list[int] | None = None,
 ) -> Case:
     """One degree's case: its ranks' figures (each rank on `threads` threads; the restore and the
     driver alone as each rank's medians of `repeats` cold pairs, the last restore the comparing
@@ -525,7 +544,10 @@ def _degree_case(
     on it), so each rank's restore lasts as long as the slowest rank's, while each driver-alone
     rank, started together with its peers, ends on its own. Beside each rank's ratio, the case
     therefore holds the ratio of the pairs' slowest ranks (`slowest_ranks_cold`: per pair, the
-    slowest restore over the slowest driver alone)."""
+    slowest restore over the slowest driver alone).
+
+    With several `builders` caps, each pair restores once per cap (the first last, as the
+    comparing one), and `builders_sweep` holds each cap's ratios against the same drivers alone."""
     from foundry_trace.restore import DEFAULT_BUILDERS
 
     ranks_per_gpu = -(-degree // max(gpus, 1)) if kind == "peer" else 1
@@ -534,7 +556,7 @@ def _degree_case(
         return Case(**placed, failed=saved["failed"])
     shown = {k: v for k, v in inspected.items() if k != "per_graph"}
     case = {**placed, "archive_bytes": saved["archive_bytes"], "save_s": saved["save_s"], "collectives": saved["collectives"],
-            "threads": threads, "builders": builders or DEFAULT_BUILDERS, "cold_pairs": repeats, **shown}
+            "threads": threads, "builders": builders[0] if builders else DEFAULT_BUILDERS, "cold_pairs": repeats, **shown}
     if kind == "nccl" and degree > gpus:
         return Case(**case, not_run=f"needs {degree} GPUs for NCCL, this machine has {gpus}")
     plan = memory_plan(shape, degree, ranks_per_gpu, free_bytes)
@@ -542,20 +564,25 @@ def _degree_case(
     if plan["refused"]:
         return Case(**case, not_run=plan["refused"])
     timed = [workload, str(directory), kind, *extra, "--threads", str(threads)]
-    loading = [] if builders is None else ["--builders", str(builders)]
+    caps: list[int | None] = list(builders) if builders else [None]
     drivers: list[list[dict[str, object]]] = []
-    restores: list[list[dict[str, object]]] = []
+    restores: dict[int | None, list[list[dict[str, object]]]] = {cap: [] for cap in caps}
     try:
         native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
         for pair in range(repeats):  # alternating, so that a drift of the machine falls on both sides
             drivers.append(_by_rank(run_degree(["driver", *timed], degree, kind)))
-            compared = compare if pair == repeats - 1 else UNCOMPARED
-            restores.append(_by_rank(run_degree(["load", *timed, *loading, "--compare", compared], degree, kind)))
+            for cap in [*caps[1:], caps[0]]:
+                compared = compare if pair == repeats - 1 and cap == caps[0] else UNCOMPARED
+                loading = [] if cap is None else ["--builders", str(cap)]
+                restores[cap].append(_by_rank(run_degree(["load", *timed, *loading, "--compare", compared], degree, kind)))
     except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
         return Case(**case, failed=_first_line(error))
-    loaded = restores[-1]
-    cold = [cold_ratios([runs[r]["restore_s"] for runs in restores], [runs[r]["driver_cold_s"] for runs in drivers]) for r in range(degree)]
-    slowest = cold_ratios([max(r["restore_s"] for r in runs) for runs in restores], [max(r["driver_cold_s"] for r in runs) for runs in drivers])
+    if len(caps) > 1:
+        case["builders_sweep"] = {str(cap): _cap_ratios(runs, drivers, degree) for cap, runs in restores.items()}
+    ours = restores[caps[0]]
+    loaded = ours[-1]
+    cold = [cold_ratios([runs[r]["restore_s"] for runs in ours], [runs[r]["driver_cold_s"] for runs in drivers]) for r in range(degree)]
+    slowest = _slowest_ranks(ours, drivers)
     native_s = [n["native_s"] for n in native]
     restore_s = [c["restore_s_median"] for c in cold]
     driver_s = [c["driver_cold_s_median"] for c in cold]
@@ -585,6 +612,19 @@ def _degree_case(
         timeline_s_by_rank=[r["timeline"] for r in loaded],
         graphs_restored=[r["graphs"] for r in loaded],
     )
+
+
+def _slowest_ranks(restores: list[list[dict[str, object]]], drivers: list[list[dict[str, object]]]) -> dict[str, object]:
+    """Per pair, the slowest restoring rank over the slowest driver-alone rank (cold_ratios())."""
+    return cold_ratios([max(r["restore_s"] for r in runs) for runs in restores], [max(r["driver_cold_s"] for r in runs) for runs in drivers])
+
+
+def _cap_ratios(restores: list[list[dict[str, object]]], drivers: list[list[dict[str, object]]], degree: int) -> dict[str, object]:
+    """One builders cap's restores against the pairs' drivers alone: each rank's median restore
+    and median ratio, and the slowest ranks' median ratio."""
+    cold = [cold_ratios([runs[r]["restore_s"] for runs in restores], [runs[r]["driver_cold_s"] for runs in drivers]) for r in range(degree)]
+    return {"restore_s_by_rank": [c["restore_s_median"] for c in cold], "restore_over_driver_cold": [c["ratio_median"] for c in cold],
+            "restore_over_slowest_driver_cold": _slowest_ranks(restores, drivers)["ratio_median"]}
 
 
 def _by_rank(results: list[dict[str, object]]) -> list[dict[str, object]]:
