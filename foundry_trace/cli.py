@@ -27,7 +27,7 @@ ATTENTION_HELP = (
 )
 DEFAULT_RESULTS_DIR = Path("bench/results")
 BENCH_OPTIONS = {
-    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint", "budget_s"), "fit": ("threads", "attention", "budget_s"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator", "threads", "compare", "repeats", "builders"),
+    "alloc": ("backend",), "save": ("archive",), "soak": (), "load": ("threads", "attention", "layers", "checkpoint", "budget_s", "archive"), "fit": ("threads", "attention", "budget_s"), "coverage": ("threads",), "tp": ("degrees", "archive", "layers", "attention", "communicator", "threads", "compare", "repeats", "builders"),
     "e2e": ("layers", "batches", "tokens", "repeats", "example", "eager", "budget_s"),
 }
 DEFAULT_WORKLOAD = "small"
@@ -132,6 +132,8 @@ def _bench(arguments: argparse.Namespace) -> int:
     _check_workload(arguments.kind, workload, module, options)  # the arguments' errors before the hardware's
     if arguments.kind == "load" and arguments.checkpoint is not None:
         registry.require_checkpoint_support(workload)
+    if arguments.kind == "load" and arguments.archive is not None:
+        module.check_archive(arguments.archive, workload, {k: options.get(k) for k in ("attention", "layers")})
     if not (arguments.kind == "alloc" and arguments.backend == "host"):
         require_gpu(f"`foundry bench {arguments.kind}`")
     results = module.run(workload, None if arguments.no_write else arguments.output, **options)
@@ -258,7 +260,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", type=Path, default=DEFAULT_RESULTS_DIR, help="directory for the results JSON (and PNG)")
     bench.add_argument("--no-write", action="store_true", help="print only")
     bench.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
-    bench.add_argument("--archive", type=Path, help="save: keep the archive here; tp: the archive directory (default: temporary)")
+    bench.add_argument("--archive", type=Path, help="save: keep the archive here; load: SAVE's archive, kept, and "
+                       "restored without a new SAVE where it exists already (the same workload and options); tp: the archive directory "
+                       "(default: temporary)")
     bench.add_argument(
         "--threads", type=int,
         help=f"load, fit, coverage: restore threads (default {DEFAULT_THREADS}); tp: each rank's (default: the machine's cores "

@@ -51,6 +51,7 @@ def test_a_gpu_command_without_a_gpu_prints_one_line_naming_the_fix(command: tup
     (("bench", "tp", "--workload", "piecewise"), "decode workloads"),
     (("bench", "tp", "--communicator", "peer", "--builders", "0"), "builders=0: let each rank build at least one graph"),
     (("bench", "tp", "--communicator", "peer", "--builders", "2,x"), "builders=2,x: let each rank build at least one graph"),
+    (("bench", "load", "--archive", "/nonexistent-folder/a.foundry"), "folder /nonexistent-folder does not exist"),
 ])
 def test_an_argument_error_comes_before_the_missing_gpu(command: tuple[str, ...], named: str) -> None:
     ran = foundry(*command)

@@ -28,6 +28,7 @@ PARTS = [
     "load:qwen3-235b-rank",
     "load-math:llama8b",
     "checkpoint:qwen3-235b-rank",
+    "save:qwen3-235b-rank",
     "fit:piecewise",
     "replay-probe",
     "cold-probe:llama8b",
@@ -97,6 +98,7 @@ def test_environment_knobs_reach_the_commands() -> None:
         "load:qwen3-235b-rank,tp-peer:8:32,e2e",
         LAYERS="8",
         CHECKPOINT="/dev/shm/c",
+        ARCHIVE="/dev/shm/a.foundry",
         TP_COMPARE="latency",
         TP_BUILDERS="2",
         E2E_REPEATS="5",
@@ -104,6 +106,7 @@ def test_environment_knobs_reach_the_commands() -> None:
     )
     load = commands["load-qwen3-235b-rank"]
     assert load[load.index("--layers") + 1] == "8" and load[load.index("--checkpoint") + 1] == "/dev/shm/c"
+    assert load[load.index("--archive") + 1] == "/dev/shm/a.foundry"
     tp = commands["tp-peer-8-32"]
     assert (
         tp[tp.index("--degrees") + 1] == "8"
@@ -137,3 +140,14 @@ def test_each_foundry_command_passes_the_argument_checks(part: str, tmp_path: Pa
     )
     printed = (ran.stdout + ran.stderr).strip().splitlines()
     assert ran.returncode == 2 and len(printed) == 1 and "needs an NVIDIA GPU" in printed[0], printed
+
+
+def test_save_writes_the_archive_load_reuses_and_only_where_it_is_missing() -> None:
+    """save:W is the LOAD bench's own SAVE (roles save, references included) into ARCHIVE,
+    written under another name and moved into place once complete, so that an interrupted SAVE
+    never leaves a file that load:W would take for a finished archive."""
+    [(name, command)] = planned("save:qwen3-235b-rank", ARCHIVE="/dev/shm/a.foundry", LAYERS="4", CHECKPOINT="/dev/shm/c")
+    script = command[-1]
+    assert name == "save-qwen3-235b-rank" and command[:2] == ["bash", "-c"]
+    assert script.startswith("[[ -f /dev/shm/a.foundry ]] ||") and "roles save qwen3-235b-rank /dev/shm/a.foundry.partial" in script
+    assert "--layers 4" in script and "--checkpoint /dev/shm/c" in script and script.rstrip("; }").endswith("mv /dev/shm/a.foundry.partial /dev/shm/a.foundry")

@@ -58,7 +58,7 @@ def _ticking_children(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[str, 
 def test_the_bench_runs_each_side_cold_three_times_alternating(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _fake_children(monkeypatch)
     _, loaded = load_bench.run_children("small", 8)
-    assert [role for role, _ in calls] == ["save", "native", "driver", "load", "driver", "cold", "driver", "cold", "prefetch", "background"]
+    assert [role for role, _ in calls] == ["save", "native", "driver", "load", "prefetch", "background", "driver", "cold", "driver", "cold"]
     assert loaded["cold_runs"]["ratio_median"] == pytest.approx(1.1)
     assert loaded["driver_alone"] == {"driver_build_s": 0.4, "driver_instantiate_s": 0.6, "driver_cold_s": 1.0}
     assert loaded["checkpoint"] is None and not any("--checkpoint" in arguments for _, arguments in calls)
@@ -69,7 +69,7 @@ def test_a_large_workload_writes_its_checkpoint_first_and_every_child_loads_it(m
     folder = tmp_path / "weights"
     _, loaded = load_bench.run_children("qwen3-235b-rank", 8, layers=4, checkpoint=folder)
     assert calls[0] == ("checkpoint", ["qwen3-235b-rank", str(folder), "--layers", "4"])
-    assert [role for role, _ in calls[1:]] == ["save", "native", "driver", "load", "driver", "cold", "driver", "cold", "prefetch", "background"]
+    assert [role for role, _ in calls[1:]] == ["save", "native", "driver", "load", "prefetch", "background", "driver", "cold", "driver", "cold"]
     for _, arguments in calls[1:]:
         assert arguments[arguments.index("--checkpoint") + 1] == str(folder) and arguments[arguments.index("--layers") + 1] == "4"
     assert loaded["weights_load_s_by_child"] == {
@@ -193,20 +193,17 @@ def test_the_table_shows_counts_weights_from_disk_and_serving_before_every_graph
 
 
 def test_a_bench_short_of_time_keeps_the_first_pair_and_names_what_it_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each fake child takes 10 s; with 75 s for children, SAVE, native, the first pair (driver,
-    LOAD) and one more pair run, then the third pair's driver no longer fits, and neither do
-    prefetch nor background: the cold ratio is of the two pairs measured, the skipped phases
-    are named, and what they would have measured is None."""
+    """Each fake child takes 10 s; with 85 s for children, SAVE, native, the first pair (driver,
+    LOAD), prefetch, background and one more pair run, then the third pair's driver no longer
+    fits: the cold ratio is of the two pairs measured, the skipped phase is named."""
     calls, clock = _ticking_children(monkeypatch)
-    budget = Budget(RESERVE_S + 65.0, clock=lambda: clock[0])
+    budget = Budget(RESERVE_S + 85.0, clock=lambda: clock[0])
     _, loaded = load_bench.run_children("small", 8, budget=budget)
-    assert [role for role, _ in calls] == ["save", "native", "driver", "load", "driver", "cold"]
-    assert len(loaded["cold_runs"]["restore_s"]) == 2 and loaded["prefetched"] is None and loaded["background"] is None
-    assert [s["phase"] for s in budget.skipped] == ["driver 3", "prefetch", "background"]
-    assert loaded["weights_load_s_by_child"]["prefetch"] is None
-    assert load_bench.readiness_fields({**loaded, **{k: 0 for k in ("kernel_nodes", "nodes_by_kind", "kernel_functions", "modules", "templates")}})[
-        "ready_all_s"] is None
-    assert budget.children_s == {"save": 10.0, "native": 10.0, "driver 1": 10.0, "load": 10.0, "driver 2": 10.0, "cold 2": 10.0}
+    assert [role for role, _ in calls] == ["save", "native", "driver", "load", "prefetch", "background", "driver", "cold"]
+    assert len(loaded["cold_runs"]["restore_s"]) == 2 and loaded["prefetched"] is not None and loaded["background"] is not None
+    assert [s["phase"] for s in budget.skipped] == ["driver 3"]
+    assert budget.children_s == {"save": 10.0, "native": 10.0, "driver 1": 10.0, "load": 10.0, "prefetch": 10.0, "background": 10.0,
+                                 "driver 2": 10.0, "cold 2": 10.0}
 
 
 def test_the_fit_expects_its_children_to_take_what_like_children_took() -> None:
@@ -228,15 +225,61 @@ def test_the_table_names_the_budget_and_what_it_left_out() -> None:
     table = render(results)
     assert "median of 1 pairs" in table and "not measured (left out for time)" in table
     assert "540 / 512 s" in table and "left out for time: prefetch" in table
+    case.update(compare_s={"capture": 28.0, "references": 30.25, "restored": 9.0, "latency": 20.0, "release": 1.0}, archive_reused=True)
+    table = render(results)
+    assert "28.0 / 30.2 / 9.0 / 20.0 / 1.0 s" in table and "not SAVEd by this run" in table
 
 
-def test_a_later_pair_starts_only_where_both_its_children_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each fake child takes 10 s; after the first pair 15 s are left: a driver-alone run whose cold
-    restore could not follow would be thrown away (a ratio needs both sides), so neither later
-    pair starts, and the prefetch child, which fits, runs instead."""
+def test_what_only_prefetch_and_background_measure_comes_before_the_later_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fake child takes 10 s; with 55 s for children, the prefetch child runs after the
+    first pair and the background child no longer fits; with 15 s left after the first pair,
+    a driver-alone run whose cold restore could not follow would be thrown away (a ratio needs
+    both sides), so neither later pair starts. What was left out measures None."""
     calls, clock = _ticking_children(monkeypatch)
     budget = Budget(RESERVE_S + 55.0, clock=lambda: clock[0])
     _, loaded = load_bench.run_children("small", 8, budget=budget)
     assert [role for role, _ in calls] == ["save", "native", "driver", "load", "prefetch"]
-    assert [s["phase"] for s in budget.skipped] == ["driver 2", "driver 3", "background"]
-    assert budget.skipped[0]["expected_s"] == 20.0 and len(loaded["cold_runs"]["restore_s"]) == 1
+    assert [s["phase"] for s in budget.skipped] == ["background", "driver 2", "driver 3"]
+    assert budget.skipped[1]["expected_s"] == 20.0 and len(loaded["cold_runs"]["restore_s"]) == 1
+    assert loaded["background"] is None and loaded["weights_load_s_by_child"]["background"] is None
+    assert load_bench.readiness_fields({**loaded, **{k: 0 for k in ("kernel_nodes", "nodes_by_kind", "kernel_functions", "modules", "templates")}})[
+        "ready_all_s"] is None
+
+
+def test_a_reused_archive_must_be_the_benchs_own_for_this_workload_and_options(tmp_path: Path) -> None:
+    """--archive: a new one needs its folder; an existing one must be an archive whose metadata
+    names the workload and engine options (the checkpoint folder aside), else the bench would
+    build an engine LOAD then refuses, minutes into a device call."""
+    from foundry_trace.bench.workloads.registry import workload_metadata
+    from foundry_trace.errors import WorkloadError
+
+    from .archive_samples import fixed_contents, write_archive
+
+    load_bench.check_archive(tmp_path / "new.foundry", "small", {"layers": None})  # SAVEd there
+    with pytest.raises(WorkloadError, match="folder .* does not exist"):
+        load_bench.check_archive(tmp_path / "no" / "new.foundry", "small", {})
+    garbage = tmp_path / "garbage.foundry"
+    garbage.write_bytes(b"not an archive" * 10)
+    with pytest.raises(WorkloadError, match="cannot be reused: .*remove it"):
+        load_bench.check_archive(garbage, "small", {})
+    manifest, blobs = fixed_contents()
+    saved = tmp_path / "saved.foundry"
+    write_archive(saved, manifest.model_copy(update={"metadata": workload_metadata("qwen3-235b-rank", {"layers": 4, "checkpoint": "/a"})}), blobs)
+    load_bench.check_archive(saved, "qwen3-235b-rank", {"layers": 4, "attention": None, "checkpoint": "/b"})
+    for workload, options in (("qwen3-235b-rank", {"layers": 8}), ("qwen3-235b-rank", {}), ("small", {"layers": 4})):
+        with pytest.raises(WorkloadError, match="was SAVEd for .*not"):
+            load_bench.check_archive(saved, workload, options)
+    unnamed = tmp_path / "unnamed.foundry"
+    write_archive(unnamed, manifest, blobs)
+    with pytest.raises(WorkloadError, match="no bench workload"):
+        load_bench.check_archive(unnamed, "small", {})
+
+
+def test_a_given_archive_is_saved_once_and_reused_without_a_save(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = _fake_children(monkeypatch)
+    archive = tmp_path / "kept.foundry"
+    load_bench.run_children("small", 8, archive)
+    assert calls[0][0] == "save" and archive.exists()
+    calls.clear()
+    saved, _ = load_bench.run_children("small", 8, archive)
+    assert "save" not in [role for role, _ in calls] and saved["archive_bytes"] == archive.stat().st_size

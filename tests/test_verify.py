@@ -165,9 +165,9 @@ def test_a_comparison_of_some_batch_sizes_names_them_and_compares_those_alone(mo
 
     seen: list[list[int]] = []
 
-    def each_batch(engine, restored, sizes, latency_batches, communicator, effort):  # noqa: ANN001, ANN202
+    def each_batch(engine, restored, sizes, latency_batches, communicator, effort, spent):  # noqa: ANN001, ANN202
         seen.append(list(sizes))
-        return {str(b): {"digest": "d", "deterministic": True} for b in sizes}, {str(b): "d" for b in sizes}, {}, 0.0
+        return {str(b): {"digest": "d", "deterministic": True} for b in sizes}, {str(b): "d" for b in sizes}, {}
 
     monkeypatch.setattr(verify, "restored_batches", lambda restored: [1, 2, 64, 256])
     monkeypatch.setattr(verify, "_compare_each_batch", each_batch)
@@ -175,3 +175,4 @@ def test_a_comparison_of_some_batch_sizes_names_them_and_compares_those_alone(mo
     assert seen[-1] == [1, 64, 256] and some["compared_batches"] == [1, 64, 256] and some["bitwise_equal"] and some["steps"] == 3
     every = verify.compare(None, SimpleNamespace(graphs={}), batch_by_batch=True)
     assert seen[-1] == [1, 2, 64, 256] and every["compared_batches"] is None
+    assert every["native_s"] == every["compare_s"]["capture"] == 0.0 and set(every["compare_s"]) >= {"capture", "references", "restored", "latency"}

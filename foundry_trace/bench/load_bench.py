@@ -51,9 +51,10 @@ from foundry_trace.bench.load_roles import MODULE
 from foundry_trace.bench.roles import run_role
 from foundry_trace.bench.workloads.registry import require_checkpoint_support, splits_steps
 from foundry_trace.bench.workloads.registry import workload as registry_workload
+from foundry_trace.errors import FoundryTraceError, WorkloadError
 from foundry_trace.restore import DEFAULT_THREADS
 
-__all__ = ["checkpoint_folder", "compared_case_fields", "render", "run", "run_children", "workload_label"]
+__all__ = ["check_archive", "checkpoint_folder", "compared_case_fields", "render", "run", "run_children", "workload_label"]
 COLD_RUNS = 3  # cold restores and driver-alone runs, each side
 CHECKPOINT_MODULE = "foundry_trace.bench.workloads.checkpoint"
 DRIVER_FIELDS = ("driver_build_s", "driver_instantiate_s", "driver_cold_s")  # of the driver-alone child, into the case
@@ -117,40 +118,25 @@ def checkpoint_folder(workload: str, given: object, scratch: Path) -> Path | Non
 def _load_children(
     progress: object, workload: str, path: Path, threads: int, options: dict[str, object], budget: Budget
 ) -> dict[str, object]:
-    """The full bench's children after SAVE: native, driver alone and cold restores alternating,
-    prefetch, background; the LOAD child's result with the others' figures added. The first
-    pair and the LOAD child always run; the later pairs, prefetch and background where the budget
-    leaves time for them (a later pair starts only where both its children fit, and one cut
-    short is left out whole: a ratio needs both sides)."""
+    """The full bench's children after SAVE: native, the first pair of driver alone and LOAD
+    child, prefetch, background, then the later pairs of driver alone and cold restore; the LOAD
+    child's result with the others' figures added. The first pair always runs; prefetch,
+    background and the later pairs where the budget leaves time for them, in that order (what
+    only they measure before a further sample of what the first pair measured already). A later
+    pair starts only where both its children fit, and one cut short is left out whole: a ratio
+    needs both sides."""
     extra = option_arguments(options)
     arguments = [workload, str(path), str(threads), *extra]
     task = progress.add_task(f"native {workload}: warm-up, capture and instantiate every graph, cold")
     native = budget.run("native", lambda timeout: run_role("native", workload, path, timeout=timeout, **options))
     progress.remove_task(task)
-    driver_runs, restore_runs, cold_weights = [], [], []
-    for run in range(COLD_RUNS):  # alternating, each in a fresh process: a drift hits both sides
-        task = progress.add_task(f"driver alone {workload} ({run + 1} of {COLD_RUNS}): build and instantiate every graph, cold")
-        if run == 0:
-            driver = budget.run("driver 1", lambda timeout: run_child(DRIVER_MODULE, ["driver", *arguments], timeout=timeout))
-            progress.remove_task(task)
-            task = progress.add_task(f"LOAD {workload}: restore cold, then 1 thread, lazy, thread counts, native capture, compare")
-            loaded = budget.run("load", lambda timeout: _run_child("load", *arguments, timeout=timeout))
-            restore_runs.append(loaded["restore_s"])
-            driver_runs.append(driver)
-        else:
-            expected = budget.children_s.get("driver 1")
-            pair = None if expected is None else 2 * expected  # the driver's run is thrown away where its cold restore cannot follow
-            driver = budget.run_optional(
-                f"driver {run + 1}", lambda timeout: run_child(DRIVER_MODULE, ["driver", *arguments], timeout=timeout), pair)
-            progress.remove_task(task)
-            task = progress.add_task(f"LOAD {workload} ({run + 1} of {COLD_RUNS}): restore cold")
-            cold = None if driver is None else budget.run_optional(
-                f"cold {run + 1}", lambda timeout: run_child(COLD_MODULE, ["cold", *arguments], timeout=timeout), expected)
-            if cold is not None:
-                driver_runs.append(driver)
-                restore_runs.append(cold["restore_s"])
-                cold_weights.append(cold.get("weights_load_s"))
-        progress.remove_task(task)
+    task = progress.add_task(f"driver alone {workload} (1 of {COLD_RUNS}): build and instantiate every graph, cold")
+    driver_runs = [budget.run("driver 1", lambda timeout: run_child(DRIVER_MODULE, ["driver", *arguments], timeout=timeout))]
+    progress.remove_task(task)
+    task = progress.add_task(f"LOAD {workload}: restore cold, then 1 thread, lazy, thread counts, native capture, compare")
+    loaded = budget.run("load", lambda timeout: _run_child("load", *arguments, timeout=timeout))
+    restore_runs, cold_weights = [loaded["restore_s"]], []
+    progress.remove_task(task)
     # Prefetch and background are fresh processes that build the engine and restore, as the
     # driver-alone child does, and then compare: its time is the least they can take.
     least = budget.children_s.get("driver 1")
@@ -161,6 +147,20 @@ def _load_children(
     task = progress.add_task(f"background {workload}: load(mode='background'), until batches up to 8 and all are ready")
     loaded["background"] = budget.run_optional("background", lambda timeout: _run_child("background", *arguments, timeout=timeout), least)
     progress.remove_task(task)
+    pair = None if least is None else 2 * least  # the driver's run is thrown away where its cold restore cannot follow
+    for run in range(1, COLD_RUNS):  # alternating, each in a fresh process: a drift hits both sides
+        task = progress.add_task(f"driver alone {workload} ({run + 1} of {COLD_RUNS}): build and instantiate every graph, cold")
+        driver = budget.run_optional(
+            f"driver {run + 1}", lambda timeout: run_child(DRIVER_MODULE, ["driver", *arguments], timeout=timeout), pair)
+        progress.remove_task(task)
+        task = progress.add_task(f"LOAD {workload} ({run + 1} of {COLD_RUNS}): restore cold")
+        cold = None if driver is None else budget.run_optional(
+            f"cold {run + 1}", lambda timeout: run_child(COLD_MODULE, ["cold", *arguments], timeout=timeout), least)
+        if cold is not None:
+            driver_runs.append(driver)
+            restore_runs.append(cold["restore_s"])
+            cold_weights.append(cold.get("weights_load_s"))
+        progress.remove_task(task)
     loaded["native_s"], loaded["native_engine_s"] = native["native_s"], native["engine_s"]
     loaded["driver_alone"] = {k: driver_runs[0][k] for k in DRIVER_FIELDS}  # the pair of the LOAD child's cold restore
     loaded["cold_runs"] = cold_ratios(restore_runs, [d["driver_cold_s"] for d in driver_runs])
@@ -207,6 +207,32 @@ def fit_expectations(children_s: dict[str, float], references_s: float | None) -
         if seen:
             expected[kind] = max(seen)
     return expected
+
+
+def check_archive(archive: Path, workload: str, options: dict[str, object]) -> None:
+    """Raises WorkloadError where `--archive` cannot serve the bench: a new archive's folder
+    missing, or an existing one that is not an archive SAVEd by the bench for this workload
+    with these engine options (the weights' checkpoint folder aside). Called before any child
+    or GPU is asked for."""
+    from foundry_trace.archive.format import Archive
+    from foundry_trace.bench.workloads.registry import workload_of
+
+    if not archive.exists():
+        if not archive.parent.is_dir():
+            raise WorkloadError(f"--archive {archive}: its folder {archive.parent} does not exist; create it, or name a file in an existing folder")
+        return
+    try:
+        with Archive(archive) as opened:
+            named = workload_of(opened.manifest.metadata)
+    except (FoundryTraceError, OSError) as error:
+        raise WorkloadError(f"--archive {archive} exists but cannot be reused: {error}; remove it, and the bench SAVEs a new one there") from None
+    given = {k: v for k, v in options.items() if v is not None and k != "checkpoint"}
+    recorded = None if named is None else (named[0], {k: v for k, v in named[1].items() if k != "checkpoint"})
+    if recorded != (workload, given):
+        raise WorkloadError(
+            f"--archive {archive} was SAVEd for {recorded or 'no bench workload'}, not {(workload, given)}: remove it (the bench "
+            "SAVEs a new one there), or give the workload and options it was SAVEd with"
+        )
 
 
 def workload_label(workload: str, graphs: int, attention: str | None, layers: int | None = None) -> str:
@@ -258,17 +284,21 @@ def compared_case_fields(saved: dict[str, object], loaded: dict[str, object]) ->
 
 def run(
     workload: str, output_dir: Path | None, threads: int = DEFAULT_THREADS, attention: str | None = None, layers: int | None = None,
-    checkpoint: Path | None = None, budget_s: float | None = None,
+    checkpoint: Path | None = None, budget_s: float | None = None, archive: Path | None = None,
 ) -> dict[str, object]:
     """The whole LOAD bench. `layers`: the model's decoder layers (default: the workload's);
     `checkpoint`: the folder of the weights' checkpoint (kept, and reused by the next run);
-    `budget_s`: the seconds the whole bench may take, cost fit included (budget.py)."""
+    `budget_s`: the seconds the whole bench may take, cost fit included (budget.py); `archive`:
+    where SAVE's archive goes, kept, and restored without a SAVE where it exists already (an
+    earlier run's, of the same workload and options: LOAD refuses one whose layout or
+    fingerprint differs); default a temporary file, removed after the run."""
     from foundry_trace.bench.results import Case, ResultsFile
 
     started = time.perf_counter()
     budget = Budget(budget_s)
+    reused = archive is not None and archive.exists()
     with tempfile.TemporaryDirectory(prefix="foundry-load-") as kept:  # the archive, kept for the fit's subsets
-        archive = Path(kept) / f"{workload}.foundry"
+        archive = archive if archive is not None else Path(kept) / f"{workload}.foundry"
         saved, loaded = run_children(workload, threads, archive, budget=budget, attention=attention, layers=layers, checkpoint=checkpoint)
         instantiate_only = loaded["instantiate_only_s_by_threads"]  # None for a large workload: not measured
         prefetched = loaded["prefetched"]  # None where the budget left the child out
@@ -306,6 +336,8 @@ def run(
             first_graph_spans=loaded["first_graph_spans"],
             first_graph_modules=loaded.get("first_graph_modules"),
             nondeterminism=loaded["nondeterminism"],
+            compare_s=loaded.get("compare_s"),
+            archive_reused=reused,
             busy_s=loaded["busy"],
             threads=threads,
             spans=loaded["spans"],

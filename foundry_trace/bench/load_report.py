@@ -107,6 +107,17 @@ def _prefetch_rows(c: dict[str, object]) -> list[tuple[str, str]]:
     ]
 
 
+def _compare_rows(c: dict[str, object]) -> list[tuple[str, str]]:
+    """Where the LOAD child's comparison spent its time, and whether SAVE's archive was an
+    earlier run's (results files before these fields have neither)."""
+    rows = []
+    if c.get("compare_s"):
+        rows.append(("LOAD child's comparison: " + " / ".join(c["compare_s"]), " / ".join(f"{v:.1f}" for v in c["compare_s"].values()) + " s"))
+    if c.get("archive_reused"):
+        rows.append(("archive", "an earlier run's (--archive), not SAVEd by this run"))
+    return rows
+
+
 def _budget_rows(c: dict[str, object]) -> list[tuple[str, str]]:
     """The time budget (results files before it have none) and what it left out."""
     if c.get("budget_s") is None:
@@ -172,6 +183,7 @@ def render(results: dict[str, object]) -> str:
           for b, v in c["replay_ms"].items() if (g := v.get("graphs_only"))),
         *((f"cost fit, {side}: per graph / per node / fixed", f"{f['per_graph_us']:.1f} us / {f['per_node_us']:.2f} us / {f['fixed_s']:.3f} s")
           for side, f in ((side, (c.get("cost_fit") or {}).get(side)) for side in ("restore", "driver_alone")) if f),
+        *_compare_rows(c),
         *_budget_rows(c),
     ]
     for row in rows:

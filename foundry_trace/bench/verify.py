@@ -19,8 +19,9 @@ import gc
 import hashlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,21 +301,27 @@ def compare(
     sum of the per-batch captures.
 
     `only`: compare these batch sizes alone (those the restore holds); the result's
-    `compared_batches` names them. None: every batch size (`compared_batches` None)."""
+    `compared_batches` names them. None: every batch size (`compared_batches` None).
+
+    The result's `compare_s` says where the comparison's time went: the native captures, their
+    reference outputs (determinism replays included), the restored outputs, replay latency."""
     sizes = [b for b in restored_batches(restored) if only is None or b in only]
+    spent = _Spent()
     if batch_by_batch:
-        here, digests, latency, native_s = _compare_each_batch(engine, restored, sizes, latency_batches, communicator, effort)
+        here, digests, latency = _compare_each_batch(engine, restored, sizes, latency_batches, communicator, effort, spent)
     else:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        native = capture_steps(engine, sizes)
-        native_s = time.perf_counter() - start
-        here = reference_outputs(engine, native, effort.reference_replays)
-        digests = restored_digests(engine, restored)
-        latency = {str(b): _latency(engine, restored, native[b], communicator, effort) for b in latency_batches if b in native}
+        with spent("capture"):
+            native = capture_steps(engine, sizes)
+        with spent("references"):
+            here = reference_outputs(engine, native, effort.reference_replays)
+        with spent("restored"):
+            digests = restored_digests(engine, restored)
+        with spent("latency"):
+            latency = {str(b): _latency(engine, restored, native[b], communicator, effort) for b in latency_batches if b in native}
     verdict = against_native(sizes, here, digests, saved)
     result: dict[str, object] = {
-        "native_s": native_s,
+        "native_s": spent.seconds["capture"],
+        "compare_s": dict(spent.seconds),
         "graphs": len(restored.graphs),
         "steps": len(sizes),
         "compared_batches": None if only is None else sizes,
@@ -346,10 +353,26 @@ def _latency(engine: Engine, restored: Restored, native: CapturedStep, communica
     return latency
 
 
+class _Spent:
+    """Seconds spent per part of a comparison, summed over its uses (`with spent("capture"):`);
+    the GPU is synchronised on entry and exit, so that each part holds its own GPU work."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {"capture": 0.0, "references": 0.0, "restored": 0.0, "latency": 0.0, "release": 0.0}
+
+    @contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        torch.cuda.synchronize()
+        self.seconds[part] += time.perf_counter() - start
+
+
 def _compare_each_batch(
     engine: Engine, restored: Restored, sizes: list[int], latency_batches: tuple[int, ...], communicator: Communicator | None,
-    effort: Effort,
-) -> tuple[dict[str, dict[str, object]], dict[str, str], dict[str, object], float]:
+    effort: Effort, spent: _Spent,
+) -> tuple[dict[str, dict[str, object]], dict[str, str], dict[str, object]]:
     """compare()'s batch_by_batch: per batch size, largest first, a native capture (timed), its
     reference digest and determinism replays, the restored step's digest, the latency where
     asked, then the native graphs destroyed and their memory handed back to the graph pool
@@ -357,23 +380,23 @@ def _compare_each_batch(
     here: dict[str, dict[str, object]] = {}
     digests: dict[str, str] = {}
     latency: dict[str, object] = {}
-    native_s = 0.0
     for batch in sorted(sizes, reverse=True):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        native = capture_steps(engine, [batch])
-        native_s += time.perf_counter() - start
-        here.update(reference_outputs(engine, native, effort.reference_replays))
-        replay, output = engine.restored_step(restored, batch)
-        digests[str(batch)] = run_on_fixed_inputs(engine, batch, replay, lambda output=output: output)
+        with spent("capture"):
+            native = capture_steps(engine, [batch])
+        with spent("references"):
+            here.update(reference_outputs(engine, native, effort.reference_replays))
+        with spent("restored"):
+            replay, output = engine.restored_step(restored, batch)
+            digests[str(batch)] = run_on_fixed_inputs(engine, batch, replay, lambda output=output: output)
         if batch in latency_batches:
-            latency[str(batch)] = _latency(engine, restored, native[batch], communicator, effort)
-        torch.cuda.synchronize()  # nothing of this batch's native graphs may still run when they go
-        del native
-        gc.collect()
+            with spent("latency"):
+                latency[str(batch)] = _latency(engine, restored, native[batch], communicator, effort)
+        with spent("release"):  # nothing of this batch's native graphs may still run when they go
+            del native
+            gc.collect()
     ordered = sorted(sizes)
     return ({str(b): here[str(b)] for b in ordered}, {str(b): digests[str(b)] for b in ordered},
-            {str(b): latency[str(b)] for b in latency_batches if str(b) in latency}, native_s)
+            {str(b): latency[str(b)] for b in latency_batches if str(b) in latency})
 
 
 def against_native(
