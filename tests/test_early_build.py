@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import given
 
 from foundry_alloc import Allocation, Layout
@@ -95,3 +96,54 @@ def test_load_s_python_reads_no_node_table() -> None:
     tree = Tree.read(Path(__file__).resolve().parents[1])
     readers = [m for m, names in tree.imports.items() if m.startswith("foundry_trace.restore") and any("_node_table" in n for n in names)]
     assert readers == []
+
+
+class _Queue:
+    """The pipeline as _start_early_graphs sees it: what it queues, in order."""
+
+    def __init__(self) -> None:
+        self.queued: list[str] = []
+        self.modules_for: list[list[str]] = []
+
+    def load_modules_for(self, entries) -> None:  # noqa: ANN001
+        self.modules_for.append([e.key for e in entries])
+
+    def queue(self, entries) -> None:  # noqa: ANN001
+        self.queued += [e.key for e in entries]
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["1", "2", "8", "8/01", "8/02", "64", "x"]), st.sampled_from(["always", "graph_memory", "never", None])),
+             min_size=1, max_size=7, unique_by=lambda t: t[0]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_a_load_starts_the_first_step_then_every_graph_that_can_build_in_serving_order(
+    graphs: list[tuple[str, str | None]], every: bool, arena_free: bool
+) -> None:
+    """Before the claim, LOAD queues the first step whole (or nothing at all: no graph may queue
+    ahead of it), then, for an eager or background load, every other graph that needs no live
+    state, in serving order; the graph arena is claimed first where a queued graph needs it, once."""
+    import sys
+
+    from foundry_trace.archive.keys import first_step, serving_order
+
+    loading = sys.modules["foundry_trace.restore.load"]  # the module: the package exports its load() under that name
+
+    entries = [SimpleNamespace(key=key, early=early) for key, early in graphs]
+    pipeline, claims = _Queue(), []
+    restored = SimpleNamespace(archive=SimpleNamespace(manifest=SimpleNamespace(graphs=entries)), pipeline=pipeline)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loading, "_claim_graph_memory", lambda r: claims.append(r) or arena_free)
+        loading._start_early_graphs(restored, every)
+    first = [e.key for e in first_step(entries)]
+    assert pipeline.modules_for == [first] and len(claims) <= 1
+    mapped = bool(claims) and arena_free
+    if not pipeline.queued:  # the first step could not start
+        assert any(not builds_early(e, mapped) for e in first_step(entries))
+        return
+    assert pipeline.queued[: len(first)] == first and all(builds_early(e, mapped) for e in entries if e.key in pipeline.queued)
+    later = [e.key for e in serving_order(entries) if e.key not in first and builds_early(e, mapped)]
+    assert pipeline.queued[len(first) :] == (later if every else [])
+    if claims:  # only where some graph that would queue needed the arena
+        assert any(e.early == "graph_memory" for e in entries)

@@ -200,15 +200,16 @@ def _restore(
     restored: Restored, prefetched: bool, mode: Mode, upload: bool, communicator: Communicator | None, deadline: float | None,
     timeout: float | None,
 ) -> None:
-    """load() past the open: the first graphs, the claim, the queue, and (eager) the wait."""
+    """load() past the open: the communicator checked, the graphs that can start early, the
+    claim, the queue, and (eager) the wait."""
     try:
         with annotate("load"):
-            if not prefetched:
-                with _phase(restored, "first graphs"):
-                    _start_first_graph(restored)
             manifest = restored.archive.manifest
             path = str(restored.archive.path)
             check_communicator(manifest.tensor_parallel, len(manifest.collectives), communicator, path, manifest.peer_window)
+            if not prefetched:
+                with _phase(restored, "first graphs"):
+                    _start_early_graphs(restored, every=mode != "lazy")
             peers = communicator if manifest.peer_window is not None and manifest.tensor_parallel > 1 else None
             if peers is not None:
                 peers.hold(restored)
@@ -318,20 +319,33 @@ def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, po
     return restored
 
 
-def _start_first_graph(restored: Restored) -> None:
+def _start_early_graphs(restored: Restored, every: bool) -> None:
     """LOAD starts on the graphs a server replays first (its smallest batch: one graph, or all
     the pieces of that step) at once: their modules load, and they are built and instantiated,
-    while LOAD checks the layout and claims the memory. As for prefetch(), only where they need
-    no live state; where their memsets or memcpys name the graph arena alone, that arena is
-    claimed first."""
-    first = first_step(restored.archive.manifest.graphs)
+    while LOAD checks the layout, agrees with its peers and claims the memory. With `every`
+    (an eager or background LOAD, which restores every graph anyway), the other graphs follow
+    them in serving order, so that no worker idles meanwhile. As for prefetch(), only graphs
+    that need no live state; where their memsets or memcpys name the graph arena alone, that
+    arena is claimed first. Where the first step cannot start, nothing does: no other graph may
+    queue ahead of it."""
+    graphs = restored.archive.manifest.graphs
+    first = first_step(graphs)
     if not first:
         return
     restored.pipeline.load_modules_for(first)
+    mapped = False
     if not all(builds_early(e, graph_memory_mapped=False) for e in first):
         if not all(builds_early(e, graph_memory_mapped=True) for e in first) or not _claim_graph_memory(restored):
             return
+        mapped = True
     restored.pipeline.queue(first)
+    if not every:
+        return
+    started = {entry.key for entry in first}
+    later = [entry for entry in serving_order(graphs) if entry.key not in started]
+    if not mapped and any(not builds_early(e, graph_memory_mapped=False) and builds_early(e, graph_memory_mapped=True) for e in later):
+        mapped = _claim_graph_memory(restored)
+    restored.pipeline.queue([entry for entry in later if builds_early(entry, mapped)])
 
 
 def _claim_graph_memory(restored: Restored) -> bool:
