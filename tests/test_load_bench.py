@@ -184,12 +184,14 @@ def test_the_table_shows_counts_weights_from_disk_and_serving_before_every_graph
         background_cold=background, ready_small_batches_s=0.064, ready_all_s=4.2, instantiate_only_s_by_threads=None, best_possible_speedup=None,
     )
     case["prefetch_cold"]["weights_load_s"] = 9.4
+    case["prefetch_cold"]["ready_small_batches_s"] = 0.0123
     table = render(results)
     assert f"67 / {case['nodes']:,} / 100,781" in table and "244 / 173 / 6" in table
     assert "61.1 GB in 15 files on tmpfs, reused" in table and "9.10 s (8.80-9.90 s)" in table
     assert "cold: returned after" in table and "0.021 s" in table and "batches up to 8 ready / all" in table and "0.064 / 4.200 s" in table
     assert "batches 1, 2, 4, 8 bit-identical to SAVE's" in table and "True (differ: none)" in table
     assert "not measured (a large workload)" in table and "weights loaded meanwhile" in table and "1.02 / 9.40 s" in table
+    assert "restore point to batches up to 8 ready (background)" in table and "0.012 s" in table
 
 
 def test_a_bench_short_of_time_keeps_the_first_pair_and_names_what_it_left_out(monkeypatch: pytest.MonkeyPatch) -> None:

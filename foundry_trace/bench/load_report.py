@@ -99,6 +99,7 @@ def _prefetch_rows(c: dict[str, object]) -> list[tuple[str, str]]:
                if p.get("weights_load_s") is not None else ("  restore point reached at", f"{p['engine_s']:.2f} s")]
     return [
         ("prefetch() at start (cold): restore point to all ready", f"{p['at_restore_point_s']:.3f} s ({c['speedup_with_prefetch_cold']:.1f}x)"),
+        *([("  restore point to batches up to 8 ready (background)", f"{p['ready_small_batches_s']:.3f} s")] if p.get("ready_small_batches_s") is not None else []),
         ("  graphs ready before the restore point / prefetch work ended at", f"{p['ready_before_restore_point']} of {c['graphs']} / {p['prefetch_work_s']:.2f} s"),
         *weights,
         ("  process start to ready: native / with prefetch", f"{c['native_engine_s'] + c['native_s']:.2f} / {p['engine_s'] + p['at_restore_point_s']:.2f} s"),

@@ -4,7 +4,7 @@ save: the tiny workload, with its graphs' outputs on fixed inputs stored in the 
 load: eager LOAD, compared with SAVE's graphs and a native capture; release() frees everything.
 modes: background and lazy LOAD give the same outputs; a lazy graph restores at its first replay.
 prefetch: prefetch() as the first thing the process does (no CUDA context yet), the engine built
-    meanwhile, then LOAD at the restore point, eager and lazy: the same outputs.
+    meanwhile, then LOAD at the restore point, eager, background and lazy: the same outputs.
 save-streams: the streams workload (memset and memcpy nodes into memory the capture allocated).
 prefetch-copies: prefetch() of that archive at process start builds every graph, memsets and
     memcpys included, before the restore point; LOAD then gives SAVE's outputs.
@@ -101,7 +101,7 @@ def prefetched(path: str) -> dict[str, object]:
     saved = saved_outputs(path)
     result: dict[str, object] = {}
     model = None
-    for mode in ("eager", "lazy"):
+    for mode in ("eager", "background", "lazy"):
         early = ft.prefetch(path)  # the first time round, before anything touched the GPU
         model = model or build_engine("tiny")
         restored = ft.load(early, mode=mode)

@@ -55,7 +55,7 @@ def test_background_and_lazy_loads_give_the_same_outputs(archive: Path) -> None:
 
 def test_prefetch_at_process_start_then_load_gives_the_same_outputs(archive: Path) -> None:
     result = run("prefetch", archive)
-    for mode in ("eager", "lazy"):
+    for mode in ("eager", "background", "lazy"):
         assert result[mode]["equal_saved"] and result[mode]["compared"] == 4, result
 
 
