@@ -296,6 +296,8 @@ def run(
 
     started = time.perf_counter()
     budget = Budget(budget_s)
+    if archive is not None:
+        check_archive(archive, workload, {"attention": attention, "layers": layers})
     reused = archive is not None and archive.exists()
     with tempfile.TemporaryDirectory(prefix="foundry-load-") as kept:  # the archive, kept for the fit's subsets
         archive = archive if archive is not None else Path(kept) / f"{workload}.foundry"

@@ -581,7 +581,7 @@ def _degree_case(
         case["builders_sweep"] = {str(cap): _cap_ratios(runs, drivers, degree) for cap, runs in restores.items()}
     ours = restores[caps[0]]
     loaded = ours[-1]
-    cold = [cold_ratios([runs[r]["restore_s"] for runs in ours], [runs[r]["driver_cold_s"] for runs in drivers]) for r in range(degree)]
+    cold = _rank_ratios(ours, drivers, degree)
     slowest = _slowest_ranks(ours, drivers)
     native_s = [n["native_s"] for n in native]
     restore_s = [c["restore_s_median"] for c in cold]
@@ -614,6 +614,11 @@ def _degree_case(
     )
 
 
+def _rank_ratios(restores: list[list[dict[str, object]]], drivers: list[list[dict[str, object]]], degree: int) -> list[dict[str, object]]:
+    """Each rank's cold pairs, its restores against its drivers alone (cold_ratios())."""
+    return [cold_ratios([runs[r]["restore_s"] for runs in restores], [runs[r]["driver_cold_s"] for runs in drivers]) for r in range(degree)]
+
+
 def _slowest_ranks(restores: list[list[dict[str, object]]], drivers: list[list[dict[str, object]]]) -> dict[str, object]:
     """Per pair, the slowest restoring rank over the slowest driver-alone rank (cold_ratios())."""
     return cold_ratios([max(r["restore_s"] for r in runs) for runs in restores], [max(r["driver_cold_s"] for r in runs) for runs in drivers])
@@ -622,7 +627,7 @@ def _slowest_ranks(restores: list[list[dict[str, object]]], drivers: list[list[d
 def _cap_ratios(restores: list[list[dict[str, object]]], drivers: list[list[dict[str, object]]], degree: int) -> dict[str, object]:
     """One builders cap's restores against the pairs' drivers alone: each rank's median restore
     and median ratio, and the slowest ranks' median ratio."""
-    cold = [cold_ratios([runs[r]["restore_s"] for runs in restores], [runs[r]["driver_cold_s"] for runs in drivers]) for r in range(degree)]
+    cold = _rank_ratios(restores, drivers, degree)
     return {"restore_s_by_rank": [c["restore_s_median"] for c in cold], "restore_over_driver_cold": [c["ratio_median"] for c in cold],
             "restore_over_slowest_driver_cold": _slowest_ranks(restores, drivers)["ratio_median"]}
 
