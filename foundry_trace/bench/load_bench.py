@@ -15,15 +15,17 @@ restore with prefetch() (modules loaded before the restore point), restores on s
 counts, a native capture in the same process, and the comparison bit for bit (against SAVE's
 references in the archive and against that capture) and of replay latency. `foundry verify` and
 the coverage bench run a shorter LOAD child (roles.py): one timed restore, then the native
-capture and the comparison. A `background` child then loads with mode="background" at its
-restore point (cold) and times how soon the batch sizes up to 8, and then all, can be replayed.
+capture and the comparison. After the LOAD child, a `prefetch` child calls prefetch() at
+process start and loads with mode="background" at its restore point, and a `background` child
+loads so without prefetch (both cold): each times how soon the batch sizes up to 8, and then
+all, can be replayed.
 For a workload that cuts its steps into pieces, the bench ends with the cost fit of fit_bench.py
 (per graph and per node, Foundry against the driver alone), its first point the bench's own
 archive and restore.
 
 Under a time budget (`--budget-s`, budget.py; tools/gpu-check gives what is left of its call)
-every child gets what is left; the repeated cold pairs after the first, the prefetch and
-background children and the fit's points run only where they fit, and the results file says
+every child gets what is left; the prefetch and background children, the repeated cold pairs
+after the first and the fit's points run only where they fit, in that order, and the results file says
 what was left out (`skipped_for_time`) and what each child took (`children_s`), its fields of
 what was not measured null.
 
