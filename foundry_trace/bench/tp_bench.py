@@ -370,10 +370,7 @@ def check_arguments(
         raise WorkloadError(f"compare {compare!r}: choose one of {', '.join(COMPARED)}")
     if repeats < 1:
         raise WorkloadError(f"repeats={repeats}: give at least one cold pair of driver-alone and restoring ranks")
-    try:
-        parsed = list(dict.fromkeys(int(d) for d in degrees.split(",")))
-    except ValueError:
-        parsed = []
+    parsed = _comma_numbers(degrees)
     if not parsed or min(parsed) < 1:
         raise WorkloadError(f"degrees {degrees!r}: a comma list of positive tensor-parallel degrees, e.g. 1,2")
     if communicator == "peer" and max(parsed) > MAX_RANKS:
@@ -424,13 +421,19 @@ def builder_caps(builders: str | int | None) -> list[int] | None:
     WorkloadError for anything else."""
     if builders is None:
         return None
-    try:
-        caps = list(dict.fromkeys(int(b) for b in str(builders).split(",")))
-    except ValueError:
-        caps = []
+    caps = _comma_numbers(str(builders))
     if not caps or min(caps) < 1:
         raise WorkloadError(f"builders={builders}: let each rank build at least one graph at a time (a number, or a comma list such as 2,1)")
     return caps
+
+
+def _comma_numbers(text: str) -> list[int]:
+    """The integers of a comma list, once each, in order; [] where any item is not one (the
+    callers name what they expected)."""
+    try:
+        return list(dict.fromkeys(int(item) for item in text.split(",")))
+    except ValueError:
+        return []
 
 
 def rank_threads(ranks_here: int, cpus: int | None = None) -> int:
