@@ -214,6 +214,9 @@ def test_a_rank_whose_peers_never_join_the_rendezvous_is_aborted_and_named(monke
 _DEVICE = {"device": "GPU", "torch": "t", "cuda": "c", "cupti": None}
 
 
+_PREFETCHED = {"at_restore_point_s": 0.05, "engine_s": 1.0, "ready_before_restore_point": 1}  # what a prefetching rank adds
+
+
 def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """8 ranks that ran out of GPU memory on one H200 used to end the bench before it wrote
     anything: the degrees that ran were lost with them."""
@@ -223,7 +226,7 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
     rank = {"native_s": 2.0, "driver_build_s": 0.05, "driver_instantiate_s": 0.15, "driver_cold_s": 0.2, "restore_s": 0.2,
-            "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
+            "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"}, **_PREFETCHED,
             "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "busy": {}, "timeline": {}, "graphs": 1,
             "device": "GPU", "torch": "t", "cuda": "c", "cupti": None}
     share = 1024 // 2  # the tiny workload's vocabulary, in two ranks' shards
@@ -276,7 +279,7 @@ def test_a_degree_whose_save_fails_is_recorded_and_the_others_still_run(monkeypa
         return {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"}
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
-    rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
+    rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"}, **_PREFETCHED,
             "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "busy": {}, "timeline": {}, "graphs": 1,
             "device": "GPU", "torch": "t", "cuda": "c", "cupti": None}
     run: list[int] = []
@@ -303,7 +306,7 @@ def test_the_results_file_is_written_after_each_degree_so_a_run_cut_short_keeps_
     from foundry_trace.bench import tp_bench
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
-    rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
+    rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"}, **_PREFETCHED,
             "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "busy": {}, "timeline": {}, "graphs": 1}
 
     def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
@@ -331,7 +334,7 @@ def test_the_slowest_ranks_of_each_pair_are_compared_and_builders_reach_the_load
     from foundry_trace.bench import tp_bench
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
-    rank = {"native_s": 2.0, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
+    rank = {"native_s": 2.0, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"}, **_PREFETCHED,
             "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "busy": {}, "timeline": {}, "graphs": 1}
     pairs = iter([(0.30, [0.20, 0.25]), (0.40, [0.20, 0.20]), (0.33, [0.30, 0.22])])  # each rank's restore ends with the slowest
     roles: list[list[str]] = []
@@ -367,7 +370,7 @@ def test_a_builders_sweep_restores_every_cap_in_every_pair_and_the_first_compare
     from foundry_trace.bench import tp_bench
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
-    rank = {"native_s": 2.0, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"},
+    rank = {"native_s": 2.0, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"}, **_PREFETCHED,
             "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "busy": {}, "timeline": {}, "graphs": 1}
     restore_by_cap = {"4": 0.5, "1": 0.3}
     roles: list[list[str]] = []
@@ -391,6 +394,46 @@ def test_a_builders_sweep_restores_every_cap_in_every_pair_and_the_first_compare
     assert case["builders_sweep"]["4"]["restore_over_slowest_driver_cold"] == pytest.approx(2.0)
     assert case["builders_sweep"]["1"]["restore_s_by_rank"] == [0.3, 0.3]
     assert results["workload"].endswith("-builders-1-4")
+
+
+def test_prefetching_ranks_run_after_the_pairs_and_their_failure_keeps_the_case(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each degree's ranks run once more with prefetch() at process start, after the comparing
+    restore: their time from the restore point, and their outputs against the LOAD ranks'. A
+    prefetching rank that fails is recorded in prefetch_cold; the pairs' figures stand."""
+    from foundry_trace.bench import tp_bench
+    from foundry_trace.errors import ChildProcessFailed
+
+    inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
+    rank = {"native_s": 2.0, "latency": {"1": {"delta_pct": 0.1}}, "restore_s": 0.3, "driver_cold_s": 0.25,
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "phases": {}, "busy": {}, "timeline": {}, "graphs": 1}
+    roles: list[str] = []
+    fails = [False]
+
+    def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+        roles.append(role[0])
+        if role[0] == "prefetch":
+            if fails[0]:
+                raise ChildProcessFailed("prefetch rank 1 of 2 failed (exit 1) in phase 'load': RestoreError\nmore lines")
+            return [{"rank": r, "at_restore_point_s": [0.02, 0.04][r], "engine_s": 3.0, "ready_before_restore_point": [1, 0][r],
+                     "digests": {"1": "d" if r == 0 else "other"}} for r in range(degree)]
+        return [{**rank, "rank": r, "digests": {"1": "d"}, "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
+
+    monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {2: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"}})
+    monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
+    monkeypatch.setattr(tp_bench, "run_degree", ranks)
+    monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
+    results = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", repeats=1)
+    [case] = results["cases"]
+    assert roles == ["native", "driver", "load", "prefetch"]
+    assert case["prefetch_cold"] == {
+        "at_restore_point_s": 0.04, "at_restore_point_s_by_rank": [0.02, 0.04], "engine_s_by_rank": [3.0, 3.0],
+        "ready_before_restore_point_by_rank": [1, 0], "bitwise_equal_to_load_by_rank": [True, False],
+    }
+    assert "every graph ready 0.040 s after the restore point" in tp_bench.render(results)
+    fails[0] = True
+    [case] = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", repeats=1)["cases"]
+    assert case["prefetch_cold"] == {"failed": "prefetch rank 1 of 2 failed (exit 1) in phase 'load': RestoreError"}
+    assert case["restore_over_driver_cold"] == [pytest.approx(1.2)] * 2
 
 
 @pytest.mark.parametrize("given", ["0", "2,0", "x", "", "2,,1"])

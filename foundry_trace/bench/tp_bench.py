@@ -11,7 +11,9 @@ alternating, N fresh rank processes measure the driver alone on their graphs (bu
 instantiated cold, under the same placement and concurrency) and N fresh rank processes restore
 the same archive, cold and timed (a rank's ratio is the median of its pairs: one cold sample of
 each side is noise). The last restoring ranks then capture natively in the same process, batch
-size by batch size, and compare outputs bit for bit and replay latency. With N > 1 ranks each
+size by batch size, and compare outputs bit for bit and replay latency; and N fresh ranks that
+call prefetch() at process start (as a serving rank would, before its communicator and engine)
+measure the time from the restore point until every graph is ready. With N > 1 ranks each
 rank's logits are its shard of the vocabulary (DecodeEngine's vocabulary-parallel head): every
 rank compares its shard with its native capture, and the shards must tile the vocabulary, so
 every logit is compared on one rank; where the logits are replicated (one rank), the ranks'
@@ -190,7 +192,7 @@ def child_load(
     import torch
 
     import foundry_trace
-    from foundry_trace.bench.verify import FULL, LATENCY_STEPS, SHARED_GPU, compare
+    from foundry_trace.bench.verify import FULL, LATENCY_STEPS, SHARED_GPU, compare, restored_digests
     from foundry_trace.bench.workloads.registry import build_engine
     from foundry_trace.parallel.collectives import tensor_parallel_archive
 
@@ -213,9 +215,11 @@ def child_load(
         with restored:
             result: dict[str, object] = {}
             if compared != UNCOMPARED:
+                phase("digests")  # for the prefetching ranks' comparison (child_prefetch)
+                result["digests"] = restored_digests(model, restored, list(LATENCY_STEPS))
                 phase("compare")
                 shared = torch.cuda.device_count() < communicator.world_size
-                result = compare(
+                result |= compare(
                     model, restored, communicator=communicator, effort=SHARED_GPU if shared else FULL, batch_by_batch=True,
                     only=None if compared == "all" else LATENCY_STEPS,
                 )
@@ -229,6 +233,55 @@ def child_load(
                       timeline=timeline(restored.spans),
                       archive_digest=restored.archive.digest, logit_rows=[rows.start, rows.stop], **device_fields())
     return result
+
+
+def child_prefetch(workload: str, directory: str, kind: str, threads: int, options: dict[str, object]) -> dict[str, object]:
+    """A serving rank with prefetch(): first thing in the process, before its communicator and
+    engine exist, it opens the archive for WORLD_SIZE ranks, loads every module and builds the
+    graphs that need no live state (the peer all-reduce is a kernel node: every graph of a peer
+    archive can) while the engine is built; at the restore point an eager
+    load(early, communicator=...) restores the rest (timed, cold; it ends when every rank is
+    ready). Then the digests of the latency batch sizes' outputs, compared by run() with the
+    comparing LOAD ranks' (the same archive restored without prefetch)."""
+    import foundry_alloc
+
+    foundry_alloc.install()
+    import torch
+
+    import foundry_trace
+    from foundry_trace.bench.verify import LATENCY_STEPS, restored_digests
+    from foundry_trace.bench.workloads.registry import build_engine
+    from foundry_trace.parallel.collectives import tensor_parallel_archive
+
+    foundry_alloc.reserve()
+    began = time.perf_counter()
+    phase("prefetch")
+    select_device()
+    early = foundry_trace.prefetch(tensor_parallel_archive(directory, int(os.environ["WORLD_SIZE"])), threads=threads)
+    try:
+        phase("rendezvous")
+        with _communicator(kind) as communicator:
+            phase("engine")
+            model = build_engine(workload, communicator=communicator, **options)
+            torch.cuda.synchronize()
+            phase("load")
+            start_together(communicator, "load")
+            start = time.perf_counter()
+            restored = foundry_trace.load(early, communicator=communicator, timeout=RANK_TIMEOUT_S / 2)
+            torch.cuda.synchronize()
+            at_restore_point_s = time.perf_counter() - start
+            note(f"rank {communicator.rank}: every graph ready {at_restore_point_s:.3f} s after the restore point")
+            with restored:
+                phase("digests")
+                digests = restored_digests(model, restored, list(LATENCY_STEPS))
+                instantiated = [s.end for s in restored.spans if s.phase == "instantiate"]
+                phase("close")
+            gc.collect()
+            torch.cuda.synchronize()
+            return {"rank": communicator.rank, "at_restore_point_s": at_restore_point_s, "engine_s": start - began,
+                    "ready_before_restore_point": sum(end <= start - began for end in instantiated), "digests": digests}
+    finally:
+        early.release()  # a no-op once load() took it over and released it
 
 
 def child_memory() -> dict[str, object]:
@@ -580,6 +633,7 @@ def _degree_case(
                 restores[cap].append(_by_rank(run_degree(["load", *timed, *loading, "--compare", compared], degree, kind)))
     except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
         return Case(**case, failed=_first_line(error))
+    case["prefetch_cold"] = _prefetch_case(timed, degree, kind, restores[caps[0]][-1])
     if len(caps) > 1:
         case["builders_sweep"] = {str(cap): _cap_ratios(runs, drivers, degree) for cap, runs in restores.items()}
     ours = restores[caps[0]]
@@ -615,6 +669,23 @@ def _degree_case(
         timeline_s_by_rank=[r["timeline"] for r in loaded],
         graphs_restored=[r["graphs"] for r in loaded],
     )
+
+
+def _prefetch_case(timed: list[str], degree: int, kind: str, loaded: list[dict[str, object]]) -> dict[str, object]:
+    """The degree's ranks once more, each with prefetch() at process start (child_prefetch): per
+    rank the time from the restore point until every graph is ready, the graphs ready before it,
+    and whether its latency batches' outputs equal the comparing LOAD rank's bit for bit. A
+    failure here is recorded, not raised: the case's other figures stand."""
+    try:
+        ranks = _by_rank(run_degree(["prefetch", *timed], degree, kind))
+    except ChildProcessFailed as error:
+        return {"failed": _first_line(error)}
+    at = [r["at_restore_point_s"] for r in ranks]
+    return {
+        "at_restore_point_s": max(at), "at_restore_point_s_by_rank": at, "engine_s_by_rank": [r["engine_s"] for r in ranks],
+        "ready_before_restore_point_by_rank": [r["ready_before_restore_point"] for r in ranks],
+        "bitwise_equal_to_load_by_rank": [early["digests"] == late.get("digests") for early, late in zip(ranks, loaded, strict=True)],
+    }
 
 
 def _rank_ratios(restores: list[list[dict[str, object]]], drivers: list[list[dict[str, object]]], degree: int) -> list[dict[str, object]]:
@@ -677,7 +748,21 @@ def render(results: dict[str, object]) -> str:
         "every graph holds the same collectives in every degree's archive" if not disagree
         else f"graphs whose collectives differ between degrees: {', '.join(disagree)}"
     )
-    return table_text(table, width=170) + agreement + "\n"
+    return table_text(table, width=170) + agreement + "\n" + "".join(_prefetch_line(c) for c in results["cases"])
+
+
+def _prefetch_line(case: dict[str, object]) -> str:
+    """A line on the case's prefetching ranks (_prefetch_case), where they ran."""
+    early = case.get("prefetch_cold")
+    if early is None:
+        return ""
+    if "failed" in early:
+        return f"{case['name']} with prefetch() at process start: failed: {early['failed']}\n"
+    return (
+        f"{case['name']} with prefetch() at process start: every graph ready {early['at_restore_point_s']:.3f} s after the restore "
+        f"point (worst rank), {min(early['ready_before_restore_point_by_rank'])}+ graphs a rank ready before it, bit for bit with "
+        f"the LOAD ranks at the latency batch sizes: {all(early['bitwise_equal_to_load_by_rank'])}\n"
+    )
 
 
 def _worst_ratio(case: dict[str, object]) -> str:
@@ -718,16 +803,18 @@ def _run(arguments: argparse.Namespace) -> dict[str, object]:
     workload, directory, kind = arguments.rest
     if arguments.role == "driver":
         return child_driver(workload, directory, kind, arguments.threads, options)
+    if arguments.role == "prefetch":
+        return child_prefetch(workload, directory, kind, arguments.threads, options)
     return child_load(workload, directory, kind, arguments.threads, arguments.compare, options, arguments.builders)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="a child process of `foundry bench tp` (one rank)")
-    parser.add_argument("role", choices=("save", "native", "driver", "load", "memory"))
+    parser.add_argument("role", choices=("save", "native", "driver", "load", "prefetch", "memory"))
     from foundry_trace.restore import DEFAULT_THREADS
 
     parser.add_argument("rest", nargs="*")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="driver, load: this rank's restore threads")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="driver, load, prefetch: this rank's restore threads")
     parser.add_argument("--builders", type=int, help="load: this rank's cap on graphs built at a time (default LOAD's)")
     parser.add_argument("--compare", choices=(*COMPARED, UNCOMPARED), default="all",
                         help="load: the batch sizes compared bit for bit (run()'s compare; none: the restore timed alone)")
