@@ -436,6 +436,15 @@ def test_prefetching_ranks_run_after_the_pairs_and_their_failure_keeps_the_case(
     assert case["restore_over_driver_cold"] == [pytest.approx(1.2)] * 2
 
 
+def test_prefetched_outputs_count_as_equal_only_where_the_same_batches_were_compared() -> None:
+    from foundry_trace.bench.tp_bench import _same_outputs
+
+    assert _same_outputs({"1": "a", "64": "b"}, {"1": "a", "64": "b", "8": "c"})
+    assert not _same_outputs({"1": "a", "64": "b"}, {"1": "a", "64": "x"})
+    assert not _same_outputs({"1": "a", "64": "b"}, {"1": "a"}), "a batch the LOAD ranks did not compare is not equal"
+    assert not _same_outputs({}, {}) and not _same_outputs({"1": "a"}, {}), "nothing compared is not equal"
+
+
 @pytest.mark.parametrize("given", ["0", "2,0", "x", "", "2,,1"])
 def test_builders_must_be_positive_numbers(given: str) -> None:
     from foundry_trace.bench import tp_bench

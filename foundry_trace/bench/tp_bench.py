@@ -192,7 +192,7 @@ def child_load(
     import torch
 
     import foundry_trace
-    from foundry_trace.bench.verify import FULL, LATENCY_STEPS, SHARED_GPU, compare, restored_digests
+    from foundry_trace.bench.verify import FULL, LATENCY_STEPS, SHARED_GPU, compare
     from foundry_trace.bench.workloads.registry import build_engine
     from foundry_trace.parallel.collectives import tensor_parallel_archive
 
@@ -215,11 +215,9 @@ def child_load(
         with restored:
             result: dict[str, object] = {}
             if compared != UNCOMPARED:
-                phase("digests")  # for the prefetching ranks' comparison (child_prefetch)
-                result["digests"] = restored_digests(model, restored, list(LATENCY_STEPS))
                 phase("compare")
                 shared = torch.cuda.device_count() < communicator.world_size
-                result |= compare(
+                result = compare(
                     model, restored, communicator=communicator, effort=SHARED_GPU if shared else FULL, batch_by_batch=True,
                     only=None if compared == "all" else LATENCY_STEPS,
                 )
@@ -241,15 +239,16 @@ def child_prefetch(workload: str, directory: str, kind: str, threads: int, optio
     graphs that need no live state (the peer all-reduce is a kernel node: every graph of a peer
     archive can) while the engine is built; at the restore point an eager
     load(early, communicator=...) restores the rest (timed, cold; it ends when every rank is
-    ready). Then the digests of the latency batch sizes' outputs, compared by run() with the
-    comparing LOAD ranks' (the same archive restored without prefetch)."""
+    ready). Then the digests of the outputs of the latency batch sizes it holds (else of its
+    smallest), compared by run() with the comparing LOAD ranks' (the same archive restored
+    without prefetch)."""
     import foundry_alloc
 
     foundry_alloc.install()
     import torch
 
     import foundry_trace
-    from foundry_trace.bench.verify import LATENCY_STEPS, restored_digests
+    from foundry_trace.bench.verify import LATENCY_STEPS, restored_batches, restored_digests
     from foundry_trace.bench.workloads.registry import build_engine
     from foundry_trace.parallel.collectives import tensor_parallel_archive
 
@@ -273,7 +272,8 @@ def child_prefetch(workload: str, directory: str, kind: str, threads: int, optio
             note(f"rank {communicator.rank}: every graph ready {at_restore_point_s:.3f} s after the restore point")
             with restored:
                 phase("digests")
-                digests = restored_digests(model, restored, list(LATENCY_STEPS))
+                batches = restored_batches(restored)
+                digests = restored_digests(model, restored, [b for b in LATENCY_STEPS if b in batches] or batches[:1])
                 instantiated = [s.end for s in restored.spans if s.phase == "instantiate"]
                 phase("close")
             gc.collect()
@@ -684,8 +684,15 @@ def _prefetch_case(timed: list[str], degree: int, kind: str, loaded: list[dict[s
     return {
         "at_restore_point_s": max(at), "at_restore_point_s_by_rank": at, "engine_s_by_rank": [r["engine_s"] for r in ranks],
         "ready_before_restore_point_by_rank": [r["ready_before_restore_point"] for r in ranks],
-        "bitwise_equal_to_load_by_rank": [early["digests"] == late.get("digests") for early, late in zip(ranks, loaded, strict=True)],
+        "bitwise_equal_to_load_by_rank": [_same_outputs(early["digests"], late.get("digests") or {}) for early, late in zip(ranks, loaded, strict=True)],
     }
+
+
+def _same_outputs(prefetched: dict[str, str], loaded: dict[str, str]) -> bool:
+    """Whether a prefetching rank's digests (some batch sizes) equal the comparing LOAD rank's
+    for the same batch sizes: False where they share none (nothing was compared)."""
+    shared = prefetched.keys() & loaded.keys()
+    return bool(shared) and shared == prefetched.keys() and all(prefetched[b] == loaded[b] for b in shared)
 
 
 def _rank_ratios(restores: list[list[dict[str, object]]], drivers: list[list[dict[str, object]]], degree: int) -> list[dict[str, object]]:

@@ -51,6 +51,8 @@ def test_one_archive_saved_on_one_gpu_restores_unchanged_on_both_ranks(tmp_path:
     assert case["ranks_bitwise_equal"] == [True, True], case["mismatched_by_rank"]
     assert case["logits"] == "vocabulary-parallel" and case["logit_shards_cover_vocabulary"], case["logit_rows_by_rank"]
     assert len(set(case["archive_digests"])) == 1
+    early = case["prefetch_cold"]
+    assert early["bitwise_equal_to_load_by_rank"] == [True, True], early  # prefetch() before the communicator and the engine
 
 
 def test_a_rank_killed_mid_load_stops_its_peer_within_the_time_out(tmp_path: Path) -> None:
