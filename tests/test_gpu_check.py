@@ -32,6 +32,7 @@ PARTS = [
     "fit:piecewise",
     "replay-probe",
     "cold-probe:llama8b",
+    "module-probe:llama8b",
     "exec-update:qwen3-235b-rank",
     "tp",
     "tp-peer",

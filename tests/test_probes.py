@@ -23,3 +23,18 @@ def test_idle_time_is_the_span_of_the_tasks_less_what_some_task_covers(raw: list
     for start, length in gaps:  # each gap starts where a task ended, and no task runs within it
         assert length > 0 and any(abs(s.end - start) < 1e-9 for s in spans)
         assert not any(s.start < start + length - 1e-9 and s.end > start + 1e-9 for s in spans)
+
+
+def test_the_module_probe_runs_side_variants_as_that_many_processes_started_together(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import pytest
+
+    from foundry_trace.bench.probes import module_load
+
+    assert [module_load.side_by_side(v) for v in ("serial", "threads-8", "side-1", "side-8", "eager-side-4")] == [1, 1, 1, 8, 4]
+    module_load._start_together(tmp_path, "side-1", 1)  # alone: at once
+    monkeypatch.setattr(module_load, "BARRIER_TIMEOUT_S", 0.05)
+    with pytest.raises(TimeoutError, match="2 processes did not all start"):
+        module_load._start_together(tmp_path, "side-2", 2)
+    (tmp_path / "ready-side-3-1").touch()  # the other process's marker
+    module_load._start_together(tmp_path, "side-3", 2)  # with this one's: both ready, no wait
+    assert module_load._environments(["serial", "eager-side-8"]) == {"eager-side-8": {"CUDA_MODULE_LOADING": "EAGER"}}

@@ -6,6 +6,11 @@ cuModuleLoadData, cuModuleGetFunction of the functions the graphs use, and cuFun
 
   serial      one thread
   threads-8   8 threads (wall time; the per-module sums include the driver's lock waits)
+  side-N      N processes on the same GPU, each on one thread, starting together (as N
+              tensor-parallel ranks sharing a GPU load theirs): each process's figures and
+              the slowest's wall time; side-1 is serial behind the same start barrier
+  eager-V     V with CUDA_MODULE_LOADING=EAGER (torch's default is LAZY): every function's
+              code goes to the GPU in cuModuleLoadData instead of at cuModuleGetFunction
 
   python -m foundry_trace.bench.probes.module_load ARCHIVE [VARIANT ...]   (ARCHIVE from `foundry bench save --archive`)
 """
@@ -13,17 +18,21 @@ cuModuleLoadData, cuModuleGetFunction of the functions the graphs use, and cuFun
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from foundry_trace.bench.children import run_ranks
 from foundry_trace.bench.probes.variants import child_entry, print_variants
+from foundry_trace.errors import ChildProcessFailed
 
 MODULE = "foundry_trace.bench.probes.module_load"
 
-VARIANTS = ("serial", "threads-8")
+VARIANTS = ("serial", "threads-8", "side-1", "side-4", "side-8", "eager-serial", "eager-side-8")
+BARRIER_TIMEOUT_S = 120.0  # the side-by-side processes' start: each builds its context first
 
 
 def _prepare(archive: str, folder: Path) -> list[dict[str, object]]:
@@ -65,6 +74,22 @@ def _load_one(folder: Path, module: dict[str, object]) -> dict[str, object]:
     return {"index": module["index"], "load_s": loaded - start, "get_s": got - loaded, "func_load_s": time.perf_counter() - got}
 
 
+def side_by_side(variant: str) -> int:
+    """How many processes a variant runs at once (side-N: N; otherwise 1)."""
+    base = variant.removeprefix("eager-")
+    return int(base.split("-")[1]) if base.startswith("side-") else 1
+
+
+def _start_together(folder: Path, variant: str, processes: int) -> None:
+    """Marks this process ready and returns once `processes` processes of `variant` are."""
+    (folder / f"ready-{variant}-{os.getpid()}").touch()
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while len(list(folder.glob(f"ready-{variant}-*"))) < processes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{variant}: {processes} processes did not all start within {BARRIER_TIMEOUT_S:.0f} s")
+        time.sleep(0.001)
+
+
 def child(folder: str, variant: str) -> dict[str, object]:
     import torch
     from cuda.bindings import driver
@@ -73,7 +98,10 @@ def child(folder: str, variant: str) -> dict[str, object]:
     torch.cuda.synchronize()
     modules = json.loads((Path(folder) / "modules.json").read_text())
     _, context = driver.cuCtxGetCurrent()
-    threads = int(variant.split("-")[1]) if variant.startswith("threads-") else 1
+    base = variant.removeprefix("eager-")
+    threads = int(base.split("-")[1]) if base.startswith("threads-") else 1
+    if base.startswith("side-"):
+        _start_together(Path(folder), variant, side_by_side(variant))
     start = time.perf_counter()
     with ThreadPoolExecutor(threads, initializer=lambda: driver.cuCtxSetCurrent(context)) as pool:
         per_module = list(pool.map(lambda m: _load_one(Path(folder), m), modules))
@@ -97,7 +125,33 @@ def main() -> None:
             "compressed": sum(m["codec"] != "raw" for m in modules),
             "largest": [{k: m[k] for k in ("index", "bytes", "codec", "read_s")} for m in modules[:8]],
         }), flush=True)
-        print_variants(MODULE, scratch, variants)
+        for variant in variants:
+            if variant.removeprefix("eager-").startswith("side-"):
+                print(json.dumps(_run_side_by_side(scratch, variant)), flush=True)
+            else:
+                print_variants(MODULE, scratch, [variant], _environments([variant]))
+
+
+def _environments(variants: list[str]) -> dict[str, dict[str, str]]:
+    return {v: {"CUDA_MODULE_LOADING": "EAGER"} for v in variants if v.startswith("eager-")}
+
+
+def _run_side_by_side(folder: str, variant: str) -> dict[str, object]:
+    """side-N: N children at once on the GPU, each loading every module behind a start barrier."""
+    count = side_by_side(variant)
+    for stale in Path(folder).glob(f"ready-{variant}-*"):  # an earlier round's
+        stale.unlink()
+    environment = {**os.environ, **_environments([variant]).get(variant, {})}
+    try:
+        results = run_ranks(MODULE, [["child", folder, variant]] * count, [environment] * count,
+                            labels=[f"module_load {variant} process {i}" for i in range(count)])
+    except ChildProcessFailed as error:  # printed as the variant's result, as print_variants does
+        return {"variant": variant, "error": str(error)[-3000:]}
+    return {
+        "variant": variant, "processes": count, "wall_s": max(r["wall_s"] for r in results),
+        "wall_s_by_process": [r["wall_s"] for r in results],
+        **{f"{key}_by_process": [r[key] for r in results] for key in ("load_s", "get_s", "func_load_s")},
+    }
 
 
 if __name__ == "__main__":
