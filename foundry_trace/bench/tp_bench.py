@@ -55,6 +55,7 @@ from foundry_trace.parallel.collectives import archive_path
 
 if TYPE_CHECKING:
     from foundry_trace.bench.workloads.decode import ModelShape
+    from foundry_trace.bench.workloads.registry import Engine
     from foundry_trace.parallel.collectives import Communicator
 
 MODULE = "foundry_trace.bench.tp_bench"
@@ -193,17 +194,12 @@ def child_load(
 
     import foundry_trace
     from foundry_trace.bench.verify import FULL, LATENCY_STEPS, SHARED_GPU, compare
-    from foundry_trace.bench.workloads.registry import build_engine
     from foundry_trace.parallel.collectives import tensor_parallel_archive
 
     foundry_alloc.reserve()  # the fixed range first: NCCL reserves address space of its own
     phase("rendezvous")
     with _communicator(kind) as communicator:
-        phase("engine")
-        model = build_engine(workload, communicator=communicator, **options)
-        torch.cuda.synchronize()
-        phase("load")
-        start_together(communicator, "load")
+        model = _engine_at_restore_point(workload, communicator, options)
         start = time.perf_counter()
         restored = foundry_trace.load(
             tensor_parallel_archive(directory, communicator.world_size), communicator=communicator, threads=threads,
@@ -233,6 +229,21 @@ def child_load(
     return result
 
 
+def _engine_at_restore_point(workload: str, communicator: Communicator, options: dict[str, object]) -> Engine:
+    """The rank's engine, built; returns when every rank has built its own (start_together), so
+    that the LOAD timed next starts with its peers'."""
+    import torch
+
+    from foundry_trace.bench.workloads.registry import build_engine
+
+    phase("engine")
+    model = build_engine(workload, communicator=communicator, **options)
+    torch.cuda.synchronize()
+    phase("load")
+    start_together(communicator, "load")
+    return model
+
+
 def child_prefetch(workload: str, directory: str, kind: str, threads: int, options: dict[str, object]) -> dict[str, object]:
     """A serving rank with prefetch(): first thing in the process, before its communicator and
     engine exist, it opens the archive for WORLD_SIZE ranks, loads every module and builds the
@@ -249,7 +260,6 @@ def child_prefetch(workload: str, directory: str, kind: str, threads: int, optio
 
     import foundry_trace
     from foundry_trace.bench.verify import LATENCY_STEPS, restored_batches, restored_digests
-    from foundry_trace.bench.workloads.registry import build_engine
     from foundry_trace.parallel.collectives import tensor_parallel_archive
 
     foundry_alloc.reserve()
@@ -260,11 +270,7 @@ def child_prefetch(workload: str, directory: str, kind: str, threads: int, optio
     try:
         phase("rendezvous")
         with _communicator(kind) as communicator:
-            phase("engine")
-            model = build_engine(workload, communicator=communicator, **options)
-            torch.cuda.synchronize()
-            phase("load")
-            start_together(communicator, "load")
+            model = _engine_at_restore_point(workload, communicator, options)
             start = time.perf_counter()
             restored = foundry_trace.load(early, communicator=communicator, timeout=RANK_TIMEOUT_S / 2)
             torch.cuda.synchronize()
