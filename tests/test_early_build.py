@@ -13,7 +13,7 @@ from hypothesis import given
 from foundry_alloc import Allocation, Layout
 from foundry_trace.archive._node_table import BUILT_BEFORE_RESTORE_POINT, COPY_KINDS, early_build
 from foundry_trace.archive.records import EmptyNode, GraphBody, MemcpyNode, MemorySegment, MemsetNode
-from foundry_trace.restore._pipeline import builds_early
+from foundry_trace.restore._pipeline import Pipeline, builds_early
 from foundry_trace.save.recording import ArenaFinder
 
 BASE = 0x7F0000000000
@@ -99,9 +99,13 @@ def test_load_s_python_reads_no_node_table() -> None:
 
 
 class _Queue:
-    """The pipeline as _start_early_graphs sees it: what it queues, in order."""
+    """The pipeline as _start_early_graphs sees it: what it queues, in order (a graph once, as
+    Pipeline.queue does), and Pipeline's own build_early over the manifest's graphs."""
 
-    def __init__(self) -> None:
+    build_early = Pipeline.build_early
+
+    def __init__(self, graphs) -> None:  # noqa: ANN001
+        self._manifest = SimpleNamespace(graphs=graphs)
         self.queued: list[str] = []
         self.modules_for: list[list[str]] = []
 
@@ -109,7 +113,7 @@ class _Queue:
         self.modules_for.append([e.key for e in entries])
 
     def queue(self, entries) -> None:  # noqa: ANN001
-        self.queued += [e.key for e in entries]
+        self.queued += [e.key for e in entries if e.key not in self.queued]
 
 
 @given(
@@ -131,7 +135,7 @@ def test_a_load_starts_the_first_step_then_every_graph_that_can_build_in_serving
     loading = sys.modules["foundry_trace.restore.load"]  # the module: the package exports its load() under that name
 
     entries = [SimpleNamespace(key=key, early=early) for key, early in graphs]
-    pipeline, claims = _Queue(), []
+    pipeline, claims = _Queue(entries), []
     restored = SimpleNamespace(archive=SimpleNamespace(manifest=SimpleNamespace(graphs=entries)), pipeline=pipeline)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loading, "_claim_graph_memory", lambda r: claims.append(r) or arena_free)

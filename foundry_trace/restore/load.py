@@ -341,11 +341,9 @@ def _start_early_graphs(restored: Restored, every: bool) -> None:
     restored.pipeline.queue(first)
     if not every:
         return
-    started = {entry.key for entry in first}
-    later = [entry for entry in serving_order(graphs) if entry.key not in started]
-    if not mapped and any(not builds_early(e, graph_memory_mapped=False) and builds_early(e, graph_memory_mapped=True) for e in later):
+    if not mapped and any(not builds_early(e, graph_memory_mapped=False) and builds_early(e, graph_memory_mapped=True) for e in graphs):
         mapped = _claim_graph_memory(restored)
-    restored.pipeline.queue([entry for entry in later if builds_early(entry, mapped)])
+    restored.pipeline.build_early(mapped)  # in serving order; the first step's, queued already, are skipped
 
 
 def _claim_graph_memory(restored: Restored) -> bool:
