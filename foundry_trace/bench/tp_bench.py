@@ -639,11 +639,11 @@ def _degree_case(
                 restores[cap].append(_by_rank(run_degree(["load", *timed, *loading, "--compare", compared], degree, kind)))
     except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
         return Case(**case, failed=_first_line(error))
-    case["prefetch_cold"] = _prefetch_case(timed, degree, kind, restores[caps[0]][-1])
     if len(caps) > 1:
         case["builders_sweep"] = {str(cap): _cap_ratios(runs, drivers, degree) for cap, runs in restores.items()}
     ours = restores[caps[0]]
     loaded = ours[-1]
+    case["prefetch_cold"] = _prefetch_case(timed, degree, kind, loaded)
     cold = _rank_ratios(ours, drivers, degree)
     slowest = _slowest_ranks(ours, drivers)
     native_s = [n["native_s"] for n in native]
