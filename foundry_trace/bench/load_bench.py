@@ -344,6 +344,7 @@ def run(
             archive_reused=reused,
             busy_s=loaded["busy"],
             threads=threads,
+            builders=loaded["builders"],
             spans=loaded["spans"],
             cost_fit=None,
             bench_s=time.perf_counter() - started,  # the whole bench so far (SAVE to compare; the fit adds to it)

@@ -130,6 +130,12 @@ def _budget_rows(c: dict[str, object]) -> list[tuple[str, str]]:
     ]
 
 
+def _builds(c: dict[str, object]) -> str:
+    """The restore row's note of LOAD's cap on builds at a time, where the case records it (earlier results do not)."""
+    builders = c.get("builders")
+    return "" if builders is None else f", {builders} build{'s' if builders != 1 else ''} at a time"
+
+
 def _by_phase(spans: list[dict[str, object]]) -> dict[str, list[dict[str, object]]]:
     grouped: dict[str, list[dict[str, object]]] = {}
     for span in spans:
@@ -149,7 +155,7 @@ def render(results: dict[str, object]) -> str:
     rows = [
         *_count_rows(c),
         ("native warm-up + capture + instantiate (cold, plain PyTorch)", f"{c['native_s']:.3f} s"),
-        (f"Foundry restore (cold, {c['threads']} threads)", f"{c['restore_s']:.3f} s"),
+        (f"Foundry restore (cold, {c['threads']} threads{_builds(c)})", f"{c['restore_s']:.3f} s"),
         ("speed-up", f"{c['speedup']:.1f}x"),
         ("warm, after other restores: native / restore", f"{c['native_warm_s']:.3f} / {c['warm_restore_s']:.3f} s"),
         ("driver instantiation alone (1 thread)", f"{c['instantiate_floor_s']:.3f} s"),

@@ -223,7 +223,7 @@ def child_load(
         gc.collect()
         torch.cuda.synchronize()
         rows = model.logit_rows
-        result.update(rank=communicator.rank, restore_s=restore_s, phases=restored.phases, busy=restored.busy_seconds(),
+        result.update(rank=communicator.rank, restore_s=restore_s, builders=restored.builders, phases=restored.phases, busy=restored.busy_seconds(),
                       timeline=timeline(restored.spans),
                       archive_digest=restored.archive.digest, logit_rows=[rows.start, rows.stop], **device_fields())
     return result
@@ -610,15 +610,13 @@ def _degree_case(
 
     With several `builders` caps, each pair restores once per cap (the first last, as the
     comparing one), and `builders_sweep` holds each cap's ratios against the same drivers alone."""
-    from foundry_trace.restore import DEFAULT_BUILDERS
-
     ranks_per_gpu = -(-degree // max(gpus, 1)) if kind == "peer" else 1
     placed = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree), "ranks_per_gpu": ranks_per_gpu}
     if "failed" in saved:
         return Case(**placed, failed=saved["failed"])
     shown = {k: v for k, v in inspected.items() if k != "per_graph"}
     case = {**placed, "archive_bytes": saved["archive_bytes"], "save_s": saved["save_s"], "collectives": saved["collectives"],
-            "threads": threads, "builders": builders[0] if builders else DEFAULT_BUILDERS, "cold_pairs": repeats, **shown}
+            "threads": threads, "cold_pairs": repeats, **shown}
     if kind == "nccl" and degree > gpus:
         return Case(**case, not_run=f"needs {degree} GPUs for NCCL, this machine has {gpus}")
     plan = memory_plan(shape, degree, ranks_per_gpu, free_bytes)
@@ -643,6 +641,7 @@ def _degree_case(
         case["builders_sweep"] = {str(cap): _cap_ratios(runs, drivers, degree) for cap, runs in restores.items()}
     ours = restores[caps[0]]
     loaded = ours[-1]
+    case["builders"] = loaded[0]["builders"]  # the comparing restore's cap: --builders, or LOAD's default for the archive
     case["prefetch_cold"] = _prefetch_case(timed, degree, kind, loaded)
     cold = _rank_ratios(ours, drivers, degree)
     slowest = _slowest_ranks(ours, drivers)

@@ -67,6 +67,19 @@ from foundry_trace.restore._resources import LoadResources
 # pipeline's defaults".
 DEFAULT_BUILDERS = 4
 
+# Nodes that the builds at once may hold between them, by default: builds of large graphs slow
+# each other and the instantiations beside them more than they gain. Why 8,192: docs/measurements.md,
+# "The pipeline's defaults".
+BUILD_NODES = 8192
+
+
+def builders_for(graphs: Sequence[GraphEntry]) -> int:
+    """LOAD's default cap on graphs built at a time for an archive of `graphs`: DEFAULT_BUILDERS,
+    fewer where that many builds of its largest graph would hold more than BUILD_NODES nodes,
+    and never fewer than one."""
+    largest = max((graph.nodes for graph in graphs), default=0)
+    return max(1, min(DEFAULT_BUILDERS, BUILD_NODES // max(largest, 1)))
+
 # Nodes of the graphs built before their instantiations start (one chunk): small graphs gain from
 # it, a large graph is a chunk of its own. Why 4,096: docs/measurements.md, "The pipeline's defaults".
 DEFAULT_CHUNK_NODES = 4096
@@ -121,6 +134,7 @@ class Pipeline:
         for number, function in enumerate(self._manifest.functions):
             self._functions_of.setdefault(function.module, []).append(number)
         self._handles = native.Handles([0] * len(self._manifest.functions), resources.events)
+        self.builders = builders  # the cap in force, for reports
         self._builders = threading.BoundedSemaphore(builders)
         self._build_gate = native.BuildGate(builders) if native_chunks else None  # the same cap, natively
         # With native_chunks, each chunk is one call into the native runner on threads of its own,

@@ -52,7 +52,13 @@ from foundry_trace.fingerprint import check_fingerprint, current_fingerprint
 from foundry_trace.parallel.collectives import Communicator, check_communicator
 from foundry_trace.parallel.peer import PeerCommunicator
 from foundry_trace.restore._outputs import coalesce, output_view
-from foundry_trace.restore._pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, Pipeline, Step, builds_early
+from foundry_trace.restore._pipeline import (
+    DEFAULT_CHUNK_NODES,
+    Pipeline,
+    Step,
+    builders_for,
+    builds_early,
+)
 from foundry_trace.restore._resources import LoadResources
 from foundry_trace.restore.restored import Restored, RestoredGraph
 
@@ -61,7 +67,7 @@ DEFAULT_THREADS = min(8, os.cpu_count() or 1)
 
 
 def prefetch(
-    path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int = DEFAULT_BUILDERS, chunk_nodes: int = DEFAULT_CHUNK_NODES,
+    path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int | None = None, chunk_nodes: int = DEFAULT_CHUNK_NODES,
     digest: str | None = None, trusted_keys: Iterable[str | Path] | None = None,
 ) -> Restored:
     """Starts the part of LOAD that needs no engine state, early: at process start, or while the
@@ -104,7 +110,7 @@ def load(
     *,
     mode: Mode = "eager",
     threads: int = DEFAULT_THREADS,
-    builders: int = DEFAULT_BUILDERS,
+    builders: int | None = None,
     chunk_nodes: int = DEFAULT_CHUNK_NODES,
     upload: bool = False,
     communicator: Communicator | None = None,
@@ -123,7 +129,9 @@ def load(
             replay() or wait() (the smallest batch's starts at once).
         threads: worker threads for graphs (they release the GIL in the driver); modules load
             on one more.
-        builders: graphs built at the same time (DEFAULT_BUILDERS: more slow the driver down).
+        builders: graphs built at the same time (more slow the driver down). None: the archive's
+            default, DEFAULT_BUILDERS or fewer where its graphs are large (builders_for:
+            at most BUILD_NODES nodes in builds at once).
         chunk_nodes: graphs are built, then instantiated, in chunks of at most this many nodes
             (built graphs wait in host memory, about 3 kB a node); 0: each graph built and
             instantiated in one task. Each chunk is one call into the native runner, on
@@ -280,7 +288,7 @@ class _Schedule(NamedTuple):
     """How the pipeline runs (load()'s arguments of that name)."""
 
     threads: int
-    builders: int
+    builders: int | None  # None: builders_for(the archive's graphs)
     chunk_nodes: int
 
 
@@ -307,7 +315,8 @@ def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, po
         for _ in range(archive.manifest.events):
             resources.add_event(int(call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING)))
         pipeline = Pipeline(
-            archive, resources, threads=schedule.threads, builders=schedule.builders, chunk_nodes=schedule.chunk_nodes,
+            archive, resources, threads=schedule.threads, chunk_nodes=schedule.chunk_nodes,
+            builders=builders_for(archive.manifest.graphs) if schedule.builders is None else schedule.builders,
             context=context, started=started,
         )
     except BaseException:

@@ -142,6 +142,11 @@ class Restored:
         return self.resources.device
 
     @property
+    def builders(self) -> int:
+        """Graphs this load builds at a time: load()'s `builders`, or the archive's default."""
+        return self.pipeline.builders
+
+    @property
     def spans(self) -> list[Span]:
         return list(self.pipeline.spans)
 

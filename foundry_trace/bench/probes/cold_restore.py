@@ -16,7 +16,7 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
                 cost the graph's first time, or fresh memory the driver takes for executables?);
                 then the built graphs destroyed, timed (what LOAD's per-graph destroy costs)
   builders-K-N  LOAD on N threads, at most K graphs built at a time (load(builders=K); threads-N
-                keeps DEFAULT_BUILDERS): do builds slow the driver's instantiations down?
+                keeps LOAD's default for the archive): do builds slow the driver's instantiations down?
   chunk-C-K-N   LOAD on N Python workers (probing(native_chunks=False), restore/_probing.py), graphs built then
                 instantiated in chunks of at most C nodes (load(chunk_nodes=C); 0: each graph
                 built and instantiated in one task), at most K graphs built at a time
