@@ -72,6 +72,10 @@ DEFAULT_BUILDERS = 4
 # "The pipeline's defaults".
 BUILD_NODES = 8192
 
+# Nodes of the graphs built before their instantiations start (one chunk): small graphs gain from
+# it, a large graph is a chunk of its own. Why 4,096: docs/measurements.md, "The pipeline's defaults".
+DEFAULT_CHUNK_NODES = 4096
+
 
 def builders_for(graphs: Sequence[GraphEntry]) -> int:
     """LOAD's default cap on graphs built at a time for an archive of `graphs`: DEFAULT_BUILDERS,
@@ -79,10 +83,6 @@ def builders_for(graphs: Sequence[GraphEntry]) -> int:
     and never fewer than one."""
     largest = max((graph.nodes for graph in graphs), default=0)
     return max(1, min(DEFAULT_BUILDERS, BUILD_NODES // max(largest, 1)))
-
-# Nodes of the graphs built before their instantiations start (one chunk): small graphs gain from
-# it, a large graph is a chunk of its own. Why 4,096: docs/measurements.md, "The pipeline's defaults".
-DEFAULT_CHUNK_NODES = 4096
 
 
 @dataclass(frozen=True)
