@@ -24,6 +24,7 @@ from .cubin_checks import (
     POINTED_TO,
     UNUSED,
     assert_cut_to,
+    fatbin,
     kept_entry_in_dropped_section,
     named_null_symbol_entry,
 )
@@ -122,6 +123,23 @@ def test_an_attribute_that_might_hold_an_index_makes_it_decline_naming_it() -> N
     image = _with_kernel_attribute(KEPT, 0x7E)  # no such attribute today
     with pytest.raises(CompactionDeclined, match="attribute 0x7e"):
         compact_cubin(image, dropped_sections(image, [KEPT]))
+
+
+def test_save_tries_compaction_then_stubs_and_says_why_a_module_is_not_compacted() -> None:
+    """SAVE's report names why a module kept its other kernels as stubs (the driver pays for each
+    at every load): here the attribute compaction cannot rewrite."""
+    from foundry_trace.save.module_image import cuts
+
+    reasons: list[str] = []
+    assert [method for method, _ in cuts(CUBIN, [KEPT], reasons)] == ["compacted", "stubs"] and reasons == []
+    declining = _with_kernel_attribute(KEPT, 0x7E)
+    assert [method for method, _ in cuts(declining, [KEPT], reasons)] == ["stubs"]
+    [reason] = reasons
+    assert reason.startswith("compacted: declined: ") and "attribute 0x7e" in reason
+    reasons.clear()
+    assert list(cuts(fatbin([CUBIN, CUBIN]), [KEPT], reasons)) == [] and "fatbin of several images" in reasons[0]
+    reasons.clear()
+    assert list(cuts(CUBIN, ENTRIES, reasons)) == [] and reasons == ["compacted: no kernel to take out", "stubs: no kernel to take out"]
 
 
 def test_an_unknown_section_kind_makes_it_decline() -> None:

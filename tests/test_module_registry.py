@@ -59,3 +59,23 @@ def test_an_absurd_image_size_is_refused() -> None:
     fatbin = struct.pack("<IHHQ", FATBIN_MAGIC, 1, 16, 1 << 40) + bytes(64)
     with pytest.raises(CubinFormatError, match="claims"):
         image_extent(lambda offset, length: fatbin[offset : offset + length])
+
+
+def test_save_reports_how_the_modules_were_cut_the_costliest_left_first(capsys: pytest.CaptureFixture[str]) -> None:
+    """Where a module is not compacted, LOAD's driver pays for every kernel left in it: SAVE's
+    report counts each way and names the modules with most kernels left, with why."""
+    from foundry_trace.bench.roles import module_cuts
+    from foundry_trace.save.modules import ModuleCut
+    from foundry_trace.save.recording import SHOWN_CUTS, _report_cuts
+
+    stubbed = [ModuleCut(n, 100 + n, 1, 10_000, 1_000, "stubs", f"compacted: declined: reason {n}") for n in range(SHOWN_CUTS + 2)]
+    cuts = [ModuleCut(90, 5, 1, 500, 100, "compacted", None), ModuleCut(91, 1, 1, 50, 50, "whole", "compacted: no kernel to take out"), *stubbed]
+    _report_cuts(cuts)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"foundry_trace: modules: 1 compacted, {SHOWN_CUTS + 2} cut to stubs, 1 whole"
+    named = [int(line.split("module ")[1].split(":")[0]) for line in lines[1:]]
+    assert named == list(range(SHOWN_CUTS + 1, 1, -1)), "most kernels left first, at most SHOWN_CUTS"
+    assert "1 of 106 kernels kept, 10000 -> 1000 bytes (compacted: declined: reason 6)" in lines[1]
+    reported = module_cuts(cuts)
+    assert (reported["compacted"], reported["stubs"], reported["whole"]) == (1, SHOWN_CUTS + 2, 1)
+    assert [m["module"] for m in reported["not_compacted"]] == [91, *range(SHOWN_CUTS + 2)]

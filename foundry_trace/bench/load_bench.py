@@ -280,6 +280,7 @@ def compared_case_fields(saved: dict[str, object], loaded: dict[str, object]) ->
         replay_ms=loaded["latency"],
         archive_bytes=saved["archive_bytes"],
         save_s=saved.get("save_s"),
+        module_cuts=saved.get("module_cuts"),  # None where the archive was an earlier run's
         phases_s=loaded["phases"],
     )
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,7 @@ from foundry_trace.bench.results import device_fields
 if TYPE_CHECKING:
     from foundry_trace.bench.workloads.registry import Engine
     from foundry_trace.restore.restored import Restored
+    from foundry_trace.save.modules import ModuleCut
 
 MODULE = "foundry_trace.bench.roles"
 
@@ -67,8 +70,17 @@ def save(workload: str, archive: str, options: dict[str, object], references: bo
 
     return {
         "archive_bytes": Path(archive).stat().st_size, "save_s": save_s, "references_s": referenced_s if references else None,
-        "graphs": len(captured), "description": model.describe(), "weights_load_s": weights_load_s(model), **device_fields(),
+        "graphs": len(captured), "description": model.describe(), "weights_load_s": weights_load_s(model),
+        "module_cuts": module_cuts(recording.module_cuts), **device_fields(),
     }
+
+
+def module_cuts(cuts: list[ModuleCut]) -> dict[str, object]:
+    """How SAVE cut the modules' binaries: a count of each way, and every module not compacted
+    (LOAD's driver pays for the kernels left in it), with why."""
+    counts = Counter(cut.cut for cut in cuts)
+    return {**{way: counts[way] for way in ("compacted", "stubs", "whole")},
+            "not_compacted": [asdict(cut) for cut in cuts if cut.cut != "compacted"]}
 
 
 def native(workload: str, options: dict[str, object]) -> dict[str, object]:

@@ -19,8 +19,9 @@ word would see the load's there after LOAD).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from cuda.bindings import driver
 
@@ -43,12 +44,23 @@ _FIXED_ATTRIBUTES = tuple(
 )
 
 
+# How SAVE cut a module's binary: the unused kernels taken out, cut to stubs, or not at all.
+Cut = Literal["compacted", "stubs", "whole"]
+
+
 @dataclass(frozen=True)
 class StoredModule:
-    binary: bytes  # what the archive holds: trimmed, or whole
-    trimmed: bool
+    binary: bytes  # what the archive holds: cut, or whole
+    cut: Cut
+    # Where `cut` is not "compacted": why, each way tried (LOAD's driver pays for every kernel a
+    # stub keeps: binary/compact.py).
+    not_compacted: str | None
     variables: dict[str, bytes]  # name -> contents, for the variables that differ from a fresh load
     relocated: dict[str, tuple[int, ...]]  # name -> offsets of its words that each load fills in
+
+    @property
+    def trimmed(self) -> bool:
+        return self.cut != "whole"
 
 
 def stored_module(binary: bytes, live: driver.CUmodule, kernels: Collection[str], variables: Collection[str]) -> StoredModule:
@@ -56,40 +68,55 @@ def stored_module(binary: bytes, live: driver.CUmodule, kernels: Collection[str]
     accepts the result, with the `variables` whose contents in `live` (the process's loaded
     copy) differ from a fresh load's."""
     with annotate("save.module"):
-        trimmed = fresh = None
-        for candidate in _trimmed(binary, kernels):
+        cut: Cut = "whole"
+        stored, fresh, reasons = binary, None, []
+        for method, candidate in cuts(binary, kernels, reasons):
             fresh = _checked_load(candidate, live, kernels)
             if fresh is not None:
-                trimmed = candidate
+                cut, stored = method, candidate
                 break
-        stored = trimmed if trimmed is not None else binary
+            reasons.append(f"{method}: the driver refused it, or its kernels differ from the live ones")
         if fresh is None:
             fresh = call(driver.cuModuleLoadData, stored)
         try:
             changed, relocated = _changed_variables(live, fresh, stored, variables)
         finally:
             call(driver.cuModuleUnload, fresh)
-    return StoredModule(binary=stored, trimmed=trimmed is not None, variables=changed, relocated=relocated)
+    return StoredModule(
+        binary=stored, cut=cut, not_compacted=None if cut == "compacted" else "; ".join(reasons) or None,
+        variables=changed, relocated=relocated,
+    )
 
 
-def _trimmed(binary: bytes, kernels: Collection[str]) -> Iterator[bytes]:
-    """The cut-down binaries to try, smallest first: the other kernels taken out entirely
-    (binary/compact.py), or left as stubs (binary/trim.py) where that declines or the driver
-    refuses it. The driver finds plain functions by name too: each must keep `kernels` as
-    entries."""
+def cuts(binary: bytes, kernels: Collection[str], reasons: list[str]) -> Iterator[tuple[Cut, bytes]]:
+    """The cut-down binaries to try, smallest first, each with how it was cut: the other kernels
+    taken out entirely (binary/compact.py), or left as stubs (binary/trim.py) where that declines
+    or the driver refuses it. The driver finds plain functions by name too: each must keep
+    `kernels` as entries. Why a way gave nothing is appended to `reasons`."""
     if binary[:4] != ELF_MAGIC:
-        return  # a fatbin of several images: the driver picks one, all are kept
+        reasons.append("a fatbin of several images this GPU loads: the driver picks one, all are kept")
+        return
     try:
         dropped = dropped_sections(binary, kernels)
-    except CubinFormatError:
+    except CubinFormatError as error:
+        reasons.append(f"the cubin cannot be cut: {error}")
         return
-    for cut in (lambda: compact_cubin(binary, dropped), lambda: trim_cubin(binary, kernels)):
+    ways: tuple[tuple[Cut, Callable[[], bytes | None]], ...] = (
+        ("compacted", lambda: compact_cubin(binary, dropped)), ("stubs", lambda: trim_cubin(binary, kernels)),
+    )
+    for method, cut in ways:
         try:
             candidate = cut()
-            if candidate is not None and set(kernels) <= module_symbols(candidate).entries:
-                yield candidate
-        except (CubinFormatError, CompactionDeclined):
+            entries = module_symbols(candidate).entries if candidate is not None else frozenset()
+        except (CubinFormatError, CompactionDeclined) as error:
+            reasons.append(f"{method}: declined: {error}")
             continue
+        if candidate is None:
+            reasons.append(f"{method}: no kernel to take out")
+        elif not set(kernels) <= entries:
+            reasons.append(f"{method}: a kept kernel is no longer an entry")
+        else:
+            yield method, candidate
 
 
 def _checked_load(trimmed: bytes, live: driver.CUmodule, kernels: Collection[str]) -> driver.CUmodule | None:

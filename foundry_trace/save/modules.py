@@ -23,7 +23,26 @@ from foundry_trace._driver import call, try_call
 from foundry_trace.archive.records import SETTABLE_FUNCTION_ATTRIBUTES, FunctionRecord, ModuleRecord
 from foundry_trace.binary.cubin import CubinFormatError, ModuleSymbols, loadable_images, module_symbols
 from foundry_trace.errors import MissingBinaryError
-from foundry_trace.save.module_image import stored_module
+from foundry_trace.save.module_image import Cut, stored_module
+
+
+@dataclass(frozen=True)
+class ModuleCut:
+    """How SAVE cut one module's binary (module_image.StoredModule), for SAVE's report: where a
+    module is not compacted, LOAD's driver pays for every kernel left in it."""
+
+    module: int  # its index in the archive
+    entries: int  # kernels in the binary the process loaded
+    kept: int  # kernels the graphs launch
+    loaded_bytes: int
+    stored_bytes: int
+    cut: Cut
+    not_compacted: str | None  # why, where it is not
+
+    def summary(self) -> str:
+        """One line of SAVE's report."""
+        return (f"module {self.module}: {self.cut}, {self.kept} of {self.entries} kernels kept, "
+                f"{self.loaded_bytes} -> {self.stored_bytes} bytes ({self.not_compacted})")
 
 
 @dataclass
@@ -190,12 +209,13 @@ class FunctionTable:
             self._module_entries[module] = _function_names(driver.CUmodule(module))
         return self._module_entries[module]
 
-    def records(self, add_blob, capability: tuple[int, int]) -> tuple[list[ModuleRecord], list[FunctionRecord]]:  # noqa: ANN001
+    def records(self, add_blob, capability: tuple[int, int]) -> tuple[list[ModuleRecord], list[FunctionRecord], list[ModuleCut]]:  # noqa: ANN001
         """The records of the functions and of the binaries they come from, each binary reduced
         to the images a GPU of `capability` loads and trimmed to the kernels used, with the
-        module-scope variables whose contents the process changed (module_image.py); blobs go
-        through `add_blob` (bytes -> digest)."""
+        module-scope variables whose contents the process changed (module_image.py), and how
+        each binary was cut; blobs go through `add_blob` (bytes -> digest)."""
         modules: list[ModuleRecord] = []
+        cuts: list[ModuleCut] = []
         position: dict[str, int] = {}
         for digest in dict.fromkeys(f.binary for f in self._functions):
             binary = self._registry.binaries[digest]
@@ -212,5 +232,6 @@ class FunctionTable:
                     relocated=stored.relocated,
                 )
             )
+            cuts.append(ModuleCut(position[digest], len(binary.symbols.entries), len(kernels), len(binary.data), len(stored.binary), stored.cut, stored.not_compacted))
         functions = [FunctionRecord(module=position[f.binary], name=f.name, attributes=f.attributes) for f in self._functions]
-        return modules, functions
+        return modules, functions, cuts

@@ -18,7 +18,8 @@ import datetime
 import hashlib
 import sys
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,9 +33,10 @@ from foundry_trace.archive.records import GraphBody, KernelNode, MemcpyNode, Mem
 from foundry_trace.errors import TracerStateError
 from foundry_trace.fingerprint import current_fingerprint
 from foundry_trace.save.graph_walker import GraphWalker
-from foundry_trace.save.modules import FunctionTable, ModuleRegistry
+from foundry_trace.save.modules import FunctionTable, ModuleCut, ModuleRegistry
 from foundry_trace.save.tracer import Listener, Tracer
 
+SHOWN_CUTS = 5  # SAVE's report names this many of the modules that were not compacted, most kernels left first
 MAX_CARRIED_BLOCK = 1 << 20  # contents of blocks created after the restore point, up to this size
 
 
@@ -95,6 +97,7 @@ class Recording:
         self._references: dict[str, list[OutputReference]] = {}
         self.metadata: dict[str, str] = {}  # stored in the manifest as it is at finish()
         self.digest: str | None = None  # the archive's, once written
+        self.module_cuts: list[ModuleCut] = []  # how each module's binary was cut, once written
         self._key: str | None = None
         self._restore_layout: foundry_alloc.Layout | None = None
         self._device: int | None = None
@@ -177,13 +180,14 @@ class Recording:
                 raise
         self.digest = writer.digest
         print(f"foundry_trace: wrote {path} (digest sha256:{self.digest})", file=sys.stderr)
+        _report_cuts(self.module_cuts)
         return path
 
     def _manifest(self, writer: ArchiveWriter) -> Manifest:
         import torch
 
         capability = torch.cuda.get_device_capability(self._device)
-        modules, functions = self._functions.records(self._add_blob, capability)
+        modules, functions, self.module_cuts = self._functions.records(self._add_blob, capability)
         memory = self._memory_segments()
         for digest, (data, compress) in self._blobs.items():
             writer.add_blob(data, digest, compress=compress)
@@ -242,6 +246,16 @@ class Recording:
             contents = self._add_blob(device_bytes(block.address, block.size), compress=True) if carried else None
             segments.append(MemorySegment(address=block.address, size=block.size, arena=block.arena, contents=contents))
         return segments
+
+
+def _report_cuts(cuts: Sequence[ModuleCut]) -> None:
+    """SAVE's line on the modules' binaries, and the costliest of those not compacted: LOAD's
+    driver pays for every kernel left in a module, at every load."""
+    counts = Counter(cut.cut for cut in cuts)
+    print(f"foundry_trace: modules: {counts['compacted']} compacted, {counts['stubs']} cut to stubs, {counts['whole']} whole", file=sys.stderr)
+    left = sorted((cut for cut in cuts if cut.cut != "compacted" and cut.entries > cut.kept), key=lambda cut: cut.kept - cut.entries)
+    for cut in left[:SHOWN_CUTS]:
+        print(f"foundry_trace:   {cut.summary()}", file=sys.stderr)
 
 
 def current_recording() -> Recording | None:

@@ -78,6 +78,8 @@ def _case(live: driver.CUmodule, kept: list[str] = KEPT) -> dict[str, object]:
     return {
         "trimmed": stored.trimmed,
         "cut": _cut(stored.binary, kept),
+        "reported_cut": stored.cut,
+        "not_compacted": stored.not_compacted,
         "entries": sorted(module_symbols(stored.binary).entries),
         "variables": sorted(stored.variables),
         "relocated": {name: list(words) for name, words in stored.relocated.items()},

@@ -85,8 +85,13 @@ def test_a_module_is_cut_only_where_the_driver_accepts_it_and_keeps_changed_vari
     expected = {"untouched": "compacted", "compacted_refused": "stubbed", "both_refused": "whole", "kernel_missing": "whole"}
     for case, cut in expected.items():
         assert cases[case]["cut"] == cut and cases[case]["trimmed"] is (cut != "whole"), case
+        assert cases[case]["reported_cut"] == {"stubbed": "stubs"}.get(cut, cut), case
+        assert (cases[case]["not_compacted"] is None) is (cut == "compacted"), case
         assert cases[case]["entries"] == (kept_and_pointed_to if cut != "whole" else ENTRIES), case
         assert cases[case]["runs_the_same"], case
+    assert "compacted: declined: not a cubin" in cases["compacted_refused"]["not_compacted"]
+    assert "stubs: declined: not a cubin" in cases["both_refused"]["not_compacted"]
+    assert cases["kernel_missing"]["not_compacted"].count("a kept kernel is no longer an entry") == 2
     assert len(cases["both_refused"]["entries"]) == 6
     assert cases["jump_table"]["cut"] == "compacted" and cases["jump_table"]["runs_the_same"]
     assert cases["jump_table"]["entries"] == ["_Z10pointed_toPf", "_Z8switchedPi"]
