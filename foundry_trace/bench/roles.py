@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,9 +77,9 @@ def save(workload: str, archive: str, options: dict[str, object], references: bo
 def module_cuts(cuts: list[ModuleCut]) -> dict[str, object]:
     """How SAVE cut the modules' binaries: a count of each way, and every module not compacted
     (LOAD's driver pays for the kernels left in it), with why."""
-    counts = Counter(cut.cut for cut in cuts)
-    return {**{way: counts[way] for way in ("compacted", "stubs", "whole")},
-            "not_compacted": [asdict(cut) for cut in cuts if cut.cut != "compacted"]}
+    from foundry_trace.save.modules import cut_counts
+
+    return {**cut_counts(cuts), "not_compacted": [asdict(cut) for cut in cuts if cut.cut != "compacted"]}
 
 
 def native(workload: str, options: dict[str, object]) -> dict[str, object]:

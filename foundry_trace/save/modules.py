@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import get_args
 
 from cuda.bindings import driver
 
@@ -43,6 +45,12 @@ class ModuleCut:
         """One line of SAVE's report."""
         return (f"module {self.module}: {self.cut}, {self.kept} of {self.entries} kernels kept, "
                 f"{self.loaded_bytes} -> {self.stored_bytes} bytes ({self.not_compacted})")
+
+
+def cut_counts(cuts: Iterable[ModuleCut]) -> dict[Cut, int]:
+    """How many modules SAVE cut each way, every way named (0 where none)."""
+    counts = Counter(cut.cut for cut in cuts)
+    return {way: counts[way] for way in get_args(Cut)}
 
 
 @dataclass

@@ -18,7 +18,6 @@ import datetime
 import hashlib
 import sys
 import threading
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +32,7 @@ from foundry_trace.archive.records import GraphBody, KernelNode, MemcpyNode, Mem
 from foundry_trace.errors import TracerStateError
 from foundry_trace.fingerprint import current_fingerprint
 from foundry_trace.save.graph_walker import GraphWalker
-from foundry_trace.save.modules import FunctionTable, ModuleCut, ModuleRegistry
+from foundry_trace.save.modules import FunctionTable, ModuleCut, ModuleRegistry, cut_counts
 from foundry_trace.save.tracer import Listener, Tracer
 
 SHOWN_CUTS = 5  # SAVE's report names this many of the modules that were not compacted, most kernels left first
@@ -251,7 +250,7 @@ class Recording:
 def _report_cuts(cuts: Sequence[ModuleCut]) -> None:
     """SAVE's line on the modules' binaries, and the costliest of those not compacted: LOAD's
     driver pays for every kernel left in a module, at every load."""
-    counts = Counter(cut.cut for cut in cuts)
+    counts = cut_counts(cuts)
     print(f"foundry_trace: modules: {counts['compacted']} compacted, {counts['stubs']} cut to stubs, {counts['whole']} whole", file=sys.stderr)
     left = sorted((cut for cut in cuts if cut.cut != "compacted" and cut.entries > cut.kept), key=lambda cut: cut.kept - cut.entries)
     for cut in left[:SHOWN_CUTS]:
