@@ -7,6 +7,7 @@ what they were asked (the real ones are covered by the GPU tests)."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures.thread import BrokenThreadPool
 from types import SimpleNamespace
 
@@ -117,6 +118,34 @@ def test_one_thread_builds_each_chunk_then_instantiates_it() -> None:
     resources = pipeline._resources
     assert sorted(handle for kind, handle in resources.destroyed if kind == "built graphs") == [1000 + n for n in range(5)]
     assert resources.release().built_graphs == 0
+
+
+class _SlowBuildPipeline(_RecordingPipeline):
+    """Builds that log their end too, the chunk's last one slow: an instantiation that started
+    beside it would show in the log before its end."""
+
+    slow = "3"
+
+    def build(self, entry: SimpleNamespace, table: bytes | None = None) -> int:
+        graph = super().build(entry, table)
+        if entry.key == self.slow:
+            time.sleep(0.05)
+        self._log(f"built {entry.key}")
+        return graph
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_no_instantiation_runs_beside_a_build_of_its_chunk(threads: int) -> None:
+    graphs = [_entry(str(n), 10) for n in range(8)]
+    pipeline = _SlowBuildPipeline(graphs, threads=threads, chunk_nodes=40)
+    pipeline.queue(graphs)
+    for entry in graphs:
+        pipeline.executable(entry).result()
+    pipeline.close()
+    for chunk in (range(4), range(4, 8)):
+        ends = [pipeline.calls.index(f"built {n}") for n in chunk]
+        starts = [pipeline.calls.index(f"instantiate {n}") for n in chunk]
+        assert max(ends) < min(starts), pipeline.calls
 
 
 def test_a_chunk_of_0_nodes_restores_each_graph_in_one_task() -> None:

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 ENV_COMMIT = "FOUNDRY_COMMIT"
-MEASURED_FIELDS = ("device", "torch", "cuda", "cupti")  # read where the work ran: device_fields()
+MEASURED_FIELDS = ("device", "torch", "cuda", "cupti", "mps")  # read where the work ran: device_fields()
 
 
 class Case(BaseModel):
@@ -52,6 +52,7 @@ class ResultsFile(BaseModel):
     cuda: str | None
     torch: str
     cupti: str | None = None  # cupti-python's version (recorded since issue 33)
+    mps: bool | None = None  # the GPU's contexts shared through MPS (recorded since issue 31); None: no GPU
     commit: str | None
     date: str
     command: str
@@ -86,7 +87,9 @@ class ResultsFile(BaseModel):
 def device_fields() -> dict[str, str | None]:
     """The environment fields a results file takes from the process that measured (call it
     there, in the child): the GPU's name (the host's, without a GPU), torch's version, its CUDA's,
-    and cupti-python's (SAVE's tracer; None where it is not installed)."""
+    cupti-python's (SAVE's tracer; None where it is not installed), and whether the GPU's contexts
+    are shared through MPS (processes on one GPU then run side by side instead of taking turns:
+    ranks sharing a GPU measure differently with it)."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
@@ -97,7 +100,20 @@ def device_fields() -> dict[str, str | None]:
         cupti = version("cupti-python")
     except PackageNotFoundError:
         cupti = None
-    return {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda, "cupti": cupti}
+    return {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda, "cupti": cupti, "mps": _mps_enabled()}
+
+
+def _mps_enabled() -> bool | None:
+    """Whether contexts on the current GPU are shared through MPS (None without a GPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from cuda.bindings import driver
+
+    torch.cuda.init()  # the driver initialised, as the attribute query needs
+    status, value = driver.cuDeviceGetAttribute(driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MPS_ENABLED, torch.cuda.current_device())
+    return bool(value) if status == driver.CUresult.CUDA_SUCCESS else None
 
 
 def project_commit() -> str | None:

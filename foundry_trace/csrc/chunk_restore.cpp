@@ -22,14 +22,17 @@ void set_error(ChunkOutcome* outcome, int status, const std::string& message) {
 }
 
 // The state the threads share. Invariant: an instantiation is taken only once every build has
-// been taken, so a thread waiting for a build waits for a thread that is running it.
+// been taken, so a thread waiting for the builds waits for threads that are running them. An
+// instantiation starts only once every build of the chunk has finished: the driver serialises
+// much of both kinds of call, and a build beside instantiations runs several times slower than
+// alone (docs/measurements.md, "The pipeline's defaults").
 class ChunkRun {
  public:
   ChunkRun(const GraphDriver& d, int archive, const ChunkGraph* graphs, uint32_t count,
            const ChunkHandles& shared, BuildGate& gate, ChunkOutcome* outcomes, int invalid_table,
            int driver_failure)
       : d_(d), archive_(archive), graphs_(graphs), count_(count), shared_(shared), gate_(gate),
-        outcomes_(outcomes), built_(count, nullptr), done_(count, false),
+        outcomes_(outcomes), built_(count, nullptr),
         invalid_table_(invalid_table), driver_failure_(driver_failure) {}
 
   void work() {
@@ -81,8 +84,7 @@ class ChunkRun {
   void finish(uint32_t i, CUgraph graph) {
     std::lock_guard<std::mutex> lock(mutex_);
     built_[i] = graph;
-    done_[i] = true;
-    changed_.notify_all();
+    if (++builds_finished_ == count_) changed_.notify_all();
   }
 
   void instantiate(uint32_t i) {
@@ -90,7 +92,7 @@ class ChunkRun {
     CUgraph graph = nullptr;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      changed_.wait(lock, [this, i] { return done_[i]; });
+      changed_.wait(lock, [this] { return builds_finished_ == count_; });
       graph = built_[i];
     }
     if (graph == nullptr) return;  // the build failed: its outcome says why
@@ -118,7 +120,7 @@ class ChunkRun {
   uint32_t next_instantiation_ = 0;
   ChunkOutcome* outcomes_;
   std::vector<CUgraph> built_;
-  std::vector<bool> done_;
+  uint32_t builds_finished_ = 0;
   const int invalid_table_;
   const int driver_failure_;
 };

@@ -1,14 +1,15 @@
 """A chunk of graphs that LOAD builds, then instantiates: the state its runners share.
 
 A chunk is run by one or more runner tasks on the pipeline's pool. Each runner takes the next
-graph to build until none is left, then the next graph to instantiate (waiting for that graph's
-build, which a running runner has taken), until none is left. Graphs are taken in order, so a
-chunk's builds all start before its instantiations, and a chunk costs as many pool tasks as it
+graph to build until none is left, then the next graph to instantiate, until none is left. An
+instantiation starts once every build of the chunk has finished: the driver serialises much of
+both kinds of call, and a build beside instantiations runs several times slower than alone. A
+chunk costs as many pool tasks as it
 has runners, not two per graph (queuing a task per build and per instantiation held LOAD's own
 thread while no worker ran a driver call: docs/measurements.md).
 
-Invariant: an instantiation is taken only once every build is taken, so whoever waits for a
-build waits for a runner that is running; stop() makes every runner leave at its next take.
+Invariant: an instantiation is taken only once every build is taken, so whoever waits for the
+builds waits for runners that are running; stop() makes every runner leave at its next take.
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ class Chunk:
             self._changed.notify_all()
 
     def wait_built(self, index: int) -> tuple[int | None, BaseException | None]:
-        """The build's (CUgraph, failure), once the runner that took it has finished it."""
+        """The build's (CUgraph, failure), once every build taken has finished (the runners that
+        took them are running): no instantiation runs beside the chunk's builds."""
         with self._changed:
-            self._changed.wait_for(lambda: index in self._built)
+            self._changed.wait_for(lambda: len(self._built) == self._next_build)
             return self._built[index]
 
     @property
