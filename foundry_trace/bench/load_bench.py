@@ -346,6 +346,7 @@ def run(
             busy_s=loaded["busy"],
             threads=threads,
             builders=loaded["builders"],
+            chunk_nodes=loaded["chunk_nodes"],
             spans=loaded["spans"],
             cost_fit=None,
             bench_s=time.perf_counter() - started,  # the whole bench so far (SAVE to compare; the fit adds to it)

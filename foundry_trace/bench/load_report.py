@@ -131,9 +131,10 @@ def _budget_rows(c: dict[str, object]) -> list[tuple[str, str]]:
 
 
 def _builds(c: dict[str, object]) -> str:
-    """The restore row's note of LOAD's cap on builds at a time, where the case records it (earlier results do not)."""
-    builders = c.get("builders")
-    return "" if builders is None else f", {builders} build{'s' if builders != 1 else ''} at a time"
+    """The restore row's note of LOAD's cap on builds at a time and its chunk, where the case records them (earlier results do not)."""
+    builders, chunk = c.get("builders"), c.get("chunk_nodes")
+    note = "" if builders is None else f", {builders} build{'s' if builders != 1 else ''} at a time"
+    return note + ("" if chunk is None else f", chunks of {chunk:,} nodes")
 
 
 def _by_phase(spans: list[dict[str, object]]) -> dict[str, list[dict[str, object]]]:

@@ -150,7 +150,8 @@ def child_load(workload: str, archive: str, threads: int, options: dict[str, obj
 
     large = chosen(workload).large  # no thread sweeps: the whole bench must fit one 10-minute device call
     model, cold, restore_s = cold_load(workload, archive, threads, options)  # the first LOAD of this process: timed
-    cold_report = {"phases": cold.phases, "busy": cold.busy_seconds(), "builders": cold.builders, "spans": [span.__dict__ for span in cold.spans]}
+    cold_report = {"phases": cold.phases, "busy": cold.busy_seconds(), "builders": cold.builders, "chunk_nodes": cold.chunk_nodes,
+                   "spans": [span.__dict__ for span in cold.spans]}
     cold.release()
 
     serial = foundry_trace.load(archive, threads=1)

@@ -223,7 +223,7 @@ def child_load(
         gc.collect()
         torch.cuda.synchronize()
         rows = model.logit_rows
-        result.update(rank=communicator.rank, restore_s=restore_s, builders=restored.builders, phases=restored.phases, busy=restored.busy_seconds(),
+        result.update(rank=communicator.rank, restore_s=restore_s, builders=restored.builders, chunk_nodes=restored.chunk_nodes, phases=restored.phases, busy=restored.busy_seconds(),
                       timeline=timeline(restored.spans),
                       archive_digest=restored.archive.digest, logit_rows=[rows.start, rows.stop], **device_fields())
     return result
@@ -642,6 +642,7 @@ def _degree_case(
     ours = restores[caps[0]]
     loaded = ours[-1]
     case["builders"] = loaded[0]["builders"]  # the comparing restore's cap: --builders, or LOAD's default for the archive
+    case["chunk_nodes"] = loaded[0]["chunk_nodes"]  # LOAD's default chunk for the archive
     case["prefetch_cold"] = _prefetch_case(timed, degree, kind, loaded)
     cold = _rank_ratios(ours, drivers, degree)
     slowest = _slowest_ranks(ours, drivers)
@@ -733,7 +734,8 @@ def render(results: dict[str, object]) -> str:
 
     from foundry_trace.bench.results import table_text
 
-    table = Table(title=f"{results['device']} x {results['gpus']} / {results['workload']}")
+    sharing = {True: ", MPS", False: ", no MPS"}.get(results.get("mps"), "")  # ranks sharing a GPU take turns without it
+    table = Table(title=f"{results['device']} x {results['gpus']}{sharing} / {results['workload']}")
     columns = ("degree (ranks/GPU)", "graphs / nodes", "collective nodes (per graph)", "archive MiB", "native s (worst rank)",
                "restore s (worst rank's median)", "speed-up (least)", "restore / driver (worst rank's median, its range; slowest ranks')", "bitwise (ranks agree / shards tile)", "replay delta %")
     for column in columns:

@@ -3,10 +3,10 @@ variables and functions), then for each graph build, instantiate (and upload) it
 once, a graph only after the modules its kernels come from.
 
 Graphs are queued in chunks of at most `chunk_nodes` nodes, in the order asked (serving order):
-the chunk's modules, then all its builds, then all its instantiations (chunk.py). The driver
-serialises much of both kinds of call, and a build beside instantiations runs several times
-slower than alone (see DEFAULT_CHUNK_NODES); the chunk bounds the host memory held by built
-graphs that wait for their instantiation (about 3 kB a node). By default (`native_chunks`) a
+the chunk's modules, then all its builds, then, once they are done, all its instantiations
+(_chunk.py). The driver serialises much of both kinds of call, and a build beside instantiations
+runs several times slower than alone (see DEFAULT_CHUNK_NODES and chunk_nodes_for); the chunk
+bounds the host memory held by built graphs that wait for their instantiation (about 3 kB a node). By default (`native_chunks`) a
 chunk is one call into the native runner (csrc/chunk_restore.cpp), which does the same on threads
 of its own without returning to Python between graphs; chunks of large graphs run side by side,
 their builds through one gate of `builders`. With native_chunks=False, Python workers run them
@@ -72,8 +72,9 @@ DEFAULT_BUILDERS = 4
 # "The pipeline's defaults".
 BUILD_NODES = 8192
 
-# Nodes of the graphs built before their instantiations start (one chunk): small graphs gain from
-# it, a large graph is a chunk of its own. Why 4,096: docs/measurements.md, "The pipeline's defaults".
+# Nodes of the graphs built before their instantiations start (one chunk), for graphs up to this
+# size; larger graphs are chunked `threads` at a time (chunk_nodes_for). Why 4,096:
+# docs/measurements.md, "The pipeline's defaults".
 DEFAULT_CHUNK_NODES = 4096
 
 
@@ -83,6 +84,16 @@ def builders_for(graphs: Sequence[GraphEntry]) -> int:
     and never fewer than one."""
     largest = max((graph.nodes for graph in graphs), default=0)
     return max(1, min(DEFAULT_BUILDERS, BUILD_NODES // max(largest, 1)))
+
+
+def chunk_nodes_for(graphs: Sequence[GraphEntry], threads: int) -> int:
+    """LOAD's default chunk for an archive of `graphs` restored on `threads` threads:
+    DEFAULT_CHUNK_NODES; where its largest graph holds more (a chunk of its own, whose build
+    would run beside the instantiations of the chunks around it, several times slower than
+    alone), room for `threads` of its largest graphs, so that every thread instantiates once the
+    chunk's builds are done and no build runs beside them."""
+    largest = max((graph.nodes for graph in graphs), default=0)
+    return DEFAULT_CHUNK_NODES if largest <= DEFAULT_CHUNK_NODES else max(threads, 1) * largest
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,7 @@ class Pipeline:
             self._functions_of.setdefault(function.module, []).append(number)
         self._handles = native.Handles([0] * len(self._manifest.functions), resources.events)
         self.builders = builders  # the cap in force, for reports
+        self.chunk_nodes = chunk_nodes  # the chunk in force, for reports
         self._builders = threading.BoundedSemaphore(builders)
         self._build_gate = native.BuildGate(builders) if native_chunks else None  # the same cap, natively
         # With native_chunks, each chunk is one call into the native runner on threads of its own,

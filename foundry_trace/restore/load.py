@@ -53,11 +53,11 @@ from foundry_trace.parallel.collectives import Communicator, check_communicator
 from foundry_trace.parallel.peer import PeerCommunicator
 from foundry_trace.restore._outputs import coalesce, output_view
 from foundry_trace.restore._pipeline import (
-    DEFAULT_CHUNK_NODES,
     Pipeline,
     Step,
     builders_for,
     builds_early,
+    chunk_nodes_for,
 )
 from foundry_trace.restore._resources import LoadResources
 from foundry_trace.restore.restored import Restored, RestoredGraph
@@ -67,7 +67,7 @@ DEFAULT_THREADS = min(8, os.cpu_count() or 1)
 
 
 def prefetch(
-    path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int | None = None, chunk_nodes: int = DEFAULT_CHUNK_NODES,
+    path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int | None = None, chunk_nodes: int | None = None,
     digest: str | None = None, trusted_keys: Iterable[str | Path] | None = None,
 ) -> Restored:
     """Starts the part of LOAD that needs no engine state, early: at process start, or while the
@@ -111,7 +111,7 @@ def load(
     mode: Mode = "eager",
     threads: int = DEFAULT_THREADS,
     builders: int | None = None,
-    chunk_nodes: int = DEFAULT_CHUNK_NODES,
+    chunk_nodes: int | None = None,
     upload: bool = False,
     communicator: Communicator | None = None,
     timeout: float | None = None,
@@ -133,8 +133,10 @@ def load(
             default, DEFAULT_BUILDERS or fewer where its graphs are large (builders_for:
             at most BUILD_NODES nodes in builds at once).
         chunk_nodes: graphs are built, then instantiated, in chunks of at most this many nodes
-            (built graphs wait in host memory, about 3 kB a node); 0: each graph built and
-            instantiated in one task. Each chunk is one call into the native runner, on
+            (built graphs wait in host memory, about 3 kB a node); no instantiation of a chunk
+            starts before its builds are done. 0: each graph built and instantiated in one task.
+            None: the archive's default, DEFAULT_CHUNK_NODES, or `threads` of its largest graphs
+            where those hold more (chunk_nodes_for). Each chunk is one call into the native runner, on
             `threads` threads of its own, with no Python and no GIL between its graphs.
         upload: also copy each executable to the device before it counts as ready (otherwise
             its first launch does, as for a graph that torch captured).
@@ -289,7 +291,7 @@ class _Schedule(NamedTuple):
 
     threads: int
     builders: int | None  # None: builders_for(the archive's graphs)
-    chunk_nodes: int
+    chunk_nodes: int | None  # None: chunk_nodes_for(the archive's graphs, threads)
 
 
 def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, policy: TrustPolicy) -> Restored:
@@ -315,7 +317,8 @@ def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, po
         for _ in range(archive.manifest.events):
             resources.add_event(int(call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING)))
         pipeline = Pipeline(
-            archive, resources, threads=schedule.threads, chunk_nodes=schedule.chunk_nodes,
+            archive, resources, threads=schedule.threads,
+            chunk_nodes=chunk_nodes_for(archive.manifest.graphs, schedule.threads) if schedule.chunk_nodes is None else schedule.chunk_nodes,
             builders=builders_for(archive.manifest.graphs) if schedule.builders is None else schedule.builders,
             context=context, started=started,
         )

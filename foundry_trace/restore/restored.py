@@ -147,6 +147,11 @@ class Restored:
         return self.pipeline.builders
 
     @property
+    def chunk_nodes(self) -> int:
+        """Nodes a chunk of this load holds at most: load()'s `chunk_nodes`, or the archive's default."""
+        return self.pipeline.chunk_nodes
+
+    @property
     def spans(self) -> list[Span]:
         return list(self.pipeline.spans)
 
