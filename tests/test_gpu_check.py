@@ -119,6 +119,13 @@ def test_environment_knobs_reach_the_commands() -> None:
     assert e2e[e2e.index("--repeats") + 1] == "5" and e2e[e2e.index("--layers") + 1] == "4"
 
 
+def test_mps_starts_its_daemon_before_every_part_and_only_when_asked() -> None:
+    steps = planned("install,tp-peer:4:32", MPS="1")
+    assert steps[0] == ("mps", ["nvidia-cuda-mps-control", "-d"])
+    assert [name for name, _ in steps[1:]] == ["install", "tp-peer-4-32"]
+    assert all(name != "mps" for name, _ in planned("install,tp-peer:4:32", MPS=""))
+
+
 @pytest.mark.parametrize(
     "part",
     [p for p in PARTS if p.split(":")[0] in {"load", "load-math", "fit", "tp", "tp-peer", "coverage", "e2e", "soak"}],
