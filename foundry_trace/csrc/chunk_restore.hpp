@@ -1,7 +1,8 @@
 // A chunk of graphs restored by native threads in one call: all builds (at most a gate's cap at
-// a time, across the chunks of a LOAD), then, once every build has finished, all instantiations, without returning to Python
-// between graphs. The Python runner (restore/chunk.py) pays tens of microseconds of interpreter
-// time per graph and waits for the GIL between driver calls; this runner pays neither.
+// a time, across the chunks of a LOAD), then, once every build has finished, all
+// instantiations, without returning to Python between graphs. The Python runner
+// (restore/_chunk.py) pays tens of microseconds of interpreter time per graph and waits for the
+// GIL between driver calls; this runner pays neither.
 #pragma once
 
 #include <cuda.h>

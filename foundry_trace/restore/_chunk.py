@@ -4,9 +4,9 @@ A chunk is run by one or more runner tasks on the pipeline's pool. Each runner t
 graph to build until none is left, then the next graph to instantiate, until none is left. An
 instantiation starts once every build of the chunk has finished: the driver serialises much of
 both kinds of call, and a build beside instantiations runs several times slower than alone. A
-chunk costs as many pool tasks as it
-has runners, not two per graph (queuing a task per build and per instantiation held LOAD's own
-thread while no worker ran a driver call: docs/measurements.md).
+chunk costs as many pool tasks as it has runners, not two per graph (queuing a task per build
+and per instantiation held LOAD's own thread while no worker ran a driver call:
+docs/measurements.md).
 
 Invariant: an instantiation is taken only once every build is taken, so whoever waits for the
 builds waits for runners that are running; stop() makes every runner leave at its next take.
