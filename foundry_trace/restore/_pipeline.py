@@ -78,6 +78,10 @@ BUILD_NODES = 8192
 # docs/measurements.md, "The pipeline's defaults".
 DEFAULT_CHUNK_NODES = 4096
 
+# The most nodes a default chunk of large graphs holds (chunk_nodes_for): built graphs wait in host
+# memory, about 3 kB a node, so about 400 MB at most however many threads a load is given.
+MAX_DEFAULT_CHUNK_NODES = 131072
+
 
 def builders_for(graphs: Sequence[GraphEntry]) -> int:
     """LOAD's default cap on graphs built at a time for an archive of `graphs`: DEFAULT_BUILDERS,
@@ -92,9 +96,12 @@ def chunk_nodes_for(graphs: Sequence[GraphEntry], threads: int) -> int:
     DEFAULT_CHUNK_NODES; where its largest graph holds more (a chunk of its own, whose build
     would run beside the instantiations of the chunks around it, several times slower than
     alone), room for `threads` of its largest graphs, so that every thread instantiates once the
-    chunk's builds are done and no build runs beside them."""
+    chunk's builds are done and no build runs beside them; at most MAX_DEFAULT_CHUNK_NODES, and
+    never less than one largest graph."""
     largest = max((graph.nodes for graph in graphs), default=0)
-    return DEFAULT_CHUNK_NODES if largest <= DEFAULT_CHUNK_NODES else max(threads, 1) * largest
+    if largest <= DEFAULT_CHUNK_NODES:
+        return DEFAULT_CHUNK_NODES
+    return max(largest, min(max(threads, 1), MAX_DEFAULT_CHUNK_NODES // largest) * largest)
 
 
 @dataclass(frozen=True)
