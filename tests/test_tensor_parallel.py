@@ -227,7 +227,7 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
     rank = {"native_s": 2.0, "driver_build_s": 0.05, "driver_instantiate_s": 0.15, "driver_cold_s": 0.2, "restore_s": 0.2,
             "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"}, **_PREFETCHED,
-            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "graphs": 1,
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "spans": [], "graphs": 1,
             "device": "GPU", "torch": "t", "cuda": "c", "cupti": None, "mps": False}
     share = 1024 // 2  # the tiny workload's vocabulary, in two ranks' shards
 
@@ -280,7 +280,7 @@ def test_a_degree_whose_save_fails_is_recorded_and_the_others_still_run(monkeypa
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
     rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"}, **_PREFETCHED,
-            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "graphs": 1,
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "spans": [], "graphs": 1,
             "device": "GPU", "torch": "t", "cuda": "c", "cupti": None, "mps": False}
     run: list[int] = []
 
@@ -307,7 +307,7 @@ def test_the_results_file_is_written_after_each_degree_so_a_run_cut_short_keeps_
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
     rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"}, **_PREFETCHED,
-            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "graphs": 1}
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "spans": [], "graphs": 1}
 
     def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
         if degree == 8:
@@ -335,7 +335,7 @@ def test_the_slowest_ranks_of_each_pair_are_compared_and_builders_reach_the_load
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
     rank = {"native_s": 2.0, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"}, **_PREFETCHED,
-            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "graphs": 1}
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "spans": [], "graphs": 1}
     pairs = iter([(0.30, [0.20, 0.25]), (0.40, [0.20, 0.20]), (0.33, [0.30, 0.22])])  # each rank's restore ends with the slowest
     roles: list[list[str]] = []
     restore = [0.2]  # the restore of the pair whose driver-alone ranks ran last
@@ -372,7 +372,7 @@ def test_a_builders_sweep_restores_every_cap_in_every_pair_and_the_first_compare
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
     rank = {"native_s": 2.0, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"}, **_PREFETCHED,
-            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "graphs": 1}
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "spans": [], "graphs": 1}
     restore_by_cap = {"4": 0.5, "1": 0.3}
     roles: list[list[str]] = []
 
@@ -406,7 +406,7 @@ def test_prefetching_ranks_run_after_the_pairs_and_their_failure_keeps_the_case(
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
     rank = {"native_s": 2.0, "latency": {"1": {"delta_pct": 0.1}}, "restore_s": 0.3, "driver_cold_s": 0.25,
-            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "graphs": 1}
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "spans": [], "graphs": 1}
     roles: list[str] = []
     fails = [False]
 

@@ -224,7 +224,7 @@ def child_load(
         torch.cuda.synchronize()
         rows = model.logit_rows
         result.update(rank=communicator.rank, restore_s=restore_s, builders=restored.builders, chunk_nodes=restored.chunk_nodes, phases=restored.phases, busy=restored.busy_seconds(),
-                      timeline=timeline(restored.spans),
+                      timeline=timeline(restored.spans), spans=[span.__dict__ for span in restored.spans],
                       archive_digest=restored.archive.digest, logit_rows=[rows.start, rows.stop], **device_fields())
     return result
 
@@ -673,6 +673,7 @@ def _degree_case(
         phases_s_by_rank=[r["phases"] for r in loaded],
         busy_s_by_rank=[r["busy"] for r in loaded],
         timeline_s_by_rank=[r["timeline"] for r in loaded],
+        spans_by_rank=[r["spans"] for r in loaded],  # each task of the comparing restore: where a rank's threads waited
         graphs_restored=[r["graphs"] for r in loaded],
     )
 
