@@ -52,7 +52,7 @@ class ResultsFile(BaseModel):
     cuda: str | None
     torch: str
     cupti: str | None = None  # cupti-python's version (recorded since issue 33)
-    mps: bool | None = None  # the GPU's contexts shared through MPS (recorded since issue 31); None: no GPU
+    mps: bool | None = None  # the GPU's contexts shared through MPS (recorded since issue 31); None: no GPU, or not reported
     commit: str | None
     date: str
     command: str
@@ -104,7 +104,8 @@ def device_fields() -> dict[str, str | None]:
 
 
 def _mps_enabled() -> bool | None:
-    """Whether contexts on the current GPU are shared through MPS (None without a GPU)."""
+    """Whether contexts on the current GPU are shared through MPS: None without a GPU, or where
+    the driver does not report it (a metadata field: no bench fails for it)."""
     import torch
 
     if not torch.cuda.is_available():

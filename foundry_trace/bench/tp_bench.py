@@ -223,7 +223,8 @@ def child_load(
         gc.collect()
         torch.cuda.synchronize()
         rows = model.logit_rows
-        result.update(rank=communicator.rank, restore_s=restore_s, builders=restored.builders, chunk_nodes=restored.chunk_nodes, phases=restored.phases, busy=restored.busy_seconds(),
+        result.update(rank=communicator.rank, restore_s=restore_s, builders=restored.builders, chunk_nodes=restored.chunk_nodes,
+                      phases=restored.phases, busy=restored.busy_seconds(),
                       timeline=timeline(restored.spans), spans=[span.__dict__ for span in restored.spans],
                       archive_digest=restored.archive.digest, logit_rows=[rows.start, rows.stop], **device_fields())
     return result

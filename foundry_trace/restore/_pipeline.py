@@ -87,8 +87,7 @@ def builders_for(graphs: Sequence[GraphEntry]) -> int:
     """LOAD's default cap on graphs built at a time for an archive of `graphs`: DEFAULT_BUILDERS,
     fewer where that many builds of its largest graph would hold more than BUILD_NODES nodes,
     and never fewer than one."""
-    largest = max((graph.nodes for graph in graphs), default=0)
-    return max(1, min(DEFAULT_BUILDERS, BUILD_NODES // max(largest, 1)))
+    return max(1, min(DEFAULT_BUILDERS, BUILD_NODES // max(_largest(graphs), 1)))
 
 
 def chunk_nodes_for(graphs: Sequence[GraphEntry], threads: int) -> int:
@@ -98,10 +97,15 @@ def chunk_nodes_for(graphs: Sequence[GraphEntry], threads: int) -> int:
     alone), room for `threads` of its largest graphs, so that every thread instantiates once the
     chunk's builds are done and no build runs beside them; at most MAX_DEFAULT_CHUNK_NODES, and
     never less than one largest graph."""
-    largest = max((graph.nodes for graph in graphs), default=0)
+    largest = _largest(graphs)
     if largest <= DEFAULT_CHUNK_NODES:
         return DEFAULT_CHUNK_NODES
     return max(largest, min(max(threads, 1), MAX_DEFAULT_CHUNK_NODES // largest) * largest)
+
+
+def _largest(graphs: Sequence[GraphEntry]) -> int:
+    """Nodes of the archive's largest graph (0 without graphs): what both defaults scale with."""
+    return max((graph.nodes for graph in graphs), default=0)
 
 
 @dataclass(frozen=True)

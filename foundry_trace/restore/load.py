@@ -136,8 +136,9 @@ def load(
             (built graphs wait in host memory, about 3 kB a node); no instantiation of a chunk
             starts before its builds are done. 0: each graph built and instantiated in one task.
             None: the archive's default, DEFAULT_CHUNK_NODES, or `threads` of its largest graphs
-            where those hold more, within MAX_DEFAULT_CHUNK_NODES (chunk_nodes_for). Each chunk is one call into the native
-            runner, on `threads` threads of its own, with no Python and no GIL between its graphs.
+            where those hold more, within MAX_DEFAULT_CHUNK_NODES (chunk_nodes_for). Each chunk
+            is one call into the native runner, on `threads` threads of its own, with no Python
+            and no GIL between its graphs.
         upload: also copy each executable to the device before it counts as ready (otherwise
             its first launch does, as for a graph that torch captured).
         communicator: this rank's, for an archive of a tensor-parallel step; its rank count
