@@ -263,8 +263,32 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     assert two["threads"] == min(DEFAULT_THREADS, 8) and eight["threads"] == min(DEFAULT_THREADS, 2), "16 cores shared among the ranks"
     assert two["logits"] == "vocabulary-parallel" and two["logit_shards_cover_vocabulary"]
     assert eight["failed"].startswith("load rank 1 of 8 failed") and "more lines" not in eight["failed"]
+    assert (two["mps_active_thread_percentage"], eight["mps_active_thread_percentage"]) == ("50", "12"), "no GPU here: one GPU's ranks"
     assert [p.name for p in tmp_path.glob("tp-*.json")], "the results file is written all the same"
     assert "failed:" in tp_bench.render(results)
+
+
+@given(ranks_per_gpu=st.integers(1, 64))
+def test_ranks_sharing_a_gpu_each_get_an_equal_mps_share_unless_one_is_set(ranks_per_gpu: int) -> None:
+    """4 ranks under MPS with no cap stalled in their first two-shot all-reduce (H100, 1fe430f):
+    the spinning ranks' blocks held the SMs the late rank needed."""
+    import os
+
+    from foundry_trace.bench.tp_bench import MPS_SHARE_VARIABLE, peer_rank_environment
+
+    saved = os.environ.pop(MPS_SHARE_VARIABLE, None)
+    try:
+        environment = peer_rank_environment(0, ranks_per_gpu, "/tmp/s", ranks_per_gpu)
+        if ranks_per_gpu == 1:
+            assert MPS_SHARE_VARIABLE not in environment, "a rank alone on its GPU keeps all of it"
+        else:
+            assert 0 < int(environment[MPS_SHARE_VARIABLE]) * ranks_per_gpu <= 100, "the shares fit the GPU together"
+        os.environ[MPS_SHARE_VARIABLE] = "30"
+        assert peer_rank_environment(0, 2, "/tmp/s", 2)[MPS_SHARE_VARIABLE] == "30", "the user's own cap is kept"
+    finally:
+        os.environ.pop(MPS_SHARE_VARIABLE, None)
+        if saved is not None:
+            os.environ[MPS_SHARE_VARIABLE] = saved
 
 
 def test_a_degree_whose_save_fails_is_recorded_and_the_others_still_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

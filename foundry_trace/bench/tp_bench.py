@@ -63,6 +63,7 @@ DEFAULT_REPEATS = 3  # cold pairs of driver-alone and restoring ranks per degree
 RANK_TIMEOUT_S = 480.0  # one rank's child, all phases: well inside a 10-minute device call
 COMMUNICATORS = ("nccl", "peer")
 COMPARED = ("all", "latency")  # what the LOAD ranks compare bit for bit: every batch size, or the latency ones
+MPS_SHARE_VARIABLE = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"  # an MPS client's cap on its GPU's SMs, in percent
 UNCOMPARED = "none"  # a LOAD rank's --compare in the cold pairs before the comparing one: the restore timed alone
 
 
@@ -326,11 +327,20 @@ def rank_environment(gpu: int, rank: int = 0, ranks: int = 1, port: int = 0) -> 
     return _multicast_off(environment)
 
 
-def peer_rank_environment(rank: int, ranks: int, socket_path: str) -> dict[str, str]:
+def peer_rank_environment(rank: int, ranks: int, socket_path: str, ranks_per_gpu: int = 1) -> dict[str, str]:
     """One rank of a peer-memory run: every GPU visible (a rank maps buffers that live on the
-    others; it picks GPU rank mod GPUs itself), torchrun's variables, the rendezvous socket."""
+    others; it picks GPU rank mod GPUs itself), torchrun's variables, the rendezvous socket.
+
+    Where `ranks_per_gpu` > 1, each rank may use at most 1/ranks_per_gpu of its GPU's SMs under
+    MPS (MPS_SHARE_VARIABLE, unless already set; the driver reads it only under MPS). Without
+    the cap, the blocks of ranks spinning at an all-reduce's barrier can hold every SM that a
+    late rank's kernels need to reach it, and the collective stalls; with it, the spinning ranks
+    hold at most (ranks_per_gpu - 1) shares. Without MPS the GPU time-slices whole contexts and
+    no cap is needed."""
     environment = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES" or v.strip()}
     environment.update(RANK=str(rank), WORLD_SIZE=str(ranks), FOUNDRY_PEER_SOCKET=socket_path)
+    if ranks_per_gpu > 1:
+        environment.setdefault(MPS_SHARE_VARIABLE, str(100 // ranks_per_gpu))
     return _multicast_off(environment)
 
 
@@ -342,10 +352,14 @@ def _run_ranks(module: str, arguments: list[str], environments: list[dict[str, s
 
 
 def run_peer_ranks(module: str, arguments: list[str], degree: int, timeout: float = RANK_TIMEOUT_S) -> list[dict[str, object]]:
-    """`degree` ranks of `module` meeting over a fresh rendezvous socket, under one watchdog."""
+    """`degree` ranks of `module` meeting over a fresh rendezvous socket, under one watchdog;
+    rank r on GPU r mod GPUs."""
+    import torch
+
+    shared = -(-degree // max(torch.cuda.device_count(), 1))
     with tempfile.TemporaryDirectory(prefix="foundry-peer-") as scratch:
         path = os.path.join(scratch, "rendezvous.sock")
-        return _run_ranks(module, arguments, [peer_rank_environment(rank, degree, path) for rank in range(degree)], timeout)
+        return _run_ranks(module, arguments, [peer_rank_environment(rank, degree, path, shared) for rank in range(degree)], timeout)
 
 
 def run_degree(role: list[str], degree: int, kind: str = "nccl", timeout: float = RANK_TIMEOUT_S) -> list[dict[str, object]]:
@@ -613,6 +627,8 @@ def _degree_case(
     comparing one), and `builders_sweep` holds each cap's ratios against the same drivers alone."""
     ranks_per_gpu = -(-degree // max(gpus, 1)) if kind == "peer" else 1
     placed = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree), "ranks_per_gpu": ranks_per_gpu}
+    if ranks_per_gpu > 1:  # each rank's SM cap where the GPU runs MPS (the results file's `mps` says whether it does)
+        placed["mps_active_thread_percentage"] = peer_rank_environment(0, degree, "", ranks_per_gpu)[MPS_SHARE_VARIABLE]
     if "failed" in saved:
         return Case(**placed, failed=saved["failed"])
     shown = {k: v for k, v in inspected.items() if k != "per_graph"}
