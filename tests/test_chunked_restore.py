@@ -19,12 +19,9 @@ from foundry_trace.restore import _resources as resources_module
 from foundry_trace.restore._pipeline import (
     BUILD_NODES,
     DEFAULT_BUILDERS,
-    DEFAULT_CHUNK_NODES,
-    MAX_DEFAULT_CHUNK_NODES,
     Pipeline,
     PipelineHooks,
     builders_for,
-    chunk_nodes_for,
     chunks,
 )
 from foundry_trace.restore._resources import LoadResources
@@ -112,26 +109,6 @@ class _RecordingPipeline(Pipeline):
     def _log(self, what: str) -> None:
         with self._calls_lock:
             self.calls.append(what)
-
-
-@given(sizes=st.lists(st.integers(0, 200_000), max_size=40), threads=st.integers(1, 64))
-def test_the_default_chunk_gives_every_thread_a_graph_of_its_largest_and_keeps_small_graphs_chunked_as_measured(
-    sizes: list[int], threads: int
-) -> None:
-    """A graph larger than DEFAULT_CHUNK_NODES was a chunk of its own, built beside the
-    instantiations of the chunks around it (seven times slower than alone for a Qwen3-235B rank's
-    9,000-node graphs); its archive's chunks now hold `threads` of its largest graphs."""
-    entries = [_entry(str(number), size) for number, size in enumerate(sizes)]
-    chunk = chunk_nodes_for(entries, threads)
-    largest = max(sizes, default=0)
-    if largest <= DEFAULT_CHUNK_NODES:  # the 8B shape, piecewise pieces, the TP shards: unchanged
-        assert chunk == DEFAULT_CHUNK_NODES
-    else:
-        per_chunk = max(1, min(threads, MAX_DEFAULT_CHUNK_NODES // largest))  # the 235B rank on 8 threads: 8 of 9,065 nodes
-        assert chunk == per_chunk * largest
-        assert chunk <= max(largest, MAX_DEFAULT_CHUNK_NODES), "built graphs in host memory stay bounded"
-        assert all(sum(e.nodes for e in c) <= chunk for c in chunks(entries, chunk)), "no graph exceeds its chunk"
-        assert [len(c) for c in chunks([_entry(str(n), largest) for n in range(2 * per_chunk)], chunk)] == [per_chunk, per_chunk]
 
 
 def test_one_thread_builds_each_chunk_then_instantiates_it() -> None:

@@ -659,7 +659,7 @@ def _degree_case(
     ours = restores[caps[0]]
     loaded = ours[-1]
     case["builders"] = loaded[0]["builders"]  # the comparing restore's cap: --builders, or LOAD's default for the archive
-    case["chunk_nodes"] = loaded[0]["chunk_nodes"]  # LOAD's default chunk for the archive
+    case["chunk_nodes"] = loaded[0]["chunk_nodes"]  # the chunk the LOAD ranks used
     case["prefetch_cold"] = _prefetch_case(timed, degree, kind, loaded)
     cold = _rank_ratios(ours, drivers, degree)
     slowest = _slowest_ranks(ours, drivers)

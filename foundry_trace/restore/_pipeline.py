@@ -5,7 +5,7 @@ once, a graph only after the modules its kernels come from.
 Graphs are queued in chunks of at most `chunk_nodes` nodes, in the order asked (serving order):
 the chunk's modules, then all its builds, then, once they are done, all its instantiations
 (_chunk.py). The driver serialises much of both kinds of call, and a build beside instantiations
-runs several times slower than alone (see DEFAULT_CHUNK_NODES and chunk_nodes_for); the chunk
+runs several times slower than alone (see DEFAULT_CHUNK_NODES); the chunk
 bounds the host memory held by built graphs that wait for their instantiation (about 3 kB a
 node). By default (`native_chunks`) a chunk is one call into the native runner
 (csrc/chunk_restore.cpp), which does the same on threads of its own without returning to Python
@@ -73,39 +73,18 @@ DEFAULT_BUILDERS = 4
 # "The pipeline's defaults".
 BUILD_NODES = 8192
 
-# Nodes of the graphs built before their instantiations start (one chunk), for graphs up to this
-# size; larger graphs are chunked `threads` at a time (chunk_nodes_for). Why 4,096:
+# Nodes of the graphs built before their instantiations start (one chunk): small graphs gain from
+# it, a larger graph is a chunk of its own. Why 4,096 (and not chunks of several large graphs):
 # docs/measurements.md, "The pipeline's defaults".
 DEFAULT_CHUNK_NODES = 4096
-
-# The most nodes a default chunk of large graphs holds (chunk_nodes_for): built graphs wait in host
-# memory, about 3 kB a node, so about 400 MB at most however many threads a load is given.
-MAX_DEFAULT_CHUNK_NODES = 131072
 
 
 def builders_for(graphs: Sequence[GraphEntry]) -> int:
     """LOAD's default cap on graphs built at a time for an archive of `graphs`: DEFAULT_BUILDERS,
     fewer where that many builds of its largest graph would hold more than BUILD_NODES nodes,
     and never fewer than one."""
-    return max(1, min(DEFAULT_BUILDERS, BUILD_NODES // max(_largest(graphs), 1)))
-
-
-def chunk_nodes_for(graphs: Sequence[GraphEntry], threads: int) -> int:
-    """LOAD's default chunk for an archive of `graphs` restored on `threads` threads:
-    DEFAULT_CHUNK_NODES; where its largest graph holds more (a chunk of its own, whose build
-    would run beside the instantiations of the chunks around it, several times slower than
-    alone), room for `threads` of its largest graphs, so that every thread instantiates once the
-    chunk's builds are done and no build runs beside them; at most MAX_DEFAULT_CHUNK_NODES, and
-    never less than one largest graph."""
-    largest = _largest(graphs)
-    if largest <= DEFAULT_CHUNK_NODES:
-        return DEFAULT_CHUNK_NODES
-    return max(largest, min(max(threads, 1), MAX_DEFAULT_CHUNK_NODES // largest) * largest)
-
-
-def _largest(graphs: Sequence[GraphEntry]) -> int:
-    """Nodes of the archive's largest graph (0 without graphs): what both defaults scale with."""
-    return max((graph.nodes for graph in graphs), default=0)
+    largest = max((graph.nodes for graph in graphs), default=0)
+    return max(1, min(DEFAULT_BUILDERS, BUILD_NODES // max(largest, 1)))
 
 
 @dataclass(frozen=True)

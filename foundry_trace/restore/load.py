@@ -53,11 +53,11 @@ from foundry_trace.parallel.collectives import Communicator, check_communicator
 from foundry_trace.parallel.peer import PeerCommunicator
 from foundry_trace.restore._outputs import coalesce, output_view
 from foundry_trace.restore._pipeline import (
+    DEFAULT_CHUNK_NODES,
     Pipeline,
     Step,
     builders_for,
     builds_early,
-    chunk_nodes_for,
 )
 from foundry_trace.restore._resources import LoadResources
 from foundry_trace.restore.restored import Restored, RestoredGraph
@@ -67,7 +67,7 @@ DEFAULT_THREADS = min(8, os.cpu_count() or 1)
 
 
 def prefetch(
-    path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int | None = None, chunk_nodes: int | None = None,
+    path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int | None = None, chunk_nodes: int = DEFAULT_CHUNK_NODES,
     digest: str | None = None, trusted_keys: Iterable[str | Path] | None = None,
 ) -> Restored:
     """Starts the part of LOAD that needs no engine state, early: at process start, or while the
@@ -111,7 +111,7 @@ def load(
     mode: Mode = "eager",
     threads: int = DEFAULT_THREADS,
     builders: int | None = None,
-    chunk_nodes: int | None = None,
+    chunk_nodes: int = DEFAULT_CHUNK_NODES,
     upload: bool = False,
     communicator: Communicator | None = None,
     timeout: float | None = None,
@@ -134,11 +134,9 @@ def load(
             at most BUILD_NODES nodes in builds at once).
         chunk_nodes: graphs are built, then instantiated, in chunks of at most this many nodes
             (built graphs wait in host memory, about 3 kB a node); no instantiation of a chunk
-            starts before its builds are done. 0: each graph built and instantiated in one task.
-            None: the archive's default, DEFAULT_CHUNK_NODES, or `threads` of its largest graphs
-            where those hold more, within MAX_DEFAULT_CHUNK_NODES (chunk_nodes_for). Each chunk
-            is one call into the native runner, on `threads` threads of its own, with no Python
-            and no GIL between its graphs.
+            starts before its builds are done; a larger graph is a chunk of its own. 0: each
+            graph built and instantiated in one task. Each chunk is one call into the native
+            runner, on `threads` threads of its own, with no Python and no GIL between its graphs.
         upload: also copy each executable to the device before it counts as ready (otherwise
             its first launch does, as for a graph that torch captured).
         communicator: this rank's, for an archive of a tensor-parallel step; its rank count
@@ -292,7 +290,7 @@ class _Schedule(NamedTuple):
 
     threads: int
     builders: int | None  # None: builders_for(the archive's graphs)
-    chunk_nodes: int | None  # None: chunk_nodes_for(the archive's graphs, threads)
+    chunk_nodes: int
 
 
 def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, policy: TrustPolicy) -> Restored:
@@ -319,7 +317,7 @@ def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, po
             resources.add_event(int(call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING)))
         pipeline = Pipeline(
             archive, resources, threads=schedule.threads,
-            chunk_nodes=chunk_nodes_for(archive.manifest.graphs, schedule.threads) if schedule.chunk_nodes is None else schedule.chunk_nodes,
+            chunk_nodes=schedule.chunk_nodes,
             builders=builders_for(archive.manifest.graphs) if schedule.builders is None else schedule.builders,
             context=context, started=started,
         )

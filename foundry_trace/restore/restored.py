@@ -148,7 +148,7 @@ class Restored:
 
     @property
     def chunk_nodes(self) -> int:
-        """Nodes a chunk of this load holds at most: load()'s `chunk_nodes`, or the archive's default."""
+        """Nodes a chunk of this load holds at most (load()'s `chunk_nodes`); a larger graph is a chunk of its own."""
         return self.pipeline.chunk_nodes
 
     @property
