@@ -16,14 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foundry_trace.restore import _resources as resources_module
-from foundry_trace.restore._pipeline import (
-    BUILD_NODES,
-    DEFAULT_BUILDERS,
-    Pipeline,
-    PipelineHooks,
-    builders_for,
-    chunks,
-)
+from foundry_trace.restore._pipeline import BUILD_NODES, DEFAULT_BUILDERS, Pipeline, PipelineHooks, builders_for, chunks
 from foundry_trace.restore._resources import LoadResources
 
 

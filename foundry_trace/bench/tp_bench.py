@@ -339,9 +339,23 @@ def peer_rank_environment(rank: int, ranks: int, socket_path: str, ranks_per_gpu
     no cap is needed."""
     environment = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES" or v.strip()}
     environment.update(RANK=str(rank), WORLD_SIZE=str(ranks), FOUNDRY_PEER_SOCKET=socket_path)
-    if ranks_per_gpu > 1:
-        environment.setdefault(MPS_SHARE_VARIABLE, str(100 // ranks_per_gpu))
+    share = mps_share(ranks_per_gpu)
+    if share is not None:
+        environment[MPS_SHARE_VARIABLE] = share
     return _multicast_off(environment)
+
+
+def mps_share(ranks_per_gpu: int) -> str | None:
+    """Each peer rank's MPS_SHARE_VARIABLE where `ranks_per_gpu` ranks share a GPU: the one this
+    process was given, else 100 / ranks_per_gpu percent; None for a rank alone on its GPU."""
+    if ranks_per_gpu <= 1:
+        return None
+    return os.environ.get(MPS_SHARE_VARIABLE, str(100 // ranks_per_gpu))
+
+
+def peer_ranks_per_gpu(degree: int, gpus: int) -> int:
+    """Ranks on each GPU of a peer run: rank r on GPU r mod GPUs (one GPU where none is seen)."""
+    return -(-degree // max(gpus, 1))
 
 
 def _run_ranks(module: str, arguments: list[str], environments: list[dict[str, str]], timeout: float) -> list[dict[str, object]]:
@@ -356,7 +370,7 @@ def run_peer_ranks(module: str, arguments: list[str], degree: int, timeout: floa
     rank r on GPU r mod GPUs."""
     import torch
 
-    shared = -(-degree // max(torch.cuda.device_count(), 1))
+    shared = peer_ranks_per_gpu(degree, torch.cuda.device_count())
     with tempfile.TemporaryDirectory(prefix="foundry-peer-") as scratch:
         path = os.path.join(scratch, "rendezvous.sock")
         return _run_ranks(module, arguments, [peer_rank_environment(rank, degree, path, shared) for rank in range(degree)], timeout)
@@ -625,10 +639,10 @@ def _degree_case(
 
     With several `builders` caps, each pair restores once per cap (the first last, as the
     comparing one), and `builders_sweep` holds each cap's ratios against the same drivers alone."""
-    ranks_per_gpu = -(-degree // max(gpus, 1)) if kind == "peer" else 1
+    ranks_per_gpu = peer_ranks_per_gpu(degree, gpus) if kind == "peer" else 1
     placed = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree), "ranks_per_gpu": ranks_per_gpu}
     if ranks_per_gpu > 1:  # each rank's SM cap where the GPU runs MPS (the results file's `mps` says whether it does)
-        placed["mps_active_thread_percentage"] = peer_rank_environment(0, degree, "", ranks_per_gpu)[MPS_SHARE_VARIABLE]
+        placed["mps_active_thread_percentage"] = mps_share(ranks_per_gpu)
     if "failed" in saved:
         return Case(**placed, failed=saved["failed"])
     shown = {k: v for k, v in inspected.items() if k != "per_graph"}

@@ -52,13 +52,7 @@ from foundry_trace.fingerprint import check_fingerprint, current_fingerprint
 from foundry_trace.parallel.collectives import Communicator, check_communicator
 from foundry_trace.parallel.peer import PeerCommunicator
 from foundry_trace.restore._outputs import coalesce, output_view
-from foundry_trace.restore._pipeline import (
-    DEFAULT_CHUNK_NODES,
-    Pipeline,
-    Step,
-    builders_for,
-    builds_early,
-)
+from foundry_trace.restore._pipeline import DEFAULT_CHUNK_NODES, Pipeline, Step, builders_for, builds_early
 from foundry_trace.restore._resources import LoadResources
 from foundry_trace.restore.restored import Restored, RestoredGraph
 
@@ -316,8 +310,7 @@ def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, po
         for _ in range(archive.manifest.events):
             resources.add_event(int(call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING)))
         pipeline = Pipeline(
-            archive, resources, threads=schedule.threads,
-            chunk_nodes=schedule.chunk_nodes,
+            archive, resources, threads=schedule.threads, chunk_nodes=schedule.chunk_nodes,
             builders=builders_for(archive.manifest.graphs) if schedule.builders is None else schedule.builders,
             context=context, started=started,
         )
