@@ -231,16 +231,16 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
             "device": "GPU", "torch": "t", "cuda": "c", "cupti": None, "mps": False}
     share = 1024 // 2  # the tiny workload's vocabulary, in two ranks' shards
 
-    roles: list[tuple[str, str]] = []
-    restores = iter([0.22, 0.20, 0.30])  # the comparing restore last; its outlier does not move the median
+    roles: list[tuple[str, str, bool]] = []
+    restores = iter([0.22, 0.20, 0.30, 9.0])  # the comparing restore last: not in the ratio
     drivers = iter([0.20, 0.20, 0.20])
 
-    def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+    def ranks(role: list[str], degree: int, kind: str, collectives: bool = True) -> list[dict[str, object]]:
         figures = {}
         if role[0] in ("driver", "load"):
             parsed = tp_bench._parser().parse_args(role)
             assert parsed.rest == ["tiny", str(tmp_path), "peer"] and parsed.threads == min(DEFAULT_THREADS, 16 // degree), role
-            roles.append((role[0], parsed.compare))
+            roles.append((role[0], parsed.compare, collectives))
             if degree == 2:
                 figures = {"restore_s": next(restores)} if role[0] == "load" else {"driver_cold_s": next(drivers)}
         if degree == 8:
@@ -254,41 +254,53 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     monkeypatch.setattr(tp_bench.os, "cpu_count", lambda: 16)
     results = tp_bench._run_degrees("tiny", [2, 8], tmp_path, tmp_path, "peer")
     two, eight = results["cases"]
-    assert roles[:6] == [("driver", "all"), ("load", "none")] * 2 + [("driver", "all"), ("load", "all")], (
-        "three cold pairs, alternating, only the last restore compared (every batch size unless asked otherwise)"
+    assert roles[:7] == [("driver", "all", False), ("load", "none", False)] * 3 + [("load", "all", True)], (
+        "three cold pairs, alternating, timed alone and without collectives; then fresh ranks compare (every batch size unless asked otherwise)"
     )
     assert two["cold_pairs"] == 3 and two["restore_s_by_rank"] == [0.22, 0.22] and two["restore_over_driver_cold"] == pytest.approx([1.1, 1.1])
+    assert two["compared_restore_s_by_rank"] == [9.0, 9.0] and (two["timed_mps"], two["collectives_mps"]) == (False, False)
     assert two["restore_over_driver_cold_max"] == pytest.approx([1.5, 1.5]) and two["cold_runs_by_rank"][0]["restore_s"] == [0.22, 0.20, 0.30]
     assert two["driver_build_s_by_rank"] == [0.05, 0.05] and two["driver_instantiate_s_by_rank"] == [0.15, 0.15]
     assert two["threads"] == min(DEFAULT_THREADS, 8) and eight["threads"] == min(DEFAULT_THREADS, 2), "16 cores shared among the ranks"
     assert two["logits"] == "vocabulary-parallel" and two["logit_shards_cover_vocabulary"]
     assert eight["failed"].startswith("load rank 1 of 8 failed") and "more lines" not in eight["failed"]
-    assert (two["mps_active_thread_percentage"], eight["mps_active_thread_percentage"]) == ("50", "12"), "no GPU here: one GPU's ranks"
     assert [p.name for p in tmp_path.glob("tp-*.json")], "the results file is written all the same"
     assert "failed:" in tp_bench.render(results)
 
 
-@given(ranks_per_gpu=st.integers(1, 64))
-def test_ranks_sharing_a_gpu_each_get_an_equal_mps_share_unless_one_is_set(ranks_per_gpu: int) -> None:
-    """4 ranks under MPS with no cap stalled in their first two-shot all-reduce (H100, 1fe430f):
-    the spinning ranks' blocks held the SMs the late rank needed."""
+@pytest.mark.parametrize(("gpus", "degree", "collectives", "outside"), [(0, 4, True, True), (0, 4, False, False), (4, 4, True, False), (2, 8, True, True), (1, 1, True, False)])
+def test_ranks_sharing_a_gpu_run_collectives_outside_mps_only(
+    monkeypatch: pytest.MonkeyPatch, gpus: int, degree: int, collectives: bool, outside: bool
+) -> None:
+    """4 ranks under MPS stalled in a two-shot all-reduce on one H100, with no SM cap (1fe430f)
+    and with a quarter of the SMs each (c55aae8): ranks that share a GPU and run collectives get
+    an empty MPS pipe directory (no daemon: a context of their own, time-sliced); ranks that run
+    none, or that have a GPU each, keep the environment's."""
     import os
 
-    from foundry_trace.bench.tp_bench import MPS_SHARE_VARIABLE, peer_rank_environment
+    import torch
 
-    saved = os.environ.pop(MPS_SHARE_VARIABLE, None)
-    try:
-        environment = peer_rank_environment(0, ranks_per_gpu, "/tmp/s", ranks_per_gpu)
-        if ranks_per_gpu == 1:
-            assert MPS_SHARE_VARIABLE not in environment, "a rank alone on its GPU keeps all of it"
-        else:
-            assert 0 < int(environment[MPS_SHARE_VARIABLE]) * ranks_per_gpu <= 100, "the shares fit the GPU together"
-        os.environ[MPS_SHARE_VARIABLE] = "30"
-        assert peer_rank_environment(0, 2, "/tmp/s", 2)[MPS_SHARE_VARIABLE] == "30", "the user's own cap is kept"
-    finally:
-        os.environ.pop(MPS_SHARE_VARIABLE, None)
-        if saved is not None:
-            os.environ[MPS_SHARE_VARIABLE] = saved
+    from foundry_trace.bench import tp_bench
+
+    monkeypatch.setenv(tp_bench.MPS_PIPE_VARIABLE, "/run/the-daemons-pipe")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    seen: list[list[dict[str, str]]] = []
+
+    def ranks(module: str, arguments: list[str], environments: list[dict[str, str]], timeout: float) -> list[dict[str, object]]:
+        seen.append(environments)
+        for environment in environments:
+            pipe = environment[tp_bench.MPS_PIPE_VARIABLE]
+            if pipe != "/run/the-daemons-pipe":
+                assert os.path.isdir(pipe) and not os.listdir(pipe), "an empty directory: no daemon listens there"
+        return []
+
+    monkeypatch.setattr(tp_bench, "_run_ranks", ranks)
+    tp_bench.run_peer_ranks("m", ["native"], degree, collectives=collectives)
+    [environments] = seen
+    pipes = {e[tp_bench.MPS_PIPE_VARIABLE] for e in environments}
+    assert len(environments) == degree and len(pipes) == 1, "every rank of a run alike"
+    assert (pipes != {"/run/the-daemons-pipe"}) == outside
+    assert [e["RANK"] for e in environments] == [str(r) for r in range(degree)]
 
 
 def test_a_degree_whose_save_fails_is_recorded_and_the_others_still_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -308,7 +320,7 @@ def test_a_degree_whose_save_fails_is_recorded_and_the_others_still_run(monkeypa
             "device": "GPU", "torch": "t", "cuda": "c", "cupti": None, "mps": False}
     run: list[int] = []
 
-    def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+    def ranks(role: list[str], degree: int, kind: str, collectives: bool = True) -> list[dict[str, object]]:
         run.append(degree)
         return [{**rank, "rank": r, "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
 
@@ -333,7 +345,7 @@ def test_the_results_file_is_written_after_each_degree_so_a_run_cut_short_keeps_
     rank = {"native_s": 2.0, "driver_cold_s": 0.2, "restore_s": 0.2, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"}, **_PREFETCHED,
             "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "spans": [], "graphs": 1}
 
-    def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+    def ranks(role: list[str], degree: int, kind: str, collectives: bool = True) -> list[dict[str, object]]:
         if degree == 8:
             raise KeyboardInterrupt  # what the step's time-out leaves of the bench
         return [{**rank, "rank": r, "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
@@ -362,9 +374,9 @@ def test_the_slowest_ranks_of_each_pair_are_compared_and_builders_reach_the_load
             "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "spans": [], "graphs": 1}
     pairs = iter([(0.30, [0.20, 0.25]), (0.40, [0.20, 0.20]), (0.33, [0.30, 0.22])])  # each rank's restore ends with the slowest
     roles: list[list[str]] = []
-    restore = [0.2]  # the restore of the pair whose driver-alone ranks ran last
+    restore = [0.2]  # the restore of the pair whose driver-alone ranks ran last (the comparing ranks': the last pair's too)
 
-    def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+    def ranks(role: list[str], degree: int, kind: str, collectives: bool = True) -> list[dict[str, object]]:
         roles.append(role)
         if role[0] == "driver":
             restore[0], drivers = next(pairs)
@@ -377,7 +389,7 @@ def test_the_slowest_ranks_of_each_pair_are_compared_and_builders_reach_the_load
     monkeypatch.setattr(tp_bench, "run_degree", ranks)
     monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
     [two] = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", builders=[2])["cases"]
-    assert [r[-2:] for r in roles if r[0] == "load"][-1] == ["--compare", "all"]
+    assert [r[-1] for r in roles if r[0] == "load"] == ["none"] * 3 + ["all"]
     assert all(("--builders" in r) == (r[0] == "load") and (r[0] != "load" or r[r.index("--builders") + 1] == "2") for r in roles[1:])
     assert two["builders"] == 2
     assert two["slowest_ranks_cold"]["driver_cold_s"] == [0.25, 0.20, 0.30]
@@ -391,7 +403,7 @@ def test_a_builders_sweep_restores_every_cap_in_every_pair_and_the_first_compare
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Each pair restores once per cap against the same drivers alone; the case's own figures are
-    the first cap's, whose last restore is the comparing one."""
+    the first cap's, which the comparing ranks use after the pairs."""
     from foundry_trace.bench import tp_bench
 
     inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
@@ -400,7 +412,7 @@ def test_a_builders_sweep_restores_every_cap_in_every_pair_and_the_first_compare
     restore_by_cap = {"4": 0.5, "1": 0.3}
     roles: list[list[str]] = []
 
-    def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+    def ranks(role: list[str], degree: int, kind: str, collectives: bool = True) -> list[dict[str, object]]:
         roles.append(role)
         if role[0] != "load":
             return [{**rank, "rank": r, "driver_cold_s": 0.25} for r in range(degree)]
@@ -414,7 +426,7 @@ def test_a_builders_sweep_restores_every_cap_in_every_pair_and_the_first_compare
     results = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", repeats=2, builders=tp_bench.builder_caps("1,4"))
     [case] = results["cases"]
     loads = [(r[r.index("--builders") + 1], r[-1]) for r in roles if r[0] == "load"]
-    assert loads == [("4", "none"), ("1", "none"), ("4", "none"), ("1", "all")]
+    assert loads == [("4", "none"), ("1", "none")] * 2 + [("1", "all")]
     assert case["builders"] == 1 and case["restore_over_driver_cold"] == [pytest.approx(1.2)] * 2
     assert case["builders_sweep"]["4"]["restore_over_slowest_driver_cold"] == pytest.approx(2.0)
     assert case["builders_sweep"]["1"]["restore_s_by_rank"] == [0.3, 0.3]
@@ -434,7 +446,7 @@ def test_prefetching_ranks_run_after_the_pairs_and_their_failure_keeps_the_case(
     roles: list[str] = []
     fails = [False]
 
-    def ranks(role: list[str], degree: int, kind: str) -> list[dict[str, object]]:
+    def ranks(role: list[str], degree: int, kind: str, collectives: bool = True) -> list[dict[str, object]]:
         roles.append(role[0])
         if role[0] == "prefetch":
             if fails[0]:
@@ -449,7 +461,7 @@ def test_prefetching_ranks_run_after_the_pairs_and_their_failure_keeps_the_case(
     monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
     results = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", repeats=1)
     [case] = results["cases"]
-    assert roles == ["native", "driver", "load", "prefetch"]
+    assert roles == ["native", "driver", "load", "load", "prefetch"]
     assert case["prefetch_cold"] == {
         "at_restore_point_s": 0.04, "at_restore_point_s_by_rank": [0.02, 0.04], "engine_s_by_rank": [3.0, 3.0],
         "ready_before_restore_point_by_rank": [1, 0], "bitwise_equal_to_load_by_rank": [True, False],

@@ -10,18 +10,19 @@ Then, for each degree: N rank processes capture natively, cold and timed; then, 
 alternating, N fresh rank processes measure the driver alone on their graphs (built and
 instantiated cold, under the same placement and concurrency) and N fresh rank processes restore
 the same archive, cold and timed (a rank's ratio is the median of its pairs: one cold sample of
-each side is noise). The last restoring ranks then capture natively in the same process, batch
-size by batch size, and compare outputs bit for bit and replay latency; and N fresh ranks that
+each side is noise). N fresh ranks then restore once more, capture natively in the same process,
+batch size by batch size, and compare outputs bit for bit and replay latency; and N fresh ranks that
 call prefetch() at process start (as a serving rank would, before its communicator and engine)
 measure the time from the restore point until every graph is ready. With N > 1 ranks each
 rank's logits are its shard of the vocabulary (DecodeEngine's vocabulary-parallel head): every
 rank compares its shard with its native capture, and the shards must tile the vocabulary, so
 every logit is compared on one rank; where the logits are replicated (one rank), the ranks'
 outputs are compared with each other too. NCCL needs a GPU per rank; the peer communicator runs
-several ranks on a GPU where there are fewer GPUs than ranks (their contexts then take turns on
-the GPU, which the table and JSON say). Before a degree starts, its ranks' memory is computed
-(tp_memory.py) and a degree whose ranks would not fit the GPU's free memory is not run: the
-results name the --layers that would.
+several ranks on a GPU where there are fewer GPUs than ranks (the table and JSON say so): the
+ranks that run collectives then run outside MPS, as contexts that take turns on the GPU, and the
+timed ranks, which run none, under MPS where this process runs under it (run_peer_ranks()).
+Before a degree starts, its ranks' memory is computed (tp_memory.py) and a degree whose ranks
+would not fit the GPU's free memory is not run: the results name the --layers that would.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ DEFAULT_REPEATS = 3  # cold pairs of driver-alone and restoring ranks per degree
 RANK_TIMEOUT_S = 480.0  # one rank's child, all phases: well inside a 10-minute device call
 COMMUNICATORS = ("nccl", "peer")
 COMPARED = ("all", "latency")  # what the LOAD ranks compare bit for bit: every batch size, or the latency ones
-MPS_SHARE_VARIABLE = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"  # an MPS client's cap on its GPU's SMs, in percent
-UNCOMPARED = "none"  # a LOAD rank's --compare in the cold pairs before the comparing one: the restore timed alone
+MPS_PIPE_VARIABLE = "CUDA_MPS_PIPE_DIRECTORY"  # where a CUDA process looks for the MPS daemon that would serve it
+UNCOMPARED = "none"  # a LOAD rank's --compare in the cold pairs: the restore timed alone, no collective run
 
 
 def _communicator(kind: str, *, local_degree: int | None = None) -> Communicator:
@@ -327,30 +328,21 @@ def rank_environment(gpu: int, rank: int = 0, ranks: int = 1, port: int = 0) -> 
     return _multicast_off(environment)
 
 
-def peer_rank_environment(rank: int, ranks: int, socket_path: str, ranks_per_gpu: int = 1) -> dict[str, str]:
+def peer_rank_environment(rank: int, ranks: int, socket_path: str, outside_mps: str | None = None) -> dict[str, str]:
     """One rank of a peer-memory run: every GPU visible (a rank maps buffers that live on the
     others; it picks GPU rank mod GPUs itself), torchrun's variables, the rendezvous socket.
 
-    Where `ranks_per_gpu` > 1, each rank may use at most 1/ranks_per_gpu of its GPU's SMs under
-    MPS (MPS_SHARE_VARIABLE, unless already set; the driver reads it only under MPS). Without
-    the cap, the blocks of ranks spinning at an all-reduce's barrier can hold every SM that a
-    late rank's kernels need to reach it, and the collective stalls; with it, the spinning ranks
-    hold at most (ranks_per_gpu - 1) shares. Without MPS the GPU time-slices whole contexts and
-    no cap is needed."""
+    `outside_mps`: an empty directory, made the rank's MPS_PIPE_VARIABLE, so that the rank finds
+    no MPS daemon there and runs as a context of its own (the driver falls back to that where it
+    cannot reach a daemon). Ranks that share a GPU and run collectives need it: under MPS their
+    kernels run side by side, and the blocks of ranks spinning at an all-reduce's barrier can hold
+    the SMs that a late rank's kernels need to reach it (measured: run_peer_ranks()); without
+    MPS the GPU time-slices whole contexts, and a late rank always gets its turn."""
     environment = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES" or v.strip()}
     environment.update(RANK=str(rank), WORLD_SIZE=str(ranks), FOUNDRY_PEER_SOCKET=socket_path)
-    share = mps_share(ranks_per_gpu)
-    if share is not None:
-        environment[MPS_SHARE_VARIABLE] = share
+    if outside_mps is not None:
+        environment[MPS_PIPE_VARIABLE] = outside_mps
     return _multicast_off(environment)
-
-
-def mps_share(ranks_per_gpu: int) -> str | None:
-    """Each peer rank's MPS_SHARE_VARIABLE where `ranks_per_gpu` ranks share a GPU: the one this
-    process was given, else 100 / ranks_per_gpu percent; None for a rank alone on its GPU."""
-    if ranks_per_gpu <= 1:
-        return None
-    return os.environ.get(MPS_SHARE_VARIABLE, str(100 // ranks_per_gpu))
 
 
 def peer_ranks_per_gpu(degree: int, gpus: int) -> int:
@@ -365,23 +357,37 @@ def _run_ranks(module: str, arguments: list[str], environments: list[dict[str, s
     )
 
 
-def run_peer_ranks(module: str, arguments: list[str], degree: int, timeout: float = RANK_TIMEOUT_S) -> list[dict[str, object]]:
+def run_peer_ranks(
+    module: str, arguments: list[str], degree: int, timeout: float = RANK_TIMEOUT_S, collectives: bool = True
+) -> list[dict[str, object]]:
     """`degree` ranks of `module` meeting over a fresh rendezvous socket, under one watchdog;
-    rank r on GPU r mod GPUs."""
+    rank r on GPU r mod GPUs. Where ranks share a GPU and run `collectives`, they run outside MPS
+    (peer_rank_environment()): under MPS, 4 ranks on one H100 stalled in a two-shot all-reduce
+    with no SM cap (collective 65) and with a quarter of the SMs each (collective 885). Ranks that
+    run none (the driver alone, a restore timed alone) keep this process's MPS setting, so that a
+    GPU's ranks load modules side by side instead of taking turns."""
     import torch
 
     shared = peer_ranks_per_gpu(degree, torch.cuda.device_count())
     with tempfile.TemporaryDirectory(prefix="foundry-peer-") as scratch:
         path = os.path.join(scratch, "rendezvous.sock")
-        return _run_ranks(module, arguments, [peer_rank_environment(rank, degree, path, shared) for rank in range(degree)], timeout)
+        outside_mps = None
+        if collectives and shared > 1:
+            outside_mps = os.path.join(scratch, "no-mps")
+            os.mkdir(outside_mps)
+        environments = [peer_rank_environment(rank, degree, path, outside_mps) for rank in range(degree)]
+        return _run_ranks(module, arguments, environments, timeout)
 
 
-def run_degree(role: list[str], degree: int, kind: str = "nccl", timeout: float = RANK_TIMEOUT_S) -> list[dict[str, object]]:
+def run_degree(
+    role: list[str], degree: int, kind: str = "nccl", timeout: float = RANK_TIMEOUT_S, collectives: bool = True
+) -> list[dict[str, object]]:
     """The `degree` ranks of a role under one watchdog: a rank that fails or stalls stops them
     all, and the error names it and its phase. NCCL: one GPU a rank; peer: rank r on GPU r mod
-    GPUs, meeting over a fresh rendezvous socket."""
+    GPUs, meeting over a fresh rendezvous socket (`collectives`: whether the role runs any, see
+    run_peer_ranks())."""
     if kind == "peer":
-        return run_peer_ranks(MODULE, role, degree, timeout=timeout)
+        return run_peer_ranks(MODULE, role, degree, timeout=timeout, collectives=collectives)
     port = free_port()
     return _run_ranks(MODULE, role, [rank_environment(rank, rank, degree, port) for rank in range(degree)], timeout)
 
@@ -628,8 +634,13 @@ def _degree_case(
     builders: list[int] | None = None,
 ) -> Case:
     """One degree's case: its ranks' figures (each rank on `threads` threads; the restore and the
-    driver alone as each rank's medians of `repeats` cold pairs, the last restore the comparing
-    one), or why it failed or was not run.
+    driver alone as each rank's medians of `repeats` cold pairs, timed alone; then N fresh ranks
+    restore once more and compare), or why it failed or was not run.
+
+    The timed ranks run no collective, so where ranks share a GPU they keep this process's MPS
+    setting (side by side under a daemon), while the ranks that run collectives (native,
+    comparing, prefetching) run outside MPS (run_peer_ranks()); `timed_mps` and
+    `collectives_mps` record what the driver reported to each.
 
     An eager LOAD over the peer communicator ends when every rank has finished (the ranks agree
     on it), so each rank's restore lasts as long as the slowest rank's, while each driver-alone
@@ -637,12 +648,10 @@ def _degree_case(
     therefore holds the ratio of the pairs' slowest ranks (`slowest_ranks_cold`: per pair, the
     slowest restore over the slowest driver alone).
 
-    With several `builders` caps, each pair restores once per cap (the first last, as the
-    comparing one), and `builders_sweep` holds each cap's ratios against the same drivers alone."""
+    With several `builders` caps, each pair restores once per cap (the first last; the comparing
+    ranks use it), and `builders_sweep` holds each cap's ratios against the same drivers alone."""
     ranks_per_gpu = peer_ranks_per_gpu(degree, gpus) if kind == "peer" else 1
     placed = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree), "ranks_per_gpu": ranks_per_gpu}
-    if ranks_per_gpu > 1:  # each rank's SM cap where the GPU runs MPS (the results file's `mps` says whether it does)
-        placed["mps_active_thread_percentage"] = mps_share(ranks_per_gpu)
     if "failed" in saved:
         return Case(**placed, failed=saved["failed"])
     shown = {k: v for k, v in inspected.items() if k != "per_graph"}
@@ -660,20 +669,20 @@ def _degree_case(
     restores: dict[int | None, list[list[dict[str, object]]]] = {cap: [] for cap in caps}
     try:
         native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
-        for pair in range(repeats):  # alternating, so that a drift of the machine falls on both sides
-            drivers.append(_by_rank(run_degree(["driver", *timed], degree, kind)))
+        for _ in range(repeats):  # alternating, so that a drift of the machine falls on both sides
+            drivers.append(_by_rank(run_degree(["driver", *timed], degree, kind, collectives=False)))
             for cap in [*caps[1:], caps[0]]:
-                compared = compare if pair == repeats - 1 and cap == caps[0] else UNCOMPARED
-                loading = [] if cap is None else ["--builders", str(cap)]
-                restores[cap].append(_by_rank(run_degree(["load", *timed, *loading, "--compare", compared], degree, kind)))
+                restores[cap].append(_by_rank(run_degree(["load", *timed, *_cap_flag(cap), "--compare", UNCOMPARED], degree, kind, collectives=False)))
+        loaded = _by_rank(run_degree(["load", *timed, *_cap_flag(caps[0]), "--compare", compare], degree, kind))
     except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
         return Case(**case, failed=_first_line(error))
     if len(caps) > 1:
         case["builders_sweep"] = {str(cap): _cap_ratios(runs, drivers, degree) for cap, runs in restores.items()}
     ours = restores[caps[0]]
-    loaded = ours[-1]
-    case["builders"] = loaded[0]["builders"]  # the comparing restore's cap: --builders, or LOAD's default for the archive
-    case["chunk_nodes"] = loaded[0]["chunk_nodes"]  # the chunk the LOAD ranks used
+    last = ours[-1]  # the last timed restore: its spans explain the ratio
+    case["builders"] = last[0]["builders"]  # the timed restores' cap: --builders, or LOAD's default for the archive
+    case["chunk_nodes"] = last[0]["chunk_nodes"]  # the chunk the LOAD ranks used
+    case["timed_mps"], case["collectives_mps"] = last[0].get("mps"), loaded[0].get("mps")
     case["prefetch_cold"] = _prefetch_case(timed, degree, kind, loaded)
     cold = _rank_ratios(ours, drivers, degree)
     slowest = _slowest_ranks(ours, drivers)
@@ -701,12 +710,18 @@ def _degree_case(
         archive_digests=[r["archive_digest"] for r in loaded],
         nondeterministic_native=sorted({b for r in loaded for b in r["nondeterministic_native"]}),
         replay_delta_pct=deltas, replay_ms_by_rank=[r["latency"] for r in loaded],
-        phases_s_by_rank=[r["phases"] for r in loaded],
-        busy_s_by_rank=[r["busy"] for r in loaded],
-        timeline_s_by_rank=[r["timeline"] for r in loaded],
-        spans_by_rank=[r["spans"] for r in loaded],  # each task of the comparing restore: where a rank's threads waited
+        compared_restore_s_by_rank=[r["restore_s"] for r in loaded],  # beside ranks that run collectives: not in the ratio
+        phases_s_by_rank=[r["phases"] for r in last],
+        busy_s_by_rank=[r["busy"] for r in last],
+        timeline_s_by_rank=[r["timeline"] for r in last],
+        spans_by_rank=[r["spans"] for r in last],  # each task of the last timed restore: where a rank's threads waited
         graphs_restored=[r["graphs"] for r in loaded],
     )
+
+
+def _cap_flag(cap: int | None) -> list[str]:
+    """A LOAD rank's --builders for `cap` (none: LOAD's default)."""
+    return [] if cap is None else ["--builders", str(cap)]
 
 
 def _prefetch_case(timed: list[str], degree: int, kind: str, loaded: list[dict[str, object]]) -> dict[str, object]:
