@@ -259,6 +259,9 @@ def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: 
     )
     assert two["cold_pairs"] == 3 and two["restore_s_by_rank"] == [0.22, 0.22] and two["restore_over_driver_cold"] == pytest.approx([1.1, 1.1])
     assert two["compared_restore_s_by_rank"] == [9.0, 9.0] and (two["timed_mps"], two["collectives_mps"]) == (False, False)
+    assert "timed" not in tp_bench.render(results)
+    two.update(timed_mps=True)
+    assert "timed" in tp_bench.render(results), "the table says the timed ranks ran under MPS"
     assert two["restore_over_driver_cold_max"] == pytest.approx([1.5, 1.5]) and two["cold_runs_by_rank"][0]["restore_s"] == [0.22, 0.20, 0.30]
     assert two["driver_build_s_by_rank"] == [0.05, 0.05] and two["driver_instantiate_s_by_rank"] == [0.15, 0.15]
     assert two["threads"] == min(DEFAULT_THREADS, 8) and eight["threads"] == min(DEFAULT_THREADS, 2), "16 cores shared among the ranks"

@@ -792,8 +792,9 @@ def render(results: dict[str, object]) -> str:
             table.add_row(f"{c['name']} ({c.get('ranks_per_gpu', 1)}/GPU)", "", "", "", f"failed: {c['failed'][:60]}", "", "", "", "", "")
             continue
         threads = f", {c['threads']} threads" if c.get("threads") else ""
+        timed = ", timed under MPS" if c.get("timed_mps") and not c.get("collectives_mps") else ""  # run_peer_ranks()
         saved = [
-            f"{c['name']} ({c.get('ranks_per_gpu', 1)}/GPU{threads})", f"{c['graphs']} / {c['nodes']}",
+            f"{c['name']} ({c.get('ranks_per_gpu', 1)}/GPU{threads}{timed})", f"{c['graphs']} / {c['nodes']}",
             f"{c['collective_nodes']} ({', '.join(map(str, c['collectives_per_graph']))})", f"{c['archive_bytes'] / 2**20:.1f}",
         ]
         if c.get("not_run") or c.get("failed"):
