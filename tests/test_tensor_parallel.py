@@ -391,7 +391,7 @@ def test_the_slowest_ranks_of_each_pair_are_compared_and_builders_reach_the_load
     monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
     monkeypatch.setattr(tp_bench, "run_degree", ranks)
     monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
-    [two] = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", builders=[2])["cases"]
+    [two] = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", builders=[tp_bench.Schedule(2)])["cases"]
     assert [r[-1] for r in roles if r[0] == "load"] == ["none"] * 3 + ["all"]
     assert all(("--builders" in r) == (r[0] == "load") and (r[0] != "load" or r[r.index("--builders") + 1] == "2") for r in roles[1:])
     assert two["builders"] == 2
@@ -426,7 +426,7 @@ def test_a_builders_sweep_restores_every_cap_in_every_pair_and_the_first_compare
     monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
     monkeypatch.setattr(tp_bench, "run_degree", ranks)
     monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
-    results = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", repeats=2, builders=tp_bench.builder_caps("1,4"))
+    results = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", repeats=2, builders=tp_bench.load_schedules("1,4"))
     [case] = results["cases"]
     loads = [(r[r.index("--builders") + 1], r[-1]) for r in roles if r[0] == "load"]
     assert loads == [("4", "none"), ("1", "none")] * 2 + [("1", "all")]
@@ -485,12 +485,64 @@ def test_prefetched_outputs_count_as_equal_only_where_the_same_batches_were_comp
     assert not _same_outputs({}, {}) and not _same_outputs({"1": "a"}, {}), "nothing compared is not equal"
 
 
-@pytest.mark.parametrize("given", ["0", "2,0", "x", "", "2,,1"])
-def test_builders_must_be_positive_numbers(given: str) -> None:
+@pytest.mark.parametrize("given", ["0", "2,0", "x", "", "2,,1", "1:", "1:-1", "0:4096", "default:4096", "1:2:3"])
+def test_builders_must_be_schedules(given: str) -> None:
     from foundry_trace.bench import tp_bench
 
     with pytest.raises(WorkloadError, match=f"builders={given}: let each rank build"):
-        tp_bench.builder_caps(given)
+        tp_bench.load_schedules(given)
+
+
+@given(items=st.lists(st.one_of(st.just("default"), st.integers(1, 64).map(str), st.tuples(st.integers(1, 64), st.integers(0, 1 << 24)).map(
+    lambda pair: f"{pair[0]}:{pair[1]}")), min_size=1, max_size=6))
+def test_each_schedule_reads_back_as_written_and_passes_its_own_flags(items: list[str]) -> None:
+    """A schedule's label is the item it came from (the sweep's keys), once each in order, and its
+    LOAD rank gets exactly the caps it names (LOAD's default for the others)."""
+    from foundry_trace.bench import tp_bench
+
+    schedules = tp_bench.load_schedules(",".join(items))
+    assert [s.label for s in schedules] == list(dict.fromkeys(items))
+    for schedule in schedules:
+        flags = schedule.flags()
+        assert ("--builders" in flags) == (schedule.builders is not None)
+        assert ("--chunk-nodes" in flags) == (schedule.chunk_nodes is not None)
+        if schedule.builders is not None:
+            assert flags[flags.index("--builders") + 1] == str(schedule.builders)
+
+
+def test_a_sweep_of_schedules_passes_chunks_and_leaves_the_default_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`default,1:1000000`: the case's ranks restore with LOAD's defaults (no flag) and compare; the
+    other schedule's ranks build one graph at a time in chunks of a million nodes."""
+    from foundry_trace.bench import tp_bench
+
+    inspected = {"archive_degree": 2, "graphs": 1, "nodes": 10, "collective_nodes": 2, "collectives_per_graph": [2], "per_graph": {"1": (2, 0)}}
+    rank = {"native_s": 2.0, "latency": {"1": {"delta_pct": 0.1}}, "digests": {"1": "d"}, **_PREFETCHED,
+            "bitwise_equal": True, "mismatched": [], "nondeterministic_native": [], "archive_digest": "a", "builders": 4, "chunk_nodes": 4096, "phases": {}, "busy": {}, "timeline": {}, "spans": [], "graphs": 1}
+    roles: list[list[str]] = []
+
+    def ranks(role: list[str], degree: int, kind: str, collectives: bool = True) -> list[dict[str, object]]:
+        roles.append(role)
+        if role[0] != "load":
+            return [{**rank, "rank": r, "driver_cold_s": 0.25} for r in range(degree)]
+        phased = "--chunk-nodes" in role
+        return [{**rank, "rank": r, "restore_s": 0.25 if phased else 0.3, "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
+
+    monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {2: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"}})
+    monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
+    monkeypatch.setattr(tp_bench, "run_degree", ranks)
+    monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
+    results = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", repeats=1, builders=tp_bench.load_schedules("default,1:1000000"))
+    [case] = results["cases"]
+    loads = [role for role in roles if role[0] == "load"]
+    assert loads[0][-6:] == ["--builders", "1", "--chunk-nodes", "1000000", "--compare", "none"]
+    assert all("--builders" not in role and "--chunk-nodes" not in role for role in loads[1:])
+    assert case["builders_sweep"]["1:1000000"]["restore_over_driver_cold"] == [pytest.approx(1.0)] * 2
+    assert case["builders_sweep"]["default"]["restore_over_driver_cold"] == [pytest.approx(1.2)] * 2
+    assert case["restore_over_driver_cold"] == [pytest.approx(1.2)] * 2
+    assert results["workload"].endswith("-builders-default-1x1000000")
+    assert "tp2-peer restore / driver alone by schedule (--builders; worst rank's median): default 1.20 (slowest ranks 1.20); 1:1000000 1.00" in (
+        tp_bench.render(results)
+    )
 
 
 def test_ranks_start_a_timed_phase_together_through_the_host_agreement_only() -> None:

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from foundry_trace.archive.keys import key_order
 from foundry_trace.bench.children import (
@@ -181,10 +181,12 @@ def child_driver(workload: str, directory: str, kind: str, threads: int, options
 
 
 def child_load(
-    workload: str, directory: str, kind: str, threads: int, compared: str, options: dict[str, object], builders: int | None = None
+    workload: str, directory: str, kind: str, threads: int, compared: str, options: dict[str, object], builders: int | None = None,
+    chunk_nodes: int | None = None,
 ) -> dict[str, object]:
     """A rank with Foundry: communicator, engine, restore (timed, cold, on `threads` threads, at
-    most `builders` graphs built at a time: None, LOAD's default),
+    most `builders` graphs built at a time, in chunks of at most `chunk_nodes` nodes: None, LOAD's
+    default for each),
     then the native capture here and the comparison (of `compared`: run()'s compare; UNCOMPARED:
     none, the graphs released once restored). Every rank replays the same graphs the same number
     of times (verify.py), so collectives always meet their peers; graphs are released before the
@@ -206,6 +208,7 @@ def child_load(
         restored = foundry_trace.load(
             tensor_parallel_archive(directory, communicator.world_size), communicator=communicator, threads=threads,
             timeout=RANK_TIMEOUT_S / 2, **({} if builders is None else {"builders": builders}),
+            **({} if chunk_nodes is None else {"chunk_nodes": chunk_nodes}),
         )
         torch.cuda.synchronize()
         restore_s = time.perf_counter() - start
@@ -449,7 +452,7 @@ def check_arguments(
     arguments cannot run (before any process or GPU is asked for): a degree that is not a
     positive number, that the peer communicator cannot serve, or that does not divide the
     workload's heads, key/value heads, intermediate size and vocabulary; fewer than one cold pair;
-    `builders` not a comma list of positive numbers (builder_caps())."""
+    `builders` not a comma list of schedules (load_schedules())."""
     from foundry_trace.bench.workloads.decode import rank_shape
     from foundry_trace.bench.workloads.registry import require_decode
     from foundry_trace.parallel.window import MAX_RANKS
@@ -459,7 +462,7 @@ def check_arguments(
         raise WorkloadError(f"communicator {communicator!r}: choose one of {', '.join(COMMUNICATORS)}")
     if threads is not None and threads < 1:
         raise WorkloadError(f"threads={threads}: give each rank at least one thread")
-    builder_caps(builders)
+    load_schedules(builders)
     if compare not in COMPARED:
         raise WorkloadError(f"compare {compare!r}: choose one of {', '.join(COMPARED)}")
     if repeats < 1:
@@ -492,9 +495,9 @@ def run(
     collective waits for each peer's time slice and all 67 captures and replays outlast a device
     call; the case's `compared_batches` says which. `repeats`: cold pairs of driver-alone and
     restoring ranks per degree (each rank's ratio their median). `builders`: the LOAD ranks'
-    cap on graphs built at a time (default LOAD's own; the driver alone builds on every thread,
-    then instantiates on every thread), or a comma list of caps compared side by side
-    (builder_caps())."""
+    schedule, their cap on graphs built at a time and optionally their chunk of nodes (default
+    LOAD's own; the driver alone builds on every thread, then instantiates on every thread), or a
+    comma list of schedules compared side by side (load_schedules())."""
     parsed = check_arguments(
         workload, degrees=degrees, layers=layers, communicator=communicator, threads=threads, compare=compare, repeats=repeats,
         builders=builders,
@@ -503,22 +506,60 @@ def run(
         with tempfile.TemporaryDirectory(prefix="foundry-tp-") as scratch:
             return run(workload, output_dir, degrees, Path(scratch), layers, attention, communicator, threads, compare, repeats, builders)
     return _run_degrees(
-        workload, parsed, archive, output_dir, communicator, threads, compare, repeats, builder_caps(builders), layers=layers,
+        workload, parsed, archive, output_dir, communicator, threads, compare, repeats, load_schedules(builders), layers=layers,
         attention=attention,
     )
 
 
-def builder_caps(builders: str | int | None) -> list[int] | None:
-    """The LOAD ranks' caps on graphs built at a time, from --builders: one number, or a comma
-    list whose first is the case's (its ranks compare) and whose others are each restored cold
-    beside it in every pair, for the case's `builders_sweep`; None: LOAD's own default. Raises
-    WorkloadError for anything else."""
+class Schedule(NamedTuple):
+    """How a LOAD rank restores: at most `builders` graphs built at a time, in chunks of at most
+    `chunk_nodes` nodes (load()'s arguments; None: LOAD's default for the archive)."""
+
+    builders: int | None
+    chunk_nodes: int | None = None
+
+    @property
+    def label(self) -> str:
+        """As --builders spells it: `default`, `B` or `B:C`."""
+        if self.builders is None:
+            return "default"
+        return str(self.builders) if self.chunk_nodes is None else f"{self.builders}:{self.chunk_nodes}"
+
+    def flags(self) -> list[str]:
+        """The LOAD rank's command-line flags for it (none: LOAD's defaults)."""
+        return ([] if self.builders is None else ["--builders", str(self.builders)]) + (
+            [] if self.chunk_nodes is None else ["--chunk-nodes", str(self.chunk_nodes)]
+        )
+
+
+def load_schedules(builders: str | int | None) -> list[Schedule] | None:
+    """The LOAD ranks' schedules, from --builders: one, or a comma list whose first is the case's
+    (its ranks compare) and whose others are each restored cold beside it in every pair, for the
+    case's `builders_sweep`; None: LOAD's own default. Each is `default`, `B` (at most B graphs
+    built at a time) or `B:C` (and chunks of at most C nodes: 1:1000000 builds every graph, one
+    at a time, before any instantiation). Raises WorkloadError for anything else."""
     if builders is None:
         return None
-    caps = _comma_numbers(str(builders))
-    if not caps or min(caps) < 1:
-        raise WorkloadError(f"builders={builders}: let each rank build at least one graph at a time (a number, or a comma list such as 2,1)")
-    return caps
+    items = list(dict.fromkeys(str(builders).split(",")))
+    schedules = [_schedule(item) for item in items]
+    if not items or None in schedules:
+        raise WorkloadError(
+            f"builders={builders}: let each rank build at least one graph at a time: give a number B, B:C (B at a time, in "
+            "chunks of at most C nodes) or default, or a comma list of them such as default,1:1000000"
+        )
+    return schedules
+
+
+def _schedule(item: str) -> Schedule | None:
+    """One item of --builders (None where it is not one)."""
+    if item == "default":
+        return Schedule(None)
+    cap, colon, chunk = item.partition(":")
+    try:
+        schedule = Schedule(int(cap), int(chunk) if colon else None)
+    except ValueError:
+        return None
+    return schedule if schedule.builders >= 1 and (schedule.chunk_nodes is None or schedule.chunk_nodes >= 0) else None
 
 
 def _comma_numbers(text: str) -> list[int]:
@@ -587,7 +628,7 @@ def logit_coverage(loaded: list[dict[str, object]], vocab: int) -> dict[str, obj
 
 def _run_degrees(
     workload: str, degrees: list[int], directory: Path, output_dir: Path | None, kind: str, threads: int | None = None,
-    compare: str = "all", repeats: int = DEFAULT_REPEATS, builders: list[int] | None = None, **options: object,
+    compare: str = "all", repeats: int = DEFAULT_REPEATS, builders: list[Schedule] | None = None, **options: object,
 ) -> dict[str, object]:
     import torch
 
@@ -610,7 +651,7 @@ def _run_degrees(
             what="tp",
             workload=f"{workload}-tp{'-'.join(str(d) for d in degrees)}-{kind}" + (f"-{options['layers']}-layers" if options.get("layers") else "")
             + (f"-{options['attention']}-attention" if options.get("attention") else "") + ("" if compare == "all" else f"-compare-{compare}")
-            + (f"-builders-{'-'.join(map(str, builders))}" if builders and len(builders) > 1 else ""),
+            + (f"-builders-{'-'.join(b.label.replace(':', 'x') for b in builders)}" if builders and len(builders) > 1 else ""),
             workload_desc=f"{described[-1] if described else workload}; one rank's step SAVEd per degree on one GPU with no peer; "
             f"each rank restores the same archive with its live {kind} communicator vs native warm-up + capture per rank, cold; "
             f"restore / driver alone: each rank's median of {repeats} cold pair(s){sharing}"
@@ -631,7 +672,7 @@ def _run_degrees(
 def _degree_case(
     workload: str, degree: int, directory: Path, kind: str, extra: list[str], gpus: int, shape: ModelShape, free_bytes: int,
     saved: dict[str, object], inspected: dict[str, object] | None, threads: int, compare: str, repeats: int = DEFAULT_REPEATS,
-    builders: list[int] | None = None,
+    builders: list[Schedule] | None = None,
 ) -> Case:
     """One degree's case: its ranks' figures (each rank on `threads` threads; the restore and the
     driver alone as each rank's medians of `repeats` cold pairs, timed alone; then N fresh ranks
@@ -648,8 +689,9 @@ def _degree_case(
     therefore holds the ratio of the pairs' slowest ranks (`slowest_ranks_cold`: per pair, the
     slowest restore over the slowest driver alone).
 
-    With several `builders` caps, each pair restores once per cap (the first last; the comparing
-    ranks use it), and `builders_sweep` holds each cap's ratios against the same drivers alone."""
+    With several `builders` schedules, each pair restores once per schedule (the first last; the
+    comparing ranks use it), and `builders_sweep` holds each one's ratios against the same drivers
+    alone, by its label."""
     ranks_per_gpu = peer_ranks_per_gpu(degree, gpus) if kind == "peer" else 1
     placed = {"name": f"tp{degree}-{kind}", "communicator": kind, "degree": degree, "gpus": min(gpus, degree), "ranks_per_gpu": ranks_per_gpu}
     if "failed" in saved:
@@ -664,20 +706,20 @@ def _degree_case(
     if plan["refused"]:
         return Case(**case, not_run=plan["refused"])
     timed = [workload, str(directory), kind, *extra, "--threads", str(threads)]
-    caps: list[int | None] = list(builders) if builders else [None]
+    caps = list(builders) if builders else [Schedule(None)]
     drivers: list[list[dict[str, object]]] = []
-    restores: dict[int | None, list[list[dict[str, object]]]] = {cap: [] for cap in caps}
+    restores: dict[Schedule, list[list[dict[str, object]]]] = {cap: [] for cap in caps}
     try:
         native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
         for _ in range(repeats):  # alternating, so that a drift of the machine falls on both sides
             drivers.append(_by_rank(run_degree(["driver", *timed], degree, kind, collectives=False)))
             for cap in [*caps[1:], caps[0]]:
-                restores[cap].append(_by_rank(run_degree(["load", *timed, *_cap_flag(cap), "--compare", UNCOMPARED], degree, kind, collectives=False)))
-        loaded = _by_rank(run_degree(["load", *timed, *_cap_flag(caps[0]), "--compare", compare], degree, kind))
+                restores[cap].append(_by_rank(run_degree(["load", *timed, *cap.flags(), "--compare", UNCOMPARED], degree, kind, collectives=False)))
+        loaded = _by_rank(run_degree(["load", *timed, *caps[0].flags(), "--compare", compare], degree, kind))
     except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
         return Case(**case, failed=_first_line(error))
     if len(caps) > 1:
-        case["builders_sweep"] = {str(cap): _cap_ratios(runs, drivers, degree) for cap, runs in restores.items()}
+        case["builders_sweep"] = {cap.label: _cap_ratios(runs, drivers, degree) for cap, runs in restores.items()}
     ours = restores[caps[0]]
     last = ours[-1]  # the last timed restore: its spans explain the ratio
     case["builders"] = last[0]["builders"]  # the timed restores' cap: --builders, or LOAD's default for the archive
@@ -719,11 +761,6 @@ def _degree_case(
     )
 
 
-def _cap_flag(cap: int | None) -> list[str]:
-    """A LOAD rank's --builders for `cap` (none: LOAD's default)."""
-    return [] if cap is None else ["--builders", str(cap)]
-
-
 def _prefetch_case(timed: list[str], degree: int, kind: str, loaded: list[dict[str, object]]) -> dict[str, object]:
     """The degree's ranks once more, each with prefetch() at process start (child_prefetch): per
     rank the time from the restore point until every graph is ready, the graphs ready before it,
@@ -759,7 +796,7 @@ def _slowest_ranks(restores: list[list[dict[str, object]]], drivers: list[list[d
 
 
 def _cap_ratios(restores: list[list[dict[str, object]]], drivers: list[list[dict[str, object]]], degree: int) -> dict[str, object]:
-    """One builders cap's restores against the pairs' drivers alone: each rank's median restore
+    """One schedule's restores against the pairs' drivers alone: each rank's median restore
     and median ratio, and the slowest ranks' median ratio."""
     cold = _rank_ratios(restores, drivers, degree)
     return {"restore_s_by_rank": [c["restore_s_median"] for c in cold], "restore_over_driver_cold": [c["ratio_median"] for c in cold],
@@ -810,7 +847,19 @@ def render(results: dict[str, object]) -> str:
         "every graph holds the same collectives in every degree's archive" if not disagree
         else f"graphs whose collectives differ between degrees: {', '.join(disagree)}"
     )
-    return table_text(table, width=170) + agreement + "\n" + "".join(_prefetch_line(c) for c in results["cases"])
+    lines = [_prefetch_line(c) + _sweep_line(c) for c in results["cases"]]
+    return table_text(table, width=170) + agreement + "\n" + "".join(lines)
+
+
+def _sweep_line(case: dict[str, object]) -> str:
+    """A line on the case's schedules restored side by side (`builders_sweep`), where there were several."""
+    sweep = case.get("builders_sweep")
+    if not sweep:
+        return ""
+    shown = "; ".join(
+        f"{label} {max(s['restore_over_driver_cold']):.2f} (slowest ranks {s['restore_over_slowest_driver_cold']:.2f})" for label, s in sweep.items()
+    )
+    return f"{case['name']} restore / driver alone by schedule (--builders; worst rank's median): {shown}\n"
 
 
 def _prefetch_line(case: dict[str, object]) -> str:
@@ -867,7 +916,7 @@ def _run(arguments: argparse.Namespace) -> dict[str, object]:
         return child_driver(workload, directory, kind, arguments.threads, options)
     if arguments.role == "prefetch":
         return child_prefetch(workload, directory, kind, arguments.threads, options)
-    return child_load(workload, directory, kind, arguments.threads, arguments.compare, options, arguments.builders)
+    return child_load(workload, directory, kind, arguments.threads, arguments.compare, options, arguments.builders, arguments.chunk_nodes)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -878,6 +927,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("rest", nargs="*")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="driver, load, prefetch: this rank's restore threads")
     parser.add_argument("--builders", type=int, help="load: this rank's cap on graphs built at a time (default LOAD's)")
+    parser.add_argument("--chunk-nodes", type=int, help="load: this rank's chunk of nodes (load()'s chunk_nodes; default LOAD's)")
     parser.add_argument("--compare", choices=(*COMPARED, UNCOMPARED), default="all",
                         help="load: the batch sizes compared bit for bit (run()'s compare; none: the restore timed alone)")
     add_option_flags(parser)
