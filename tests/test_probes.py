@@ -38,3 +38,21 @@ def test_the_module_probe_runs_side_variants_as_that_many_processes_started_toge
     (tmp_path / "ready-side-3-1").touch()  # the other process's marker
     module_load._start_together(tmp_path, "side-3", 2)  # with this one's: both ready, no wait
     assert module_load._environments(["serial", "eager-side-8"]) == {"eager-side-8": {"CUDA_MODULE_LOADING": "EAGER"}}
+
+
+def test_the_module_probe_names_a_cubins_largest_sections_and_never_raises_on_other_bytes() -> None:
+    """The probe's first line: each large module's sections by size, read by the library's
+    bounded ELF reader; a fatbin or damaged bytes are described, not raised on."""
+    from pathlib import Path
+
+    from foundry_trace.bench.probes.module_load import section_sizes
+
+    data = Path(__file__).parent / "data"
+    cubin = (data / "trim_kernels.cubin").read_bytes()
+    sections = section_sizes(cubin, shown=50)
+    names = [name for name, _ in sections]
+    assert any(name.startswith(".text.") for name in names), names
+    assert [size for _, size in sections] == sorted((size for _, size in sections), reverse=True)
+    assert len(section_sizes(cubin, shown=3)) == 3
+    assert section_sizes((data / "entries_two_archs.fatbin").read_bytes()) == "not an ELF image (a fatbin)"
+    assert section_sizes(cubin[:100]).startswith("unreadable ELF")

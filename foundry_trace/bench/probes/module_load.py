@@ -5,12 +5,17 @@ up, as an engine's would be) and loads every module largest first, timing per mo
 cuModuleLoadData, cuModuleGetFunction of the functions the graphs use, and cuFuncLoad:
 
   serial      one thread
+  smallest-first  one thread, the smallest module first (is the first load a once-a-process
+              cost, or the largest module's own?)
   threads-8   8 threads (wall time; the per-module sums include the driver's lock waits)
   side-N      N processes on the same GPU, each on one thread, starting together (as N
               tensor-parallel ranks sharing a GPU load theirs): each process's figures and
               the slowest's wall time; side-1 is serial behind the same start barrier
   eager-V     V with CUDA_MODULE_LOADING=EAGER (torch's default is LAZY): every function's
               code goes to the GPU in cuModuleLoadData instead of at cuModuleGetFunction
+
+The first line describes the archive's modules: the largest ones' sections by size (what
+cuModuleLoadData has to set up: code, constant banks, initialised globals, relocations).
 
   python -m foundry_trace.bench.probes.module_load ARCHIVE [VARIANT ...]   (ARCHIVE from `foundry bench save --archive`)
 """
@@ -31,7 +36,7 @@ from foundry_trace.errors import ChildProcessFailed
 
 MODULE = "foundry_trace.bench.probes.module_load"
 
-VARIANTS = ("serial", "threads-8", "side-1", "side-4", "side-8", "eager-serial", "eager-side-8")
+VARIANTS = ("serial", "smallest-first", "threads-8", "side-1", "side-4", "side-8", "eager-serial", "eager-side-8")
 BARRIER_TIMEOUT_S = 120.0  # the side-by-side processes' start: each builds its context first
 
 
@@ -50,8 +55,27 @@ def _prepare(archive: str, folder: Path) -> list[dict[str, object]]:
             read_s = time.perf_counter() - start
             (folder / str(index)).write_bytes(image)
             codec = manifest.blobs[record.digest].codec
-            modules.append({"index": index, "bytes": len(image), "codec": codec, "read_s": read_s, "functions": names.get(index, [])})
+            modules.append({"index": index, "bytes": len(image), "codec": codec, "read_s": read_s, "functions": names.get(index, []),
+                            "sections": section_sizes(image)})
     return sorted(modules, key=lambda m: -int(m["bytes"]))
+
+
+def section_sizes(image: bytes, shown: int = 8) -> list[tuple[str, int]] | str:
+    """The `shown` largest sections of a cubin, (name, bytes), NOBITS ones (.nv.shared.*,
+    .nv.global: memory the load reserves, not bytes it reads) named with a trailing " (nobits)";
+    what the image is where it is no ELF (a fatbin's cubins are not opened here)."""
+    from foundry_trace.binary.cubin import ELF_MAGIC, SHT_NOBITS, c_bytes, elf_sections, string_table
+    from foundry_trace.errors import CubinFormatError
+
+    if not image.startswith(ELF_MAGIC):
+        return "not an ELF image (a fatbin)"
+    try:
+        header, sections = elf_sections(image)
+        names = string_table(image, sections, header[13])
+        sized = [(c_bytes(names, raw[0]).decode(errors="replace") + (" (nobits)" if raw[1] == SHT_NOBITS else ""), raw[5]) for raw in sections[1:]]
+    except (CubinFormatError, IndexError) as error:
+        return f"unreadable ELF: {error}"
+    return sorted(sized, key=lambda pair: -pair[1])[:shown]
 
 
 def _load_one(folder: Path, module: dict[str, object]) -> dict[str, object]:
@@ -96,9 +120,11 @@ def child(folder: str, variant: str) -> dict[str, object]:
 
     torch.zeros(1, device="cuda").add_(1)  # the engine's context and its first kernels
     torch.cuda.synchronize()
-    modules = json.loads((Path(folder) / "modules.json").read_text())
+    modules = json.loads((Path(folder) / "modules.json").read_text())  # largest first
     _, context = driver.cuCtxGetCurrent()
     base = variant.removeprefix("eager-")
+    if base == "smallest-first":
+        modules.reverse()
     threads = int(base.split("-")[1]) if base.startswith("threads-") else 1
     if base.startswith("side-"):
         _start_together(Path(folder), variant, side_by_side(variant))
@@ -109,6 +135,7 @@ def child(folder: str, variant: str) -> dict[str, object]:
         "variant": variant, "wall_s": time.perf_counter() - start,
         **{key: sum(m[key] for m in per_module) for key in ("load_s", "get_s", "func_load_s")},
         "slowest": sorted(per_module, key=lambda m: -(m["load_s"] + m["get_s"] + m["func_load_s"]))[:8],
+        "first": per_module[0] if per_module else None,  # the process's first module load (in order; threads-8: one of the first)
     }
 
 
@@ -123,7 +150,7 @@ def main() -> None:
         print(json.dumps({
             "modules": len(modules), "bytes": sum(m["bytes"] for m in modules), "read_s": sum(m["read_s"] for m in modules),
             "compressed": sum(m["codec"] != "raw" for m in modules),
-            "largest": [{k: m[k] for k in ("index", "bytes", "codec", "read_s")} for m in modules[:8]],
+            "largest": [{k: m[k] for k in ("index", "bytes", "codec", "read_s", "sections")} for m in modules[:8]],
         }), flush=True)
         for variant in variants:
             if variant.removeprefix("eager-").startswith("side-"):
