@@ -4,6 +4,7 @@ collective nodes in the node table."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,16 @@ _DEVICE = {"device": "GPU", "torch": "t", "cuda": "c", "cupti": None, "mps": Fal
 _PREFETCHED = {"at_restore_point_s": 0.05, "engine_s": 1.0, "ready_before_restore_point": 1}  # what a prefetching rank adds
 
 
+def _bench_of_two_ranks(monkeypatch: pytest.MonkeyPatch, inspected: dict[str, object], ranks: Callable[..., list[dict[str, object]]]) -> None:
+    """The TP bench with degree 2 SAVEd and inspected as `inspected`, its ranks answered by `ranks`."""
+    from foundry_trace.bench import tp_bench
+
+    monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {2: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"}})
+    monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
+    monkeypatch.setattr(tp_bench, "run_degree", ranks)
+    monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
+
+
 def test_a_degree_whose_ranks_fail_is_recorded_and_the_others_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """8 ranks that ran out of GPU memory on one H200 used to end the bench before it wrote
     anything: the degrees that ran were lost with them."""
@@ -387,10 +398,7 @@ def test_the_slowest_ranks_of_each_pair_are_compared_and_builders_reach_the_load
         cap = int(role[role.index("--builders") + 1]) if "--builders" in role else 4  # the prefetching ranks': LOAD's own
         return [{**rank, "rank": r, "restore_s": restore[0], "builders": cap, "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
 
-    monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {2: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"}})
-    monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
-    monkeypatch.setattr(tp_bench, "run_degree", ranks)
-    monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
+    _bench_of_two_ranks(monkeypatch, inspected, ranks)
     [two] = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", builders=[tp_bench.Schedule(2)])["cases"]
     assert [r[-1] for r in roles if r[0] == "load"] == ["none"] * 3 + ["all"]
     assert all(("--builders" in r) == (r[0] == "load") and (r[0] != "load" or r[r.index("--builders") + 1] == "2") for r in roles[1:])
@@ -422,10 +430,7 @@ def test_a_builders_sweep_restores_every_cap_in_every_pair_and_the_first_compare
         cap = role[role.index("--builders") + 1]
         return [{**rank, "rank": r, "restore_s": restore_by_cap[cap], "builders": int(cap), "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
 
-    monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {2: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"}})
-    monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
-    monkeypatch.setattr(tp_bench, "run_degree", ranks)
-    monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
+    _bench_of_two_ranks(monkeypatch, inspected, ranks)
     results = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", repeats=2, builders=tp_bench.load_schedules("1,4"))
     [case] = results["cases"]
     loads = [(r[r.index("--builders") + 1], r[-1]) for r in roles if r[0] == "load"]
@@ -458,10 +463,7 @@ def test_prefetching_ranks_run_after_the_pairs_and_their_failure_keeps_the_case(
                      "digests": {"1": "d" if r == 0 else "other"}} for r in range(degree)]
         return [{**rank, "rank": r, "digests": {"1": "d"}, "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
 
-    monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {2: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"}})
-    monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
-    monkeypatch.setattr(tp_bench, "run_degree", ranks)
-    monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
+    _bench_of_two_ranks(monkeypatch, inspected, ranks)
     results = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", repeats=1)
     [case] = results["cases"]
     assert roles == ["native", "driver", "load", "load", "prefetch"]
@@ -527,10 +529,7 @@ def test_a_sweep_of_schedules_passes_chunks_and_leaves_the_default_alone(monkeyp
         phased = "--chunk-nodes" in role
         return [{**rank, "rank": r, "restore_s": 0.25 if phased else 0.3, "logit_rows": [r * 512, (r + 1) * 512]} for r in range(degree)]
 
-    monkeypatch.setattr(tp_bench, "save_all", lambda *a, **k: {2: {"archive_bytes": 1, "save_s": 1.0, "collectives": 0, "description": "x"}})
-    monkeypatch.setattr(tp_bench, "inspect_archives", lambda directory, degrees: {d: inspected for d in degrees})
-    monkeypatch.setattr(tp_bench, "run_degree", ranks)
-    monkeypatch.setattr(tp_bench, "free_memory", lambda: (80 << 30, _DEVICE))
+    _bench_of_two_ranks(monkeypatch, inspected, ranks)
     results = tp_bench._run_degrees("tiny", [2], tmp_path, None, "peer", repeats=1, builders=tp_bench.load_schedules("default,1:1000000"))
     [case] = results["cases"]
     loads = [role for role in roles if role[0] == "load"]
