@@ -6,6 +6,7 @@ what they were asked (the real ones are covered by the GPU tests)."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from concurrent.futures.thread import BrokenThreadPool
@@ -16,7 +17,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foundry_trace.restore import _resources as resources_module
-from foundry_trace.restore._pipeline import BUILD_NODES, DEFAULT_BUILDERS, Pipeline, PipelineHooks, builders_for, chunks
+from foundry_trace.restore._pipeline import (
+    BUILD_NODES,
+    DEFAULT_BUILDERS,
+    Pipeline,
+    PipelineHooks,
+    builders_for,
+    chunks,
+    doubling,
+)
 from foundry_trace.restore._resources import LoadResources
 
 
@@ -34,6 +43,24 @@ def test_chunks_keep_the_order_and_stay_within_the_budget(sizes: list[int], budg
         assert len(chunk) == 1 or sum(e.nodes for e in chunk) <= budget, "only a graph alone may exceed the budget"
         if number + 1 < len(cut):  # greedy: the next graph did not fit
             assert sum(e.nodes for e in chunk) + cut[number + 1][0].nodes > budget
+
+
+@given(sizes=st.lists(st.integers(0, 100_000), max_size=60), first=st.integers(0, 20_000), queued=st.integers(0, 70),
+       limit=st.integers(0, 300_000))
+def test_phased_chunks_double_from_the_first_cap_up_to_the_limit(sizes: list[int], first: int, queued: int, limit: int) -> None:
+    """A phased pipeline's chunks: in order, greedy, chunk k of the pipeline within first x 2**k
+    nodes and the ceiling max(limit, first), a larger graph alone."""
+    entries = [_entry(str(number), size) for number, size in enumerate(sizes)]
+    caps = list(itertools.islice(doubling(first, queued, limit), len(entries) + 1))
+    ceiling = max(limit, first)
+    assert all(cap == min(first * 2 ** (queued + k), ceiling) for k, cap in enumerate(caps))
+    cut = list(chunks(entries, doubling(first, queued, limit)))
+    assert [entry for chunk in cut for entry in chunk] == entries
+    for number, chunk in enumerate(cut):
+        nodes = sum(e.nodes for e in chunk)
+        assert len(chunk) == 1 or nodes <= caps[number], "only a graph alone may exceed its chunk's cap"
+        if number + 1 < len(cut):  # greedy: the next graph did not fit
+            assert nodes + cut[number + 1][0].nodes > caps[number]
 
 
 @given(sizes=st.lists(st.integers(0, 200_000), max_size=40), more=st.integers(0, 200_000))
@@ -312,3 +339,68 @@ def test_a_module_batch_whose_thread_cannot_start_fails_its_modules() -> None:
     for module in (0, 1):
         assert isinstance(pipeline._modules[module].exception(timeout=10), BrokenThreadPool)
     pipeline.close()
+
+
+class _NativePipeline(Pipeline):
+    """A pipeline of native chunks whose modules load at once and whose context is never made
+    current (the chunk calls themselves are the test's)."""
+
+    def __init__(self, graphs: list[SimpleNamespace], *, threads: int, chunk_nodes: int) -> None:
+        manifest = SimpleNamespace(functions=[], modules=[SimpleNamespace(size=1)], graphs=graphs)
+        archive = SimpleNamespace(manifest=manifest, locate=lambda digest: b"blob", fileno=lambda: -1)
+        super().__init__(archive, _Resources(), threads=threads, builders=1, chunk_nodes=chunk_nodes, context=0, started=0.0)
+
+    def _start_worker(self) -> None:
+        pass
+
+    def _load_modules(self, indices: list[int]) -> tuple[int, BaseException | None]:
+        return len(indices), None
+
+
+def _chunk_calls(monkeypatch: pytest.MonkeyPatch, phased: bool) -> tuple[list[int], int]:
+    """Ten 100-node graphs restored in 100-node chunks on 4 threads: the graphs of each native
+    call, in order, and the most calls that ran at once."""
+    from foundry_trace import _native as native
+    from foundry_trace.restore._probing import probing
+
+    sizes: list[int] = []
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def restore_chunk(archive, blobs, names, handles, context, threads, gate):  # noqa: ANN001, ANN202 - native.restore_chunk's
+        with lock:
+            sizes.append(len(blobs))
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.03)
+        with lock:
+            running[0] -= 1
+        now = time.perf_counter()
+        return [native.GraphOutcome(3000 + len(sizes) * 100 + n, None, (now, now), (now, now)) for n in range(len(blobs))]
+
+    monkeypatch.setattr(native, "restore_chunk", restore_chunk)
+    graphs = [SimpleNamespace(key=str(n + 1), nodes=100, modules=(0,), table=f"t{n}", payload=f"p{n}") for n in range(10)]
+    with probing(phased=phased):
+        pipeline = _NativePipeline(graphs, threads=4, chunk_nodes=100)
+    pipeline.queue(graphs[:1])  # the first step, at open
+    pipeline.queue(graphs)  # the rest
+    for entry in graphs:
+        pipeline.executable(entry).result(timeout=10)
+    pipeline.close()
+    return sizes, most[0]
+
+
+def test_a_phased_pipeline_runs_its_native_chunks_one_at_a_time_growing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """probing(phased=True): chunk k holds up to chunk_nodes x 2**k nodes, and no chunk's builds
+    run beside another chunk's instantiations; the default runs small chunks side by side."""
+    sizes, most = _chunk_calls(monkeypatch, phased=True)
+    assert sizes == [1, 2, 4, 3] and most == 1
+    sizes, most = _chunk_calls(monkeypatch, phased=False)
+    assert sizes == [1] * 10 and most > 1
+
+
+def test_a_phased_pipeline_refuses_python_workers() -> None:
+    from foundry_trace.restore._probing import probing
+
+    with probing(phased=True, native_chunks=False), pytest.raises(ValueError, match="phased pipeline runs native chunks only"):
+        _RecordingPipeline([_entry("1", 10)], threads=1, chunk_nodes=100)

@@ -56,3 +56,12 @@ def test_the_module_probe_names_a_cubins_largest_sections_and_never_raises_on_ot
     assert len(section_sizes(cubin, shown=3)) == 3
     assert section_sizes((data / "entries_two_archs.fatbin").read_bytes()) == "not an ELF image (a fatbin)"
     assert section_sizes(cubin[:100]).startswith("unreadable ELF")
+
+
+def test_the_cold_probes_schedule_variants_reach_load_and_the_seam() -> None:
+    from foundry_trace.bench.probes.cold_restore import schedule_options
+
+    assert schedule_options("builders-2-8") == {"builders": 2}
+    assert schedule_options("chunk-16384-4-8") == {"chunk_nodes": 16384, "builders": 4, "native_chunks": False, "phased": False}
+    assert schedule_options("native-1000000-1-8") == {"chunk_nodes": 1000000, "builders": 1, "native_chunks": True, "phased": False}
+    assert schedule_options("phased-4096-1-8") == {"chunk_nodes": 4096, "builders": 1, "native_chunks": True, "phased": True}

@@ -22,6 +22,9 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
                 built and instantiated in one task), at most K graphs built at a time
   native-C-K-N  chunk-C-K-N, each chunk restored by the native runner in one call (load()'s
                 default: no Python, no GIL between its graphs)
+  phased-C-K-N  native-C-K-N with probing(phased=True): chunks one at a time, each holding every
+                thread, chunk k of at most C x 2**k nodes (up to PHASED_CHUNK_LIMIT): no build
+                beside another chunk's instantiations, the first batch sizes in small chunks
   (lock-instantiate-, one-call-, room- and prefault- step into the Python workers through
   PipelineHooks, so they run with probing(native_chunks=False).)
   lock-instantiate-N  LOAD on N threads, one instantiation at a time
@@ -150,17 +153,14 @@ def child(archive: str, variant: str) -> dict[str, object]:
         from foundry_trace.bench.driver_alone import driver_alone
 
         return {**head, **driver_alone(archive, int(variant.split("-")[1]))}
-    threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-", "lock-", "builders-", "room-", "one-call-", "chunk-", "native-")) else (1 if variant.endswith("serial") else 8)
+    threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-", "lock-", "builders-", "room-", "one-call-", "chunk-", "native-", "phased-")) else (1 if variant.endswith("serial") else 8)
     options: dict[str, object] = {}
     if variant.startswith("lock-instantiate-"):
         options["hooks"] = _one_instantiation_at_a_time()
     elif variant.startswith("one-call-"):
         options["hooks"] = _one_driver_call_at_a_time()
-    elif variant.startswith("builders-"):
-        options["builders"] = int(variant.split("-")[1])
-    elif variant.startswith(("chunk-", "native-")):
-        options["chunk_nodes"], options["builders"] = (int(part) for part in variant.split("-")[1:3])
-        options["native_chunks"] = variant.startswith("native-")
+    elif variant.startswith(SCHEDULES):
+        options.update(schedule_options(variant))
     elif variant.startswith("room-"):
         options["hooks"] = _builds_apart_from_instantiations()
     elif variant.startswith("prefault-"):
@@ -168,7 +168,7 @@ def child(archive: str, variant: str) -> dict[str, object]:
     if "hooks" in options:
         options["native_chunks"] = False  # hooks step into the Python workers
     load = _modules_first if variant.startswith("modules-first-") else _load
-    seam = {k: options.pop(k) for k in ("hooks", "native_chunks") if k in options}
+    seam = {k: options.pop(k) for k in ("hooks", "native_chunks", "phased") if k in options}
     with probing(**seam):
         restored, use = timed(lambda: load(archive, threads, **options))
     result = {**head, **_report(restored, use["wall_s"]), "resources": use}
@@ -180,6 +180,20 @@ def child(archive: str, variant: str) -> dict[str, object]:
         result["warm"] = {**_report(warm, use["wall_s"]), "resources": use}
         warm.release()
     return result
+
+
+SCHEDULES = ("builders-", "chunk-", "native-", "phased-")
+
+
+def schedule_options(variant: str) -> dict[str, object]:
+    """What a schedule variant (builders-K-N, chunk-C-K-N, native-C-K-N, phased-C-K-N) passes to
+    load() (builders, chunk_nodes) and to probing() (native_chunks, phased)."""
+    numbers = [int(part) for part in variant.split("-")[1:-1]]
+    if variant.startswith("builders-"):
+        return {"builders": numbers[0]}
+    chunk_nodes, builders = numbers
+    return {"chunk_nodes": chunk_nodes, "builders": builders, "native_chunks": not variant.startswith("chunk-"),
+            "phased": variant.startswith("phased-")}
 
 
 def _one_instantiation_at_a_time():  # noqa: ANN202 - PipelineHooks
