@@ -536,8 +536,9 @@ def load_schedules(builders: str | int | None) -> list[Schedule] | None:
     """The LOAD ranks' schedules, from --builders: one, or a comma list whose first is the case's
     (its ranks compare) and whose others are each restored cold beside it in every pair, for the
     case's `builders_sweep`; None: LOAD's own default. Each is `default`, `B` (at most B graphs
-    built at a time) or `B:C` (and chunks of at most C nodes: 1:1000000 builds every graph, one
-    at a time, before any instantiation). Raises WorkloadError for anything else."""
+    built at a time) or `B:C` (and chunks of at most C nodes: with 1:1000000 the graphs build one
+    at a time and all but the first step's, one chunk, before any of them is instantiated).
+    Raises WorkloadError for anything else."""
     if builders is None:
         return None
     items = list(dict.fromkeys(str(builders).split(",")))
