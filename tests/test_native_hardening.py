@@ -238,6 +238,10 @@ def test_native_chunks_run_in_order_within_the_thread_budget(stand_in: Path) -> 
     run_child(stand_in, "native_chunks_in_order")
 
 
+def test_a_phased_pipeline_builds_no_graph_beside_another_chunks_instantiations(stand_in: Path) -> None:
+    run_child(stand_in, "phased_chunks")
+
+
 def test_builds_nest_up_to_the_cap(stand_in: Path) -> None:
     run_child(stand_in, "nesting")
 
@@ -444,14 +448,12 @@ def _child_pipeline_native() -> None:
         assert summary.modules == len(archive.manifest.modules) and fake.fake_cuda_live_modules() == 0
 
 
-def _child_native_chunks_in_order() -> None:
+def _forty_small_graphs(fake: ctypes.CDLL) -> tuple[type, list, object]:
+    """A pipeline class on the stand-in driver, and an archive of 40 graphs of 3 kernel nodes
+    (its blobs in memory stand for those of a file)."""
     from types import SimpleNamespace
 
-    from foundry_trace.restore._resources import LoadResources
-
-    fake = stand_in_driver.fake()
     kernels = [f"k{n}" for n in range(len(FUZZ_PARAMETERS))]
-    NoContext = _stand_in_pipeline(fake, kernels)  # noqa: N806 - a class
     good = encode(GraphBody(nodes=(_kernel(0, 32), _kernel(1, 48), _kernel(2, 24)), edges=(Edge(source=0, destination=1),)))
     graphs = [SimpleNamespace(key=str(n), nodes=3, modules=(0,), table="t", payload="p") for n in range(40)]
     manifest = SimpleNamespace(
@@ -459,8 +461,15 @@ def _child_native_chunks_in_order() -> None:
         modules=[SimpleNamespace(size=1, digest="m", variables={}, relocated={})],
         graphs=graphs,
     )
-    blobs = {"m": b"image", "t": good.table, "p": good.payload}  # blobs in memory stand for those of a file
-    archive = SimpleNamespace(manifest=manifest, locate=blobs.__getitem__, fileno=lambda: -1)
+    blobs = {"m": b"image", "t": good.table, "p": good.payload}
+    return _stand_in_pipeline(fake, kernels), graphs, SimpleNamespace(manifest=manifest, locate=blobs.__getitem__, fileno=lambda: -1)
+
+
+def _child_native_chunks_in_order() -> None:
+    from foundry_trace.restore._resources import LoadResources
+
+    fake = stand_in_driver.fake()
+    NoContext, graphs, archive = _forty_small_graphs(fake)  # noqa: N806 - a class
     for chunk_nodes in (12, 3):  # chunks of 4 graphs (one call at a time), or of 1 (4 calls side by side)
         resources = LoadResources(0)
         loading = NoContext(
@@ -479,6 +488,31 @@ def _child_native_chunks_in_order() -> None:
                 )
         assert fake.fake_cuda_live_graphs() == 0
         assert resources.release().executables == len(graphs)
+
+
+def _child_phased_chunks() -> None:
+    from foundry_trace.restore._probing import probing
+    from foundry_trace.restore._resources import LoadResources
+
+    fake = stand_in_driver.fake()
+    NoContext, graphs, archive = _forty_small_graphs(fake)  # noqa: N806 - a class
+    resources = LoadResources(0)
+    with probing(phased=True):
+        loading = NoContext(
+            archive, resources, threads=4, builders=1, chunk_nodes=3, context=fake.fake_cuda_context(), started=0.0, native_chunks=True,
+        )
+    loading.queue(graphs[:1])  # the first step, then the rest: chunks of 1, 2, 4, 8, 16 and 9 graphs
+    loading.queue(graphs)
+    executables = [loading.executable(entry).result(30) for entry in graphs]
+    loading.close()
+    assert all(executables) and len(set(executables)) == len(graphs)
+    spans = {(span.what, span.phase): span for span in loading.spans if span.worker == "native"}
+    bounds = [0, 1, 3, 7, 15, 31, 40]
+    for first, last, after in zip(bounds, bounds[1:], bounds[2:]):  # each chunk done before the next one's first build
+        done = max(spans[(f"graph {n}", "instantiate")].end for n in range(first, last))
+        assert done <= min(spans[(f"graph {n}", "build")].start for n in range(last, after))
+    assert fake.fake_cuda_live_graphs() == 0
+    assert resources.release().executables == len(graphs)
 
 
 def _child_nesting() -> None:
