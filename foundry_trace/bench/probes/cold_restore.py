@@ -65,6 +65,7 @@ from foundry_trace.restore._probing import probing
 MODULE = "foundry_trace.bench.probes.cold_restore"
 
 VARIANTS = ("threads-8", "serial", "threads-4", "threads-16", "pregrow-mem", "prewarm-20000", "thp-serial", "eager-serial", "lazy-first", "reinstantiate")
+SCHEDULES = ("builders-", "chunk-", "native-", "phased-")  # the variants that change only load()'s schedule (schedule_options())
 ENVIRONMENTS = {"thp-serial": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "eager-serial": {"CUDA_MODULE_LOADING": "EAGER"}}
 
 
@@ -153,7 +154,7 @@ def child(archive: str, variant: str) -> dict[str, object]:
         from foundry_trace.bench.driver_alone import driver_alone
 
         return {**head, **driver_alone(archive, int(variant.split("-")[1]))}
-    threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-", "lock-", "builders-", "room-", "one-call-", "chunk-", "native-", "phased-")) else (1 if variant.endswith("serial") else 8)
+    threads = int(variant.split("-")[-1]) if variant.startswith(("threads-", "prefault-", "modules-first-", "lock-", "room-", "one-call-", *SCHEDULES)) else (1 if variant.endswith("serial") else 8)
     options: dict[str, object] = {}
     if variant.startswith("lock-instantiate-"):
         options["hooks"] = _one_instantiation_at_a_time()
@@ -180,9 +181,6 @@ def child(archive: str, variant: str) -> dict[str, object]:
         result["warm"] = {**_report(warm, use["wall_s"]), "resources": use}
         warm.release()
     return result
-
-
-SCHEDULES = ("builders-", "chunk-", "native-", "phased-")
 
 
 def schedule_options(variant: str) -> dict[str, object]:

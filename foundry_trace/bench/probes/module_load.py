@@ -64,17 +64,17 @@ def section_sizes(image: bytes, shown: int = 8) -> list[tuple[str, int]] | str:
     """The `shown` largest sections of a cubin, (name, bytes), NOBITS ones (.nv.shared.*,
     .nv.global: memory the load reserves, not bytes it reads) named with a trailing " (nobits)";
     what the image is where it is no ELF (a fatbin's cubins are not opened here)."""
-    from foundry_trace.binary.cubin import ELF_MAGIC, SHT_NOBITS, c_bytes, elf_sections, string_table
+    from foundry_trace.binary.cubin import ELF_MAGIC, SHT_NOBITS
+    from foundry_trace.binary.trim import _parse
     from foundry_trace.errors import CubinFormatError
 
     if not image.startswith(ELF_MAGIC):
         return "not an ELF image (a fatbin)"
     try:
-        header, sections = elf_sections(image)
-        names = string_table(image, sections, header[13])
-        sized = [(c_bytes(names, raw[0]).decode(errors="replace") + (" (nobits)" if raw[1] == SHT_NOBITS else ""), raw[5]) for raw in sections[1:]]
-    except (CubinFormatError, IndexError) as error:
+        _header, _raw, sections = _parse(image)  # the trimmer's bounded reader, names included
+    except CubinFormatError as error:
         return f"unreadable ELF: {error}"
+    sized = [(section.name + (" (nobits)" if section.kind == SHT_NOBITS else ""), section.size) for section in sections[1:]]
     return sorted(sized, key=lambda pair: -pair[1])[:shown]
 
 
