@@ -18,11 +18,8 @@ from hypothesis import strategies as st
 
 from foundry_trace.restore import _resources as resources_module
 from foundry_trace.restore._pipeline import (
-    BUILD_NODES,
-    DEFAULT_BUILDERS,
     Pipeline,
     PipelineHooks,
-    builders_for,
     chunks,
     doubling,
 )
@@ -61,21 +58,6 @@ def test_phased_chunks_double_from_the_first_cap_up_to_the_limit(sizes: list[int
         assert len(chunk) == 1 or nodes <= caps[number], "only a graph alone may exceed its chunk's cap"
         if number + 1 < len(cut):  # greedy: the next graph did not fit
             assert nodes + cut[number + 1][0].nodes > caps[number]
-
-
-@given(sizes=st.lists(st.integers(0, 200_000), max_size=40), more=st.integers(0, 200_000))
-def test_the_default_build_cap_bounds_the_nodes_in_flight_and_only_falls_as_graphs_grow(sizes: list[int], more: int) -> None:
-    """Builds of large graphs slow each other and the instantiations beside them (a rank of
-    Qwen3-235B, 9,000-node graphs: one build at a time restored faster than four)."""
-    entries = [_entry(str(number), size) for number, size in enumerate(sizes)]
-    cap = builders_for(entries)
-    largest = max(sizes, default=0)
-    assert 1 <= cap <= DEFAULT_BUILDERS
-    assert cap == 1 or cap * largest <= BUILD_NODES
-    assert cap == DEFAULT_BUILDERS or (cap + 1) * largest > BUILD_NODES, "no lower than the budget asks"
-    assert builders_for([*entries, _entry("more", more)]) <= cap
-    if largest * DEFAULT_BUILDERS <= BUILD_NODES:  # the 8B shape's 1,525-node graphs, piecewise pieces
-        assert cap == DEFAULT_BUILDERS
 
 
 class _Resources(LoadResources):

@@ -63,32 +63,19 @@ from foundry_trace.restore._probing import PipelineHooks
 from foundry_trace.restore._probing import current as current_probe
 from foundry_trace.restore._resources import LoadResources
 
-# Graphs LOAD builds at once, across all its chunks (one gate): a build beside instantiations
-# slows them down, and the driver serialises much of both. Why 4: docs/measurements.md, "The
-# pipeline's defaults".
-DEFAULT_BUILDERS = 4
+# Graphs LOAD builds at once, across all its chunks (one gate): the driver serialises builds, and
+# a build beside instantiations slows both. Why 1: docs/measurements.md, "The pipeline's defaults".
+DEFAULT_BUILDERS = 1
 
-# Nodes that the builds at once may hold between them, by default: builds of large graphs slow
-# each other and the instantiations beside them more than they gain. Why 8,192: docs/measurements.md,
-# "The pipeline's defaults".
-BUILD_NODES = 8192
-
-# Nodes of the graphs built before their instantiations start (one chunk): small graphs gain from
-# it, a larger graph is a chunk of its own. Why 4,096 (and not chunks of several large graphs):
-# docs/measurements.md, "The pipeline's defaults".
-DEFAULT_CHUNK_NODES = 4096
+# Nodes of the graphs built before their instantiations start (one chunk), by default: all builds,
+# then all instantiations, is the driver alone's own order and the fastest measured; the cap bounds
+# the host memory that built graphs hold while they wait (about 3 kB a node, so about 3 GB).
+# Why 1,048,576: docs/measurements.md, "The pipeline's defaults".
+DEFAULT_CHUNK_NODES = 1 << 20
 
 # The largest chunk of a phased pipeline (probing(phased=True)), in nodes: its built graphs wait
 # in host memory for its instantiations, about 3 kB a node, so about 0.8 GB at most.
 PHASED_CHUNK_LIMIT = 262_144
-
-
-def builders_for(graphs: Sequence[GraphEntry]) -> int:
-    """LOAD's default cap on graphs built at a time for an archive of `graphs`: DEFAULT_BUILDERS,
-    fewer where that many builds of its largest graph would hold more than BUILD_NODES nodes,
-    and never fewer than one."""
-    largest = max((graph.nodes for graph in graphs), default=0)
-    return max(1, min(DEFAULT_BUILDERS, BUILD_NODES // max(largest, 1)))
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from foundry_trace.fingerprint import check_fingerprint, current_fingerprint
 from foundry_trace.parallel.collectives import Communicator, check_communicator
 from foundry_trace.parallel.peer import PeerCommunicator
 from foundry_trace.restore._outputs import coalesce, output_view
-from foundry_trace.restore._pipeline import DEFAULT_CHUNK_NODES, Pipeline, Step, builders_for, builds_early
+from foundry_trace.restore._pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES, Pipeline, Step, builds_early
 from foundry_trace.restore._resources import LoadResources
 from foundry_trace.restore.restored import Restored, RestoredGraph
 
@@ -61,7 +61,7 @@ DEFAULT_THREADS = min(8, os.cpu_count() or 1)
 
 
 def prefetch(
-    path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int | None = None, chunk_nodes: int = DEFAULT_CHUNK_NODES,
+    path: str | Path, *, threads: int = DEFAULT_THREADS, builders: int = DEFAULT_BUILDERS, chunk_nodes: int = DEFAULT_CHUNK_NODES,
     digest: str | None = None, trusted_keys: Iterable[str | Path] | None = None,
 ) -> Restored:
     """Starts the part of LOAD that needs no engine state, early: at process start, or while the
@@ -104,7 +104,7 @@ def load(
     *,
     mode: Mode = "eager",
     threads: int = DEFAULT_THREADS,
-    builders: int | None = None,
+    builders: int = DEFAULT_BUILDERS,
     chunk_nodes: int = DEFAULT_CHUNK_NODES,
     upload: bool = False,
     communicator: Communicator | None = None,
@@ -123,9 +123,8 @@ def load(
             replay() or wait() (the smallest batch's starts at once).
         threads: worker threads for graphs (they release the GIL in the driver); modules load
             on one more.
-        builders: graphs built at the same time (more slow the driver down). None: the archive's
-            default, DEFAULT_BUILDERS or fewer where its graphs are large (builders_for:
-            at most BUILD_NODES nodes in builds at once).
+        builders: graphs built at the same time (the driver serialises builds: more only slow
+            the instantiations beside them).
         chunk_nodes: graphs are built, then instantiated, in chunks of at most this many nodes
             (built graphs wait in host memory, about 3 kB a node); no instantiation of a chunk
             starts before its builds are done; a larger graph is a chunk of its own. 0: each
@@ -283,7 +282,7 @@ class _Schedule(NamedTuple):
     """How the pipeline runs (load()'s arguments of that name)."""
 
     threads: int
-    builders: int | None  # None: builders_for(the archive's graphs)
+    builders: int
     chunk_nodes: int
 
 
@@ -311,7 +310,7 @@ def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, po
             resources.add_event(int(call(driver.cuEventCreate, driver.CUevent_flags.CU_EVENT_DISABLE_TIMING)))
         pipeline = Pipeline(
             archive, resources, threads=schedule.threads, chunk_nodes=schedule.chunk_nodes,
-            builders=builders_for(archive.manifest.graphs) if schedule.builders is None else schedule.builders,
+            builders=schedule.builders,
             context=context, started=started,
         )
     except BaseException:
