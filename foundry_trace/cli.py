@@ -269,9 +269,8 @@ def parser() -> argparse.ArgumentParser:
         f"shared among its ranks, at most {DEFAULT_THREADS})",
     )
     bench.add_argument(
-        "--builders", help="tp: each LOAD rank's cap on graphs built at a time, B (default LOAD's own), B:C with chunks of at most C "
-        "nodes, or B:C:phased (chunk k of at most C x 2^k nodes, one at a time); or a comma list of them restored side by side in "
-        "every cold pair, the first the case's (e.g. default,1:1000000)",
+        "--builders", help="tp: each LOAD rank's cap on graphs built at a time, B (default LOAD's own) or B:C with chunks of at most C "
+        "nodes; or a comma list of them restored side by side in every cold pair, the first the case's (e.g. default,4:4096)",
     )
     bench.add_argument("--attention", choices=ATTENTION_CHOICES, help=ATTENTION_HELP)
     bench.add_argument(

@@ -6,7 +6,6 @@ what they were asked (the real ones are covered by the GPU tests)."""
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from concurrent.futures.thread import BrokenThreadPool
@@ -18,10 +17,10 @@ from hypothesis import strategies as st
 
 from foundry_trace.restore import _resources as resources_module
 from foundry_trace.restore._pipeline import (
+    DEFAULT_CHUNK_NODES,
     Pipeline,
     PipelineHooks,
     chunks,
-    doubling,
 )
 from foundry_trace.restore._resources import LoadResources
 
@@ -40,24 +39,6 @@ def test_chunks_keep_the_order_and_stay_within_the_budget(sizes: list[int], budg
         assert len(chunk) == 1 or sum(e.nodes for e in chunk) <= budget, "only a graph alone may exceed the budget"
         if number + 1 < len(cut):  # greedy: the next graph did not fit
             assert sum(e.nodes for e in chunk) + cut[number + 1][0].nodes > budget
-
-
-@given(sizes=st.lists(st.integers(0, 100_000), max_size=60), first=st.integers(0, 20_000), queued=st.integers(0, 70),
-       limit=st.integers(0, 300_000))
-def test_phased_chunks_double_from_the_first_cap_up_to_the_limit(sizes: list[int], first: int, queued: int, limit: int) -> None:
-    """A phased pipeline's chunks: in order, greedy, chunk k of the pipeline within first x 2**k
-    nodes and the ceiling max(limit, first), a larger graph alone."""
-    entries = [_entry(str(number), size) for number, size in enumerate(sizes)]
-    caps = list(itertools.islice(doubling(first, queued, limit), len(entries) + 1))
-    ceiling = max(limit, first)
-    assert all(cap == min(first * 2 ** (queued + k), ceiling) for k, cap in enumerate(caps))
-    cut = list(chunks(entries, doubling(first, queued, limit)))
-    assert [entry for chunk in cut for entry in chunk] == entries
-    for number, chunk in enumerate(cut):
-        nodes = sum(e.nodes for e in chunk)
-        assert len(chunk) == 1 or nodes <= caps[number], "only a graph alone may exceed its chunk's cap"
-        if number + 1 < len(cut):  # greedy: the next graph did not fit
-            assert nodes + cut[number + 1][0].nodes > caps[number]
 
 
 class _Resources(LoadResources):
@@ -339,11 +320,10 @@ class _NativePipeline(Pipeline):
         return len(indices), None
 
 
-def _chunk_calls(monkeypatch: pytest.MonkeyPatch, phased: bool) -> tuple[list[int], int]:
-    """Ten 100-node graphs restored in 100-node chunks on 4 threads: the graphs of each native
-    call, in order, and the most calls that ran at once."""
+def _chunk_calls(monkeypatch: pytest.MonkeyPatch, chunk_nodes: int) -> tuple[list[int], int]:
+    """Ten 100-node graphs restored on 4 threads, the first step queued alone as load() does: the
+    graphs of each native call, in order, and the most calls that ran at once."""
     from foundry_trace import _native as native
-    from foundry_trace.restore._probing import probing
 
     sizes: list[int] = []
     running, most = [0], [0]
@@ -362,8 +342,7 @@ def _chunk_calls(monkeypatch: pytest.MonkeyPatch, phased: bool) -> tuple[list[in
 
     monkeypatch.setattr(native, "restore_chunk", restore_chunk)
     graphs = [SimpleNamespace(key=str(n + 1), nodes=100, modules=(0,), table=f"t{n}", payload=f"p{n}") for n in range(10)]
-    with probing(phased=phased):
-        pipeline = _NativePipeline(graphs, threads=4, chunk_nodes=100)
+    pipeline = _NativePipeline(graphs, threads=4, chunk_nodes=chunk_nodes)
     pipeline.queue(graphs[:1])  # the first step, at open
     pipeline.queue(graphs)  # the rest
     for entry in graphs:
@@ -372,17 +351,11 @@ def _chunk_calls(monkeypatch: pytest.MonkeyPatch, phased: bool) -> tuple[list[in
     return sizes, most[0]
 
 
-def test_a_phased_pipeline_runs_its_native_chunks_one_at_a_time_growing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """probing(phased=True): chunk k holds up to chunk_nodes x 2**k nodes, and no chunk's builds
-    run beside another chunk's instantiations; the default runs small chunks side by side."""
-    sizes, most = _chunk_calls(monkeypatch, phased=True)
-    assert sizes == [1, 2, 4, 3] and most == 1
-    sizes, most = _chunk_calls(monkeypatch, phased=False)
+def test_by_default_every_graph_after_the_first_step_is_one_chunk_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LOAD's default order is the driver alone's: the first step's graphs, then every other
+    build, then their instantiations (one native call, which holds every thread); small chunks
+    run side by side within the threads."""
+    sizes, most = _chunk_calls(monkeypatch, DEFAULT_CHUNK_NODES)
+    assert sizes == [1, 9] and most == 1
+    sizes, most = _chunk_calls(monkeypatch, 100)
     assert sizes == [1] * 10 and most > 1
-
-
-def test_a_phased_pipeline_refuses_python_workers() -> None:
-    from foundry_trace.restore._probing import probing
-
-    with probing(phased=True, native_chunks=False), pytest.raises(ValueError, match="phased pipeline runs native chunks only"):
-        _RecordingPipeline([_entry("1", 10)], threads=1, chunk_nodes=100)

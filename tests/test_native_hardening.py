@@ -238,8 +238,8 @@ def test_native_chunks_run_in_order_within_the_thread_budget(stand_in: Path) -> 
     run_child(stand_in, "native_chunks_in_order")
 
 
-def test_a_phased_pipeline_builds_no_graph_beside_another_chunks_instantiations(stand_in: Path) -> None:
-    run_child(stand_in, "phased_chunks")
+def test_by_default_no_graph_builds_beside_the_first_steps_instantiations(stand_in: Path) -> None:
+    run_child(stand_in, "default_chunks")
 
 
 def test_builds_nest_up_to_the_cap(stand_in: Path) -> None:
@@ -490,27 +490,26 @@ def _child_native_chunks_in_order() -> None:
         assert resources.release().executables == len(graphs)
 
 
-def _child_phased_chunks() -> None:
-    from foundry_trace.restore._probing import probing
+def _child_default_chunks() -> None:
+    from foundry_trace.restore._pipeline import DEFAULT_BUILDERS, DEFAULT_CHUNK_NODES
     from foundry_trace.restore._resources import LoadResources
 
     fake = stand_in_driver.fake()
     NoContext, graphs, archive = _forty_small_graphs(fake)  # noqa: N806 - a class
     resources = LoadResources(0)
-    with probing(phased=True):
-        loading = NoContext(
-            archive, resources, threads=4, builders=1, chunk_nodes=3, context=fake.fake_cuda_context(), started=0.0, native_chunks=True,
-        )
-    loading.queue(graphs[:1])  # the first step, then the rest: chunks of 1, 2, 4, 8, 16 and 9 graphs
+    loading = NoContext(
+        archive, resources, threads=4, builders=DEFAULT_BUILDERS, chunk_nodes=DEFAULT_CHUNK_NODES, context=fake.fake_cuda_context(),
+        started=0.0, native_chunks=True,
+    )
+    loading.queue(graphs[:1])  # the first step, then the rest: the driver alone's order after it
     loading.queue(graphs)
     executables = [loading.executable(entry).result(30) for entry in graphs]
     loading.close()
     assert all(executables) and len(set(executables)) == len(graphs)
     spans = {(span.what, span.phase): span for span in loading.spans if span.worker == "native"}
-    bounds = [0, 1, 3, 7, 15, 31, 40]
-    for first, last, after in zip(bounds, bounds[1:], bounds[2:]):  # each chunk done before the next one's first build
-        done = max(spans[(f"graph {n}", "instantiate")].end for n in range(first, last))
-        assert done <= min(spans[(f"graph {n}", "build")].start for n in range(last, after))
+    assert spans[("graph 0", "instantiate")].end <= min(spans[(f"graph {n}", "build")].start for n in range(1, 40))
+    last_build = max(spans[(f"graph {n}", "build")].end for n in range(1, 40))
+    assert last_build <= min(spans[(f"graph {n}", "instantiate")].start for n in range(1, 40)), "every build, then every instantiation"
     assert fake.fake_cuda_live_graphs() == 0
     assert resources.release().executables == len(graphs)
 

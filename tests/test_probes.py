@@ -62,6 +62,5 @@ def test_the_cold_probes_schedule_variants_reach_load_and_the_seam() -> None:
     from foundry_trace.bench.probes.cold_restore import schedule_options
 
     assert schedule_options("builders-2-8") == {"builders": 2}
-    assert schedule_options("chunk-16384-4-8") == {"chunk_nodes": 16384, "builders": 4, "native_chunks": False, "phased": False}
-    assert schedule_options("native-1000000-1-8") == {"chunk_nodes": 1000000, "builders": 1, "native_chunks": True, "phased": False}
-    assert schedule_options("phased-4096-1-8") == {"chunk_nodes": 4096, "builders": 1, "native_chunks": True, "phased": True}
+    assert schedule_options("chunk-16384-4-8") == {"chunk_nodes": 16384, "builders": 4, "native_chunks": False}
+    assert schedule_options("native-4096-4-8") == {"chunk_nodes": 4096, "builders": 4, "native_chunks": True}

@@ -182,12 +182,11 @@ def child_driver(workload: str, directory: str, kind: str, threads: int, options
 
 def child_load(
     workload: str, directory: str, kind: str, threads: int, compared: str, options: dict[str, object], builders: int | None = None,
-    chunk_nodes: int | None = None, phased: bool = False,
+    chunk_nodes: int | None = None,
 ) -> dict[str, object]:
     """A rank with Foundry: communicator, engine, restore (timed, cold, on `threads` threads, at
     most `builders` graphs built at a time, in chunks of at most `chunk_nodes` nodes: None, LOAD's
-    default for each; `phased`: through the probes' seam, restore/_probing.py),
-    then the native capture here and the comparison (of `compared`: run()'s compare; UNCOMPARED:
+    default for each), then the native capture here and the comparison (of `compared`: run()'s compare; UNCOMPARED:
     none, the graphs released once restored). Every rank replays the same graphs the same number
     of times (verify.py), so collectives always meet their peers; graphs are released before the
     communicator closes."""
@@ -199,19 +198,17 @@ def child_load(
     import foundry_trace
     from foundry_trace.bench.verify import FULL, LATENCY_STEPS, SHARED_GPU, compare
     from foundry_trace.parallel.collectives import tensor_parallel_archive
-    from foundry_trace.restore._probing import probing
 
     foundry_alloc.reserve()  # the fixed range first: NCCL reserves address space of its own
     phase("rendezvous")
     with _communicator(kind) as communicator:
         model = _engine_at_restore_point(workload, communicator, options)
         start = time.perf_counter()
-        with probing(phased=phased):
-            restored = foundry_trace.load(
-                tensor_parallel_archive(directory, communicator.world_size), communicator=communicator, threads=threads,
-                timeout=RANK_TIMEOUT_S / 2, **({} if builders is None else {"builders": builders}),
-                **({} if chunk_nodes is None else {"chunk_nodes": chunk_nodes}),
-            )
+        restored = foundry_trace.load(
+            tensor_parallel_archive(directory, communicator.world_size), communicator=communicator, threads=threads,
+            timeout=RANK_TIMEOUT_S / 2, **({} if builders is None else {"builders": builders}),
+            **({} if chunk_nodes is None else {"chunk_nodes": chunk_nodes}),
+        )
         torch.cuda.synchronize()
         restore_s = time.perf_counter() - start
         note(f"rank {communicator.rank}: restored in {restore_s:.3f} s")
@@ -515,28 +512,25 @@ def run(
 
 class Schedule(NamedTuple):
     """How a LOAD rank restores: at most `builders` graphs built at a time, in chunks of at most
-    `chunk_nodes` nodes (load()'s arguments; None: LOAD's default for the archive), `phased` or
-    not (the probes' seam: chunks one at a time, growing; restore/_probing.py)."""
+    `chunk_nodes` nodes (load()'s arguments; None: LOAD's default)."""
 
     builders: int | None
     chunk_nodes: int | None = None
-    phased: bool = False
 
     @property
     def label(self) -> str:
-        """As --builders spells it: `default`, `B`, `B:C` or `B:C:phased`."""
+        """As --builders spells it: `default`, `B` or `B:C`."""
         if self.builders is None:
             return "default"
         if self.chunk_nodes is None:
             return str(self.builders)
-        return f"{self.builders}:{self.chunk_nodes}" + (":phased" if self.phased else "")
+        return f"{self.builders}:{self.chunk_nodes}"
 
     def flags(self) -> list[str]:
         """The LOAD rank's command-line flags for it (none: LOAD's defaults)."""
         return (
             ([] if self.builders is None else ["--builders", str(self.builders)])
             + ([] if self.chunk_nodes is None else ["--chunk-nodes", str(self.chunk_nodes)])
-            + (["--phased"] if self.phased else [])
         )
 
 
@@ -544,10 +538,8 @@ def load_schedules(builders: str | int | None) -> list[Schedule] | None:
     """The LOAD ranks' schedules, from --builders: one, or a comma list whose first is the case's
     (its ranks compare) and whose others are each restored cold beside it in every pair, for the
     case's `builders_sweep`; None: LOAD's own default. Each is `default`, `B` (at most B graphs
-    built at a time), `B:C` (and chunks of at most C nodes: with 1:1000000 the graphs build one
-    at a time and all but the first step's, one chunk, before any of them is instantiated) or
-    `B:C:phased` (chunk k of at most C x 2^k nodes, one chunk at a time). Raises WorkloadError
-    for anything else."""
+    built at a time), or `B:C` (and chunks of at most C nodes: 4:4096 was LOAD's default for
+    graphs of up to 2,048 nodes before 60217d3). Raises WorkloadError for anything else."""
     if builders is None:
         return None
     items = list(dict.fromkeys(str(builders).split(",")))
@@ -555,8 +547,7 @@ def load_schedules(builders: str | int | None) -> list[Schedule] | None:
     if not items or None in schedules:
         raise WorkloadError(
             f"builders={builders}: let each rank build at least one graph at a time: give a number B, B:C (B at a time, in "
-            "chunks of at most C nodes), B:C:phased (chunk k of at most C x 2^k nodes, one at a time) or default, or a comma "
-            "list of them such as default,1:1000000"
+            "chunks of at most C nodes) or default, or a comma list of them such as default,4:4096"
         )
     return schedules
 
@@ -565,12 +556,9 @@ def _schedule(item: str) -> Schedule | None:
     """One item of --builders (None where it is not one)."""
     if item == "default":
         return Schedule(None)
-    phased = item.endswith(":phased")
-    cap, colon, chunk = item.removesuffix(":phased").partition(":")
-    if phased and not colon:
-        return None
+    cap, colon, chunk = item.partition(":")
     try:
-        schedule = Schedule(int(cap), int(chunk) if colon else None, phased)
+        schedule = Schedule(int(cap), int(chunk) if colon else None)
     except ValueError:
         return None
     return schedule if schedule.builders >= 1 and (schedule.chunk_nodes is None or schedule.chunk_nodes >= 0) else None
@@ -931,7 +919,7 @@ def _run(arguments: argparse.Namespace) -> dict[str, object]:
     if arguments.role == "prefetch":
         return child_prefetch(workload, directory, kind, arguments.threads, options)
     return child_load(
-        workload, directory, kind, arguments.threads, arguments.compare, options, arguments.builders, arguments.chunk_nodes, arguments.phased
+        workload, directory, kind, arguments.threads, arguments.compare, options, arguments.builders, arguments.chunk_nodes
     )
 
 
@@ -944,7 +932,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="driver, load, prefetch: this rank's restore threads")
     parser.add_argument("--builders", type=int, help="load: this rank's cap on graphs built at a time (default LOAD's)")
     parser.add_argument("--chunk-nodes", type=int, help="load: this rank's chunk of nodes (load()'s chunk_nodes; default LOAD's)")
-    parser.add_argument("--phased", action="store_true", help="load: chunks one at a time, growing (restore/_probing.py)")
     parser.add_argument("--compare", choices=(*COMPARED, UNCOMPARED), default="all",
                         help="load: the batch sizes compared bit for bit (run()'s compare; none: the restore timed alone)")
     add_option_flags(parser)

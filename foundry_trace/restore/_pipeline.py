@@ -38,7 +38,6 @@ anywhere leaves nothing behind once the load is released.
 from __future__ import annotations
 
 import functools
-import itertools
 import re
 import threading
 import time
@@ -73,11 +72,6 @@ DEFAULT_BUILDERS = 1
 # Why 1,048,576: docs/measurements.md, "The pipeline's defaults".
 DEFAULT_CHUNK_NODES = 1 << 20
 
-# The largest chunk of a phased pipeline (probing(phased=True)), in nodes: its built graphs wait
-# in host memory for its instantiations, about 3 kB a node, so about 0.8 GB at most.
-PHASED_CHUNK_LIMIT = 262_144
-
-
 @dataclass(frozen=True)
 class Span:
     """One task of LOAD, for the phase report and the timeline."""
@@ -101,8 +95,6 @@ class Pipeline:
         probe = current_probe()  # the harness's seam (_probing.py); its defaults change nothing
         hooks = hooks if hooks is not None else probe.hooks
         native_chunks = probe.native_chunks if native_chunks is None else native_chunks
-        if probe.phased and not native_chunks:
-            raise ValueError("a phased pipeline runs native chunks only: pass native_chunks=True with phased=True")
         if threads < 1 or builders < 1:
             raise ValueError(f"threads={threads}, builders={builders}: a LOAD needs at least one of each")
         if chunk_nodes < 0:
@@ -137,7 +129,6 @@ class Pipeline:
         # as many as it has graphs up to `threads`; calls run side by side while the native
         # threads they use add up to `threads` at most.
         self._native_chunks = native_chunks
-        self._phased = probe.phased  # chunks one at a time, each holding every thread, growing (_probing.py)
         self._native_free = threading.Condition()
         self._native_threads_free = threads
         self._native_tickets = 0  # one a chunk, in the order queued
@@ -220,8 +211,7 @@ class Pipeline:
         docstring), each chunk right after the modules it needs that are not queued yet."""
         with self._lock:
             fresh = list({entry.key: entry for entry in entries if entry.key not in self._graphs}.values())
-            caps = doubling(self._chunk_nodes, len(self._chunks), PHASED_CHUNK_LIMIT) if self._phased else self._chunk_nodes
-            for entries_of_chunk in chunks(fresh, caps):
+            for entries_of_chunk in chunks(fresh, self._chunk_nodes):
                 chunk = Chunk(entries_of_chunk)
                 self._queue_modules_locked({m for entry in chunk.entries for m in entry.modules})
                 for entry, future in zip(chunk.entries, chunk.executables, strict=True):
@@ -360,13 +350,12 @@ class Pipeline:
             names.append(f"graph {entry.key!r}")
             indices.append(index)
         wanted = max(1, min(self._threads, len(blobs)))
-        held = self._threads if self._phased else wanted  # phased: no other chunk runs beside this one
         with self._native_free:
-            self._native_free.wait_for(lambda: chunk.stopped or (self._native_turn == ticket and self._native_threads_free >= held))
+            self._native_free.wait_for(lambda: chunk.stopped or (self._native_turn == ticket and self._native_threads_free >= wanted))
             if chunk.stopped:  # close(): chunks queued before this one may never run
                 return
             self._native_turn += 1
-            self._native_threads_free -= held
+            self._native_threads_free -= wanted
             self._native_free.notify_all()
         try:
             if not blobs:
@@ -379,7 +368,7 @@ class Pipeline:
             return
         finally:
             with self._native_free:
-                self._native_threads_free += held
+                self._native_threads_free += wanted
                 self._native_free.notify_all()
         for index, outcome in zip(indices, outcomes, strict=True):
             if outcome.executable:
@@ -437,32 +426,19 @@ def _settle_unrun(futures: list[Future], task: Future) -> None:
                 future.set_exception(error)
 
 
-def chunks(entries: Sequence[GraphEntry], chunk_nodes: int | Iterator[int]) -> Iterator[list[GraphEntry]]:
-    """The entries in order, cut into runs of at most `chunk_nodes` nodes, or of each cap of an
-    iterator of them in turn (a graph larger than its run's cap alone; with 0, every graph alone)."""
-    caps = itertools.repeat(chunk_nodes) if isinstance(chunk_nodes, int) else chunk_nodes
-    cap = next(caps)
+def chunks(entries: Sequence[GraphEntry], chunk_nodes: int) -> Iterator[list[GraphEntry]]:
+    """The entries in order, cut into runs of at most `chunk_nodes` nodes (a larger graph alone;
+    with 0, every graph alone)."""
     chunk: list[GraphEntry] = []
     nodes = 0
     for entry in entries:
-        if chunk and nodes + entry.nodes > cap:
+        if chunk and nodes + entry.nodes > chunk_nodes:
             yield chunk
-            chunk, nodes, cap = [], 0, next(caps)
+            chunk, nodes = [], 0
         chunk.append(entry)
         nodes += entry.nodes
     if chunk:
         yield chunk
-
-
-def doubling(first: int, queued: int, limit: int) -> Iterator[int]:
-    """The caps of a phased pipeline's chunks after the `queued` chunks before them: chunk k (from
-    0) may hold `first` x 2**k nodes, at most max(limit, first), so that a server's first batch
-    sizes (queued first) restore in small chunks and the rest in few large ones."""
-    ceiling = max(limit, first)
-    cap = min(first << min(queued, ceiling.bit_length()), ceiling)
-    while True:
-        yield cap
-        cap = min(cap * 2, ceiling)
 
 
 def builds_early(entry: GraphEntry, graph_memory_mapped: bool) -> bool:

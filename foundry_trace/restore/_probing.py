@@ -34,14 +34,10 @@ class PipelineHooks:
 @dataclass(frozen=True)
 class Probe:
     """How a pipeline runs: `native_chunks` (each chunk one call into the native runner; False:
-    Python workers, one task a graph), `hooks` (into the Python workers only), and `phased`
-    (native chunks one at a time, each holding every thread, their caps doubling from the
-    pipeline's chunk_nodes: no build runs beside another chunk's instantiations; _pipeline.py,
-    PHASED_CHUNK_LIMIT)."""
+    Python workers, one task a graph) and `hooks` (into the Python workers only)."""
 
     hooks: PipelineHooks | None = None
     native_chunks: bool = True
-    phased: bool = False
 
 
 _current: ContextVar[Probe] = ContextVar("foundry_trace_probe", default=Probe())
@@ -53,11 +49,10 @@ def current() -> Probe:
 
 
 @contextmanager
-def probing(*, hooks: PipelineHooks | None = None, native_chunks: bool = True, phased: bool = False) -> Iterator[None]:
+def probing(*, hooks: PipelineHooks | None = None, native_chunks: bool = True) -> Iterator[None]:
     """Pipelines created in this block run with these settings. Hooks step into the Python
-    workers: with hooks, pass native_chunks=False (the pipeline refuses the pair otherwise); a
-    phased pipeline runs native chunks only."""
-    token = _current.set(Probe(hooks, native_chunks, phased))
+    workers: with hooks, pass native_chunks=False (the pipeline refuses the pair otherwise)."""
+    token = _current.set(Probe(hooks, native_chunks))
     try:
         yield
     finally:

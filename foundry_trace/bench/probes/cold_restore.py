@@ -22,9 +22,6 @@ then one timed LOAD of the archive), so every one pays the driver's first-use co
                 built and instantiated in one task), at most K graphs built at a time
   native-C-K-N  chunk-C-K-N, each chunk restored by the native runner in one call (load()'s
                 default: no Python, no GIL between its graphs)
-  phased-C-K-N  native-C-K-N with probing(phased=True): chunks one at a time, each holding every
-                thread, chunk k of at most C x 2**k nodes (up to PHASED_CHUNK_LIMIT): no build
-                beside another chunk's instantiations, the first batch sizes in small chunks
   (lock-instantiate-, one-call-, room- and prefault- step into the Python workers through
   PipelineHooks, so they run with probing(native_chunks=False).)
   lock-instantiate-N  LOAD on N threads, one instantiation at a time
@@ -65,7 +62,7 @@ from foundry_trace.restore._probing import probing
 MODULE = "foundry_trace.bench.probes.cold_restore"
 
 VARIANTS = ("threads-8", "serial", "threads-4", "threads-16", "pregrow-mem", "prewarm-20000", "thp-serial", "eager-serial", "lazy-first", "reinstantiate")
-SCHEDULES = ("builders-", "chunk-", "native-", "phased-")  # the variants that change only load()'s schedule (schedule_options())
+SCHEDULES = ("builders-", "chunk-", "native-")  # the variants that change only load()'s schedule (schedule_options())
 ENVIRONMENTS = {"thp-serial": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "eager-serial": {"CUDA_MODULE_LOADING": "EAGER"}}
 
 
@@ -169,7 +166,7 @@ def child(archive: str, variant: str) -> dict[str, object]:
     if "hooks" in options:
         options["native_chunks"] = False  # hooks step into the Python workers
     load = _modules_first if variant.startswith("modules-first-") else _load
-    seam = {k: options.pop(k) for k in ("hooks", "native_chunks", "phased") if k in options}
+    seam = {k: options.pop(k) for k in ("hooks", "native_chunks") if k in options}
     with probing(**seam):
         restored, use = timed(lambda: load(archive, threads, **options))
     result = {**head, **_report(restored, use["wall_s"]), "resources": use}
@@ -184,14 +181,13 @@ def child(archive: str, variant: str) -> dict[str, object]:
 
 
 def schedule_options(variant: str) -> dict[str, object]:
-    """What a schedule variant (builders-K-N, chunk-C-K-N, native-C-K-N, phased-C-K-N) passes to
-    load() (builders, chunk_nodes) and to probing() (native_chunks, phased)."""
+    """What a schedule variant (builders-K-N, chunk-C-K-N, native-C-K-N) passes to load()
+    (builders, chunk_nodes) and to probing() (native_chunks)."""
     numbers = [int(part) for part in variant.split("-")[1:-1]]
     if variant.startswith("builders-"):
         return {"builders": numbers[0]}
     chunk_nodes, builders = numbers
-    return {"chunk_nodes": chunk_nodes, "builders": builders, "native_chunks": not variant.startswith("chunk-"),
-            "phased": variant.startswith("phased-")}
+    return {"chunk_nodes": chunk_nodes, "builders": builders, "native_chunks": not variant.startswith("chunk-")}
 
 
 def _one_instantiation_at_a_time():  # noqa: ANN202 - PipelineHooks
