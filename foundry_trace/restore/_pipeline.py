@@ -5,8 +5,9 @@ once, a graph only after the modules its kernels come from.
 Graphs are queued in chunks of at most `chunk_nodes` nodes, in the order asked (serving order):
 the chunk's modules, then all its builds, then, once they are done, all its instantiations
 (_chunk.py). The driver serialises much of both kinds of call, and a build beside instantiations
-runs several times slower than alone (see DEFAULT_CHUNK_NODES); the chunk bounds the host memory
-held by built graphs that wait for their instantiation (about 3 kB a node). By default
+runs several times slower than alone: by default (DEFAULT_CHUNK_NODES) every graph after the
+first step's is one chunk, the driver alone's own order; the chunk bounds the host memory held
+by built graphs that wait for their instantiation (about 3 kB a node). By default
 (`native_chunks`) a chunk is one call into the native runner (csrc/chunk_restore.cpp), which does
 the same on threads of its own without returning to Python between graphs; chunks run side by
 side while threads are free, their builds through one gate of `builders`. With
