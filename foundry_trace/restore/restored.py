@@ -143,7 +143,7 @@ class Restored:
 
     @property
     def builders(self) -> int:
-        """Graphs this load builds at a time: load()'s `builders`, or the archive's default."""
+        """Graphs this load builds at a time: load()'s `builders` (LOAD's default: one)."""
         return self.pipeline.builders
 
     @property
