@@ -58,6 +58,29 @@ def test_the_module_probe_names_a_cubins_largest_sections_and_never_raises_on_ot
     assert section_sizes(cubin[:100]).startswith("unreadable ELF")
 
 
+def test_the_module_probe_counts_symbols_and_takes_only_the_debug_sections_out() -> None:
+    """no-debug's images: every section but the debug frames and their relocations stays, with
+    the same symbols (less the frames' section symbol); other bytes are described, not raised on."""
+    from pathlib import Path
+
+    from foundry_trace.bench.probes.module_load import section_sizes, symbol_counts, without_debug
+
+    data = Path(__file__).parent / "data"
+    cubin = (data / "trim_kernels.cubin").read_bytes()
+    counts = symbol_counts(cubin)
+    assert counts["functions"] == 8 and counts["objects"] == 5 and counts["relocations"][".rela.debug_frame"] > 0
+    stripped = without_debug(cubin)
+    assert isinstance(stripped, bytes) and len(stripped) < len(cubin)
+    names = {name for name, _ in section_sizes(cubin, shown=100)}
+    assert {name for name, _ in section_sizes(stripped, shown=100)} == {n for n in names if ".debug" not in n}
+    after = symbol_counts(stripped)
+    assert {**after, "sections": after["sections"] + 1, "relocations": None} == {**counts, "relocations": None}
+    assert without_debug(stripped) == "kept: no debug sections"
+    fatbin = (data / "entries_two_archs.fatbin").read_bytes()
+    assert symbol_counts(fatbin) == without_debug(fatbin) == "not an ELF image (a fatbin)"
+    assert symbol_counts(cubin[:100]).startswith("unreadable ELF") and without_debug(cubin[:100]).startswith("kept: ")
+
+
 def test_the_cold_probes_schedule_variants_reach_load_and_the_seam() -> None:
     from foundry_trace.bench.probes.cold_restore import schedule_options
 

@@ -32,6 +32,7 @@ SHT_SYMTAB = 2
 SHT_NOBITS = 8
 STT_OBJECT = 1
 STT_FUNC = 2
+STT_SECTION = 3
 SHN_UNDEF = 0
 STO_CUDA_ENTRY = 0x10  # st_other bit NVIDIA sets on kernel entry points
 MAX_SYMBOLS = 1 << 20

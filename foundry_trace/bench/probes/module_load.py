@@ -13,9 +13,13 @@ cuModuleLoadData, cuModuleGetFunction of the functions the graphs use, and cuFun
               the slowest's wall time; side-1 is serial behind the same start barrier
   eager-V     V with CUDA_MODULE_LOADING=EAGER (torch's default is LAZY): every function's
               code goes to the GPU in cuModuleLoadData instead of at cuModuleGetFunction
+  no-debug    serial, each module without its debug sections (.debug_frame and its relocations,
+              taken out by binary/compact.py; as stored where that declines): does the load pay
+              for the frames of the kernels SAVE took out?
 
 The first line describes the archive's modules: the largest ones' sections by size (what
-cuModuleLoadData has to set up: code, constant banks, initialised globals, relocations).
+cuModuleLoadData has to set up: code, constant banks, initialised globals, relocations), their
+symbols by kind and relocations by section, and what taking the debug sections out leaves.
 
   python -m foundry_trace.bench.probes.module_load ARCHIVE [VARIANT ...]   (ARCHIVE from `foundry bench save --archive`)
 """
@@ -36,7 +40,7 @@ from foundry_trace.errors import ChildProcessFailed
 
 MODULE = "foundry_trace.bench.probes.module_load"
 
-VARIANTS = ("serial", "smallest-first", "threads-8", "side-1", "side-4", "side-8", "eager-serial", "eager-side-8")
+VARIANTS = ("serial", "smallest-first", "threads-8", "side-1", "side-4", "side-8", "eager-serial", "eager-side-8", "no-debug")
 BARRIER_TIMEOUT_S = 120.0  # the side-by-side processes' start: each builds its context first
 
 
@@ -54,9 +58,12 @@ def _prepare(archive: str, folder: Path) -> list[dict[str, object]]:
             image = opened.blob(record.digest)
             read_s = time.perf_counter() - start
             (folder / str(index)).write_bytes(image)
+            stripped = without_debug(image)
+            (folder / f"{index}.no-debug").write_bytes(image if isinstance(stripped, str) else stripped)
             codec = manifest.blobs[record.digest].codec
             modules.append({"index": index, "bytes": len(image), "codec": codec, "read_s": read_s, "functions": names.get(index, []),
-                            "sections": section_sizes(image)})
+                            "sections": section_sizes(image), "symbols": symbol_counts(image),
+                            "no_debug": stripped if isinstance(stripped, str) else len(stripped)})
     return sorted(modules, key=lambda m: -int(m["bytes"]))
 
 
@@ -78,10 +85,51 @@ def section_sizes(image: bytes, shown: int = 8) -> list[tuple[str, int]] | str:
     return sorted(sized, key=lambda pair: -pair[1])[:shown]
 
 
-def _load_one(folder: Path, module: dict[str, object]) -> dict[str, object]:
+def symbol_counts(image: bytes) -> dict[str, object] | str:
+    """A cubin's symbols by kind (functions, data objects, sections, other) and the entries of
+    each relocation section (what the load resolves), or why they are unreadable."""
+    from foundry_trace.binary.cubin import ELF_MAGIC, SHT_SYMTAB, STT_FUNC, STT_OBJECT, STT_SECTION, symbol_table
+    from foundry_trace.binary.trim import SHT_REL, SHT_RELA, _parse
+    from foundry_trace.errors import CubinFormatError
+
+    if not image.startswith(ELF_MAGIC):
+        return "not an ELF image (a fatbin)"
+    try:
+        _header, raw, sections = _parse(image)
+        counts = {"functions": 0, "objects": 0, "sections": 0, "other": 0}
+        for index, section in enumerate(sections):
+            if section.kind == SHT_SYMTAB:
+                for symbol in symbol_table(image, raw, index)[1][1:]:
+                    kind = symbol[1] & 0xF
+                    counts["functions" if kind == STT_FUNC else "objects" if kind == STT_OBJECT else "sections" if kind == STT_SECTION else "other"] += 1
+    except CubinFormatError as error:
+        return f"unreadable ELF: {error}"
+    relocations = {s.name: s.size // (24 if s.kind == SHT_RELA else 16) for s in sections if s.kind in (SHT_REL, SHT_RELA)}
+    return {**counts, "relocations": dict(sorted(relocations.items(), key=lambda pair: -pair[1])[:6])}
+
+
+def without_debug(image: bytes) -> bytes | str:
+    """The cubin without its debug sections and their relocations (binary/compact.py, which
+    renumbers what stays), or why not."""
+    from foundry_trace.binary.compact import compact_cubin
+    from foundry_trace.binary.cubin import ELF_MAGIC
+    from foundry_trace.binary.trim import _DEBUG_SECTIONS, _parse
+    from foundry_trace.errors import CompactionDeclined, CubinFormatError
+
+    if not image.startswith(ELF_MAGIC):
+        return "not an ELF image (a fatbin)"
+    try:
+        debug = {index for index, section in enumerate(_parse(image)[2]) if index and section.name.startswith(_DEBUG_SECTIONS)}
+        stripped = compact_cubin(image, debug)
+    except (CompactionDeclined, CubinFormatError) as error:
+        return f"kept: {error}"
+    return stripped if stripped is not None else "kept: no debug sections"
+
+
+def _load_one(folder: Path, module: dict[str, object], suffix: str = "") -> dict[str, object]:
     from cuda.bindings import driver
 
-    image = (folder / str(module["index"])).read_bytes()
+    image = (folder / f"{module['index']}{suffix}").read_bytes()
     start = time.perf_counter()
     error, handle = driver.cuModuleLoadData(image)
     assert error == driver.CUresult.CUDA_SUCCESS, error
@@ -130,7 +178,8 @@ def child(folder: str, variant: str) -> dict[str, object]:
         _start_together(Path(folder), variant, side_by_side(variant))
     start = time.perf_counter()
     with ThreadPoolExecutor(threads, initializer=lambda: driver.cuCtxSetCurrent(context)) as pool:
-        per_module = list(pool.map(lambda m: _load_one(Path(folder), m), modules))
+        suffix = ".no-debug" if base == "no-debug" else ""
+        per_module = list(pool.map(lambda m: _load_one(Path(folder), m, suffix), modules))
     return {
         "variant": variant, "wall_s": time.perf_counter() - start,
         **{key: sum(m[key] for m in per_module) for key in ("load_s", "get_s", "func_load_s")},
@@ -150,7 +199,8 @@ def main() -> None:
         print(json.dumps({
             "modules": len(modules), "bytes": sum(m["bytes"] for m in modules), "read_s": sum(m["read_s"] for m in modules),
             "compressed": sum(m["codec"] != "raw" for m in modules),
-            "largest": [{k: m[k] for k in ("index", "bytes", "codec", "read_s", "sections")} for m in modules[:8]],
+            "largest": [{k: m[k] for k in ("index", "bytes", "codec", "read_s", "sections", "symbols", "no_debug")} for m in modules[:8]],
+            "no_debug_bytes": sum(m["no_debug"] if isinstance(m["no_debug"], int) else m["bytes"] for m in modules),
         }), flush=True)
         for variant in variants:
             if variant.removeprefix("eager-").startswith("side-"):
