@@ -6,6 +6,7 @@ what they were asked (the real ones are covered by the GPU tests)."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures.thread import BrokenThreadPool
@@ -220,6 +221,17 @@ def test_hooks_with_the_native_runner_are_refused_before_any_thread_starts() -> 
     manifest = SimpleNamespace(functions=[], modules=[], graphs=[])
     with pytest.raises(ValueError, match="native_chunks=False"):
         Pipeline(SimpleNamespace(manifest=manifest), _Resources(), threads=2, builders=2, chunk_nodes=0, context=0, started=0.0, hooks=PipelineHooks())
+
+
+@pytest.mark.parametrize(("threads", "builders", "chunk_nodes", "message"), [
+    (8, None, 4096, "builders=None"), (8, 1, 4096.0, "chunk_nodes=4096.0"), (True, 1, 0, "threads=True"), ("8", 1, 0, "threads='8'"),
+    (0, 1, 0, "at least one of each"), (8, 0, 0, "at least one of each"), (8, 1, -1, "chunk_nodes=-1"),
+])
+def test_a_schedule_that_is_not_whole_numbers_is_refused_by_name(threads: object, builders: object, chunk_nodes: object, message: str) -> None:
+    manifest = SimpleNamespace(functions=[], modules=[], graphs=[])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Pipeline(SimpleNamespace(manifest=manifest), _Resources(), threads=threads, builders=builders, chunk_nodes=chunk_nodes, context=0,
+                 started=0.0, native_chunks=False)
 
 
 def test_load_defers_garbage_collection_and_restores_the_collectors_state() -> None:

@@ -186,8 +186,8 @@ def child_load(
 ) -> dict[str, object]:
     """A rank with Foundry: communicator, engine, restore (timed, cold, on `threads` threads, at
     most `builders` graphs built at a time, in chunks of at most `chunk_nodes` nodes: None, LOAD's
-    default for each), then the native capture here and the comparison (of `compared`: run()'s compare; UNCOMPARED:
-    none, the graphs released once restored). Every rank replays the same graphs the same number
+    default for each), then the native capture here and the comparison (of `compared`: run()'s
+    compare; UNCOMPARED: none, the graphs released once restored). Every rank replays the same graphs the same number
     of times (verify.py), so collectives always meet their peers; graphs are released before the
     communicator closes."""
     import foundry_alloc

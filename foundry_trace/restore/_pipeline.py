@@ -73,6 +73,7 @@ DEFAULT_BUILDERS = 1
 # Why 1,048,576: docs/measurements.md, "The pipeline's defaults".
 DEFAULT_CHUNK_NODES = 1 << 20
 
+
 @dataclass(frozen=True)
 class Span:
     """One task of LOAD, for the phase report and the timeline."""
@@ -96,6 +97,8 @@ class Pipeline:
         probe = current_probe()  # the harness's seam (_probing.py); its defaults change nothing
         hooks = hooks if hooks is not None else probe.hooks
         native_chunks = probe.native_chunks if native_chunks is None else native_chunks
+        if any(not isinstance(value, int) or isinstance(value, bool) for value in (threads, builders, chunk_nodes)):
+            raise ValueError(f"threads={threads!r}, builders={builders!r}, chunk_nodes={chunk_nodes!r}: give each as a whole number")
         if threads < 1 or builders < 1:
             raise ValueError(f"threads={threads}, builders={builders}: a LOAD needs at least one of each")
         if chunk_nodes < 0:
