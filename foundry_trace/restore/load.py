@@ -396,6 +396,7 @@ def _claim(restored: Restored, upload: bool) -> None:
         for segment in manifest.memory:
             if segment.address not in early:
                 _claim_segment(restored, segment)
+    with _phase(restored, "outputs"):  # apart from "memory": torch holds the GIL while it makes the views
         pipeline.upload = upload
         owned = coalesce([(s.address, s.size) for s in manifest.memory] + [(a.address, a.size) for a in manifest.restore_layout.allocations])
         groups: dict[str, list[GraphEntry]] = {}
