@@ -67,36 +67,48 @@ def _prepare(archive: str, folder: Path) -> list[dict[str, object]]:
     return sorted(modules, key=lambda m: -int(m["bytes"]))
 
 
-def section_sizes(image: bytes, shown: int = 8) -> list[tuple[str, int]] | str:
-    """The `shown` largest sections of a cubin, (name, bytes), NOBITS ones (.nv.shared.*,
-    .nv.global: memory the load reserves, not bytes it reads) named with a trailing " (nobits)";
-    what the image is where it is no ELF (a fatbin's cubins are not opened here)."""
-    from foundry_trace.binary.cubin import ELF_MAGIC, SHT_NOBITS
+def _elf(image: bytes) -> tuple[list[tuple], list] | str:
+    """The image's raw section headers and its sections, names included (the trimmer's bounded
+    reader), or what the image is where they cannot be read (a fatbin's cubins are not opened)."""
+    from foundry_trace.binary.cubin import ELF_MAGIC
     from foundry_trace.binary.trim import _parse
     from foundry_trace.errors import CubinFormatError
 
     if not image.startswith(ELF_MAGIC):
         return "not an ELF image (a fatbin)"
     try:
-        _header, _raw, sections = _parse(image)  # the trimmer's bounded reader, names included
+        _header, raw, sections = _parse(image)
     except CubinFormatError as error:
         return f"unreadable ELF: {error}"
-    sized = [(section.name + (" (nobits)" if section.kind == SHT_NOBITS else ""), section.size) for section in sections[1:]]
+    return raw, sections
+
+
+def section_sizes(image: bytes, shown: int = 8) -> list[tuple[str, int]] | str:
+    """The `shown` largest sections of a cubin, (name, bytes), NOBITS ones (.nv.shared.*,
+    .nv.global: memory the load reserves, not bytes it reads) named with a trailing " (nobits)";
+    what the image is where it is no readable ELF (_elf())."""
+    from foundry_trace.binary.cubin import SHT_NOBITS
+
+    elf = _elf(image)
+    if isinstance(elf, str):
+        return elf
+    sized = [(section.name + (" (nobits)" if section.kind == SHT_NOBITS else ""), section.size) for section in elf[1][1:]]
     return sorted(sized, key=lambda pair: -pair[1])[:shown]
 
 
 def symbol_counts(image: bytes) -> dict[str, object] | str:
     """A cubin's symbols by kind (functions, data objects, sections, other) and the entries of
     each relocation section (what the load resolves), or why they are unreadable."""
-    from foundry_trace.binary.cubin import ELF_MAGIC, SHT_SYMTAB, STT_FUNC, STT_OBJECT, STT_SECTION, symbol_table
-    from foundry_trace.binary.trim import SHT_REL, SHT_RELA, _parse
+    from foundry_trace.binary.cubin import SHT_SYMTAB, STT_FUNC, STT_OBJECT, STT_SECTION, symbol_table
+    from foundry_trace.binary.trim import SHT_REL, SHT_RELA
     from foundry_trace.errors import CubinFormatError
 
-    if not image.startswith(ELF_MAGIC):
-        return "not an ELF image (a fatbin)"
+    elf = _elf(image)
+    if isinstance(elf, str):
+        return elf
+    raw, sections = elf
+    counts = {"functions": 0, "objects": 0, "sections": 0, "other": 0}
     try:
-        _header, raw, sections = _parse(image)
-        counts = {"functions": 0, "objects": 0, "sections": 0, "other": 0}
         for index, section in enumerate(sections):
             if section.kind == SHT_SYMTAB:
                 for symbol in symbol_table(image, raw, index)[1][1:]:
