@@ -708,23 +708,25 @@ def _degree_case(
     if plan["refused"]:
         return Case(**case, not_run=plan["refused"])
     timed = [workload, str(directory), kind, *extra, "--threads", str(threads)]
-    caps = list(builders) if builders else [Schedule(None)]
+    schedules = list(builders) if builders else [Schedule(None)]
     drivers: list[list[dict[str, object]]] = []
-    restores: dict[Schedule, list[list[dict[str, object]]]] = {cap: [] for cap in caps}
+    restores: dict[Schedule, list[list[dict[str, object]]]] = {schedule: [] for schedule in schedules}
     try:
         native = _by_rank(run_degree(["native", workload, kind, *extra], degree, kind))
         for _ in range(repeats):  # alternating, so that a drift of the machine falls on both sides
             drivers.append(_by_rank(run_degree(["driver", *timed], degree, kind, collectives=False)))
-            for cap in [*caps[1:], caps[0]]:
-                restores[cap].append(_by_rank(run_degree(["load", *timed, *cap.flags(), "--compare", UNCOMPARED], degree, kind, collectives=False)))
-        loaded = _by_rank(run_degree(["load", *timed, *caps[0].flags(), "--compare", compare], degree, kind))
+            for schedule in [*schedules[1:], schedules[0]]:
+                restores[schedule].append(
+                    _by_rank(run_degree(["load", *timed, *schedule.flags(), "--compare", UNCOMPARED], degree, kind, collectives=False))
+                )
+        loaded = _by_rank(run_degree(["load", *timed, *schedules[0].flags(), "--compare", compare], degree, kind))
     except ChildProcessFailed as error:  # this degree's figures are lost; the other degrees' are kept
         return Case(**case, failed=_first_line(error))
-    if len(caps) > 1:
-        case["builders_sweep"] = {cap.label: _cap_ratios(runs, drivers, degree) for cap, runs in restores.items()}
-    ours = restores[caps[0]]
+    if len(schedules) > 1:
+        case["builders_sweep"] = {schedule.label: _schedule_ratios(runs, drivers, degree) for schedule, runs in restores.items()}
+    ours = restores[schedules[0]]
     last = ours[-1]  # the last timed restore: its spans explain the ratio
-    case["builders"] = last[0]["builders"]  # the timed restores' cap: --builders, or LOAD's default for the archive
+    case["builders"] = last[0]["builders"]  # the timed restores' cap: --builders, or LOAD's default
     case["chunk_nodes"] = last[0]["chunk_nodes"]  # the chunk the LOAD ranks used
     case["timed_mps"], case["collectives_mps"] = last[0].get("mps"), loaded[0].get("mps")
     case["prefetch_cold"] = _prefetch_case(timed, degree, kind, loaded)
@@ -797,7 +799,7 @@ def _slowest_ranks(restores: list[list[dict[str, object]]], drivers: list[list[d
     return cold_ratios([max(r["restore_s"] for r in runs) for runs in restores], [max(r["driver_cold_s"] for r in runs) for runs in drivers])
 
 
-def _cap_ratios(restores: list[list[dict[str, object]]], drivers: list[list[dict[str, object]]], degree: int) -> dict[str, object]:
+def _schedule_ratios(restores: list[list[dict[str, object]]], drivers: list[list[dict[str, object]]], degree: int) -> dict[str, object]:
     """One schedule's restores against the pairs' drivers alone: each rank's median restore
     and median ratio, and the slowest ranks' median ratio."""
     cold = _rank_ratios(restores, drivers, degree)
