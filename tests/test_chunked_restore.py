@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from foundry_trace.restore import _resources as resources_module
 from foundry_trace.restore._pipeline import (
     DEFAULT_CHUNK_NODES,
+    HEAD_SHARE,
     Pipeline,
     PipelineHooks,
     chunks,
@@ -30,16 +31,19 @@ def _entry(key: str, nodes: int, modules: tuple[int, ...] = (0,)) -> SimpleNames
     return SimpleNamespace(key=key, nodes=nodes, modules=modules)
 
 
-@given(sizes=st.lists(st.integers(0, 5000), max_size=60), budget=st.integers(0, 20_000))
-def test_chunks_keep_the_order_and_stay_within_the_budget(sizes: list[int], budget: int) -> None:
+@given(sizes=st.lists(st.integers(0, 5000), max_size=60), budget=st.integers(0, 20_000), head=st.none() | st.integers(0, 20_000))
+def test_chunks_keep_the_order_and_stay_within_the_budget(sizes: list[int], budget: int, head: int | None) -> None:
+    """The first chunk within the head's budget (where it is the smaller), every other within the
+    chunks' budget; each as full as the next graph allows."""
     entries = [_entry(str(number), size) for number, size in enumerate(sizes)]
-    cut = list(chunks(entries, budget))
+    cut = list(chunks(entries, budget, head))
     assert [entry for chunk in cut for entry in chunk] == entries
     for number, chunk in enumerate(cut):
+        cap = budget if number or head is None else min(head, budget)
         assert chunk
-        assert len(chunk) == 1 or sum(e.nodes for e in chunk) <= budget, "only a graph alone may exceed the budget"
+        assert len(chunk) == 1 or sum(e.nodes for e in chunk) <= cap, "only a graph alone may exceed the budget"
         if number + 1 < len(cut):  # greedy: the next graph did not fit
-            assert sum(e.nodes for e in chunk) + cut[number + 1][0].nodes > budget
+            assert sum(e.nodes for e in chunk) + cut[number + 1][0].nodes > cap
 
 
 class _Resources(LoadResources):
@@ -332,9 +336,10 @@ class _NativePipeline(Pipeline):
         return len(indices), None
 
 
-def _chunk_calls(monkeypatch: pytest.MonkeyPatch, chunk_nodes: int) -> tuple[list[int], int]:
-    """Ten 100-node graphs restored on 4 threads, the first step queued alone as load() does: the
-    graphs of each native call, in order, and the most calls that ran at once."""
+def _chunk_calls(monkeypatch: pytest.MonkeyPatch, chunk_nodes: int, mode: str = "eager") -> tuple[list[int], int]:
+    """Forty 100-node graphs restored on 4 threads, queued as a load() in `mode` does (the first
+    step alone, then all), or as prefetch() does (build_early): the graphs of each native call,
+    in order, and the most calls that ran at once."""
     from foundry_trace import _native as native
 
     sizes: list[int] = []
@@ -353,21 +358,28 @@ def _chunk_calls(monkeypatch: pytest.MonkeyPatch, chunk_nodes: int) -> tuple[lis
         return [native.GraphOutcome(3000 + len(sizes) * 100 + n, None, (now, now), (now, now)) for n in range(len(blobs))]
 
     monkeypatch.setattr(native, "restore_chunk", restore_chunk)
-    graphs = [SimpleNamespace(key=str(n + 1), nodes=100, modules=(0,), table=f"t{n}", payload=f"p{n}") for n in range(10)]
+    graphs = [SimpleNamespace(key=str(n + 1), nodes=100, modules=(0,), table=f"t{n}", payload=f"p{n}", early="always") for n in range(40)]
     pipeline = _NativePipeline(graphs, threads=4, chunk_nodes=chunk_nodes)
-    pipeline.queue(graphs[:1])  # the first step, at open
-    pipeline.queue(graphs)  # the rest
+    if mode == "prefetch":
+        pipeline.build_early(graph_memory_mapped=False, head=True)
+    else:
+        pipeline.queue(graphs[:1])  # the first step, at open
+        pipeline.queue(graphs, head=mode == "background")  # the rest
     for entry in graphs:
         pipeline.executable(entry).result(timeout=10)
     pipeline.close()
     return sizes, most[0]
 
 
-def test_by_default_every_graph_after_the_first_step_is_one_chunk_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """LOAD's default order is the driver alone's: the first step's graphs, then every other
-    build, then their instantiations (one native call, which holds every thread); small chunks
-    run side by side within the threads."""
-    sizes, most = _chunk_calls(monkeypatch, DEFAULT_CHUNK_NODES)
-    assert sizes == [1, 9] and most == 1
-    sizes, most = _chunk_calls(monkeypatch, 100)
-    assert sizes == [1] * 10 and most > 1
+@pytest.mark.parametrize("mode", ["eager", "background", "prefetch"])
+def test_by_default_the_first_step_then_every_other_graph_in_one_chunk(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """LOAD's default order is the driver alone's within each chunk: the first step's graphs,
+    then every other build and their instantiations (one native call, which holds every thread);
+    where a server replays while LOAD restores (background, prefetch), a head of a sixteenth of
+    the nodes (250 of 4,000: 2 graphs) before those. Small chunks run side by side within the
+    threads."""
+    head = 0 if mode == "eager" else 4000 // HEAD_SHARE // 100
+    sizes, _ = _chunk_calls(monkeypatch, DEFAULT_CHUNK_NODES, mode)
+    assert sizes == [1, *([head] if head else []), 40 - 1 - head]
+    sizes, most = _chunk_calls(monkeypatch, 100, mode)
+    assert sizes == [1] * 40 and most > 1

@@ -108,12 +108,14 @@ class _Queue:
         self._manifest = SimpleNamespace(graphs=graphs)
         self.queued: list[str] = []
         self.modules_for: list[list[str]] = []
+        self.heads: list[bool] = []
 
     def load_modules_for(self, entries) -> None:  # noqa: ANN001
         self.modules_for.append([e.key for e in entries])
 
-    def queue(self, entries) -> None:  # noqa: ANN001
+    def queue(self, entries, head: bool = False) -> None:  # noqa: ANN001
         self.queued += [e.key for e in entries if e.key not in self.queued]
+        self.heads.append(head)
 
 
 @given(
@@ -121,13 +123,15 @@ class _Queue:
              min_size=1, max_size=7, unique_by=lambda t: t[0]),
     st.booleans(),
     st.booleans(),
+    st.booleans(),
 )
 def test_a_load_starts_the_first_step_then_every_graph_that_can_build_in_serving_order(
-    graphs: list[tuple[str, str | None]], every: bool, arena_free: bool
+    graphs: list[tuple[str, str | None]], every: bool, arena_free: bool, head: bool
 ) -> None:
     """Before the claim, LOAD queues the first step whole (or nothing at all: no graph may queue
     ahead of it), then, for an eager or background load, every other graph that needs no live
-    state, in serving order; the graph arena is claimed first where a queued graph needs it, once."""
+    state, in serving order (a head first for a background one, never for the first step); the
+    graph arena is claimed first where a queued graph needs it, once."""
     import sys
 
     from foundry_trace.archive.keys import first_step, serving_order
@@ -139,7 +143,7 @@ def test_a_load_starts_the_first_step_then_every_graph_that_can_build_in_serving
     restored = SimpleNamespace(archive=SimpleNamespace(manifest=SimpleNamespace(graphs=entries)), pipeline=pipeline)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loading, "_claim_graph_memory", lambda r: claims.append(r) or arena_free)
-        loading._start_early_graphs(restored, every)
+        loading._start_early_graphs(restored, every, head)
     first = [e.key for e in first_step(entries)]
     assert pipeline.modules_for == [first] and len(claims) <= 1
     mapped = bool(claims) and arena_free
@@ -149,5 +153,6 @@ def test_a_load_starts_the_first_step_then_every_graph_that_can_build_in_serving
     assert pipeline.queued[: len(first)] == first and all(builds_early(e, mapped) for e in entries if e.key in pipeline.queued)
     later = [e.key for e in serving_order(entries) if e.key not in first and builds_early(e, mapped)]
     assert pipeline.queued[len(first) :] == (later if every else [])
+    assert pipeline.heads == ([False, False, head] if every else [False]), "the first step alone, never with a head"
     if claims:  # only where some graph that would queue needed the arena
         assert any(e.early == "graph_memory" for e in entries)

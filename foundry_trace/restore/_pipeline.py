@@ -6,8 +6,10 @@ Graphs are queued in chunks of at most `chunk_nodes` nodes, in the order asked (
 the chunk's modules, then all its builds, then, once they are done, all its instantiations
 (_chunk.py). The driver serialises much of both kinds of call, and a build beside instantiations
 runs several times slower than alone: by default (DEFAULT_CHUNK_NODES) every graph after the
-first step's is one chunk, the driver alone's own order; the chunk bounds the host memory held
-by built graphs that wait for their instantiation (about 3 kB a node). By default
+first step's is one chunk, the driver alone's own order; where a server replays graphs while
+LOAD restores the others (background, prefetch), a head of the archive's next sixteenth of nodes
+(HEAD_SHARE) comes first, a chunk of its own. The chunk bounds the host memory held by built
+graphs that wait for their instantiation (about 3 kB a node). By default
 (`native_chunks`) a chunk is one call into the native runner (csrc/chunk_restore.cpp), which does
 the same on threads of its own without returning to Python between graphs; chunks run side by
 side while threads are free, their builds through one gate of `builders`. With
@@ -73,6 +75,13 @@ DEFAULT_BUILDERS = 1
 # Why 1,048,576: docs/measurements.md, "The pipeline's defaults".
 DEFAULT_CHUNK_NODES = 1 << 20
 
+# A LOAD that serves while it restores (background, prefetch) queues its graphs with a head chunk
+# of at most this share (1/HEAD_SHARE) of the archive's nodes first, in serving order, restored
+# before the rest are built: a server replays those next (vLLM's 67 batch sizes: the next four),
+# and one chunk of all made them wait for every build. An eager LOAD, which waits for all, keeps
+# one chunk. Why 16: docs/measurements.md, "The pipeline's defaults".
+HEAD_SHARE = 16
+
 
 @dataclass(frozen=True)
 class Span:
@@ -87,8 +96,9 @@ class Span:
 
 class Pipeline:
     """The tasks of one LOAD on a pool of `threads` threads, at most `builders` graphs built at
-    a time, graphs queued in chunks of at most `chunk_nodes` nodes; every handle goes to
-    `resources` the moment it exists."""
+    a time, graphs queued in chunks of at most `chunk_nodes` nodes (where asked, a head of at
+    most 1/HEAD_SHARE of the archive's nodes first); every handle goes to `resources` the moment
+    it exists."""
 
     def __init__(
         self, archive: Archive, resources: LoadResources, *, threads: int, builders: int, chunk_nodes: int, context: int,
@@ -186,11 +196,15 @@ class Pipeline:
         for future in futures:
             future.result()
 
-    def build_early(self, graph_memory_mapped: bool) -> None:
+    def build_early(self, graph_memory_mapped: bool, head: bool) -> None:
         """Queues every graph that needs no live state (see the module's docstring), smallest
         batch first: a server's first requests come one or a few at a time, and a lazy LOAD's
-        first replay would otherwise wait behind the largest graphs."""
-        self.queue([entry for entry in serving_order(self._manifest.graphs) if builds_early(entry, graph_memory_mapped)])
+        first replay would otherwise wait behind the largest graphs. The first step's go alone,
+        ahead of the others (with `head`, a head first: see queue())."""
+        early = [entry for entry in serving_order(self._manifest.graphs) if builds_early(entry, graph_memory_mapped)]
+        first = {entry.key for entry in first_step(self._manifest.graphs)}
+        self.queue([entry for entry in early if entry.key in first])
+        self.queue(early, head=head)
 
     def graph(self, entry: GraphEntry) -> Future:
         """The future of a graph ready to replay: its executable, then uploaded if LOAD asked."""
@@ -210,12 +224,15 @@ class Pipeline:
         with self._lock:
             return self._graphs[entry.key]
 
-    def queue(self, entries: Sequence[GraphEntry]) -> None:
+    def queue(self, entries: Sequence[GraphEntry], head: bool = False) -> None:
         """Queues those of the graphs not queued yet, in this order, in chunks (see the module's
-        docstring), each chunk right after the modules it needs that are not queued yet."""
+        docstring): chunks of at most `chunk_nodes`, the first of at most 1/HEAD_SHARE of the
+        archive's nodes with `head`; each chunk right after the modules it needs that are not
+        queued yet."""
         with self._lock:
             fresh = list({entry.key: entry for entry in entries if entry.key not in self._graphs}.values())
-            for entries_of_chunk in chunks(fresh, self._chunk_nodes):
+            head_nodes = sum(entry.nodes for entry in self._manifest.graphs) // HEAD_SHARE if head else None
+            for entries_of_chunk in chunks(fresh, self._chunk_nodes, head_nodes):
                 chunk = Chunk(entries_of_chunk)
                 self._queue_modules_locked({m for entry in chunk.entries for m in entry.modules})
                 for entry, future in zip(chunk.entries, chunk.executables, strict=True):
@@ -430,15 +447,16 @@ def _settle_unrun(futures: list[Future], task: Future) -> None:
                 future.set_exception(error)
 
 
-def chunks(entries: Sequence[GraphEntry], chunk_nodes: int) -> Iterator[list[GraphEntry]]:
-    """The entries in order, cut into runs of at most `chunk_nodes` nodes (a larger graph alone;
-    with 0, every graph alone)."""
+def chunks(entries: Sequence[GraphEntry], chunk_nodes: int, head_nodes: int | None = None) -> Iterator[list[GraphEntry]]:
+    """The entries in order, cut into runs of at most `chunk_nodes` nodes, the first of at most
+    `head_nodes` where that is less (a larger graph alone; with 0, every graph alone)."""
+    cap = chunk_nodes if head_nodes is None else min(head_nodes, chunk_nodes)
     chunk: list[GraphEntry] = []
     nodes = 0
     for entry in entries:
-        if chunk and nodes + entry.nodes > chunk_nodes:
+        if chunk and nodes + entry.nodes > cap:
             yield chunk
-            chunk, nodes = [], 0
+            chunk, nodes, cap = [], 0, chunk_nodes
         chunk.append(entry)
         nodes += entry.nodes
     if chunk:

@@ -92,7 +92,7 @@ def prefetch(
         try:
             with annotate("load.prefetch"):
                 restored.pipeline.load_all_modules()  # long before the restore point: all at once
-                restored.pipeline.build_early(_claim_graph_memory(restored))
+                restored.pipeline.build_early(_claim_graph_memory(restored), head=True)  # a server may replay before all are ready
         except BaseException:
             restored.release()
             raise
@@ -130,6 +130,8 @@ def load(
             starts before its builds are done; a larger graph is a chunk of its own. 0: each
             graph built and instantiated in one task. Each chunk is one call into the native
             runner, on `threads` threads of its own, with no Python and no GIL between its graphs.
+            A background load (and prefetch()) first restores a head of at most a sixteenth of
+            the archive's nodes after the first step: the batch sizes a server replays next.
         upload: also copy each executable to the device before it counts as ready (otherwise
             its first launch does, as for a graph that torch captured).
         communicator: this rank's, for an archive of a tensor-parallel step; its rank count
@@ -211,7 +213,7 @@ def _restore(
             check_communicator(manifest.tensor_parallel, len(manifest.collectives), communicator, path, manifest.peer_window)
             if not prefetched:
                 with _phase(restored, "first graphs"):
-                    _start_early_graphs(restored, every=mode != "lazy")
+                    _start_early_graphs(restored, every=mode != "lazy", head=mode == "background")
             peers = communicator if manifest.peer_window is not None and manifest.tensor_parallel > 1 else None
             if peers is not None:
                 peers.hold(restored)
@@ -223,7 +225,7 @@ def _restore(
             if mode != "lazy":  # in serving order, each chunk right after the modules it still needs
                 with _phase(restored, "queue"):
                     ordered = serving_order(manifest.graphs)
-                    restored.pipeline.queue(ordered)
+                    restored.pipeline.queue(ordered, head=mode == "background")
                     if upload:
                         for entry in ordered:
                             restored.pipeline.graph(entry)  # queues its upload
@@ -322,15 +324,16 @@ def _open(path: Path, schedule: _Schedule, communicator: Communicator | None, po
     return restored
 
 
-def _start_early_graphs(restored: Restored, every: bool) -> None:
+def _start_early_graphs(restored: Restored, every: bool, head: bool) -> None:
     """LOAD starts on the graphs a server replays first (its smallest batch: one graph, or all
     the pieces of that step) at once: their modules load, and they are built and instantiated,
     while LOAD checks the layout, agrees with its peers and claims the memory. With `every`
     (an eager or background LOAD, which restores every graph anyway), the other graphs follow
-    them in serving order, so that no worker idles meanwhile. As for prefetch(), only graphs
-    that need no live state; where their memsets or memcpys name the graph arena alone, that
-    arena is claimed first. Where the first step cannot start, nothing does: no other graph may
-    queue ahead of it."""
+    them in serving order, so that no worker idles meanwhile (with `head`, a background LOAD's,
+    the next batch sizes first, a chunk of their own: _pipeline.HEAD_SHARE). As for prefetch(),
+    only graphs that need no live state; where their memsets or memcpys name the graph arena
+    alone, that arena is claimed first. Where the first step cannot start, nothing does: no
+    other graph may queue ahead of it."""
     graphs = restored.archive.manifest.graphs
     first = first_step(graphs)
     if not first:
@@ -346,7 +349,7 @@ def _start_early_graphs(restored: Restored, every: bool) -> None:
         return
     if not mapped and any(not builds_early(e, graph_memory_mapped=False) and builds_early(e, graph_memory_mapped=True) for e in graphs):
         mapped = _claim_graph_memory(restored)
-    restored.pipeline.build_early(mapped)  # in serving order; the first step's, queued already, are skipped
+    restored.pipeline.build_early(mapped, head)  # in serving order; the first step's, queued already, are skipped
 
 
 def _claim_graph_memory(restored: Restored) -> bool:
