@@ -147,6 +147,15 @@ def test_prefetched_mismatches_of_natively_nondeterministic_graphs_are_set_apart
     assert _set_apart_nondeterministic(prefetched, [24, 32]) == {"compared": 9, "mismatched": [8], "mismatched_nondeterministic": [24]}
 
 
+def test_mismatches_whose_replays_varied_in_the_child_are_set_apart_too() -> None:
+    """A graph no native capture showed nondeterministic, but whose restored replays differed
+    among themselves in the child, cannot be matched bit for bit: set apart, the others kept."""
+    from foundry_trace.bench.load_bench import _set_apart_nondeterministic
+
+    child = {"compared": 7, "mismatched": [8, 16, 40], "mismatched_varying": [16]}
+    assert _set_apart_nondeterministic(child, [40]) == {**child, "mismatched": [8], "mismatched_nondeterministic": [16, 40]}
+
+
 def test_a_save_child_is_told_to_skip_references_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     """The load bench's cost fit SAVEs without reference outputs (they take longer than the
     capture for thousands of graphs); every other SAVE stores them, or LOAD has nothing to match."""

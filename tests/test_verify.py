@@ -10,7 +10,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from foundry_trace.bench.verify import output_digest, reference_outputs, split_nondeterministic
+from foundry_trace.bench.verify import (
+    RECHECK_REPLAYS,
+    output_digest,
+    reference_outputs,
+    split_nondeterministic,
+    varying_on_replay,
+)
 
 
 @dataclass
@@ -54,6 +60,19 @@ def test_nan_outputs_compare_by_their_bits() -> None:
     steps = _steps(engine, (2,))
     steps[2].replay = lambda o=steps[2].output: o.fill_(float("nan"))
     assert reference_outputs(engine, steps)["2"]["deterministic"]
+
+
+def test_a_restored_step_that_differed_is_rechecked_by_its_own_replays() -> None:
+    """Only the steps whose replays differ among themselves are named, each replayed the same
+    number of times whatever it shows."""
+    engine = _Engine(noisy={16})
+    steps = _steps(engine, (8, 16))
+    counted = {8: 0, 16: 0}
+    engine.restored_step = lambda restored, batch: (
+        lambda: (counted.__setitem__(batch, counted[batch] + 1), steps[batch].replay()), steps[batch].output)
+    assert varying_on_replay(engine, None, [8, 16]) == [16]
+    assert counted == {8: 1 + RECHECK_REPLAYS, 16: 1 + RECHECK_REPLAYS}
+    assert varying_on_replay(engine, None, []) == []
 
 
 def test_a_difference_from_save_counts_unless_the_native_graph_here_is_nondeterministic() -> None:

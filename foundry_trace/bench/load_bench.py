@@ -147,7 +147,8 @@ def _load_children(
     loaded["prefetched"] = None if prefetched is None else _set_apart_nondeterministic(prefetched, loaded["nondeterministic_native"])
     progress.remove_task(task)
     task = progress.add_task(f"background {workload}: load(mode='background'), until batches up to 8 and all are ready")
-    loaded["background"] = budget.run_optional("background", lambda timeout: _run_child("background", *arguments, timeout=timeout), least)
+    background = budget.run_optional("background", lambda timeout: _run_child("background", *arguments, timeout=timeout), least)
+    loaded["background"] = None if background is None else _set_apart_nondeterministic(background, loaded["nondeterministic_native"])
     progress.remove_task(task)
     pair = None if least is None else 2 * least  # the driver's run is thrown away where its cold restore cannot follow
     for run in range(1, COLD_RUNS):  # alternating, each in a fresh process: a drift hits both sides
@@ -179,13 +180,16 @@ def _get(result: dict[str, object] | None, key: str) -> object:
     return None if result is None else result.get(key)
 
 
-def _set_apart_nondeterministic(prefetched: dict[str, object], nondeterministic: list[int]) -> dict[str, object]:
-    """The prefetch child's mismatches, less the graphs that the LOAD child's native capture found
-    nondeterministic (SAVE's few replays can agree by chance: cuDNN attention at batch 24 did)."""
+def _set_apart_nondeterministic(compared: dict[str, object], nondeterministic: list[int]) -> dict[str, object]:
+    """A prefetch or background child's mismatches, less the graphs that the LOAD child's native
+    capture found nondeterministic or whose replays varied in the child itself
+    (`mismatched_varying`): SAVE's few replays can agree by chance (cuDNN attention at batch 24
+    did, and at 16 where no native capture showed it)."""
     from foundry_trace.bench.verify import split_nondeterministic
 
-    mismatched, set_apart = split_nondeterministic(prefetched["mismatched"], nondeterministic)
-    return {**prefetched, "mismatched": mismatched, "mismatched_nondeterministic": set_apart}
+    shown = sorted({*nondeterministic, *compared.get("mismatched_varying", [])})
+    mismatched, set_apart = split_nondeterministic(compared["mismatched"], shown)
+    return {**compared, "mismatched": mismatched, "mismatched_nondeterministic": set_apart}
 
 
 def _fit_point(loaded: dict[str, object], archive: Path) -> dict[str, object]:

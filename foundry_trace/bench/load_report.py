@@ -77,7 +77,8 @@ def _background_rows(c: dict[str, object]) -> list[tuple[str, str]]:
     return [
         ("load(mode='background') cold: returned after", f"{b['returned_s']:.3f} s"),
         ("  from the restore point: batches up to 8 ready / all", f"{b['ready_small_batches_s']:.3f} / {b['ready_all_s']:.3f} s"),
-        (f"  batches {small} bit-identical to SAVE's", f"{not b['mismatched']} (differ: {b['mismatched'] or 'none'})"),
+        (f"  batches {small} bit-identical to SAVE's", f"{not b['mismatched']} (differ: {b['mismatched'] or 'none'}"
+         + (f"; nondeterministic: {b['mismatched_nondeterministic']})" if b.get("mismatched_nondeterministic") else ")")),
     ]
 
 
@@ -104,7 +105,7 @@ def _prefetch_rows(c: dict[str, object]) -> list[tuple[str, str]]:
         *weights,
         ("  process start to ready: native / with prefetch", f"{c['native_engine_s'] + c['native_s']:.2f} / {p['engine_s'] + p['at_restore_point_s']:.2f} s"),
         ("  prefetched graphs bit-identical to SAVE's", f"{not p['mismatched']} ({p['compared']} compared, differ: {p['mismatched'] or 'none'}"
-         + (f"; nondeterministic natively: {p['mismatched_nondeterministic']})" if p.get("mismatched_nondeterministic") else ")")),
+         + (f"; nondeterministic: {p['mismatched_nondeterministic']})" if p.get("mismatched_nondeterministic") else ")")),
     ]
 
 

@@ -65,7 +65,7 @@ def child_prefetch(workload: str, archive: str, threads: int, options: dict[str,
     import torch
 
     import foundry_trace
-    from foundry_trace.bench.verify import differing_from_saved, restored_batches, restored_digests
+    from foundry_trace.bench.verify import differing_from_saved, restored_batches, restored_digests, varying_on_replay
     from foundry_trace.bench.workloads.registry import build_engine, weights_load_s
 
     began = time.perf_counter()
@@ -84,6 +84,7 @@ def child_prefetch(workload: str, archive: str, threads: int, options: dict[str,
     instantiated = [s for s in restored.spans if s.phase == "instantiate"]
     saved = _references(archive)
     mismatched = differing_from_saved(restored_digests(model, restored), saved)
+    varying = varying_on_replay(model, restored, mismatched)
     restored.release()
     return {
         "engine_s": engine_s,
@@ -94,6 +95,7 @@ def child_prefetch(workload: str, archive: str, threads: int, options: dict[str,
         "prefetch_work_s": max(s.end for s in restored.spans),
         "compared": sum(r["deterministic"] for r in saved.values()),
         "mismatched": mismatched,
+        "mismatched_varying": varying,
     }
 
 
@@ -118,7 +120,7 @@ def child_background(workload: str, archive: str, threads: int, options: dict[st
     exists (its first replay uploads it). The small batches' outputs are then checked against
     SAVE's (after the timing)."""
     import foundry_trace
-    from foundry_trace.bench.verify import differing_from_saved, restored_batches, restored_digests
+    from foundry_trace.bench.verify import differing_from_saved, restored_batches, restored_digests, varying_on_replay
     from foundry_trace.bench.workloads.registry import weights_load_s
 
     model = engine_at_restore_point(workload, options)
@@ -133,10 +135,12 @@ def child_background(workload: str, archive: str, threads: int, options: dict[st
     note(f"background LOAD: returned in {returned_s:.3f} s, batches up to {SMALL_BATCHES} ready at {ready_small_s:.3f} s, all at {ready_all_s:.3f} s")
     saved = _references(archive)
     mismatched = differing_from_saved(restored_digests(model, restored, small), saved)
+    varying = varying_on_replay(model, restored, mismatched)
     restored.release()
     return {
         "returned_s": returned_s, "small_batches": small, "ready_small_batches_s": ready_small_s, "ready_all_s": ready_all_s,
         "weights_load_s": weights_load_s(model), "compared": sum(saved[str(b)]["deterministic"] for b in small), "mismatched": mismatched,
+        "mismatched_varying": varying,
     }
 
 

@@ -38,6 +38,7 @@ from foundry_trace.save.recording import Recording
 
 INPUT_SEED = 1000
 REFERENCE_REPLAYS = 5
+RECHECK_REPLAYS = 20  # replays of a restored graph whose output differed from SAVE's, to see it vary
 LATENCY_ROUNDS = 3
 LATENCY_BATCH_MS = 20.0
 LATENCY_WARMUPS = 4  # replays before a latency measurement, untimed
@@ -147,6 +148,24 @@ def restored_digests(engine: Engine, restored: Restored, batches: list[int] | No
         replay, output = engine.restored_step(restored, batch)
         hashing.submit(str(batch), output_on_fixed_inputs(engine, batch, replay, lambda output=output: output))
     return hashing.results()
+
+
+def varying_on_replay(engine: Engine, restored: Restored, batches: list[int], replays: int = RECHECK_REPLAYS) -> list[int]:
+    """Of `batches` (restored steps whose outputs differed from SAVE's), those whose replays on
+    the same fixed inputs differ among themselves here: nondeterministic, shown in this process,
+    so no restore could match them bit for bit. A step that replays alike and still differs is a
+    real mismatch, or nondeterministic too rarely for `replays` to show it."""
+    varying = []
+    for batch in batches:
+        replay, output = engine.restored_step(restored, batch)
+
+        def again(replay=replay, output=output) -> torch.Tensor:  # noqa: ANN001
+            return output_on_fixed_inputs(engine, batch, replay, lambda: output)
+
+        first = again()
+        if not all([_same_bits(first, again()) for _ in range(replays)]):  # every replay, as reference_outputs
+            varying.append(batch)
+    return varying
 
 
 def differing_from_saved(digests: dict[str, str], saved: dict[str, dict[str, object]]) -> list[int]:
