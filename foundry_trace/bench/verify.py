@@ -162,8 +162,7 @@ def varying_on_replay(engine: Engine, restored: Restored, batches: list[int], re
         def again(replay=replay, output=output) -> torch.Tensor:  # noqa: ANN001
             return output_on_fixed_inputs(engine, batch, replay, lambda: output)
 
-        first = again()
-        if not all([_same_bits(first, again()) for _ in range(replays)]):  # every replay, as reference_outputs
+        if not _replays_agree(again(), again, replays):
             varying.append(batch)
     return varying
 
@@ -184,6 +183,12 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.view(torch.uint8), b.view(torch.uint8))  # NaN equals NaN here, as bits do
 
 
+def _replays_agree(first: torch.Tensor, again: Callable[[], torch.Tensor], replays: int) -> bool:
+    """Whether `replays` more outputs all have `first`'s bits; every replay runs whatever they
+    show, so that ranks whose graphs hold collectives replay alike."""
+    return all([_same_bits(first, again()) for _ in range(replays)])
+
+
 def reference_outputs(engine: Engine, steps: dict[int, CapturedStep], replays: int = REFERENCE_REPLAYS) -> dict[str, dict[str, object]]:
     """Per batch: the digest of the captured graph's output on fixed inputs, and whether
     `replays` more replays all give the same bits (a graph that does not is nondeterministic: it
@@ -199,8 +204,7 @@ def reference_outputs(engine: Engine, steps: dict[int, CapturedStep], replays: i
 
         first = again()
         hashing.submit(str(batch), first)  # in stream order: after this replay
-        agreeing = [_same_bits(first, again()) for _ in range(replays)]  # always all of them: see the module's docstring
-        deterministic[str(batch)] = all(agreeing)
+        deterministic[str(batch)] = _replays_agree(first, again, replays)
     digests = hashing.results()
     return {key: {"digest": digests[key], "deterministic": deterministic[key]} for key in digests}
 
